@@ -1,0 +1,726 @@
+//! Turns parsed files into a [`Policy`], collecting every problem on the way.
+
+use super::env;
+use super::schema::{ConfigFile, KeyFile};
+use super::{LoadOptions, PolicyErrors, Problem};
+use crate::keys::secret::KeyDigest;
+use crate::policy::{
+    Key, MockProviderSettings, Model, ModelSet, OperationSet, Policy, PolicyParts, Price, Workload,
+};
+use crate::upstream::{
+    EndpointSpec, Provider, ProviderSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+};
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Key ids are file stems and metric label values: keep them short and shell-safe.
+pub const KEY_ID_RULE: &str = "1 to 64 characters of A-Z a-z 0-9 . _ -, not starting with `.`";
+
+const MAX_WEIGHT: u32 = 1000;
+const MAX_ENDPOINTS: usize = 256;
+
+/// Whether `id` may name a key.
+pub fn valid_key_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Collects problems against the file being read.
+struct Problems {
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    fn add(&mut self, file: &Path, field: impl Into<String>, message: impl Into<String>) {
+        self.list.push(Problem {
+            file: file.to_path_buf(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn read_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Problem> {
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let mut message = inner.to_string();
+        if let Some(at) = inner.location().filter(|_| !message.contains("line ")) {
+            message.push_str(&format!(" at line {} column {}", at.line(), at.column()));
+        }
+        Problem {
+            file: file.to_path_buf(),
+            field: if field == "." { String::new() } else { field },
+            message,
+        }
+    })
+}
+
+fn read_text(file: &Path) -> Result<String, Problem> {
+    std::fs::read_to_string(file).map_err(|e| Problem {
+        file: file.to_path_buf(),
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    })
+}
+
+fn base_dir(config_path: &Path) -> PathBuf {
+    config_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub(super) fn keys_dir_of(config_path: &Path) -> Result<PathBuf, PolicyErrors> {
+    let text = read_text(config_path).map_err(|p| PolicyErrors(vec![p]))?;
+    let config: ConfigFile = read_yaml(config_path, &text).map_err(|p| PolicyErrors(vec![p]))?;
+    Ok(base_dir(config_path).join(config.keys_dir))
+}
+
+/// One key as read from a file, with the id it gets.
+struct KeySource {
+    id: String,
+    file: PathBuf,
+    field_prefix: String,
+    key: KeyFile,
+}
+
+pub(super) fn load(config_path: &Path, options: LoadOptions) -> Result<Policy, PolicyErrors> {
+    let mut problems = Problems { list: Vec::new() };
+    let mut hasher = Sha256::new();
+
+    let text = read_text(config_path).map_err(|p| PolicyErrors(vec![p]))?;
+    hasher.update(text.as_bytes());
+    let config: ConfigFile = read_yaml(config_path, &text).map_err(|p| PolicyErrors(vec![p]))?;
+    let base = base_dir(config_path);
+    let keys_dir = base.join(&config.keys_dir);
+
+    let keys = read_key_files(&keys_dir, &mut problems, &mut hasher);
+    let digest = hex::encode(&hasher.finalize()[..8]);
+    let policy = compile(
+        config_path,
+        &base,
+        keys_dir,
+        config,
+        keys,
+        digest,
+        options,
+        &mut problems,
+    );
+    if problems.list.is_empty() {
+        Ok(policy.expect("a policy is built whenever there are no problems"))
+    } else {
+        Err(PolicyErrors(problems.list))
+    }
+}
+
+/// Reads every `*.yaml`/`*.yml` in `dir`, in name order. Hidden entries are skipped: they are
+/// editor temp files, or the `..data` machinery of Kubernetes ConfigMap volumes.
+fn read_key_files(dir: &Path, problems: &mut Problems, hasher: &mut Sha256) -> Vec<KeySource> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            problems.add(dir, "", format!("cannot read keys directory: {e}"));
+            return Vec::new();
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !name.starts_with('.')
+                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                && p.is_file()
+        })
+        .collect();
+    files.sort();
+
+    let mut keys = Vec::new();
+    for file in files {
+        let text = match read_text(&file) {
+            Ok(t) => t,
+            Err(p) => {
+                problems.list.push(p);
+                continue;
+            }
+        };
+        hasher.update(file.file_name().unwrap_or_default().as_encoded_bytes());
+        hasher.update([0]);
+        hasher.update(text.as_bytes());
+        let stem = file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let is_list = matches!(
+            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text),
+            Ok(serde_yaml_ng::Value::Sequence(_))
+        );
+        if is_list {
+            match read_yaml::<Vec<KeyFile>>(&file, &text) {
+                Ok(list) => {
+                    for (i, key) in list.into_iter().enumerate() {
+                        let field_prefix = format!("[{i}]");
+                        match key.id.clone() {
+                            Some(id) => keys.push(KeySource {
+                                id,
+                                file: file.clone(),
+                                field_prefix,
+                                key,
+                            }),
+                            None => problems.add(
+                                &file,
+                                format!("{field_prefix}.id"),
+                                "keys in a list file need an `id`",
+                            ),
+                        }
+                    }
+                }
+                Err(p) => problems.list.push(p),
+            }
+        } else {
+            match read_yaml::<KeyFile>(&file, &text) {
+                Ok(key) => {
+                    if let Some(id) = key.id.as_deref().filter(|id| *id != stem) {
+                        problems.add(
+                            &file,
+                            "id",
+                            format!("`{id}` differs from the file name `{stem}`; a single-key file's id is its file name"),
+                        );
+                    }
+                    keys.push(KeySource {
+                        id: stem,
+                        file: file.clone(),
+                        field_prefix: String::new(),
+                        key,
+                    })
+                }
+                Err(p) => problems.list.push(p),
+            }
+        }
+    }
+    keys
+}
+
+fn field(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like 500ms, 2s, 1m: {e}"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(d)
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:8080 or [::]:8080"))
+}
+
+pub(crate) fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{text}` is not a CIDR like 10.0.0.0/8 or 2001:db8::/32"))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile(
+    config_path: &Path,
+    base: &Path,
+    keys_dir: PathBuf,
+    config: ConfigFile,
+    key_sources: Vec<KeySource>,
+    digest: String,
+    options: LoadOptions,
+    problems: &mut Problems,
+) -> Option<Policy> {
+    let cfg = config_path;
+    let listen = parse_addr(&config.listen)
+        .map_err(|m| problems.add(cfg, "listen", m))
+        .ok();
+    let admin_listen = config.admin_listen.as_deref().and_then(|a| {
+        parse_addr(a)
+            .map_err(|m| problems.add(cfg, "admin_listen", m))
+            .ok()
+    });
+    if config.max_body_bytes == 0 {
+        problems.add(cfg, "max_body_bytes", "must be greater than zero");
+    }
+    let trusted_proxies: Vec<IpNet> = config
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            parse_cidr(c)
+                .map_err(|m| problems.add(cfg, format!("trusted_proxies[{i}]"), m))
+                .ok()
+        })
+        .collect();
+    if config.server.threads == Some(0) {
+        problems.add(cfg, "server.threads", "must be at least 1");
+    }
+    let grace_period = config.server.grace_period.as_deref().and_then(|g| {
+        parse_duration(g)
+            .map_err(|m| problems.add(cfg, "server.grace_period", m))
+            .ok()
+    });
+    let mock_provider = config.mock_provider.as_ref().and_then(|m| {
+        let listen =
+            parse_addr(&m.listen).map_err(|e| problems.add(cfg, "mock_provider.listen", e));
+        let delay = match m.stream_delay.as_deref() {
+            None => Ok(Duration::from_millis(20)),
+            Some(d) => humantime::parse_duration(d)
+                .map_err(|e| problems.add(cfg, "mock_provider.stream_delay", e.to_string())),
+        };
+        Some(MockProviderSettings {
+            listen: listen.ok()?,
+            api_key: m.api_key.clone(),
+            stream_delay: delay.ok()?,
+        })
+    });
+
+    let providers = compile_providers(cfg, base, &config, options, problems);
+
+    // Models, in name order, each with a stable index for the model sets of workloads and keys.
+    let mut models: Vec<Arc<Model>> = Vec::new();
+    for (name, m) in &config.models {
+        let path = format!("models.{name}");
+        let Some(provider) = providers.get(&m.provider) else {
+            problems.add(
+                cfg,
+                format!("{path}.provider"),
+                format!("unknown provider `{}`", m.provider),
+            );
+            continue;
+        };
+        let price = m.price.as_ref().and_then(|p| {
+            let fields = [
+                ("input_per_mtok", Some(p.input_per_mtok)),
+                ("output_per_mtok", Some(p.output_per_mtok)),
+                ("cached_input_per_mtok", p.cached_input_per_mtok),
+            ];
+            let mut ok = true;
+            for (f, v) in fields {
+                if let Some(v) = v {
+                    if !v.is_finite() || v < 0.0 {
+                        problems.add(
+                            cfg,
+                            format!("{path}.price.{f}"),
+                            "must be a non-negative number",
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            ok.then_some(Price {
+                input_per_mtok: p.input_per_mtok,
+                output_per_mtok: p.output_per_mtok,
+                cached_input_per_mtok: p.cached_input_per_mtok,
+            })
+        });
+        if name.is_empty() {
+            problems.add(cfg, "models", "a model name cannot be empty");
+        }
+        let upstream_model = m.upstream_model.clone().filter(|u| u != name);
+        models.push(Arc::new(Model {
+            index: models.len(),
+            name: name.clone(),
+            provider: provider.clone(),
+            upstream_model,
+            price,
+        }));
+    }
+    let model_index: HashMap<&str, usize> =
+        models.iter().map(|m| (m.name.as_str(), m.index)).collect();
+
+    let mut workloads: BTreeMap<String, Arc<Workload>> = BTreeMap::new();
+    for (name, w) in &config.workloads {
+        let path = format!("workloads.{name}");
+        let mut set = ModelSet::default();
+        for (i, model) in w.models.iter().enumerate() {
+            match model_index.get(model.as_str()) {
+                Some(&idx) => set.insert(idx),
+                None => problems.add(
+                    cfg,
+                    format!("{path}.models[{i}]"),
+                    format!("unknown model `{model}`"),
+                ),
+            }
+        }
+        let operations = w
+            .operations
+            .as_ref()
+            .map(|ops| ops.iter().copied().collect())
+            .unwrap_or_else(OperationSet::all);
+        workloads.insert(
+            name.clone(),
+            Arc::new(Workload {
+                name: name.clone(),
+                description: w.description.clone(),
+                models: set,
+                operations,
+            }),
+        );
+    }
+
+    let keys = compile_keys(key_sources, &model_index, &workloads, problems);
+
+    if !problems.list.is_empty() {
+        return None;
+    }
+    Some(Policy::assemble(PolicyParts {
+        config_path: config_path.to_path_buf(),
+        keys_dir,
+        digest,
+        listen: listen?,
+        admin_listen,
+        max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+        trusted_proxies,
+        mock_provider,
+        threads: config.server.threads,
+        grace_period,
+        providers,
+        models,
+        workloads,
+        keys,
+    }))
+}
+
+fn compile_providers(
+    cfg: &Path,
+    base: &Path,
+    config: &ConfigFile,
+    options: LoadOptions,
+    problems: &mut Problems,
+) -> BTreeMap<String, Arc<Provider>> {
+    let mut providers = BTreeMap::new();
+    for (name, p) in &config.providers {
+        let path = format!("providers.{name}");
+        let before = problems.list.len();
+        let lookup = |var: &str| std::env::var(var).ok();
+        let api_key = p.api_key.as_deref().and_then(|k| {
+            env::expand(k, lookup)
+                .map_err(|m| problems.add(cfg, format!("{path}.api_key"), m))
+                .ok()
+        });
+        if p.endpoints.is_empty() {
+            problems.add(
+                cfg,
+                format!("{path}.endpoints"),
+                "at least one endpoint is required",
+            );
+        }
+        if p.endpoints.len() > MAX_ENDPOINTS {
+            problems.add(
+                cfg,
+                format!("{path}.endpoints"),
+                format!("at most {MAX_ENDPOINTS} endpoints"),
+            );
+        }
+        let mut endpoints = Vec::new();
+        for (i, e) in p.endpoints.iter().enumerate() {
+            let epath = format!("{path}.endpoints[{i}]");
+            if !(1..=MAX_WEIGHT).contains(&e.weight) {
+                problems.add(
+                    cfg,
+                    format!("{epath}.weight"),
+                    format!("must be between 1 and {MAX_WEIGHT}"),
+                );
+            }
+            let url = match env::expand(&e.url, lookup) {
+                Ok(u) => u,
+                Err(m) => {
+                    problems.add(cfg, format!("{epath}.url"), m);
+                    continue;
+                }
+            };
+            match parse_endpoint_url(&url) {
+                Ok(mut spec) => {
+                    spec.weight = e.weight;
+                    endpoints.push(spec);
+                }
+                Err(m) => problems.add(cfg, format!("{epath}.url"), m),
+            }
+        }
+        let mut extra_ca_der = Vec::new();
+        if let Some(ca) = &p.ca_file {
+            match env::expand(ca, lookup) {
+                Ok(ca) => match read_ca_file(&base.join(ca)) {
+                    Ok(ders) => extra_ca_der = ders,
+                    Err(m) => problems.add(cfg, format!("{path}.ca_file"), m),
+                },
+                Err(m) => problems.add(cfg, format!("{path}.ca_file"), m),
+            }
+        }
+        let mut timeout = |value: &Option<String>, field_name: &str, default: Duration| {
+            value.as_deref().map_or(Some(default), |t| {
+                parse_duration(t)
+                    .map_err(|m| problems.add(cfg, format!("{path}.timeouts.{field_name}"), m))
+                    .ok()
+            })
+        };
+        let connect_timeout = timeout(&p.timeouts.connect, "connect", DEFAULT_CONNECT_TIMEOUT);
+        let idle_timeout = timeout(&p.timeouts.idle, "idle", DEFAULT_IDLE_TIMEOUT);
+        if problems.list.len() != before {
+            continue;
+        }
+        let spec = ProviderSpec {
+            name: name.clone(),
+            format: p.format,
+            api_key,
+            endpoints,
+            extra_ca_der,
+            connect_timeout: connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            idle_timeout: idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        };
+        match Provider::new(spec) {
+            Ok(provider) => {
+                if options.resolve_dns {
+                    for (url, e) in provider.resolve_blocking() {
+                        // Not fatal: DNS may be back by the next refresh, and other endpoints serve.
+                        tracing::warn!(provider = %name, endpoint = %url, error = %e, "cannot resolve endpoint host");
+                    }
+                }
+                providers.insert(name.clone(), Arc::new(provider));
+            }
+            Err(e) => problems.add(cfg, path, e.to_string()),
+        }
+    }
+    providers
+}
+
+fn parse_endpoint_url(text: &str) -> Result<EndpointSpec, String> {
+    let url = url::Url::parse(text).map_err(|e| format!("`{text}` is not a valid URL: {e}"))?;
+    let tls = match url.scheme() {
+        "https" => true,
+        "http" => false,
+        other => {
+            return Err(format!(
+                "scheme `{other}` is not supported; use http or https"
+            ))
+        }
+    };
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.to_owned(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err(format!("`{text}` has no host")),
+    };
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("`{text}` must not have a query or fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials belong in `api_key`, not in the URL".to_owned());
+    }
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    Ok(EndpointSpec {
+        url: text.to_owned(),
+        tls,
+        host,
+        port,
+        base_path: url.path().trim_end_matches('/').to_owned(),
+        weight: 1,
+    })
+}
+
+fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs: Vec<Vec<u8>> = rustls_pemfile::certs(&mut data.as_slice())
+        .map(|c| c.map(|c| c.as_ref().to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} contains no PEM certificates", path.display()));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for der in &certs {
+        store
+            .add(rustls::pki_types::CertificateDer::from(der.as_slice()))
+            .map_err(|e| format!("{} holds an unusable certificate: {e}", path.display()))?;
+    }
+    Ok(certs)
+}
+
+fn compile_keys(
+    sources: Vec<KeySource>,
+    model_index: &HashMap<&str, usize>,
+    workloads: &BTreeMap<String, Arc<Workload>>,
+    problems: &mut Problems,
+) -> Vec<Arc<Key>> {
+    let mut keys = Vec::with_capacity(sources.len());
+    let mut seen_ids: HashMap<String, PathBuf> = HashMap::new();
+    let mut seen_digests: HashMap<KeyDigest, String> = HashMap::new();
+    for src in sources {
+        let p = src.field_prefix.as_str();
+        let file = src.file.as_path();
+        let before = problems.list.len();
+        if !valid_key_id(&src.id) {
+            problems.add(
+                file,
+                field(p, "id"),
+                format!("`{}` is not a valid key id ({KEY_ID_RULE})", src.id),
+            );
+        }
+        if let Some(other) = seen_ids.insert(src.id.clone(), src.file.clone()) {
+            problems.add(
+                file,
+                field(p, "id"),
+                format!("key id `{}` is also defined in {}", src.id, other.display()),
+            );
+        }
+        let digest = KeyDigest::parse(&src.key.hash);
+        match digest {
+            None => problems.add(
+                file,
+                field(p, "hash"),
+                "must be `sha256:` followed by 64 hex digits",
+            ),
+            Some(d) => {
+                if let Some(other) = seen_digests.insert(d, src.id.clone()) {
+                    problems.add(
+                        file,
+                        field(p, "hash"),
+                        format!("the same hash is used by key `{other}`"),
+                    );
+                }
+            }
+        }
+        let workload = workloads.get(&src.key.workload);
+        if workload.is_none() {
+            problems.add(
+                file,
+                field(p, "workload"),
+                format!("unknown workload `{}`", src.key.workload),
+            );
+        }
+        let mut models = workload.map(|w| w.models.clone()).unwrap_or_default();
+        if let Some(list) = &src.key.models {
+            let mut own = ModelSet::default();
+            for (i, m) in list.iter().enumerate() {
+                match model_index.get(m.as_str()) {
+                    Some(&idx) => {
+                        if workload.is_some_and(|w| !w.models.contains(idx)) {
+                            problems.add(
+                                file,
+                                field(p, &format!("models[{i}]")),
+                                format!(
+                                    "model `{m}` is not allowed by workload `{}`",
+                                    src.key.workload
+                                ),
+                            );
+                        }
+                        own.insert(idx);
+                    }
+                    None => problems.add(
+                        file,
+                        field(p, &format!("models[{i}]")),
+                        format!("unknown model `{m}`"),
+                    ),
+                }
+            }
+            models = models.intersection(&own);
+        }
+        let mut operations = workload.map(|w| w.operations).unwrap_or_default();
+        if let Some(list) = &src.key.operations {
+            for (i, op) in list.iter().enumerate() {
+                if workload.is_some_and(|w| !w.operations.contains(*op)) {
+                    problems.add(
+                        file,
+                        field(p, &format!("operations[{i}]")),
+                        format!(
+                            "operation `{}` is not allowed by workload `{}`",
+                            op.as_str(),
+                            src.key.workload
+                        ),
+                    );
+                }
+            }
+            operations = operations.intersection(list.iter().copied().collect::<OperationSet>());
+        }
+        if problems.list.len() != before {
+            continue;
+        }
+        let (Some(digest), Some(workload)) = (digest, workload) else {
+            continue;
+        };
+        keys.push(Arc::new(Key {
+            id: src.id,
+            digest,
+            hint: src.key.hint,
+            workload: workload.clone(),
+            owner: src.key.owner,
+            description: src.key.description,
+            models,
+            operations,
+            status: src.key.status,
+            expires_at: src.key.expires_at,
+            created_at: src.key.created_at,
+            file: src.file,
+        }));
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_urls() {
+        let e = parse_endpoint_url("https://api.openai.com").unwrap();
+        assert!(e.tls);
+        assert_eq!(
+            (e.host.as_str(), e.port, e.base_path.as_str()),
+            ("api.openai.com", 443, "")
+        );
+        let e = parse_endpoint_url("http://127.0.0.1:9000/openai/").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.base_path.as_str()),
+            ("127.0.0.1", 9000, "/openai")
+        );
+        let e = parse_endpoint_url("http://[::1]:9000").unwrap();
+        assert_eq!(e.host, "::1");
+        assert!(parse_endpoint_url("ftp://x").is_err());
+        assert!(parse_endpoint_url("not a url").is_err());
+        assert!(parse_endpoint_url("https://u:p@x").is_err());
+    }
+
+    #[test]
+    fn key_ids() {
+        assert!(valid_key_id("support-bot.prod_1"));
+        assert!(!valid_key_id(""));
+        assert!(!valid_key_id(".hidden"));
+        assert!(!valid_key_id("a/b"));
+        assert!(!valid_key_id(&"x".repeat(65)));
+    }
+
+    #[test]
+    fn cidrs() {
+        assert!(parse_cidr("10.0.0.0/8").is_ok());
+        assert!(parse_cidr("2001:db8::/32").is_ok());
+        assert!(parse_cidr("192.0.2.7").is_ok());
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("banana").is_err());
+    }
+}

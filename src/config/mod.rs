@@ -1,0 +1,76 @@
+//! Reading and validating the policy files: the main YAML config and the key files of `keys_dir`.
+//!
+//! [`load`] reads everything, reports every problem it finds (file, field path, reason) rather than
+//! stopping at the first, and on success returns a compiled [`Policy`]. `keygate check`, startup and
+//! every reload go through this one function, so what `check` accepts is exactly what `serve` runs.
+
+pub mod schema;
+
+mod compile;
+mod env;
+
+use crate::policy::Policy;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use compile::{valid_key_id, KEY_ID_RULE};
+
+/// One thing wrong with the policy files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    /// Dotted path of the offending field (`providers.openai.endpoints[0].url`), or empty.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.field,
+                self.message
+            )
+        }
+    }
+}
+
+/// Every problem found in one attempt to load the policy.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct PolicyErrors(pub Vec<Problem>);
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How much of the outside world loading may touch.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Resolve endpoint host names now (serving), or leave them for later (`check` in a CI job
+    /// that may have no DNS).
+    pub resolve_dns: bool,
+}
+
+/// Reads, validates and compiles the policy rooted at `config_path`.
+pub fn load(config_path: &Path, options: LoadOptions) -> Result<Policy, PolicyErrors> {
+    compile::load(config_path, options)
+}
+
+/// Where the key files of the policy at `config_path` live, read from the config alone, so key
+/// commands can find the directory even while some other part of the policy is broken.
+pub fn keys_dir_of(config_path: &Path) -> Result<PathBuf, PolicyErrors> {
+    compile::keys_dir_of(config_path)
+}

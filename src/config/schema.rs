@@ -1,0 +1,210 @@
+//! The on-disk shape of the policy: the main YAML file and the key files in `keys_dir`, exactly as
+//! users write them. Unknown fields are errors so that a typo never silently disables a rule.
+//! Nothing here is validated beyond YAML types; `compile` turns these into a [`crate::policy::Policy`].
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The main configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Data-plane listener, `host:port`.
+    pub listen: String,
+    /// Metrics, health and admin listener.
+    #[serde(default)]
+    pub admin_listen: Option<String>,
+    /// Directory of key files, relative to the config file.
+    #[serde(default = "default_keys_dir")]
+    pub keys_dir: String,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// CIDRs whose `X-Forwarded-For` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub mock_provider: Option<MockProviderFile>,
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderFile>,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelFile>,
+    #[serde(default)]
+    pub workloads: BTreeMap<String, WorkloadFile>,
+}
+
+fn default_keys_dir() -> String {
+    "keys.d".to_owned()
+}
+
+fn default_max_body_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+
+/// Process-level settings of the Pingora server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Worker threads of the data plane (default: the number of CPUs).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// How long in-flight requests may take to finish on SIGTERM, e.g. `30s`.
+    #[serde(default)]
+    pub grace_period: Option<String>,
+}
+
+/// The optional embedded OpenAI-compatible upstream, for trying keygate without a provider account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MockProviderFile {
+    pub listen: String,
+    /// When set, the mock requires this credential, proving that keygate swapped it in.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Pause between streamed events, e.g. `20ms`.
+    #[serde(default)]
+    pub stream_delay: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderFormat {
+    Openai,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderFile {
+    pub format: ProviderFormat,
+    /// The real provider credential; `${VAR}` is read from the environment when the policy loads.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    pub endpoints: Vec<EndpointFile>,
+    /// Extra PEM CA bundle trusted for this provider's endpoints, relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointFile {
+    pub url: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    /// TCP + TLS connect, e.g. `2s`.
+    #[serde(default)]
+    pub connect: Option<String>,
+    /// Longest silence while reading the upstream response (header or body), e.g. `60s`.
+    #[serde(default)]
+    pub idle: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub provider: String,
+    /// The model name sent upstream, when it differs from the name clients use.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    #[serde(default)]
+    pub price: Option<PriceFile>,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceFile {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    #[serde(default)]
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadFile {
+    #[serde(default)]
+    pub description: Option<String>,
+    pub models: Vec<String>,
+    /// Defaults to every operation.
+    #[serde(default)]
+    pub operations: Option<Vec<Operation>>,
+}
+
+/// What a request does, from its path. `/v1/models` is always allowed and is not an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    Chat,
+    Completions,
+    Embeddings,
+    Responses,
+}
+
+impl Operation {
+    pub const ALL: [Operation; 4] = [
+        Operation::Chat,
+        Operation::Completions,
+        Operation::Embeddings,
+        Operation::Responses,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Chat => "chat",
+            Operation::Completions => "completions",
+            Operation::Embeddings => "embeddings",
+            Operation::Responses => "responses",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    #[default]
+    Active,
+    Paused,
+}
+
+/// One virtual key. In a single-key file the id is the file stem; in a list file each entry names its id.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `sha256:<64 hex>` of the secret.
+    pub hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    pub workload: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Narrows the workload's models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
+    /// Narrows the workload's operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operations: Option<Vec<Operation>>,
+    #[serde(default)]
+    pub status: KeyStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<DateTime<Utc>>,
+}

@@ -1,0 +1,20 @@
+//! keygate: an LLM gateway on Pingora. Applications call it as they would call OpenAI, with a
+//! virtual key; keygate authenticates and authorizes the key against a policy kept in files,
+//! swaps in the real provider credential and forwards to the provider serving the model.
+//!
+//! Modules, in the order a request meets them:
+//! - [`config`]: reading and validating the policy files (`keygate check`);
+//! - [`policy`]: the compiled, immutable snapshot the data plane reads;
+//! - [`keys`]: the virtual key format and key files;
+//! - [`proxy`]: the Pingora proxy phases — authenticate, authorize, route, forward;
+//! - [`upstream`]: providers, endpoints and peer selection;
+//! - [`mock_provider`]: the embedded OpenAI-compatible upstream for trying keygate locally;
+//! - [`server`]: assembling the Pingora server, for the binary and for tests.
+
+pub mod config;
+pub mod keys;
+pub mod mock_provider;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,282 @@
+//! The `keygate` command: serve the gateway, check a policy, manage keys.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use keygate::config::schema::Operation;
+use keygate::config::{self, LoadOptions};
+use keygate::keys::lifecycle::{self, NewKey};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "An LLM gateway with virtual keys, on Pingora"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The policy file.
+        #[arg(
+            long,
+            short,
+            env = "KEYGATE_CONFIG",
+            default_value = "conf/keygate.yaml"
+        )]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+        /// Take over the listening sockets of a running keygate (zero-downtime binary upgrade).
+        #[arg(long, short)]
+        upgrade: bool,
+        /// Pingora server settings (upgrade socket, pid file) for binary upgrades.
+        #[arg(long)]
+        pingora_conf: Option<PathBuf>,
+    },
+    /// Validate the policy file and keys directory; list every problem and exit 1 if any.
+    Check {
+        #[arg(
+            long,
+            short,
+            env = "KEYGATE_CONFIG",
+            default_value = "conf/keygate.yaml"
+        )]
+        config: PathBuf,
+    },
+    /// Manage virtual keys (each is one file in the keys directory).
+    Keys {
+        #[arg(
+            long,
+            short,
+            env = "KEYGATE_CONFIG",
+            default_value = "conf/keygate.yaml",
+            global = true
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; prints the secret alone on stdout, once.
+    Create {
+        id: String,
+        #[arg(long)]
+        workload: String,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Comma-separated models, narrowing the workload's list.
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Comma-separated operations (chat, completions, embeddings, responses).
+        #[arg(long, value_delimiter = ',')]
+        operations: Option<Vec<String>>,
+        /// Expiry as RFC 3339, e.g. 2027-06-30T00:00:00Z.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve {
+            config,
+            log_format,
+            upgrade,
+            pingora_conf,
+        } => serve(config, log_format, upgrade, pingora_conf),
+        Command::Check { config } => check(config),
+        Command::Keys { config, command } => match command {
+            KeysCommand::Create {
+                id,
+                workload,
+                owner,
+                description,
+                models,
+                operations,
+                expires,
+            } => {
+                let operations = operations
+                    .map(|ops| {
+                        ops.iter()
+                            .map(|o| parse_operation(o))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .transpose()?;
+                let expires_at = expires
+                    .map(|e| {
+                        chrono::DateTime::parse_from_rfc3339(&e)
+                            .map(|t| t.with_timezone(&chrono::Utc))
+                            .with_context(|| format!("--expires `{e}` is not an RFC 3339 time"))
+                    })
+                    .transpose()?;
+                let created = lifecycle::create(
+                    &config,
+                    &id,
+                    NewKey {
+                        workload,
+                        owner,
+                        description,
+                        models,
+                        operations,
+                        expires_at,
+                    },
+                )?;
+                eprintln!(
+                    "created key `{}` ({}) in {}; the secret below is shown only once:",
+                    created.id,
+                    created.secret.hint,
+                    created.file.display()
+                );
+                println!("{}", created.secret.secret);
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCommand::List => list_keys(config),
+        },
+    }
+}
+
+fn parse_operation(text: &str) -> Result<Operation> {
+    Operation::ALL
+        .into_iter()
+        .find(|op| op.as_str() == text.trim())
+        .with_context(|| {
+            format!(
+                "unknown operation `{text}`; expected chat, completions, embeddings or responses"
+            )
+        })
+}
+
+fn check(config: PathBuf) -> Result<ExitCode> {
+    match config::load(&config, LoadOptions::default()) {
+        Ok(policy) => {
+            println!(
+                "{}: ok ({} providers, {} models, {} workloads, {} keys; digest {})",
+                config.display(),
+                policy.providers.len(),
+                policy.models.len(),
+                policy.workloads.len(),
+                policy.keys_by_id.len(),
+                policy.digest
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            for p in &errors.0 {
+                println!("{p}");
+            }
+            eprintln!("{} problem(s) found", errors.0.len());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn list_keys(config: PathBuf) -> Result<ExitCode> {
+    let policy = config::load(&config, LoadOptions::default())
+        .map_err(|e| anyhow::anyhow!("the policy is invalid:\n{e}"))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<24} {:<12} {:<20} {:<20} {:<8} {:<20} EXPIRES",
+        "ID", "HINT", "WORKLOAD", "OWNER", "STATUS", "CREATED"
+    )?;
+    for key in policy.keys_by_id.values() {
+        let status = match key.status {
+            keygate::config::schema::KeyStatus::Active if key.is_expired_at(chrono::Utc::now()) => {
+                "expired"
+            }
+            keygate::config::schema::KeyStatus::Active => "active",
+            keygate::config::schema::KeyStatus::Paused => "paused",
+        };
+        let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map_or("-".to_owned(), |t| {
+                t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            })
+        };
+        writeln!(
+            out,
+            "{:<24} {:<12} {:<20} {:<20} {:<8} {:<20} {}",
+            key.id,
+            key.hint.as_deref().unwrap_or("-"),
+            key.workload.name,
+            key.owner.as_deref().unwrap_or("-"),
+            status,
+            time(key.created_at),
+            time(key.expires_at)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(
+    config: PathBuf,
+    log_format: LogFormat,
+    upgrade: bool,
+    pingora_conf: Option<PathBuf>,
+) -> Result<ExitCode> {
+    init_logging(log_format);
+    let store = keygate::server::load_policy(&config)
+        .map_err(|e| anyhow::anyhow!("the policy is invalid:\n{e}"))?;
+    let policy = store.load_full();
+    let opt = pingora::server::configuration::Opt {
+        upgrade,
+        conf: pingora_conf.map(|p| p.display().to_string()),
+        ..Default::default()
+    };
+    if opt.conf.is_some() && !std::path::Path::new(opt.conf.as_deref().unwrap_or_default()).exists()
+    {
+        bail!("--pingora-conf file does not exist");
+    }
+    tracing::info!(
+        listen = %policy.listen,
+        mock_provider = ?policy.mock_provider.as_ref().map(|m| m.listen),
+        keys = policy.keys_by_id.len(),
+        digest = %policy.digest,
+        "keygate starting"
+    );
+    let server = keygate::server::build(&store, Some(opt));
+    server.run_forever();
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

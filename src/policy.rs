@@ -1,0 +1,301 @@
+//! The compiled policy snapshot the data plane reads. One [`Policy`] is immutable once built; reloads
+//! build a new one and swap it in whole (see [`PolicyStore`]), so a request always sees one
+//! consistent policy from its first phase to its last.
+//!
+//! Everything a request needs is resolved here ahead of time: a key carries its workload and its
+//! effective model and operation sets, a model carries its provider, a provider carries its
+//! prebuilt credential header and endpoint schedule. The request path does one SHA-256 and one map
+//! lookup to find a key, and no string formatting to route it.
+
+use crate::config::schema::{KeyStatus, Operation, ProviderFormat};
+use crate::keys::secret::KeyDigest;
+use crate::upstream::Provider;
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A complete, validated policy.
+#[derive(Debug)]
+pub struct Policy {
+    pub config_path: PathBuf,
+    pub keys_dir: PathBuf,
+    /// Short SHA-256 over every file the policy was read from; equal digests mean equal policies.
+    pub digest: String,
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub max_body_bytes: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub mock_provider: Option<MockProviderSettings>,
+    pub threads: Option<usize>,
+    pub grace_period: Option<Duration>,
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    /// Indexed by [`Model::index`].
+    pub models: Vec<Arc<Model>>,
+    models_by_name: HashMap<Box<str>, Arc<Model>>,
+    pub workloads: BTreeMap<String, Arc<Workload>>,
+    keys_by_digest: HashMap<KeyDigest, Arc<Key>, BuildHasherDefault<DigestHasher>>,
+    pub keys_by_id: BTreeMap<String, Arc<Key>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MockProviderSettings {
+    pub listen: SocketAddr,
+    pub api_key: Option<String>,
+    pub stream_delay: Duration,
+}
+
+/// A model name clients may send, and where it goes.
+#[derive(Debug)]
+pub struct Model {
+    pub index: usize,
+    pub name: String,
+    pub provider: Arc<Provider>,
+    /// Set only when the upstream name differs from `name`, i.e. when the body must be rewritten.
+    pub upstream_model: Option<String>,
+    pub price: Option<Price>,
+}
+
+/// USD per million tokens, as written in the policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Price {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct Workload {
+    pub name: String,
+    pub description: Option<String>,
+    pub models: ModelSet,
+    pub operations: OperationSet,
+}
+
+/// A virtual key, with its workload's restrictions already folded in.
+#[derive(Debug)]
+pub struct Key {
+    pub id: String,
+    pub digest: KeyDigest,
+    pub hint: Option<String>,
+    pub workload: Arc<Workload>,
+    pub owner: Option<String>,
+    pub description: Option<String>,
+    /// The key's own list intersected with its workload's.
+    pub models: ModelSet,
+    pub operations: OperationSet,
+    pub status: KeyStatus,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: Option<DateTime<Utc>>,
+    /// Which file the key came from, for messages and for the lifecycle commands.
+    pub file: PathBuf,
+}
+
+impl Key {
+    pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// A set of model indices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelSet {
+    words: Vec<u64>,
+}
+
+impl ModelSet {
+    pub fn insert(&mut self, index: usize) {
+        let word = index / 64;
+        if self.words.len() <= word {
+            self.words.resize(word + 1, 0);
+        }
+        self.words[word] |= 1 << (index % 64);
+    }
+
+    pub fn contains(&self, index: usize) -> bool {
+        self.words
+            .get(index / 64)
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
+    }
+
+    pub fn intersection(&self, other: &ModelSet) -> ModelSet {
+        ModelSet {
+            words: self
+                .words
+                .iter()
+                .zip(&other.words)
+                .map(|(a, b)| a & b)
+                .collect(),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        self.words.iter().enumerate().flat_map(|(w, bits)| {
+            (0..64)
+                .filter(move |b| bits & (1 << b) != 0)
+                .map(move |b| w * 64 + b)
+        })
+    }
+}
+
+/// A set of operations as a bit mask.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OperationSet(u8);
+
+impl OperationSet {
+    pub fn all() -> OperationSet {
+        Operation::ALL.into_iter().collect()
+    }
+
+    pub fn contains(self, op: Operation) -> bool {
+        self.0 & Self::bit(op) != 0
+    }
+
+    pub fn intersection(self, other: OperationSet) -> OperationSet {
+        OperationSet(self.0 & other.0)
+    }
+
+    fn bit(op: Operation) -> u8 {
+        1 << (op as u8)
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Operation> {
+        Operation::ALL
+            .into_iter()
+            .filter(move |op| self.contains(*op))
+    }
+}
+
+impl FromIterator<Operation> for OperationSet {
+    fn from_iter<I: IntoIterator<Item = Operation>>(iter: I) -> Self {
+        OperationSet(iter.into_iter().fold(0, |acc, op| acc | Self::bit(op)))
+    }
+}
+
+/// Parts of a [`Policy`] that `compile` fills in; kept apart so the lookup maps stay private.
+pub(crate) struct PolicyParts {
+    pub config_path: PathBuf,
+    pub keys_dir: PathBuf,
+    pub digest: String,
+    pub listen: SocketAddr,
+    pub admin_listen: Option<SocketAddr>,
+    pub max_body_bytes: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub mock_provider: Option<MockProviderSettings>,
+    pub threads: Option<usize>,
+    pub grace_period: Option<Duration>,
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    pub models: Vec<Arc<Model>>,
+    pub workloads: BTreeMap<String, Arc<Workload>>,
+    pub keys: Vec<Arc<Key>>,
+}
+
+impl Policy {
+    pub(crate) fn assemble(parts: PolicyParts) -> Policy {
+        let models_by_name = parts
+            .models
+            .iter()
+            .map(|m| (Box::<str>::from(m.name.as_str()), m.clone()))
+            .collect();
+        let mut keys_by_digest =
+            HashMap::with_capacity_and_hasher(parts.keys.len(), Default::default());
+        let mut keys_by_id = BTreeMap::new();
+        for key in parts.keys {
+            keys_by_digest.insert(key.digest, key.clone());
+            keys_by_id.insert(key.id.clone(), key);
+        }
+        Policy {
+            config_path: parts.config_path,
+            keys_dir: parts.keys_dir,
+            digest: parts.digest,
+            listen: parts.listen,
+            admin_listen: parts.admin_listen,
+            max_body_bytes: parts.max_body_bytes,
+            trusted_proxies: parts.trusted_proxies,
+            mock_provider: parts.mock_provider,
+            threads: parts.threads,
+            grace_period: parts.grace_period,
+            providers: parts.providers,
+            models: parts.models,
+            models_by_name,
+            workloads: parts.workloads,
+            keys_by_digest,
+            keys_by_id,
+        }
+    }
+
+    /// The key whose secret hashes to `digest`.
+    #[inline]
+    pub fn key_by_digest(&self, digest: &KeyDigest) -> Option<&Arc<Key>> {
+        self.keys_by_digest.get(digest)
+    }
+
+    #[inline]
+    pub fn model(&self, name: &str) -> Option<&Arc<Model>> {
+        self.models_by_name.get(name)
+    }
+
+    pub fn provider_format(&self, name: &str) -> Option<ProviderFormat> {
+        self.providers.get(name).map(|p| p.format)
+    }
+}
+
+/// The live policy, swapped atomically on reload. Readers take one `Arc` per request.
+pub type PolicyStore = Arc<ArcSwap<Policy>>;
+
+/// Passes through the `u64` that [`KeyDigest`]'s `Hash` writes, so a key lookup costs no hashing
+/// beyond the SHA-256 already done.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for non-digest keys; fold bytes in so the hasher stays correct in general.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_set_operations() {
+        let mut a = ModelSet::default();
+        a.insert(1);
+        a.insert(70);
+        let mut b = ModelSet::default();
+        b.insert(70);
+        b.insert(3);
+        assert!(a.contains(70) && a.contains(1) && !a.contains(3));
+        let both = a.intersection(&b);
+        assert_eq!(both.iter().collect::<Vec<_>>(), vec![70]);
+        assert!(!ModelSet::default().contains(5));
+    }
+
+    #[test]
+    fn operation_set_operations() {
+        let s: OperationSet = [Operation::Chat, Operation::Embeddings]
+            .into_iter()
+            .collect();
+        assert!(s.contains(Operation::Chat) && !s.contains(Operation::Responses));
+        let t = s.intersection([Operation::Chat].into_iter().collect());
+        assert_eq!(t.iter().collect::<Vec<_>>(), vec![Operation::Chat]);
+        assert_eq!(OperationSet::all().iter().count(), 4);
+    }
+}

@@ -1,0 +1,204 @@
+//! The request body: read whole before routing (the `model` field picks the provider), then
+//! handed to Pingora for sending upstream.
+//!
+//! Pingora forwards a pre-read body only through its 64 KiB retry buffer. So the buffer is enabled
+//! just for the body's last 64 KiB (for Content-Length bodies of any size, and for chunked bodies
+//! that fit it), and `request_body_filter` swaps the full body in when Pingora replays that tail.
+//! A chunked body larger than the buffer cannot be replayed and is refused with 413 up front rather
+//! than left to hang; the OpenAI SDKs always send Content-Length.
+
+use super::errors::ApiError;
+use bytes::{Bytes, BytesMut};
+use pingora::proxy::Session;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Pingora's retry buffer size (`BODY_BUF_LIMIT`, not configurable).
+const REPLAY_WINDOW: usize = 64 * 1024;
+
+/// How much of an unwanted body keygate reads and throws away before refusing a request, so the
+/// client finishes sending and reads the error instead of failing with a broken pipe.
+const DISCARD_LIMIT: usize = 64 * 1024 * 1024;
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops what is left of the request body, within [`DISCARD_LIMIT`] and
+/// [`DISCARD_TIME`]; beyond that the connection is closed after the refusal instead.
+pub async fn discard_rest(session: &mut Session) {
+    let mut read = 0usize;
+    let deadline = tokio::time::sleep(DISCARD_TIME);
+    tokio::pin!(deadline);
+    while !session.is_body_done() && read <= DISCARD_LIMIT {
+        tokio::select! {
+            chunk = session.read_request_body() => match chunk {
+                Ok(Some(c)) => read += c.len(),
+                _ => break,
+            },
+            _ = &mut deadline => break,
+        }
+    }
+}
+
+/// Reads the whole request body, enforcing `max_bytes`.
+pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes, ApiError> {
+    let declared = declared_length(session)?;
+    if declared.is_some_and(|n| n > max_bytes) {
+        return Err(ApiError::too_large(max_bytes));
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(max_bytes));
+    let mut buffering = false;
+    loop {
+        let remaining = declared.map_or(0, |n| n.saturating_sub(body.len()));
+        if !buffering && (declared.is_none() || remaining <= REPLAY_WINDOW) {
+            session.enable_retry_buffering();
+            buffering = true;
+        }
+        let chunk = session
+            .read_request_body()
+            .await
+            .map_err(|_| ApiError::invalid_request("The request body could not be read."))?;
+        let Some(chunk) = chunk else { break };
+        if body.len() + chunk.len() > max_bytes {
+            return Err(ApiError::too_large(max_bytes));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !body.is_empty() && session.get_retry_buffer().is_none() {
+        return Err(ApiError {
+            status: 413,
+            kind: "invalid_request_error",
+            code: "request_too_large",
+            message: "Chunked request bodies over 64 KiB are not supported; send the body with a Content-Length header.".into(),
+            param: None,
+        });
+    }
+    Ok(body.freeze())
+}
+
+fn declared_length(session: &Session) -> Result<Option<usize>, ApiError> {
+    let headers = &session.req_header().headers;
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Ok(None);
+    }
+    match headers.get(http::header::CONTENT_LENGTH) {
+        None => Ok(Some(0)),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid_request("Invalid Content-Length header.")),
+    }
+}
+
+/// The parts of a request body keygate acts on. serde skips every other field without allocating.
+#[derive(Debug, Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+/// What routing needs from the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestFacts {
+    pub model: String,
+    /// Byte range of the `model` value (quotes included) in the body, for rewriting it.
+    pub model_span: (usize, usize),
+    pub stream: bool,
+}
+
+/// Extracts `model` and `stream` from a JSON object body.
+pub fn inspect(body: &[u8]) -> Result<RequestFacts, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::invalid_request(
+            "The request body is empty; expected a JSON object with a `model` field.",
+        ));
+    }
+    let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid_request(format!(
+            "We could not parse the JSON body of your request: {e}. Expected a JSON object with a `model` field."
+        ))
+    })?;
+    let raw = head.model.ok_or_else(|| {
+        ApiError::invalid_request("You must provide a model parameter.").with_param("model")
+    })?;
+    let model: String = serde_json::from_str(raw.get()).map_err(|_| {
+        ApiError::invalid_request("The `model` parameter must be a string.").with_param("model")
+    })?;
+    // RawValue borrows from `body`, so its address gives the value's exact position.
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    Ok(RequestFacts {
+        model,
+        model_span: (start, start + raw.get().len()),
+        stream: head.stream.unwrap_or(false),
+    })
+}
+
+/// The body with its `model` value replaced by `upstream_model`; every other byte unchanged.
+pub fn rewrite_model(body: &[u8], span: (usize, usize), upstream_model: &str) -> Bytes {
+    let quoted = serde_json::to_string(upstream_model).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(body.len() + quoted.len());
+    out.extend_from_slice(&body[..span.0]);
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(&body[span.1..]);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_model_and_stream() {
+        let body = br#"{"messages":[{"role":"user","content":"hi \"model\""}], "model" : "gpt-4o-mini","stream":true}"#;
+        let f = inspect(body).unwrap();
+        assert_eq!(f.model, "gpt-4o-mini");
+        assert!(f.stream);
+        assert_eq!(&body[f.model_span.0..f.model_span.1], br#""gpt-4o-mini""#);
+    }
+
+    #[test]
+    fn nested_model_fields_are_not_the_model() {
+        let body = br#"{"metadata":{"model":"nested"},"model":"top"}"#;
+        assert_eq!(inspect(body).unwrap().model, "top");
+    }
+
+    #[test]
+    fn rewrite_keeps_every_other_byte() {
+        let body = br#"{ "model":"mock",  "temperature": 0.50000, "x":"\u00e9"}"#;
+        let f = inspect(body).unwrap();
+        let out = rewrite_model(body, f.model_span, "real-\"model\"");
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{ "model":"real-\"model\"",  "temperature": 0.50000, "x":"\u00e9"}"#
+        );
+    }
+
+    #[test]
+    fn escaped_model_names_are_decoded() {
+        let f = inspect(br#"{"model":"a\u002fb"}"#).unwrap();
+        assert_eq!(f.model, "a/b");
+    }
+
+    #[test]
+    fn bad_bodies_are_invalid_requests() {
+        for body in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"\"x\"",
+            b"{\"messages\":[]}",
+            b"{\"model\":5}",
+            b"{\"model\":\"a\"} trailing",
+        ] {
+            let e = inspect(body).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (400, "invalid_request"),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+}

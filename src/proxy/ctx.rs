@@ -1,0 +1,89 @@
+//! Per-request state carried from one proxy phase to the next.
+
+use super::errors::ApiError;
+use super::routes::Route;
+use crate::policy::{Key, Model, Policy};
+use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Everything one request accumulates on its journey through the gateway.
+pub struct RequestCtx {
+    pub started: Instant,
+    pub request_id: String,
+    /// The policy snapshot this request started on; it keeps using it even if a reload happens.
+    pub policy: Option<Arc<Policy>>,
+    pub route: Option<Route>,
+    pub key: Option<Arc<Key>>,
+    pub model: Option<Arc<Model>>,
+    pub stream: bool,
+    /// The body to send upstream (rewritten when the upstream model name differs).
+    pub body: Option<Bytes>,
+    /// Endpoint index of the current attempt, and how many attempts were made.
+    pub endpoint: Option<usize>,
+    pub attempts: u32,
+    /// A refusal already decided, for `fail_to_proxy` to send in place of a generic error.
+    pub failure: Option<ApiError>,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: String::new(),
+            policy: None,
+            route: None,
+            key: None,
+            model: None,
+            stream: false,
+            body: None,
+            endpoint: None,
+            attempts: 0,
+            failure: None,
+        }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The client's `x-request-id` when it is a sane token, otherwise a new id.
+pub fn request_id(client_value: Option<&[u8]>) -> String {
+    if let Some(v) = client_value {
+        if !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()) {
+            // all bytes are ASCII, so this cannot fail
+            return String::from_utf8_lossy(v).into_owned();
+        }
+    }
+    // A random per-process prefix and a counter: unique, cheap, and not guessable across restarts.
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        u64::from_le_bytes(b)
+    });
+    format!(
+        "req_{prefix:016x}{:010x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(request_id(Some(b"abc-123")), "abc-123");
+        let a = request_id(None);
+        let b = request_id(Some(b"has space"));
+        assert!(a.starts_with("req_") && b.starts_with("req_"));
+        assert_ne!(a, b);
+        assert!(request_id(Some(&[b'x'; 200])).starts_with("req_"));
+    }
+}

@@ -1,0 +1,311 @@
+//! The data plane: Pingora's [`ProxyHttp`] implemented as the request's journey through keygate.
+//!
+//! `request_filter` authenticates the key, authorizes the operation, reads the body and authorizes
+//! the model; `upstream_peer` routes to an endpoint of the model's provider; the upstream filters
+//! swap the virtual key for the provider credential and forward the body; the response filters
+//! pass the response through unbuffered; `logging` closes the request's books.
+
+pub mod auth;
+pub mod body;
+pub mod ctx;
+pub mod errors;
+pub mod routes;
+
+use crate::policy::{Policy, PolicyStore};
+use async_trait::async_trait;
+use bytes::Bytes;
+use ctx::RequestCtx;
+use errors::ApiError;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+use routes::{NoRoute, Route};
+use std::sync::Arc;
+
+/// The keygate proxy. Cheap to clone; all state lives in the shared policy store.
+pub struct Gateway {
+    policy: PolicyStore,
+}
+
+impl Gateway {
+    pub fn new(policy: PolicyStore) -> Self {
+        Gateway { policy }
+    }
+
+    /// Authenticate → authorize → read body → authorize model. `Ok(None)` means proceed upstream;
+    /// `Ok(Some(bytes))` is a response keygate answers itself.
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        policy: &Arc<Policy>,
+    ) -> Result<Option<Bytes>, ApiError> {
+        let header = session.req_header();
+        let route = routes::route(&header.method, header.uri.path()).map_err(|e| match e {
+            NoRoute::UnknownPath => ApiError::unknown_route(header.uri.path()),
+            NoRoute::WrongMethod => {
+                ApiError::method_not_allowed(header.method.as_str(), header.uri.path())
+            }
+        })?;
+        ctx.route = Some(route);
+
+        // authenticate
+        let secret = auth::presented_secret(&header.headers).ok_or_else(ApiError::missing_key)?;
+        let key = auth::authenticate(policy, secret, chrono::Utc::now())?;
+        ctx.key = Some(key.clone());
+
+        // authorize the operation
+        let operation = match route {
+            Route::ListModels => return Ok(Some(list_models(policy, &key))),
+            Route::Proxy(op) => op,
+        };
+        if !key.operations.contains(operation) {
+            return Err(ApiError::operation_not_allowed(operation.as_str()));
+        }
+
+        // read the body and authorize the model it names
+        let body = body::read_whole(session, policy.max_body_bytes).await?;
+        let facts = body::inspect(&body)?;
+        let model = policy
+            .model(&facts.model)
+            .ok_or_else(|| ApiError::model_not_found(&facts.model))?;
+        if !key.models.contains(model.index) {
+            return Err(ApiError::model_not_allowed(&facts.model));
+        }
+        ctx.stream = facts.stream;
+        ctx.body = Some(match &model.upstream_model {
+            Some(upstream) => body::rewrite_model(&body, facts.model_span, upstream),
+            None => body,
+        });
+        ctx.model = Some(model.clone());
+        Ok(None)
+    }
+}
+
+fn list_models(policy: &Policy, key: &crate::policy::Key) -> Bytes {
+    let data: Vec<serde_json::Value> = key
+        .models
+        .iter()
+        .filter_map(|i| policy.models.get(i))
+        .map(|m| {
+            serde_json::json!({
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": m.provider.name,
+            })
+        })
+        .collect();
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
+            .unwrap_or_default(),
+    )
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    /// Authenticate, authorize and read the request; answer refusals and `/v1/models` directly.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = ctx::request_id(
+            session
+                .req_header()
+                .headers
+                .get("x-request-id")
+                .map(|v| v.as_bytes()),
+        );
+        let policy = self.policy.load_full();
+        ctx.policy = Some(policy.clone());
+        match self.admit(session, ctx, &policy).await {
+            Ok(None) => Ok(false),
+            Ok(Some(body)) => {
+                let mut h = ResponseHeader::build(200, Some(3))?;
+                h.insert_header("content-type", "application/json")?;
+                h.insert_header("content-length", body.len())?;
+                h.insert_header("x-request-id", ctx.request_id.as_str())?;
+                session.write_response_header(Box::new(h), false).await?;
+                session.write_response_body(Some(body), true).await?;
+                Ok(true)
+            }
+            Err(refusal) => {
+                body::discard_rest(session).await;
+                errors::respond(session, &refusal, &ctx.request_id).await?;
+                ctx.failure = Some(refusal);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Route: the next endpoint of the model's provider.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let provider = &ctx
+            .model
+            .as_ref()
+            .expect("request_filter set the model")
+            .provider;
+        ctx.attempts += 1;
+        // Try each endpoint at most once per request, starting at the schedule's next turn.
+        for _ in 0..provider.endpoints.len() {
+            let index = provider.pick();
+            if let Some(peer) = provider.peer(index) {
+                ctx.endpoint = Some(index);
+                return Ok(Box::new(peer));
+            }
+        }
+        ctx.failure = Some(ApiError::upstream_unavailable());
+        Error::e_explain(
+            ErrorType::ConnectNoRoute,
+            "no endpoint of the provider has a resolved address",
+        )
+    }
+
+    /// A failed connect is retried on the provider's next endpoint until each was tried once.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let endpoints = ctx.model.as_ref().map_or(0, |m| m.provider.endpoints.len());
+        if (ctx.attempts as usize) < endpoints {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    /// Forward: swap the virtual key for the provider credential, address the endpoint.
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let model = ctx.model.as_ref().expect("request_filter set the model");
+        let provider = &model.provider;
+        let endpoint = &provider.endpoints[ctx.endpoint.expect("upstream_peer set the endpoint")];
+        for name in ["authorization", "x-api-key", "api-key"] {
+            upstream.remove_header(name);
+        }
+        if let Some((name, value)) = &provider.credential {
+            upstream.insert_header(name.clone(), value.clone())?;
+        }
+        upstream.insert_header(http::header::HOST, endpoint.authority.clone())?;
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.remove_header(&http::header::TRANSFER_ENCODING);
+        let body_len = ctx.body.as_ref().map_or(0, Bytes::len);
+        upstream.insert_header(http::header::CONTENT_LENGTH, body_len)?;
+        if !endpoint.base_path.is_empty() {
+            let path_and_query = upstream.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let uri: http::Uri = format!("{}{}", endpoint.base_path, path_and_query)
+                .parse()
+                .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream path"))?;
+            upstream.set_uri(uri);
+        }
+        Ok(())
+    }
+
+    /// Pingora replays the buffered tail of the body here; send the whole (possibly rewritten) body.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if end_of_stream {
+            *body = ctx.body.clone();
+        } else {
+            // Cannot happen with a fully pre-read body; never forward a partial one.
+            *body = None;
+        }
+        Ok(())
+    }
+
+    /// Responses pass through unchanged but for the request id.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    /// Every failure after admission becomes an OpenAI-shaped error, if the client can still get one.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let error = ctx.failure.clone().unwrap_or_else(|| classify(e));
+        ctx.failure = Some(error.clone());
+        let client_gone = matches!(e.esource(), ErrorSource::Downstream)
+            && matches!(
+                e.etype(),
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+            );
+        let code = if client_gone || session.response_written().is_some() {
+            // Headers already went out (e.g. a stream cut mid-way): the connection is the only signal left.
+            0
+        } else {
+            if ctx.request_id.is_empty() {
+                ctx.request_id = ctx::request_id(None);
+            }
+            if let Err(write_error) = errors::respond(session, &error, &ctx.request_id).await {
+                tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not send error response");
+            }
+            error.status
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |h| h.status.as_u16());
+        tracing::debug!(
+            request_id = %ctx.request_id,
+            key = ctx.key.as_ref().map_or("-", |k| k.id.as_str()),
+            model = ctx.model.as_ref().map_or("-", |m| m.name.as_str()),
+            status,
+            refusal = ctx.failure.as_ref().map_or("-", |f| f.code),
+            error = e.map(|e| e.to_string()).unwrap_or_default(),
+            elapsed_us = ctx.started.elapsed().as_micros() as u64,
+            "request done"
+        );
+    }
+}
+
+/// Maps a Pingora failure to what the client is told.
+fn classify(e: &Error) -> ApiError {
+    match e.etype() {
+        ErrorType::ConnectTimedout
+        | ErrorType::ReadTimedout
+        | ErrorType::WriteTimedout
+        | ErrorType::TLSHandshakeTimedout => ApiError::upstream_timeout(),
+        ErrorType::HTTPStatus(400) => ApiError::invalid_request("The request could not be read."),
+        _ if matches!(e.esource(), ErrorSource::Upstream) => ApiError::upstream_unavailable(),
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => ApiError::upstream_unavailable(),
+        _ => ApiError::internal(),
+    }
+}

@@ -1,0 +1,65 @@
+//! The OpenAI-compatible surface: which method and path mean which operation.
+
+use crate::config::schema::Operation;
+
+/// What a request asks keygate to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Proxied to the provider of the body's model.
+    Proxy(Operation),
+    /// `GET /v1/models`, answered by keygate from the key's policy.
+    ListModels,
+}
+
+/// Why a request matches no route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRoute {
+    UnknownPath,
+    WrongMethod,
+}
+
+pub fn route(method: &http::Method, path: &str) -> Result<Route, NoRoute> {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let path = path.strip_suffix('/').unwrap_or(path);
+    let (route, expected) = match path {
+        "/v1/chat/completions" => (Route::Proxy(Operation::Chat), http::Method::POST),
+        "/v1/completions" => (Route::Proxy(Operation::Completions), http::Method::POST),
+        "/v1/embeddings" => (Route::Proxy(Operation::Embeddings), http::Method::POST),
+        "/v1/responses" => (Route::Proxy(Operation::Responses), http::Method::POST),
+        "/v1/models" => (Route::ListModels, http::Method::GET),
+        _ => return Err(NoRoute::UnknownPath),
+    };
+    if *method == expected {
+        Ok(route)
+    } else {
+        Err(NoRoute::WrongMethod)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Method;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route(&Method::POST, "/v1/chat/completions"),
+            Ok(Route::Proxy(Operation::Chat))
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/embeddings?x=1"),
+            Ok(Route::Proxy(Operation::Embeddings))
+        );
+        assert_eq!(route(&Method::GET, "/v1/models"), Ok(Route::ListModels));
+        assert_eq!(
+            route(&Method::GET, "/v1/chat/completions"),
+            Err(NoRoute::WrongMethod)
+        );
+        assert_eq!(route(&Method::POST, "/v2/chat"), Err(NoRoute::UnknownPath));
+        assert_eq!(
+            route(&Method::POST, "/v1/chat/completions/x"),
+            Err(NoRoute::UnknownPath)
+        );
+    }
+}

@@ -1,0 +1,303 @@
+//! Providers and their endpoints: where a routed request goes and how keygate connects there.
+//!
+//! A [`Provider`] owns its credential (as a prebuilt header value), its endpoints and their
+//! weighted round-robin schedule, its TLS trust and its timeouts. Endpoint host names are resolved
+//! off the request path (at policy load, and again by [`refresh_dns`]), so picking a peer for a
+//! request is an atomic increment and an `HttpPeer` built from a socket address.
+
+use crate::config::schema::ProviderFormat;
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, WrappedX509};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// LLMs may think for minutes before the first token, so the default silence allowance is long.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One LLM provider account: credential, endpoints, trust and timeouts.
+pub struct Provider {
+    pub name: String,
+    pub format: ProviderFormat,
+    /// The header that carries the credential upstream, with its value ready to insert.
+    pub credential: Option<(http::HeaderName, HeaderValue)>,
+    pub endpoints: Vec<Endpoint>,
+    schedule: Vec<u16>,
+    next: AtomicUsize,
+    /// Per-provider CA list (system roots plus the provider's `ca_file`), when it has one.
+    ca: Option<Arc<[WrappedX509]>>,
+    /// Separates pooled connections by trust configuration: Pingora's pool key ignores the CA.
+    group_key: u64,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The credential is deliberately absent.
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("format", &self.format)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One base URL of a provider.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The URL as written in the policy, for logs and metrics.
+    pub url: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// `Host` header value: the host, plus the port when it is not the scheme's default.
+    pub authority: HeaderValue,
+    /// Path prefix prepended to the request path (empty, or e.g. `/openai`), without trailing `/`.
+    pub base_path: String,
+    pub weight: u32,
+    addrs: ArcSwap<Vec<SocketAddr>>,
+}
+
+/// What `Provider::new` needs; built by the policy compiler.
+pub struct ProviderSpec {
+    pub name: String,
+    pub format: ProviderFormat,
+    pub api_key: Option<String>,
+    pub endpoints: Vec<EndpointSpec>,
+    pub extra_ca_der: Vec<Vec<u8>>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+pub struct EndpointSpec {
+    pub url: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub base_path: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("the API key cannot be sent in an HTTP header")]
+    InvalidCredential,
+    #[error("host `{0}` cannot be sent in an HTTP header")]
+    InvalidHost(String),
+    #[error("cannot read the system CA certificates: {0}")]
+    SystemRoots(String),
+}
+
+impl Provider {
+    pub fn new(spec: ProviderSpec) -> Result<Provider, ProviderError> {
+        let credential = match &spec.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::try_from(format!("Bearer {key}"))
+                    .map_err(|_| ProviderError::InvalidCredential)?;
+                value.set_sensitive(true);
+                Some((http::header::AUTHORIZATION, value))
+            }
+            None => None,
+        };
+        let endpoints = spec
+            .endpoints
+            .into_iter()
+            .map(Endpoint::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        let schedule =
+            smooth_weighted_schedule(&endpoints.iter().map(|e| e.weight).collect::<Vec<_>>());
+        let ca = if spec.extra_ca_der.is_empty() {
+            None
+        } else {
+            // A per-peer CA list replaces the system store in Pingora's rustls connector, so the
+            // system roots are added here to keep public endpoints of the same provider working.
+            let system = rustls_native_certs::load_native_certs()
+                .map_err(|e| ProviderError::SystemRoots(e.to_string()))?;
+            let list: Vec<WrappedX509> = system
+                .into_iter()
+                .map(|c| c.as_ref().to_vec())
+                .chain(spec.extra_ca_der.iter().cloned())
+                .filter(|der| x509_parses(der))
+                .map(|der| WrappedX509::new(der, parse_x509))
+                .collect();
+            Some(Arc::from(list))
+        };
+        let group_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            spec.name.hash(&mut h);
+            spec.extra_ca_der.hash(&mut h);
+            h.finish()
+        };
+        Ok(Provider {
+            name: spec.name,
+            format: spec.format,
+            credential,
+            endpoints,
+            schedule,
+            next: AtomicUsize::new(0),
+            ca,
+            group_key,
+            connect_timeout: spec.connect_timeout,
+            idle_timeout: spec.idle_timeout,
+        })
+    }
+
+    /// The next endpoint in weighted round-robin order.
+    #[inline]
+    pub fn pick(&self) -> usize {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        self.schedule[turn % self.schedule.len()] as usize
+    }
+
+    /// A Pingora peer for endpoint `index`, or `None` while its host has no known address.
+    pub fn peer(&self, index: usize) -> Option<HttpPeer> {
+        let endpoint = &self.endpoints[index];
+        let addr = {
+            let addrs = endpoint.addrs.load();
+            *addrs.first()?
+        };
+        let mut peer = HttpPeer::new(addr, endpoint.tls, endpoint.host.clone());
+        peer.group_key = self.group_key;
+        peer.options.connection_timeout = Some(self.connect_timeout);
+        peer.options.read_timeout = Some(self.idle_timeout);
+        peer.options.write_timeout = Some(self.idle_timeout);
+        if let Some(ca) = &self.ca {
+            peer.options.ca = Some(ca.clone());
+        }
+        Some(peer)
+    }
+
+    /// Resolves every endpoint's host now (blocking DNS; never call on a request thread).
+    pub fn resolve_blocking(&self) -> Vec<(String, std::io::Error)> {
+        let mut failures = Vec::new();
+        for endpoint in &self.endpoints {
+            if let Err(e) = endpoint.resolve_blocking() {
+                failures.push((endpoint.url.clone(), e));
+            }
+        }
+        failures
+    }
+}
+
+impl Endpoint {
+    fn new(spec: EndpointSpec) -> Result<Endpoint, ProviderError> {
+        let default_port = if spec.tls { 443 } else { 80 };
+        let host_for_header = if spec.host.contains(':') {
+            format!("[{}]", spec.host)
+        } else {
+            spec.host.clone()
+        };
+        let authority = if spec.port == default_port {
+            host_for_header
+        } else {
+            format!("{host_for_header}:{}", spec.port)
+        };
+        let authority = HeaderValue::try_from(authority)
+            .map_err(|_| ProviderError::InvalidHost(spec.host.clone()))?;
+        let literal = spec
+            .host
+            .parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, spec.port));
+        Ok(Endpoint {
+            url: spec.url,
+            tls: spec.tls,
+            host: spec.host,
+            port: spec.port,
+            authority,
+            base_path: spec.base_path,
+            weight: spec.weight,
+            addrs: ArcSwap::from_pointee(literal.into_iter().collect()),
+        })
+    }
+
+    pub fn has_literal_ip(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok()
+    }
+
+    fn resolve_blocking(&self) -> std::io::Result<()> {
+        if self.has_literal_ip() {
+            return Ok(());
+        }
+        let addrs: Vec<SocketAddr> = (self.host.as_str(), self.port).to_socket_addrs()?.collect();
+        if addrs.is_empty() {
+            return Err(std::io::Error::other("no addresses"));
+        }
+        self.addrs.store(Arc::new(addrs));
+        Ok(())
+    }
+
+    async fn resolve(&self) -> std::io::Result<()> {
+        if self.has_literal_ip() {
+            return Ok(());
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .collect();
+        if addrs.is_empty() {
+            return Err(std::io::Error::other("no addresses"));
+        }
+        self.addrs.store(Arc::new(addrs));
+        Ok(())
+    }
+}
+
+/// Re-resolves the host names of every endpoint of `providers`, keeping the last good answer on
+/// failure. Run periodically from a background task so DNS changes are followed.
+pub async fn refresh_dns<'a>(providers: impl Iterator<Item = &'a Arc<Provider>>) {
+    for provider in providers {
+        for endpoint in &provider.endpoints {
+            if let Err(e) = endpoint.resolve().await {
+                tracing::warn!(provider = %provider.name, endpoint = %endpoint.url, error = %e, "DNS refresh failed; keeping previous addresses");
+            }
+        }
+    }
+}
+
+fn x509_parses(der: &[u8]) -> bool {
+    let mut store = rustls::RootCertStore::empty();
+    store
+        .add(rustls::pki_types::CertificateDer::from(der))
+        .is_ok()
+}
+
+/// Nginx's smooth weighted round robin, unrolled into one cycle of `sum(weights)` turns, so that
+/// endpoints interleave (3/1/1 gives a b a c a, not a a a b c) and each gets exactly its share.
+fn smooth_weighted_schedule(weights: &[u32]) -> Vec<u16> {
+    let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut schedule = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, &w) in current.iter_mut().zip(weights) {
+            *c += i64::from(w);
+        }
+        let best = (0..weights.len())
+            .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
+            .expect("a provider has at least one endpoint");
+        current[best] -= total;
+        schedule.push(best as u16);
+    }
+    schedule
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_is_proportional_and_interleaved() {
+        let s = smooth_weighted_schedule(&[3, 1, 1]);
+        assert_eq!(s, vec![0, 1, 0, 2, 0]);
+        let s = smooth_weighted_schedule(&[1]);
+        assert_eq!(s, vec![0]);
+        let s = smooth_weighted_schedule(&[5, 2]);
+        assert_eq!(s.iter().filter(|&&i| i == 0).count(), 5);
+        assert_eq!(s.iter().filter(|&&i| i == 1).count(), 2);
+    }
+}

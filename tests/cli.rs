@@ -1,0 +1,304 @@
+//! The `keygate` command line: `check` on good and bad policies, `keys create` and `keys list`.
+
+mod common;
+
+use common::upstream::{MockUpstream, Reply};
+use common::{client, keygate_bin, TestGateway};
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BASE: &str = r#"providers:
+  p1:
+    format: openai
+    api_key: sk-real
+    endpoints:
+      - {url: "http://127.0.0.1:9", weight: 1}
+models:
+  m1:
+    provider: p1
+workloads:
+  w1:
+    models: [m1]
+"#;
+
+const GOOD_HASH: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+fn run(args: &[&str], config: &Path) -> Output {
+    Command::new(keygate_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env_remove("KEYGATE_CONFIG")
+        .output()
+        .expect("run keygate")
+}
+
+fn check(config: &str, keys: &[(&str, &str)]) -> (bool, String) {
+    let gw = TestGateway::prepare(
+        config,
+        &keys
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>(),
+    );
+    let out = run(&["check"], &gw.config_path);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn key(workload: &str, extra: &str) -> String {
+    format!("hash: \"{GOOD_HASH}\"\nworkload: {workload}\n{extra}")
+}
+
+#[test]
+fn check_accepts_a_good_policy_and_the_shipped_one() {
+    let (ok, out) = check(BASE, &[("k1", &key("w1", ""))]);
+    assert!(ok, "{out}");
+    assert!(out.contains("ok"), "{out}");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/keygate.yaml");
+    let out = run(&["check"], &shipped);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Each bad-policy case: what to write, and what the report must say (file, field, reason).
+#[test]
+fn check_reports_every_bad_policy_case_with_file_and_field() {
+    type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "unknown field",
+            format!("{BASE}colour: blue\n"),
+            vec![],
+            vec!["keygate.yaml", "unknown field `colour`"],
+        ),
+        (
+            "unknown nested field",
+            BASE.replace("api_key: sk-real", "api_key: sk-real\n    apikey: typo"),
+            vec![],
+            vec!["keygate.yaml", "providers", "unknown field `apikey`"],
+        ),
+        (
+            "yaml syntax with line",
+            format!("{BASE}trusted_proxies: [unclosed\n"),
+            vec![],
+            vec!["keygate.yaml", "line 15"],
+        ),
+        (
+            "duplicate section",
+            format!("{BASE}workloads: {{}}\n"),
+            vec![],
+            vec!["keygate.yaml", "duplicate field `workloads`"],
+        ),
+        (
+            "key with unknown workload",
+            BASE.to_owned(),
+            vec![("k1", key("nope", ""))],
+            vec!["k1.yaml", "workload", "unknown workload `nope`"],
+        ),
+        (
+            "key with unknown model",
+            BASE.to_owned(),
+            vec![("k1", key("w1", "models: [ghost]\n"))],
+            vec!["k1.yaml", "models[0]", "unknown model `ghost`"],
+        ),
+        (
+            "workload with unknown model",
+            BASE.replace("models: [m1]", "models: [m1, ghost]"),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "workloads.w1.models[1]",
+                "unknown model `ghost`",
+            ],
+        ),
+        (
+            "model with unknown provider",
+            BASE.replace("provider: p1", "provider: p9"),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "models.m1.provider",
+                "unknown provider `p9`",
+            ],
+        ),
+        (
+            "two keys with one hash",
+            BASE.to_owned(),
+            vec![("k1", key("w1", "")), ("k2", key("w1", ""))],
+            vec!["k2.yaml", "hash", "same hash"],
+        ),
+        (
+            "two keys with one id",
+            BASE.to_owned(),
+            vec![
+                ("k1", key("w1", "")),
+                (
+                    "list",
+                    format!(
+                        "- id: k1\n  hash: \"sha256:{}\"\n  workload: w1\n",
+                        "2".repeat(64)
+                    ),
+                ),
+            ],
+            vec!["list.yaml", "[0].id", "also defined"],
+        ),
+        (
+            "malformed hash",
+            BASE.to_owned(),
+            vec![("k1", key("w1", "").replace(GOOD_HASH, "sha256:abc"))],
+            vec!["k1.yaml", "hash", "64 hex"],
+        ),
+        (
+            "unset variable",
+            BASE.replace("sk-real", "${KEYGATE_TEST_SURELY_UNSET_VAR}"),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "providers.p1.api_key",
+                "KEYGATE_TEST_SURELY_UNSET_VAR is not set",
+            ],
+        ),
+        (
+            "bad url",
+            BASE.replace("http://127.0.0.1:9", "ftp://example.com"),
+            vec![],
+            vec!["keygate.yaml", "providers.p1.endpoints[0].url", "scheme"],
+        ),
+        (
+            "bad cidr",
+            format!("trusted_proxies: [10.0.0.0/40]\n{BASE}"),
+            vec![],
+            vec!["keygate.yaml", "trusted_proxies[0]", "CIDR"],
+        ),
+        (
+            "bad key status",
+            BASE.to_owned(),
+            vec![("k1", key("w1", "status: revoked\n"))],
+            vec!["k1.yaml", "status", "unknown variant"],
+        ),
+        (
+            "unknown key field",
+            BASE.to_owned(),
+            vec![("k1", key("w1", "secret: oops\n"))],
+            vec!["k1.yaml", "unknown field `secret`"],
+        ),
+    ];
+    for (name, config, keys, expect) in cases {
+        let keys: Vec<(&str, &str)> = keys.iter().map(|(a, b)| (*a, b.as_str())).collect();
+        let (ok, out) = check(&config, &keys);
+        assert!(!ok, "{name}: check passed:\n{out}");
+        for needle in expect {
+            assert!(
+                out.contains(needle),
+                "{name}: report lacks `{needle}`:\n{out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn check_lists_every_problem_not_just_the_first() {
+    let config = BASE
+        .replace("provider: p1", "provider: p9")
+        .replace("models: [m1]", "models: [ghost]");
+    let (ok, out) = check(&config, &[("k1", &key("nope", ""))]);
+    assert!(!ok);
+    for needle in [
+        "unknown provider `p9`",
+        "unknown model `ghost`",
+        "unknown workload `nope`",
+    ] {
+        assert!(out.contains(needle), "missing `{needle}` in:\n{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn created_keys_work_and_list_never_shows_secrets() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let config = BASE.replace("http://127.0.0.1:9", &up.url());
+    let gw = TestGateway::prepare(&config, &[]);
+    let out = run(
+        &[
+            "keys",
+            "create",
+            "ci-bot",
+            "--workload",
+            "w1",
+            "--owner",
+            "team-ci",
+            "--models",
+            "m1",
+            "--operations",
+            "chat",
+            "--expires",
+            "2099-01-01T00:00:00Z",
+        ],
+        &gw.config_path,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let secret = stdout.trim();
+    assert_eq!(stdout.lines().count(), 1, "stdout holds the secret alone");
+    keygate::keys::secret::check_format(secret).expect("created secret has a valid checksum");
+    let file = std::fs::read_to_string(gw.keys_dir().join("ci-bot.yaml")).unwrap();
+    assert!(!file.contains(secret));
+    assert!(file.contains(&keygate::keys::secret::KeyDigest::of(secret).to_string()));
+
+    // creating the same id again is refused and leaves the file alone
+    let again = run(
+        &["keys", "create", "ci-bot", "--workload", "w1"],
+        &gw.config_path,
+    );
+    assert!(!again.status.success());
+    assert_eq!(
+        std::fs::read_to_string(gw.keys_dir().join("ci-bot.yaml")).unwrap(),
+        file
+    );
+    // a key the policy would reject is not left behind
+    let bad = run(
+        &["keys", "create", "bad", "--workload", "ghost"],
+        &gw.config_path,
+    );
+    assert!(!bad.status.success());
+    assert!(!gw.keys_dir().join("bad.yaml").exists());
+
+    let list = run(&["keys", "list"], &gw.config_path);
+    let listing = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        listing.contains("ci-bot") && listing.contains("team-ci") && listing.contains("w1"),
+        "{listing}"
+    );
+    assert!(!listing.contains(secret));
+
+    let gw = gw.boot();
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(secret)
+        .json(&serde_json::json!({"model": "m1", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut changed = secret.to_owned().into_bytes();
+    changed[10] = if changed[10] == b'A' { b'B' } else { b'A' };
+    let changed = String::from_utf8(changed).unwrap();
+    assert!(keygate::keys::secret::check_format(&changed).is_err());
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&changed)
+        .json(&serde_json::json!({"model": "m1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}

@@ -1,0 +1,119 @@
+//! Test support: recording mock upstreams ([`upstream`]) and an in-process gateway on loopback.
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use keygate::keys::secret;
+use keygate::server::RunningGateway;
+use std::path::{Path, PathBuf};
+
+/// A gateway running in this test process on a free loopback port, with its policy in a temp dir.
+pub struct TestGateway {
+    pub running: Option<RunningGateway>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub port: u16,
+}
+
+impl TestGateway {
+    /// Writes `config` (everything but `listen`/`keys_dir`, which are added) and `keys`
+    /// (`(file stem, yaml)`), then starts the gateway.
+    pub fn start(config: &str, keys: &[(String, String)]) -> TestGateway {
+        let gw = Self::prepare(config, keys);
+        gw.boot()
+    }
+
+    /// Like `start`, but does not boot: for tests that edit files first.
+    pub fn prepare(config: &str, keys: &[(String, String)]) -> TestGateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = upstream::free_port();
+        let keys_dir = dir.path().join("keys.d");
+        std::fs::create_dir_all(&keys_dir).unwrap();
+        for (stem, yaml) in keys {
+            std::fs::write(keys_dir.join(format!("{stem}.yaml")), yaml).unwrap();
+        }
+        let config_path = dir.path().join("keygate.yaml");
+        std::fs::write(
+            &config_path,
+            format!("listen: 127.0.0.1:{port}\nkeys_dir: keys.d\n{config}"),
+        )
+        .unwrap();
+        TestGateway {
+            running: None,
+            dir,
+            config_path,
+            port,
+        }
+    }
+
+    pub fn boot(mut self) -> TestGateway {
+        match RunningGateway::start(&self.config_path) {
+            Ok(r) => self.running = Some(r),
+            Err(e) => panic!("gateway failed to start: {e}"),
+        }
+        self
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn keys_dir(&self) -> PathBuf {
+        self.dir.path().join("keys.d")
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+        }
+    }
+}
+
+/// A fresh secret and the YAML of a key file for it; `extra` is appended verbatim.
+pub fn key_file(workload: &str, extra: &str) -> (String, String) {
+    let s = secret::generate().expect("random");
+    let yaml = format!(
+        "hash: \"{}\"\nhint: \"{}\"\nworkload: {workload}\n{extra}",
+        s.digest, s.hint
+    );
+    (s.secret, yaml)
+}
+
+/// The path of the `keygate` binary built for this test run.
+pub fn keygate_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_keygate"))
+}
+
+/// A reqwest client that never pools (each test controls its own connections).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// Reads an OpenAI-shaped error body and returns `(status, type, code)`.
+pub async fn error_of(resp: reqwest::Response) -> (u16, String, String) {
+    let status = resp.status().as_u16();
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json"),
+        "error responses are JSON"
+    );
+    let v: serde_json::Value = resp.json().await.expect("error body is JSON");
+    let e = &v["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error has a message: {v}"
+    );
+    assert!(e.get("param").is_some(), "error has a param field: {v}");
+    (
+        status,
+        e["type"].as_str().unwrap_or_default().to_owned(),
+        e["code"].as_str().unwrap_or_default().to_owned(),
+    )
+}
