@@ -9,12 +9,18 @@
 //! - [`proxy`]: the Pingora proxy phases — authenticate, authorize, route, forward;
 //! - [`upstream`]: providers, endpoints and peer selection;
 //! - [`mock_provider`]: the embedded OpenAI-compatible upstream for trying keygate locally;
+//! - [`reload`]: following the policy files live and swapping snapshots atomically;
+//! - [`admin`]: the admin listener — metrics, health, key management API;
+//! - [`metrics`]: the Prometheus registry;
 //! - [`server`]: assembling the Pingora server, for the binary and for tests.
 
+pub mod admin;
 pub mod config;
 pub mod keys;
+pub mod metrics;
 pub mod mock_provider;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod upstream;

@@ -2,9 +2,10 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use keygate::config::schema::KeyStatus;
 use keygate::config::schema::Operation;
 use keygate::config::{self, LoadOptions};
-use keygate::keys::lifecycle::{self, NewKey};
+use keygate::keys::lifecycle::{Actor, KeyFiles, NewKey};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -95,6 +96,21 @@ enum KeysCommand {
     },
     /// List keys (never their secrets).
     List,
+    /// Print a key's settings (everything but the secret).
+    Show { id: String },
+    /// Issue a new secret with the same settings; prints it alone on stdout, once.
+    Rotate {
+        id: String,
+        /// Keep the old secret working this long (e.g. 1h, 7d) for a zero-downtime switch.
+        #[arg(long)]
+        grace: Option<String>,
+    },
+    /// Refuse the key's requests until resumed.
+    Pause { id: String },
+    /// Accept a paused key again.
+    Resume { id: String },
+    /// Delete the key's file.
+    Delete { id: String },
 }
 
 fn main() -> ExitCode {
@@ -141,25 +157,58 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             .with_context(|| format!("--expires `{e}` is not an RFC 3339 time"))
                     })
                     .transpose()?;
-                let created = lifecycle::create(
-                    &config,
-                    &id,
-                    NewKey {
-                        workload,
-                        owner,
-                        description,
-                        models,
-                        operations,
-                        expires_at,
-                    },
-                )?;
+                let settings = NewKey {
+                    workload,
+                    owner,
+                    description,
+                    models,
+                    operations,
+                    expires_at,
+                };
+                let issued = KeyFiles::open(&config)?.create(&id, settings, &Actor::cli())?;
                 eprintln!(
                     "created key `{}` ({}) in {}; the secret below is shown only once:",
-                    created.id,
-                    created.secret.hint,
-                    created.file.display()
+                    issued.id,
+                    issued.secret.hint,
+                    issued.file.display()
                 );
-                println!("{}", created.secret.secret);
+                println!("{}", issued.secret.secret);
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCommand::Show { id } => {
+                let key = KeyFiles::open(&config)?.show(&id)?;
+                print!("id: {id}\n{}", serde_yaml_ng::to_string(&key)?);
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCommand::Rotate { id, grace } => {
+                let grace = grace
+                    .map(|g| {
+                        humantime::parse_duration(&g).with_context(|| {
+                            format!("--grace `{g}` is not a duration like 1h or 7d")
+                        })
+                    })
+                    .transpose()?;
+                let issued = KeyFiles::open(&config)?.rotate(&id, grace, &Actor::cli())?;
+                match issued.previous_valid_until {
+                    Some(until) => eprintln!("rotated key `{id}`; the previous secret works until {}. New secret, shown only once:", until.to_rfc3339()),
+                    None => eprintln!("rotated key `{id}`; the previous secret no longer works. New secret, shown only once:"),
+                }
+                println!("{}", issued.secret.secret);
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCommand::Pause { id } => {
+                KeyFiles::open(&config)?.set_status(&id, KeyStatus::Paused, &Actor::cli())?;
+                eprintln!("paused key `{id}`");
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCommand::Resume { id } => {
+                KeyFiles::open(&config)?.set_status(&id, KeyStatus::Active, &Actor::cli())?;
+                eprintln!("resumed key `{id}`");
+                Ok(ExitCode::SUCCESS)
+            }
+            KeysCommand::Delete { id } => {
+                KeyFiles::open(&config)?.delete(&id, &Actor::cli())?;
+                eprintln!("deleted key `{id}`");
                 Ok(ExitCode::SUCCESS)
             }
             KeysCommand::List => list_keys(config),
@@ -213,11 +262,9 @@ fn list_keys(config: PathBuf) -> Result<ExitCode> {
     )?;
     for key in policy.keys_by_id.values() {
         let status = match key.status {
-            keygate::config::schema::KeyStatus::Active if key.is_expired_at(chrono::Utc::now()) => {
-                "expired"
-            }
-            keygate::config::schema::KeyStatus::Active => "active",
-            keygate::config::schema::KeyStatus::Paused => "paused",
+            KeyStatus::Active if key.is_expired_at(chrono::Utc::now()) => "expired",
+            KeyStatus::Active => "active",
+            KeyStatus::Paused => "paused",
         };
         let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
             t.map_or("-".to_owned(), |t| {

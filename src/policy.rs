@@ -39,8 +39,17 @@ pub struct Policy {
     pub models: Vec<Arc<Model>>,
     models_by_name: HashMap<Box<str>, Arc<Model>>,
     pub workloads: BTreeMap<String, Arc<Workload>>,
-    keys_by_digest: HashMap<KeyDigest, Arc<Key>, BuildHasherDefault<DigestHasher>>,
+    keys_by_digest: HashMap<KeyDigest, KeyEntry, BuildHasherDefault<DigestHasher>>,
     pub keys_by_id: BTreeMap<String, Arc<Key>>,
+    pub management_audit_file: PathBuf,
+}
+
+/// What a digest finds: the key, and when this particular secret stops working (set for secrets
+/// replaced by a rotation with a grace period).
+#[derive(Debug, Clone)]
+pub struct KeyEntry {
+    pub key: Arc<Key>,
+    pub valid_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +101,8 @@ pub struct Key {
     pub status: KeyStatus,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: Option<DateTime<Utc>>,
+    /// Rotated-out secrets still inside their grace period: `(digest, valid_until)`.
+    pub previous: Vec<(KeyDigest, DateTime<Utc>)>,
     /// Which file the key came from, for messages and for the lifecycle commands.
     pub file: PathBuf,
 }
@@ -193,6 +204,7 @@ pub(crate) struct PolicyParts {
     pub models: Vec<Arc<Model>>,
     pub workloads: BTreeMap<String, Arc<Workload>>,
     pub keys: Vec<Arc<Key>>,
+    pub management_audit_file: PathBuf,
 }
 
 impl Policy {
@@ -206,7 +218,22 @@ impl Policy {
             HashMap::with_capacity_and_hasher(parts.keys.len(), Default::default());
         let mut keys_by_id = BTreeMap::new();
         for key in parts.keys {
-            keys_by_digest.insert(key.digest, key.clone());
+            for (digest, until) in &key.previous {
+                keys_by_digest.insert(
+                    *digest,
+                    KeyEntry {
+                        key: key.clone(),
+                        valid_until: Some(*until),
+                    },
+                );
+            }
+            keys_by_digest.insert(
+                key.digest,
+                KeyEntry {
+                    key: key.clone(),
+                    valid_until: None,
+                },
+            );
             keys_by_id.insert(key.id.clone(), key);
         }
         Policy {
@@ -226,12 +253,13 @@ impl Policy {
             workloads: parts.workloads,
             keys_by_digest,
             keys_by_id,
+            management_audit_file: parts.management_audit_file,
         }
     }
 
-    /// The key whose secret hashes to `digest`.
+    /// The key whose secret (current, or rotated out within its grace) hashes to `digest`.
     #[inline]
-    pub fn key_by_digest(&self, digest: &KeyDigest) -> Option<&Arc<Key>> {
+    pub fn key_by_digest(&self, digest: &KeyDigest) -> Option<&KeyEntry> {
         self.keys_by_digest.get(digest)
     }
 

@@ -2,15 +2,20 @@
 //! asks for it, and background upkeep (DNS refresh). The binary runs it until a signal; tests run
 //! it in-process on a thread and stop it with [`RunningGateway::shutdown`].
 
+use crate::admin::{AdminApi, AdminToken};
 use crate::config::{self, LoadOptions, PolicyErrors};
+use crate::metrics::Metrics;
 use crate::mock_provider::{mock_provider_service, MockProviderConfig};
 use crate::policy::{Policy, PolicyStore};
 use crate::proxy::Gateway;
+use crate::reload::{PolicyWatcher, Reloader};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -37,7 +42,23 @@ pub fn load_policy(config_path: &Path) -> Result<PolicyStore, PolicyErrors> {
 /// Builds the Pingora server for `store`'s current policy. `opt` carries Pingora's own command-line
 /// options (e.g. `--upgrade` for a zero-downtime binary upgrade).
 pub fn build(store: &PolicyStore, opt: Option<Opt>) -> Server {
+    build_with(store, opt, AdminToken::from_env()).0
+}
+
+/// [`build`] with an explicit admin token; also returns the reloader, for callers that trigger
+/// reloads themselves.
+pub fn build_with(
+    store: &PolicyStore,
+    opt: Option<Opt>,
+    admin_token: Option<AdminToken>,
+) -> (Server, Arc<Reloader>) {
     let policy = store.load_full();
+    let metrics = Arc::new(Metrics::new());
+    let reloader = Arc::new(Reloader::new(
+        &policy.config_path,
+        store.clone(),
+        metrics.clone(),
+    ));
     let grace = policy.grace_period.unwrap_or(DEFAULT_GRACE_PERIOD);
     let conf = ServerConf {
         threads: policy
@@ -70,13 +91,30 @@ pub fn build(store: &PolicyStore, opt: Option<Opt>) -> Server {
         server.add_service(service);
     }
 
+    if let Some(admin_listen) = policy.admin_listen {
+        let app = AdminApi {
+            reloader: reloader.clone(),
+            metrics,
+            token: admin_token,
+        };
+        let mut admin = Service::new("keygate admin".to_owned(), HttpServer::new_app(app));
+        admin.add_tcp(&admin_listen.to_string());
+        server.add_service(admin);
+    }
+
+    server.add_service(background_service(
+        "keygate policy watcher",
+        PolicyWatcher {
+            reloader: reloader.clone(),
+        },
+    ));
     server.add_service(background_service(
         "keygate dns refresh",
         DnsRefresh {
             store: store.clone(),
         },
     ));
-    server
+    (server, reloader)
 }
 
 struct DnsRefresh {
@@ -101,6 +139,7 @@ impl BackgroundService for DnsRefresh {
 /// A gateway running in this process, on its own thread.
 pub struct RunningGateway {
     pub store: PolicyStore,
+    pub reloader: Arc<Reloader>,
     pub listen: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -121,15 +160,14 @@ impl ShutdownSignalWatch for OneshotSignal {
 
 impl RunningGateway {
     /// Loads `config_path`, starts every service and waits until the data plane accepts connections.
-    pub fn start(config_path: &Path) -> Result<RunningGateway, ServeError> {
+    pub fn start(
+        config_path: &Path,
+        admin_token: Option<AdminToken>,
+    ) -> Result<RunningGateway, ServeError> {
         let store = load_policy(config_path)?;
-        Self::start_with(store)
-    }
-
-    pub fn start_with(store: PolicyStore) -> Result<RunningGateway, ServeError> {
         let policy: Arc<Policy> = store.load_full();
         let listen = policy.listen;
-        let server = build(&store, None);
+        let (server, reloader) = build_with(&store, None, admin_token);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let signal = OneshotSignal(Mutex::new(Some(rx)));
         let thread = std::thread::spawn(move || {
@@ -139,14 +177,14 @@ impl RunningGateway {
         });
         let mut running = RunningGateway {
             store,
+            reloader,
             listen,
             stop: Some(tx),
             thread: Some(thread),
         };
         let mut waits = vec![listen];
-        if let Some(mock) = &policy.mock_provider {
-            waits.push(mock.listen);
-        }
+        waits.extend(policy.mock_provider.as_ref().map(|m| m.listen));
+        waits.extend(policy.admin_listen);
         let limit = Duration::from_secs(10);
         for addr in waits {
             if !wait_listening(addr, limit) {

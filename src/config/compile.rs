@@ -402,6 +402,7 @@ fn compile(
         models,
         workloads,
         keys,
+        management_audit_file: base.join(&config.management_audit_file),
     }))
 }
 
@@ -589,6 +590,15 @@ fn compile_keys(
                 format!("key id `{}` is also defined in {}", src.id, other.display()),
             );
         }
+        let mut claim = |digest: KeyDigest, field_name: String, problems: &mut Problems| {
+            if let Some(other) = seen_digests.insert(digest, src.id.clone()) {
+                problems.add(
+                    file,
+                    field_name,
+                    format!("the same hash is used by key `{other}`"),
+                );
+            }
+        };
         let digest = KeyDigest::parse(&src.key.hash);
         match digest {
             None => problems.add(
@@ -596,13 +606,16 @@ fn compile_keys(
                 field(p, "hash"),
                 "must be `sha256:` followed by 64 hex digits",
             ),
-            Some(d) => {
-                if let Some(other) = seen_digests.insert(d, src.id.clone()) {
-                    problems.add(
-                        file,
-                        field(p, "hash"),
-                        format!("the same hash is used by key `{other}`"),
-                    );
+            Some(d) => claim(d, field(p, "hash"), problems),
+        }
+        let mut previous = Vec::new();
+        for (i, prev) in src.key.previous_hashes.iter().enumerate() {
+            let name = field(p, &format!("previous_hashes[{i}].hash"));
+            match KeyDigest::parse(&prev.hash) {
+                None => problems.add(file, name, "must be `sha256:` followed by 64 hex digits"),
+                Some(d) => {
+                    claim(d, name, problems);
+                    previous.push((d, prev.valid_until));
                 }
             }
         }
@@ -676,6 +689,7 @@ fn compile_keys(
             status: src.key.status,
             expires_at: src.key.expires_at,
             created_at: src.key.created_at,
+            previous,
             file: src.file,
         }));
     }

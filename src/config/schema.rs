@@ -23,6 +23,9 @@ pub struct ConfigFile {
     /// CIDRs whose `X-Forwarded-For` is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Where key lifecycle events are appended as JSON lines, relative to this file.
+    #[serde(default = "default_management_audit_file")]
+    pub management_audit_file: String,
     #[serde(default)]
     pub mock_provider: Option<MockProviderFile>,
     #[serde(default)]
@@ -37,6 +40,10 @@ pub struct ConfigFile {
 
 fn default_keys_dir() -> String {
     "keys.d".to_owned()
+}
+
+fn default_management_audit_file() -> String {
+    "management-audit.jsonl".to_owned()
 }
 
 fn default_max_body_bytes() -> u64 {
@@ -207,4 +214,15 @@ pub struct KeyFile {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
+    /// Secrets replaced by a rotation that keep working until their grace period ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_hashes: Vec<PreviousHash>,
+}
+
+/// A rotated-out secret's digest and the moment it stops working.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviousHash {
+    pub hash: String,
+    pub valid_until: DateTime<Utc>,
 }

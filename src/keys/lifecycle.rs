@@ -1,12 +1,17 @@
-//! Key lifecycle operations shared by the CLI and (later) the admin API. Each edits only the key's
-//! own file, atomically, and refuses to leave behind a policy that no longer validates.
+//! Key lifecycle operations shared by the CLI and the admin API: create, show, rotate, pause,
+//! resume, delete. Each edits only the key's own file, atomically and under a lock on the keys
+//! directory (so concurrent writers never interleave a read-modify-write), refuses to leave behind
+//! a policy that no longer validates, and appends one line to the management audit log.
 
 use super::secret;
 use super::store::{self, StoreError};
-use crate::config::schema::{KeyFile, KeyStatus, Operation};
+use crate::config::schema::{KeyFile, KeyStatus, Operation, PreviousHash};
 use crate::config::{self, LoadOptions, PolicyErrors, KEY_ID_RULE};
 use chrono::{DateTime, SubsecRound, Utc};
+use serde::Serialize;
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -16,10 +21,30 @@ pub enum LifecycleError {
     Store(#[from] StoreError),
     #[error("the policy is invalid:\n{0}")]
     Policy(PolicyErrors),
-    #[error("the key would make the policy invalid:\n{0}")]
+    #[error("the change would make the policy invalid:\n{0}")]
     Rejected(PolicyErrors),
+    #[error("key `{0}` is defined in the list file {1}; edit that file instead")]
+    InListFile(String, PathBuf),
     #[error("the OS random source failed: {0}")]
     Random(String),
+    #[error("cannot lock the keys directory: {0}")]
+    Lock(std::io::Error),
+    #[error("cannot write the management audit log {0}: {1}")]
+    Audit(PathBuf, std::io::Error),
+}
+
+/// Who performed a lifecycle action, for the management audit log.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+impl Actor {
+    /// The user running the CLI.
+    pub fn cli() -> Actor {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| "unknown".to_owned());
+        Actor(format!("cli:{user}"))
+    }
 }
 
 /// Settings of a new key.
@@ -33,49 +58,241 @@ pub struct NewKey {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// A key just created. The secret exists only here: print it once, then drop it.
+/// A key just created or rotated. The secret exists only here: show it once, then drop it.
 #[derive(Debug)]
-pub struct CreatedKey {
+pub struct IssuedKey {
     pub id: String,
     pub secret: secret::NewSecret,
     pub file: PathBuf,
+    /// For rotations with a grace period: when the previous secret stops working.
+    pub previous_valid_until: Option<DateTime<Utc>>,
 }
 
-/// Creates key `id` in the keys directory of the policy at `config_path`.
-pub fn create(
-    config_path: &Path,
-    id: &str,
-    settings: NewKey,
-) -> Result<CreatedKey, LifecycleError> {
-    if !crate::config::valid_key_id(id) {
-        return Err(LifecycleError::InvalidId(id.to_owned()));
+/// The policy files one lifecycle call works on.
+pub struct KeyFiles {
+    config_path: PathBuf,
+    keys_dir: PathBuf,
+    audit_file: PathBuf,
+}
+
+#[derive(Serialize)]
+struct AuditLine<'a> {
+    ts: String,
+    action: &'a str,
+    key_id: &'a str,
+    actor: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+impl KeyFiles {
+    /// Opens the policy at `config_path`, which must currently be valid: otherwise no change
+    /// could be checked for validity.
+    pub fn open(config_path: &Path) -> Result<KeyFiles, LifecycleError> {
+        let policy =
+            config::load(config_path, LoadOptions::default()).map_err(LifecycleError::Policy)?;
+        Ok(KeyFiles {
+            config_path: config_path.to_path_buf(),
+            keys_dir: policy.keys_dir.clone(),
+            audit_file: policy.management_audit_file.clone(),
+        })
     }
-    // The current policy must be valid, or we could not tell whether the new key is.
-    config::load(config_path, LoadOptions::default()).map_err(LifecycleError::Policy)?;
-    let keys_dir = config::keys_dir_of(config_path).map_err(LifecycleError::Policy)?;
-    let new_secret = secret::generate().map_err(|e| LifecycleError::Random(e.to_string()))?;
-    let file = KeyFile {
-        id: None,
-        hash: new_secret.digest.to_string(),
-        hint: Some(new_secret.hint.clone()),
-        workload: settings.workload,
-        owner: settings.owner,
-        description: settings.description,
-        models: settings.models,
-        operations: settings.operations,
-        status: KeyStatus::Active,
-        expires_at: settings.expires_at,
-        created_at: Some(Utc::now().trunc_subsecs(0)),
-    };
-    let path = store::key_path(&keys_dir, id);
-    store::write_atomic(&path, &store::render(&file)?, true)?;
-    if let Err(problems) = config::load(config_path, LoadOptions::default()) {
-        let _ = std::fs::remove_file(&path);
-        return Err(LifecycleError::Rejected(problems));
+
+    pub fn keys_dir(&self) -> &Path {
+        &self.keys_dir
     }
-    Ok(CreatedKey {
-        id: id.to_owned(),
-        secret: new_secret,
-        file: path,
-    })
+
+    /// Creates key `id`.
+    pub fn create(
+        &self,
+        id: &str,
+        settings: NewKey,
+        actor: &Actor,
+    ) -> Result<IssuedKey, LifecycleError> {
+        check_id(id)?;
+        let _lock = self.lock()?;
+        let new_secret = secret::generate().map_err(|e| LifecycleError::Random(e.to_string()))?;
+        let file = KeyFile {
+            id: None,
+            hash: new_secret.digest.to_string(),
+            hint: Some(new_secret.hint.clone()),
+            workload: settings.workload,
+            owner: settings.owner,
+            description: settings.description,
+            models: settings.models,
+            operations: settings.operations,
+            status: KeyStatus::Active,
+            expires_at: settings.expires_at,
+            created_at: Some(Utc::now().trunc_subsecs(0)),
+            previous_hashes: Vec::new(),
+        };
+        let path = store::key_path(&self.keys_dir, id);
+        store::write_atomic(&path, &store::render(&file)?, true)?;
+        if let Err(problems) = config::load(&self.config_path, LoadOptions::default()) {
+            let _ = std::fs::remove_file(&path);
+            return Err(LifecycleError::Rejected(problems));
+        }
+        self.audit("create", id, actor, None)?;
+        Ok(IssuedKey {
+            id: id.to_owned(),
+            secret: new_secret,
+            file: path,
+            previous_valid_until: None,
+        })
+    }
+
+    /// The key's file contents (which hold no secret).
+    pub fn show(&self, id: &str) -> Result<KeyFile, LifecycleError> {
+        check_id(id)?;
+        self.read_own_file(id)
+    }
+
+    /// Issues a new secret with the same settings. With a grace period the old secret keeps
+    /// working until it ends; without one it stops at once.
+    pub fn rotate(
+        &self,
+        id: &str,
+        grace: Option<Duration>,
+        actor: &Actor,
+    ) -> Result<IssuedKey, LifecycleError> {
+        check_id(id)?;
+        let _lock = self.lock()?;
+        let mut key = self.read_own_file(id)?;
+        let now = Utc::now().trunc_subsecs(0);
+        let new_secret = secret::generate().map_err(|e| LifecycleError::Random(e.to_string()))?;
+        // Secrets whose grace already ended are dropped so files do not grow forever.
+        key.previous_hashes.retain(|p| p.valid_until > now);
+        let previous_valid_until = grace.filter(|g| !g.is_zero()).map(|g| {
+            let until = now + chrono::Duration::from_std(g).unwrap_or(chrono::Duration::MAX);
+            key.previous_hashes.push(PreviousHash {
+                hash: key.hash.clone(),
+                valid_until: until,
+            });
+            until
+        });
+        key.hash = new_secret.digest.to_string();
+        key.hint = Some(new_secret.hint.clone());
+        let path = self.write_checked(id, &key)?;
+        let detail =
+            previous_valid_until.map(|u| format!("previous secret valid until {}", u.to_rfc3339()));
+        self.audit("rotate", id, actor, detail)?;
+        Ok(IssuedKey {
+            id: id.to_owned(),
+            secret: new_secret,
+            file: path,
+            previous_valid_until,
+        })
+    }
+
+    /// Pauses or resumes key `id`.
+    pub fn set_status(
+        &self,
+        id: &str,
+        status: KeyStatus,
+        actor: &Actor,
+    ) -> Result<KeyFile, LifecycleError> {
+        check_id(id)?;
+        let _lock = self.lock()?;
+        let mut key = self.read_own_file(id)?;
+        key.status = status;
+        self.write_checked(id, &key)?;
+        let action = match status {
+            KeyStatus::Active => "resume",
+            KeyStatus::Paused => "pause",
+        };
+        self.audit(action, id, actor, None)?;
+        Ok(key)
+    }
+
+    /// Deletes key `id`: its secret is refused as soon as the policy reloads.
+    pub fn delete(&self, id: &str, actor: &Actor) -> Result<(), LifecycleError> {
+        check_id(id)?;
+        let _lock = self.lock()?;
+        self.read_own_file(id)?;
+        let path = store::key_path(&self.keys_dir, id);
+        std::fs::remove_file(&path).map_err(|source| StoreError::Io { path, source })?;
+        self.audit("delete", id, actor, None)?;
+        Ok(())
+    }
+
+    fn read_own_file(&self, id: &str) -> Result<KeyFile, LifecycleError> {
+        match store::read_key(&self.keys_dir, id) {
+            Ok(key) => Ok(key),
+            Err(StoreError::NotFound(_)) => {
+                // A key that exists only inside a list file cannot be edited as its own file.
+                let policy = config::load(&self.config_path, LoadOptions::default())
+                    .map_err(LifecycleError::Policy)?;
+                match policy.keys_by_id.get(id) {
+                    Some(k) => Err(LifecycleError::InListFile(id.to_owned(), k.file.clone())),
+                    None => Err(StoreError::NotFound(id.to_owned()).into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the key's file, and puts the old one back if the policy stops validating.
+    fn write_checked(&self, id: &str, key: &KeyFile) -> Result<PathBuf, LifecycleError> {
+        let path = store::key_path(&self.keys_dir, id);
+        let before = std::fs::read_to_string(&path).map_err(|source| StoreError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        store::write_atomic(&path, &store::render(key)?, false)?;
+        if let Err(problems) = config::load(&self.config_path, LoadOptions::default()) {
+            store::write_atomic(&path, &before, false)?;
+            return Err(LifecycleError::Rejected(problems));
+        }
+        Ok(path)
+    }
+
+    /// An exclusive lock on the keys directory, held for one read-modify-write, across processes.
+    fn lock(&self) -> Result<std::fs::File, LifecycleError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.keys_dir.join(".keygate.lock"))
+            .map_err(LifecycleError::Lock)?;
+        file.lock().map_err(LifecycleError::Lock)?;
+        Ok(file)
+    }
+
+    fn audit(
+        &self,
+        action: &str,
+        key_id: &str,
+        actor: &Actor,
+        detail: Option<String>,
+    ) -> Result<(), LifecycleError> {
+        let line = AuditLine {
+            ts: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            action,
+            key_id,
+            actor: &actor.0,
+            detail,
+        };
+        let mut text = serde_json::to_string(&line).unwrap_or_default();
+        text.push('\n');
+        let err = |e| LifecycleError::Audit(self.audit_file.clone(), e);
+        if let Some(dir) = self.audit_file.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        // One write of one line with O_APPEND: concurrent writers never interleave within a line.
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.audit_file)
+            .map_err(err)?;
+        f.write_all(text.as_bytes()).map_err(err)?;
+        Ok(())
+    }
+}
+
+fn check_id(id: &str) -> Result<(), LifecycleError> {
+    if config::valid_key_id(id) {
+        Ok(())
+    } else {
+        Err(LifecycleError::InvalidId(id.to_owned()))
+    }
 }

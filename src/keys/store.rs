@@ -115,6 +115,7 @@ mod tests {
             status: KeyStatus::Active,
             expires_at: None,
             created_at: None,
+            previous_hashes: Vec::new(),
         }
     }
 

@@ -39,9 +39,14 @@ pub fn authenticate(
     if secret::check_format(secret).is_err() {
         return Err(ApiError::invalid_key());
     }
-    let key = policy
+    let entry = policy
         .key_by_digest(&KeyDigest::of(secret))
         .ok_or_else(ApiError::invalid_key)?;
+    if entry.valid_until.is_some_and(|until| until <= now) {
+        // A rotated-out secret whose grace period is over is as good as unknown.
+        return Err(ApiError::invalid_key());
+    }
+    let key = &entry.key;
     if key.is_expired_at(now) {
         return Err(ApiError::key_expired());
     }

@@ -24,6 +24,12 @@ const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// Reads and drops what is left of the request body, within [`DISCARD_LIMIT`] and
 /// [`DISCARD_TIME`]; beyond that the connection is closed after the refusal instead.
 pub async fn discard_rest(session: &mut Session) {
+    if expects_continue(session) && session.body_bytes_read() == 0 {
+        // The client waits for our go-ahead before sending the body and will not get it: answer
+        // at once and close, since the unread body makes the connection unusable.
+        session.set_keepalive(None);
+        return;
+    }
     let mut read = 0usize;
     let deadline = tokio::time::sleep(DISCARD_TIME);
     tokio::pin!(deadline);
@@ -43,6 +49,13 @@ pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes
     let declared = declared_length(session)?;
     if declared.is_some_and(|n| n > max_bytes) {
         return Err(ApiError::too_large(max_bytes));
+    }
+    if expects_continue(session) {
+        // Clients such as curl otherwise wait (a second, for curl) before sending large bodies.
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| ApiError::invalid_request("The request body could not be read."))?;
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(max_bytes));
     let mut buffering = false;
@@ -72,6 +85,14 @@ pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes
         });
     }
     Ok(body.freeze())
+}
+
+fn expects_continue(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 fn declared_length(session: &Session) -> Result<Option<usize>, ApiError> {

@@ -203,7 +203,9 @@ impl ProxyHttp for Gateway {
         }
         upstream.insert_header(http::header::HOST, endpoint.authority.clone())?;
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // The body is complete and framed by Content-Length: nothing is left to negotiate.
         upstream.remove_header(&http::header::TRANSFER_ENCODING);
+        upstream.remove_header(&http::header::EXPECT);
         let body_len = ctx.body.as_ref().map_or(0, Bytes::len);
         upstream.insert_header(http::header::CONTENT_LENGTH, body_len)?;
         if !endpoint.base_path.is_empty() {

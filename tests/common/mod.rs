@@ -46,8 +46,14 @@ impl TestGateway {
         }
     }
 
-    pub fn boot(mut self) -> TestGateway {
-        match RunningGateway::start(&self.config_path) {
+    pub fn boot(self) -> TestGateway {
+        self.boot_with_admin(None)
+    }
+
+    /// Boots with the admin API enabled under `token` (`NAME:TOKEN` or a bare token).
+    pub fn boot_with_admin(mut self, token: Option<&str>) -> TestGateway {
+        let token = token.and_then(keygate::admin::AdminToken::parse);
+        match RunningGateway::start(&self.config_path, token) {
             Ok(r) => self.running = Some(r),
             Err(e) => panic!("gateway failed to start: {e}"),
         }

@@ -1,0 +1,513 @@
+//! The admin listener: Prometheus `/metrics`, `/healthz`, and the key management API under
+//! `/admin/`, which writes the same files the CLI writes (so git stays the record) and reloads
+//! after each write. The API is enabled only when `KEYGATE_ADMIN_TOKEN` is set; requests must
+//! carry it as a Bearer token, compared in constant time.
+
+use crate::config::schema::{KeyStatus, Operation};
+use crate::keys::lifecycle::{Actor, IssuedKey, KeyFiles, LifecycleError, NewKey};
+use crate::keys::store::StoreError;
+use crate::metrics::Metrics;
+use crate::policy::{Key, Policy};
+use crate::reload::{ReloadOutcome, Reloader};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Largest admin request body accepted.
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// An admin credential: the token and the name it is audited under.
+#[derive(Clone)]
+pub struct AdminToken {
+    pub name: String,
+    token: Vec<u8>,
+}
+
+impl AdminToken {
+    /// Parses `KEYGATE_ADMIN_TOKEN`: `NAME:TOKEN` (audited as `admin:NAME`) or a bare token
+    /// (audited as `admin:admin`).
+    pub fn parse(value: &str) -> Option<AdminToken> {
+        let value = value.trim();
+        if value.is_empty() {
+            return None;
+        }
+        let (name, token) = match value.split_once(':') {
+            Some((n, t))
+                if !n.is_empty()
+                    && !t.is_empty()
+                    && n.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                (n, t)
+            }
+            _ => ("admin", value),
+        };
+        Some(AdminToken {
+            name: name.to_owned(),
+            token: token.as_bytes().to_vec(),
+        })
+    }
+
+    pub fn from_env() -> Option<AdminToken> {
+        std::env::var("KEYGATE_ADMIN_TOKEN")
+            .ok()
+            .as_deref()
+            .and_then(Self::parse)
+    }
+
+    fn matches(&self, presented: &[u8]) -> bool {
+        // ct_eq on slices of different lengths returns false without revealing where they differ.
+        self.token.ct_eq(presented).into()
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The admin HTTP application.
+pub struct AdminApi {
+    pub reloader: Arc<Reloader>,
+    pub metrics: Arc<Metrics>,
+    pub token: Option<AdminToken>,
+}
+
+type Reply = (StatusCode, Value);
+
+fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Reply {
+    (
+        status,
+        json!({"error": {"message": message.into(), "type": kind, "param": null, "code": code}}),
+    )
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        if method == Method::GET && path == "/metrics" {
+            return build(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            );
+        }
+        if method == Method::GET && path == "/healthz" {
+            return json_response((StatusCode::OK, json!({"status": "ok"})));
+        }
+        let reply = match path.strip_prefix("/admin/") {
+            Some(rest) => self.admin(session, &method, rest).await,
+            None => error(
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                "unknown_route",
+                format!("Unknown admin URL: {path}"),
+            ),
+        };
+        json_response(reply)
+    }
+}
+
+impl AdminApi {
+    async fn admin(&self, session: &mut ServerSession, method: &Method, rest: &str) -> Reply {
+        let Some(token) = &self.token else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                "admin_disabled",
+                "The admin API is disabled: set KEYGATE_ADMIN_TOKEN to enable it.",
+            );
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
+        if !token.matches(presented.as_bytes()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_admin_token",
+                "Missing or incorrect admin token.",
+            );
+        }
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(reply) => return reply,
+        };
+        let actor = Actor(format!("admin:{}", token.name));
+        let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            (&Method::GET, ["keys"]) => {
+                let policy = self.reloader.store().load_full();
+                let keys: Vec<Value> = policy
+                    .keys_by_id
+                    .values()
+                    .map(|k| key_view(&policy, k))
+                    .collect();
+                (StatusCode::OK, json!({"object": "list", "data": keys}))
+            }
+            (&Method::GET, ["keys", id]) => {
+                let policy = self.reloader.store().load_full();
+                match policy.keys_by_id.get(*id) {
+                    Some(k) => (StatusCode::OK, key_view(&policy, k)),
+                    None => not_found(id),
+                }
+            }
+            (&Method::POST, ["keys"]) => self.create(&body, actor).await,
+            (&Method::POST, ["keys", id, action]) => {
+                let id = (*id).to_owned();
+                match *action {
+                    "rotate" => self.rotate(id, &body, actor).await,
+                    "pause" => {
+                        self.write(id.clone(), move |files| {
+                            files.set_status(&id, KeyStatus::Paused, &actor).map(|_| ())
+                        })
+                        .await
+                    }
+                    "resume" => {
+                        self.write(id.clone(), move |files| {
+                            files.set_status(&id, KeyStatus::Active, &actor).map(|_| ())
+                        })
+                        .await
+                    }
+                    _ => unknown(method, rest),
+                }
+            }
+            (&Method::DELETE, ["keys", id]) => {
+                let id = (*id).to_owned();
+                self.write(id.clone(), move |files| files.delete(&id, &actor))
+                    .await
+            }
+            (&Method::POST, ["reload"]) => match self.reloader.reload().await {
+                Ok(outcome) => (StatusCode::OK, outcome_json(&outcome)),
+                Err(errors) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"error": {
+                        "message": "The policy is invalid; the previous policy keeps serving.",
+                        "type": "invalid_request_error", "param": null, "code": "invalid_policy",
+                        "problems": errors.0.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                    }}),
+                ),
+            },
+            _ => unknown(method, rest),
+        }
+    }
+
+    async fn create(&self, body: &[u8], actor: Actor) -> Reply {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct CreateRequest {
+            id: String,
+            workload: String,
+            owner: Option<String>,
+            description: Option<String>,
+            models: Option<Vec<String>>,
+            operations: Option<Vec<Operation>>,
+            expires_at: Option<DateTime<Utc>>,
+        }
+        let request: CreateRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_request",
+                    format!("Invalid JSON body: {e}"),
+                )
+            }
+        };
+        let id = request.id.clone();
+        let settings = NewKey {
+            workload: request.workload,
+            owner: request.owner,
+            description: request.description,
+            models: request.models,
+            operations: request.operations,
+            expires_at: request.expires_at,
+        };
+        self.issue(
+            id.clone(),
+            move |files| files.create(&id, settings, &actor),
+            StatusCode::CREATED,
+        )
+        .await
+    }
+
+    async fn rotate(&self, id: String, body: &[u8], actor: Actor) -> Reply {
+        #[derive(Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        struct RotateRequest {
+            grace: Option<String>,
+        }
+        let request: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            RotateRequest::default()
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(r) => r,
+                Err(e) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        "invalid_request",
+                        format!("Invalid JSON body: {e}"),
+                    )
+                }
+            }
+        };
+        let grace = match request
+            .grace
+            .as_deref()
+            .map(humantime::parse_duration)
+            .transpose()
+        {
+            Ok(g) => g,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_request",
+                    format!("`grace` is not a duration like 1h: {e}"),
+                )
+            }
+        };
+        self.issue(
+            id.clone(),
+            move |files| files.rotate(&id, grace, &actor),
+            StatusCode::OK,
+        )
+        .await
+    }
+
+    /// Runs a secret-issuing lifecycle call, reloads, and returns the secret once.
+    async fn issue<F>(&self, id: String, op: F, status: StatusCode) -> Reply
+    where
+        F: FnOnce(&KeyFiles) -> Result<IssuedKey, LifecycleError> + Send + 'static,
+    {
+        match self.run(op).await {
+            Ok(issued) => {
+                let reload = self.reload_after_write().await;
+                let mut v = json!({
+                    "id": id,
+                    "secret": issued.secret.secret,
+                    "hint": issued.secret.hint,
+                    "reload": reload,
+                });
+                if let Some(until) = issued.previous_valid_until {
+                    v["previous_secret_valid_until"] = json!(until.to_rfc3339());
+                }
+                (status, v)
+            }
+            Err(e) => lifecycle_error(&id, e),
+        }
+    }
+
+    /// Runs a lifecycle call that issues no secret, reloads, and returns the key as now served.
+    async fn write<F>(&self, id: String, op: F) -> Reply
+    where
+        F: FnOnce(&KeyFiles) -> Result<(), LifecycleError> + Send + 'static,
+    {
+        match self.run(op).await {
+            Ok(()) => {
+                let reload = self.reload_after_write().await;
+                let policy = self.reloader.store().load_full();
+                let key = policy.keys_by_id.get(&id).map(|k| key_view(&policy, k));
+                (
+                    StatusCode::OK,
+                    json!({"id": id, "key": key, "reload": reload}),
+                )
+            }
+            Err(e) => lifecycle_error(&id, e),
+        }
+    }
+
+    async fn run<T, F>(&self, op: F) -> Result<T, LifecycleError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&KeyFiles) -> Result<T, LifecycleError> + Send + 'static,
+    {
+        let config_path = self.reloader.store().load().config_path.clone();
+        tokio::task::spawn_blocking(move || op(&KeyFiles::open(&config_path)?))
+            .await
+            .unwrap_or_else(|e| Err(LifecycleError::Lock(std::io::Error::other(e.to_string()))))
+    }
+
+    async fn reload_after_write(&self) -> Value {
+        match self.reloader.reload().await {
+            Ok(outcome) => outcome_json(&outcome),
+            Err(errors) => {
+                json!({"ok": false, "problems": errors.0.iter().map(|p| p.to_string()).collect::<Vec<_>>()})
+            }
+        }
+    }
+}
+
+fn outcome_json(outcome: &ReloadOutcome) -> Value {
+    match outcome {
+        ReloadOutcome::Unchanged { digest } => {
+            json!({"ok": true, "changed": false, "digest": digest})
+        }
+        ReloadOutcome::Swapped { from, to } => {
+            json!({"ok": true, "changed": true, "previous_digest": from, "digest": to})
+        }
+    }
+}
+
+fn not_found(id: &str) -> Reply {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        "key_not_found",
+        format!("No key `{id}`."),
+    )
+}
+
+fn unknown(method: &Method, rest: &str) -> Reply {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        "unknown_route",
+        format!("Unknown admin route: {method} /admin/{rest}"),
+    )
+}
+
+fn lifecycle_error(id: &str, e: LifecycleError) -> Reply {
+    let message = e.to_string();
+    match e {
+        LifecycleError::InvalidId(_) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_key_id",
+            message,
+        ),
+        LifecycleError::Store(StoreError::NotFound(_)) => not_found(id),
+        LifecycleError::Store(StoreError::Exists(_)) => error(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "key_exists",
+            message,
+        ),
+        LifecycleError::InListFile(..) => error(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "key_in_list_file",
+            message,
+        ),
+        LifecycleError::Rejected(_) | LifecycleError::Policy(_) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            "invalid_policy",
+            message,
+        ),
+        _ => {
+            tracing::error!(key = id, error = %message, "admin key operation failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "internal_error",
+                message,
+            )
+        }
+    }
+}
+
+/// A key as the admin API shows it: everything but the secret.
+fn key_view(policy: &Policy, key: &Key) -> Value {
+    let models: Vec<&str> = key
+        .models
+        .iter()
+        .filter_map(|i| policy.models.get(i))
+        .map(|m| m.name.as_str())
+        .collect();
+    let operations: Vec<&str> = key.operations.iter().map(Operation::as_str).collect();
+    json!({
+        "id": key.id,
+        "hint": key.hint,
+        "workload": key.workload.name,
+        "owner": key.owner,
+        "description": key.description,
+        "models": models,
+        "operations": operations,
+        "status": match key.status { KeyStatus::Active => "active", KeyStatus::Paused => "paused" },
+        "expired": key.is_expired_at(Utc::now()),
+        "expires_at": key.expires_at,
+        "created_at": key.created_at,
+        "previous_secrets_valid_until": key.previous.iter().map(|(_, until)| until).collect::<Vec<_>>(),
+    })
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Reply> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ADMIN_BODY {
+                    return Err(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "invalid_request_error",
+                        "request_too_large",
+                        "Admin request bodies are limited to 1 MiB.",
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_request",
+                    "The request body could not be read.",
+                ))
+            }
+        }
+    }
+}
+
+fn json_response((status, value): Reply) -> Response<Vec<u8>> {
+    build(
+        status,
+        "application/json",
+        serde_json::to_vec(&value).unwrap_or_default(),
+    )
+}
+
+fn build(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_parse_with_and_without_names() {
+        let t = AdminToken::parse("ops-bot:s3cret").unwrap();
+        assert_eq!(t.name, "ops-bot");
+        assert!(t.matches(b"s3cret") && !t.matches(b"ops-bot:s3cret") && !t.matches(b"s3cre"));
+        let t = AdminToken::parse("plain-token").unwrap();
+        assert_eq!(t.name, "admin");
+        assert!(t.matches(b"plain-token"));
+        assert!(AdminToken::parse("  ").is_none());
+        assert!(!format!("{t:?}").contains("plain-token"));
+    }
+}

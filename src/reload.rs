@@ -1,0 +1,204 @@
+//! Following the policy files live. A reload reads and validates everything into a new snapshot
+//! off the request threads and swaps it in atomically; requests in flight finish on the snapshot
+//! they started with. A bad policy is refused with every problem logged, and the last good one
+//! keeps serving.
+//!
+//! Triggers: file changes under the config file's directory and the keys directory (inotify via
+//! `notify`, debounced; renames by editors and the `..data` symlink swap of Kubernetes ConfigMap
+//! volumes are directory events too), SIGHUP, and `POST /admin/reload`.
+
+use crate::config::{self, LoadOptions, PolicyErrors};
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyStore};
+use async_trait::async_trait;
+use notify::{RecursiveMode, Watcher};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Quiet time after the last file event before reloading: editors and `git checkout` write
+/// several files in a burst, and one reload should see them all.
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// Upper bound on the wait under a continuous stream of events.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(300);
+
+/// What a successful reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The files hold the policy already served.
+    Unchanged {
+        digest: String,
+    },
+    Swapped {
+        from: String,
+        to: String,
+    },
+}
+
+/// Reloads the policy at `config_path` into `store`.
+pub struct Reloader {
+    config_path: PathBuf,
+    store: PolicyStore,
+    metrics: Arc<Metrics>,
+    /// One reload at a time, so a slow older load never overwrites a newer one.
+    serial: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(config_path: &Path, store: PolicyStore, metrics: Arc<Metrics>) -> Reloader {
+        metrics.set_active_policy(&store.load());
+        Reloader {
+            config_path: config_path.to_path_buf(),
+            store,
+            metrics,
+            serial: Mutex::new(()),
+        }
+    }
+
+    pub fn store(&self) -> &PolicyStore {
+        &self.store
+    }
+
+    /// Loads and swaps now. Blocking (file reads, DNS): never call it on a request thread.
+    pub fn reload_blocking(&self) -> Result<ReloadOutcome, PolicyErrors> {
+        let _one_at_a_time = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.store.load_full();
+        match config::load(&self.config_path, LoadOptions { resolve_dns: true }) {
+            Ok(next) if next.digest == current.digest => {
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["unchanged"])
+                    .inc();
+                Ok(ReloadOutcome::Unchanged {
+                    digest: next.digest,
+                })
+            }
+            Ok(next) => {
+                warn_about_restart_only_settings(&current, &next);
+                let outcome = ReloadOutcome::Swapped {
+                    from: current.digest.clone(),
+                    to: next.digest.clone(),
+                };
+                self.metrics.set_active_policy(&next);
+                self.store.store(Arc::new(next));
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["swapped"])
+                    .inc();
+                tracing::info!(?outcome, "policy reloaded");
+                Ok(outcome)
+            }
+            Err(errors) => {
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["failed"])
+                    .inc();
+                for problem in &errors.0 {
+                    tracing::error!(%problem, "policy reload refused; the previous policy keeps serving");
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    /// [`Self::reload_blocking`] on tokio's blocking pool.
+    pub async fn reload(self: &Arc<Self>) -> Result<ReloadOutcome, PolicyErrors> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.reload_blocking())
+            .await
+            .unwrap_or_else(|e| {
+                Err(PolicyErrors(vec![config::Problem {
+                    file: PathBuf::new(),
+                    field: String::new(),
+                    message: format!("reload task failed: {e}"),
+                }]))
+            })
+    }
+}
+
+fn warn_about_restart_only_settings(current: &Policy, next: &Policy) {
+    let changed = [
+        ("listen", current.listen != next.listen),
+        ("admin_listen", current.admin_listen != next.admin_listen),
+        (
+            "mock_provider.listen",
+            current.mock_provider.as_ref().map(|m| m.listen)
+                != next.mock_provider.as_ref().map(|m| m.listen),
+        ),
+        ("server.threads", current.threads != next.threads),
+        ("keys_dir", current.keys_dir != next.keys_dir),
+    ];
+    for (setting, differs) in changed {
+        if differs {
+            tracing::warn!(
+                setting,
+                "changed in the policy; it takes effect only after a restart"
+            );
+        }
+    }
+}
+
+/// The background service that turns file events and SIGHUP into reloads.
+pub struct PolicyWatcher {
+    pub reloader: Arc<Reloader>,
+}
+
+#[async_trait]
+impl BackgroundService for PolicyWatcher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let policy = self.reloader.store.load_full();
+        let config_dir = policy
+            .config_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let mut watcher = match notify::recommended_watcher(
+            move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    let _ = tx.send(());
+                }
+            },
+        ) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the policy files; reload with SIGHUP or POST /admin/reload");
+                None
+            }
+        };
+        if let Some(w) = watcher.as_mut() {
+            for dir in [&config_dir, &policy.keys_dir] {
+                if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot watch directory");
+                }
+            }
+        }
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        loop {
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = hup => {}
+                Some(()) = events.recv() => {
+                    let started = tokio::time::Instant::now();
+                    loop {
+                        match tokio::time::timeout(DEBOUNCE, events.recv()).await {
+                            Ok(Some(())) if started.elapsed() < DEBOUNCE_MAX => continue,
+                            _ => break,
+                        }
+                    }
+                }
+            }
+            // Errors are logged and counted by the reloader; the old policy keeps serving.
+            let _ = self.reloader.reload().await;
+        }
+    }
+}
