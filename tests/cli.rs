@@ -302,3 +302,60 @@ async fn created_keys_work_and_list_never_shows_secrets() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+#[test]
+fn lifecycle_commands_edit_one_file_and_audit_the_cli_user() {
+    let gw = TestGateway::prepare(BASE, &[]);
+    let cmd = |args: &[&str]| {
+        let out = Command::new(keygate_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&gw.config_path)
+            .env("USER", "alice")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = cmd(&["keys", "create", "k", "--workload", "w1"]);
+    let path = gw.keys_dir().join("k.yaml");
+    let rotated = cmd(&["keys", "rotate", "k", "--grace", "1h"]);
+    assert_ne!(first.trim(), rotated.trim());
+    keygate::keys::secret::check_format(rotated.trim()).unwrap();
+    let file = std::fs::read_to_string(&path).unwrap();
+    assert!(file.contains("previous_hashes") && !file.contains(rotated.trim()));
+    cmd(&["keys", "pause", "k"]);
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("status: paused"));
+    let shown = cmd(&["keys", "show", "k"]);
+    assert!(
+        shown.contains("status: paused") && shown.contains("workload: w1"),
+        "{shown}"
+    );
+    assert!(!shown.contains(first.trim()) && !shown.contains(rotated.trim()));
+    cmd(&["keys", "resume", "k"]);
+    cmd(&["keys", "delete", "k"]);
+    assert!(!path.exists());
+    let missing = run(&["keys", "pause", "k"], &gw.config_path);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("does not exist"));
+
+    let audit = std::fs::read_to_string(gw.dir.path().join("management-audit.jsonl")).unwrap();
+    let actions: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = actions
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["create", "rotate", "pause", "resume", "delete"]);
+    assert!(actions
+        .iter()
+        .all(|a| a["actor"] == "cli:alice" && a["key_id"] == "k"));
+}
