@@ -6,8 +6,10 @@
 //! - [`config`]: reading and validating the policy files (`keygate check`);
 //! - [`policy`]: the compiled, immutable snapshot the data plane reads;
 //! - [`keys`]: the virtual key format and key files;
+//! - [`limits`]: rate and concurrency limits, IP allowlists, the brute-force guard;
 //! - [`proxy`]: the Pingora proxy phases — authenticate, authorize, route, forward;
 //! - [`upstream`]: providers, endpoints and peer selection;
+//! - [`usage`]: token usage read from provider responses as they stream by;
 //! - [`mock_provider`]: the embedded OpenAI-compatible upstream for trying keygate locally;
 //! - [`reload`]: following the policy files live and swapping snapshots atomically;
 //! - [`admin`]: the admin listener — metrics, health, key management API;
@@ -17,6 +19,7 @@
 pub mod admin;
 pub mod config;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod mock_provider;
 pub mod policy;
@@ -24,3 +27,4 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod upstream;
+pub mod usage;

@@ -9,6 +9,7 @@
 
 use crate::config::schema::{KeyStatus, Operation, ProviderFormat};
 use crate::keys::secret::KeyDigest;
+use crate::limits::LimitSpec;
 use crate::upstream::Provider;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
@@ -42,6 +43,8 @@ pub struct Policy {
     keys_by_digest: HashMap<KeyDigest, KeyEntry, BuildHasherDefault<DigestHasher>>,
     pub keys_by_id: BTreeMap<String, Arc<Key>>,
     pub management_audit_file: PathBuf,
+    /// Failed authentications allowed per client IP and window.
+    pub auth_guard: (u32, Duration),
 }
 
 /// What a digest finds: the key, and when this particular secret stops working (set for secrets
@@ -84,6 +87,7 @@ pub struct Workload {
     pub description: Option<String>,
     pub models: ModelSet,
     pub operations: OperationSet,
+    pub limits: LimitSpec,
 }
 
 /// A virtual key, with its workload's restrictions already folded in.
@@ -98,6 +102,8 @@ pub struct Key {
     /// The key's own list intersected with its workload's.
     pub models: ModelSet,
     pub operations: OperationSet,
+    /// The key's own limits; its workload's apply as well.
+    pub limits: LimitSpec,
     pub status: KeyStatus,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: Option<DateTime<Utc>>,
@@ -205,6 +211,7 @@ pub(crate) struct PolicyParts {
     pub workloads: BTreeMap<String, Arc<Workload>>,
     pub keys: Vec<Arc<Key>>,
     pub management_audit_file: PathBuf,
+    pub auth_guard: (u32, Duration),
 }
 
 impl Policy {
@@ -254,6 +261,7 @@ impl Policy {
             keys_by_digest,
             keys_by_id,
             management_audit_file: parts.management_audit_file,
+            auth_guard: parts.auth_guard,
         }
     }
 

@@ -129,6 +129,7 @@ fn warn_about_restart_only_settings(current: &Policy, next: &Policy) {
         ),
         ("server.threads", current.threads != next.threads),
         ("keys_dir", current.keys_dir != next.keys_dir),
+        ("auth_guard", current.auth_guard != next.auth_guard),
     ];
     for (setting, differs) in changed {
         if differs {

@@ -4,6 +4,7 @@
 
 use crate::admin::{AdminApi, AdminToken};
 use crate::config::{self, LoadOptions, PolicyErrors};
+use crate::limits::MemoryLimits;
 use crate::metrics::Metrics;
 use crate::mock_provider::{mock_provider_service, MockProviderConfig};
 use crate::policy::{Policy, PolicyStore};
@@ -54,6 +55,7 @@ pub fn build_with(
 ) -> (Server, Arc<Reloader>) {
     let policy = store.load_full();
     let metrics = Arc::new(Metrics::new());
+    let limits = Arc::new(MemoryLimits::new());
     let reloader = Arc::new(Reloader::new(
         &policy.config_path,
         store.clone(),
@@ -73,7 +75,7 @@ pub fn build_with(
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(store.clone()),
+        Gateway::new(store.clone(), limits.clone()),
         "keygate data plane",
     );
     proxy.add_tcp(&policy.listen.to_string());

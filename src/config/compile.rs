@@ -1,9 +1,10 @@
 //! Turns parsed files into a [`Policy`], collecting every problem on the way.
 
 use super::env;
-use super::schema::{ConfigFile, KeyFile};
+use super::schema::{ConfigFile, KeyFile, RateLimitFile};
 use super::{LoadOptions, PolicyErrors, Problem};
 use crate::keys::secret::KeyDigest;
+use crate::limits::{LimitKind, LimitSpec, WindowSpec};
 use crate::policy::{
     Key, MockProviderSettings, Model, ModelSet, OperationSet, Policy, PolicyParts, Price, Workload,
 };
@@ -298,6 +299,25 @@ fn compile(
         })
     });
 
+    let auth_guard = {
+        let g = &config.auth_guard;
+        let max = u32::try_from(g.max_failures)
+            .ok()
+            .filter(|m| *m > 0)
+            .ok_or_else(|| {
+                problems.add(
+                    cfg,
+                    "auth_guard.max_failures",
+                    "must be a whole number above zero",
+                )
+            })
+            .ok();
+        let per = parse_duration(&g.per)
+            .map_err(|m| problems.add(cfg, "auth_guard.per", m))
+            .ok();
+        max.zip(per)
+    };
+
     let providers = compile_providers(cfg, base, &config, options, problems);
 
     // Models, in name order, each with a stable index for the model sets of workloads and keys.
@@ -371,6 +391,14 @@ fn compile(
             .as_ref()
             .map(|ops| ops.iter().copied().collect())
             .unwrap_or_else(OperationSet::all);
+        let limits = compile_limits(
+            cfg,
+            &path,
+            &w.rate_limits,
+            w.max_concurrent,
+            w.allowed_ips.as_deref(),
+            problems,
+        );
         workloads.insert(
             name.clone(),
             Arc::new(Workload {
@@ -378,6 +406,7 @@ fn compile(
                 description: w.description.clone(),
                 models: set,
                 operations,
+                limits,
             }),
         );
     }
@@ -403,6 +432,7 @@ fn compile(
         workloads,
         keys,
         management_audit_file: base.join(&config.management_audit_file),
+        auth_guard: auth_guard?,
     }))
 }
 
@@ -507,6 +537,91 @@ fn compile_providers(
         }
     }
     providers
+}
+
+const MIN_WINDOW: Duration = Duration::from_secs(1);
+const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Compiles `rate_limits`, `max_concurrent` and `allowed_ips` of a key (`prefix` "" or "[i]")
+/// or a workload (`prefix` "workloads.NAME").
+fn compile_limits(
+    file: &Path,
+    prefix: &str,
+    rate_limits: &[RateLimitFile],
+    max_concurrent: Option<i64>,
+    allowed_ips: Option<&[String]>,
+    problems: &mut Problems,
+) -> LimitSpec {
+    let mut windows = Vec::new();
+    for (i, r) in rate_limits.iter().enumerate() {
+        let at = field(prefix, &format!("rate_limits[{i}]"));
+        let (kind, value) = match (r.requests, r.tokens) {
+            (Some(n), None) => (LimitKind::Requests, n),
+            (None, Some(n)) => (LimitKind::Tokens, n),
+            _ => {
+                problems.add(file, at, "needs exactly one of `requests` or `tokens`");
+                continue;
+            }
+        };
+        let per = match parse_duration(&r.per) {
+            Ok(d) if (MIN_WINDOW..=MAX_WINDOW).contains(&d) => Some(d),
+            Ok(_) => {
+                problems.add(
+                    file,
+                    format!("{at}.per"),
+                    format!("`{}` is outside 1s to 30d", r.per),
+                );
+                None
+            }
+            Err(m) => {
+                problems.add(file, format!("{at}.per"), m);
+                None
+            }
+        };
+        if value <= 0 {
+            let which = if kind == LimitKind::Requests {
+                "requests"
+            } else {
+                "tokens"
+            };
+            problems.add(file, format!("{at}.{which}"), "must be greater than zero");
+            continue;
+        }
+        if let Some(per) = per {
+            windows.push(WindowSpec {
+                kind,
+                limit: value as u64,
+                per,
+            });
+        }
+    }
+    let max_concurrent = max_concurrent.and_then(|m| match u32::try_from(m) {
+        Ok(m) if m > 0 => Some(m),
+        _ => {
+            problems.add(
+                file,
+                field(prefix, "max_concurrent"),
+                "must be a whole number above zero",
+            );
+            None
+        }
+    });
+    let allowed_ips = allowed_ips.map(|list| {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                parse_cidr(c)
+                    .map_err(|m| problems.add(file, field(prefix, &format!("allowed_ips[{i}]")), m))
+                    .ok()
+            })
+            .collect()
+    });
+    LimitSpec {
+        windows,
+        max_concurrent,
+        allowed_ips,
+        ..Default::default()
+    }
 }
 
 fn parse_endpoint_url(text: &str) -> Result<EndpointSpec, String> {
@@ -671,6 +786,14 @@ fn compile_keys(
             }
             operations = operations.intersection(list.iter().copied().collect::<OperationSet>());
         }
+        let limits = compile_limits(
+            file,
+            p,
+            &src.key.rate_limits,
+            src.key.max_concurrent,
+            src.key.allowed_ips.as_deref(),
+            problems,
+        );
         if problems.list.len() != before {
             continue;
         }
@@ -686,6 +809,7 @@ fn compile_keys(
             description: src.key.description,
             models,
             operations,
+            limits,
             status: src.key.status,
             expires_at: src.key.expires_at,
             created_at: src.key.created_at,

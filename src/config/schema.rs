@@ -27,6 +27,8 @@ pub struct ConfigFile {
     #[serde(default = "default_management_audit_file")]
     pub management_audit_file: String,
     #[serde(default)]
+    pub auth_guard: AuthGuardFile,
+    #[serde(default)]
     pub mock_provider: Option<MockProviderFile>,
     #[serde(default)]
     pub server: ServerFile,
@@ -149,6 +151,40 @@ pub struct WorkloadFile {
     /// Defaults to every operation.
     #[serde(default)]
     pub operations: Option<Vec<Operation>>,
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitFile>,
+    #[serde(default)]
+    pub max_concurrent: Option<i64>,
+    #[serde(default)]
+    pub allowed_ips: Option<Vec<String>>,
+}
+
+/// One sliding-window limit: `requests` or `tokens` per window `per` (1s to 30d).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<i64>,
+    pub per: String,
+}
+
+/// Limits failed authentications per client IP, before any key lookup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthGuardFile {
+    pub max_failures: i64,
+    pub per: String,
+}
+
+impl Default for AuthGuardFile {
+    fn default() -> Self {
+        AuthGuardFile {
+            max_failures: 20,
+            per: "1m".to_owned(),
+        }
+    }
 }
 
 /// What a request does, from its path. `/v1/models` is always allowed and is not an operation.
@@ -214,6 +250,12 @@ pub struct KeyFile {
     pub expires_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_ips: Option<Vec<String>>,
     /// Secrets replaced by a rotation that keep working until their grace period ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_hashes: Vec<PreviousHash>,

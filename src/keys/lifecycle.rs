@@ -124,6 +124,9 @@ impl KeyFiles {
             status: KeyStatus::Active,
             expires_at: settings.expires_at,
             created_at: Some(Utc::now().trunc_subsecs(0)),
+            rate_limits: Vec::new(),
+            max_concurrent: None,
+            allowed_ips: None,
             previous_hashes: Vec::new(),
         };
         let path = store::key_path(&self.keys_dir, id);

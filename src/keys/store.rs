@@ -115,6 +115,9 @@ mod tests {
             status: KeyStatus::Active,
             expires_at: None,
             created_at: None,
+            rate_limits: Vec::new(),
+            max_concurrent: None,
+            allowed_ips: None,
             previous_hashes: Vec::new(),
         }
     }

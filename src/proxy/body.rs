@@ -76,13 +76,9 @@ pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes
         body.extend_from_slice(&chunk);
     }
     if !body.is_empty() && session.get_retry_buffer().is_none() {
-        return Err(ApiError {
-            status: 413,
-            kind: "invalid_request_error",
-            code: "request_too_large",
-            message: "Chunked request bodies over 64 KiB are not supported; send the body with a Content-Length header.".into(),
-            param: None,
-        });
+        let mut e = ApiError::too_large(max_bytes);
+        e.message = "Chunked request bodies over 64 KiB are not supported; send the body with a Content-Length header.".into();
+        return Err(e);
     }
     Ok(body.freeze())
 }

@@ -2,8 +2,10 @@
 
 use super::errors::ApiError;
 use super::routes::Route;
+use crate::limits::{Admission, RateStatus};
 use crate::policy::{Key, Model, Policy};
 use bytes::Bytes;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -25,6 +27,11 @@ pub struct RequestCtx {
     pub attempts: u32,
     /// A refusal already decided, for `fail_to_proxy` to send in place of a generic error.
     pub failure: Option<ApiError>,
+    pub client_ip: Option<IpAddr>,
+    /// The request's hold on its limits; dropped with the context, which frees its slots.
+    pub admission: Option<Admission>,
+    /// Rate-limit figures for the `x-ratelimit-*` headers, for keys with rate limits.
+    pub rate: Option<RateStatus>,
 }
 
 impl RequestCtx {
@@ -41,6 +48,9 @@ impl RequestCtx {
             endpoint: None,
             attempts: 0,
             failure: None,
+            client_ip: None,
+            admission: None,
+            rate: None,
         }
     }
 }

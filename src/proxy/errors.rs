@@ -2,11 +2,14 @@
 //! (`{"error":{"message","type","param","code"}}`), so the official SDKs raise the right exception
 //! class (`AuthenticationError`, `PermissionDeniedError`, `RateLimitError`, …) with a useful message.
 
+use crate::limits::window::openai_duration;
+use crate::limits::RateStatus;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde::Serialize;
 use std::borrow::Cow;
+use std::time::Duration;
 
 /// A refusal or failure decided by keygate, not by the provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +19,10 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: Cow<'static, str>,
     pub param: Option<&'static str>,
+    /// Sent as `retry-after` and `retry-after-ms`.
+    pub retry_after: Option<Duration>,
+    /// Sent as `x-should-retry` (the OpenAI SDKs honour it over the status code).
+    pub should_retry: Option<bool>,
 }
 
 impl ApiError {
@@ -31,6 +38,8 @@ impl ApiError {
             code,
             message: message.into(),
             param: None,
+            retry_after: None,
+            should_retry: None,
         }
     }
 
@@ -149,6 +158,53 @@ impl ApiError {
         )
     }
 
+    pub fn ip_not_allowed() -> Self {
+        Self::new(
+            403,
+            "permission_error",
+            "ip_not_allowed",
+            "This API key may not be used from this network address.",
+        )
+    }
+
+    pub fn rate_limited(limit: &str, retry_after: Duration) -> Self {
+        let mut e = Self::new(
+            429,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            format!(
+                "Rate limit reached for {limit}. Retry after {:.1}s.",
+                retry_after.as_secs_f64()
+            ),
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    pub fn concurrency_limited(limit: &str, retry_after: Duration) -> Self {
+        let mut e = Self::new(
+            429,
+            "rate_limit_error",
+            "concurrency_limit_exceeded",
+            format!(
+                "Concurrency limit reached for {limit}; wait for a request of this key to finish."
+            ),
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    pub fn too_many_auth_failures(retry_after: Duration) -> Self {
+        let mut e = Self::new(
+            429,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            "Too many failed authentications from this address.",
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     pub fn internal() -> Self {
         Self::new(
             500,
@@ -196,19 +252,61 @@ impl ApiError {
     }
 }
 
-/// Sends `error` as the whole response, with the request id.
+/// Sends `error` as the whole response, with the request id and, for a rate-limited key, the
+/// `x-ratelimit-*` headers.
 pub async fn respond(
     session: &mut Session,
     error: &ApiError,
     request_id: &str,
+    rate: Option<&RateStatus>,
 ) -> pingora::Result<()> {
     let body = error.body();
     let mut header = error.header(body.len())?;
     header.insert_header("x-request-id", request_id)?;
+    if let Some(wait) = error.retry_after {
+        header.insert_header("retry-after", wait.as_millis().div_ceil(1000).max(1) as u64)?;
+        header.insert_header("retry-after-ms", wait.as_millis() as u64)?;
+    }
+    if let Some(retry) = error.should_retry {
+        header.insert_header("x-should-retry", if retry { "true" } else { "false" })?;
+    }
+    if let Some(rate) = rate {
+        rate_headers(&mut header, rate)?;
+    }
     session
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers.
+pub fn rate_headers(header: &mut ResponseHeader, rate: &RateStatus) -> pingora::Result<()> {
+    let sets = [
+        (
+            rate.requests,
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+        ),
+        (
+            rate.tokens,
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ),
+    ];
+    for (status, [limit, remaining, reset]) in sets {
+        if let Some(s) = status {
+            header.insert_header(limit, s.limit)?;
+            header.insert_header(remaining, s.remaining)?;
+            header.insert_header(reset, openai_duration(s.reset))?;
+        }
+    }
     Ok(())
 }
 

@@ -11,6 +11,8 @@ pub mod ctx;
 pub mod errors;
 pub mod routes;
 
+use crate::limits::guard::AuthGuard;
+use crate::limits::{self, ip, LimitState, MemoryLimits, ScopeRef};
 use crate::policy::{Policy, PolicyStore};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,16 +24,24 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 use routes::{NoRoute, Route};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-/// The keygate proxy. Cheap to clone; all state lives in the shared policy store.
+/// The keygate proxy: the live policy and the state that outlives policy snapshots.
 pub struct Gateway {
     policy: PolicyStore,
+    limits: Arc<MemoryLimits>,
+    guard: AuthGuard,
 }
 
 impl Gateway {
-    pub fn new(policy: PolicyStore) -> Self {
-        Gateway { policy }
+    pub fn new(policy: PolicyStore, limits: Arc<MemoryLimits>) -> Self {
+        let (max_failures, per) = policy.load().auth_guard;
+        Gateway {
+            policy,
+            limits,
+            guard: AuthGuard::new(max_failures, per),
+        }
     }
 
     /// Authenticate → authorize → read body → authorize model. `Ok(None)` means proceed upstream;
@@ -51,10 +61,43 @@ impl Gateway {
         })?;
         ctx.route = Some(route);
 
-        // authenticate
+        // who is asking: the socket peer, or the client behind a trusted proxy
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let client_ip = ip::client_ip(
+            peer,
+            header
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| v.as_bytes()),
+            &policy.trusted_proxies,
+        );
+        ctx.client_ip = Some(client_ip);
+
+        // authenticate, unless this address has been guessing keys
+        if self.guard.blocked(&client_ip) {
+            return Err(ApiError::too_many_auth_failures(self.guard.retry_after()));
+        }
         let secret = auth::presented_secret(&header.headers).ok_or_else(ApiError::missing_key)?;
-        let key = auth::authenticate(policy, secret, chrono::Utc::now())?;
+        let key = auth::authenticate(policy, secret, chrono::Utc::now()).inspect_err(|e| {
+            if e.code == "invalid_api_key" {
+                self.guard.record_failure(&client_ip);
+            }
+        })?;
         ctx.key = Some(key.clone());
+
+        // authorize the network
+        for list in [&key.limits.allowed_ips, &key.workload.limits.allowed_ips]
+            .into_iter()
+            .flatten()
+        {
+            if !ip::allowed(client_ip, list) {
+                return Err(ApiError::ip_not_allowed());
+            }
+        }
 
         // authorize the operation
         let operation = match route {
@@ -73,6 +116,40 @@ impl Gateway {
             .ok_or_else(|| ApiError::model_not_found(&facts.model))?;
         if !key.models.contains(model.index) {
             return Err(ApiError::model_not_allowed(&facts.model));
+        }
+
+        // limit: the key's and its workload's windows and concurrency caps, both at once
+        let scopes = [
+            ScopeRef {
+                kind: "key",
+                name: &key.id,
+                spec: &key.limits,
+            },
+            ScopeRef {
+                kind: "workload",
+                name: &key.workload.name,
+                spec: &key.workload.limits,
+            },
+        ];
+        let rate_limited =
+            !key.limits.windows.is_empty() || !key.workload.limits.windows.is_empty();
+        match self.limits.admit(
+            &scopes,
+            limits::estimate_prompt_tokens(body.len()),
+            limits::now_ms(),
+        ) {
+            Ok(admission) => {
+                ctx.rate = rate_limited.then_some(admission.status);
+                ctx.admission = Some(admission);
+            }
+            Err(refusal) => {
+                ctx.rate = rate_limited.then_some(refusal.status);
+                return Err(if refusal.concurrency {
+                    ApiError::concurrency_limited(&refusal.limit, refusal.retry_after)
+                } else {
+                    ApiError::rate_limited(&refusal.limit, refusal.retry_after)
+                });
+            }
         }
         ctx.stream = facts.stream;
         ctx.body = Some(match &model.upstream_model {
@@ -136,7 +213,7 @@ impl ProxyHttp for Gateway {
             }
             Err(refusal) => {
                 body::discard_rest(session).await;
-                errors::respond(session, &refusal, &ctx.request_id).await?;
+                errors::respond(session, &refusal, &ctx.request_id, ctx.rate.as_ref()).await?;
                 ctx.failure = Some(refusal);
                 Ok(true)
             }
@@ -243,6 +320,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(rate) = &ctx.rate {
+            errors::rate_headers(upstream_response, rate)?;
+        }
         Ok(())
     }
 
@@ -267,7 +347,9 @@ impl ProxyHttp for Gateway {
             if ctx.request_id.is_empty() {
                 ctx.request_id = ctx::request_id(None);
             }
-            if let Err(write_error) = errors::respond(session, &error, &ctx.request_id).await {
+            if let Err(write_error) =
+                errors::respond(session, &error, &ctx.request_id, ctx.rate.as_ref()).await
+            {
                 tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not send error response");
             }
             error.status

@@ -1,0 +1,556 @@
+//! Per-key and per-workload limits: sliding-window request and token rates, concurrency caps, IP
+//! allowlists, and the brute-force guard on failed authentications.
+//!
+//! Counting is exact per scope (one counter set per key id and per workload name), so no key is
+//! ever refused because of another key's traffic. The counters live outside the policy snapshot,
+//! keyed by id, so reloads and rotations keep them, and a changed limit applies at once to the
+//! running window. [`LimitState`] is the interface a shared store (Redis, for fleets) implements;
+//! [`MemoryLimits`] is the in-process implementation.
+
+pub mod guard;
+pub mod ip;
+pub mod window;
+
+use ipnet::IpNet;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+use window::WindowCounter;
+
+/// What a window counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    Requests,
+    Tokens,
+}
+
+/// One configured window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub kind: LimitKind,
+    pub limit: u64,
+    pub per: Duration,
+}
+
+impl WindowSpec {
+    fn per_ms(&self) -> u64 {
+        self.per.as_millis().max(1) as u64
+    }
+
+    /// `600 requests per 1m`, for messages.
+    pub fn describe(&self) -> String {
+        let what = match self.kind {
+            LimitKind::Requests => "requests",
+            LimitKind::Tokens => "tokens",
+        };
+        format!(
+            "{} {what} per {}",
+            self.limit,
+            humantime::format_duration(self.per)
+        )
+    }
+}
+
+/// The limits of one key or workload, compiled from the policy.
+#[derive(Debug, Default)]
+pub struct LimitSpec {
+    pub windows: Vec<WindowSpec>,
+    pub max_concurrent: Option<u32>,
+    pub allowed_ips: Option<Vec<IpNet>>,
+    /// This scope's counters in the live [`MemoryLimits`], found on first use per snapshot.
+    pub(crate) slot: OnceLock<Arc<Scope>>,
+}
+
+impl LimitSpec {
+    /// Whether any counting is needed for this scope.
+    pub fn counts(&self) -> bool {
+        !self.windows.is_empty() || self.max_concurrent.is_some()
+    }
+}
+
+/// The counters of one scope.
+#[derive(Debug, Default)]
+pub struct Scope {
+    inner: Mutex<ScopeCounters>,
+}
+
+#[derive(Debug, Default)]
+struct ScopeCounters {
+    /// One counter per (kind, window length): changing a limit's value keeps its counter.
+    windows: Vec<(LimitKind, u64, WindowCounter)>,
+    in_flight: u32,
+}
+
+impl ScopeCounters {
+    fn counter(&mut self, kind: LimitKind, per_ms: u64, now_ms: u64) -> &mut WindowCounter {
+        let pos = match self
+            .windows
+            .iter()
+            .position(|(k, p, _)| *k == kind && *p == per_ms)
+        {
+            Some(pos) => pos,
+            None => {
+                self.windows.push((kind, per_ms, WindowCounter::default()));
+                self.windows.len() - 1
+            }
+        };
+        let counter = &mut self.windows[pos].2;
+        counter.roll(now_ms, per_ms);
+        counter
+    }
+}
+
+/// The figures of one window, for OpenAI's `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowStatus {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Duration,
+}
+
+/// The most constrained request and token windows of a request's scopes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateStatus {
+    pub requests: Option<WindowStatus>,
+    pub tokens: Option<WindowStatus>,
+}
+
+impl RateStatus {
+    fn consider(&mut self, kind: LimitKind, status: WindowStatus) {
+        let slot = match kind {
+            LimitKind::Requests => &mut self.requests,
+            LimitKind::Tokens => &mut self.tokens,
+        };
+        if slot.is_none_or(|s| status.remaining < s.remaining) {
+            *slot = Some(status);
+        }
+    }
+}
+
+/// Why a request was refused by a limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitRefusal {
+    pub concurrency: bool,
+    /// The limit that refused, e.g. `key ci-bot: 600 requests per 1m`.
+    pub limit: String,
+    /// When the request would be admitted (for `retry-after`).
+    pub retry_after: Duration,
+    pub status: RateStatus,
+}
+
+/// One scope a request is counted against.
+pub struct ScopeRef<'a> {
+    /// `key` or `workload`, for messages.
+    pub kind: &'static str,
+    pub name: &'a str,
+    pub spec: &'a LimitSpec,
+}
+
+/// The interface of limit state, which a shared store implements for fleets: check-and-count at
+/// admission, charge what becomes known later, release at the end.
+pub trait LimitState: Send + Sync {
+    /// Checks every window and cap of `scopes`; if all pass, counts the request (and
+    /// `token_estimate` against token windows) and takes a concurrency slot.
+    fn admit(
+        &self,
+        scopes: &[ScopeRef<'_>],
+        token_estimate: u64,
+        now_ms: u64,
+    ) -> Result<Admission, LimitRefusal>;
+    /// Adds `delta` tokens (positive or negative) to the token windows of an admitted request.
+    fn charge_tokens(&self, admission: &Admission, delta: i64, now_ms: u64);
+}
+
+/// An admitted request's hold on its scopes. Dropping it releases its concurrency slots, which
+/// makes the release happen on every path: success, error, client disconnect, upstream failure.
+#[derive(Debug, Default)]
+pub struct Admission {
+    scopes: Vec<Held>,
+    pub status: RateStatus,
+}
+
+/// What an admission holds in one scope.
+#[derive(Debug)]
+struct Held {
+    scope: Arc<Scope>,
+    holds_slot: bool,
+    /// Token windows `(kind, per_ms)` that later charges go to.
+    token_windows: Vec<(LimitKind, u64)>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        for held in &self.scopes {
+            if held.holds_slot {
+                let mut c = held.scope.inner.lock().unwrap_or_else(|e| e.into_inner());
+                c.in_flight = c.in_flight.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// In-process limit state.
+#[derive(Debug, Default)]
+pub struct MemoryLimits {
+    scopes: RwLock<HashMap<ScopeId, Arc<Scope>>>,
+}
+
+/// `("key", id)` or `("workload", name)`.
+type ScopeId = (&'static str, Box<str>);
+
+impl MemoryLimits {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn scope(&self, scope: &ScopeRef<'_>) -> Arc<Scope> {
+        scope
+            .spec
+            .slot
+            .get_or_init(|| {
+                let key = (scope.kind, Box::<str>::from(scope.name));
+                if let Some(s) = self
+                    .scopes
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key)
+                {
+                    return s.clone();
+                }
+                self.scopes
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(key)
+                    .or_default()
+                    .clone()
+            })
+            .clone()
+    }
+
+    /// In-flight requests of a scope (for tests and metrics).
+    pub fn in_flight(&self, kind: &'static str, name: &str) -> u32 {
+        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
+        scopes.get(&(kind, Box::<str>::from(name))).map_or(0, |s| {
+            s.inner.lock().unwrap_or_else(|e| e.into_inner()).in_flight
+        })
+    }
+}
+
+impl LimitState for MemoryLimits {
+    fn admit(
+        &self,
+        scopes: &[ScopeRef<'_>],
+        token_estimate: u64,
+        now_ms: u64,
+    ) -> Result<Admission, LimitRefusal> {
+        let active: Vec<(&ScopeRef<'_>, Arc<Scope>)> = scopes
+            .iter()
+            .filter(|s| s.spec.counts())
+            .map(|s| (s, self.scope(s)))
+            .collect();
+        if active.is_empty() {
+            return Ok(Admission::default());
+        }
+        // Locks are taken in the order given (key before workload) and held together, so the
+        // check and the count are one step for every scope involved.
+        let mut guards: Vec<_> = active
+            .iter()
+            .map(|(_, scope)| scope.inner.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+
+        let mut refusal: Option<LimitRefusal> = None;
+        let mut status = RateStatus::default();
+        for ((scope_ref, _), counters) in active.iter().zip(guards.iter_mut()) {
+            for w in &scope_ref.spec.windows {
+                let per_ms = w.per_ms();
+                let counter = counters.counter(w.kind, per_ms, now_ms);
+                let estimate = counter.estimate(now_ms, per_ms);
+                let fits = match w.kind {
+                    LimitKind::Requests => estimate + 1.0 <= w.limit as f64,
+                    LimitKind::Tokens => estimate < w.limit as f64,
+                };
+                if !fits {
+                    let wait = counter.wait_for(now_ms, per_ms, w.limit, 1);
+                    let current = refusal.get_or_insert_with(|| LimitRefusal {
+                        concurrency: false,
+                        limit: String::new(),
+                        retry_after: Duration::ZERO,
+                        status: RateStatus::default(),
+                    });
+                    if current.concurrency || wait > current.retry_after {
+                        current.concurrency = false;
+                        current.retry_after = wait;
+                        current.limit =
+                            format!("{} {}: {}", scope_ref.kind, scope_ref.name, w.describe());
+                    }
+                }
+            }
+            if let Some(max) = scope_ref.spec.max_concurrent {
+                if counters.in_flight >= max && refusal.is_none() {
+                    refusal = Some(LimitRefusal {
+                        concurrency: true,
+                        limit: format!(
+                            "{} {}: {max} concurrent requests",
+                            scope_ref.kind, scope_ref.name
+                        ),
+                        retry_after: Duration::from_secs(1),
+                        status: RateStatus::default(),
+                    });
+                }
+            }
+        }
+
+        let mut admission = Admission::default();
+        for ((scope_ref, scope), counters) in active.iter().zip(guards.iter_mut()) {
+            let mut token_windows = Vec::new();
+            for w in &scope_ref.spec.windows {
+                let per_ms = w.per_ms();
+                let counter = counters.counter(w.kind, per_ms, now_ms);
+                if refusal.is_none() {
+                    match w.kind {
+                        LimitKind::Requests => counter.current += 1,
+                        LimitKind::Tokens => {
+                            counter.current += token_estimate;
+                            token_windows.push((w.kind, per_ms));
+                        }
+                    }
+                }
+                let estimate = counter.estimate(now_ms, per_ms);
+                status.consider(
+                    w.kind,
+                    WindowStatus {
+                        limit: w.limit,
+                        remaining: (w.limit as f64 - estimate).max(0.0).floor() as u64,
+                        reset: counter.until_reset(now_ms, per_ms),
+                    },
+                );
+            }
+            let holds_slot = refusal.is_none() && scope_ref.spec.max_concurrent.is_some();
+            if holds_slot {
+                counters.in_flight += 1;
+            }
+            admission.scopes.push(Held {
+                scope: scope.clone(),
+                holds_slot,
+                token_windows,
+            });
+        }
+        drop(guards);
+        match refusal {
+            Some(mut r) => {
+                r.status = status;
+                // `admission` holds no slots, so dropping it releases nothing.
+                Err(r)
+            }
+            None => {
+                admission.status = status;
+                Ok(admission)
+            }
+        }
+    }
+
+    fn charge_tokens(&self, admission: &Admission, delta: i64, now_ms: u64) {
+        if delta == 0 {
+            return;
+        }
+        for held in &admission.scopes {
+            if held.token_windows.is_empty() {
+                continue;
+            }
+            let mut c = held.scope.inner.lock().unwrap_or_else(|e| e.into_inner());
+            for (kind, per_ms) in &held.token_windows {
+                let counter = c.counter(*kind, *per_ms, now_ms);
+                counter.current = counter.current.saturating_add_signed(delta);
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, the clock of every window.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A rough prompt-token estimate from the request body size, charged at admission until the
+/// provider's own count is known (about four bytes of JSON per token).
+pub fn estimate_prompt_tokens(body_len: usize) -> u64 {
+    (body_len as u64).div_ceil(4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(windows: &[(LimitKind, u64, u64)], max_concurrent: Option<u32>) -> LimitSpec {
+        LimitSpec {
+            windows: windows
+                .iter()
+                .map(|&(kind, limit, secs)| WindowSpec {
+                    kind,
+                    limit,
+                    per: Duration::from_secs(secs),
+                })
+                .collect(),
+            max_concurrent,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn request_window_admits_up_to_the_limit_then_tells_when() {
+        let limits = MemoryLimits::new();
+        let key = spec(&[(LimitKind::Requests, 3, 10)], None);
+        let scopes = [ScopeRef {
+            kind: "key",
+            name: "k",
+            spec: &key,
+        }];
+        let t = 1_000_000_000;
+        for i in 0..3 {
+            let a = limits.admit(&scopes, 0, t).unwrap();
+            assert_eq!(a.status.requests.unwrap().remaining, 2 - i);
+        }
+        let r = limits.admit(&scopes, 0, t).unwrap_err();
+        assert!(!r.concurrency);
+        assert!(r.limit.contains("key k: 3 requests per 10s"), "{}", r.limit);
+        // 3 in this window: the next fits once 3 × (1 − f) + 1 ≤ 3 in the next one, f = 1/3
+        assert_eq!(r.retry_after, Duration::from_millis(10_000 + 3_334));
+        // it is admitted exactly when retry-after says
+        assert!(limits
+            .admit(&scopes, 0, t + r.retry_after.as_millis() as u64)
+            .is_ok());
+    }
+
+    #[test]
+    fn scopes_are_isolated_and_both_must_pass() {
+        let limits = MemoryLimits::new();
+        let k1 = spec(&[(LimitKind::Requests, 1, 60)], None);
+        let k2 = spec(&[(LimitKind::Requests, 5, 60)], None);
+        let wl = spec(&[(LimitKind::Requests, 2, 60)], None);
+        let t = 5_000;
+        let s1 = [
+            ScopeRef {
+                kind: "key",
+                name: "k1",
+                spec: &k1,
+            },
+            ScopeRef {
+                kind: "workload",
+                name: "w",
+                spec: &wl,
+            },
+        ];
+        let s2 = [
+            ScopeRef {
+                kind: "key",
+                name: "k2",
+                spec: &k2,
+            },
+            ScopeRef {
+                kind: "workload",
+                name: "w",
+                spec: &wl,
+            },
+        ];
+        assert!(limits.admit(&s1, 0, t).is_ok());
+        assert!(limits
+            .admit(&s1, 0, t)
+            .unwrap_err()
+            .limit
+            .starts_with("key k1"));
+        assert!(limits.admit(&s2, 0, t).is_ok());
+        assert!(limits
+            .admit(&s2, 0, t)
+            .unwrap_err()
+            .limit
+            .starts_with("workload w"));
+        // a refused request counted nothing: k2 alone still has room
+        let alone = [ScopeRef {
+            kind: "key",
+            name: "k2",
+            spec: &k2,
+        }];
+        assert_eq!(
+            limits
+                .admit(&alone, 0, t)
+                .unwrap()
+                .status
+                .requests
+                .unwrap()
+                .remaining,
+            3
+        );
+    }
+
+    #[test]
+    fn concurrency_slots_are_released_on_drop() {
+        let limits = MemoryLimits::new();
+        let key = spec(&[], Some(2));
+        let scopes = [ScopeRef {
+            kind: "key",
+            name: "k",
+            spec: &key,
+        }];
+        let a = limits.admit(&scopes, 0, 1).unwrap();
+        let b = limits.admit(&scopes, 0, 1).unwrap();
+        let r = limits.admit(&scopes, 0, 1).unwrap_err();
+        assert!(r.concurrency);
+        assert_eq!(limits.in_flight("key", "k"), 2);
+        drop(a);
+        let c = limits.admit(&scopes, 0, 1).unwrap();
+        drop((b, c));
+        assert_eq!(limits.in_flight("key", "k"), 0);
+    }
+
+    #[test]
+    fn token_windows_admit_while_under_and_take_charges() {
+        let limits = MemoryLimits::new();
+        let key = spec(&[(LimitKind::Tokens, 100, 60)], None);
+        let scopes = [ScopeRef {
+            kind: "key",
+            name: "k",
+            spec: &key,
+        }];
+        let a = limits.admit(&scopes, 10, 1_000).unwrap();
+        limits.charge_tokens(&a, 150, 1_000); // the response used far more than estimated
+        let r = limits.admit(&scopes, 10, 1_000).unwrap_err();
+        assert!(r.limit.contains("100 tokens"));
+        assert_eq!(r.status.tokens.unwrap().remaining, 0);
+    }
+
+    #[test]
+    fn counters_survive_a_new_spec_with_another_value() {
+        let limits = MemoryLimits::new();
+        let old = spec(&[(LimitKind::Requests, 2, 60)], None);
+        let t = 7_000;
+        for _ in 0..2 {
+            limits
+                .admit(
+                    &[ScopeRef {
+                        kind: "key",
+                        name: "k",
+                        spec: &old,
+                    }],
+                    0,
+                    t,
+                )
+                .unwrap();
+        }
+        // a reload raises the limit: a new spec object, the same running window
+        let raised = spec(&[(LimitKind::Requests, 3, 60)], None);
+        let a = limits
+            .admit(
+                &[ScopeRef {
+                    kind: "key",
+                    name: "k",
+                    spec: &raised,
+                }],
+                0,
+                t,
+            )
+            .unwrap();
+        assert_eq!(a.status.requests.unwrap().remaining, 0);
+    }
+}

@@ -1,0 +1,2389 @@
+//! Incremental extraction of provider-reported token usage from response bodies, the SSE
+//! rewriting that hides a usage chunk keygate asked for, and the matching request rewrite.
+//!
+//! Everything here runs on the proxy's hot path, once per body chunk, so the design avoids both
+//! buffering and full JSON parses:
+//!
+//! - `Scanner` is a resumable, structure-aware JSON scanner. It tracks nesting and strings,
+//!   follows only the few member paths that matter (`usage`, `response.usage`,
+//!   `choices[].delta.content`, `choices[].text`, `delta`, `type`) and skips everything else by
+//!   bracket counting, searching string bodies word- or SIMD-wise. It keeps no copy of the
+//!   document: only the bytes of a `usage` object are collected (a few hundred bytes). Because it
+//!   resumes at any byte, a JSON body is scanned as it streams by, whatever its size (there is no
+//!   accumulation to cap), and an SSE event's data is scanned without assembling the event.
+//! - `OneShot` is the same walk over a slice known to be complete, used when a whole document
+//!   sits in one piece (the usual SSE data line, a small JSON body): roughly twice as fast. It
+//!   gives up on anything malformed, leaving that to the tolerant `Scanner`.
+//! - `SseParser` splits the event stream into lines and fields across arbitrary chunk
+//!   boundaries and feeds `data:` bytes straight into the scanner; nothing of an event is held
+//!   except the scanner's small state, so there is no event-size limit to hit.
+//! - [`UsageChunkStripper`] must *rewrite* bytes, so it holds each incomplete event (bounded) and
+//!   analyses complete events with slice helpers (`Members`, `for_each_member`).
+//! - A `usage` object is parsed by hand (`parse_usage`), not with serde: about twice as fast,
+//!   and lenient per field.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use bytes::{Bytes, BytesMut};
+use memchr::{memchr, memchr2, memmem};
+
+use super::decode::{ContentEncoding, Decoder};
+
+/// Token counts from a provider's own response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+}
+
+/// What kind of body to expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Json,
+    Sse,
+}
+
+/// Decoded JSON is scanned as it streams, so memory never grows with the body; this bound only
+/// caps the CPU a compressed body (a decompression bomb) can cost. It is generous because the
+/// `usage` of an embeddings response comes after its vectors, and a large float-format batch can
+/// legitimately decode to ~100 MiB. Identity bodies have no bound: the proxy receives those bytes
+/// anyway and scanning them costs less than receiving them.
+const MAX_DECODED_JSON: u64 = 256 << 20;
+
+/// Incremental usage extractor for one response.
+pub struct UsageExtractor {
+    decoder: Option<Decoder>,
+    sink: Sink,
+    finished: bool,
+}
+
+enum Sink {
+    Json { scanner: Scanner, decoded: u64 },
+    Sse(SseParser),
+}
+
+impl Sink {
+    /// Consumes decoded bytes; returns whether more are worth decoding.
+    fn push(&mut self, bytes: &[u8], bounded: bool) -> bool {
+        match self {
+            Sink::Json { scanner, decoded } => {
+                if bounded {
+                    *decoded = decoded.saturating_add(bytes.len() as u64);
+                    if *decoded > MAX_DECODED_JSON {
+                        return false;
+                    }
+                }
+                scanner.feed_complete(bytes);
+                !scanner.root_done
+            }
+            Sink::Sse(parser) => {
+                parser.feed(bytes);
+                !parser.done
+            }
+        }
+    }
+}
+
+impl UsageExtractor {
+    pub fn new(kind: BodyKind, encoding: ContentEncoding) -> Self {
+        let sink = match kind {
+            BodyKind::Json => Sink::Json {
+                scanner: Scanner::new(false),
+                decoded: 0,
+            },
+            BodyKind::Sse => Sink::Sse(SseParser::new()),
+        };
+        UsageExtractor {
+            decoder: Decoder::new(encoding),
+            sink,
+            finished: false,
+        }
+    }
+
+    /// Feed the next chunk exactly as received from upstream (possibly compressed).
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.finished {
+            return;
+        }
+        match &mut self.decoder {
+            None => {
+                self.sink.push(chunk, false);
+            }
+            Some(decoder) => {
+                let sink = &mut self.sink;
+                decoder.decode(chunk, &mut |decoded| sink.push(decoded, true));
+            }
+        }
+    }
+
+    /// The body ended (normally or not). Returns the usage found, if any. Later calls return the
+    /// same, and later [`feed`](Self::feed)s are ignored.
+    pub fn finish(&mut self) -> Option<Usage> {
+        if !self.finished {
+            self.finished = true;
+            if let Sink::Sse(parser) = &mut self.sink {
+                parser.finish();
+            }
+        }
+        self.usage()
+    }
+
+    /// Usage seen so far (e.g. when a stream is cut). For SSE, only complete events count.
+    pub fn usage(&self) -> Option<Usage> {
+        match &self.sink {
+            Sink::Json { scanner, .. } => scanner.usage_top,
+            Sink::Sse(parser) => parser.usage,
+        }
+    }
+
+    /// Characters (Unicode scalar values, escapes decoded) of generated text seen so far in an
+    /// SSE stream: chat `choices[].delta.content`, completions `choices[].text`, and the `delta`
+    /// of responses-API `response.output_text.delta` events. Always 0 for JSON bodies.
+    pub fn streamed_text_chars(&self) -> u64 {
+        match &self.sink {
+            Sink::Json { .. } => 0,
+            Sink::Sse(parser) => parser.text_chars,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The usage object itself
+// ---------------------------------------------------------------------------------------------
+
+/// Parses one `usage` object: `prompt_tokens`/`completion_tokens` (chat, completions,
+/// embeddings) or `input_tokens`/`output_tokens` (responses API), and `cached_tokens` from
+/// `prompt_tokens_details` or `input_tokens_details`. `None` unless it holds at least one token
+/// count we know.
+///
+/// Hand-rolled over `for_each_member` rather than serde: it runs once per response on the hot
+/// path, and one pass with no visitor machinery is about twice as fast. It is also more lenient,
+/// on purpose: an odd value (`null`, a string, a
+/// negative number) loses that one field, not the whole usage; integral floats (`12.0`) count;
+/// on a duplicate key the last one wins.
+fn parse_usage(object: &[u8]) -> Option<Usage> {
+    let open = skip_ws(object, 0);
+    if object.get(open) != Some(&b'{') {
+        return None;
+    }
+    parse_usage_at(object, open).0
+}
+
+/// [`parse_usage`] of the object opening at `s[open]`, in one pass; also returns the index just
+/// past the object (`None` if it is malformed or incomplete).
+fn parse_usage_at(s: &[u8], open: usize) -> (Option<Usage>, Option<usize>) {
+    let (mut prompt, mut completion, mut input, mut output) = (None, None, None, None);
+    let (mut prompt_cached, mut input_cached) = (None, None);
+    let end = for_each_member(s, open, |key, v| {
+        let slot = match key_name(key).as_ref() {
+            b"prompt_tokens" => &mut prompt,
+            b"completion_tokens" => &mut completion,
+            b"input_tokens" => &mut input,
+            b"output_tokens" => &mut output,
+            b"prompt_tokens_details" if s[v] == b'{' => {
+                let (cached, end) = cached_tokens_at(s, v);
+                prompt_cached = cached;
+                return end;
+            }
+            b"input_tokens_details" if s[v] == b'{' => {
+                let (cached, end) = cached_tokens_at(s, v);
+                input_cached = cached;
+                return end;
+            }
+            _ => return skip_value(s, v),
+        };
+        let end = skip_value(s, v)?;
+        *slot = token_count(&s[v..end]);
+        Some(end)
+    });
+    if end.is_none() {
+        return (None, None);
+    }
+    let prompt = prompt.or(input);
+    let completion = completion.or(output);
+    if prompt.is_none() && completion.is_none() {
+        return (None, end);
+    }
+    let usage = Usage {
+        prompt_tokens: prompt.unwrap_or(0),
+        completion_tokens: completion.unwrap_or(0),
+        cached_tokens: prompt_cached.or(input_cached).unwrap_or(0),
+    };
+    (Some(usage), end)
+}
+
+/// `cached_tokens` of the `*_tokens_details` object opening at `s[open]`, and its end.
+fn cached_tokens_at(s: &[u8], open: usize) -> (Option<u64>, Option<usize>) {
+    let mut cached = None;
+    let end = for_each_member(s, open, |key, v| {
+        let end = skip_value(s, v)?;
+        if key_name(key).as_ref() == b"cached_tokens" {
+            cached = token_count(&s[v..end]);
+        }
+        Some(end)
+    });
+    (cached, end)
+}
+
+/// A JSON number that is a non-negative integer (`12`, `12.0`, `1.2e1`).
+fn token_count(literal: &[u8]) -> Option<u64> {
+    if !literal.is_empty() && literal.len() <= 19 && literal.iter().all(u8::is_ascii_digit) {
+        return Some(literal.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')));
+    }
+    if !literal.first().is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    let v: f64 = std::str::from_utf8(literal).ok()?.parse().ok()?;
+    (v.is_finite() && v.fract() == 0.0 && v < u64::MAX as f64).then_some(v as u64)
+}
+
+/// A raw key with its escapes decoded; borrowed unless it has any (which is never, in practice).
+fn key_name(raw: &[u8]) -> Cow<'_, [u8]> {
+    if memchr(b'\\', raw).is_none() {
+        Cow::Borrowed(raw)
+    } else {
+        Cow::Owned(
+            unescape_key(raw)
+                .map(String::into_bytes)
+                .unwrap_or_default(),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resumable JSON scanner
+// ---------------------------------------------------------------------------------------------
+
+/// Containers whose members matter. Anything else is skipped wholesale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ctx {
+    /// The top-level object.
+    Root,
+    /// `choices` (an array; its elements are [`Ctx::Choice`]).
+    Choices,
+    /// One element of `choices`.
+    Choice,
+    /// `choices[].delta`.
+    Delta,
+    /// `response` of a responses-API event.
+    Response,
+}
+
+/// Deepest chain of interesting containers: Root > Choices > Choice > Delta.
+const MAX_CHAIN: usize = 4;
+
+/// What to do with the value of the member being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Skip,
+    /// Keep the raw string (the event `type`).
+    Type,
+    /// Count the characters of a string into `counts[i]`.
+    Count(usize),
+    /// Descend into a container we track.
+    Enter(Ctx),
+    /// Collect an object and parse it as usage.
+    Usage(Slot),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Top,
+    Response,
+}
+
+const CONTENT: usize = 0;
+const TEXT: usize = 1;
+const DELTA: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lex {
+    /// Before the top-level value.
+    Start,
+    /// In a tracked object, expecting a key or `}`.
+    Key,
+    InKey,
+    /// After a key, expecting `:`.
+    Colon,
+    /// Expecting a value; `role` says what it is for.
+    Value,
+    /// After a value, expecting `,` or a closing bracket.
+    After,
+    /// Inside a string value; `role` says whether to count or keep it.
+    InStr,
+    /// Inside a number or `true`/`false`/`null`.
+    Literal,
+    /// Skipping an untracked container (`skip_depth`, `skip_in_str`).
+    Skip,
+    /// The top-level value ended, or is not an object: ignore the rest.
+    Done,
+}
+
+/// Longest key kept for matching. Every key we look for is shorter, even fully `\u`-escaped.
+const MAX_KEY: usize = 64;
+/// A usage object is a few hundred bytes; anything far larger is not one worth parsing.
+const MAX_CAPTURE: usize = 64 * 1024;
+/// Longest event `type` kept; the ones we compare against are shorter.
+const MAX_TYPE: usize = 64;
+
+/// A resumable scanner over one JSON document, fed in pieces of any size. Tolerant: on invalid
+/// JSON it never panics, it just finds less.
+struct Scanner {
+    /// SSE mode also follows `choices`, `delta`, `type` and `response`; a JSON body only needs
+    /// the top-level `usage`.
+    sse: bool,
+    lex: Lex,
+    stack: [Ctx; MAX_CHAIN],
+    sp: usize,
+    role: Role,
+    key: Vec<u8>,
+    key_long: bool,
+    /// String escape state: 0 none, 1 after `\`, 2..=5 reading `\u` hex digits.
+    esc: u8,
+    hex: u16,
+    /// The last counted character was a `\u` high surrogate, so a following low surrogate
+    /// escape completes the same character.
+    prev_high: bool,
+    skip_depth: u32,
+    skip_in_str: bool,
+    capture: Vec<u8>,
+    capturing: Option<Slot>,
+    // Results of the current document.
+    type_buf: Vec<u8>,
+    counts: [u64; 3],
+    usage_top: Option<Usage>,
+    usage_resp: Option<Usage>,
+    root_done: bool,
+}
+
+#[inline]
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Bytes that end a number or literal.
+#[inline]
+fn is_delim(c: u8) -> bool {
+    matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Unicode scalar values in a run of UTF-8 without escapes: every byte that is not a
+/// continuation byte starts one. Vectorizes well.
+fn count_chars(run: &[u8]) -> u64 {
+    run.iter().filter(|&&b| (b as i8) >= -0x40).count() as u64
+}
+
+/// The next `"` or `\\` in a string body. Most JSON strings (keys, ids, model names, short
+/// deltas) end within a few dozen bytes, where memchr's per-call setup costs more than the
+/// search: look eight bytes at a time first (SWAR), then hand long strings to memchr's SIMD.
+#[inline]
+fn string_stop(s: &[u8]) -> Option<usize> {
+    const SHORT: usize = 32;
+    let mut i = 0;
+    while i + 8 <= s.len().min(SHORT) {
+        let word = u64::from_le_bytes([
+            s[i],
+            s[i + 1],
+            s[i + 2],
+            s[i + 3],
+            s[i + 4],
+            s[i + 5],
+            s[i + 6],
+            s[i + 7],
+        ]);
+        let hits = zero_bytes(word ^ (u64::MAX / 255 * u64::from(b'"')))
+            | zero_bytes(word ^ (u64::MAX / 255 * u64::from(b'\\')));
+        if hits != 0 {
+            return Some(i + hits.trailing_zeros() as usize / 8);
+        }
+        i += 8;
+    }
+    if s.len() > SHORT {
+        return memchr2(b'"', b'\\', &s[i..]).map(|k| k + i);
+    }
+    s[i..]
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\')
+        .map(|k| k + i)
+}
+
+/// High bit set in each zero byte of `v`. Bytes above a zero byte may show false positives
+/// (borrows), but the lowest set bit always marks the first zero byte, which is all we use.
+#[inline]
+fn zero_bytes(v: u64) -> u64 {
+    const LO: u64 = u64::MAX / 255;
+    v.wrapping_sub(LO) & !v & (LO << 7)
+}
+
+/// `memchr` for a byte that is usually near: SSE field names end within a few bytes, and the
+/// blank line that ends an event starts right where the data line ended.
+#[inline]
+fn find_byte(b: u8, s: &[u8]) -> Option<usize> {
+    const SHORT: usize = 16;
+    let head = s.len().min(SHORT);
+    if let Some(k) = s[..head].iter().position(|&c| c == b) {
+        return Some(k);
+    }
+    if s.len() > head {
+        memchr(b, &s[head..]).map(|k| k + head)
+    } else {
+        None
+    }
+}
+
+fn hex_val(c: u8) -> u16 {
+    match c {
+        b'0'..=b'9' => u16::from(c - b'0'),
+        b'a'..=b'f' => u16::from(c - b'a' + 10),
+        b'A'..=b'F' => u16::from(c - b'A' + 10),
+        _ => 0,
+    }
+}
+
+/// Unescapes a raw JSON key (the bytes between its quotes). Keys with escapes are exotic, so
+/// this slow path through serde_json is fine.
+fn unescape_key(raw: &[u8]) -> Option<String> {
+    if raw.len() > 4 * MAX_KEY {
+        return None;
+    }
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice(&quoted).ok()
+}
+
+/// Whether a raw key (between quotes, escapes not decoded) names `name`.
+fn key_is(raw: &[u8], name: &str) -> bool {
+    if memchr(b'\\', raw).is_none() {
+        raw == name.as_bytes()
+    } else {
+        unescape_key(raw).is_some_and(|k| k == name)
+    }
+}
+
+/// What a member of a tracked container is for, from its raw key (escapes not decoded).
+fn role_for(sse: bool, ctx: Ctx, raw_key: &[u8]) -> Role {
+    if raw_key.len() > MAX_KEY {
+        return Role::Skip;
+    }
+    if memchr(b'\\', raw_key).is_some() {
+        return match unescape_key(raw_key) {
+            Some(k) if !k.contains('\\') => role_for(sse, ctx, k.as_bytes()),
+            _ => Role::Skip,
+        };
+    }
+    match (ctx, raw_key) {
+        (Ctx::Root, b"usage") => Role::Usage(Slot::Top),
+        (Ctx::Root, b"choices") if sse => Role::Enter(Ctx::Choices),
+        (Ctx::Root, b"type") if sse => Role::Type,
+        (Ctx::Root, b"delta") if sse => Role::Count(DELTA),
+        (Ctx::Root, b"response") if sse => Role::Enter(Ctx::Response),
+        (Ctx::Choice, b"delta") => Role::Enter(Ctx::Delta),
+        (Ctx::Choice, b"text") => Role::Count(TEXT),
+        (Ctx::Delta, b"content") => Role::Count(CONTENT),
+        (Ctx::Response, b"usage") => Role::Usage(Slot::Response),
+        _ => Role::Skip,
+    }
+}
+
+impl Scanner {
+    fn new(sse: bool) -> Scanner {
+        Scanner {
+            sse,
+            lex: Lex::Start,
+            stack: [Ctx::Root; MAX_CHAIN],
+            sp: 0,
+            role: Role::Skip,
+            key: Vec::new(),
+            key_long: false,
+            esc: 0,
+            hex: 0,
+            prev_high: false,
+            skip_depth: 0,
+            skip_in_str: false,
+            capture: Vec::new(),
+            capturing: None,
+            type_buf: Vec::new(),
+            counts: [0; 3],
+            usage_top: None,
+            usage_resp: None,
+            root_done: false,
+        }
+    }
+
+    /// Ready for the next document (the next SSE event); keeps allocations.
+    fn reset(&mut self) {
+        self.lex = Lex::Start;
+        self.sp = 0;
+        self.role = Role::Skip;
+        self.esc = 0;
+        self.prev_high = false;
+        self.skip_depth = 0;
+        self.skip_in_str = false;
+        self.capturing = None;
+        self.type_buf.clear();
+        self.counts = [0; 3];
+        self.usage_top = None;
+        self.usage_resp = None;
+        self.root_done = false;
+    }
+
+    fn feed(&mut self, s: &[u8]) {
+        let mut i = 0;
+        while i < s.len() {
+            i = match self.lex {
+                Lex::Done => return,
+                Lex::Skip => self.skip(s, i),
+                Lex::InStr => match self.role {
+                    Role::Count(k) => self.count_string(s, i, k),
+                    role => self.plain_string(s, i, role == Role::Type),
+                },
+                Lex::InKey => self.key_string(s, i),
+                Lex::Literal => match s[i..].iter().position(|&c| is_delim(c)) {
+                    Some(k) => {
+                        self.lex = Lex::After;
+                        i + k
+                    }
+                    None => s.len(),
+                },
+                _ => {
+                    self.structural(s[i]);
+                    i + 1
+                }
+            };
+        }
+    }
+
+    /// Like [`feed`](Self::feed), for a piece that is likely a whole document (an SSE data line
+    /// that arrived in one chunk, or a JSON body's first chunk): from a pristine state, a
+    /// one-shot parse over the slice is about twice as fast as the resumable state machine. If
+    /// the piece turns out not to hold a complete, well-formed object, nothing is committed and
+    /// the state machine takes the piece as usual.
+    fn feed_complete(&mut self, s: &[u8]) {
+        if self.lex == Lex::Start && self.try_one_shot(s) {
+            return;
+        }
+        self.feed(s);
+    }
+
+    fn try_one_shot(&mut self, s: &[u8]) -> bool {
+        let start = skip_ws(s, 0);
+        if s.get(start) != Some(&b'{') {
+            return false;
+        }
+        let mut o = OneShot {
+            s,
+            i: start,
+            sse: self.sse,
+            counts: [0; 3],
+            ty: None,
+            usage_top: None,
+            usage_resp: None,
+        };
+        if o.object(Ctx::Root).is_none() {
+            return false;
+        }
+        self.counts = o.counts;
+        if let Some((a, b)) = o.ty {
+            self.type_buf.clear();
+            self.keep_type(&s[a..b]);
+        }
+        self.usage_top = o.usage_top.or(self.usage_top);
+        self.usage_resp = o.usage_resp.or(self.usage_resp);
+        self.sp = 0;
+        self.lex = Lex::Done;
+        self.root_done = true;
+        true
+    }
+
+    fn top(&self) -> Ctx {
+        self.stack[self.sp.saturating_sub(1)]
+    }
+
+    fn structural(&mut self, c: u8) {
+        match self.lex {
+            Lex::Start => match c {
+                b'{' => self.push(Ctx::Root),
+                c if is_ws(c) => {}
+                // Not an object (for SSE, e.g. `[DONE]`): nothing to find.
+                _ => self.lex = Lex::Done,
+            },
+            Lex::Key => match c {
+                b'"' => {
+                    self.key.clear();
+                    self.key_long = false;
+                    self.esc = 0;
+                    self.lex = Lex::InKey;
+                }
+                b'}' => self.close(),
+                // Whitespace, or junk we tolerate.
+                _ => {}
+            },
+            Lex::Colon if c == b':' => self.lex = Lex::Value,
+            Lex::Value => self.value_start(c),
+            Lex::After => match c {
+                b',' => {
+                    if self.top() == Ctx::Choices {
+                        self.role = Role::Enter(Ctx::Choice);
+                        self.lex = Lex::Value;
+                    } else {
+                        self.lex = Lex::Key;
+                    }
+                }
+                b'}' | b']' => self.close(),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn push(&mut self, ctx: Ctx) {
+        if self.sp < MAX_CHAIN {
+            self.stack[self.sp] = ctx;
+            self.sp += 1;
+            self.lex = if ctx == Ctx::Choices {
+                self.role = Role::Enter(Ctx::Choice);
+                Lex::Value
+            } else {
+                Lex::Key
+            };
+        } else {
+            self.start_skip();
+        }
+    }
+
+    fn close(&mut self) {
+        if self.sp <= 1 {
+            self.sp = 0;
+            self.lex = Lex::Done;
+            self.root_done = true;
+        } else {
+            self.sp -= 1;
+            self.lex = Lex::After;
+        }
+    }
+
+    fn start_skip(&mut self) {
+        self.skip_depth = 1;
+        self.skip_in_str = false;
+        self.esc = 0;
+        self.lex = Lex::Skip;
+    }
+
+    fn value_start(&mut self, c: u8) {
+        match c {
+            b'"' => {
+                self.esc = 0;
+                self.prev_high = false;
+                if self.role == Role::Type {
+                    self.type_buf.clear();
+                }
+                self.lex = Lex::InStr;
+            }
+            b'{' => match self.role {
+                Role::Enter(ctx) if ctx != Ctx::Choices => self.push(ctx),
+                Role::Usage(slot) => {
+                    self.capture.clear();
+                    self.capture.push(b'{');
+                    self.capturing = Some(slot);
+                    self.start_skip();
+                }
+                _ => self.start_skip(),
+            },
+            b'[' => match self.role {
+                Role::Enter(Ctx::Choices) => self.push(Ctx::Choices),
+                _ => self.start_skip(),
+            },
+            // `[]`, or a trailing comma, which we tolerate.
+            b']' | b'}' => self.close(),
+            c if is_ws(c) => {}
+            _ => self.lex = Lex::Literal,
+        }
+    }
+
+    fn push_key(&mut self, bytes: &[u8]) {
+        if self.key.len() + bytes.len() <= MAX_KEY {
+            self.key.extend_from_slice(bytes);
+        } else {
+            self.key_long = true;
+        }
+    }
+
+    fn key_string(&mut self, s: &[u8], mut i: usize) -> usize {
+        loop {
+            if self.esc != 0 {
+                if i >= s.len() {
+                    return i;
+                }
+                self.push_key(&s[i..i + 1]);
+                self.esc = 0;
+                i += 1;
+            }
+            match string_stop(&s[i..]) {
+                None => {
+                    self.push_key(&s[i..]);
+                    return s.len();
+                }
+                Some(k) => {
+                    self.push_key(&s[i..i + k]);
+                    let c = s[i + k];
+                    i += k + 1;
+                    if c == b'\\' {
+                        self.push_key(b"\\");
+                        self.esc = 1;
+                    } else {
+                        self.end_key();
+                        return i;
+                    }
+                }
+            }
+        }
+    }
+
+    fn end_key(&mut self) {
+        self.role = if self.key_long {
+            Role::Skip
+        } else {
+            role_for(self.sse, self.top(), &self.key)
+        };
+        self.lex = Lex::Colon;
+    }
+
+    /// A string we skip, or keep raw (the event `type`).
+    fn plain_string(&mut self, s: &[u8], mut i: usize, keep: bool) -> usize {
+        loop {
+            if self.esc != 0 {
+                if i >= s.len() {
+                    return i;
+                }
+                if keep {
+                    self.keep_type(&s[i..i + 1]);
+                }
+                self.esc = 0;
+                i += 1;
+            }
+            match string_stop(&s[i..]) {
+                None => {
+                    if keep {
+                        self.keep_type(&s[i..]);
+                    }
+                    return s.len();
+                }
+                Some(k) => {
+                    if keep {
+                        self.keep_type(&s[i..i + k]);
+                    }
+                    let c = s[i + k];
+                    i += k + 1;
+                    if c == b'\\' {
+                        if keep {
+                            self.keep_type(b"\\");
+                        }
+                        self.esc = 1;
+                    } else {
+                        self.lex = Lex::After;
+                        return i;
+                    }
+                }
+            }
+        }
+    }
+
+    fn keep_type(&mut self, bytes: &[u8]) {
+        let room = MAX_TYPE.saturating_sub(self.type_buf.len());
+        self.type_buf
+            .extend_from_slice(&bytes[..room.min(bytes.len())]);
+    }
+
+    /// A string whose characters we count: each escape is one character, and a `\u` surrogate
+    /// pair is one character too (as `str::chars` would count the decoded string).
+    fn count_string(&mut self, s: &[u8], mut i: usize, slot: usize) -> usize {
+        let n = s.len();
+        let mut chars = 0u64;
+        let end = 'scan: loop {
+            while self.esc != 0 {
+                if i >= n {
+                    break 'scan n;
+                }
+                let c = s[i];
+                i += 1;
+                if self.esc == 1 {
+                    if c == b'u' {
+                        self.esc = 2;
+                        self.hex = 0;
+                    } else {
+                        chars += 1;
+                        self.prev_high = false;
+                        self.esc = 0;
+                    }
+                } else {
+                    self.hex = self.hex << 4 | hex_val(c);
+                    self.esc += 1;
+                    if self.esc == 6 {
+                        self.esc = 0;
+                        if (0xDC00..=0xDFFF).contains(&self.hex) && self.prev_high {
+                            // Second half of a pair whose first half was already counted.
+                            self.prev_high = false;
+                        } else {
+                            chars += 1;
+                            self.prev_high = (0xD800..=0xDBFF).contains(&self.hex);
+                        }
+                    }
+                }
+            }
+            match string_stop(&s[i..]) {
+                None => {
+                    if i < n {
+                        chars += count_chars(&s[i..]);
+                        self.prev_high = false;
+                    }
+                    break n;
+                }
+                Some(k) => {
+                    if k > 0 {
+                        chars += count_chars(&s[i..i + k]);
+                        self.prev_high = false;
+                    }
+                    let c = s[i + k];
+                    i += k + 1;
+                    if c == b'\\' {
+                        self.esc = 1;
+                    } else {
+                        self.lex = Lex::After;
+                        break i;
+                    }
+                }
+            }
+        };
+        self.counts[slot] += chars;
+        end
+    }
+
+    /// Skips an untracked container by bracket counting, collecting it if it is a usage object.
+    fn skip(&mut self, s: &[u8], start: usize) -> usize {
+        let n = s.len();
+        let mut i = start;
+        let mut depth = self.skip_depth;
+        let mut in_str = self.skip_in_str;
+        let mut esc = self.esc != 0;
+        let mut closed = false;
+        'scan: while i < n {
+            if in_str {
+                if esc {
+                    esc = false;
+                    i += 1;
+                    continue;
+                }
+                match string_stop(&s[i..]) {
+                    None => i = n,
+                    Some(k) => {
+                        i += k + 1;
+                        if s[i - 1] == b'\\' {
+                            esc = true;
+                        } else {
+                            in_str = false;
+                        }
+                    }
+                }
+            } else {
+                while i < n {
+                    let c = s[i];
+                    i += 1;
+                    match c {
+                        b'"' => {
+                            in_str = true;
+                            continue 'scan;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                closed = true;
+                                break 'scan;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if self.capturing.is_some() {
+            if self.capture.len() + (i - start) <= MAX_CAPTURE {
+                self.capture.extend_from_slice(&s[start..i]);
+            } else {
+                self.capturing = None;
+            }
+        }
+        if closed {
+            if let Some(slot) = self.capturing.take() {
+                if let Some(usage) = parse_usage(&self.capture) {
+                    match slot {
+                        Slot::Top => self.usage_top = Some(usage),
+                        Slot::Response => self.usage_resp = Some(usage),
+                    }
+                }
+            }
+            self.esc = 0;
+            self.lex = Lex::After;
+        } else {
+            self.skip_depth = depth;
+            self.skip_in_str = in_str;
+            self.esc = u8::from(esc);
+        }
+        i
+    }
+}
+
+/// The one-shot counterpart of [`Scanner`] over a complete slice: recursive descent along the
+/// tracked containers (at most [`MAX_CHAIN`] deep, so recursion is bounded), [`skip_value`] for
+/// everything else. Strict: any syntax it does not expect makes it give up (`None`), so that
+/// malformed input is always left to the tolerant state machine, and on well-formed input the
+/// two agree (the split-everywhere property tests exercise both paths against one oracle).
+struct OneShot<'a> {
+    s: &'a [u8],
+    i: usize,
+    sse: bool,
+    counts: [u64; 3],
+    ty: Option<(usize, usize)>,
+    usage_top: Option<Usage>,
+    usage_resp: Option<Usage>,
+}
+
+impl OneShot<'_> {
+    fn ws(&mut self) {
+        self.i = skip_ws(self.s, self.i);
+    }
+
+    fn byte(&self) -> Option<u8> {
+        self.s.get(self.i).copied()
+    }
+
+    /// At `{`.
+    fn object(&mut self, ctx: Ctx) -> Option<()> {
+        self.i += 1;
+        self.ws();
+        if self.byte()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            if self.byte()? != b'"' {
+                return None;
+            }
+            let key_end = skip_string(self.s, self.i)?;
+            let role = role_for(self.sse, ctx, &self.s[self.i + 1..key_end - 1]);
+            self.i = key_end;
+            self.ws();
+            if self.byte()? != b':' {
+                return None;
+            }
+            self.i += 1;
+            self.ws();
+            self.value(role)?;
+            self.ws();
+            match self.byte()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// At the `[` of `choices`.
+    fn choices(&mut self) -> Option<()> {
+        self.i += 1;
+        self.ws();
+        if self.byte()? == b']' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            self.value(Role::Enter(Ctx::Choice))?;
+            self.ws();
+            match self.byte()? {
+                b',' => {
+                    self.i += 1;
+                    self.ws();
+                }
+                b']' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    fn value(&mut self, role: Role) -> Option<()> {
+        let start = self.i;
+        match (self.byte()?, role) {
+            (b'"', Role::Count(k)) => {
+                let (end, chars) = count_whole_string(self.s, start)?;
+                self.counts[k] += chars;
+                self.i = end;
+            }
+            (b'"', Role::Type) => {
+                let end = skip_string(self.s, start)?;
+                self.ty = Some((start + 1, end - 1));
+                self.i = end;
+            }
+            (b'{', Role::Enter(ctx)) if ctx != Ctx::Choices => self.object(ctx)?,
+            (b'[', Role::Enter(Ctx::Choices)) => self.choices()?,
+            (b'{', Role::Usage(slot)) => {
+                let (usage, end) = parse_usage_at(self.s, start);
+                // Malformed inside: give up, and let the tolerant scanner decide how to skip it.
+                let end = end?;
+                // Same bound as the state machine's capture, so both give the same answer.
+                if let (Some(usage), true) = (usage, end - start <= MAX_CAPTURE) {
+                    match slot {
+                        Slot::Top => self.usage_top = Some(usage),
+                        Slot::Response => self.usage_resp = Some(usage),
+                    }
+                }
+                self.i = end;
+            }
+            _ => self.i = skip_value(self.s, start)?,
+        }
+        Some(())
+    }
+}
+
+/// Counts the characters of the complete string starting at the quote `s[i]`, as
+/// `Scanner::count_string` does; returns the index past the closing quote too.
+fn count_whole_string(s: &[u8], i: usize) -> Option<(usize, u64)> {
+    let mut i = i + 1;
+    let mut chars = 0u64;
+    let mut prev_high = false;
+    loop {
+        let k = string_stop(s.get(i..)?)?;
+        if k > 0 {
+            chars += count_chars(&s[i..i + k]);
+            prev_high = false;
+        }
+        i += k;
+        if s[i] == b'"' {
+            return Some((i + 1, chars));
+        }
+        if *s.get(i + 1)? == b'u' {
+            let code = s
+                .get(i + 2..i + 6)?
+                .iter()
+                .fold(0u16, |code, &c| code << 4 | hex_val(c));
+            if (0xDC00..=0xDFFF).contains(&code) && prev_high {
+                prev_high = false;
+            } else {
+                chars += 1;
+                prev_high = (0xD800..=0xDBFF).contains(&code);
+            }
+            i += 6;
+        } else {
+            chars += 1;
+            prev_high = false;
+            i += 2;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server-sent events
+// ---------------------------------------------------------------------------------------------
+
+/// The field of the line being read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// Still reading the field name (no `:` yet).
+    Name,
+    Data,
+    Event,
+    Other,
+}
+
+/// Longest `event:` value kept; the names we compare against are shorter.
+const MAX_EVENT_NAME: usize = 64;
+
+/// An incremental SSE parser (LF or CRLF line endings) that scans each event's data as it
+/// arrives. Holds no event bytes: the only per-event state is the scanner's.
+struct SseParser {
+    scanner: Scanner,
+    field: Field,
+    line_len: usize,
+    line_last: u8,
+    name: [u8; 8],
+    name_len: usize,
+    /// Just after the colon: a single leading space of the value is not part of it.
+    skip_space: bool,
+    data_lines: u32,
+    data_len: usize,
+    /// The first data bytes, to recognise `[DONE]`.
+    data_head: [u8; 8],
+    event_name: Vec<u8>,
+    /// The start of an event's data that a chunk boundary cut: held until the line ends, so the
+    /// scanner can take the whole line in its fast one-shot path (see `data`).
+    held: Vec<u8>,
+    usage: Option<Usage>,
+    text_chars: u64,
+    /// `[DONE]` seen: the rest of the stream is ignored.
+    done: bool,
+}
+
+/// Longest data line start held for the one-shot path; beyond it, the line streams through the
+/// resumable scanner instead (e.g. a huge `response.completed`), so memory stays bounded.
+const MAX_HELD_LINE: usize = 64 * 1024;
+
+impl SseParser {
+    fn new() -> SseParser {
+        SseParser {
+            scanner: Scanner::new(true),
+            field: Field::Name,
+            line_len: 0,
+            line_last: 0,
+            name: [0; 8],
+            name_len: 0,
+            skip_space: false,
+            data_lines: 0,
+            data_len: 0,
+            data_head: [0; 8],
+            event_name: Vec::new(),
+            held: Vec::new(),
+            usage: None,
+            text_chars: 0,
+            done: false,
+        }
+    }
+
+    fn feed(&mut self, s: &[u8]) {
+        let mut i = 0;
+        while i < s.len() && !self.done {
+            let nl = find_byte(b'\n', &s[i..]).map(|k| i + k);
+            let end = nl.unwrap_or(s.len());
+            if end > i {
+                self.line_bytes(&s[i..end], nl.is_some());
+            }
+            match nl {
+                Some(p) => {
+                    self.end_line();
+                    i = p + 1;
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Part of a line (no `\n` in it); a line may arrive in any number of parts. `last` says
+    /// this part ends the line.
+    fn line_bytes(&mut self, mut seg: &[u8], last: bool) {
+        self.line_len += seg.len();
+        self.line_last = seg[seg.len() - 1];
+        if self.field == Field::Name {
+            let colon = find_byte(b':', seg);
+            self.push_name(&seg[..colon.unwrap_or(seg.len())]);
+            let Some(c) = colon else { return };
+            self.begin_value();
+            self.skip_space = true;
+            seg = &seg[c + 1..];
+        }
+        if seg.is_empty() {
+            return;
+        }
+        if self.skip_space {
+            self.skip_space = false;
+            if seg[0] == b' ' {
+                seg = &seg[1..];
+            }
+        }
+        match self.field {
+            Field::Data => self.data(seg, last),
+            Field::Event => {
+                let room = MAX_EVENT_NAME.saturating_sub(self.event_name.len());
+                self.event_name
+                    .extend_from_slice(&seg[..room.min(seg.len())]);
+            }
+            _ => {}
+        }
+    }
+
+    fn push_name(&mut self, bytes: &[u8]) {
+        let room = self.name.len().saturating_sub(self.name_len);
+        let take = room.min(bytes.len());
+        if take > 0 {
+            self.name[self.name_len..self.name_len + take].copy_from_slice(&bytes[..take]);
+        }
+        self.name_len = self.name_len.saturating_add(bytes.len());
+    }
+
+    /// The field name is complete: classify the line.
+    fn begin_value(&mut self) {
+        let name: &[u8] = if self.name_len <= self.name.len() {
+            &self.name[..self.name_len]
+        } else {
+            b""
+        };
+        self.field = match name {
+            b"data" => {
+                self.data_lines += 1;
+                // Data lines of one event join with a newline, which JSON reads as whitespace.
+                if self.data_lines > 1 {
+                    self.data(b"\n", false);
+                }
+                Field::Data
+            }
+            b"event" => {
+                self.event_name.clear();
+                Field::Event
+            }
+            // Comments (empty name), `id`, `retry`, unknown fields.
+            _ => Field::Other,
+        };
+    }
+
+    /// `whole_line`: `seg` is all of (the rest of) a data line, the usual case, which lets the
+    /// scanner try its one-shot path when the event's data starts with it.
+    fn data(&mut self, seg: &[u8], whole_line: bool) {
+        if self.data_len < self.data_head.len() {
+            let take = (self.data_head.len() - self.data_len).min(seg.len());
+            self.data_head[self.data_len..self.data_len + take].copy_from_slice(&seg[..take]);
+        }
+        self.data_len = self.data_len.saturating_add(seg.len());
+        // Chunk boundaries fall anywhere, often inside a data line. Scanning the pieces with the
+        // resumable state machine works but is ~2x slower than scanning the whole line in one
+        // shot, so a cut line's start is copied aside (a few hundred bytes, typically) and
+        // scanned when its end arrives. Only the event's first bytes qualify: once the scanner
+        // has started on the event, it must go on resumably.
+        if !self.held.is_empty() || (!whole_line && self.scanner.lex == Lex::Start) {
+            if self.held.len() + seg.len() <= MAX_HELD_LINE {
+                self.held.extend_from_slice(seg);
+                if whole_line {
+                    self.flush_held();
+                }
+                return;
+            }
+            let held = std::mem::take(&mut self.held);
+            self.scanner.feed(&held);
+        }
+        if whole_line {
+            self.scanner.feed_complete(seg);
+        } else {
+            self.scanner.feed(seg);
+        }
+    }
+
+    /// The held line start is all there will be of it: scan it.
+    fn flush_held(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        self.scanner.feed_complete(&self.held);
+        self.held.clear();
+        // Don't keep a large buffer around for the rest of a long stream.
+        if self.held.capacity() > 8 * 1024 {
+            self.held = Vec::new();
+        }
+    }
+
+    fn end_line(&mut self) {
+        // The line may end right at a chunk boundary, after its last piece was held.
+        self.flush_held();
+        let cr = self.line_last == b'\r';
+        if self.line_len == 0 || (self.line_len == 1 && cr) {
+            self.dispatch();
+        } else {
+            match self.field {
+                Field::Name => {
+                    // A line without a colon is a field name with an empty value.
+                    if cr && (1..=self.name.len()).contains(&self.name_len) {
+                        self.name_len -= 1;
+                    }
+                    self.begin_value();
+                }
+                Field::Event if cr && self.event_name.last() == Some(&b'\r') => {
+                    self.event_name.pop();
+                }
+                // A trailing `\r` in data reached the scanner as JSON whitespace: harmless.
+                _ => {}
+            }
+        }
+        self.field = Field::Name;
+        self.line_len = 0;
+        self.name_len = 0;
+        self.skip_space = false;
+    }
+
+    fn dispatch(&mut self) {
+        if self.data_lines > 0 {
+            let head = &self.data_head[..self.data_len.min(self.data_head.len())];
+            if head == b"[DONE]" || head == b"[DONE]\r" {
+                self.done = true;
+            } else {
+                self.apply_event();
+            }
+        }
+        self.data_lines = 0;
+        self.data_len = 0;
+        self.event_name.clear();
+        self.scanner.reset();
+    }
+
+    fn apply_event(&mut self) {
+        let sc = &self.scanner;
+        // The data's own `type` is what SDKs read; the `event:` line is the fallback.
+        let ty: &[u8] = if sc.type_buf.is_empty() {
+            &self.event_name
+        } else {
+            &sc.type_buf
+        };
+        let mut chars = sc.counts[CONTENT] + sc.counts[TEXT];
+        if ty == b"response.output_text.delta" {
+            chars += sc.counts[DELTA];
+        }
+        self.text_chars += chars;
+        // The last reported usage wins: some providers report cumulative usage repeatedly.
+        if let Some(usage) = sc.usage_top.or(sc.usage_resp) {
+            self.usage = Some(usage);
+        }
+    }
+
+    /// End of body: an unterminated last event still counts if its JSON is complete (some
+    /// servers omit the final blank line); a cut one does not.
+    fn finish(&mut self) {
+        self.flush_held();
+        if !self.done && self.data_lines > 0 && self.scanner.root_done {
+            self.apply_event();
+        }
+        self.data_lines = 0;
+        self.done = true;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slice helpers for complete JSON documents
+// ---------------------------------------------------------------------------------------------
+
+#[inline]
+fn skip_ws(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && is_ws(s[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// `s[i]` is an opening quote; returns the index just past the closing one.
+#[inline]
+fn skip_string(s: &[u8], i: usize) -> Option<usize> {
+    let mut i = i + 1;
+    loop {
+        i += string_stop(s.get(i..)?)?;
+        if s[i] == b'"' {
+            return Some(i + 1);
+        }
+        i += 2;
+    }
+}
+
+/// `s[i]` is the first byte of a value; returns the index just past it.
+#[inline]
+fn skip_value(s: &[u8], i: usize) -> Option<usize> {
+    match *s.get(i)? {
+        b'"' => skip_string(s, i),
+        b'{' | b'[' => {
+            let mut depth = 0u32;
+            let mut i = i;
+            loop {
+                match *s.get(i)? {
+                    b'"' => {
+                        i = skip_string(s, i)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(i + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        b'}' | b']' | b',' | b':' => None,
+        _ => Some(
+            s[i..]
+                .iter()
+                .position(|&c| is_delim(c))
+                .map_or(s.len(), |k| i + k),
+        ),
+    }
+}
+
+/// Walks the members of the object opening at `s[open]`: `value` gets each raw key and the
+/// index where its value starts, and returns the index just past that value (it may parse the
+/// value itself, or [`skip_value`] it). Returns the index just past the object's `}`, or `None`
+/// if it is malformed or incomplete.
+fn for_each_member(
+    s: &[u8],
+    open: usize,
+    mut value: impl FnMut(&[u8], usize) -> Option<usize>,
+) -> Option<usize> {
+    let mut i = skip_ws(s, open + 1);
+    if *s.get(i)? == b'}' {
+        return Some(i + 1);
+    }
+    loop {
+        if *s.get(i)? != b'"' {
+            return None;
+        }
+        let key_end = skip_string(s, i)?;
+        let colon = skip_ws(s, key_end);
+        if *s.get(colon)? != b':' {
+            return None;
+        }
+        let v = skip_ws(s, colon + 1);
+        if matches!(*s.get(v)?, b'}' | b']' | b',' | b':') {
+            return None;
+        }
+        i = skip_ws(s, value(&s[i + 1..key_end - 1], v)?);
+        match *s.get(i)? {
+            b',' => i = skip_ws(s, i + 1),
+            b'}' => return Some(i + 1),
+            _ => return None,
+        }
+    }
+}
+
+/// One member of an object, as byte offsets into the document.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    /// The key's opening quote.
+    start: usize,
+    /// The key's raw bytes, between the quotes.
+    key: (usize, usize),
+    value: (usize, usize),
+}
+
+/// The members of the object opening at `s[open]`, in order. After the last one,
+/// [`complete`](Members::complete) tells whether the object was well formed up to its `}`.
+struct Members<'a> {
+    s: &'a [u8],
+    i: usize,
+    first: bool,
+    state: MembersState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MembersState {
+    Open,
+    Closed,
+    Broken,
+}
+
+impl<'a> Members<'a> {
+    fn new(s: &'a [u8], open: usize) -> Members<'a> {
+        Members {
+            s,
+            i: open + 1,
+            first: true,
+            state: MembersState::Open,
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.state == MembersState::Closed
+    }
+
+    fn member(&mut self) -> Option<Member> {
+        let s = self.s;
+        let start = skip_ws(s, self.i);
+        if s.get(start) != Some(&b'"') {
+            return None;
+        }
+        let key_end = skip_string(s, start)?;
+        let colon = skip_ws(s, key_end);
+        if s.get(colon) != Some(&b':') {
+            return None;
+        }
+        let v = skip_ws(s, colon + 1);
+        let v_end = skip_value(s, v)?;
+        self.i = v_end;
+        Some(Member {
+            start,
+            key: (start + 1, key_end - 1),
+            value: (v, v_end),
+        })
+    }
+}
+
+impl Iterator for Members<'_> {
+    type Item = Member;
+
+    fn next(&mut self) -> Option<Member> {
+        if self.state != MembersState::Open {
+            return None;
+        }
+        let i = skip_ws(self.s, self.i);
+        match self.s.get(i) {
+            Some(b'}') => {
+                self.state = MembersState::Closed;
+                return None;
+            }
+            Some(b',') if !self.first => self.i = i + 1,
+            Some(b'"') if self.first => self.i = i,
+            _ => {
+                self.state = MembersState::Broken;
+                return None;
+            }
+        }
+        self.first = false;
+        let member = self.member();
+        if member.is_none() {
+            self.state = MembersState::Broken;
+        }
+        member
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hiding the usage keygate asked for
+// ---------------------------------------------------------------------------------------------
+
+/// A partial event longer than this is not held any more: its bytes are sent on unmodified, so
+/// the client never waits on (or loses) a pathological event.
+const MAX_HELD_EVENT: usize = 1 << 20;
+
+/// For streaming chat/completions requests where the client did NOT ask for usage: keygate adds
+/// `stream_options.include_usage=true` upstream, and this filter removes the usage-only chunk
+/// (`"choices":[]`, `null` or absent, with a non-null top-level `usage`) and the top-level
+/// `"usage":null` member OpenAI then adds to every other chunk, so the client sees exactly what
+/// it would have without the option. Events without a top-level `usage` (including `[DONE]`,
+/// comments and anything malformed) pass through byte for byte, as does a chunk carrying both
+/// real choices and a usage (the client would have seen that one anyway). Lines end with LF or
+/// CRLF; an event ends at a blank line.
+pub struct UsageChunkStripper {
+    /// The current incomplete event.
+    pending: Vec<u8>,
+    line_len: usize,
+    line_last: u8,
+    /// The current event outgrew [`MAX_HELD_EVENT`]: forward it as is until it ends.
+    passthrough: bool,
+}
+
+impl Default for UsageChunkStripper {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UsageChunkStripper {
+    pub fn new() -> Self {
+        UsageChunkStripper {
+            pending: Vec::new(),
+            line_len: 0,
+            line_last: 0,
+            passthrough: false,
+        }
+    }
+
+    /// Takes an (uncompressed) upstream chunk, returns the bytes to send downstream now. Complete
+    /// events pass through at once; a partial trailing event is held until its end arrives.
+    pub fn filter(&mut self, chunk: &[u8]) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.pending.len() + chunk.len());
+        let mut line_start = 0;
+        let mut event_start = 0;
+        for nl in memchr::memchr_iter(b'\n', chunk) {
+            let seg = nl - line_start;
+            let len = self.line_len + seg;
+            let last = if seg > 0 {
+                chunk[nl - 1]
+            } else {
+                self.line_last
+            };
+            self.line_len = 0;
+            line_start = nl + 1;
+            if len == 0 || (len == 1 && last == b'\r') {
+                // A blank line: the event ends here.
+                let tail = &chunk[event_start..=nl];
+                event_start = nl + 1;
+                if self.passthrough {
+                    out.extend_from_slice(tail);
+                    self.passthrough = false;
+                } else if self.pending.is_empty() {
+                    emit_event(tail, &mut out);
+                } else {
+                    self.pending.extend_from_slice(tail);
+                    emit_event(&self.pending, &mut out);
+                    self.clear_pending();
+                }
+            }
+        }
+        let rest = &chunk[line_start..];
+        if let Some(&last) = rest.last() {
+            self.line_len += rest.len();
+            self.line_last = last;
+        }
+        let tail = &chunk[event_start..];
+        if self.passthrough {
+            out.extend_from_slice(tail);
+        } else {
+            self.pending.extend_from_slice(tail);
+            if self.pending.len() > MAX_HELD_EVENT {
+                out.extend_from_slice(&self.pending);
+                self.clear_pending();
+                self.passthrough = true;
+            }
+        }
+        out.freeze()
+    }
+
+    /// End of stream: flush anything held (still filtered if it is a complete JSON chunk that
+    /// only lacked its final blank line).
+    pub fn finish(&mut self) -> Bytes {
+        let mut out = BytesMut::with_capacity(self.pending.len());
+        if self.passthrough {
+            out.extend_from_slice(&self.pending);
+        } else {
+            emit_event(&self.pending, &mut out);
+        }
+        self.clear_pending();
+        self.passthrough = false;
+        self.line_len = 0;
+        out.freeze()
+    }
+
+    fn clear_pending(&mut self) {
+        self.pending.clear();
+        // Don't keep a huge buffer for the rest of a long stream after one outsized event.
+        if self.pending.capacity() > 64 * 1024 {
+            self.pending = Vec::new();
+        }
+    }
+}
+
+/// What to do with one event.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Keep,
+    Drop,
+    /// Remove this byte range of the event's data (the `"usage":null` member and one comma).
+    Remove(usize, usize),
+}
+
+fn verdict(json: &[u8]) -> Verdict {
+    let open = skip_ws(json, 0);
+    if json.get(open) != Some(&b'{') {
+        return Verdict::Keep;
+    }
+    let mut members = Members::new(json, open);
+    let mut prev_end = None;
+    let mut usage: Option<(Member, Option<usize>)> = None;
+    let mut after_usage = None;
+    let mut choices_empty = None;
+    let mut just_saw_usage = false;
+    for m in members.by_ref() {
+        if just_saw_usage {
+            after_usage = Some(m.start);
+            just_saw_usage = false;
+        }
+        let key = &json[m.key.0..m.key.1];
+        if usage.is_none() && key_is(key, "usage") {
+            usage = Some((m, prev_end));
+            just_saw_usage = true;
+        } else if key_is(key, "choices") {
+            let v = m.value.0;
+            let empty = json[v] == b'[' && json.get(skip_ws(json, v + 1)) == Some(&b']');
+            choices_empty = Some(empty || &json[v..m.value.1] == b"null");
+        }
+        prev_end = Some(m.value.1);
+    }
+    if !members.complete() {
+        return Verdict::Keep;
+    }
+    let Some((m, prev_end)) = usage else {
+        return Verdict::Keep;
+    };
+    if &json[m.value.0..m.value.1] == b"null" {
+        let (from, to) = match (prev_end, after_usage) {
+            (Some(prev), _) => (prev, m.value.1),
+            (None, Some(next)) => (m.start, next),
+            (None, None) => (m.start, m.value.1),
+        };
+        Verdict::Remove(from, to)
+    } else if choices_empty != Some(false) {
+        Verdict::Drop
+    } else {
+        Verdict::Keep
+    }
+}
+
+/// Byte ranges of an event's data line values (after `data:` and one optional space, without
+/// the line ending).
+fn data_lines(ev: &[u8], mut each: impl FnMut(usize, usize)) {
+    let mut start = 0;
+    while start < ev.len() {
+        let end = memchr(b'\n', &ev[start..]).map_or(ev.len(), |k| start + k);
+        let mut line_end = end;
+        if line_end > start && ev[line_end - 1] == b'\r' {
+            line_end -= 1;
+        }
+        let line = &ev[start..line_end];
+        if let Some(value) = line.strip_prefix(b"data:") {
+            let skip = usize::from(value.first() == Some(&b' '));
+            each(line_end - value.len() + skip, line_end);
+        } else if line == b"data" {
+            each(line_end, line_end);
+        }
+        start = end + 1;
+    }
+}
+
+/// Built once: constructing a memmem searcher costs more than searching one event.
+static USAGE_KEY: LazyLock<memmem::Finder<'static>> =
+    LazyLock::new(|| memmem::Finder::new(b"\"usage\""));
+
+fn emit_event(ev: &[u8], out: &mut BytesMut) {
+    // Fast path: without the bytes `"usage"` there is no top-level usage member (barring an
+    // escaped spelling of the key, which no provider sends).
+    if USAGE_KEY.find(ev).is_none() {
+        out.extend_from_slice(ev);
+        return;
+    }
+    let mut count = 0;
+    let mut first = (0, 0);
+    data_lines(ev, |a, b| {
+        if count == 0 {
+            first = (a, b);
+        }
+        count += 1;
+    });
+    if count == 0 {
+        out.extend_from_slice(ev);
+        return;
+    }
+    if count == 1 {
+        let (a, b) = first;
+        match verdict(&ev[a..b]) {
+            Verdict::Keep => out.extend_from_slice(ev),
+            Verdict::Drop => {}
+            Verdict::Remove(x, y) => {
+                out.extend_from_slice(&ev[..a + x]);
+                out.extend_from_slice(&ev[a + y..]);
+            }
+        }
+        return;
+    }
+    // Several data lines form one JSON text joined by newlines. Rare (pretty-printing
+    // upstreams), so build the joined text and map a removal back onto each line.
+    let mut joined = Vec::new();
+    let mut pieces = Vec::new();
+    data_lines(ev, |a, b| {
+        if !pieces.is_empty() {
+            joined.push(b'\n');
+        }
+        pieces.push((joined.len(), a, b - a));
+        joined.extend_from_slice(&ev[a..b]);
+    });
+    match verdict(&joined) {
+        Verdict::Keep => out.extend_from_slice(ev),
+        Verdict::Drop => {}
+        Verdict::Remove(x, y) => {
+            let mut at = 0;
+            for &(joined_start, raw_start, len) in &pieces {
+                let from = x.clamp(joined_start, joined_start + len);
+                let to = y.clamp(joined_start, joined_start + len);
+                if from < to {
+                    let (from, to) = (
+                        raw_start + from - joined_start,
+                        raw_start + to - joined_start,
+                    );
+                    out.extend_from_slice(&ev[at..from]);
+                    at = to;
+                }
+            }
+            out.extend_from_slice(&ev[at..]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The request side
+// ---------------------------------------------------------------------------------------------
+
+/// Adds `"stream_options":{"include_usage":true}` to a JSON object request body that has
+/// `"stream":true` and does not already ask for usage, keeping every other byte unchanged:
+/// - no `stream_options`: the member is appended after the last member of the body;
+/// - a `stream_options` object without `include_usage`: `"include_usage":true` is appended to it;
+/// - `"include_usage":false` (or any value but `true`) becomes `true`, and
+///   `"stream_options":null` becomes the object: either way the client did not ask for usage,
+///   and the [`UsageChunkStripper`] restores what it asked for;
+///
+/// Returns `None` if there is nothing to do (not streaming, usage already requested) or the body
+/// is not a well-formed object, or `stream_options` is neither an object nor `null` (the
+/// provider will reject such a request anyway). On duplicate keys, the last one counts, as in
+/// most JSON parsers.
+pub fn request_with_include_usage(body: &[u8]) -> Option<Bytes> {
+    let open = skip_ws(body, 0);
+    if body.get(open) != Some(&b'{') {
+        return None;
+    }
+    let mut stream = false;
+    let mut options = None;
+    let mut last_end = None;
+    let mut members = Members::new(body, open);
+    for m in members.by_ref() {
+        let key = &body[m.key.0..m.key.1];
+        if key_is(key, "stream") {
+            stream = &body[m.value.0..m.value.1] == b"true";
+        } else if key_is(key, "stream_options") {
+            options = Some(m.value);
+        }
+        last_end = Some(m.value.1);
+    }
+    if !members.complete() || !stream {
+        return None;
+    }
+    let (from, to, insert): (usize, usize, &[u8]) = match options {
+        None => {
+            let end = last_end?;
+            (end, end, br#","stream_options":{"include_usage":true}"#)
+        }
+        Some((start, _)) if body[start] == b'{' => {
+            let mut include = None;
+            let mut last = None;
+            let mut inner = Members::new(body, start);
+            for m in inner.by_ref() {
+                if key_is(&body[m.key.0..m.key.1], "include_usage") {
+                    include = Some(m.value);
+                }
+                last = Some(m.value.1);
+            }
+            if !inner.complete() {
+                return None;
+            }
+            match (include, last) {
+                (Some((a, b)), _) if &body[a..b] == b"true" => return None,
+                (Some((a, b)), _) => (a, b, b"true"),
+                (None, Some(end)) => (end, end, br#","include_usage":true"#),
+                (None, None) => (start + 1, start + 1, br#""include_usage":true"#),
+            }
+        }
+        Some((start, end)) if &body[start..end] == b"null" => {
+            (start, end, br#"{"include_usage":true}"#)
+        }
+        Some(_) => return None,
+    };
+    let mut out = BytesMut::with_capacity(body.len() + insert.len());
+    out.extend_from_slice(&body[..from]);
+    out.extend_from_slice(insert);
+    out.extend_from_slice(&body[to..]);
+    Some(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(p: u64, c: u64, cached: u64) -> Option<Usage> {
+        Some(Usage {
+            prompt_tokens: p,
+            completion_tokens: c,
+            cached_tokens: cached,
+        })
+    }
+
+    /// Feeds `input` whole (the one-shot path) and byte by byte (the resumable state machine),
+    /// checks both agree, and returns the answer.
+    fn both_paths(kind: BodyKind, input: &str) -> (Option<Usage>, u64) {
+        let mut whole = UsageExtractor::new(kind, ContentEncoding::Identity);
+        whole.feed(input.as_bytes());
+        let whole = (whole.finish(), whole.streamed_text_chars());
+        let mut bytes = UsageExtractor::new(kind, ContentEncoding::Identity);
+        for b in input.as_bytes() {
+            bytes.feed(std::slice::from_ref(b));
+        }
+        let bytes = (bytes.finish(), bytes.streamed_text_chars());
+        assert_eq!(whole, bytes, "whole vs byte by byte: {input}");
+        whole
+    }
+
+    fn json_usage(body: &str) -> Option<Usage> {
+        both_paths(BodyKind::Json, body).0
+    }
+
+    fn sse(stream: &str) -> (Option<Usage>, u64) {
+        both_paths(BodyKind::Sse, stream)
+    }
+
+    fn strip(stream: &str) -> String {
+        let mut s = UsageChunkStripper::new();
+        let mut out = s.filter(stream.as_bytes()).to_vec();
+        out.extend_from_slice(&s.finish());
+        String::from_utf8(out).unwrap()
+    }
+
+    fn with_usage(body: &str) -> Option<String> {
+        request_with_include_usage(body.as_bytes()).map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn json_chat_completion() {
+        let body = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi \"usage\": {\"prompt_tokens\": 999}"},"finish_reason":"stop"}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":3,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}},"system_fingerprint":"fp"}"#;
+        assert_eq!(json_usage(body), u(19, 10, 3));
+    }
+
+    #[test]
+    fn json_completions_embeddings_and_responses() {
+        assert_eq!(
+            json_usage(
+                r#"{"object":"text_completion","choices":[{"text":"x"}],"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#
+            ),
+            u(5, 7, 0)
+        );
+        assert_eq!(
+            json_usage(
+                r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-2e-3,[1]]}],"model":"m","usage":{"prompt_tokens":8,"total_tokens":8}}"#
+            ),
+            u(8, 0, 0)
+        );
+        assert_eq!(
+            json_usage(
+                r#"{"id":"resp_1","object":"response","output":[{"type":"message","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":16},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}"#
+            ),
+            u(36, 87, 16)
+        );
+    }
+
+    #[test]
+    fn json_nested_usage_decoys_are_ignored() {
+        // `usage` inside a message, inside tool arguments, inside metadata: not top level.
+        let body = r#"{"choices":[{"message":{"content":"see \"usage\":{\"prompt_tokens\":1}","usage":{"prompt_tokens":2,"completion_tokens":2},"tool_calls":[{"function":{"arguments":"{\"usage\":{\"prompt_tokens\":3}}"}}]}}],"metadata":{"usage":{"prompt_tokens":4,"completion_tokens":4}}}"#;
+        assert_eq!(json_usage(body), None);
+        let body = body.replace(
+            r#""metadata""#,
+            r#""usage":{"prompt_tokens":5,"completion_tokens":6},"metadata""#,
+        );
+        assert_eq!(json_usage(&body), u(5, 6, 0));
+    }
+
+    #[test]
+    fn json_odd_shapes() {
+        assert_eq!(json_usage(r#"{"usage":null}"#), None);
+        assert_eq!(json_usage(r#"{"usage":{}}"#), None);
+        assert_eq!(json_usage(r#"[{"usage":{"prompt_tokens":1}}]"#), None);
+        assert_eq!(json_usage(r#"{"error":{"message":"bad"}}"#), None);
+        assert_eq!(json_usage(""), None);
+        // Lenient fields: an odd value loses that field only.
+        assert_eq!(
+            json_usage(
+                r#"{"usage":{"prompt_tokens":3.0,"completion_tokens":"x","prompt_tokens_details":null}}"#
+            ),
+            u(3, 0, 0)
+        );
+        assert_eq!(
+            json_usage(
+                r#"{"usage":{"prompt_tokens":3,"prompt_tokens_details":[1],"input_tokens_details":{"cached_tokens":2}}}"#
+            ),
+            u(3, 0, 2)
+        );
+        // Escaped key spelling still names the member.
+        assert_eq!(
+            json_usage(r#"{"us\u0061ge":{"prompt_tokens":1,"completion_tokens":2}}"#),
+            u(1, 2, 0)
+        );
+        // Whitespace everywhere.
+        assert_eq!(
+            json_usage("{\n  \"usage\" :\n {\"prompt_tokens\" : 1 ,\"completion_tokens\":2 }\n}\n"),
+            u(1, 2, 0)
+        );
+    }
+
+    #[test]
+    fn usage_object_details() {
+        assert_eq!(token_count(b"12"), Some(12));
+        assert_eq!(token_count(b"12.0"), Some(12));
+        assert_eq!(token_count(b"1.2e1"), Some(12));
+        assert_eq!(token_count(b"1.5"), None);
+        assert_eq!(token_count(b"-1"), None);
+        assert_eq!(token_count(b"null"), None);
+        assert_eq!(token_count(b"\"12\""), None);
+        assert_eq!(token_count(b"18446744073709551615"), None);
+        assert_eq!(
+            token_count(b"9999999999999999999"),
+            Some(9_999_999_999_999_999_999)
+        );
+        // Duplicate keys: the last one wins.
+        assert_eq!(
+            json_usage(r#"{"usage":{"prompt_tokens":1,"prompt_tokens":2,"output_tokens":3}}"#),
+            u(2, 3, 0)
+        );
+        // Chat names win over responses names when both appear.
+        assert_eq!(
+            json_usage(r#"{"usage":{"input_tokens":9,"prompt_tokens":1,"completion_tokens":2}}"#),
+            u(1, 2, 0)
+        );
+        // A malformed usage object is no usage.
+        assert_eq!(json_usage(r#"{"usage":{"prompt_tokens":1,}}"#), None);
+        assert_eq!(json_usage(r#"{"usage":{"prompt_tokens" 1}}"#), None);
+    }
+
+    #[test]
+    fn json_usage_available_before_the_body_ends() {
+        let mut x = UsageExtractor::new(BodyKind::Json, ContentEncoding::Identity);
+        x.feed(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2}"#);
+        assert_eq!(x.usage(), u(1, 2, 0));
+        x.feed(br#","extra":true}"#);
+        assert_eq!(x.finish(), u(1, 2, 0));
+    }
+
+    const CHAT: &str = concat!(
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hé😀\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\\\"a\\n\\u00e9\\ud83d\\ude00\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":4,\"total_tokens\":13,\"prompt_tokens_details\":{\"cached_tokens\":2}}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    #[test]
+    fn sse_chat_with_include_usage() {
+        // "Hé😀" = 3 chars; "\"a\n\u00e9\ud83d\ude00" = `"`, a, newline, é, 😀 = 5 chars.
+        assert_eq!(sse(CHAT), (u(9, 4, 2), 8));
+    }
+
+    #[test]
+    fn sse_completions_and_crlf() {
+        let stream = concat!(
+            "data: {\"object\":\"text_completion\",\"choices\":[{\"text\":\"Hello\",\"index\":0}]}\r\n\r\n",
+            ": keep-alive comment\r\n\r\n",
+            "data: {\"object\":\"text_completion\",\"choices\":[{\"text\":\" wörld\",\"index\":0}]}\r\n\r\n",
+            "data: {\"object\":\"text_completion\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\r\n\r\n",
+            "data: [DONE]\r\n\r\n",
+        );
+        assert_eq!(sse(stream), (u(3, 2, 0), 11));
+    }
+
+    const RESPONSES: &str = concat!(
+        "event: response.created\r\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"status\":\"in_progress\",\"usage\":null}}\r\n\r\n",
+        "event: response.output_text.delta\r\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"m\",\"delta\":\"Hé\"}\r\n\r\n",
+        "event: response.output_text.delta\r\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":\"m\",\"delta\":\"😀!\"}\r\n\r\n",
+        "event: response.output_text.done\r\ndata: {\"type\":\"response.output_text.done\",\"item_id\":\"m\",\"text\":\"Hé😀!\"}\r\n\r\n",
+        "event: response.content_part.done\r\ndata: {\"type\":\"response.content_part.done\",\"part\":{\"type\":\"output_text\",\"text\":\"Hé😀!\"},\"delta\":\"decoy\"}\r\n\r\n",
+        "event: response.completed\r\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"output\":[{\"content\":[{\"text\":\"Hé😀!\",\"usage\":{\"input_tokens\":1000}}]}],\"usage\":{\"input_tokens\":12,\"input_tokens_details\":{\"cached_tokens\":5},\"output_tokens\":4,\"total_tokens\":16}}}\r\n\r\n",
+    );
+
+    #[test]
+    fn sse_responses_api() {
+        assert_eq!(sse(RESPONSES), (u(12, 4, 5), 4));
+        // Without `event:` lines the data's own type decides.
+        let no_event_lines: String = RESPONSES
+            .split("\r\n")
+            .filter(|l| !l.starts_with("event:"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        assert_eq!(sse(&no_event_lines), (u(12, 4, 5), 4));
+        for ty in ["response.incomplete", "response.failed"] {
+            let s = RESPONSES.replace("response.completed", ty);
+            assert_eq!(sse(&s).0, u(12, 4, 5));
+        }
+    }
+
+    #[test]
+    fn sse_event_line_alone_sets_the_type() {
+        let s = "event: response.output_text.delta\ndata: {\"delta\":\"abc\"}\n\n";
+        assert_eq!(sse(s), (None, 3));
+        let s = "event: something.else\ndata: {\"delta\":\"abc\"}\n\n";
+        assert_eq!(sse(s), (None, 0));
+    }
+
+    #[test]
+    fn sse_multi_line_data_and_field_details() {
+        let s = concat!(
+            "id: 1\nretry: 10\ndata: {\"choices\":[{\"delta\":\n",
+            "data:{\"content\":\"ab\"}}],\n",
+            "data: \"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n",
+            "data\n\n",
+            "data: [DONE]\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":100,\"completion_tokens\":100}}\n\n",
+        );
+        assert_eq!(sse(s), (u(1, 2, 0), 2));
+    }
+
+    #[test]
+    fn sse_usage_is_last_reported_and_cut_streams_keep_what_was_seen() {
+        let mut x = UsageExtractor::new(BodyKind::Sse, ContentEncoding::Identity);
+        x.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"abcd\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n");
+        assert_eq!(x.usage(), u(1, 1, 0));
+        x.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"efgh\"}}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n");
+        x.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\"cut mid-ev");
+        assert_eq!(x.finish(), u(1, 2, 0));
+        assert_eq!(x.streamed_text_chars(), 8);
+    }
+
+    #[test]
+    fn sse_unterminated_complete_last_event_counts() {
+        let (usage, chars) =
+            sse("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":3}}");
+        assert_eq!((usage, chars), (u(2, 3, 0), 0));
+    }
+
+    #[test]
+    fn sse_decoys() {
+        // A chat chunk with `usage` nested under choices, and text inside tool calls and the
+        // role: none of it counts.
+        let s = concat!(
+            "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"tool_calls\":[{\"function\":{\"arguments\":\"{\\\"content\\\":\\\"x\\\"}\"}}]},\"usage\":{\"prompt_tokens\":7}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":null}}],\"x\":{\"choices\":[{\"text\":\"nope\"}]}}\n\n",
+        );
+        assert_eq!(sse(s), (None, 0));
+    }
+
+    type Findings = ([u64; 3], Vec<u8>, Option<Usage>, Option<Usage>, bool);
+
+    fn findings(sc: &Scanner) -> Findings {
+        let f = (sc.counts, sc.type_buf.clone(), sc.usage_top, sc.usage_resp);
+        (f.0, f.1, f.2, f.3, sc.root_done)
+    }
+
+    /// The SSE parser hands most documents to the one-shot path, so check the resumable state
+    /// machine against it directly, at every split, on every event of the recorded streams.
+    #[test]
+    fn resumable_and_one_shot_agree() {
+        let mut docs: Vec<String> = [CHAT, RESPONSES]
+            .iter()
+            .flat_map(|s| s.split(['\r', '\n']))
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| d.starts_with('{'))
+            .map(str::to_owned)
+            .collect();
+        docs.push(r#"{"object":"text_completion","choices":[{"text":"a\u00e9\ud83d\ude00","index":0},{"text":"b"}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#.into());
+        docs.push(
+            r#" { "type" : "response.output_text.delta" , "delta" : "x\"y" , "choices" : [ ] } "#
+                .into(),
+        );
+        docs.push(r#"{"choices":[{"delta":{"content":"a","tool_calls":[{"function":{"arguments":"{\"usage\":1}"}}]},"text":null}],"usage":{"input_tokens":3,"output_tokens":4,"input_tokens_details":{"cached_tokens":1}}}"#.into());
+        docs.push(r#"{"us\u0061ge":{"prompt_tokens":1},"response":{"usage":{"input_tokens":2},"output":[[{"usage":{}}]]}}"#.into());
+        for sse in [true, false] {
+            for doc in &docs {
+                let d = doc.as_bytes();
+                let mut one = Scanner::new(sse);
+                assert!(one.try_one_shot(d), "{doc}");
+                let want = findings(&one);
+                for k in 0..=d.len() {
+                    let mut sc = Scanner::new(sse);
+                    sc.feed(&d[..k]);
+                    sc.feed(&d[k..]);
+                    assert_eq!(findings(&sc), want, "split at {k}: {doc}");
+                }
+                let mut sc = Scanner::new(sse);
+                for b in d {
+                    sc.feed(std::slice::from_ref(b));
+                }
+                assert_eq!(findings(&sc), want, "byte by byte: {doc}");
+            }
+        }
+    }
+
+    #[test]
+    fn count_string_escapes() {
+        let mut sc = Scanner::new(true);
+        sc.feed(br#"{"choices":[{"delta":{"content":"\u00e9\ud83d\ude00\ud83d\\\/\"x\uD83Dy\uDE00"}}]}"#);
+        // é, 😀, lone high (1), \, /, ", x, lone high (1), y, lone low (1) = 10
+        assert_eq!(sc.counts[CONTENT], 10);
+        assert!(sc.root_done);
+    }
+
+    #[test]
+    fn stripper_removes_usage_null_and_the_usage_chunk() {
+        let expected = concat!(
+            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hé😀\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\\\"a\\n\\u00e9\\ud83d\\ude00\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]\n\n",
+        );
+        assert_eq!(strip(CHAT), expected);
+    }
+
+    #[test]
+    fn stripper_member_positions_and_whitespace() {
+        assert_eq!(
+            strip("data: {\"usage\":null,\"a\":1}\n\n"),
+            "data: {\"a\":1}\n\n"
+        );
+        assert_eq!(
+            strip("data: {\"usage\": null , \"a\":1}\n\n"),
+            "data: {\"a\":1}\n\n"
+        );
+        assert_eq!(
+            strip("data: {\"a\":1, \"usage\" : null }\r\n\r\n"),
+            "data: {\"a\":1 }\r\n\r\n"
+        );
+        assert_eq!(strip("data: {\"usage\":null}\n\n"), "data: {}\n\n");
+        assert_eq!(
+            strip("data:{\"a\":\"b\",\"usage\":null,\"c\":2}\n\n"),
+            "data:{\"a\":\"b\",\"c\":2}\n\n"
+        );
+        // Usage chunk variants: no choices at all, CRLF, an `event:` line: all dropped whole.
+        assert_eq!(
+            strip("event: x\r\ndata: {\"usage\":{\"prompt_tokens\":1}}\r\n\r\nnext"),
+            "next"
+        );
+        assert_eq!(
+            strip("data: {\"choices\":null,\"usage\":{\"prompt_tokens\":1}}\n\n"),
+            ""
+        );
+        // Non-null usage alongside real choices: the client would see it anyway; kept.
+        let keep = "data: {\"choices\":[{\"delta\":{}}],\"usage\":{\"prompt_tokens\":1}}\n\n";
+        assert_eq!(strip(keep), keep);
+    }
+
+    #[test]
+    fn stripper_leaves_decoys_and_malformed_events_alone() {
+        for ev in [
+            "data: {\"choices\":[{\"delta\":{\"content\":\"\\\"usage\\\":null\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"usage\":null}}]}\n\n",
+            "data: {\"choices\":[],\"usage\":null\n\n",
+            ": \"usage\":null\n\n",
+            "data: [DONE]\n\n",
+            "\n\n\n",
+        ] {
+            assert_eq!(strip(ev), ev);
+        }
+    }
+
+    #[test]
+    fn stripper_multi_line_data() {
+        let s = "data: {\"a\":1,\ndata: \"usage\":null}\n\ndata: {\"choices\":[],\ndata: \"usage\":{\"prompt_tokens\":1}}\n\n";
+        assert_eq!(strip(s), "data: {\"a\":1\ndata: }\n\n");
+    }
+
+    #[test]
+    fn stripper_passes_complete_events_at_once_and_holds_the_partial_one() {
+        let mut s = UsageChunkStripper::new();
+        assert_eq!(
+            &s.filter(b"data: {\"a\":1,\"usage\":null}\n\ndata: {\"b\""),
+            &b"data: {\"a\":1}\n\n"[..]
+        );
+        assert_eq!(&s.filter(b":2,\"usage\":null}\r"), &b""[..]);
+        assert_eq!(&s.filter(b"\n"), &b""[..]);
+        assert_eq!(&s.filter(b"\r\n"), &b"data: {\"b\":2}\r\n\r\n"[..]);
+        // A cut stream: what is held is flushed unchanged if it is not a complete chunk.
+        assert_eq!(&s.filter(b"data: {\"c\":3,\"usage\":nu"), &b""[..]);
+        assert_eq!(&s.finish(), &b"data: {\"c\":3,\"usage\":nu"[..]);
+    }
+
+    #[test]
+    fn stripper_does_not_hold_outsized_events() {
+        let mut s = UsageChunkStripper::new();
+        let big = vec![b'x'; MAX_HELD_EVENT + 10];
+        let mut out = s.filter(b"data: {\"v\":\"").to_vec();
+        out.extend_from_slice(&s.filter(&big));
+        assert_eq!(out.len(), MAX_HELD_EVENT + 22);
+        out.extend_from_slice(&s.filter(b"\",\"usage\":null}\n\ndata: {\"usage\":null}\n\n"));
+        out.extend_from_slice(&s.finish());
+        assert!(out.ends_with(b"\",\"usage\":null}\n\ndata: {}\n\n"));
+    }
+
+    #[test]
+    fn include_usage_is_added() {
+        assert_eq!(
+            with_usage(r#"{"model":"m","stream":true,"messages":[]}"#).as_deref(),
+            Some(
+                r#"{"model":"m","stream":true,"messages":[],"stream_options":{"include_usage":true}}"#
+            )
+        );
+        assert_eq!(
+            with_usage("{\n  \"stream\": true\n}\n").as_deref(),
+            Some("{\n  \"stream\": true,\"stream_options\":{\"include_usage\":true}\n}\n")
+        );
+    }
+
+    #[test]
+    fn include_usage_merges_into_stream_options() {
+        assert_eq!(
+            with_usage(r#"{"stream":true,"stream_options":{"include_obfuscation":false},"n":1}"#)
+                .as_deref(),
+            Some(
+                r#"{"stream":true,"stream_options":{"include_obfuscation":false,"include_usage":true},"n":1}"#
+            )
+        );
+        assert_eq!(
+            with_usage(r#"{"stream_options":{ },"stream":true}"#).as_deref(),
+            Some(r#"{"stream_options":{"include_usage":true },"stream":true}"#)
+        );
+        assert_eq!(
+            with_usage(r#"{"stream":true,"stream_options":{"include_usage":false}}"#).as_deref(),
+            Some(r#"{"stream":true,"stream_options":{"include_usage":true}}"#)
+        );
+        assert_eq!(
+            with_usage(r#"{"stream":true,"stream_options":null}"#).as_deref(),
+            Some(r#"{"stream":true,"stream_options":{"include_usage":true}}"#)
+        );
+    }
+
+    #[test]
+    fn include_usage_nothing_to_do() {
+        for body in [
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            r#"{"stream":false}"#,
+            r#"{"model":"m"}"#,
+            r#"{"stream":"true"}"#,
+            r#"{"messages":[{"content":"\"stream\":true"}]}"#,
+            r#"{"x":{"stream":true}}"#,
+            r#"{"stream":true,"stream_options":"bad"}"#,
+            r#"{"stream":true"#,
+            r#"[{"stream":true}]"#,
+            "",
+        ] {
+            assert_eq!(with_usage(body), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn members_helper() {
+        let doc = br#" { "a" : [1,{"b":"}"}] , "c\"d":null,"e":-1.5e3 } "#;
+        let mut m = Members::new(doc, 1);
+        let keys: Vec<String> = m
+            .by_ref()
+            .map(|m| unescape_key(&doc[m.key.0..m.key.1]).unwrap())
+            .collect();
+        assert_eq!(keys, ["a", "c\"d", "e"]);
+        assert!(m.complete());
+        let mut m = Members::new(br#"{"a":1,}"#, 0);
+        assert_eq!(m.by_ref().count(), 1);
+        assert!(!m.complete());
+    }
+
+    #[test]
+    fn never_panics_on_garbage() {
+        let inputs: [&[u8]; 8] = [
+            b"\\\\\"\"{[[[]]]}}}",
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"\\u12",
+            b"data: {\"usage\":{\"prompt_tokens\":1}\ndata: ]]]]\n\n",
+            b"\xff\xfe\x00data:\r\r\r\n\n",
+            b"{\"usage\":{\"prompt_tokens\":[[[[[[[[[[",
+            b"{\"choices\":[[[[{\"delta\":{\"content\":\"\\ud83d",
+            b"{\"a\":\"\\",
+            b":::::\n\n\n\n",
+        ];
+        for input in inputs {
+            for kind in [BodyKind::Json, BodyKind::Sse] {
+                let mut x = UsageExtractor::new(kind, ContentEncoding::Identity);
+                for b in input {
+                    x.feed(std::slice::from_ref(b));
+                }
+                x.finish();
+            }
+            let mut s = UsageChunkStripper::new();
+            let mut out = s.filter(input).to_vec();
+            out.extend_from_slice(&s.finish());
+            let _ = request_with_include_usage(input);
+        }
+    }
+}
