@@ -4,6 +4,7 @@ use super::errors::ApiError;
 use super::routes::Route;
 use crate::limits::{Admission, RateStatus};
 use crate::policy::{Key, Model, Policy};
+use crate::usage::UsageExtractor;
 use bytes::Bytes;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +33,10 @@ pub struct RequestCtx {
     pub admission: Option<Admission>,
     /// Rate-limit figures for the `x-ratelimit-*` headers, for keys with rate limits.
     pub rate: Option<RateStatus>,
+    /// Prompt tokens charged at admission, replaced by the real count when the response tells.
+    pub token_estimate: u64,
+    /// Reads usage from a successful response body as it streams past.
+    pub usage: Option<UsageExtractor>,
 }
 
 impl RequestCtx {
@@ -51,6 +56,8 @@ impl RequestCtx {
             client_ip: None,
             admission: None,
             rate: None,
+            token_estimate: 0,
+            usage: None,
         }
     }
 }

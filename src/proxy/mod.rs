@@ -14,6 +14,7 @@ pub mod routes;
 use crate::limits::guard::AuthGuard;
 use crate::limits::{self, ip, LimitState, MemoryLimits, ScopeRef};
 use crate::policy::{Policy, PolicyStore};
+use crate::usage::{BodyKind, ContentEncoding, UsageExtractor};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::RequestCtx;
@@ -133,11 +134,11 @@ impl Gateway {
         ];
         let rate_limited =
             !key.limits.windows.is_empty() || !key.workload.limits.windows.is_empty();
-        match self.limits.admit(
-            &scopes,
-            limits::estimate_prompt_tokens(body.len()),
-            limits::now_ms(),
-        ) {
+        ctx.token_estimate = limits::estimate_prompt_tokens(body.len());
+        match self
+            .limits
+            .admit(&scopes, ctx.token_estimate, limits::now_ms())
+        {
             Ok(admission) => {
                 ctx.rate = rate_limited.then_some(admission.status);
                 ctx.admission = Some(admission);
@@ -158,6 +159,26 @@ impl Gateway {
         });
         ctx.model = Some(model.clone());
         Ok(None)
+    }
+}
+
+impl Gateway {
+    /// Replaces the admission's token estimate with the provider's count (or, for a cut stream
+    /// without usage, the prompt estimate plus the streamed text at about four characters a token).
+    fn settle_tokens(&self, ctx: &mut RequestCtx) {
+        let Some(mut extractor) = ctx.usage.take() else {
+            return;
+        };
+        let Some(admission) = ctx.admission.as_ref() else {
+            return;
+        };
+        let actual = match extractor.finish() {
+            Some(u) => u.prompt_tokens + u.completion_tokens,
+            None => ctx.token_estimate + extractor.streamed_text_chars().div_ceil(4),
+        };
+        let delta = actual as i64 - ctx.token_estimate as i64;
+        self.limits
+            .charge_tokens(admission, delta, limits::now_ms());
     }
 }
 
@@ -323,7 +344,44 @@ impl ProxyHttp for Gateway {
         if let Some(rate) = &ctx.rate {
             errors::rate_headers(upstream_response, rate)?;
         }
+        // account: read usage from successful responses without holding any byte back
+        if upstream_response.status.is_success() && ctx.admission.is_some() {
+            let headers = &upstream_response.headers;
+            let is_sse = headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+            let encoding = ContentEncoding::from_header(
+                headers
+                    .get(http::header::CONTENT_ENCODING)
+                    .map(|v| v.as_bytes()),
+            );
+            if let Some(encoding) = encoding {
+                let kind = if is_sse {
+                    BodyKind::Sse
+                } else {
+                    BodyKind::Json
+                };
+                ctx.usage = Some(UsageExtractor::new(kind, encoding));
+            }
+        }
         Ok(())
+    }
+
+    /// Counts tokens as the body passes; the chunk itself goes on untouched.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Some(extractor), Some(chunk)) = (ctx.usage.as_mut(), body.as_ref()) {
+            extractor.feed(chunk);
+        }
+        if end_of_stream {
+            self.settle_tokens(ctx);
+        }
+        Ok(None)
     }
 
     /// Every failure after admission becomes an OpenAI-shaped error, if the client can still get one.
@@ -361,6 +419,8 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // A cut stream never reached end_of_stream: charge what was seen.
+        self.settle_tokens(ctx);
         let status = session.response_written().map_or(0, |h| h.status.as_u16());
         tracing::debug!(
             request_id = %ctx.request_id,
