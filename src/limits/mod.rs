@@ -62,6 +62,19 @@ pub struct LimitSpec {
 }
 
 impl LimitSpec {
+    pub fn new(
+        windows: Vec<WindowSpec>,
+        max_concurrent: Option<u32>,
+        allowed_ips: Option<Vec<IpNet>>,
+    ) -> Self {
+        LimitSpec {
+            windows,
+            max_concurrent,
+            allowed_ips,
+            slot: OnceLock::new(),
+        }
+    }
+
     /// Whether any counting is needed for this scope.
     pub fn counts(&self) -> bool {
         !self.windows.is_empty() || self.max_concurrent.is_some()
