@@ -82,7 +82,9 @@ impl Reloader {
                     to: next.digest.clone(),
                 };
                 self.metrics.set_active_policy(&next);
-                self.store.store(Arc::new(next));
+                let old = self.store.swap(Arc::new(next));
+                drop(current);
+                release_off_request_path(old);
                 self.metrics
                     .policy_reloads
                     .with_label_values(&["swapped"])
@@ -118,6 +120,39 @@ impl Reloader {
     }
 }
 
+/// Whether a watcher event can mean the policy files changed. inotify also reports opens and
+/// reads, and a reload opens every key file: reacting to those would reload forever.
+fn changes_files(event: &notify::Result<notify::Event>) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match event {
+        // A lost-events overflow or other watcher error: reload to be safe.
+        Err(_) => true,
+        Ok(e) => match e.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        },
+    }
+}
+
+/// Waits (bounded) for requests still on the old snapshot to finish, so that freeing a large
+/// policy happens here on the reload thread rather than on whichever request drops it last.
+/// Runs on a thread of its own so the next reload need not wait for slow streams.
+fn release_off_request_path(old: Arc<Policy>) {
+    let spawned = std::thread::Builder::new()
+        .name("keygate-policy-release".to_owned())
+        .spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(old);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the policy release thread; the old policy is freed by its last request");
+    }
+}
+
 fn warn_about_restart_only_settings(current: &Policy, next: &Policy) {
     let changed = [
         ("listen", current.listen != next.listen),
@@ -150,15 +185,19 @@ pub struct PolicyWatcher {
 impl BackgroundService for PolicyWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let policy = self.reloader.store.load_full();
-        let config_dir = policy
-            .config_path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        // Only the paths are kept: holding the snapshot itself would keep every old policy alive.
+        let (config_dir, keys_dir) = {
+            let policy = self.reloader.store.load();
+            let config_dir = policy
+                .config_path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            (config_dir, policy.keys_dir.clone())
+        };
         let mut watcher = match notify::recommended_watcher(
             move |event: notify::Result<notify::Event>| {
-                if event.is_ok() {
+                if changes_files(&event) {
                     let _ = tx.send(());
                 }
             },
@@ -170,7 +209,7 @@ impl BackgroundService for PolicyWatcher {
             }
         };
         if let Some(w) = watcher.as_mut() {
-            for dir in [&config_dir, &policy.keys_dir] {
+            for dir in [&config_dir, &keys_dir] {
                 if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
                     tracing::error!(dir = %dir.display(), error = %e, "cannot watch directory");
                 }

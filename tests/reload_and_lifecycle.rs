@@ -615,3 +615,46 @@ async fn admin_api_is_off_without_a_token_but_metrics_and_health_answer() {
     );
     assert!(metrics.contains("keygate_policy_reloads_total{result=\"failed\"} 0"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_does_not_trigger_itself() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (_a, a_yaml) = key_file("app", "");
+    let gw = TestGateway::start(&policy(&up.url()), &[("a".into(), a_yaml.clone())]);
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", admin_port(&gw));
+    let reloads = || async {
+        let text = client()
+            .get(&metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("keygate_policy_reloads_total"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    replace_file(
+        &gw.keys_dir().join("a.yaml"),
+        &format!("{a_yaml}description: changed\n"),
+    );
+    let started = Instant::now();
+    while reloads().await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the change was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = reloads().await;
+    // Reading every key file during a reload must not look like a change.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        reloads().await,
+        settled,
+        "reloads kept happening with no change"
+    );
+}
