@@ -138,15 +138,17 @@ fn read_key_files(dir: &Path, problems: &mut Problems, hasher: &mut Sha256) -> V
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_str().unwrap_or("");
             !name.starts_with('.')
                 && (name.ends_with(".yaml") || name.ends_with(".yml"))
-                && p.is_file()
+                // The entry's own type avoids a stat per file; symlinks (ConfigMaps) are followed.
+                && e.file_type().is_ok_and(|t| t.is_file() || (t.is_symlink() && e.path().is_file()))
         })
+        .map(|e| e.path())
         .collect();
-    files.sort();
+    files.sort_unstable();
 
     let mut keys = Vec::new();
     for file in files {
@@ -165,11 +167,7 @@ fn read_key_files(dir: &Path, problems: &mut Problems, hasher: &mut Sha256) -> V
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_owned();
-        let is_list = matches!(
-            serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text),
-            Ok(serde_yaml_ng::Value::Sequence(_))
-        );
-        if is_list {
+        if looks_like_list(&text) {
             match read_yaml::<Vec<KeyFile>>(&file, &text) {
                 Ok(list) => {
                     for (i, key) in list.into_iter().enumerate() {
@@ -213,6 +211,15 @@ fn read_key_files(dir: &Path, problems: &mut Problems, hasher: &mut Sha256) -> V
         }
     }
     keys
+}
+
+/// Whether a key file holds a YAML list of keys rather than one key, judged from its first
+/// meaningful line (cheaper than parsing the whole file twice).
+fn looks_like_list(text: &str) -> bool {
+    text.lines()
+        .map(str::trim_start)
+        .find(|l| !l.is_empty() && !l.starts_with('#') && *l != "---")
+        .is_some_and(|l| l.starts_with("- ") || l == "-" || l.starts_with('['))
 }
 
 fn field(prefix: &str, name: &str) -> String {
