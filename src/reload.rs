@@ -42,8 +42,9 @@ pub struct Reloader {
     config_path: PathBuf,
     store: PolicyStore,
     metrics: Arc<Metrics>,
-    /// One reload at a time, so a slow older load never overwrites a newer one.
-    serial: Mutex<()>,
+    /// One reload at a time, so a slow older load never overwrites a newer one. Holds when the
+    /// last load started reading the files.
+    serial: Mutex<Option<std::time::Instant>>,
 }
 
 impl Reloader {
@@ -53,7 +54,7 @@ impl Reloader {
             config_path: config_path.to_path_buf(),
             store,
             metrics,
-            serial: Mutex::new(()),
+            serial: Mutex::new(None),
         }
     }
 
@@ -63,7 +64,28 @@ impl Reloader {
 
     /// Loads and swaps now. Blocking (file reads, DNS): never call it on a request thread.
     pub fn reload_blocking(&self) -> Result<ReloadOutcome, PolicyErrors> {
-        let _one_at_a_time = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        self.reload_unless_read_since(None)
+            .expect("an unconditional reload always runs")
+    }
+
+    /// Reloads unless a load already started reading the files after `since`: that load saw
+    /// every change made before `since`, so the watcher need not repeat what an admin call or a
+    /// lifecycle command just did. `None` when skipped.
+    pub fn reload_unless_read_since(
+        &self,
+        since: Option<std::time::Instant>,
+    ) -> Option<Result<ReloadOutcome, PolicyErrors>> {
+        let mut last_read = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(since), Some(read)) = (since, *last_read) {
+            if read >= since {
+                return None;
+            }
+        }
+        *last_read = Some(std::time::Instant::now());
+        Some(self.load_and_swap())
+    }
+
+    fn load_and_swap(&self) -> Result<ReloadOutcome, PolicyErrors> {
         let current = self.store.load_full();
         match config::load(&self.config_path, LoadOptions { resolve_dns: true }) {
             Ok(next) if next.digest == current.digest => {
@@ -238,7 +260,12 @@ impl BackgroundService for PolicyWatcher {
                 }
             }
             // Errors are logged and counted by the reloader; the old policy keeps serving.
-            let _ = self.reloader.reload().await;
+            let settled = std::time::Instant::now();
+            let reloader = self.reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                reloader.reload_unless_read_since(Some(settled))
+            })
+            .await;
         }
     }
 }
