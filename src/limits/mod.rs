@@ -12,6 +12,7 @@ pub mod ip;
 pub mod window;
 
 use ipnet::IpNet;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -178,7 +179,8 @@ pub trait LimitState: Send + Sync {
 /// makes the release happen on every path: success, error, client disconnect, upstream failure.
 #[derive(Debug, Default)]
 pub struct Admission {
-    scopes: Vec<Held>,
+    /// A key and its workload: inline, no allocation per request.
+    scopes: SmallVec<[Held; 2]>,
     pub status: RateStatus,
 }
 
@@ -188,7 +190,7 @@ struct Held {
     scope: Arc<Scope>,
     holds_slot: bool,
     /// Token windows `(kind, per_ms)` that later charges go to.
-    token_windows: Vec<(LimitKind, u64)>,
+    token_windows: SmallVec<[(LimitKind, u64); 2]>,
 }
 
 impl Drop for Admission {
@@ -256,7 +258,7 @@ impl LimitState for MemoryLimits {
         token_estimate: u64,
         now_ms: u64,
     ) -> Result<Admission, LimitRefusal> {
-        let active: Vec<(&ScopeRef<'_>, Arc<Scope>)> = scopes
+        let active: SmallVec<[(&ScopeRef<'_>, Arc<Scope>); 2]> = scopes
             .iter()
             .filter(|s| s.spec.counts())
             .map(|s| (s, self.scope(s)))
@@ -266,7 +268,7 @@ impl LimitState for MemoryLimits {
         }
         // Locks are taken in the order given (key before workload) and held together, so the
         // check and the count are one step for every scope involved.
-        let mut guards: Vec<_> = active
+        let mut guards: SmallVec<[_; 2]> = active
             .iter()
             .map(|(_, scope)| scope.inner.lock().unwrap_or_else(|e| e.into_inner()))
             .collect();
@@ -315,7 +317,7 @@ impl LimitState for MemoryLimits {
 
         let mut admission = Admission::default();
         for ((scope_ref, scope), counters) in active.iter().zip(guards.iter_mut()) {
-            let mut token_windows = Vec::new();
+            let mut token_windows = SmallVec::new();
             for w in &scope_ref.spec.windows {
                 let per_ms = w.per_ms();
                 let counter = counters.counter(w.kind, per_ms, now_ms);
