@@ -220,16 +220,9 @@ impl AdminApi {
             operations: Option<Vec<Operation>>,
             expires_at: Option<DateTime<Utc>>,
         }
-        let request: CreateRequest = match serde_json::from_slice(body) {
+        let request: CreateRequest = match parse_json(body) {
             Ok(r) => r,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request_error",
-                    "invalid_request",
-                    format!("Invalid JSON body: {e}"),
-                )
-            }
+            Err(reply) => return reply,
         };
         let id = request.id.clone();
         let settings = NewKey {
@@ -257,16 +250,9 @@ impl AdminApi {
         let request: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
             RotateRequest::default()
         } else {
-            match serde_json::from_slice(body) {
+            match parse_json(body) {
                 Ok(r) => r,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_request_error",
-                        "invalid_request",
-                        format!("Invalid JSON body: {e}"),
-                    )
-                }
+                Err(reply) => return reply,
             }
         };
         let grace = match request
@@ -354,6 +340,18 @@ impl AdminApi {
             }
         }
     }
+}
+
+/// An admin request body, or the 400 that says why it is not one.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            format!("Invalid JSON body: {e}"),
+        )
+    })
 }
 
 fn outcome_json(outcome: &ReloadOutcome) -> Value {

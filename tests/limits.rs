@@ -5,28 +5,14 @@
 mod common;
 
 use common::upstream::{MockUpstream, Reply};
-use common::{client, error_of, key_file, TestGateway};
+use common::{client, error_of, key_file, post_json, TestGateway};
 use futures_util::StreamExt;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn policy(upstream: &str, extra: &str) -> String {
-    format!(
-        r#"providers:
-  p1:
-    format: openai
-    api_key: sk-real
-    endpoints:
-      - {{url: "{upstream}"}}
-models:
-  m1:
-    provider: p1
-workloads:
-  app:
-    models: [m1]
-{extra}"#
-    )
+    common::one_model_policy(upstream, extra)
 }
 
 fn chat() -> serde_json::Value {
@@ -188,23 +174,11 @@ async fn concurrency_slots_are_held_by_streams_and_released_on_disconnect_and_fa
     let url = gw.url("/v1/chat/completions");
 
     // a stream holds the slot until it ends
-    let stream = client()
-        .post(&url)
-        .bearer_auth(&secret)
-        .json(&chat())
-        .send()
-        .await
-        .unwrap();
+    let stream = post_json(&url, &secret, &chat()).await;
     assert_eq!(stream.status(), 200);
     let mut body = stream.bytes_stream();
     body.next().await.unwrap().unwrap();
-    let second = client()
-        .post(&url)
-        .bearer_auth(&secret)
-        .json(&chat())
-        .send()
-        .await
-        .unwrap();
+    let second = post_json(&url, &secret, &chat()).await;
     assert_eq!(second.headers()["retry-after"], "1");
     assert_eq!(
         error_of(second).await,
@@ -220,13 +194,7 @@ async fn concurrency_slots_are_held_by_streams_and_released_on_disconnect_and_fa
     let started = Instant::now();
     loop {
         up.set_reply(Reply::chat_ok());
-        let r = client()
-            .post(&url)
-            .bearer_auth(&secret)
-            .json(&chat())
-            .send()
-            .await
-            .unwrap();
+        let r = post_json(&url, &secret, &chat()).await;
         if r.status() == 200 {
             break;
         }
@@ -239,22 +207,10 @@ async fn concurrency_slots_are_held_by_streams_and_released_on_disconnect_and_fa
 
     // an upstream failure releases it too
     up.set_reply(Reply::Reset);
-    let r = client()
-        .post(&url)
-        .bearer_auth(&secret)
-        .json(&chat())
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&url, &secret, &chat()).await;
     assert_eq!(r.status(), 502);
     up.set_reply(Reply::chat_ok());
-    let r = client()
-        .post(&url)
-        .bearer_auth(&secret)
-        .json(&chat())
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&url, &secret, &chat()).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -375,13 +331,7 @@ async fn token_limit_is_charged_from_the_providers_usage() {
     let mut statuses = Vec::new();
     let mut remaining = Vec::new();
     for _ in 0..4 {
-        let r = client()
-            .post(&url)
-            .bearer_auth(&secret)
-            .json(&chat())
-            .send()
-            .await
-            .unwrap();
+        let r = post_json(&url, &secret, &chat()).await;
         statuses.push(r.status().as_u16());
         remaining.push(
             r.headers()
@@ -408,17 +358,7 @@ async fn a_reload_that_raises_a_limit_keeps_the_running_window() {
         )],
     );
     let url = gw.url("/v1/chat/completions");
-    let status = || async {
-        client()
-            .post(&url)
-            .bearer_auth(&secret)
-            .json(&chat())
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    let status = || async { post_json(&url, &secret, &chat()).await.status().as_u16() };
     assert_eq!(
         [status().await, status().await, status().await],
         [200, 200, 429]
@@ -452,22 +392,10 @@ async fn guessing_keys_gets_an_address_blocked_before_any_lookup() {
     let url = gw.url("/v1/chat/completions");
     for _ in 0..3 {
         let guess = keygate::keys::secret::generate().unwrap().secret;
-        let r = client()
-            .post(&url)
-            .bearer_auth(guess)
-            .json(&chat())
-            .send()
-            .await
-            .unwrap();
+        let r = post_json(&url, &guess, &chat()).await;
         assert_eq!(r.status(), 401);
     }
-    let r = client()
-        .post(&url)
-        .bearer_auth(&secret)
-        .json(&chat())
-        .send()
-        .await
-        .unwrap();
+    let r = post_json(&url, &secret, &chat()).await;
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(
         error_of(r).await,

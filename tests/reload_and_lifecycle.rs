@@ -4,7 +4,7 @@
 mod common;
 
 use common::upstream::{MockUpstream, Reply};
-use common::{client, error_of, key_file, TestGateway};
+use common::{client, error_of, key_file, post_json, TestGateway};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,21 +13,9 @@ use std::time::{Duration, Instant};
 
 fn policy(upstream: &str) -> String {
     format!(
-        r#"admin_listen: 127.0.0.1:{admin}
-providers:
-  p1:
-    format: openai
-    api_key: sk-real
-    endpoints:
-      - {{url: "{upstream}"}}
-models:
-  m1:
-    provider: p1
-workloads:
-  app:
-    models: [m1]
-"#,
-        admin = common::upstream::free_port()
+        "admin_listen: 127.0.0.1:{}\n{}",
+        common::upstream::free_port(),
+        common::one_model_policy(upstream, "")
     )
 }
 
@@ -107,17 +95,7 @@ async fn deleted_and_paused_keys_are_refused_within_a_second() {
         "deleted key refused after {took:?}"
     );
     assert_eq!(
-        error_of(
-            client()
-                .post(&url)
-                .bearer_auth(&a)
-                .json(&chat())
-                .send()
-                .await
-                .unwrap()
-        )
-        .await
-        .2,
+        error_of(post_json(&url, &a, &chat()).await).await.2,
         "invalid_api_key"
     );
 
@@ -132,17 +110,7 @@ async fn deleted_and_paused_keys_are_refused_within_a_second() {
         "paused key refused after {took:?}"
     );
     assert_eq!(
-        error_of(
-            client()
-                .post(&url)
-                .bearer_auth(&b)
-                .json(&chat())
-                .send()
-                .await
-                .unwrap()
-        )
-        .await
-        .2,
+        error_of(post_json(&url, &b, &chat()).await).await.2,
         "key_paused"
     );
 }

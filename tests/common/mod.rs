@@ -123,3 +123,34 @@ pub async fn error_of(resp: reqwest::Response) -> (u16, String, String) {
         e["code"].as_str().unwrap_or_default().to_owned(),
     )
 }
+
+/// The policy most tests need: provider `p1` at `upstream`, model `m1`, workload `app` allowed to
+/// use it; `extra` is appended verbatim.
+pub fn one_model_policy(upstream: &str, extra: &str) -> String {
+    format!(
+        r#"providers:
+  p1:
+    format: openai
+    api_key: sk-real
+    endpoints:
+      - {{url: "{upstream}"}}
+models:
+  m1:
+    provider: p1
+workloads:
+  app:
+    models: [m1]
+{extra}"#
+    )
+}
+
+/// POSTs `body` as JSON to `url` with `secret` as the Bearer key.
+pub async fn post_json(url: &str, secret: &str, body: &serde_json::Value) -> reqwest::Response {
+    client()
+        .post(url)
+        .bearer_auth(secret)
+        .json(body)
+        .send()
+        .await
+        .expect("request sent")
+}
