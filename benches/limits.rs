@@ -6,6 +6,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use keygate::limits::{LimitKind, LimitSpec, LimitState, MemoryLimits, ScopeRef, WindowSpec};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,68 +29,47 @@ fn spec(max_concurrent: Option<u32>) -> LimitSpec {
     )
 }
 
-fn bench(c: &mut Criterion) {
-    let limits = Arc::new(MemoryLimits::new());
-    let key = spec(Some(1_000_000));
-    let workload = spec(None);
+/// One admission for key `k` of workload `w`, released at once: what a request costs the limiter.
+fn admit_and_release(limits: &MemoryLimits, key: &LimitSpec, workload: &LimitSpec) {
     let scopes = [
         ScopeRef {
             kind: "key",
             name: "k",
-            spec: &key,
+            spec: key,
         },
         ScopeRef {
             kind: "workload",
             name: "w",
-            spec: &workload,
+            spec: workload,
         },
     ];
+    let admission = limits
+        .admit(black_box(&scopes), 25, keygate::limits::now_ms())
+        .unwrap();
+    drop(black_box(admission));
+}
+
+fn bench(c: &mut Criterion) {
+    let limits = Arc::new(MemoryLimits::new());
+    let specs = Arc::new((spec(Some(1_000_000)), spec(None)));
     c.bench_function("limiter/admit_and_release/uncontended", |b| {
-        b.iter(|| {
-            let admission = limits
-                .admit(black_box(&scopes), 25, keygate::limits::now_ms())
-                .unwrap();
-            drop(black_box(admission));
-        })
+        b.iter(|| admit_and_release(&limits, &specs.0, &specs.1))
     });
 
     // A second thread hammering the same key and workload for the duration of the measurement.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
     let other = {
-        let (limits, stop) = (limits.clone(), stop.clone());
+        let (limits, specs, stop) = (limits.clone(), specs.clone(), stop.clone());
         std::thread::spawn(move || {
-            let key = spec(Some(1_000_000));
-            let workload = spec(None);
-            let scopes = [
-                ScopeRef {
-                    kind: "key",
-                    name: "k",
-                    spec: &key,
-                },
-                ScopeRef {
-                    kind: "workload",
-                    name: "w",
-                    spec: &workload,
-                },
-            ];
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                drop(
-                    limits
-                        .admit(&scopes, 25, keygate::limits::now_ms())
-                        .unwrap(),
-                );
+            while !stop.load(Ordering::Relaxed) {
+                admit_and_release(&limits, &specs.0, &specs.1);
             }
         })
     };
     c.bench_function("limiter/admit_and_release/two_threads_one_key", |b| {
-        b.iter(|| {
-            let admission = limits
-                .admit(black_box(&scopes), 25, keygate::limits::now_ms())
-                .unwrap();
-            drop(black_box(admission));
-        })
+        b.iter(|| admit_and_release(&limits, &specs.0, &specs.1))
     });
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     other.join().unwrap();
 }
 
