@@ -312,7 +312,7 @@ fn serve(
         digest = %policy.digest,
         "keygate starting"
     );
-    let server = keygate::server::build(&store, Some(opt));
+    let server = keygate::server::build(&store, Some(opt))?;
     server.run_forever();
 }
 

@@ -7,10 +7,12 @@
 //! prebuilt credential header and endpoint schedule. The request path does one SHA-256 and one map
 //! lookup to find a key, and no string formatting to route it.
 
+use crate::accounting::audit::AuditTarget;
 use crate::config::schema::{KeyStatus, Operation, ProviderFormat};
 use crate::keys::secret::KeyDigest;
 use crate::limits::LimitSpec;
 use crate::upstream::Provider;
+pub use crate::usage::cost::Price;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -45,6 +47,9 @@ pub struct Policy {
     pub management_audit_file: PathBuf,
     /// Failed authentications allowed per client IP and window.
     pub auth_guard: (u32, Duration),
+    /// Where the usage database lives; `None` keeps usage in memory only.
+    pub state_dir: Option<PathBuf>,
+    pub audit_log: Option<AuditTarget>,
 }
 
 /// What a digest finds: the key, and when this particular secret stops working (set for secrets
@@ -71,14 +76,8 @@ pub struct Model {
     /// Set only when the upstream name differs from `name`, i.e. when the body must be rewritten.
     pub upstream_model: Option<String>,
     pub price: Option<Price>,
-}
-
-/// USD per million tokens, as written in the policy.
-#[derive(Debug, Clone, Copy)]
-pub struct Price {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
-    pub cached_input_per_mtok: Option<f64>,
+    /// Output tokens reserved against budgets when a request names no maximum of its own.
+    pub max_output_tokens: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -212,6 +211,8 @@ pub(crate) struct PolicyParts {
     pub keys: Vec<Arc<Key>>,
     pub management_audit_file: PathBuf,
     pub auth_guard: (u32, Duration),
+    pub state_dir: Option<PathBuf>,
+    pub audit_log: Option<AuditTarget>,
 }
 
 impl Policy {
@@ -262,6 +263,8 @@ impl Policy {
             keys_by_id,
             management_audit_file: parts.management_audit_file,
             auth_guard: parts.auth_guard,
+            state_dir: parts.state_dir,
+            audit_log: parts.audit_log,
         }
     }
 

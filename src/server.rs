@@ -1,7 +1,10 @@
 //! Assembling the Pingora server: the data-plane proxy, the embedded mock provider when the policy
-//! asks for it, and background upkeep (DNS refresh). The binary runs it until a signal; tests run
+//! asks for it, the accounting sinks (usage database, audit log), and background upkeep (DNS
+//! refresh, flushing accounting on shutdown). The binary runs it until a signal; tests run
 //! it in-process on a thread and stop it with [`RunningGateway::shutdown`].
 
+use crate::accounting::audit::AuditWriter;
+use crate::accounting::{self, Recorder};
 use crate::admin::{AdminApi, AdminToken};
 use crate::config::{self, LoadOptions, PolicyErrors};
 use crate::limits::MemoryLimits;
@@ -10,6 +13,7 @@ use crate::mock_provider::{mock_provider_service, MockProviderConfig};
 use crate::policy::{Policy, PolicyStore};
 use crate::proxy::Gateway;
 use crate::reload::{PolicyWatcher, Reloader};
+use crate::state::sqlite::{StateError, UsageDb};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
@@ -32,6 +36,22 @@ pub enum ServeError {
     Policy(#[from] PolicyErrors),
     #[error("the gateway did not start listening on {0} within {1:?}")]
     NotListening(SocketAddr, Duration),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot open the audit log {target}: {source}")]
+    AuditLog {
+        target: String,
+        source: std::io::Error,
+    },
+}
+
+/// The parts of a built server that outlive the build: for triggering reloads, flushing
+/// accounting and reading live counters.
+#[derive(Clone)]
+pub struct Handles {
+    pub reloader: Arc<Reloader>,
+    pub recorder: Arc<Recorder>,
+    pub limits: Arc<MemoryLimits>,
 }
 
 /// Loads the policy at `config_path` for serving (endpoint hosts resolved).
@@ -42,20 +62,48 @@ pub fn load_policy(config_path: &Path) -> Result<PolicyStore, PolicyErrors> {
 
 /// Builds the Pingora server for `store`'s current policy. `opt` carries Pingora's own command-line
 /// options (e.g. `--upgrade` for a zero-downtime binary upgrade).
-pub fn build(store: &PolicyStore, opt: Option<Opt>) -> Server {
-    build_with(store, opt, AdminToken::from_env()).0
+pub fn build(store: &PolicyStore, opt: Option<Opt>) -> Result<Server, ServeError> {
+    Ok(build_with(store, opt, AdminToken::from_env())?.0)
 }
 
-/// [`build`] with an explicit admin token; also returns the reloader, for callers that trigger
-/// reloads themselves.
+/// Opens the accounting sinks the policy names and the live limit state, whose budgets start
+/// from the spend the usage database recorded.
+fn open_accounting(policy: &Policy) -> Result<(Arc<MemoryLimits>, Arc<Recorder>), ServeError> {
+    let now_ms = crate::limits::now_ms();
+    let (limits, db) = match &policy.state_dir {
+        Some(dir) => {
+            let db = UsageDb::open(dir)?;
+            let spend = accounting::persisted_spend(&db, now_ms)?;
+            (MemoryLimits::with_persisted_spend(spend, now_ms), Some(db))
+        }
+        None => {
+            tracing::warn!("no state_dir in the policy: usage and spend are not persisted");
+            (MemoryLimits::new(), None)
+        }
+    };
+    let audit = match &policy.audit_log {
+        Some(target) => {
+            let writer = AuditWriter::open(target).map_err(|source| ServeError::AuditLog {
+                target: target.to_string(),
+                source,
+            })?;
+            Some((target.clone(), writer))
+        }
+        None => None,
+    };
+    Ok((Arc::new(limits), Arc::new(Recorder::start(db, audit))))
+}
+
+/// [`build`] with an explicit admin token; also returns the handles, for callers that trigger
+/// reloads or read accounting themselves.
 pub fn build_with(
     store: &PolicyStore,
     opt: Option<Opt>,
     admin_token: Option<AdminToken>,
-) -> (Server, Arc<Reloader>) {
+) -> Result<(Server, Handles), ServeError> {
     let policy = store.load_full();
     let metrics = Arc::new(Metrics::new());
-    let limits = Arc::new(MemoryLimits::new());
+    let (limits, recorder) = open_accounting(&policy)?;
     let reloader = Arc::new(Reloader::new(
         &policy.config_path,
         store.clone(),
@@ -75,7 +123,7 @@ pub fn build_with(
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(store.clone(), limits.clone()),
+        Gateway::new(store.clone(), limits.clone(), recorder.clone()),
         "keygate data plane",
     );
     proxy.add_tcp(&policy.listen.to_string());
@@ -116,7 +164,35 @@ pub fn build_with(
             store: store.clone(),
         },
     ));
-    (server, reloader)
+    server.add_service(background_service(
+        "keygate accounting flush",
+        FlushOnShutdown {
+            recorder: recorder.clone(),
+        },
+    ));
+    Ok((
+        server,
+        Handles {
+            reloader,
+            recorder,
+            limits,
+        },
+    ))
+}
+
+/// Commits the last accounting batch when the server shuts down (after in-flight requests had
+/// their grace period), so a clean stop loses nothing.
+struct FlushOnShutdown {
+    recorder: Arc<Recorder>,
+}
+
+#[async_trait]
+impl BackgroundService for FlushOnShutdown {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        let recorder = self.recorder.clone();
+        let _ = tokio::task::spawn_blocking(move || recorder.flush()).await;
+    }
 }
 
 struct DnsRefresh {
@@ -142,6 +218,7 @@ impl BackgroundService for DnsRefresh {
 pub struct RunningGateway {
     pub store: PolicyStore,
     pub reloader: Arc<Reloader>,
+    pub handles: Handles,
     pub listen: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -169,7 +246,8 @@ impl RunningGateway {
         let store = load_policy(config_path)?;
         let policy: Arc<Policy> = store.load_full();
         let listen = policy.listen;
-        let (server, reloader) = build_with(&store, None, admin_token);
+        let (server, handles) = build_with(&store, None, admin_token)?;
+        let reloader = handles.reloader.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let signal = OneshotSignal(Mutex::new(Some(rx)));
         let thread = std::thread::spawn(move || {
@@ -180,6 +258,7 @@ impl RunningGateway {
         let mut running = RunningGateway {
             store,
             reloader,
+            handles,
             listen,
             stop: Some(tx),
             thread: Some(thread),
@@ -209,6 +288,7 @@ impl RunningGateway {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        self.handles.recorder.flush();
     }
 }
 

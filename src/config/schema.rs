@@ -28,6 +28,13 @@ pub struct ConfigFile {
     pub management_audit_file: String,
     #[serde(default)]
     pub auth_guard: AuthGuardFile,
+    /// Directory for persisted state (the usage database), relative to this file. Without it,
+    /// usage and spend are kept in memory only and start from zero on every restart.
+    #[serde(default)]
+    pub state_dir: Option<String>,
+    /// Where one JSON line per request is written: a path relative to this file, or `-` for stdout.
+    #[serde(default)]
+    pub audit_log: Option<String>,
     #[serde(default)]
     pub mock_provider: Option<MockProviderFile>,
     #[serde(default)]
@@ -130,6 +137,10 @@ pub struct ModelFile {
     pub upstream_model: Option<String>,
     #[serde(default)]
     pub price: Option<PriceFile>,
+    /// The most output tokens one request can produce; reserved against budgets when the
+    /// request sets no `max_tokens` of its own.
+    #[serde(default)]
+    pub max_output_tokens: Option<i64>,
 }
 
 /// USD per million tokens.
@@ -157,6 +168,33 @@ pub struct WorkloadFile {
     pub max_concurrent: Option<i64>,
     #[serde(default)]
     pub allowed_ips: Option<Vec<String>>,
+    #[serde(default)]
+    pub budget: Option<BudgetFile>,
+}
+
+/// Spending caps in USD per UTC calendar day and month.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<f64>,
+    #[serde(default)]
+    pub mode: BudgetModeFile,
+    /// Fractions of a cap (0 < f ≤ 1) at which an alert is logged once per period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_at: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetModeFile {
+    /// Refuse requests that would pass a cap.
+    #[default]
+    Enforce,
+    /// Count and alert, never refuse.
+    Track,
 }
 
 /// One sliding-window limit: `requests` or `tokens` per window `per` (1s to 30d).
@@ -256,6 +294,8 @@ pub struct KeyFile {
     pub max_concurrent: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_ips: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetFile>,
     /// Secrets replaced by a rotation that keep working until their grace period ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_hashes: Vec<PreviousHash>,

@@ -4,7 +4,7 @@ use super::errors::ApiError;
 use super::routes::Route;
 use crate::limits::{Admission, RateStatus};
 use crate::policy::{Key, Model, Policy};
-use crate::usage::UsageExtractor;
+use crate::usage::{UsageChunkStripper, UsageExtractor};
 use bytes::Bytes;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +37,13 @@ pub struct RequestCtx {
     pub token_estimate: u64,
     /// Reads usage from a successful response body as it streams past.
     pub usage: Option<UsageExtractor>,
+    /// keygate added `stream_options.include_usage` upstream; the client did not ask for it.
+    pub added_include_usage: bool,
+    /// Removes the usage chunk the client did not ask for from a stream it receives.
+    pub stripper: Option<UsageChunkStripper>,
+    /// When the first upstream attempt began, and when the first response body byte arrived.
+    pub upstream_started: Option<Instant>,
+    pub first_byte: Option<Instant>,
 }
 
 impl RequestCtx {
@@ -58,6 +65,10 @@ impl RequestCtx {
             rate: None,
             token_estimate: 0,
             usage: None,
+            added_include_usage: false,
+            stripper: None,
+            upstream_started: None,
+            first_byte: None,
         }
     }
 }
