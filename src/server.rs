@@ -74,6 +74,11 @@ fn open_accounting(policy: &Policy) -> Result<(Arc<MemoryLimits>, Arc<Recorder>)
         Some(dir) => {
             let db = UsageDb::open(dir)?;
             let spend = accounting::persisted_spend(&db, now_ms)?;
+            tracing::info!(
+                database = %dir.join(crate::state::sqlite::DB_FILE).display(),
+                scopes_with_spend = spend.len(),
+                "usage database opened; budgets resume from its spend this month"
+            );
             (MemoryLimits::with_persisted_spend(spend, now_ms), Some(db))
         }
         None => {
@@ -146,6 +151,7 @@ pub fn build_with(
             reloader: reloader.clone(),
             metrics,
             token: admin_token,
+            limits: limits.clone(),
         };
         let mut admin = Service::new("keygate admin".to_owned(), HttpServer::new_app(app));
         admin.add_tcp(&admin_listen.to_string());

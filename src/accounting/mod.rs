@@ -7,6 +7,7 @@
 //! accounting. Budgets do not wait for it: live spend is settled in the limit state at once.
 
 pub mod audit;
+pub mod report;
 
 use crate::limits;
 use crate::policy::{Key, Model};
