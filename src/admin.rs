@@ -1,4 +1,5 @@
-//! The admin listener: Prometheus `/metrics`, `/healthz`, and the key management API under
+//! The admin listener: Prometheus `/metrics`, `/healthz` (alive), `/readyz` (serving: 503
+//! before the data plane listens and while draining for shutdown), and the key management API under
 //! `/admin/`, which writes the same files the CLI writes (so git stays the record) and reloads
 //! after each write, and reports usage and budgets per key and workload. The API is enabled only when `KEYGATE_ADMIN_TOKEN` is set; requests must
 //! carry it as a Bearer token, compared in constant time.
@@ -85,6 +86,7 @@ pub struct AdminApi {
     pub token: Option<AdminToken>,
     /// Live budget spend and reservations.
     pub limits: Arc<MemoryLimits>,
+    pub drain: Arc<crate::shutdown::Drain>,
 }
 
 type Reply = (StatusCode, Value);
@@ -102,6 +104,8 @@ impl ServeHttp for AdminApi {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         if method == Method::GET && path == "/metrics" {
+            self.metrics
+                .refresh_budgets(&self.reloader.store().load(), &self.limits);
             return build(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
@@ -110,6 +114,23 @@ impl ServeHttp for AdminApi {
         }
         if method == Method::GET && path == "/healthz" {
             return json_response((StatusCode::OK, json!({"status": "ok"})));
+        }
+        if method == Method::GET && path == "/readyz" {
+            let status = if self.drain.is_ready() {
+                (StatusCode::OK, "ready")
+            } else if self.drain.is_draining() {
+                (StatusCode::SERVICE_UNAVAILABLE, "draining")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "starting")
+            };
+            return json_response((
+                status.0,
+                json!({
+                    "status": status.1,
+                    "policy_digest": self.reloader.store().load().digest,
+                    "in_flight": self.drain.in_flight(),
+                }),
+            ));
         }
         let reply = match path.strip_prefix("/admin/") {
             Some(rest) => self.admin(session, &method, rest).await,

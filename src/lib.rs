@@ -16,7 +16,8 @@
 //! - [`reload`]: following the policy files live and swapping snapshots atomically;
 //! - [`admin`]: the admin listener — metrics, health, key management API;
 //! - [`metrics`]: the Prometheus registry;
-//! - [`server`]: assembling the Pingora server, for the binary and for tests.
+//! - [`server`]: assembling the Pingora server, for the binary and for tests;
+//! - [`shutdown`]: readiness, draining on SIGTERM, graceful exit.
 
 pub mod accounting;
 pub mod admin;
@@ -29,6 +30,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod shutdown;
 pub mod state;
 pub mod upstream;
 pub mod usage;

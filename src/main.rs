@@ -374,8 +374,17 @@ fn serve(
         digest = %policy.digest,
         "keygate starting"
     );
-    let server = keygate::server::build(&store, Some(opt))?;
-    server.run_forever();
+    let (server, handles) = keygate::server::build(&store, Some(opt))?;
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(keygate::shutdown::DrainingSignals {
+            drain: handles.drain.clone(),
+            drain_delay: policy
+                .drain_delay
+                .unwrap_or(keygate::server::DEFAULT_DRAIN_DELAY),
+        }),
+    });
+    handles.recorder.flush();
+    std::process::exit(0)
 }
 
 fn init_logging(format: LogFormat) {

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A complete, validated policy.
@@ -37,6 +37,7 @@ pub struct Policy {
     pub mock_provider: Option<MockProviderSettings>,
     pub threads: Option<usize>,
     pub grace_period: Option<Duration>,
+    pub drain_delay: Option<Duration>,
     pub providers: BTreeMap<String, Arc<Provider>>,
     /// Indexed by [`Model::index`].
     pub models: Vec<Arc<Model>>,
@@ -78,6 +79,8 @@ pub struct Model {
     pub price: Option<Price>,
     /// Output tokens reserved against budgets when a request names no maximum of its own.
     pub max_output_tokens: Option<u64>,
+    /// This model's metric handles, resolved on first use.
+    pub metrics: OnceLock<crate::metrics::ModelHandles>,
 }
 
 #[derive(Debug)]
@@ -108,6 +111,8 @@ pub struct Key {
     pub created_at: Option<DateTime<Utc>>,
     /// Rotated-out secrets still inside their grace period: `(digest, valid_until)`.
     pub previous: Vec<(KeyDigest, DateTime<Utc>)>,
+    /// This key's metric handles, resolved on its first request.
+    pub metrics: OnceLock<crate::metrics::KeyHandles>,
     /// Which file the key came from, for messages and for the lifecycle commands.
     pub file: PathBuf,
 }
@@ -205,6 +210,7 @@ pub(crate) struct PolicyParts {
     pub mock_provider: Option<MockProviderSettings>,
     pub threads: Option<usize>,
     pub grace_period: Option<Duration>,
+    pub drain_delay: Option<Duration>,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: Vec<Arc<Model>>,
     pub workloads: BTreeMap<String, Arc<Workload>>,
@@ -255,6 +261,7 @@ impl Policy {
             mock_provider: parts.mock_provider,
             threads: parts.threads,
             grace_period: parts.grace_period,
+            drain_delay: parts.drain_delay,
             providers: parts.providers,
             models: parts.models,
             models_by_name,

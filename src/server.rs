@@ -13,6 +13,7 @@ use crate::mock_provider::{mock_provider_service, MockProviderConfig};
 use crate::policy::{Policy, PolicyStore};
 use crate::proxy::Gateway;
 use crate::reload::{PolicyWatcher, Reloader};
+use crate::shutdown::{Drain, Lifecycle};
 use crate::state::sqlite::{StateError, UsageDb};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -52,7 +53,12 @@ pub struct Handles {
     pub reloader: Arc<Reloader>,
     pub recorder: Arc<Recorder>,
     pub limits: Arc<MemoryLimits>,
+    pub metrics: Arc<Metrics>,
+    pub drain: Arc<Drain>,
 }
+
+/// How long `/readyz` reports draining on SIGTERM before the listeners close.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
 
 /// Loads the policy at `config_path` for serving (endpoint hosts resolved).
 pub fn load_policy(config_path: &Path) -> Result<PolicyStore, PolicyErrors> {
@@ -62,8 +68,9 @@ pub fn load_policy(config_path: &Path) -> Result<PolicyStore, PolicyErrors> {
 
 /// Builds the Pingora server for `store`'s current policy. `opt` carries Pingora's own command-line
 /// options (e.g. `--upgrade` for a zero-downtime binary upgrade).
-pub fn build(store: &PolicyStore, opt: Option<Opt>) -> Result<Server, ServeError> {
-    Ok(build_with(store, opt, AdminToken::from_env())?.0)
+/// The process exits as soon as a graceful shutdown has drained.
+pub fn build(store: &PolicyStore, opt: Option<Opt>) -> Result<(Server, Handles), ServeError> {
+    build_with(store, opt, AdminToken::from_env(), true)
 }
 
 /// Opens the accounting sinks the policy names and the live limit state, whose budgets start
@@ -105,9 +112,11 @@ pub fn build_with(
     store: &PolicyStore,
     opt: Option<Opt>,
     admin_token: Option<AdminToken>,
+    exit_when_drained: bool,
 ) -> Result<(Server, Handles), ServeError> {
     let policy = store.load_full();
     let metrics = Arc::new(Metrics::new());
+    let drain = Arc::new(Drain::default());
     let (limits, recorder) = open_accounting(&policy)?;
     let reloader = Arc::new(Reloader::new(
         &policy.config_path,
@@ -128,7 +137,13 @@ pub fn build_with(
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(store.clone(), limits.clone(), recorder.clone()),
+        Gateway::new(
+            store.clone(),
+            limits.clone(),
+            recorder.clone(),
+            metrics.clone(),
+            drain.clone(),
+        ),
         "keygate data plane",
     );
     proxy.add_tcp(&policy.listen.to_string());
@@ -149,9 +164,10 @@ pub fn build_with(
     if let Some(admin_listen) = policy.admin_listen {
         let app = AdminApi {
             reloader: reloader.clone(),
-            metrics,
+            metrics: metrics.clone(),
             token: admin_token,
             limits: limits.clone(),
+            drain: drain.clone(),
         };
         let mut admin = Service::new("keygate admin".to_owned(), HttpServer::new_app(app));
         admin.add_tcp(&admin_listen.to_string());
@@ -171,9 +187,13 @@ pub fn build_with(
         },
     ));
     server.add_service(background_service(
-        "keygate accounting flush",
-        FlushOnShutdown {
+        "keygate lifecycle",
+        Lifecycle {
+            drain: drain.clone(),
+            listen: policy.listen,
+            grace_period: grace,
             recorder: recorder.clone(),
+            exit_when_drained,
         },
     ));
     Ok((
@@ -182,23 +202,10 @@ pub fn build_with(
             reloader,
             recorder,
             limits,
+            metrics,
+            drain,
         },
     ))
-}
-
-/// Commits the last accounting batch when the server shuts down (after in-flight requests had
-/// their grace period), so a clean stop loses nothing.
-struct FlushOnShutdown {
-    recorder: Arc<Recorder>,
-}
-
-#[async_trait]
-impl BackgroundService for FlushOnShutdown {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let _ = shutdown.changed().await;
-        let recorder = self.recorder.clone();
-        let _ = tokio::task::spawn_blocking(move || recorder.flush()).await;
-    }
 }
 
 struct DnsRefresh {
@@ -252,7 +259,7 @@ impl RunningGateway {
         let store = load_policy(config_path)?;
         let policy: Arc<Policy> = store.load_full();
         let listen = policy.listen;
-        let (server, handles) = build_with(&store, None, admin_token)?;
+        let (server, handles) = build_with(&store, None, admin_token, false)?;
         let reloader = handles.reloader.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let signal = OneshotSignal(Mutex::new(Some(rx)));
@@ -278,6 +285,15 @@ impl RunningGateway {
                 running.stop_and_join();
                 return Err(ServeError::NotListening(addr, limit));
             }
+        }
+        // Ready (as `/readyz` reports it) follows the listener within one probe interval.
+        let deadline = Instant::now() + limit;
+        while !running.handles.drain.is_ready() {
+            if Instant::now() > deadline {
+                running.stop_and_join();
+                return Err(ServeError::NotListening(listen, limit));
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         Ok(running)
     }

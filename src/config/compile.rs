@@ -295,6 +295,11 @@ fn compile(
             .map_err(|m| problems.add(cfg, "server.grace_period", m))
             .ok()
     });
+    let drain_delay = config.server.drain_delay.as_deref().and_then(|g| {
+        parse_duration(g)
+            .map_err(|m| problems.add(cfg, "server.drain_delay", m))
+            .ok()
+    });
     let mock_provider = config.mock_provider.as_ref().and_then(|m| {
         let listen =
             parse_addr(&m.listen).map_err(|e| problems.add(cfg, "mock_provider.listen", e));
@@ -389,6 +394,7 @@ fn compile(
             upstream_model,
             price,
             max_output_tokens,
+            metrics: Default::default(),
         }));
     }
     let model_index: HashMap<&str, usize> =
@@ -450,6 +456,7 @@ fn compile(
         mock_provider,
         threads: config.server.threads,
         grace_period,
+        drain_delay,
         providers,
         models,
         workloads,
@@ -895,6 +902,7 @@ fn compile_keys(
             created_at: src.key.created_at,
             previous,
             file: src.file,
+            metrics: Default::default(),
         }));
     }
     keys

@@ -69,6 +69,10 @@ pub struct ServerFile {
     /// How long in-flight requests may take to finish on SIGTERM, e.g. `30s`.
     #[serde(default)]
     pub grace_period: Option<String>,
+    /// How long `/readyz` answers 503 on SIGTERM before keygate stops accepting (default `5s`),
+    /// so load balancers move traffic away first.
+    #[serde(default)]
+    pub drain_delay: Option<String>,
 }
 
 /// The optional embedded OpenAI-compatible upstream, for trying keygate without a provider account.

@@ -44,6 +44,8 @@ pub struct RequestCtx {
     /// When the first upstream attempt began, and when the first response body byte arrived.
     pub upstream_started: Option<Instant>,
     pub first_byte: Option<Instant>,
+    /// Keeps the request counted for graceful shutdown until the context drops.
+    pub in_flight: Option<crate::shutdown::InFlight>,
 }
 
 impl RequestCtx {
@@ -69,6 +71,7 @@ impl RequestCtx {
             stripper: None,
             upstream_started: None,
             first_byte: None,
+            in_flight: None,
         }
     }
 }

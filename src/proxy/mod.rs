@@ -17,7 +17,9 @@ use crate::accounting::{Recorder, RequestRecord};
 use crate::config::schema::Operation;
 use crate::limits::guard::AuthGuard;
 use crate::limits::{self, ip, Demand, LimitState, MemoryLimits, RefusalKind, ScopeRef};
+use crate::metrics::{Metrics, RequestFigures};
 use crate::policy::{Model, Policy, PolicyStore};
+use crate::shutdown::Drain;
 use crate::usage::cost::UsdNanos;
 use crate::usage::{
     request_with_include_usage, BodyKind, ContentEncoding, Usage, UsageChunkStripper,
@@ -46,16 +48,26 @@ pub struct Gateway {
     limits: Arc<MemoryLimits>,
     guard: AuthGuard,
     recorder: Arc<Recorder>,
+    metrics: Arc<Metrics>,
+    drain: Arc<Drain>,
 }
 
 impl Gateway {
-    pub fn new(policy: PolicyStore, limits: Arc<MemoryLimits>, recorder: Arc<Recorder>) -> Self {
+    pub fn new(
+        policy: PolicyStore,
+        limits: Arc<MemoryLimits>,
+        recorder: Arc<Recorder>,
+        metrics: Arc<Metrics>,
+        drain: Arc<Drain>,
+    ) -> Self {
         let (max_failures, per) = policy.load().auth_guard;
         Gateway {
             policy,
             limits,
             guard: AuthGuard::new(max_failures, per),
             recorder,
+            metrics,
+            drain,
         }
     }
 
@@ -132,6 +144,7 @@ impl Gateway {
         if !key.models.contains(model.index) {
             return Err(ApiError::model_not_allowed(&facts.model));
         }
+        ctx.model = Some(model.clone());
 
         // limit: the key's and its workload's windows and concurrency caps, both at once
         let scopes = [
@@ -164,6 +177,7 @@ impl Gateway {
             Ok(admission) => {
                 ctx.rate = rate_limited.then_some(admission.status);
                 ctx.admission = Some(admission);
+                self.metrics.started(&key, policy.models.len());
             }
             Err(refusal) => {
                 ctx.rate = rate_limited.then_some(refusal.status);
@@ -193,7 +207,6 @@ impl Gateway {
             }
         }
         ctx.body = Some(body);
-        ctx.model = Some(model.clone());
         Ok(None)
     }
 }
@@ -231,6 +244,7 @@ impl Gateway {
             }
             for crossed in self.limits.settle_cost(admission, cost, now_ms) {
                 tracing::warn!(
+                    request_id = %ctx.request_id,
                     scope = crossed.kind,
                     name = %crossed.name,
                     period = crossed.alert.period.as_str(),
@@ -259,6 +273,37 @@ impl Gateway {
                 code => code,
             })
         });
+        let finished = std::time::Instant::now();
+        let models = ctx.policy.as_ref().map_or(0, |p| p.models.len());
+        self.metrics.finished(
+            ctx.key.as_deref(),
+            ctx.model.as_deref(),
+            models,
+            ctx.admission.is_some(),
+            &RequestFigures {
+                status,
+                refusal: failure.and_then(|f| f.reason),
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                cached_tokens: usage.cached_tokens,
+                cost_usd: cost.as_usd(),
+                duration: finished.duration_since(ctx.started),
+                upstream_duration: ctx.upstream_started.map(|t| finished.duration_since(t)),
+                time_to_first_byte: ctx
+                    .first_byte
+                    .filter(|_| ctx.stream)
+                    .map(|t| t.duration_since(ctx.started)),
+            },
+        );
+        tracing::debug!(
+            request_id = %ctx.request_id,
+            key = ctx.key.as_ref().map_or("-", |k| k.id.as_str()),
+            model = ctx.model.as_ref().map_or("-", |m| m.name.as_str()),
+            status,
+            error = error.unwrap_or("-"),
+            elapsed_us = finished.duration_since(ctx.started).as_micros() as u64,
+            "request done"
+        );
         self.recorder.record(RequestRecord {
             finished_at_ms: now_ms,
             request_id: std::mem::take(&mut ctx.request_id),
@@ -274,7 +319,7 @@ impl Gateway {
             cost,
             estimated,
             billable: ctx.admission.is_some(),
-            latency: ctx.started.elapsed(),
+            latency: finished.duration_since(ctx.started),
             ttfb: ctx.first_byte.map(|t| t.duration_since(ctx.started)),
             refusal: failure.and_then(|f| f.reason),
             error,
@@ -333,6 +378,7 @@ impl ProxyHttp for Gateway {
 
     /// Authenticate, authorize and read the request; answer refusals and `/v1/models` directly.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.in_flight = Some(self.drain.track());
         ctx.request_id = ctx::request_id(
             session
                 .req_header()
