@@ -433,8 +433,14 @@ impl LimitState for MemoryLimits {
                 }
             }
         }
-        let cal = Calendar::at_ms(now_ms);
-        if refusal.is_none() {
+        // Calendar arithmetic only for requests that have a budget to check.
+        let budgeted = active.iter().any(|(s, _)| s.spec.budget.is_some());
+        let cal = if budgeted {
+            Calendar::at_ms(now_ms)
+        } else {
+            Calendar { day: 0, month: 0 }
+        };
+        if refusal.is_none() && budgeted {
             for ((scope_ref, _), counters) in active.iter().zip(guards.iter_mut()) {
                 let Some(budget) = &scope_ref.spec.budget else {
                     continue;

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# benches/e2e.sh: keygate end to end against a plain nginx reverse proxy, on this machine.
+#
+# Builds the release binary, writes a realistic policy (1,000 keys, each with rate limits, a
+# budget and an IP allowlist; the usage database, the audit log and metrics on), and drives
+# ../shared/bench/run-peers.sh (wrk, interleaved A B C A B C, pinned and unpinned) with:
+#   1. non-streaming chat: direct to the mock, nginx proxy, keygate (all features);
+#   2. SSE streaming chat: same three, plus time to first byte through each (ttft.sh);
+#   3. one connection: added p50/p99 latency over direct;
+#   4. non-streaming chat with keygate in "keys only" mode (no limits, budgets, audit): the
+#      governance cost ratio.
+# Peak RSS of keygate is sampled during every pass. Results go to $OUT (default
+# target/e2e/<timestamp>) and, with WRITE_README=1, into README.md between the PERF markers.
+#
+# usage: benches/e2e.sh          env: DURATION (s, default 8) ROUNDS (2) KEYS (1000) WRITE_README
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$PWD"
+BENCH="${BENCH_DIR:-$ROOT/../shared/bench}"
+OUT="${OUT:-$ROOT/target/e2e/$(date +%Y%m%d-%H%M%S)}"
+DURATION="${DURATION:-8}"; ROUNDS="${ROUNDS:-2}"; KEYS="${KEYS:-1000}"
+mkdir -p "$OUT"
+
+command -v cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake >/dev/null; }
+if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || [ ! -e /usr/lib/nginx/modules/ngx_http_echo_module.so ]; then
+  apt-get update -qq && apt-get install -y -qq nginx libnginx-mod-http-echo wrk time >/dev/null
+  service nginx stop >/dev/null 2>&1 || true
+fi
+cargo build --release --locked -q
+BIN="$ROOT/target/release/keygate"
+
+# ---- policies ---------------------------------------------------------------------------------
+# `full`: every governance feature on. `keys`: the same keys, nothing but authentication.
+write_policy() { # dir full|keys
+  local dir="$1" mode="$2"
+  mkdir -p "$dir/keys.d"
+  local governance="" key_governance=""
+  if [ "$mode" = full ]; then
+    governance='state_dir: state
+audit_log: state/audit.jsonl'
+    key_governance='rate_limits: [{requests: 100000000, per: 1m}, {tokens: 100000000000, per: 1m}]
+max_concurrent: 100000
+allowed_ips: [127.0.0.0/8, "::1/128"]
+budget: {daily_usd: 1000000, monthly_usd: 10000000, alert_at: [0.5, 0.8]}'
+  fi
+  cat > "$dir/keygate.template.yaml" <<EOF
+listen: 127.0.0.1:18100
+admin_listen: 127.0.0.1:18101
+keys_dir: keys.d
+$governance
+providers:
+  mock:
+    format: openai
+    api_key: sk-bench-upstream
+    endpoints:
+      - {url: "MOCK_ORIGIN"}
+  paced:
+    format: openai
+    api_key: sk-bench-upstream
+    endpoints:
+      - {url: "http://127.0.0.1:18082"}
+models:
+  gpt-4o-mini:
+    provider: mock
+    price: {input_per_mtok: 0.15, output_per_mtok: 0.60}
+    max_output_tokens: 16384
+  gpt-4o-mini-paced:
+    provider: paced
+    upstream_model: gpt-4o-mini
+    price: {input_per_mtok: 0.15, output_per_mtok: 0.60}
+workloads:
+  bench:
+    models: [gpt-4o-mini, gpt-4o-mini-paced]
+$( [ "$mode" = full ] && printf '    rate_limits: [{requests: 100000000, per: 1m}]\n    budget: {monthly_usd: 10000000}\n' )
+EOF
+  sed 's#MOCK_ORIGIN#http://127.0.0.1:18080#' "$dir/keygate.template.yaml" > "$dir/keygate.yaml"
+  # Filler keys: valid files with random digests (their secrets are never needed).
+  python3 - "$dir/keys.d" "$KEYS" "$key_governance" <<'PY'
+import hashlib, os, sys
+d, n, extra = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+for i in range(n - 1):
+    h = hashlib.sha256(os.urandom(32)).hexdigest()
+    with open(f"{d}/k{i:06d}.yaml", "w") as f:
+        f.write(f'hash: "sha256:{h}"\nworkload: bench\nowner: team-{i % 50}\n{extra}\n')
+PY
+  # The key the load uses, with a real secret.
+  "$BIN" keys create bench-key --workload bench --owner bench --config "$dir/keygate.yaml" \
+    2>/dev/null > "$dir/secret"
+  if [ -n "$key_governance" ]; then printf '%s\n' "$key_governance" >> "$dir/keys.d/bench-key.yaml"; fi
+  "$BIN" check --config "$dir/keygate.yaml" >/dev/null
+}
+
+for mode in full keys; do
+  rm -rf "$OUT/policy-$mode"
+  write_policy "$OUT/policy-$mode" "$mode"
+done
+
+# run-peers.sh starts the gateway with MOCK_BASE_URL set (:18080 chat, :18081 SSE).
+gateway_cmd() { # policy dir
+  cat > "$1/serve.sh" <<SH
+#!/usr/bin/env bash
+sed "s#MOCK_ORIGIN#\${MOCK_BASE_URL%/v1}#" "$1/keygate.template.yaml" > "$1/keygate.yaml"
+exec "$BIN" serve --config "$1/keygate.yaml"
+SH
+  chmod +x "$1/serve.sh"
+  printf '%s' "$1/serve.sh"
+}
+
+# Peak RSS of the keygate process while a pass runs.
+rss_sampler() { # outfile
+  local peak=0 pid rss
+  while :; do
+    pid="$(pgrep -f "$BIN serve" | head -n 1 || true)"
+    if [ -n "$pid" ]; then
+      rss="$(awk '/VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)"
+      [ "${rss:-0}" -gt "$peak" ] && peak="$rss" && echo "$peak" > "$1"
+    fi
+    sleep 0.5
+  done
+}
+
+pass() { # name workload policy candidates modes conns [post_hook]
+  local name="$1" workload="$2" policy="$3" candidates="$4" modes="$5" conns="$6" hook="${7:-}"
+  echo "== $name: $workload, $candidates, $modes, conns $conns" >&2
+  echo 0 > "$OUT/rss-$name"
+  rss_sampler "$OUT/rss-$name" & local sampler=$!
+  GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_CMD="$(gateway_cmd "$policy")" \
+  GATEWAY_READY_URL=http://127.0.0.1:18101/readyz \
+  GATEWAY_AUTH="Bearer $(cat "$policy/secret")" GATEWAY_NAME=keygate \
+  GATEWAY_PACED_MODEL=gpt-4o-mini-paced \
+  CANDIDATES="$candidates" MODES="$modes" WORKLOAD="$workload" CONNS="$conns" \
+  DURATION="$DURATION" ROUNDS="$ROUNDS" WARMUP=3 GATE="${GATE:-idle}" IDLE_MIN="${IDLE_MIN:-85}" \
+  POST_HOOK="$hook" RESULTS="$OUT/$name" PEERS_DIR="$OUT/peers" \
+    bash "$BENCH/run-peers.sh" > "$OUT/$name.log" 2>&1 || { kill $sampler; cat "$OUT/$name.log" >&2; exit 1; }
+  kill $sampler 2>/dev/null || true
+}
+
+pass chat   chat   "$OUT/policy-full" "direct nginx gateway" "pinned unpinned" 32
+pass stream stream "$OUT/policy-full" "direct nginx gateway" "pinned" 32 "GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_NAME=keygate GATEWAY_PACED_MODEL=gpt-4o-mini-paced GATEWAY_AUTH='Bearer $(cat "$OUT/policy-full/secret")' bash $BENCH/ttft.sh 30"
+pass latency chat  "$OUT/policy-full" "direct nginx gateway" "pinned" 1
+pass keysonly chat "$OUT/policy-keys" "gateway" "pinned" 32
+
+python3 - "$OUT" "$DURATION" "$ROUNDS" "$KEYS" <<'PY' | tee "$OUT/summary.md"
+import csv, statistics as st, sys, os, platform, subprocess
+out, duration, rounds, keys = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+def rows(name):
+    return list(csv.DictReader(open(f"{out}/{name}/results.csv")))
+def med(rs, f): return st.median(float(r[f]) for r in rs)
+def pick(rs, cand, mode):
+    return [r for r in rs if r["candidate"] == cand and r["mode"] == mode]
+def rss(name): return int(open(f"{out}/rss-{name}").read().strip() or 0) / 1024
+
+lines = []
+cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
+lines.append(f"Measured on {os.cpu_count()} shared vCPUs ({cpu}), {platform.system()} {platform.release()}; "
+             f"wrk {duration}s × {rounds} rounds interleaved per candidate; {keys} keys in the policy.\n")
+lines.append("| workload | mode | conns | system | RPS | RPS / nginx | p50 ms | p99 ms | CPU ms/req |")
+lines.append("|---|---|---|---|---|---|---|---|---|")
+for name, label in [("chat", "chat"), ("stream", "SSE"), ("latency", "chat")]:
+    rs = rows(name)
+    for mode in ["pinned", "unpinned"]:
+        ng = pick(rs, "nginx", mode)
+        for cand, shown in [("direct", "direct to mock"), ("nginx", "nginx proxy"), ("gateway", "keygate (all features)")]:
+            g = pick(rs, cand, mode)
+            if not g: continue
+            ratio = med(g, "rps") / med(ng, "rps") if ng and cand != "direct" else float("nan")
+            c = med(g, "proxy_cpu_ms_per_req") if cand != "direct" else float("nan")
+            lines.append(f'| {label} | {mode} | {g[0]["conns"]} | {shown} | {med(g,"rps"):.0f} | '
+                         f'{"-" if ratio != ratio else f"{ratio:.2f}"} | {med(g,"p50_ms"):.3f} | {med(g,"p99_ms"):.3f} | '
+                         f'{"-" if c != c else f"{c:.3f}"} |')
+lat = rows("latency")
+d, k = pick(lat, "direct", "pinned"), pick(lat, "gateway", "pinned")
+full = pick(rows("chat"), "gateway", "pinned"); keysonly = pick(rows("keysonly"), "gateway", "pinned")
+lines.append("")
+lines.append(f"- Added latency at one connection (keygate − direct, pinned): p50 "
+             f"{med(k,'p50_ms') - med(d,'p50_ms'):+.3f} ms, p99 {med(k,'p99_ms') - med(d,'p99_ms'):+.3f} ms.")
+lines.append(f"- Governance cost: RPS with every feature on / RPS with keys only = "
+             f"{med(full,'rps'):.0f} / {med(keysonly,'rps'):.0f} = {med(full,'rps') / med(keysonly,'rps'):.2f}.")
+lines.append(f"- keygate peak RSS under load with {keys} keys: chat {rss('chat'):.0f} MB, SSE {rss('stream'):.0f} MB.")
+ttft = f"{out}/stream/post-pinned.txt"
+if os.path.exists(ttft):
+    lines.append("\nTime to first byte of a paced SSE stream (7 events 20 ms apart), sequential requests:\n")
+    lines += [l.rstrip() for l in open(ttft) if l.startswith("|") and "unreachable" not in l]
+print("\n".join(lines))
+PY
+
+if [ "${WRITE_README:-0}" = 1 ]; then
+  python3 - "$OUT/summary.md" <<'PY'
+import re, sys
+summary = open(sys.argv[1]).read().strip()
+readme = open("README.md").read()
+block = ("<!-- PERF:BEGIN (written by benches/e2e.sh) -->\n" + summary +
+         "\n\nReproduce: `WRITE_README=1 benches/e2e.sh`\n<!-- PERF:END -->")
+new, n = re.subn(r"<!-- PERF:BEGIN.*?<!-- PERF:END -->", lambda _: block, readme, flags=re.S)
+if n == 0:
+    sys.exit("README.md has no PERF markers")
+open("README.md", "w").write(new)
+PY
+fi
+echo "results: $OUT" >&2
