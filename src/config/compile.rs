@@ -154,67 +154,111 @@ fn read_key_files(dir: &Path, problems: &mut Problems, hasher: &mut Sha256) -> V
         .collect();
     files.sort_unstable();
 
+    // Reading and parsing dominate a load of many keys: spread the files over a few threads.
+    // Each file's outcome is kept in name order, so keys, problems and the digest are the same
+    // whatever the thread count.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let chunk = files.len().div_ceil(threads).max(256);
+    let outcomes: Vec<FileOutcome> = std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || part.iter().map(|f| read_key_file(f)).collect::<Vec<_>>())
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
     let mut keys = Vec::new();
-    for file in files {
-        let text = match read_text(&file) {
-            Ok(t) => t,
-            Err(p) => {
-                problems.list.push(p);
-                continue;
-            }
-        };
-        hasher.update(file.file_name().unwrap_or_default().as_encoded_bytes());
-        hasher.update([0]);
-        hasher.update(text.as_bytes());
-        let stem = file
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        if looks_like_list(&text) {
-            match read_yaml::<Vec<KeyFile>>(&file, &text) {
-                Ok(list) => {
-                    for (i, key) in list.into_iter().enumerate() {
-                        let field_prefix = format!("[{i}]");
-                        match key.id.clone() {
-                            Some(id) => keys.push(KeySource {
-                                id,
-                                file: file.clone(),
-                                field_prefix,
-                                key,
-                            }),
-                            None => problems.add(
-                                &file,
-                                format!("{field_prefix}.id"),
-                                "keys in a list file need an `id`",
-                            ),
-                        }
-                    }
-                }
-                Err(p) => problems.list.push(p),
-            }
-        } else {
-            match read_yaml::<KeyFile>(&file, &text) {
-                Ok(key) => {
-                    if let Some(id) = key.id.as_deref().filter(|id| *id != stem) {
-                        problems.add(
-                            &file,
-                            "id",
-                            format!("`{id}` differs from the file name `{stem}`; a single-key file's id is its file name"),
-                        );
-                    }
-                    keys.push(KeySource {
-                        id: stem,
-                        file: file.clone(),
-                        field_prefix: String::new(),
-                        key,
-                    })
-                }
-                Err(p) => problems.list.push(p),
-            }
+    for outcome in outcomes {
+        if let Some((name, text_hash)) = &outcome.hashed {
+            hasher.update(name);
+            hasher.update([0]);
+            hasher.update(text_hash);
         }
+        keys.extend(outcome.keys);
+        problems.list.extend(outcome.problems);
     }
     keys
+}
+
+/// What one key file contributed: its keys, its problems, and its name and content hash for the
+/// policy digest.
+#[derive(Default)]
+struct FileOutcome {
+    keys: Vec<KeySource>,
+    problems: Vec<Problem>,
+    hashed: Option<(Vec<u8>, [u8; 32])>,
+}
+
+fn read_key_file(file: &Path) -> FileOutcome {
+    let mut out = FileOutcome::default();
+    let text = match read_text(file) {
+        Ok(t) => t,
+        Err(p) => {
+            out.problems.push(p);
+            return out;
+        }
+    };
+    out.hashed = Some((
+        file.file_name()
+            .unwrap_or_default()
+            .as_encoded_bytes()
+            .to_vec(),
+        Sha256::digest(text.as_bytes()).into(),
+    ));
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    if looks_like_list(&text) {
+        match read_yaml::<Vec<KeyFile>>(file, &text) {
+            Ok(list) => {
+                for (i, key) in list.into_iter().enumerate() {
+                    let field_prefix = format!("[{i}]");
+                    match key.id.clone() {
+                        Some(id) => out.keys.push(KeySource {
+                            id,
+                            file: file.to_path_buf(),
+                            field_prefix,
+                            key,
+                        }),
+                        None => out.problems.push(Problem {
+                            file: file.to_path_buf(),
+                            field: format!("{field_prefix}.id"),
+                            message: "keys in a list file need an `id`".to_owned(),
+                        }),
+                    }
+                }
+            }
+            Err(p) => out.problems.push(p),
+        }
+    } else {
+        match read_yaml::<KeyFile>(file, &text) {
+            Ok(key) => {
+                if let Some(id) = key.id.as_deref().filter(|id| *id != stem) {
+                    out.problems.push(Problem {
+                        file: file.to_path_buf(),
+                        field: "id".to_owned(),
+                        message: format!("`{id}` differs from the file name `{stem}`; a single-key file's id is its file name"),
+                    });
+                }
+                out.keys.push(KeySource {
+                    id: stem,
+                    file: file.to_path_buf(),
+                    field_prefix: String::new(),
+                    key,
+                })
+            }
+            Err(p) => out.problems.push(p),
+        }
+    }
+    out
 }
 
 /// Whether a key file holds a YAML list of keys rather than one key, judged from its first
