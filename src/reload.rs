@@ -45,6 +45,8 @@ pub struct Reloader {
     /// One reload at a time, so a slow older load never overwrites a newer one. Holds when the
     /// last load started reading the files.
     serial: Mutex<Option<std::time::Instant>>,
+    /// Key files as the last load read them: a reload re-reads only what changed.
+    key_files: Mutex<config::KeyFileCache>,
 }
 
 impl Reloader {
@@ -55,6 +57,7 @@ impl Reloader {
             store,
             metrics,
             serial: Mutex::new(None),
+            key_files: Mutex::new(config::KeyFileCache::default()),
         }
     }
 
@@ -87,7 +90,15 @@ impl Reloader {
 
     fn load_and_swap(&self) -> Result<ReloadOutcome, PolicyErrors> {
         let current = self.store.load_full();
-        match config::load(&self.config_path, LoadOptions { resolve_dns: true }) {
+        let loaded = {
+            let mut cache = self.key_files.lock().unwrap_or_else(|e| e.into_inner());
+            config::load_cached(
+                &self.config_path,
+                LoadOptions { resolve_dns: true },
+                &mut cache,
+            )
+        };
+        match loaded {
             Ok(next) if next.digest == current.digest => {
                 self.metrics
                     .policy_reloads
