@@ -71,6 +71,15 @@ pub struct Model {
     /// Set only when the upstream name differs from `name`, i.e. when the body must be rewritten.
     pub upstream_model: Option<String>,
     pub price: Option<Price>,
+    /// Indices of the models tried, in order, when this one fails (see `upstream::attempt`).
+    pub fallbacks: Vec<usize>,
+}
+
+impl Model {
+    /// The model name the provider is sent.
+    pub fn upstream_name(&self) -> &str {
+        self.upstream_model.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// USD per million tokens, as written in the policy.

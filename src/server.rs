@@ -1,5 +1,5 @@
 //! Assembling the Pingora server: the data-plane proxy, the embedded mock provider when the policy
-//! asks for it, and background upkeep (DNS refresh). The binary runs it until a signal; tests run
+//! asks for it, and background upkeep (DNS refresh, upstream health checks). The binary runs it until a signal; tests run
 //! it in-process on a thread and stop it with [`RunningGateway::shutdown`].
 
 use crate::admin::{AdminApi, AdminToken};
@@ -10,6 +10,8 @@ use crate::mock_provider::{mock_provider_service, MockProviderConfig};
 use crate::policy::{Policy, PolicyStore};
 use crate::proxy::Gateway;
 use crate::reload::{PolicyWatcher, Reloader};
+use crate::upstream::health::HealthChecks;
+use crate::upstream::state::UpstreamRegistry;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
@@ -53,7 +55,18 @@ pub fn build_with(
     opt: Option<Opt>,
     admin_token: Option<AdminToken>,
 ) -> (Server, Arc<Reloader>) {
+    let (server, reloader, _) = build_all(store, opt, admin_token);
+    (server, reloader)
+}
+
+/// [`build_with`], also returning the upstream registry (endpoint health, load and counters).
+pub fn build_all(
+    store: &PolicyStore,
+    opt: Option<Opt>,
+    admin_token: Option<AdminToken>,
+) -> (Server, Arc<Reloader>, Arc<UpstreamRegistry>) {
     let policy = store.load_full();
+    let upstreams = Arc::new(UpstreamRegistry::new());
     let metrics = Arc::new(Metrics::new());
     let limits = Arc::new(MemoryLimits::new());
     let reloader = Arc::new(Reloader::new(
@@ -75,7 +88,7 @@ pub fn build_with(
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(store.clone(), limits.clone()),
+        Gateway::new(store.clone(), limits.clone()).with_upstreams(upstreams.clone()),
         "keygate data plane",
     );
     proxy.add_tcp(&policy.listen.to_string());
@@ -116,7 +129,14 @@ pub fn build_with(
             store: store.clone(),
         },
     ));
-    (server, reloader)
+    server.add_service(background_service(
+        "keygate health checks",
+        HealthChecks {
+            store: store.clone(),
+            registry: upstreams.clone(),
+        },
+    ));
+    (server, reloader, upstreams)
 }
 
 struct DnsRefresh {
@@ -142,6 +162,7 @@ impl BackgroundService for DnsRefresh {
 pub struct RunningGateway {
     pub store: PolicyStore,
     pub reloader: Arc<Reloader>,
+    pub upstreams: Arc<UpstreamRegistry>,
     pub listen: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -169,7 +190,7 @@ impl RunningGateway {
         let store = load_policy(config_path)?;
         let policy: Arc<Policy> = store.load_full();
         let listen = policy.listen;
-        let (server, reloader) = build_with(&store, None, admin_token);
+        let (server, reloader, upstreams) = build_all(&store, None, admin_token);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let signal = OneshotSignal(Mutex::new(Some(rx)));
         let thread = std::thread::spawn(move || {
@@ -180,6 +201,7 @@ impl RunningGateway {
         let mut running = RunningGateway {
             store,
             reloader,
+            upstreams,
             listen,
             stop: Some(tx),
             thread: Some(thread),

@@ -4,6 +4,7 @@ use super::errors::ApiError;
 use super::routes::Route;
 use crate::limits::{Admission, RateStatus};
 use crate::policy::{Key, Model, Policy};
+use crate::upstream::attempt::UpstreamAttempts;
 use crate::usage::UsageExtractor;
 use bytes::Bytes;
 use std::net::IpAddr;
@@ -37,6 +38,8 @@ pub struct RequestCtx {
     pub token_estimate: u64,
     /// Reads usage from a successful response body as it streams past.
     pub usage: Option<UsageExtractor>,
+    /// Endpoints tried, retries and fallbacks taken, the total deadline (see `upstream::attempt`).
+    pub upstream: UpstreamAttempts,
 }
 
 impl RequestCtx {
@@ -58,6 +61,7 @@ impl RequestCtx {
             rate: None,
             token_estimate: 0,
             usage: None,
+            upstream: UpstreamAttempts::default(),
         }
     }
 }

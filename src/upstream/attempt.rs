@@ -1,0 +1,149 @@
+//! One request's way through its upstream attempts: which endpoints it tried, how many retries it
+//! used, which fallback comes next, its total deadline, and the decision after each failure.
+//!
+//! The rules: a connect failure or a reset before any response byte is retried on another
+//! endpoint of the same provider, while `retries` and untried endpoints last. A timeout, a 429 or
+//! a 5xx — or a provider with no endpoint left to try — moves to the model's next fallback that
+//! the key may use. Nothing is retried once response bytes reached the client; the proxy checks
+//! that before asking.
+
+use super::balance::Tried;
+use super::state::{AttemptGuard, EndpointState};
+use super::Provider;
+use crate::policy::{Key, Model, Policy};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How an attempt failed, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Refused, unreachable, TLS failure or connect timeout: nothing was sent.
+    ConnectFailed,
+    /// The connection broke before any response byte.
+    ResetEarly,
+    /// No response in time.
+    Timeout,
+    /// The provider answered with this status (429 or 5xx).
+    Status(u16),
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// Another endpoint of the same provider.
+    Retry,
+    /// The next fallback model (already chosen; see [`UpstreamAttempts::take_fallback`]).
+    Fallback,
+    /// Give the client the error.
+    GiveUp,
+}
+
+/// Per-request upstream state, kept in the request context.
+#[derive(Debug, Default)]
+pub struct UpstreamAttempts {
+    /// The model the client asked for; its `fallbacks` list is the one followed.
+    primary: Option<Arc<Model>>,
+    /// Endpoints of the current model's provider tried so far.
+    pub tried: Tried,
+    retries_used: u32,
+    /// Position in the primary's fallback list of the next candidate.
+    next_fallback: usize,
+    pending_fallback: Option<Arc<Model>>,
+    deadline: Option<Instant>,
+    current: Option<AttemptGuard>,
+    /// The current attempt's response is being dropped for a fallback: the error that follows is
+    /// keygate's own signal, not an upstream failure.
+    pub replacing_response: bool,
+    /// How many fallbacks this request took.
+    pub fallbacks_taken: u32,
+}
+
+impl UpstreamAttempts {
+    /// Called once per model (the primary, then each fallback): a fresh provider to try.
+    pub fn start_model(&mut self, model: &Arc<Model>, now: Instant) {
+        if self.primary.is_none() {
+            self.primary = Some(model.clone());
+        }
+        self.tried.clear();
+        self.retries_used = 0;
+        self.deadline = model.provider.total_timeout.map(|t| now + t);
+    }
+
+    /// Whether a model was started (the first `upstream_peer` call has happened).
+    pub fn started(&self) -> bool {
+        self.primary.is_some()
+    }
+
+    pub fn primary(&self) -> Option<&Arc<Model>> {
+        self.primary.as_ref()
+    }
+
+    /// Time left before the current model's total deadline (`None`: no deadline).
+    pub fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.deadline.map(|d| d.saturating_duration_since(now))
+    }
+
+    pub fn past_deadline(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| now >= d)
+    }
+
+    /// Starts an attempt on endpoint `index`; the previous attempt's in-flight count ends.
+    pub fn begin(&mut self, index: usize, state: &Arc<EndpointState>, trial: bool) {
+        self.tried.insert(index);
+        self.current = Some(state.begin(trial));
+    }
+
+    /// The attempt in progress (or the last one).
+    pub fn current(&self) -> Option<&AttemptGuard> {
+        self.current.as_ref()
+    }
+
+    /// The fallback chosen by the last [`Next::Fallback`], to switch to now.
+    pub fn take_fallback(&mut self) -> Option<Arc<Model>> {
+        self.pending_fallback.take()
+    }
+
+    /// Decides what follows a failed attempt of the current model on `provider`.
+    pub fn after_failure(
+        &mut self,
+        outcome: Outcome,
+        provider: &Provider,
+        policy: &Policy,
+        key: Option<&Key>,
+    ) -> Next {
+        let early_break = matches!(outcome, Outcome::ConnectFailed | Outcome::ResetEarly);
+        if early_break
+            && self.retries_used < provider.retries
+            && self.tried.len() < provider.endpoints.len()
+        {
+            self.retries_used += 1;
+            if let Some(current) = &self.current {
+                current.state.record_retry();
+            }
+            return Next::Retry;
+        }
+        match self.next_allowed_fallback(policy, key) {
+            Some(model) => {
+                self.pending_fallback = Some(model);
+                self.fallbacks_taken += 1;
+                Next::Fallback
+            }
+            None => Next::GiveUp,
+        }
+    }
+
+    /// The next model in the primary's list that the key may use; skipped ones are not revisited.
+    fn next_allowed_fallback(&mut self, policy: &Policy, key: Option<&Key>) -> Option<Arc<Model>> {
+        let primary = self.primary.as_ref()?;
+        let key = key?;
+        while let Some(&index) = primary.fallbacks.get(self.next_fallback) {
+            self.next_fallback += 1;
+            if key.models.contains(index) {
+                if let Some(model) = policy.models.get(index) {
+                    return Some(model.clone());
+                }
+            }
+        }
+        None
+    }
+}
