@@ -573,9 +573,15 @@ fn compile_providers(
                 .ok()
         });
         if let Some(total) = total_timeout {
+            // Defaults longer than `total` are fine (the total caps them); a value written
+            // longer than it is a mistake.
             for (name, value) in [
-                ("connect", connect_timeout),
-                ("first_byte", first_byte_timeout),
+                ("connect", p.timeouts.connect.as_ref().and(connect_timeout)),
+                (
+                    "first_byte",
+                    p.timeouts.first_byte.as_ref().and(first_byte_timeout),
+                ),
+                ("idle", p.timeouts.idle.as_ref().and(idle_timeout)),
             ] {
                 if value.is_some_and(|v| v > total) {
                     problems.add(
