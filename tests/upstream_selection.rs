@@ -136,7 +136,15 @@ async fn weights_3_1_1_hold_within_ten_percent_over_5000_requests() {
         stats.iter().map(|s| s.selections).sum::<u64>(),
         total as u64
     );
-    eprintln!("distribution 3/1/1 over {total}: {counts:?}");
+    // keep-alive: upstream connections are pooled and reused under steady load
+    let new: u64 = stats.iter().map(|s| s.connections_new).sum();
+    let reused: u64 = stats.iter().map(|s| s.connections_reused).sum();
+    assert_eq!(new + reused, total as u64);
+    let ratio = reused as f64 / total as f64;
+    assert!(ratio > 0.99, "reuse ratio {ratio} ({new} new)");
+    eprintln!(
+        "distribution 3/1/1 over {total}: {counts:?}; connections new {new}, reused {reused}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
