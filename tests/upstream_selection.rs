@@ -702,3 +702,58 @@ async fn endpoint_state_survives_a_policy_reload() {
         "the ejected endpoint got at most its one trial: {s:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_primary_falls_back_after_its_retries() {
+    let dead = format!("http://127.0.0.1:{}", common::upstream::dead_port());
+    let backup = MockUpstream::start("backup", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("both", "");
+    let gw = TestGateway::start(
+        &with_fallback(&dead, &backup.url(), ""),
+        &[("k".into(), yaml)],
+    );
+    let r = post(&gw, &secret, &chat("primary")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-mock-name"], "backup");
+    let s = gw
+        .running
+        .as_ref()
+        .unwrap()
+        .upstreams
+        .endpoint("p1", &dead)
+        .unwrap();
+    assert_eq!(s.errors_connect, 1, "one endpoint, tried once: {s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn p2c_latency_prefers_the_faster_endpoint() {
+    let slow = MockUpstream::start(
+        "slow",
+        Reply::Delayed {
+            delay: Duration::from_millis(60),
+            reply: Box::new(Reply::chat_ok()),
+        },
+    )
+    .await;
+    let fast = MockUpstream::start("fast", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &one_provider(
+            &[(&slow.url(), 1), (&fast.url(), 1)],
+            "    balance: p2c_latency\n",
+        ),
+        &[("k".into(), yaml)],
+    );
+    for _ in 0..200 {
+        let r = post(&gw, &secret, &chat("m1")).await;
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    // the slow one wins only when both draws land on it: about a quarter of the time
+    let (s, f) = (slow.request_count(), fast.request_count());
+    assert!(f > 2 * s, "slow {s}, fast {f}");
+    assert!(
+        s >= 10,
+        "the slow endpoint still gets sampled: slow {s}, fast {f}"
+    );
+}

@@ -388,7 +388,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         mut e: Box<Error>,
         ctx: &mut RequestCtx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         if std::mem::take(&mut ctx.upstream.replacing_response) {
             // keygate's own signal from upstream_response_filter: the fallback is already chosen
@@ -400,7 +400,10 @@ impl ProxyHttp for Gateway {
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
         );
-        if upstream_side {
+        let before_response = session.response_written().is_none();
+        // A pooled connection the upstream had closed: not the endpoint's fault.
+        let stale = client_reused && !timeout && before_response && !ctx.upstream.got_header;
+        if upstream_side && !stale {
             if let Some(attempt) = ctx.upstream.current() {
                 attempt.state.record_failure(if timeout {
                     FailureKind::Timeout
@@ -409,17 +412,14 @@ impl ProxyHttp for Gateway {
                 });
             }
         }
-        let before_response = session.response_written().is_none();
-        let retry = upstream_side
-            && before_response
-            && self.decide(
-                ctx,
-                if timeout {
-                    Outcome::Timeout
-                } else {
-                    Outcome::ResetEarly
-                },
-            ) != Next::GiveUp;
+        let outcome = if timeout {
+            Outcome::Timeout
+        } else if stale {
+            Outcome::StaleConnection
+        } else {
+            Outcome::ResetEarly
+        };
+        let retry = upstream_side && before_response && self.decide(ctx, outcome) != Next::GiveUp;
         e.set_retry(retry);
         e
     }
@@ -450,6 +450,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        ctx.upstream.got_header = true;
         if let Some(attempt) = ctx.upstream.current() {
             attempt.state.record_latency(attempt.started.elapsed());
             if status >= 500 {

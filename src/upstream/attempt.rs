@@ -14,6 +14,9 @@ use crate::policy::{Key, Model, Policy};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Retries on a fresh connection after finding pooled ones closed, beyond `retries`.
+const MAX_STALE_RETRIES: u32 = 3;
+
 /// How an attempt failed, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -21,6 +24,9 @@ pub enum Outcome {
     ConnectFailed,
     /// The connection broke before any response byte.
     ResetEarly,
+    /// A pooled connection turned out closed before any response byte: the endpoint is not at
+    /// fault, so it may be tried again on a fresh connection.
+    StaleConnection,
     /// No response in time.
     Timeout,
     /// The provider answered with this status (429 or 5xx).
@@ -46,6 +52,8 @@ pub struct UpstreamAttempts {
     /// Endpoints of the current model's provider tried so far.
     pub tried: Tried,
     retries_used: u32,
+    stale_retries: u32,
+    current_index: Option<usize>,
     /// Position in the primary's fallback list of the next candidate.
     next_fallback: usize,
     pending_fallback: Option<Arc<Model>>,
@@ -56,6 +64,8 @@ pub struct UpstreamAttempts {
     pub replacing_response: bool,
     /// How many fallbacks this request took.
     pub fallbacks_taken: u32,
+    /// The current attempt received a response header.
+    pub got_header: bool,
 }
 
 impl UpstreamAttempts {
@@ -90,6 +100,8 @@ impl UpstreamAttempts {
     /// Starts an attempt on endpoint `index`; the previous attempt's in-flight count ends.
     pub fn begin(&mut self, index: usize, state: &Arc<EndpointState>, trial: bool) {
         self.tried.insert(index);
+        self.got_header = false;
+        self.current_index = Some(index);
         self.current = Some(state.begin(trial));
     }
 
@@ -111,7 +123,17 @@ impl UpstreamAttempts {
         policy: &Policy,
         key: Option<&Key>,
     ) -> Next {
-        let early_break = matches!(outcome, Outcome::ConnectFailed | Outcome::ResetEarly);
+        if outcome == Outcome::StaleConnection && self.stale_retries < MAX_STALE_RETRIES {
+            self.stale_retries += 1;
+            if let Some(index) = self.current_index {
+                self.tried.remove(index);
+            }
+            return Next::Retry;
+        }
+        let early_break = matches!(
+            outcome,
+            Outcome::ConnectFailed | Outcome::ResetEarly | Outcome::StaleConnection
+        );
         if early_break
             && self.retries_used < provider.retries
             && self.tried.len() < provider.endpoints.len()

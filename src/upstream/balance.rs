@@ -42,6 +42,13 @@ impl Tried {
     }
 
     #[inline]
+    pub fn remove(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w &= !(1 << (i % 64));
+        }
+    }
+
+    #[inline]
     pub fn len(&self) -> usize {
         self.0.iter().map(|w| w.count_ones() as usize).sum()
     }
@@ -312,6 +319,8 @@ mod tests {
         t.insert(300); // out of range: ignored
         assert!(t.contains(0) && t.contains(200) && !t.contains(1));
         assert_eq!(t.len(), 2);
+        t.remove(200);
+        assert!(!t.contains(200));
         t.clear();
         assert!(t.is_empty());
     }
