@@ -1,16 +1,22 @@
 //! Limiter check-and-count cost: one key with a request window, a token window and a
-//! concurrency cap, plus its workload's window — uncontended, and with two threads on one key.
+//! concurrency cap, plus its workload's window — uncontended, and with two threads on one key;
+//! and the same with daily/monthly budgets on both scopes (reserve at admission, settle the
+//! real cost at the end).
 //!
 //! Run: `cargo bench --bench limits`. Target: under 200 ns per check uncontended.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use keygate::limits::{LimitKind, LimitSpec, LimitState, MemoryLimits, ScopeRef, WindowSpec};
+use keygate::limits::budget::{BudgetMode, BudgetSpec};
+use keygate::limits::{
+    Demand, LimitKind, LimitSpec, LimitState, MemoryLimits, ScopeRef, WindowSpec,
+};
+use keygate::usage::cost::UsdNanos;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn spec(max_concurrent: Option<u32>) -> LimitSpec {
+fn spec(max_concurrent: Option<u32>, budget: Option<BudgetSpec>) -> LimitSpec {
     LimitSpec::new(
         vec![
             WindowSpec {
@@ -26,7 +32,17 @@ fn spec(max_concurrent: Option<u32>) -> LimitSpec {
         ],
         max_concurrent,
         None,
+        budget,
     )
+}
+
+fn budget() -> BudgetSpec {
+    BudgetSpec {
+        daily: Some(UsdNanos(u64::MAX / 4)),
+        monthly: Some(UsdNanos(u64::MAX / 4)),
+        mode: BudgetMode::Enforce,
+        alert_at: Default::default(),
+    }
 }
 
 /// One admission for key `k` of workload `w`, released at once: what a request costs the limiter.
@@ -43,17 +59,30 @@ fn admit_and_release(limits: &MemoryLimits, key: &LimitSpec, workload: &LimitSpe
             spec: workload,
         },
     ];
-    let admission = limits
-        .admit(black_box(&scopes), 25, keygate::limits::now_ms())
-        .unwrap();
+    let demand = Demand {
+        tokens: 25,
+        cost: UsdNanos(30_000),
+    };
+    let now = keygate::limits::now_ms();
+    let mut admission = limits.admit(black_box(&scopes), demand, now).unwrap();
+    if key.budget.is_some() {
+        black_box(limits.settle_cost(&mut admission, UsdNanos(12_000), now));
+    }
     drop(black_box(admission));
 }
 
 fn bench(c: &mut Criterion) {
     let limits = Arc::new(MemoryLimits::new());
-    let specs = Arc::new((spec(Some(1_000_000)), spec(None)));
+    let specs = Arc::new((spec(Some(1_000_000), None), spec(None, None)));
     c.bench_function("limiter/admit_and_release/uncontended", |b| {
         b.iter(|| admit_and_release(&limits, &specs.0, &specs.1))
+    });
+    let budgeted = (
+        spec(Some(1_000_000), Some(budget())),
+        spec(None, Some(budget())),
+    );
+    c.bench_function("limiter/admit_settle_release/with_budgets", |b| {
+        b.iter(|| admit_and_release(&limits, &budgeted.0, &budgeted.1))
     });
 
     // A second thread hammering the same key and workload for the duration of the measurement.

@@ -94,7 +94,7 @@ async fn run(ports: &[u16]) -> Row {
             .send()
             .await;
     }
-    let before = gw.upstreams.snapshot();
+    let before = gw.handles.upstreams.snapshot();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONCURRENCY {
@@ -117,7 +117,7 @@ async fn run(ports: &[u16]) -> Row {
         let _ = t.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let after = gw.upstreams.snapshot();
+    let after = gw.handles.upstreams.snapshot();
     let sum = |v: &[keygate::upstream::state::EndpointStats],
                f: fn(&keygate::upstream::state::EndpointStats) -> u64| {
         v.iter().map(f).sum::<u64>()

@@ -1,14 +1,18 @@
-//! The admin listener: Prometheus `/metrics`, `/healthz`, and the key management API under
+//! The admin listener: Prometheus `/metrics`, `/healthz` (alive), `/readyz` (serving: 503
+//! before the data plane listens and while draining for shutdown), and the key management API under
 //! `/admin/`, which writes the same files the CLI writes (so git stays the record) and reloads
-//! after each write. The API is enabled only when `KEYGATE_ADMIN_TOKEN` is set; requests must
+//! after each write, and reports usage and budgets per key and workload. The API is enabled only when `KEYGATE_ADMIN_TOKEN` is set; requests must
 //! carry it as a Bearer token, compared in constant time.
 
+use crate::accounting::report;
 use crate::config::schema::{KeyStatus, Operation};
 use crate::keys::lifecycle::{Actor, IssuedKey, KeyFiles, LifecycleError, NewKey};
 use crate::keys::store::StoreError;
+use crate::limits::MemoryLimits;
 use crate::metrics::Metrics;
 use crate::policy::{Key, Policy};
 use crate::reload::{ReloadOutcome, Reloader};
+use crate::state::{UsageFilter, UsageGroup};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use http::{Method, Response, StatusCode};
@@ -80,6 +84,9 @@ pub struct AdminApi {
     pub reloader: Arc<Reloader>,
     pub metrics: Arc<Metrics>,
     pub token: Option<AdminToken>,
+    /// Live budget spend and reservations.
+    pub limits: Arc<MemoryLimits>,
+    pub drain: Arc<crate::shutdown::Drain>,
 }
 
 type Reply = (StatusCode, Value);
@@ -97,6 +104,8 @@ impl ServeHttp for AdminApi {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         if method == Method::GET && path == "/metrics" {
+            self.metrics
+                .refresh_budgets(&self.reloader.store().load(), &self.limits);
             return build(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
@@ -105,6 +114,23 @@ impl ServeHttp for AdminApi {
         }
         if method == Method::GET && path == "/healthz" {
             return json_response((StatusCode::OK, json!({"status": "ok"})));
+        }
+        if method == Method::GET && path == "/readyz" {
+            let status = if self.drain.is_ready() {
+                (StatusCode::OK, "ready")
+            } else if self.drain.is_draining() {
+                (StatusCode::SERVICE_UNAVAILABLE, "draining")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "starting")
+            };
+            return json_response((
+                status.0,
+                json!({
+                    "status": status.1,
+                    "policy_digest": self.reloader.store().load().digest,
+                    "in_flight": self.drain.in_flight(),
+                }),
+            ));
         }
         let reply = match path.strip_prefix("/admin/") {
             Some(rest) => self.admin(session, &method, rest).await,
@@ -168,6 +194,14 @@ impl AdminApi {
                     None => not_found(id),
                 }
             }
+            (&Method::GET, ["keys", id, "usage"]) => {
+                let query = session.req_header().uri.query().unwrap_or("").to_owned();
+                self.usage("key", id, &query).await
+            }
+            (&Method::GET, ["workloads", name, "usage"]) => {
+                let query = session.req_header().uri.query().unwrap_or("").to_owned();
+                self.usage("workload", name, &query).await
+            }
             (&Method::POST, ["keys"]) => self.create(&body, actor).await,
             (&Method::POST, ["keys", id, action]) => {
                 let id = (*id).to_owned();
@@ -206,6 +240,100 @@ impl AdminApi {
             },
             _ => unknown(method, rest),
         }
+    }
+
+    /// Usage of a key or workload from the database (`?since=&until=` days, `?by=day|model|…`),
+    /// with its budget's live spend.
+    async fn usage(&self, scope: &'static str, name: &str, query: &str) -> Reply {
+        let policy = self.reloader.store().load_full();
+        let (budget, workload) = match scope {
+            "key" => match policy.keys_by_id.get(name) {
+                Some(k) => (k.limits.budget.clone(), Some(k.workload.name.clone())),
+                None => return not_found(name),
+            },
+            _ => match policy.workloads.get(name) {
+                Some(w) => (w.limits.budget.clone(), None),
+                None => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        "not_found_error",
+                        "workload_not_found",
+                        format!("No workload `{name}`."),
+                    )
+                }
+            },
+        };
+        let mut filter = UsageFilter::default();
+        let mut by = None;
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            let bad = |what: &str| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_request",
+                    format!("`{k}` must be {what}, not `{v}`"),
+                )
+            };
+            match &*k {
+                "since" | "until" => match v.parse() {
+                    Ok(day) if k == "since" => filter.since = Some(day),
+                    Ok(day) => filter.until = Some(day),
+                    Err(_) => return bad("a date like 2026-11-01"),
+                },
+                "by" => match UsageGroup::parse(&v) {
+                    Some(g) => by = Some(g),
+                    None => return bad("day, model, key or workload"),
+                },
+                _ => return bad("one of since, until, by (unknown parameter)"),
+            }
+        }
+        match scope {
+            "key" => filter.key = Some(name.to_owned()),
+            _ => filter.workload = Some(name.to_owned()),
+        }
+        let figures = self.limits.spend(scope, name, crate::limits::now_ms());
+        let budget_view = report::budget_json(budget.as_ref(), &figures);
+        let usage = match policy.state_dir.clone() {
+            None => json!(null),
+            Some(dir) => {
+                let result =
+                    tokio::task::spawn_blocking(move || report::query(&dir, &filter, by)).await;
+                match result {
+                    Ok(Ok((rows, total))) => json!({
+                        "by": by.map(|b| format!("{b:?}").to_lowercase()),
+                        "rows": rows,
+                        "total": total,
+                    }),
+                    Ok(Err(crate::state::sqlite::StateError::Missing(_))) => json!(null),
+                    Ok(Err(e)) => {
+                        return error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "api_error",
+                            "internal_error",
+                            e.to_string(),
+                        )
+                    }
+                    Err(e) => {
+                        return error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "api_error",
+                            "internal_error",
+                            e.to_string(),
+                        )
+                    }
+                }
+            }
+        };
+        (
+            StatusCode::OK,
+            json!({
+                "scope": scope,
+                "name": name,
+                "workload": workload,
+                "budget": budget_view,
+                "usage": usage,
+            }),
+        )
     }
 
     async fn create(&self, body: &[u8], actor: Actor) -> Reply {

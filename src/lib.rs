@@ -6,16 +6,20 @@
 //! - [`config`]: reading and validating the policy files (`keygate check`);
 //! - [`policy`]: the compiled, immutable snapshot the data plane reads;
 //! - [`keys`]: the virtual key format and key files;
-//! - [`limits`]: rate and concurrency limits, IP allowlists, the brute-force guard;
+//! - [`limits`]: rate and concurrency limits, budgets, IP allowlists, the brute-force guard;
 //! - [`proxy`]: the Pingora proxy phases — authenticate, authorize, route, forward;
 //! - [`upstream`]: providers, endpoints and peer selection;
-//! - [`usage`]: token usage read from provider responses as they stream by;
+//! - [`usage`]: token usage read from provider responses as they stream by, and its price;
+//! - [`accounting`]: booking each finished request — audit line, persisted usage — off the request path;
+//! - [`state`]: persisted usage and spend (SQLite);
 //! - [`mock_provider`]: the embedded OpenAI-compatible upstream for trying keygate locally;
 //! - [`reload`]: following the policy files live and swapping snapshots atomically;
 //! - [`admin`]: the admin listener — metrics, health, key management API;
 //! - [`metrics`]: the Prometheus registry;
-//! - [`server`]: assembling the Pingora server, for the binary and for tests.
+//! - [`server`]: assembling the Pingora server, for the binary and for tests;
+//! - [`shutdown`]: readiness, draining on SIGTERM, graceful exit.
 
+pub mod accounting;
 pub mod admin;
 pub mod config;
 pub mod keys;
@@ -26,5 +30,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod shutdown;
+pub mod state;
 pub mod upstream;
 pub mod usage;

@@ -1,4 +1,4 @@
-//! The `keygate` command: serve the gateway, check a policy, manage keys.
+//! The `keygate` command: serve the gateway, check a policy, manage keys, report usage.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -71,6 +71,34 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Print requests, tokens and cost from the usage database, as a table.
+    Usage {
+        #[arg(
+            long,
+            short,
+            env = "KEYGATE_CONFIG",
+            default_value = "conf/keygate.yaml"
+        )]
+        config: PathBuf,
+        /// Only this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only this workload.
+        #[arg(long)]
+        workload: Option<String>,
+        /// First UTC day included, e.g. 2026-11-01.
+        #[arg(long)]
+        since: Option<chrono::NaiveDate>,
+        /// Last UTC day included.
+        #[arg(long)]
+        until: Option<chrono::NaiveDate>,
+        /// One row per day, model, key or workload (default: day).
+        #[arg(long, value_enum, default_value = "day")]
+        by: keygate::state::UsageGroup,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,6 +161,40 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pingora_conf,
         } => serve(config, log_format, upgrade, pingora_conf),
         Command::Check { config } => check(config),
+        Command::Usage {
+            config,
+            key,
+            workload,
+            since,
+            until,
+            by,
+            json,
+        } => {
+            let policy = config::load(&config, LoadOptions { resolve_dns: false })
+                .map_err(|e| anyhow::anyhow!("the policy is invalid:\n{e}"))?;
+            let Some(state_dir) = &policy.state_dir else {
+                bail!(
+                    "{} has no state_dir, so keygate persists no usage",
+                    config.display()
+                );
+            };
+            let filter = keygate::state::UsageFilter {
+                key,
+                workload,
+                since,
+                until,
+            };
+            let (rows, total) = keygate::accounting::report::query(state_dir, &filter, Some(by))?;
+            if json {
+                println!("{}", serde_json::json!({"rows": rows, "total": total}));
+            } else {
+                print!(
+                    "{}",
+                    keygate::accounting::report::table(Some(by), &rows, &total)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keys { config, command } => match command {
             KeysCommand::Create {
                 id,
@@ -312,8 +374,17 @@ fn serve(
         digest = %policy.digest,
         "keygate starting"
     );
-    let server = keygate::server::build(&store, Some(opt));
-    server.run_forever();
+    let (server, handles) = keygate::server::build(&store, Some(opt))?;
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(keygate::shutdown::DrainingSignals {
+            drain: handles.drain.clone(),
+            drain_delay: policy
+                .drain_delay
+                .unwrap_or(keygate::server::DEFAULT_DRAIN_DELAY),
+        }),
+    });
+    handles.recorder.flush();
+    std::process::exit(0)
 }
 
 fn init_logging(format: LogFormat) {

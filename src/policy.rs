@@ -7,10 +7,12 @@
 //! prebuilt credential header and endpoint schedule. The request path does one SHA-256 and one map
 //! lookup to find a key, and no string formatting to route it.
 
+use crate::accounting::audit::AuditTarget;
 use crate::config::schema::{KeyStatus, Operation, ProviderFormat};
 use crate::keys::secret::KeyDigest;
 use crate::limits::LimitSpec;
 use crate::upstream::Provider;
+pub use crate::usage::cost::Price;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
@@ -18,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// A complete, validated policy.
@@ -35,6 +37,7 @@ pub struct Policy {
     pub mock_provider: Option<MockProviderSettings>,
     pub threads: Option<usize>,
     pub grace_period: Option<Duration>,
+    pub drain_delay: Option<Duration>,
     pub providers: BTreeMap<String, Arc<Provider>>,
     /// Indexed by [`Model::index`].
     pub models: Vec<Arc<Model>>,
@@ -45,6 +48,9 @@ pub struct Policy {
     pub management_audit_file: PathBuf,
     /// Failed authentications allowed per client IP and window.
     pub auth_guard: (u32, Duration),
+    /// Where the usage database lives; `None` keeps usage in memory only.
+    pub state_dir: Option<PathBuf>,
+    pub audit_log: Option<AuditTarget>,
 }
 
 /// What a digest finds: the key, and when this particular secret stops working (set for secrets
@@ -71,6 +77,10 @@ pub struct Model {
     /// Set only when the upstream name differs from `name`, i.e. when the body must be rewritten.
     pub upstream_model: Option<String>,
     pub price: Option<Price>,
+    /// Output tokens reserved against budgets when a request names no maximum of its own.
+    pub max_output_tokens: Option<u64>,
+    /// This model's metric handles, resolved on first use.
+    pub metrics: OnceLock<crate::metrics::ModelHandles>,
     /// Indices of the models tried, in order, when this one fails (see `upstream::attempt`).
     pub fallbacks: Vec<usize>,
 }
@@ -80,14 +90,6 @@ impl Model {
     pub fn upstream_name(&self) -> &str {
         self.upstream_model.as_deref().unwrap_or(&self.name)
     }
-}
-
-/// USD per million tokens, as written in the policy.
-#[derive(Debug, Clone, Copy)]
-pub struct Price {
-    pub input_per_mtok: f64,
-    pub output_per_mtok: f64,
-    pub cached_input_per_mtok: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -118,6 +120,8 @@ pub struct Key {
     pub created_at: Option<DateTime<Utc>>,
     /// Rotated-out secrets still inside their grace period: `(digest, valid_until)`.
     pub previous: Vec<(KeyDigest, DateTime<Utc>)>,
+    /// This key's metric handles, resolved on its first request.
+    pub metrics: OnceLock<crate::metrics::KeyHandles>,
     /// Which file the key came from, for messages and for the lifecycle commands.
     pub file: PathBuf,
 }
@@ -215,12 +219,15 @@ pub(crate) struct PolicyParts {
     pub mock_provider: Option<MockProviderSettings>,
     pub threads: Option<usize>,
     pub grace_period: Option<Duration>,
+    pub drain_delay: Option<Duration>,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: Vec<Arc<Model>>,
     pub workloads: BTreeMap<String, Arc<Workload>>,
     pub keys: Vec<Arc<Key>>,
     pub management_audit_file: PathBuf,
     pub auth_guard: (u32, Duration),
+    pub state_dir: Option<PathBuf>,
+    pub audit_log: Option<AuditTarget>,
 }
 
 impl Policy {
@@ -263,6 +270,7 @@ impl Policy {
             mock_provider: parts.mock_provider,
             threads: parts.threads,
             grace_period: parts.grace_period,
+            drain_delay: parts.drain_delay,
             providers: parts.providers,
             models: parts.models,
             models_by_name,
@@ -271,6 +279,8 @@ impl Policy {
             keys_by_id,
             management_audit_file: parts.management_audit_file,
             auth_guard: parts.auth_guard,
+            state_dir: parts.state_dir,
+            audit_log: parts.audit_log,
         }
     }
 

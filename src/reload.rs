@@ -187,6 +187,8 @@ fn warn_about_restart_only_settings(current: &Policy, next: &Policy) {
         ("server.threads", current.threads != next.threads),
         ("keys_dir", current.keys_dir != next.keys_dir),
         ("auth_guard", current.auth_guard != next.auth_guard),
+        ("state_dir", current.state_dir != next.state_dir),
+        ("audit_log", current.audit_log != next.audit_log),
     ];
     for (setting, differs) in changed {
         if differs {

@@ -1,7 +1,10 @@
 //! Assembling the Pingora server: the data-plane proxy, the embedded mock provider when the policy
-//! asks for it, and background upkeep (DNS refresh, upstream health checks). The binary runs it until a signal; tests run
+//! asks for it, the accounting sinks (usage database, audit log), and background upkeep (DNS
+//! refresh, upstream health checks, flushing accounting on shutdown). The binary runs it until a signal; tests run
 //! it in-process on a thread and stop it with [`RunningGateway::shutdown`].
 
+use crate::accounting::audit::AuditWriter;
+use crate::accounting::{self, Recorder};
 use crate::admin::{AdminApi, AdminToken};
 use crate::config::{self, LoadOptions, PolicyErrors};
 use crate::limits::MemoryLimits;
@@ -10,6 +13,8 @@ use crate::mock_provider::{mock_provider_service, MockProviderConfig};
 use crate::policy::{Policy, PolicyStore};
 use crate::proxy::Gateway;
 use crate::reload::{PolicyWatcher, Reloader};
+use crate::shutdown::{Drain, Lifecycle};
+use crate::state::sqlite::{StateError, UsageDb};
 use crate::upstream::health::HealthChecks;
 use crate::upstream::state::UpstreamRegistry;
 use arc_swap::ArcSwap;
@@ -34,7 +39,30 @@ pub enum ServeError {
     Policy(#[from] PolicyErrors),
     #[error("the gateway did not start listening on {0} within {1:?}")]
     NotListening(SocketAddr, Duration),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot open the audit log {target}: {source}")]
+    AuditLog {
+        target: String,
+        source: std::io::Error,
+    },
 }
+
+/// The parts of a built server that outlive the build: for triggering reloads, flushing
+/// accounting and reading live counters.
+#[derive(Clone)]
+pub struct Handles {
+    pub reloader: Arc<Reloader>,
+    pub recorder: Arc<Recorder>,
+    pub limits: Arc<MemoryLimits>,
+    pub metrics: Arc<Metrics>,
+    pub drain: Arc<Drain>,
+    /// Endpoint health, load and counters, kept across reloads.
+    pub upstreams: Arc<UpstreamRegistry>,
+}
+
+/// How long `/readyz` reports draining on SIGTERM before the listeners close.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
 
 /// Loads the policy at `config_path` for serving (endpoint hosts resolved).
 pub fn load_policy(config_path: &Path) -> Result<PolicyStore, PolicyErrors> {
@@ -44,31 +72,57 @@ pub fn load_policy(config_path: &Path) -> Result<PolicyStore, PolicyErrors> {
 
 /// Builds the Pingora server for `store`'s current policy. `opt` carries Pingora's own command-line
 /// options (e.g. `--upgrade` for a zero-downtime binary upgrade).
-pub fn build(store: &PolicyStore, opt: Option<Opt>) -> Server {
-    build_with(store, opt, AdminToken::from_env()).0
+/// The process exits as soon as a graceful shutdown has drained.
+pub fn build(store: &PolicyStore, opt: Option<Opt>) -> Result<(Server, Handles), ServeError> {
+    build_with(store, opt, AdminToken::from_env(), true)
 }
 
-/// [`build`] with an explicit admin token; also returns the reloader, for callers that trigger
-/// reloads themselves.
+/// Opens the accounting sinks the policy names and the live limit state, whose budgets start
+/// from the spend the usage database recorded.
+fn open_accounting(policy: &Policy) -> Result<(Arc<MemoryLimits>, Arc<Recorder>), ServeError> {
+    let now_ms = crate::limits::now_ms();
+    let (limits, db) = match &policy.state_dir {
+        Some(dir) => {
+            let db = UsageDb::open(dir)?;
+            let spend = accounting::persisted_spend(&db, now_ms)?;
+            tracing::info!(
+                database = %dir.join(crate::state::sqlite::DB_FILE).display(),
+                scopes_with_spend = spend.len(),
+                "usage database opened; budgets resume from its spend this month"
+            );
+            (MemoryLimits::with_persisted_spend(spend, now_ms), Some(db))
+        }
+        None => {
+            tracing::warn!("no state_dir in the policy: usage and spend are not persisted");
+            (MemoryLimits::new(), None)
+        }
+    };
+    let audit = match &policy.audit_log {
+        Some(target) => {
+            let writer = AuditWriter::open(target).map_err(|source| ServeError::AuditLog {
+                target: target.to_string(),
+                source,
+            })?;
+            Some((target.clone(), writer))
+        }
+        None => None,
+    };
+    Ok((Arc::new(limits), Arc::new(Recorder::start(db, audit))))
+}
+
+/// [`build`] with an explicit admin token; also returns the handles, for callers that trigger
+/// reloads or read accounting themselves.
 pub fn build_with(
     store: &PolicyStore,
     opt: Option<Opt>,
     admin_token: Option<AdminToken>,
-) -> (Server, Arc<Reloader>) {
-    let (server, reloader, _) = build_all(store, opt, admin_token);
-    (server, reloader)
-}
-
-/// [`build_with`], also returning the upstream registry (endpoint health, load and counters).
-pub fn build_all(
-    store: &PolicyStore,
-    opt: Option<Opt>,
-    admin_token: Option<AdminToken>,
-) -> (Server, Arc<Reloader>, Arc<UpstreamRegistry>) {
+    exit_when_drained: bool,
+) -> Result<(Server, Handles), ServeError> {
     let policy = store.load_full();
     let upstreams = Arc::new(UpstreamRegistry::new());
     let metrics = Arc::new(Metrics::new());
-    let limits = Arc::new(MemoryLimits::new());
+    let drain = Arc::new(Drain::default());
+    let (limits, recorder) = open_accounting(&policy)?;
     let reloader = Arc::new(Reloader::new(
         &policy.config_path,
         store.clone(),
@@ -88,7 +142,14 @@ pub fn build_all(
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gateway::new(store.clone(), limits.clone()).with_upstreams(upstreams.clone()),
+        Gateway::new(
+            store.clone(),
+            limits.clone(),
+            recorder.clone(),
+            metrics.clone(),
+            drain.clone(),
+        )
+        .with_upstreams(upstreams.clone()),
         "keygate data plane",
     );
     proxy.add_tcp(&policy.listen.to_string());
@@ -109,8 +170,10 @@ pub fn build_all(
     if let Some(admin_listen) = policy.admin_listen {
         let app = AdminApi {
             reloader: reloader.clone(),
-            metrics,
+            metrics: metrics.clone(),
             token: admin_token,
+            limits: limits.clone(),
+            drain: drain.clone(),
         };
         let mut admin = Service::new("keygate admin".to_owned(), HttpServer::new_app(app));
         admin.add_tcp(&admin_listen.to_string());
@@ -136,7 +199,27 @@ pub fn build_all(
             registry: upstreams.clone(),
         },
     ));
-    (server, reloader, upstreams)
+    server.add_service(background_service(
+        "keygate lifecycle",
+        Lifecycle {
+            drain: drain.clone(),
+            listen: policy.listen,
+            grace_period: grace,
+            recorder: recorder.clone(),
+            exit_when_drained,
+        },
+    ));
+    Ok((
+        server,
+        Handles {
+            reloader,
+            recorder,
+            limits,
+            metrics,
+            drain,
+            upstreams,
+        },
+    ))
 }
 
 struct DnsRefresh {
@@ -162,7 +245,7 @@ impl BackgroundService for DnsRefresh {
 pub struct RunningGateway {
     pub store: PolicyStore,
     pub reloader: Arc<Reloader>,
-    pub upstreams: Arc<UpstreamRegistry>,
+    pub handles: Handles,
     pub listen: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -190,7 +273,8 @@ impl RunningGateway {
         let store = load_policy(config_path)?;
         let policy: Arc<Policy> = store.load_full();
         let listen = policy.listen;
-        let (server, reloader, upstreams) = build_all(&store, None, admin_token);
+        let (server, handles) = build_with(&store, None, admin_token, false)?;
+        let reloader = handles.reloader.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let signal = OneshotSignal(Mutex::new(Some(rx)));
         let thread = std::thread::spawn(move || {
@@ -201,7 +285,7 @@ impl RunningGateway {
         let mut running = RunningGateway {
             store,
             reloader,
-            upstreams,
+            handles,
             listen,
             stop: Some(tx),
             thread: Some(thread),
@@ -215,6 +299,15 @@ impl RunningGateway {
                 running.stop_and_join();
                 return Err(ServeError::NotListening(addr, limit));
             }
+        }
+        // Ready (as `/readyz` reports it) follows the listener within one probe interval.
+        let deadline = Instant::now() + limit;
+        while !running.handles.drain.is_ready() {
+            if Instant::now() > deadline {
+                running.stop_and_join();
+                return Err(ServeError::NotListening(listen, limit));
+            }
+            std::thread::sleep(Duration::from_millis(5));
         }
         Ok(running)
     }
@@ -231,6 +324,7 @@ impl RunningGateway {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        self.handles.recorder.flush();
     }
 }
 

@@ -618,7 +618,7 @@ async fn a_reload_does_not_trigger_itself() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let settled = reloads().await;
     // Reading every key file during a reload must not look like a change.
     tokio::time::sleep(Duration::from_millis(1000)).await;

@@ -131,7 +131,7 @@ async fn weights_3_1_1_hold_within_ten_percent_over_5000_requests() {
             "counts {counts:?}"
         );
     }
-    let stats = gw.running.as_ref().unwrap().upstreams.snapshot();
+    let stats = gw.running.as_ref().unwrap().handles.upstreams.snapshot();
     assert_eq!(
         stats.iter().map(|s| s.selections).sum::<u64>(),
         total as u64
@@ -159,7 +159,7 @@ async fn a_killed_endpoint_is_ejected_without_failed_requests_and_returns_when_r
         &one_provider(&[(&a.url(), 1), (&b_url, 1), (&c.url(), 1)], ""),
         &[("k".into(), yaml)],
     );
-    let registry = gw.running.as_ref().unwrap().upstreams.clone();
+    let registry = gw.running.as_ref().unwrap().handles.upstreams.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let http = client();
@@ -247,6 +247,7 @@ async fn a_reset_before_the_response_is_retried_on_another_endpoint() {
         .running
         .as_ref()
         .unwrap()
+        .handles
         .upstreams
         .endpoint("p1", &reset.url())
         .unwrap();
@@ -312,7 +313,7 @@ async fn a_503_falls_back_with_the_fallbacks_credential_and_upstream_model() {
     let primary = &down.requests()[0];
     assert_eq!(primary.header("authorization"), Some("Bearer sk-one"));
     assert_eq!(primary.json()["model"], "primary");
-    let registry = &gw.running.as_ref().unwrap().upstreams;
+    let registry = &gw.running.as_ref().unwrap().handles.upstreams;
     assert_eq!(
         registry.fallbacks(),
         vec![("primary".to_owned(), "backup".to_owned(), 1)]
@@ -424,6 +425,7 @@ async fn least_requests_steers_away_from_an_endpoint_holding_long_streams() {
         .running
         .as_ref()
         .unwrap()
+        .handles
         .upstreams
         .endpoint("p1", &busy.url())
         .unwrap();
@@ -468,6 +470,7 @@ async fn a_connect_timeout_is_504() {
         .running
         .as_ref()
         .unwrap()
+        .handles
         .upstreams
         .endpoint("p1", &url)
         .unwrap();
@@ -533,6 +536,7 @@ async fn an_idle_stream_is_cut() {
         .running
         .as_ref()
         .unwrap()
+        .handles
         .upstreams
         .endpoint("p1", &stalls.url())
         .unwrap();
@@ -599,7 +603,7 @@ async fn active_health_checks_take_an_endpoint_out_and_bring_it_back() {
         ),
         &[("k".into(), yaml)],
     );
-    let registry = gw.running.as_ref().unwrap().upstreams.clone();
+    let registry = gw.running.as_ref().unwrap().handles.upstreams.clone();
     let wait_for = |healthy: bool| {
         let registry = registry.clone();
         let url = sick.url();
@@ -670,7 +674,7 @@ async fn endpoint_state_survives_a_policy_reload() {
     for _ in 0..8 {
         assert_eq!(post(&gw, &secret, &chat("m1")).await.status(), 200);
     }
-    let registry = gw.running.as_ref().unwrap().upstreams.clone();
+    let registry = gw.running.as_ref().unwrap().handles.upstreams.clone();
     assert!(registry.endpoint("p1", &dead).unwrap().ejected);
     // a changed policy (new weight) is a new snapshot with new Provider objects
     let text = std::fs::read_to_string(&gw.config_path).unwrap();
@@ -719,6 +723,7 @@ async fn an_unreachable_primary_falls_back_after_its_retries() {
         .running
         .as_ref()
         .unwrap()
+        .handles
         .upstreams
         .endpoint("p1", &dead)
         .unwrap();

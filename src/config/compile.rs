@@ -1,9 +1,13 @@
 //! Turns parsed files into a [`Policy`], collecting every problem on the way.
 
 use super::env;
-use super::schema::{BalanceFile, ConfigFile, HealthCheckFile, KeyFile, RateLimitFile};
+use super::schema::{
+    BalanceFile, BudgetFile, BudgetModeFile, ConfigFile, HealthCheckFile, KeyFile, RateLimitFile,
+};
 use super::{LoadOptions, PolicyErrors, Problem};
+use crate::accounting::audit::AuditTarget;
 use crate::keys::secret::KeyDigest;
+use crate::limits::budget::{BudgetMode, BudgetSpec};
 use crate::limits::{LimitKind, LimitSpec, WindowSpec};
 use crate::policy::{
     Key, MockProviderSettings, Model, ModelSet, OperationSet, Policy, PolicyParts, Price, Workload,
@@ -13,9 +17,11 @@ use crate::upstream::{
     EndpointSpec, HealthCheckSpec, Provider, ProviderSpec, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_RETRIES,
 };
+use crate::usage::cost::UsdNanos;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -298,6 +304,11 @@ fn compile(
             .map_err(|m| problems.add(cfg, "server.grace_period", m))
             .ok()
     });
+    let drain_delay = config.server.drain_delay.as_deref().and_then(|g| {
+        parse_duration(g)
+            .map_err(|m| problems.add(cfg, "server.drain_delay", m))
+            .ok()
+    });
     let mock_provider = config.mock_provider.as_ref().and_then(|m| {
         let listen =
             parse_addr(&m.listen).map_err(|e| problems.add(cfg, "mock_provider.listen", e));
@@ -355,21 +366,31 @@ fn compile(
             let mut ok = true;
             for (f, v) in fields {
                 if let Some(v) = v {
-                    if !v.is_finite() || v < 0.0 {
+                    if !v.is_finite() || !(0.0..=1e6).contains(&v) {
                         problems.add(
                             cfg,
                             format!("{path}.price.{f}"),
-                            "must be a non-negative number",
+                            "must be a number from 0 to 1000000 (USD per million tokens)",
                         );
                         ok = false;
                     }
                 }
             }
-            ok.then_some(Price {
-                input_per_mtok: p.input_per_mtok,
-                output_per_mtok: p.output_per_mtok,
-                cached_input_per_mtok: p.cached_input_per_mtok,
-            })
+            if !ok {
+                return None;
+            }
+            Price::from_usd_per_mtok(p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok)
+        });
+        let max_output_tokens = m.max_output_tokens.and_then(|n| match u64::try_from(n) {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                problems.add(
+                    cfg,
+                    format!("{path}.max_output_tokens"),
+                    "must be a whole number above zero",
+                );
+                None
+            }
         });
         if name.is_empty() {
             problems.add(cfg, "models", "a model name cannot be empty");
@@ -382,6 +403,8 @@ fn compile(
             upstream_model,
             price,
             fallbacks: Vec::new(),
+            max_output_tokens,
+            metrics: Default::default(),
         }));
     }
     resolve_fallbacks(cfg, &config, &mut models, problems);
@@ -413,6 +436,7 @@ fn compile(
             &w.rate_limits,
             w.max_concurrent,
             w.allowed_ips.as_deref(),
+            w.budget.as_ref(),
             problems,
         );
         workloads.insert(
@@ -443,12 +467,18 @@ fn compile(
         mock_provider,
         threads: config.server.threads,
         grace_period,
+        drain_delay,
         providers,
         models,
         workloads,
         keys,
         management_audit_file: base.join(&config.management_audit_file),
         auth_guard: auth_guard?,
+        state_dir: config.state_dir.as_ref().map(|d| base.join(d)),
+        audit_log: config.audit_log.as_deref().map(|target| match target {
+            "-" => AuditTarget::Stdout,
+            path => AuditTarget::File(base.join(path)),
+        }),
     }))
 }
 
@@ -715,6 +745,7 @@ fn compile_limits(
     rate_limits: &[RateLimitFile],
     max_concurrent: Option<i64>,
     allowed_ips: Option<&[String]>,
+    budget: Option<&BudgetFile>,
     problems: &mut Problems,
 ) -> LimitSpec {
     let mut windows = Vec::new();
@@ -781,12 +812,62 @@ fn compile_limits(
             })
             .collect()
     });
-    LimitSpec {
-        windows,
-        max_concurrent,
-        allowed_ips,
-        ..Default::default()
+    let budget = budget.and_then(|b| compile_budget(file, prefix, b, problems));
+    LimitSpec::new(windows, max_concurrent, allowed_ips, budget)
+}
+
+fn compile_budget(
+    file: &Path,
+    prefix: &str,
+    budget: &BudgetFile,
+    problems: &mut Problems,
+) -> Option<BudgetSpec> {
+    let before = problems.list.len();
+    let mut cap = |name: &str, usd: Option<f64>| {
+        usd.and_then(|usd| match UsdNanos::from_usd(usd) {
+            Some(n) if usd > 0.0 && usd <= 1e9 => Some(n),
+            _ => {
+                problems.add(
+                    file,
+                    field(prefix, &format!("budget.{name}")),
+                    "must be a dollar amount above zero",
+                );
+                None
+            }
+        })
+    };
+    let daily = cap("daily_usd", budget.daily_usd);
+    let monthly = cap("monthly_usd", budget.monthly_usd);
+    if budget.daily_usd.is_none() && budget.monthly_usd.is_none() {
+        problems.add(
+            file,
+            field(prefix, "budget"),
+            "needs `daily_usd`, `monthly_usd` or both",
+        );
     }
+    let mut alert_at: SmallVec<[u16; 4]> = SmallVec::new();
+    for (i, &f) in budget.alert_at.iter().enumerate() {
+        if f.is_finite() && f > 0.0 && f <= 1.0 && i < 8 {
+            alert_at.push((f * 1000.0).round() as u16);
+        } else {
+            problems.add(
+                file,
+                field(prefix, &format!("budget.alert_at[{i}]")),
+                "must be a fraction above 0 and at most 1 (at most 8 of them)",
+            );
+        }
+    }
+    alert_at.sort_unstable();
+    alert_at.dedup();
+    (problems.list.len() == before).then_some(BudgetSpec {
+        daily,
+        monthly,
+        mode: match budget.mode {
+            BudgetModeFile::Enforce => BudgetMode::Enforce,
+            BudgetModeFile::Track => BudgetMode::Track,
+        },
+        alert_at,
+    })
 }
 
 fn parse_endpoint_url(text: &str) -> Result<EndpointSpec, String> {
@@ -957,6 +1038,7 @@ fn compile_keys(
             &src.key.rate_limits,
             src.key.max_concurrent,
             src.key.allowed_ips.as_deref(),
+            src.key.budget.as_ref(),
             problems,
         );
         if problems.list.len() != before {
@@ -980,6 +1062,7 @@ fn compile_keys(
             created_at: src.key.created_at,
             previous,
             file: src.file,
+            metrics: Default::default(),
         }));
     }
     keys

@@ -28,6 +28,13 @@ pub struct ConfigFile {
     pub management_audit_file: String,
     #[serde(default)]
     pub auth_guard: AuthGuardFile,
+    /// Directory for persisted state (the usage database), relative to this file. Without it,
+    /// usage and spend are kept in memory only and start from zero on every restart.
+    #[serde(default)]
+    pub state_dir: Option<String>,
+    /// Where one JSON line per request is written: a path relative to this file, or `-` for stdout.
+    #[serde(default)]
+    pub audit_log: Option<String>,
     #[serde(default)]
     pub mock_provider: Option<MockProviderFile>,
     #[serde(default)]
@@ -62,6 +69,10 @@ pub struct ServerFile {
     /// How long in-flight requests may take to finish on SIGTERM, e.g. `30s`.
     #[serde(default)]
     pub grace_period: Option<String>,
+    /// How long `/readyz` answers 503 on SIGTERM before keygate stops accepting (default `5s`),
+    /// so load balancers move traffic away first.
+    #[serde(default)]
+    pub drain_delay: Option<String>,
 }
 
 /// The optional embedded OpenAI-compatible upstream, for trying keygate without a provider account.
@@ -172,6 +183,10 @@ pub struct ModelFile {
     pub upstream_model: Option<String>,
     #[serde(default)]
     pub price: Option<PriceFile>,
+    /// The most output tokens one request can produce; reserved against budgets when the
+    /// request sets no `max_tokens` of its own.
+    #[serde(default)]
+    pub max_output_tokens: Option<i64>,
     /// Models tried in order when this one answers 429 or 5xx, times out, or cannot be reached.
     #[serde(default)]
     pub fallbacks: Vec<String>,
@@ -202,6 +217,33 @@ pub struct WorkloadFile {
     pub max_concurrent: Option<i64>,
     #[serde(default)]
     pub allowed_ips: Option<Vec<String>>,
+    #[serde(default)]
+    pub budget: Option<BudgetFile>,
+}
+
+/// Spending caps in USD per UTC calendar day and month.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<f64>,
+    #[serde(default)]
+    pub mode: BudgetModeFile,
+    /// Fractions of a cap (0 < f ≤ 1) at which an alert is logged once per period.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_at: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BudgetModeFile {
+    /// Refuse requests that would pass a cap.
+    #[default]
+    Enforce,
+    /// Count and alert, never refuse.
+    Track,
 }
 
 /// One sliding-window limit: `requests` or `tokens` per window `per` (1s to 30d).
@@ -301,6 +343,8 @@ pub struct KeyFile {
     pub max_concurrent: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_ips: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetFile>,
     /// Secrets replaced by a rotation that keep working until their grace period ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_hashes: Vec<PreviousHash>,

@@ -123,6 +123,7 @@ impl KeyFiles {
             operations: settings.operations,
             status: KeyStatus::Active,
             expires_at: settings.expires_at,
+            budget: None,
             created_at: Some(Utc::now().trunc_subsecs(0)),
             rate_limits: Vec::new(),
             max_concurrent: None,

@@ -118,6 +118,7 @@ mod tests {
             rate_limits: Vec::new(),
             max_concurrent: None,
             allowed_ips: None,
+            budget: None,
             previous_hashes: Vec::new(),
         }
     }

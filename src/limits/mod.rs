@@ -1,5 +1,5 @@
-//! Per-key and per-workload limits: sliding-window request and token rates, concurrency caps, IP
-//! allowlists, and the brute-force guard on failed authentications.
+//! Per-key and per-workload limits: sliding-window request and token rates, concurrency caps,
+//! daily and monthly budgets, IP allowlists, and the brute-force guard on failed authentications.
 //!
 //! Counting is exact per scope (one counter set per key id and per workload name), so no key is
 //! ever refused because of another key's traffic. The counters live outside the policy snapshot,
@@ -7,10 +7,13 @@
 //! running window. [`LimitState`] is the interface a shared store (Redis, for fleets) implements;
 //! [`MemoryLimits`] is the in-process implementation.
 
+pub mod budget;
 pub mod guard;
 pub mod ip;
 pub mod window;
 
+use crate::usage::cost::UsdNanos;
+use budget::{BudgetAlert, BudgetSpec, Calendar, Period, Spend};
 use ipnet::IpNet;
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -58,6 +61,7 @@ pub struct LimitSpec {
     pub windows: Vec<WindowSpec>,
     pub max_concurrent: Option<u32>,
     pub allowed_ips: Option<Vec<IpNet>>,
+    pub budget: Option<BudgetSpec>,
     /// This scope's counters in the live [`MemoryLimits`], found on first use per snapshot.
     pub(crate) slot: OnceLock<Arc<Scope>>,
 }
@@ -67,18 +71,20 @@ impl LimitSpec {
         windows: Vec<WindowSpec>,
         max_concurrent: Option<u32>,
         allowed_ips: Option<Vec<IpNet>>,
+        budget: Option<BudgetSpec>,
     ) -> Self {
         LimitSpec {
             windows,
             max_concurrent,
             allowed_ips,
+            budget,
             slot: OnceLock::new(),
         }
     }
 
     /// Whether any counting is needed for this scope.
     pub fn counts(&self) -> bool {
-        !self.windows.is_empty() || self.max_concurrent.is_some()
+        !self.windows.is_empty() || self.max_concurrent.is_some() || self.budget.is_some()
     }
 }
 
@@ -93,6 +99,7 @@ struct ScopeCounters {
     /// One counter per (kind, window length): changing a limit's value keeps its counter.
     windows: Vec<(LimitKind, u64, WindowCounter)>,
     in_flight: u32,
+    spend: Spend,
 }
 
 impl ScopeCounters {
@@ -141,15 +148,40 @@ impl RateStatus {
     }
 }
 
+/// Which kind of limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    Rate,
+    Concurrency,
+    Budget,
+}
+
 /// Why a request was refused by a limit.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimitRefusal {
-    pub concurrency: bool,
+    pub kind: RefusalKind,
     /// The limit that refused, e.g. `key ci-bot: 600 requests per 1m`.
     pub limit: String,
-    /// When the request would be admitted (for `retry-after`).
+    /// When the request would be admitted (for `retry-after`); for a budget, when its period ends.
     pub retry_after: Duration,
     pub status: RateStatus,
+}
+
+/// What a request asks of its scopes at admission.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Demand {
+    /// Estimated prompt tokens, charged to token windows until the real count is known.
+    pub tokens: u64,
+    /// Worst-case cost, reserved against budgets until the real cost is known.
+    pub cost: UsdNanos,
+}
+
+/// A budget alert with the scope it belongs to.
+#[derive(Debug, Clone)]
+pub struct ScopedAlert {
+    pub kind: &'static str,
+    pub name: Box<str>,
+    pub alert: BudgetAlert,
 }
 
 /// One scope a request is counted against.
@@ -163,32 +195,58 @@ pub struct ScopeRef<'a> {
 /// The interface of limit state, which a shared store implements for fleets: check-and-count at
 /// admission, charge what becomes known later, release at the end.
 pub trait LimitState: Send + Sync {
-    /// Checks every window and cap of `scopes`; if all pass, counts the request (and
-    /// `token_estimate` against token windows) and takes a concurrency slot.
+    /// Checks every window, cap and budget of `scopes`; if all pass, counts the request (and
+    /// `demand.tokens` against token windows), takes a concurrency slot and reserves
+    /// `demand.cost` against budgets.
     fn admit(
         &self,
         scopes: &[ScopeRef<'_>],
-        token_estimate: u64,
+        demand: Demand,
         now_ms: u64,
     ) -> Result<Admission, LimitRefusal>;
     /// Adds `delta` tokens (positive or negative) to the token windows of an admitted request.
     fn charge_tokens(&self, admission: &Admission, delta: i64, now_ms: u64);
+    /// Replaces the admission's reservation by the real cost (once; later calls do nothing).
+    /// Returns the budget alerts the spend crossed.
+    fn settle_cost(
+        &self,
+        admission: &mut Admission,
+        actual: UsdNanos,
+        now_ms: u64,
+    ) -> SmallVec<[ScopedAlert; 1]>;
 }
 
 /// An admitted request's hold on its scopes. Dropping it releases its concurrency slots, which
 /// makes the release happen on every path: success, error, client disconnect, upstream failure.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Admission {
     /// A key and its workload: inline, no allocation per request.
     scopes: SmallVec<[Held; 2]>,
     pub status: RateStatus,
+    /// The cost reserved in every scope with a budget, and when; zero once settled.
+    reserved: UsdNanos,
+    reserved_at: Calendar,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            scopes: SmallVec::new(),
+            status: RateStatus::default(),
+            reserved: UsdNanos::ZERO,
+            reserved_at: Calendar { day: 0, month: 0 },
+        }
+    }
 }
 
 /// What an admission holds in one scope.
 #[derive(Debug)]
 struct Held {
     scope: Arc<Scope>,
+    kind: &'static str,
     holds_slot: bool,
+    /// The scope's budget when the request reserved against it (for settling and alerts).
+    budget: Option<BudgetSpec>,
     /// Token windows `(kind, per_ms)` that later charges go to.
     token_windows: SmallVec<[(LimitKind, u64); 2]>,
 }
@@ -196,9 +254,17 @@ struct Held {
 impl Drop for Admission {
     fn drop(&mut self) {
         for held in &self.scopes {
+            // A request that ends unsettled (refused upstream, failed) costs nothing.
+            let unsettled = held.budget.is_some() && self.reserved > UsdNanos::ZERO;
+            if !held.holds_slot && !unsettled {
+                continue;
+            }
+            let mut c = held.scope.inner.lock().unwrap_or_else(|e| e.into_inner());
             if held.holds_slot {
-                let mut c = held.scope.inner.lock().unwrap_or_else(|e| e.into_inner());
                 c.in_flight = c.in_flight.saturating_sub(1);
+            }
+            if unsettled {
+                c.spend.release(self.reserved, self.reserved_at);
             }
         }
     }
@@ -211,11 +277,64 @@ pub struct MemoryLimits {
 }
 
 /// `("key", id)` or `("workload", name)`.
-type ScopeId = (&'static str, Box<str>);
+pub type ScopeId = (&'static str, Box<str>);
+
+/// What a scope had spent, as read back from storage at start-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PersistedSpend {
+    pub today: UsdNanos,
+    pub this_month: UsdNanos,
+}
+
+/// Spend figures of one scope and period, for metrics and the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeriodFigures {
+    pub period: Period,
+    pub spent: UsdNanos,
+    pub reserved: UsdNanos,
+}
 
 impl MemoryLimits {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Limits whose budgets start from what earlier runs spent today and this month (`at`).
+    pub fn with_persisted_spend(spend: HashMap<ScopeId, PersistedSpend>, at_ms: u64) -> Self {
+        let cal = Calendar::at_ms(at_ms);
+        let limits = MemoryLimits::default();
+        let mut scopes = limits.scopes.write().unwrap_or_else(|e| e.into_inner());
+        for (id, p) in spend {
+            let mut counters = ScopeCounters::default();
+            counters.spend.period(Period::Daily, cal).spent = p.today;
+            counters.spend.period(Period::Monthly, cal).spent = p.this_month;
+            scopes.insert(
+                id,
+                Arc::new(Scope {
+                    inner: Mutex::new(counters),
+                }),
+            );
+        }
+        drop(scopes);
+        limits
+    }
+
+    /// Spend of a scope today and this month, including reservations of requests in flight.
+    pub fn spend(&self, kind: &'static str, name: &str, now_ms: u64) -> [PeriodFigures; 2] {
+        let cal = Calendar::at_ms(now_ms);
+        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
+        let spend = scopes
+            .get(&(kind, Box::<str>::from(name)))
+            .map(|s| s.inner.lock().unwrap_or_else(|e| e.into_inner()).spend)
+            .unwrap_or_default();
+        Period::ALL.map(|period| {
+            let (spent, reserved) = spend.current(period, cal);
+            PeriodFigures {
+                period,
+                spent,
+                reserved,
+            }
+        })
     }
 
     fn scope(&self, scope: &ScopeRef<'_>) -> Arc<Scope> {
@@ -255,7 +374,7 @@ impl LimitState for MemoryLimits {
     fn admit(
         &self,
         scopes: &[ScopeRef<'_>],
-        token_estimate: u64,
+        demand: Demand,
         now_ms: u64,
     ) -> Result<Admission, LimitRefusal> {
         let active: SmallVec<[(&ScopeRef<'_>, Arc<Scope>); 2]> = scopes
@@ -287,13 +406,13 @@ impl LimitState for MemoryLimits {
                 if !fits {
                     let wait = counter.wait_for(now_ms, per_ms, w.limit, 1);
                     let current = refusal.get_or_insert_with(|| LimitRefusal {
-                        concurrency: false,
+                        kind: RefusalKind::Rate,
                         limit: String::new(),
                         retry_after: Duration::ZERO,
                         status: RateStatus::default(),
                     });
-                    if current.concurrency || wait > current.retry_after {
-                        current.concurrency = false;
+                    if current.kind != RefusalKind::Rate || wait > current.retry_after {
+                        current.kind = RefusalKind::Rate;
                         current.retry_after = wait;
                         current.limit =
                             format!("{} {}: {}", scope_ref.kind, scope_ref.name, w.describe());
@@ -303,7 +422,7 @@ impl LimitState for MemoryLimits {
             if let Some(max) = scope_ref.spec.max_concurrent {
                 if counters.in_flight >= max && refusal.is_none() {
                     refusal = Some(LimitRefusal {
-                        concurrency: true,
+                        kind: RefusalKind::Concurrency,
                         limit: format!(
                             "{} {}: {max} concurrent requests",
                             scope_ref.kind, scope_ref.name
@@ -311,6 +430,28 @@ impl LimitState for MemoryLimits {
                         retry_after: Duration::from_secs(1),
                         status: RateStatus::default(),
                     });
+                }
+            }
+        }
+        let cal = Calendar::at_ms(now_ms);
+        if refusal.is_none() {
+            for ((scope_ref, _), counters) in active.iter().zip(guards.iter_mut()) {
+                let Some(budget) = &scope_ref.spec.budget else {
+                    continue;
+                };
+                if let Some((period, cap)) = counters.spend.check(budget, demand.cost, cal) {
+                    refusal = Some(LimitRefusal {
+                        kind: RefusalKind::Budget,
+                        limit: format!(
+                            "{} {}: {} budget of ${cap}",
+                            scope_ref.kind,
+                            scope_ref.name,
+                            period.as_str()
+                        ),
+                        retry_after: cal.until_end(period, now_ms),
+                        status: RateStatus::default(),
+                    });
+                    break;
                 }
             }
         }
@@ -325,7 +466,7 @@ impl LimitState for MemoryLimits {
                     match w.kind {
                         LimitKind::Requests => counter.current += 1,
                         LimitKind::Tokens => {
-                            counter.current += token_estimate;
+                            counter.current += demand.tokens;
                             token_windows.push((w.kind, per_ms));
                         }
                     }
@@ -344,11 +485,21 @@ impl LimitState for MemoryLimits {
             if holds_slot {
                 counters.in_flight += 1;
             }
+            let budget = scope_ref.spec.budget.clone().filter(|_| refusal.is_none());
+            if budget.is_some() {
+                counters.spend.reserve(demand.cost, cal);
+            }
             admission.scopes.push(Held {
                 scope: scope.clone(),
+                kind: scope_ref.kind,
                 holds_slot,
+                budget,
                 token_windows,
             });
+        }
+        admission.reserved_at = cal;
+        if refusal.is_none() {
+            admission.reserved = demand.cost;
         }
         drop(guards);
         match refusal {
@@ -378,6 +529,46 @@ impl LimitState for MemoryLimits {
                 counter.current = counter.current.saturating_add_signed(delta);
             }
         }
+    }
+
+    fn settle_cost(
+        &self,
+        admission: &mut Admission,
+        actual: UsdNanos,
+        now_ms: u64,
+    ) -> SmallVec<[ScopedAlert; 1]> {
+        let mut alerts = SmallVec::new();
+        let cal = Calendar::at_ms(now_ms);
+        let reserved = std::mem::take(&mut admission.reserved);
+        for held in &mut admission.scopes {
+            let Some(budget) = held.budget.take() else {
+                continue;
+            };
+            let mut c = held.scope.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let crossed =
+                c.spend
+                    .settle(Some(&budget), reserved, admission.reserved_at, actual, cal);
+            drop(c);
+            for alert in crossed {
+                alerts.push(ScopedAlert {
+                    kind: held.kind,
+                    name: self.name_of(&held.scope),
+                    alert,
+                });
+            }
+        }
+        alerts
+    }
+}
+
+impl MemoryLimits {
+    /// The name a scope is registered under (only on the rare alert path).
+    fn name_of(&self, scope: &Arc<Scope>) -> Box<str> {
+        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
+        scopes
+            .iter()
+            .find(|(_, s)| Arc::ptr_eq(s, scope))
+            .map_or_else(|| Box::from("?"), |((_, name), _)| name.clone())
     }
 }
 
@@ -424,17 +615,21 @@ mod tests {
         }];
         let t = 1_000_000_000;
         for i in 0..3 {
-            let a = limits.admit(&scopes, 0, t).unwrap();
+            let a = limits.admit(&scopes, Demand::default(), t).unwrap();
             assert_eq!(a.status.requests.unwrap().remaining, 2 - i);
         }
-        let r = limits.admit(&scopes, 0, t).unwrap_err();
-        assert!(!r.concurrency);
+        let r = limits.admit(&scopes, Demand::default(), t).unwrap_err();
+        assert_eq!(r.kind, RefusalKind::Rate);
         assert!(r.limit.contains("key k: 3 requests per 10s"), "{}", r.limit);
         // 3 in this window: the next fits once 3 × (1 − f) + 1 ≤ 3 in the next one, f = 1/3
         assert_eq!(r.retry_after, Duration::from_millis(10_000 + 3_334));
         // it is admitted exactly when retry-after says
         assert!(limits
-            .admit(&scopes, 0, t + r.retry_after.as_millis() as u64)
+            .admit(
+                &scopes,
+                Demand::default(),
+                t + r.retry_after.as_millis() as u64
+            )
             .is_ok());
     }
 
@@ -469,15 +664,15 @@ mod tests {
                 spec: &wl,
             },
         ];
-        assert!(limits.admit(&s1, 0, t).is_ok());
+        assert!(limits.admit(&s1, Demand::default(), t).is_ok());
         assert!(limits
-            .admit(&s1, 0, t)
+            .admit(&s1, Demand::default(), t)
             .unwrap_err()
             .limit
             .starts_with("key k1"));
-        assert!(limits.admit(&s2, 0, t).is_ok());
+        assert!(limits.admit(&s2, Demand::default(), t).is_ok());
         assert!(limits
-            .admit(&s2, 0, t)
+            .admit(&s2, Demand::default(), t)
             .unwrap_err()
             .limit
             .starts_with("workload w"));
@@ -489,7 +684,7 @@ mod tests {
         }];
         assert_eq!(
             limits
-                .admit(&alone, 0, t)
+                .admit(&alone, Demand::default(), t)
                 .unwrap()
                 .status
                 .requests
@@ -508,13 +703,13 @@ mod tests {
             name: "k",
             spec: &key,
         }];
-        let a = limits.admit(&scopes, 0, 1).unwrap();
-        let b = limits.admit(&scopes, 0, 1).unwrap();
-        let r = limits.admit(&scopes, 0, 1).unwrap_err();
-        assert!(r.concurrency);
+        let a = limits.admit(&scopes, Demand::default(), 1).unwrap();
+        let b = limits.admit(&scopes, Demand::default(), 1).unwrap();
+        let r = limits.admit(&scopes, Demand::default(), 1).unwrap_err();
+        assert_eq!(r.kind, RefusalKind::Concurrency);
         assert_eq!(limits.in_flight("key", "k"), 2);
         drop(a);
-        let c = limits.admit(&scopes, 0, 1).unwrap();
+        let c = limits.admit(&scopes, Demand::default(), 1).unwrap();
         drop((b, c));
         assert_eq!(limits.in_flight("key", "k"), 0);
     }
@@ -528,9 +723,27 @@ mod tests {
             name: "k",
             spec: &key,
         }];
-        let a = limits.admit(&scopes, 10, 1_000).unwrap();
+        let a = limits
+            .admit(
+                &scopes,
+                Demand {
+                    tokens: 10,
+                    cost: UsdNanos::ZERO,
+                },
+                1_000,
+            )
+            .unwrap();
         limits.charge_tokens(&a, 150, 1_000); // the response used far more than estimated
-        let r = limits.admit(&scopes, 10, 1_000).unwrap_err();
+        let r = limits
+            .admit(
+                &scopes,
+                Demand {
+                    tokens: 10,
+                    cost: UsdNanos::ZERO,
+                },
+                1_000,
+            )
+            .unwrap_err();
         assert!(r.limit.contains("100 tokens"));
         assert_eq!(r.status.tokens.unwrap().remaining, 0);
     }
@@ -548,7 +761,7 @@ mod tests {
                         name: "k",
                         spec: &old,
                     }],
-                    0,
+                    Demand::default(),
                     t,
                 )
                 .unwrap();
@@ -562,10 +775,93 @@ mod tests {
                     name: "k",
                     spec: &raised,
                 }],
-                0,
+                Demand::default(),
                 t,
             )
             .unwrap();
         assert_eq!(a.status.requests.unwrap().remaining, 0);
+    }
+
+    fn budgeted(daily: u64) -> LimitSpec {
+        LimitSpec {
+            budget: Some(BudgetSpec {
+                daily: Some(UsdNanos(daily)),
+                monthly: None,
+                mode: budget::BudgetMode::Enforce,
+                alert_at: SmallVec::from_slice(&[500]),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn budgets_hold_reservations_and_release_unsettled_ones() {
+        let limits = MemoryLimits::new();
+        let key = budgeted(100);
+        let scopes = [ScopeRef {
+            kind: "key",
+            name: "k",
+            spec: &key,
+        }];
+        let t = 1_000_000_000_000;
+        let demand = Demand {
+            tokens: 0,
+            cost: UsdNanos(40),
+        };
+        let mut a = limits.admit(&scopes, demand, t).unwrap();
+        let b = limits.admit(&scopes, demand, t).unwrap();
+        let r = limits.admit(&scopes, demand, t).unwrap_err();
+        assert_eq!(r.kind, RefusalKind::Budget);
+        assert!(r.limit.contains("daily budget of $0.000000"), "{}", r.limit);
+        // a settles at its real cost and crosses the 50% alert; b fails and releases its hold
+        let alerts = limits.settle_cost(&mut a, UsdNanos(55), t);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!((alerts[0].kind, &*alerts[0].name), ("key", "k"));
+        drop(b);
+        let [daily, _] = limits.spend("key", "k", t);
+        assert_eq!(
+            (daily.spent, daily.reserved),
+            (UsdNanos(55), UsdNanos::ZERO)
+        );
+        // settling twice changes nothing
+        assert!(limits.settle_cost(&mut a, UsdNanos(55), t).is_empty());
+        drop(a);
+        assert_eq!(limits.spend("key", "k", t)[0].spent, UsdNanos(55));
+        assert!(limits.admit(&scopes, demand, t).is_ok());
+    }
+
+    #[test]
+    fn persisted_spend_is_where_budgets_start() {
+        let t = 1_000_000_000_000;
+        let mut persisted = HashMap::new();
+        persisted.insert(
+            ("workload", Box::<str>::from("w")),
+            PersistedSpend {
+                today: UsdNanos(90),
+                this_month: UsdNanos(500),
+            },
+        );
+        let limits = MemoryLimits::with_persisted_spend(persisted, t);
+        let wl = budgeted(100);
+        let scopes = [ScopeRef {
+            kind: "workload",
+            name: "w",
+            spec: &wl,
+        }];
+        let over = Demand {
+            tokens: 0,
+            cost: UsdNanos(11),
+        };
+        assert_eq!(
+            limits.admit(&scopes, over, t).unwrap_err().kind,
+            RefusalKind::Budget
+        );
+        let fits = Demand {
+            tokens: 0,
+            cost: UsdNanos(10),
+        };
+        assert!(limits.admit(&scopes, fits, t).is_ok());
+        let [daily, monthly] = limits.spend("workload", "w", t);
+        assert_eq!((daily.spent, monthly.spent), (UsdNanos(90), UsdNanos(500)));
     }
 }

@@ -114,6 +114,12 @@ struct Head<'a> {
     model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(borrow, default)]
+    max_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_completion_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    max_output_tokens: Option<&'a RawValue>,
 }
 
 /// What routing needs from the body.
@@ -123,9 +129,12 @@ pub struct RequestFacts {
     /// Byte range of the `model` value (quotes included) in the body, for rewriting it.
     pub model_span: (usize, usize),
     pub stream: bool,
+    /// The largest of `max_tokens`, `max_completion_tokens` and `max_output_tokens`, when the
+    /// request sets any (the budget reservation's output bound).
+    pub max_output_tokens: Option<u64>,
 }
 
-/// Extracts `model` and `stream` from a JSON object body.
+/// Extracts `model`, `stream` and the output-token bound from a JSON object body.
 pub fn inspect(body: &[u8]) -> Result<RequestFacts, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid_request(
@@ -149,6 +158,16 @@ pub fn inspect(body: &[u8]) -> Result<RequestFacts, ApiError> {
         model,
         model_span: (start, start + raw.get().len()),
         stream: head.stream.unwrap_or(false),
+        max_output_tokens: [
+            head.max_tokens,
+            head.max_completion_tokens,
+            head.max_output_tokens,
+        ]
+        .into_iter()
+        .flatten()
+        // Validating these is the provider's job; a value keygate cannot read bounds nothing.
+        .filter_map(|raw| raw.get().parse::<u64>().ok())
+        .max(),
     })
 }
 
@@ -173,6 +192,18 @@ mod tests {
         assert_eq!(f.model, "gpt-4o-mini");
         assert!(f.stream);
         assert_eq!(&body[f.model_span.0..f.model_span.1], br#""gpt-4o-mini""#);
+    }
+
+    #[test]
+    fn finds_the_output_bound() {
+        let f = inspect(br#"{"model":"m","max_tokens":100,"max_completion_tokens":300}"#).unwrap();
+        assert_eq!(f.max_output_tokens, Some(300));
+        let f = inspect(br#"{"model":"m","max_output_tokens":null,"max_tokens":"x"}"#).unwrap();
+        assert_eq!(f.max_output_tokens, None);
+        assert_eq!(
+            inspect(br#"{"model":"m"}"#).unwrap().max_output_tokens,
+            None
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use super::routes::Route;
 use crate::limits::{Admission, RateStatus};
 use crate::policy::{Key, Model, Policy};
 use crate::upstream::attempt::UpstreamAttempts;
-use crate::usage::UsageExtractor;
+use crate::usage::{UsageChunkStripper, UsageExtractor};
 use bytes::Bytes;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +38,15 @@ pub struct RequestCtx {
     pub token_estimate: u64,
     /// Reads usage from a successful response body as it streams past.
     pub usage: Option<UsageExtractor>,
+    /// keygate added `stream_options.include_usage` upstream; the client did not ask for it.
+    pub added_include_usage: bool,
+    /// Removes the usage chunk the client did not ask for from a stream it receives.
+    pub stripper: Option<UsageChunkStripper>,
+    /// When the first upstream attempt began, and when the first response body byte arrived.
+    pub upstream_started: Option<Instant>,
+    pub first_byte: Option<Instant>,
+    /// Keeps the request counted for graceful shutdown until the context drops.
+    pub in_flight: Option<crate::shutdown::InFlight>,
     /// Endpoints tried, retries and fallbacks taken, the total deadline (see `upstream::attempt`).
     pub upstream: UpstreamAttempts,
 }
@@ -61,6 +70,11 @@ impl RequestCtx {
             rate: None,
             token_estimate: 0,
             usage: None,
+            added_include_usage: false,
+            stripper: None,
+            upstream_started: None,
+            first_byte: None,
+            in_flight: None,
             upstream: UpstreamAttempts::default(),
         }
     }

@@ -23,6 +23,9 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
     /// Sent as `x-should-retry` (the OpenAI SDKs honour it over the status code).
     pub should_retry: Option<bool>,
+    /// Why keygate refused, as a metrics and audit label; `None` for failures that are not
+    /// refusals (upstream errors, internal errors).
+    pub reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -40,6 +43,7 @@ impl ApiError {
             param: None,
             retry_after: None,
             should_retry: None,
+            reason: refusal_reason(code),
         }
     }
 
@@ -202,6 +206,23 @@ impl ApiError {
             "Too many failed authentications from this address.",
         );
         e.retry_after = Some(retry_after);
+        e.reason = Some("guard");
+        e
+    }
+
+    /// OpenAI's quota error: the SDKs raise `RateLimitError` and, told `x-should-retry: false`,
+    /// do not retry a request that cannot succeed before the period ends.
+    pub fn budget_exceeded(limit: &str, resets_in: Duration) -> Self {
+        let mut e = Self::new(
+            429,
+            "insufficient_quota",
+            "budget_exceeded",
+            format!(
+                "Budget exceeded for {limit}; it resets in {}.",
+                humantime::format_duration(Duration::from_secs(resets_in.as_secs().max(1)))
+            ),
+        );
+        e.should_retry = Some(false);
         e
     }
 
@@ -250,6 +271,23 @@ impl ApiError {
         h.insert_header("content-length", body_len)?;
         Ok(h)
     }
+}
+
+/// The refusal category of an error code (the metrics' `reason` label).
+fn refusal_reason(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "missing_api_key" | "invalid_api_key" | "key_expired" | "key_paused" => "auth",
+        "model_not_allowed" | "model_not_found" => "model",
+        "operation_not_allowed" => "operation",
+        "ip_not_allowed" => "ip",
+        "rate_limit_exceeded" => "rate",
+        "concurrency_limit_exceeded" => "concurrency",
+        "budget_exceeded" => "budget",
+        "invalid_request" | "request_too_large" | "unknown_route" | "method_not_allowed" => {
+            "invalid"
+        }
+        _ => return None,
+    })
 }
 
 /// Sends `error` as the whole response, with the request id and, for a rate-limited key, the

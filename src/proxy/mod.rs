@@ -1,9 +1,11 @@
 //! The data plane: Pingora's [`ProxyHttp`] implemented as the request's journey through keygate.
 //!
-//! `request_filter` authenticates the key, authorizes the operation, reads the body and authorizes
-//! the model; `upstream_peer` routes to an endpoint of the model's provider; the upstream filters
-//! swap the virtual key for the provider credential and forward the body; the response filters
-//! pass the response through unbuffered; `logging` closes the request's books.
+//! `request_filter` authenticates the key, authorizes the operation, reads the body, authorizes
+//! the model and admits the request against its limits and budgets; `upstream_peer` routes to an
+//! endpoint of the model's provider; the upstream filters swap the virtual key for the provider
+//! credential and forward the body; the response filters pass the response through unbuffered
+//! while reading its token usage; `logging` accounts: it settles tokens and cost and hands the
+//! request's record to the accounting thread.
 
 pub mod auth;
 pub mod body;
@@ -11,13 +13,21 @@ pub mod ctx;
 pub mod errors;
 pub mod routes;
 
+use crate::accounting::{Recorder, RequestRecord};
+use crate::config::schema::Operation;
 use crate::limits::guard::AuthGuard;
-use crate::limits::{self, ip, LimitState, MemoryLimits, ScopeRef};
+use crate::limits::{self, ip, Demand, LimitState, MemoryLimits, RefusalKind, ScopeRef};
+use crate::metrics::{Metrics, RequestFigures};
 use crate::policy::{Model, Policy, PolicyStore};
+use crate::shutdown::Drain;
 use crate::upstream::attempt::{Next, Outcome};
 use crate::upstream::balance;
 use crate::upstream::state::{FailureKind, UpstreamRegistry};
-use crate::usage::{BodyKind, ContentEncoding, UsageExtractor};
+use crate::usage::cost::UsdNanos;
+use crate::usage::{
+    request_with_include_usage, BodyKind, ContentEncoding, Usage, UsageChunkStripper,
+    UsageExtractor,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::RequestCtx;
@@ -28,24 +38,40 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 use routes::{NoRoute, Route};
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
+
+/// Output tokens reserved against a budget when neither the request nor the model bounds them.
+pub const DEFAULT_OUTPUT_RESERVE: u64 = 4096;
 
 /// The keygate proxy: the live policy and the state that outlives policy snapshots.
 pub struct Gateway {
     policy: PolicyStore,
     limits: Arc<MemoryLimits>,
     guard: AuthGuard,
+    recorder: Arc<Recorder>,
+    metrics: Arc<Metrics>,
+    drain: Arc<Drain>,
     upstreams: Arc<UpstreamRegistry>,
 }
 
 impl Gateway {
-    pub fn new(policy: PolicyStore, limits: Arc<MemoryLimits>) -> Self {
+    pub fn new(
+        policy: PolicyStore,
+        limits: Arc<MemoryLimits>,
+        recorder: Arc<Recorder>,
+        metrics: Arc<Metrics>,
+        drain: Arc<Drain>,
+    ) -> Self {
         let (max_failures, per) = policy.load().auth_guard;
         Gateway {
             policy,
             limits,
             guard: AuthGuard::new(max_failures, per),
+            recorder,
+            metrics,
+            drain,
             upstreams: Arc::new(UpstreamRegistry::new()),
         }
     }
@@ -129,6 +155,7 @@ impl Gateway {
         if !key.models.contains(model.index) {
             return Err(ApiError::model_not_allowed(&facts.model));
         }
+        ctx.model = Some(model.clone());
 
         // limit: the key's and its workload's windows and concurrency caps, both at once
         let scopes = [
@@ -146,50 +173,189 @@ impl Gateway {
         let rate_limited =
             !key.limits.windows.is_empty() || !key.workload.limits.windows.is_empty();
         ctx.token_estimate = limits::estimate_prompt_tokens(body.len());
-        match self
-            .limits
-            .admit(&scopes, ctx.token_estimate, limits::now_ms())
-        {
+        let budgeted = key.limits.budget.is_some() || key.workload.limits.budget.is_some();
+        let demand = Demand {
+            tokens: ctx.token_estimate,
+            cost: match (&model.price, budgeted) {
+                (Some(price), true) => price.worst_case(
+                    ctx.token_estimate,
+                    output_reserve(operation, facts.max_output_tokens, model),
+                ),
+                _ => UsdNanos::ZERO,
+            },
+        };
+        match self.limits.admit(&scopes, demand, limits::now_ms()) {
             Ok(admission) => {
                 ctx.rate = rate_limited.then_some(admission.status);
                 ctx.admission = Some(admission);
+                self.metrics.started(&key, policy.models.len());
             }
             Err(refusal) => {
                 ctx.rate = rate_limited.then_some(refusal.status);
-                return Err(if refusal.concurrency {
-                    ApiError::concurrency_limited(&refusal.limit, refusal.retry_after)
-                } else {
-                    ApiError::rate_limited(&refusal.limit, refusal.retry_after)
+                return Err(match refusal.kind {
+                    RefusalKind::Rate => {
+                        ApiError::rate_limited(&refusal.limit, refusal.retry_after)
+                    }
+                    RefusalKind::Concurrency => {
+                        ApiError::concurrency_limited(&refusal.limit, refusal.retry_after)
+                    }
+                    RefusalKind::Budget => {
+                        ApiError::budget_exceeded(&refusal.limit, refusal.retry_after)
+                    }
                 });
             }
         }
         ctx.stream = facts.stream;
-        ctx.body = Some(match &model.upstream_model {
+        let mut body = match &model.upstream_model {
             Some(upstream) => body::rewrite_model(&body, facts.model_span, upstream),
             None => body,
-        });
-        ctx.model = Some(model.clone());
+        };
+        // Usage must be counted on every stream; ask for it, and hide it from a client that didn't.
+        if facts.stream && matches!(operation, Operation::Chat | Operation::Completions) {
+            if let Some(with_usage) = request_with_include_usage(&body) {
+                body = with_usage;
+                ctx.added_include_usage = true;
+            }
+        }
+        ctx.body = Some(body);
         Ok(None)
     }
 }
 
+/// Output tokens a request may produce, for its budget reservation: its own bound, capped by the
+/// model's, or the model's, or [`DEFAULT_OUTPUT_RESERVE`]. Embeddings produce none.
+fn output_reserve(operation: Operation, requested: Option<u64>, model: &Model) -> u64 {
+    if operation == Operation::Embeddings {
+        return 0;
+    }
+    match (requested, model.max_output_tokens) {
+        (Some(r), Some(m)) => r.min(m),
+        (Some(n), None) | (None, Some(n)) => n,
+        (None, None) => DEFAULT_OUTPUT_RESERVE,
+    }
+}
+
 impl Gateway {
-    /// Replaces the admission's token estimate with the provider's count (or, for a cut stream
-    /// without usage, the prompt estimate plus the streamed text at about four characters a token).
-    fn settle_tokens(&self, ctx: &mut RequestCtx) {
-        let Some(mut extractor) = ctx.usage.take() else {
-            return;
+    /// Settles the request's books: token windows and budgets get the real figures, and the
+    /// accounting thread gets the record.
+    fn account(&self, session: &Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let now_ms = limits::now_ms();
+        let (usage, estimated) = measured_usage(ctx);
+        let cost = match (&ctx.model, ctx.admission.is_some()) {
+            (Some(model), true) => model.price.map_or(UsdNanos::ZERO, |p| p.cost(&usage)),
+            _ => UsdNanos::ZERO,
         };
-        let Some(admission) = ctx.admission.as_ref() else {
-            return;
+        if let Some(admission) = ctx.admission.as_mut() {
+            // Tokens are charged only when a response was read; an admission without one
+            // keeps its prompt estimate, as the provider may have billed the prompt.
+            if ctx.usage.is_some() {
+                let actual = usage.prompt_tokens + usage.completion_tokens;
+                let delta = actual as i64 - ctx.token_estimate as i64;
+                self.limits.charge_tokens(admission, delta, now_ms);
+            }
+            for crossed in self.limits.settle_cost(admission, cost, now_ms) {
+                tracing::warn!(
+                    request_id = %ctx.request_id,
+                    scope = crossed.kind,
+                    name = %crossed.name,
+                    period = crossed.alert.period.as_str(),
+                    threshold = f64::from(crossed.alert.permille) / 1000.0,
+                    spent_usd = %crossed.alert.spent,
+                    budget_usd = %crossed.alert.cap,
+                    "budget alert: spend crossed a threshold"
+                );
+            }
+        }
+        let header = session.req_header();
+        let path: Cow<'static, str> = match ctx.route {
+            Some(route) => Cow::Borrowed(routes::path_of(route)),
+            None => {
+                // Unknown paths are client input: drop the query, bound the length.
+                let p = header.uri.path();
+                Cow::Owned(p.chars().take(200).collect())
+            }
         };
-        let actual = match extractor.finish() {
-            Some(u) => u.prompt_tokens + u.completion_tokens,
-            None => ctx.token_estimate + extractor.streamed_text_chars().div_ceil(4),
-        };
-        let delta = actual as i64 - ctx.token_estimate as i64;
-        self.limits
-            .charge_tokens(admission, delta, limits::now_ms());
+        let status = session.response_written().map_or(0, |h| h.status.as_u16());
+        let failure = ctx.failure.as_ref();
+        let error = failure.map(|f| f.code).or_else(|| {
+            // A stream cut after its headers went out has no keygate error, but is not a success.
+            e.map(|e| match classify(e).code {
+                "internal_error" if ctx.first_byte.is_some() => "stream_interrupted",
+                code => code,
+            })
+        });
+        let finished = std::time::Instant::now();
+        let models = ctx.policy.as_ref().map_or(0, |p| p.models.len());
+        self.metrics.finished(
+            ctx.key.as_deref(),
+            ctx.model.as_deref(),
+            models,
+            ctx.admission.is_some(),
+            &RequestFigures {
+                status,
+                refusal: failure.and_then(|f| f.reason),
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                cached_tokens: usage.cached_tokens,
+                cost_usd: cost.as_usd(),
+                duration: finished.duration_since(ctx.started),
+                upstream_duration: ctx.upstream_started.map(|t| finished.duration_since(t)),
+                time_to_first_byte: ctx
+                    .first_byte
+                    .filter(|_| ctx.stream)
+                    .map(|t| t.duration_since(ctx.started)),
+            },
+        );
+        tracing::debug!(
+            request_id = %ctx.request_id,
+            key = ctx.key.as_ref().map_or("-", |k| k.id.as_str()),
+            model = ctx.model.as_ref().map_or("-", |m| m.name.as_str()),
+            status,
+            error = error.unwrap_or("-"),
+            elapsed_us = finished.duration_since(ctx.started).as_micros() as u64,
+            "request done"
+        );
+        self.recorder.record(RequestRecord {
+            finished_at_ms: now_ms,
+            request_id: std::mem::take(&mut ctx.request_id),
+            key: ctx.key.clone(),
+            client_ip: ctx.client_ip,
+            method: header.method.clone(),
+            path,
+            model: ctx.model.clone(),
+            endpoint: ctx.endpoint,
+            stream: ctx.stream,
+            status,
+            usage,
+            cost,
+            estimated,
+            billable: ctx.admission.is_some(),
+            latency: finished.duration_since(ctx.started),
+            ttfb: ctx.first_byte.map(|t| t.duration_since(ctx.started)),
+            refusal: failure.and_then(|f| f.reason),
+            error,
+        });
+    }
+}
+
+/// The request's token usage: the provider's own count when the response carried one; for a
+/// response cut before its usage (or without one), the prompt estimate plus the streamed text at
+/// about four characters a token, marked estimated. Requests without a successful response used
+/// nothing.
+fn measured_usage(ctx: &mut RequestCtx) -> (Usage, bool) {
+    let Some(extractor) = ctx.usage.as_mut() else {
+        return (Usage::default(), false);
+    };
+    match extractor.finish() {
+        Some(usage) => (usage, false),
+        None => (
+            Usage {
+                prompt_tokens: ctx.token_estimate,
+                completion_tokens: extractor.streamed_text_chars().div_ceil(4),
+                cached_tokens: 0,
+            },
+            true,
+        ),
     }
 }
 
@@ -263,6 +429,7 @@ impl ProxyHttp for Gateway {
 
     /// Authenticate, authorize and read the request; answer refusals and `/v1/models` directly.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.in_flight = Some(self.drain.track());
         ctx.request_id = ctx::request_id(
             session
                 .req_header()
@@ -299,6 +466,8 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        ctx.upstream_started
+            .get_or_insert_with(std::time::Instant::now);
         loop {
             if let Some(fallback) = ctx.upstream.take_fallback() {
                 self.switch_model(ctx, fallback)?;
@@ -513,6 +682,10 @@ impl ProxyHttp for Gateway {
         upstream.remove_header(&http::header::EXPECT);
         let body_len = ctx.body.as_ref().map_or(0, Bytes::len);
         upstream.insert_header(http::header::CONTENT_LENGTH, body_len)?;
+        if ctx.added_include_usage {
+            // The usage chunk is removed from the stream on its way back, which needs plain bytes.
+            upstream.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
+        }
         if !endpoint.base_path.is_empty() {
             let path_and_query = upstream.uri.path_and_query().map_or("/", |pq| pq.as_str());
             let uri: http::Uri = format!("{}{}", endpoint.base_path, path_and_query)
@@ -569,6 +742,11 @@ impl ProxyHttp for Gateway {
                     BodyKind::Json
                 };
                 ctx.usage = Some(UsageExtractor::new(kind, encoding));
+                if ctx.added_include_usage && is_sse && encoding == ContentEncoding::Identity {
+                    ctx.stripper = Some(UsageChunkStripper::new());
+                    // The client receives fewer bytes than the provider sent.
+                    upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+                }
             }
         }
         Ok(())
@@ -582,11 +760,27 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if let (Some(extractor), Some(chunk)) = (ctx.usage.as_mut(), body.as_ref()) {
-            extractor.feed(chunk);
+        if let Some(chunk) = body.as_ref() {
+            if ctx.first_byte.is_none() && !chunk.is_empty() {
+                ctx.first_byte = Some(std::time::Instant::now());
+            }
+            if let Some(extractor) = ctx.usage.as_mut() {
+                extractor.feed(chunk);
+            }
         }
-        if end_of_stream {
-            self.settle_tokens(ctx);
+        if let Some(stripper) = ctx.stripper.as_mut() {
+            let mut out = body.take().map(|chunk| stripper.filter(&chunk));
+            if end_of_stream {
+                let rest = stripper.finish();
+                if !rest.is_empty() {
+                    out = Some(match out {
+                        Some(head) if !head.is_empty() => [head, rest].concat().into(),
+                        _ => rest,
+                    });
+                }
+            }
+            // An empty chunk would read as the end of a chunked body: send nothing instead.
+            *body = out.filter(|b| !b.is_empty());
         }
         Ok(None)
     }
@@ -625,20 +819,12 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Account: settle tokens and cost (a cut stream is charged what was seen) and book the request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        // A cut stream never reached end_of_stream: charge what was seen.
-        self.settle_tokens(ctx);
-        let status = session.response_written().map_or(0, |h| h.status.as_u16());
-        tracing::debug!(
-            request_id = %ctx.request_id,
-            key = ctx.key.as_ref().map_or("-", |k| k.id.as_str()),
-            model = ctx.model.as_ref().map_or("-", |m| m.name.as_str()),
-            status,
-            refusal = ctx.failure.as_ref().map_or("-", |f| f.code),
-            error = e.map(|e| e.to_string()).unwrap_or_default(),
-            elapsed_us = ctx.started.elapsed().as_micros() as u64,
-            "request done"
-        );
+        if let Some(e) = e {
+            tracing::debug!(request_id = %ctx.request_id, error = %e, "request failed");
+        }
+        self.account(session, e, ctx);
     }
 }
 

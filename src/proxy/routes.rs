@@ -18,6 +18,17 @@ pub enum NoRoute {
     WrongMethod,
 }
 
+/// The canonical path of a route, for logs.
+pub fn path_of(route: Route) -> &'static str {
+    match route {
+        Route::Proxy(Operation::Chat) => "/v1/chat/completions",
+        Route::Proxy(Operation::Completions) => "/v1/completions",
+        Route::Proxy(Operation::Embeddings) => "/v1/embeddings",
+        Route::Proxy(Operation::Responses) => "/v1/responses",
+        Route::ListModels => "/v1/models",
+    }
+}
+
 pub fn route(method: &http::Method, path: &str) -> Result<Route, NoRoute> {
     let path = path.split_once('?').map_or(path, |(p, _)| p);
     let path = path.strip_suffix('/').unwrap_or(path);

@@ -8,8 +8,10 @@
 //! client. Pricing, budgets and metrics built on these numbers live elsewhere.
 //!
 //! - [`extract`]: [`UsageExtractor`], [`UsageChunkStripper`], [`request_with_include_usage`];
+//! - [`cost`]: prices and costs in integer nano-dollars;
 //! - `decode`: the streaming content decoders behind [`ContentEncoding`].
 
+pub mod cost;
 mod decode;
 pub mod extract;
 

@@ -1,0 +1,74 @@
+//! State backends: where usage and spend outlive the process.
+//!
+//! Live counters (windows, concurrency, budget spend and reservations) sit behind
+//! [`crate::limits::LimitState`]; this module holds what is persisted underneath them: per-day
+//! usage totals in SQLite ([`sqlite::UsageDb`]), written in batches by the accounting thread and
+//! read back at start-up so budgets resume from the recorded spend, and by the usage reports.
+
+pub mod sqlite;
+
+use crate::usage::cost::UsdNanos;
+use chrono::NaiveDate;
+use serde::Serialize;
+
+/// Totals of one (day, key, workload, model) row, or of a batch headed for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DayUsage {
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    pub cost: UsdNanos,
+    /// Requests whose token counts were estimated (cut streams without a usage report).
+    pub estimated_requests: u64,
+}
+
+/// Which rows a report covers.
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    pub key: Option<String>,
+    pub workload: Option<String>,
+    /// Inclusive UTC days.
+    pub since: Option<NaiveDate>,
+    pub until: Option<NaiveDate>,
+}
+
+/// How a report groups its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UsageGroup {
+    Day,
+    Model,
+    Key,
+    Workload,
+}
+
+impl UsageGroup {
+    pub fn parse(text: &str) -> Option<UsageGroup> {
+        match text {
+            "day" => Some(UsageGroup::Day),
+            "model" => Some(UsageGroup::Model),
+            "key" => Some(UsageGroup::Key),
+            "workload" => Some(UsageGroup::Workload),
+            _ => None,
+        }
+    }
+}
+
+/// One line of a usage report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportRow {
+    /// The day, model, key or workload of this row; `total` when ungrouped.
+    pub group: String,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cached_tokens: u64,
+    #[serde(rename = "cost_usd", serialize_with = "usd")]
+    pub cost: UsdNanos,
+    pub estimated_requests: u64,
+}
+
+/// Dollars as a JSON number with the integer's precision (nano-dollars: nine decimals).
+pub fn usd<S: serde::Serializer>(amount: &UsdNanos, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(amount.as_usd())
+}

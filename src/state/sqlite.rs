@@ -1,0 +1,368 @@
+//! Usage persisted in SQLite: one row per UTC day, key, workload and model, with request, token
+//! and cost totals. Rows are added to in batched transactions by the accounting thread; reports
+//! and the spend budgets start from are read back with plain SQL, so operators can query the same
+//! file with the `sqlite3` shell.
+//!
+//! The database runs in WAL mode with `synchronous=NORMAL`: a committed batch survives the
+//! process being killed (only a power loss can drop the last commits), and readers such as
+//! `keygate usage` never block the writer.
+
+use super::{DayUsage, ReportRow, UsageFilter, UsageGroup};
+use crate::limits::{PersistedSpend, ScopeId};
+use crate::usage::cost::UsdNanos;
+use chrono::NaiveDate;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The database file inside `state_dir`.
+pub const DB_FILE: &str = "usage.db";
+
+const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create the state directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("usage database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("usage database {path} has schema version {found}; this keygate knows version {SCHEMA_VERSION}")]
+    Schema { path: PathBuf, found: i64 },
+    #[error("no usage database at {0} (the gateway creates it on its first start)")]
+    Missing(PathBuf),
+}
+
+/// A connection to the usage database.
+pub struct UsageDb {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl UsageDb {
+    /// Opens (creating if needed) the database in `state_dir` for writing.
+    pub fn open(state_dir: &Path) -> Result<UsageDb, StateError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StateError::CreateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let path = state_dir.join(DB_FILE);
+        let conn = Connection::open(&path).map_err(|source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let db = UsageDb { conn, path };
+        db.init().map_err(|source| db.error(source))?;
+        db.check_version()?;
+        Ok(db)
+    }
+
+    /// Opens an existing database read-only (reports while the gateway runs).
+    pub fn open_read_only(state_dir: &Path) -> Result<UsageDb, StateError> {
+        let path = state_dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(StateError::Missing(path));
+        }
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        })?;
+        let db = UsageDb { conn, path };
+        db.conn
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(|e| db.error(e))?;
+        db.check_version()?;
+        Ok(db)
+    }
+
+    fn error(&self, source: rusqlite::Error) -> StateError {
+        StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn init(&self) -> rusqlite::Result<()> {
+        self.conn.busy_timeout(Duration::from_secs(5))?;
+        self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT OR IGNORE INTO meta (name, value) VALUES ('schema_version', 1);
+             CREATE TABLE IF NOT EXISTS usage_daily (
+                 day TEXT NOT NULL,                 -- YYYY-MM-DD, UTC
+                 key_id TEXT NOT NULL,
+                 workload TEXT NOT NULL,
+                 model TEXT NOT NULL,
+                 requests INTEGER NOT NULL,
+                 prompt_tokens INTEGER NOT NULL,
+                 completion_tokens INTEGER NOT NULL,
+                 cached_tokens INTEGER NOT NULL,
+                 cost_nanos INTEGER NOT NULL,       -- USD × 10^9
+                 estimated_requests INTEGER NOT NULL,
+                 PRIMARY KEY (day, key_id, workload, model)
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS usage_daily_by_workload ON usage_daily (workload, day);",
+        )
+    }
+
+    fn check_version(&self) -> Result<(), StateError> {
+        let found: i64 = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = 'schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.error(e))?
+            .unwrap_or(SCHEMA_VERSION);
+        if found != SCHEMA_VERSION {
+            return Err(StateError::Schema {
+                path: self.path.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds a batch of per-day totals in one transaction.
+    pub fn add(&mut self, batch: &HashMap<DayKey, DayUsage>) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let err = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO usage_daily (day, key_id, workload, model, requests, prompt_tokens,
+                         completion_tokens, cached_tokens, cost_nanos, estimated_requests)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     ON CONFLICT (day, key_id, workload, model) DO UPDATE SET
+                         requests = requests + excluded.requests,
+                         prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                         completion_tokens = completion_tokens + excluded.completion_tokens,
+                         cached_tokens = cached_tokens + excluded.cached_tokens,
+                         cost_nanos = cost_nanos + excluded.cost_nanos,
+                         estimated_requests = estimated_requests + excluded.estimated_requests",
+                )
+                .map_err(err)?;
+            for (k, u) in batch {
+                upsert
+                    .execute(params![
+                        k.day.format("%Y-%m-%d").to_string(),
+                        &*k.key_id,
+                        &*k.workload,
+                        &*k.model,
+                        sql_int(u.requests),
+                        sql_int(u.prompt_tokens),
+                        sql_int(u.completion_tokens),
+                        sql_int(u.cached_tokens),
+                        sql_int(u.cost.0),
+                        sql_int(u.estimated_requests),
+                    ])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// What every key and workload spent on `today` and in the month starting `month_start`.
+    pub fn spend(
+        &self,
+        today: NaiveDate,
+        month_start: NaiveDate,
+    ) -> Result<HashMap<ScopeId, PersistedSpend>, StateError> {
+        let mut out = HashMap::new();
+        let today = today.format("%Y-%m-%d").to_string();
+        let month_start = month_start.format("%Y-%m-%d").to_string();
+        for (kind, column) in [("key", "key_id"), ("workload", "workload")] {
+            let mut stmt = self
+                .conn
+                .prepare(&format!(
+                    "SELECT {column},
+                            SUM(CASE WHEN day = ?1 THEN cost_nanos ELSE 0 END),
+                            SUM(cost_nanos)
+                     FROM usage_daily WHERE day >= ?2 GROUP BY {column}"
+                ))
+                .map_err(|e| self.error(e))?;
+            let rows = stmt
+                .query_map(params![today, month_start], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(|e| self.error(e))?;
+            for row in rows {
+                let (name, day, month) = row.map_err(|e| self.error(e))?;
+                out.insert(
+                    (kind, name.into_boxed_str()),
+                    PersistedSpend {
+                        today: UsdNanos(day.max(0) as u64),
+                        this_month: UsdNanos(month.max(0) as u64),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Totals matching `filter`, grouped by `group` (or one total row), in group order.
+    pub fn report(
+        &self,
+        filter: &UsageFilter,
+        group: Option<UsageGroup>,
+    ) -> Result<Vec<ReportRow>, StateError> {
+        let column = match group {
+            Some(UsageGroup::Day) => "day",
+            Some(UsageGroup::Model) => "model",
+            Some(UsageGroup::Key) => "key_id",
+            Some(UsageGroup::Workload) => "workload",
+            None => "'total'",
+        };
+        let sql = format!(
+            "SELECT {column}, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens),
+                    SUM(cached_tokens), SUM(cost_nanos), SUM(estimated_requests)
+             FROM usage_daily
+             WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR workload = ?2)
+               AND (?3 IS NULL OR day >= ?3) AND (?4 IS NULL OR day <= ?4)
+             GROUP BY 1 HAVING COUNT(*) > 0 ORDER BY 1"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.error(e))?;
+        let date = |d: Option<NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
+        let rows = stmt
+            .query_map(
+                params![
+                    filter.key.as_deref(),
+                    filter.workload.as_deref(),
+                    date(filter.since),
+                    date(filter.until),
+                ],
+                |r| {
+                    let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                    Ok(ReportRow {
+                        group: r.get(0)?,
+                        requests: n(1)?,
+                        prompt_tokens: n(2)?,
+                        completion_tokens: n(3)?,
+                        cached_tokens: n(4)?,
+                        cost: UsdNanos(n(5)?),
+                        estimated_requests: n(6)?,
+                    })
+                },
+            )
+            .map_err(|e| self.error(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.error(e))
+    }
+}
+
+/// SQLite integers are signed; counts beyond `i64::MAX` cannot happen in practice but never wrap.
+fn sql_int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The identity of one persisted row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DayKey {
+    pub day: NaiveDate,
+    pub key_id: Box<str>,
+    pub workload: Box<str>,
+    pub model: Box<str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(s: &str) -> NaiveDate {
+        s.parse().unwrap()
+    }
+
+    fn row(d: &str, key: &str, workload: &str, model: &str) -> DayKey {
+        DayKey {
+            day: day(d),
+            key_id: key.into(),
+            workload: workload.into(),
+            model: model.into(),
+        }
+    }
+
+    fn usage(requests: u64, cost: u64) -> DayUsage {
+        DayUsage {
+            requests,
+            prompt_tokens: requests * 10,
+            completion_tokens: requests * 5,
+            cached_tokens: 0,
+            cost: UsdNanos(cost),
+            estimated_requests: 0,
+        }
+    }
+
+    #[test]
+    fn batches_add_up_and_spend_reads_back_per_scope() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = UsageDb::open(dir.path()).unwrap();
+        let mut batch = HashMap::new();
+        batch.insert(row("2026-11-01", "a", "w", "m1"), usage(2, 100));
+        batch.insert(row("2026-11-23", "a", "w", "m1"), usage(1, 10));
+        batch.insert(row("2026-11-23", "b", "w", "m2"), usage(3, 30));
+        batch.insert(row("2026-10-31", "a", "w", "m1"), usage(9, 9000));
+        db.add(&batch).unwrap();
+        db.add(&batch).unwrap();
+        drop(db);
+
+        let db = UsageDb::open_read_only(dir.path()).unwrap();
+        let spend = db.spend(day("2026-11-23"), day("2026-11-01")).unwrap();
+        let get = |k: &'static str, n: &str| spend[&(k, Box::<str>::from(n))];
+        assert_eq!(get("key", "a").today, UsdNanos(20));
+        assert_eq!(get("key", "a").this_month, UsdNanos(220));
+        assert_eq!(get("workload", "w").this_month, UsdNanos(280));
+
+        let by_model = db
+            .report(
+                &UsageFilter {
+                    since: Some(day("2026-11-01")),
+                    ..Default::default()
+                },
+                Some(UsageGroup::Model),
+            )
+            .unwrap();
+        let got: Vec<_> = by_model
+            .iter()
+            .map(|r| (r.group.as_str(), r.requests, r.cost))
+            .collect();
+        assert_eq!(got, [("m1", 6, UsdNanos(220)), ("m2", 6, UsdNanos(60))]);
+        let total = db
+            .report(
+                &UsageFilter {
+                    key: Some("a".into()),
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap();
+        assert_eq!(total[0].requests, 24);
+        assert_eq!(total[0].prompt_tokens, 240);
+    }
+
+    #[test]
+    fn a_missing_database_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = UsageDb::open_read_only(dir.path()).err().unwrap();
+        assert!(e.to_string().contains("no usage database"), "{e}");
+    }
+}
