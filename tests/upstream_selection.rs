@@ -762,3 +762,70 @@ async fn p2c_latency_prefers_the_faster_endpoint() {
         "the slow endpoint still gets sampled: slow {s}, fast {f}"
     );
 }
+
+/// The audit log's lines once `n` requests are booked.
+async fn audit(gw: &TestGateway, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        gw.running.as_ref().unwrap().handles.recorder.flush();
+        let text = std::fs::read_to_string(gw.dir.path().join("audit.jsonl")).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+            .collect();
+        if lines.len() >= n || Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fallback_is_accounted_to_the_model_that_answered_and_a_cut_stream_as_estimated() {
+    let down = MockUpstream::start(
+        "down",
+        Reply::Json {
+            status: 503,
+            body: json!({"error": {"message": "overloaded"}}),
+        },
+    )
+    .await;
+    let backup = MockUpstream::start("backup", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("both", "");
+    let gw = TestGateway::start(
+        &format!(
+            "audit_log: audit.jsonl\n{}",
+            with_fallback(&down.url(), &backup.url(), "")
+        ),
+        &[("k".into(), yaml)],
+    );
+    let r = post(&gw, &secret, &chat("primary")).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let lines = audit(&gw, 1).await;
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["model"], "backup");
+    assert_eq!(lines[0]["provider"], "p2");
+    assert_eq!(lines[0]["endpoint"], backup.url());
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["prompt_tokens"], 7);
+
+    // a stream reset mid-way: no retry, and charged as estimated
+    down.set_reply(Reply::SseThenReset {
+        events: sse_events(2),
+        interval: Duration::from_millis(30),
+    });
+    let mut body = chat("primary");
+    body["stream"] = json!(true);
+    let r = post(&gw, &secret, &body).await;
+    assert!(read_stream(r).await.is_err());
+    let lines = audit(&gw, 2).await;
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["model"], "primary");
+    assert_eq!(lines[1]["estimated"], true);
+    assert_eq!(
+        backup.request_count(),
+        1,
+        "no fallback after the first byte"
+    );
+}
