@@ -169,3 +169,113 @@ impl UpstreamAttempts {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, LoadOptions};
+
+    /// `a` on p1 (two endpoints, one retry) falls back to `b` then `c`; the key may use a and c.
+    fn policy() -> (tempfile::TempDir, Arc<Policy>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("keys.d")).unwrap();
+        let s = crate::keys::secret::generate().unwrap();
+        std::fs::write(
+            dir.path().join("keys.d/k.yaml"),
+            format!("hash: \"{}\"\nworkload: w\n", s.digest),
+        )
+        .unwrap();
+        let config = r#"listen: 127.0.0.1:1
+providers:
+  p1:
+    format: openai
+    retries: 1
+    endpoints: [{url: "http://127.0.0.1:2"}, {url: "http://127.0.0.1:3"}]
+  p2:
+    format: openai
+    endpoints: [{url: "http://127.0.0.1:4"}]
+models:
+  a: {provider: p1, fallbacks: [b, c]}
+  b: {provider: p2}
+  c: {provider: p2}
+workloads:
+  w: {models: [a, c]}
+"#;
+        let path = dir.path().join("keygate.yaml");
+        std::fs::write(&path, config).unwrap();
+        let policy = config::load(&path, LoadOptions { resolve_dns: false }).unwrap();
+        (dir, Arc::new(policy))
+    }
+
+    #[test]
+    fn retries_then_the_first_fallback_the_key_may_use() {
+        let (_dir, policy) = policy();
+        let key = policy.keys_by_id["k"].clone();
+        let a = policy.model("a").unwrap().clone();
+        let registry = super::super::state::UpstreamRegistry::new();
+        let states = registry.states(&a.provider);
+        let mut up = UpstreamAttempts::default();
+        up.start_model(&a, Instant::now());
+        up.begin(0, &states[0], false);
+        let decide =
+            |up: &mut UpstreamAttempts, o| up.after_failure(o, &a.provider, &policy, Some(&key));
+        assert_eq!(decide(&mut up, Outcome::ConnectFailed), Next::Retry);
+        up.begin(1, &states[1], false);
+        // the one retry is spent and both endpoints tried: `b` is not allowed, so `c`
+        assert_eq!(decide(&mut up, Outcome::ResetEarly), Next::Fallback);
+        assert_eq!(up.take_fallback().map(|m| m.name.clone()), Some("c".into()));
+        assert_eq!(states[0].stats().retries, 1);
+        // nothing is left after `c`
+        assert_eq!(decide(&mut up, Outcome::Status(503)), Next::GiveUp);
+    }
+
+    #[test]
+    fn timeouts_and_statuses_go_straight_to_a_fallback() {
+        let (_dir, policy) = policy();
+        let key = policy.keys_by_id["k"].clone();
+        let a = policy.model("a").unwrap().clone();
+        let registry = super::super::state::UpstreamRegistry::new();
+        let states = registry.states(&a.provider);
+        for outcome in [Outcome::Timeout, Outcome::Status(429), Outcome::Status(502)] {
+            let mut up = UpstreamAttempts::default();
+            up.start_model(&a, Instant::now());
+            up.begin(0, &states[0], false);
+            assert_eq!(
+                up.after_failure(outcome, &a.provider, &policy, Some(&key)),
+                Next::Fallback,
+                "{outcome:?}"
+            );
+            assert_eq!(up.fallbacks_taken, 1);
+        }
+        // without a key (cannot happen past admission) nothing is allowed
+        let mut up = UpstreamAttempts::default();
+        up.start_model(&a, Instant::now());
+        assert_eq!(
+            up.after_failure(Outcome::Timeout, &a.provider, &policy, None),
+            Next::GiveUp
+        );
+    }
+
+    #[test]
+    fn a_stale_pooled_connection_retries_the_same_endpoint_a_few_times() {
+        let (_dir, policy) = policy();
+        let key = policy.keys_by_id["k"].clone();
+        let b = policy.model("b").unwrap().clone();
+        let registry = super::super::state::UpstreamRegistry::new();
+        let states = registry.states(&b.provider);
+        let mut up = UpstreamAttempts::default();
+        up.start_model(&b, Instant::now());
+        for _ in 0..MAX_STALE_RETRIES {
+            up.begin(0, &states[0], false);
+            let next = up.after_failure(Outcome::StaleConnection, &b.provider, &policy, Some(&key));
+            assert_eq!(next, Next::Retry);
+            assert!(!up.tried.contains(0), "the endpoint may be picked again");
+        }
+        up.begin(0, &states[0], false);
+        // `b` has no fallbacks and its only endpoint is tried
+        assert_eq!(
+            up.after_failure(Outcome::StaleConnection, &b.provider, &policy, Some(&key)),
+            Next::GiveUp
+        );
+    }
+}
