@@ -87,6 +87,7 @@ pub struct AdminApi {
     /// Live budget spend and reservations.
     pub limits: Arc<MemoryLimits>,
     pub drain: Arc<crate::shutdown::Drain>,
+    pub upstreams: Arc<crate::upstream::state::UpstreamRegistry>,
 }
 
 type Reply = (StatusCode, Value);
@@ -106,6 +107,7 @@ impl ServeHttp for AdminApi {
         if method == Method::GET && path == "/metrics" {
             self.metrics
                 .refresh_budgets(&self.reloader.store().load(), &self.limits);
+            self.metrics.refresh_upstreams(&self.upstreams);
             return build(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

@@ -428,6 +428,54 @@ impl Metrics {
         }
     }
 
+    /// Publishes the upstream registry's counters (health, errors, retries, connections,
+    /// fallbacks) at scrape time; the request path only bumps the registry's own atomics.
+    pub fn refresh_upstreams(&self, upstreams: &crate::upstream::state::UpstreamRegistry) {
+        fn set(c: &IntCounter, v: u64) {
+            c.reset();
+            c.inc_by(v);
+        }
+        let mut retries: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut connections: std::collections::BTreeMap<(String, bool), u64> = Default::default();
+        for e in upstreams.snapshot() {
+            let (p, u) = (e.provider.as_str(), e.url.as_str());
+            self.upstream_health
+                .with_label_values(&[p, u])
+                .set(i64::from(e.healthy()));
+            for (kind, n) in [
+                ("connect", e.errors_connect),
+                ("timeout", e.errors_timeout),
+                ("reset", e.errors_reset),
+                ("5xx", e.errors_5xx),
+            ] {
+                set(&self.upstream_errors.with_label_values(&[p, u, kind]), n);
+            }
+            *retries.entry(e.provider.clone()).or_default() += e.retries;
+            *connections.entry((e.provider.clone(), false)).or_default() += e.connections_new;
+            *connections.entry((e.provider, true)).or_default() += e.connections_reused;
+        }
+        for (p, n) in retries {
+            set(&self.upstream_retries.with_label_values(&[p.as_str()]), n);
+        }
+        for ((p, reused), n) in connections {
+            let reused = if reused { "true" } else { "false" };
+            set(
+                &self
+                    .upstream_connections
+                    .with_label_values(&[p.as_str(), reused]),
+                n,
+            );
+        }
+        for (primary, fallback, n) in upstreams.fallbacks() {
+            set(
+                &self
+                    .fallbacks
+                    .with_label_values(&[primary.as_str(), fallback.as_str()]),
+                n,
+            );
+        }
+    }
+
     /// Names of every metric family this registry exports (whether or not it has series yet).
     pub fn family_names(&self) -> Vec<String> {
         let mut names: Vec<String> = [

@@ -81,6 +81,15 @@ pub struct Model {
     pub max_output_tokens: Option<u64>,
     /// This model's metric handles, resolved on first use.
     pub metrics: OnceLock<crate::metrics::ModelHandles>,
+    /// Indices of the models tried, in order, when this one fails (see `upstream::attempt`).
+    pub fallbacks: Vec<usize>,
+}
+
+impl Model {
+    /// The model name the provider is sent.
+    pub fn upstream_name(&self) -> &str {
+        self.upstream_model.as_deref().unwrap_or(&self.name)
+    }
 }
 
 #[derive(Debug)]

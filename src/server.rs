@@ -1,6 +1,6 @@
 //! Assembling the Pingora server: the data-plane proxy, the embedded mock provider when the policy
 //! asks for it, the accounting sinks (usage database, audit log), and background upkeep (DNS
-//! refresh, flushing accounting on shutdown). The binary runs it until a signal; tests run
+//! refresh, upstream health checks, flushing accounting on shutdown). The binary runs it until a signal; tests run
 //! it in-process on a thread and stop it with [`RunningGateway::shutdown`].
 
 use crate::accounting::audit::AuditWriter;
@@ -15,6 +15,8 @@ use crate::proxy::Gateway;
 use crate::reload::{PolicyWatcher, Reloader};
 use crate::shutdown::{Drain, Lifecycle};
 use crate::state::sqlite::{StateError, UsageDb};
+use crate::upstream::health::HealthChecks;
+use crate::upstream::state::UpstreamRegistry;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
@@ -55,6 +57,8 @@ pub struct Handles {
     pub limits: Arc<MemoryLimits>,
     pub metrics: Arc<Metrics>,
     pub drain: Arc<Drain>,
+    /// Endpoint health, load and counters, kept across reloads.
+    pub upstreams: Arc<UpstreamRegistry>,
 }
 
 /// How long `/readyz` reports draining on SIGTERM before the listeners close.
@@ -115,6 +119,7 @@ pub fn build_with(
     exit_when_drained: bool,
 ) -> Result<(Server, Handles), ServeError> {
     let policy = store.load_full();
+    let upstreams = Arc::new(UpstreamRegistry::new());
     let metrics = Arc::new(Metrics::new());
     let drain = Arc::new(Drain::default());
     let (limits, recorder) = open_accounting(&policy)?;
@@ -143,7 +148,8 @@ pub fn build_with(
             recorder.clone(),
             metrics.clone(),
             drain.clone(),
-        ),
+        )
+        .with_upstreams(upstreams.clone()),
         "keygate data plane",
     );
     proxy.add_tcp(&policy.listen.to_string());
@@ -168,6 +174,7 @@ pub fn build_with(
             token: admin_token,
             limits: limits.clone(),
             drain: drain.clone(),
+            upstreams: upstreams.clone(),
         };
         let mut admin = Service::new("keygate admin".to_owned(), HttpServer::new_app(app));
         admin.add_tcp(&admin_listen.to_string());
@@ -184,6 +191,13 @@ pub fn build_with(
         "keygate dns refresh",
         DnsRefresh {
             store: store.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "keygate health checks",
+        HealthChecks {
+            store: store.clone(),
+            registry: upstreams.clone(),
         },
     ));
     server.add_service(background_service(
@@ -204,6 +218,7 @@ pub fn build_with(
             limits,
             metrics,
             drain,
+            upstreams,
         },
     ))
 }

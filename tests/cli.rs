@@ -48,6 +48,11 @@ fn check(config: &str, keys: &[(&str, &str)]) -> (bool, String) {
     )
 }
 
+/// BASE with `lines` added to provider p1.
+fn with_provider_lines(lines: &str) -> String {
+    BASE.replace("weight: 1}\n", &format!("weight: 1}}\n{lines}"))
+}
+
 fn key(workload: &str, extra: &str) -> String {
     format!("hash: \"{GOOD_HASH}\"\nworkload: {workload}\n{extra}")
 }
@@ -187,6 +192,116 @@ fn check_reports_every_bad_policy_case_with_file_and_field() {
             BASE.to_owned(),
             vec![("k1", key("w1", "secret: oops\n"))],
             vec!["k1.yaml", "unknown field `secret`"],
+        ),
+        (
+            "unknown balance mode",
+            with_provider_lines("    balance: random\n"),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "providers.p1.balance",
+                "unknown variant `random`",
+            ],
+        ),
+        (
+            "negative retries",
+            with_provider_lines("    retries: -1\n"),
+            vec![],
+            vec!["keygate.yaml", "providers.p1.retries", "from 0 to 10"],
+        ),
+        (
+            "too many retries",
+            with_provider_lines("    retries: 99\n"),
+            vec![],
+            vec!["keygate.yaml", "providers.p1.retries", "from 0 to 10"],
+        ),
+        (
+            "health check path without slash",
+            with_provider_lines("    health_check: {path: health}\n"),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "providers.p1.health_check.path",
+                "starting with `/`",
+            ],
+        ),
+        (
+            "health check interval too short",
+            with_provider_lines("    health_check: {path: /health, interval: 10ms}\n"),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "providers.p1.health_check.interval",
+                "between 100ms and 1h",
+            ],
+        ),
+        (
+            "health check threshold zero",
+            with_provider_lines("    health_check: {path: /health, unhealthy_after: 0}\n"),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "providers.p1.health_check.unhealthy_after",
+                "from 1 to 100",
+            ],
+        ),
+        (
+            "health check unknown field",
+            with_provider_lines("    health_check: {path: /health, timeout: 1s}\n"),
+            vec![],
+            vec!["keygate.yaml", "health_check", "unknown field `timeout`"],
+        ),
+        (
+            "bad first_byte timeout",
+            with_provider_lines("    timeouts: {first_byte: soon}\n"),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "providers.p1.timeouts.first_byte",
+                "not a duration",
+            ],
+        ),
+        (
+            "zero total timeout",
+            with_provider_lines("    timeouts: {total: 0s}\n"),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "providers.p1.timeouts.total",
+                "greater than zero",
+            ],
+        ),
+        (
+            "first_byte longer than total",
+            with_provider_lines("    timeouts: {first_byte: 2m, total: 1m}\n"),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "providers.p1.timeouts.first_byte",
+                "longer than `timeouts.total`",
+            ],
+        ),
+        (
+            "unknown fallback",
+            BASE.replace(
+                "    provider: p1\n",
+                "    provider: p1\n    fallbacks: [ghost]\n",
+            ),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "models.m1.fallbacks[0]",
+                "unknown model `ghost`",
+            ],
+        ),
+        (
+            "self fallback",
+            BASE.replace(
+                "    provider: p1\n",
+                "    provider: p1\n    fallbacks: [m1]\n",
+            ),
+            vec![],
+            vec!["keygate.yaml", "models.m1.fallbacks[0]", "its own fallback"],
         ),
     ];
     for (name, config, keys, expect) in cases {
@@ -358,4 +473,17 @@ fn lifecycle_commands_edit_one_file_and_audit_the_cli_user() {
     assert!(actions
         .iter()
         .all(|a| a["actor"] == "cli:alice" && a["key_id"] == "k"));
+}
+
+#[test]
+fn check_accepts_every_upstream_selection_field() {
+    let config = with_provider_lines(
+        "    balance: p2c_latency\n    retries: 3\n    health_check: {path: /health, interval: 5s, unhealthy_after: 3, healthy_after: 2}\n    timeouts: {connect: 2s, first_byte: 60s, idle: 30s, total: 600s}\n",
+    )
+    .replace(
+        "models:\n  m1:\n    provider: p1\n",
+        "models:\n  m1:\n    provider: p1\n    fallbacks: [m2]\n  m2:\n    provider: p1\n    upstream_model: other\n",
+    );
+    let (ok, out) = check(&config, &[("k1", &key("w1", ""))]);
+    assert!(ok, "{out}");
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::upstream::{free_port, MockUpstream, Reply};
+use common::upstream::{dead_port, free_port, MockUpstream, Reply};
 use common::{client, key_file, keygate_bin, post_json, TestGateway};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -77,6 +77,7 @@ providers:
     api_key: sk-real
     endpoints:
       - {{url: "{}"}}
+      - {{url: "http://127.0.0.1:{dead}"}}
 models:
   m1:
     provider: p1
@@ -86,7 +87,8 @@ workloads:
     models: [m1]
     budget: {{monthly_usd: 100}}
 "#,
-        up.url()
+        up.url(),
+        dead = dead_port(),
     );
     let gw = TestGateway::start(&config, &[("k1".into(), yaml)]);
     let admin = format!("http://127.0.0.1:{admin_port}");
@@ -202,6 +204,42 @@ workloads:
     assert_eq!(
         value(&scrape, "keygate_keys", &[("status", "active")]),
         Some(1.0)
+    );
+    // Upstream: the live endpoint is up and its connections pooled; one request met the dead
+    // endpoint first and was retried.
+    assert_eq!(
+        value(
+            &scrape,
+            "keygate_upstream_health",
+            &[("provider", "p1"), ("endpoint", &up.url())]
+        ),
+        Some(1.0)
+    );
+    let connect_errors: f64 = scrape
+        .lines()
+        .filter(|l| {
+            l.starts_with("keygate_upstream_errors_total{") && l.contains("kind=\"connect\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(connect_errors >= 1.0, "{scrape}");
+    assert!(
+        value(
+            &scrape,
+            "keygate_upstream_retries_total",
+            &[("provider", "p1")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        value(
+            &scrape,
+            "keygate_upstream_connections_total",
+            &[("provider", "p1"), ("reused", "false")]
+        )
+        .unwrap()
+            >= 1.0
     );
     // the secret presented never becomes a label
     assert!(!scrape.contains("kg_wrong") && !scrape.contains(&secret));

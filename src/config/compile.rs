@@ -1,7 +1,9 @@
 //! Turns parsed files into a [`Policy`], collecting every problem on the way.
 
 use super::env;
-use super::schema::{BudgetFile, BudgetModeFile, ConfigFile, KeyFile, RateLimitFile};
+use super::schema::{
+    BalanceFile, BudgetFile, BudgetModeFile, ConfigFile, HealthCheckFile, KeyFile, RateLimitFile,
+};
 use super::{LoadOptions, PolicyErrors, Problem};
 use crate::accounting::audit::AuditTarget;
 use crate::keys::secret::KeyDigest;
@@ -10,8 +12,10 @@ use crate::limits::{LimitKind, LimitSpec, WindowSpec};
 use crate::policy::{
     Key, MockProviderSettings, Model, ModelSet, OperationSet, Policy, PolicyParts, Price, Workload,
 };
+use crate::upstream::balance::Balance;
 use crate::upstream::{
-    EndpointSpec, Provider, ProviderSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    EndpointSpec, HealthCheckSpec, Provider, ProviderSpec, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_RETRIES,
 };
 use crate::usage::cost::UsdNanos;
 use ipnet::IpNet;
@@ -29,6 +33,11 @@ pub const KEY_ID_RULE: &str = "1 to 64 characters of A-Z a-z 0-9 . _ -, not star
 
 const MAX_WEIGHT: u32 = 1000;
 const MAX_ENDPOINTS: usize = 256;
+const MAX_RETRIES: i64 = 10;
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+const MAX_CHECK_THRESHOLD: i64 = 100;
 
 /// Whether `id` may name a key.
 pub fn valid_key_id(id: &str) -> bool {
@@ -500,10 +509,12 @@ fn compile(
             provider: provider.clone(),
             upstream_model,
             price,
+            fallbacks: Vec::new(),
             max_output_tokens,
             metrics: Default::default(),
         }));
     }
+    resolve_fallbacks(cfg, &config, &mut models, problems);
     let model_index: HashMap<&str, usize> =
         models.iter().map(|m| (m.name.as_str(), m.index)).collect();
 
@@ -576,6 +587,40 @@ fn compile(
             path => AuditTarget::File(base.join(path)),
         }),
     }))
+}
+
+/// Fills in each model's `fallbacks` as model indices. Only the primary's list is followed at
+/// request time, so fallbacks of fallbacks are allowed and never chained.
+fn resolve_fallbacks(
+    cfg: &Path,
+    config: &ConfigFile,
+    models: &mut [Arc<Model>],
+    problems: &mut Problems,
+) {
+    let model_index: HashMap<String, usize> =
+        models.iter().map(|m| (m.name.clone(), m.index)).collect();
+    for model in models.iter_mut() {
+        let Some(file) = config.models.get(&model.name) else {
+            continue;
+        };
+        let mut fallbacks = Vec::new();
+        for (i, name) in file.fallbacks.iter().enumerate() {
+            let at = format!("models.{}.fallbacks[{i}]", model.name);
+            match model_index.get(name.as_str()) {
+                None => problems.add(cfg, at, format!("unknown model `{name}`")),
+                Some(_) if *name == model.name => {
+                    problems.add(cfg, at, "a model cannot be its own fallback")
+                }
+                Some(idx) if fallbacks.contains(idx) => {
+                    problems.add(cfg, at, format!("`{name}` is listed twice"))
+                }
+                Some(&idx) => fallbacks.push(idx),
+            }
+        }
+        if let Some(m) = Arc::get_mut(model) {
+            m.fallbacks = fallbacks;
+        }
+    }
 }
 
 fn compile_providers(
@@ -653,6 +698,56 @@ fn compile_providers(
         };
         let connect_timeout = timeout(&p.timeouts.connect, "connect", DEFAULT_CONNECT_TIMEOUT);
         let idle_timeout = timeout(&p.timeouts.idle, "idle", DEFAULT_IDLE_TIMEOUT);
+        // Unset, the wait for the first byte is the silence allowance, as before it existed.
+        let first_byte_timeout = timeout(
+            &p.timeouts.first_byte,
+            "first_byte",
+            idle_timeout.unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT),
+        );
+        let total_timeout = p.timeouts.total.as_deref().and_then(|t| {
+            parse_duration(t)
+                .map_err(|m| problems.add(cfg, format!("{path}.timeouts.total"), m))
+                .ok()
+        });
+        if let Some(total) = total_timeout {
+            // Defaults longer than `total` are fine (the total caps them); a value written
+            // longer than it is a mistake.
+            for (name, value) in [
+                ("connect", p.timeouts.connect.as_ref().and(connect_timeout)),
+                (
+                    "first_byte",
+                    p.timeouts.first_byte.as_ref().and(first_byte_timeout),
+                ),
+                ("idle", p.timeouts.idle.as_ref().and(idle_timeout)),
+            ] {
+                if value.is_some_and(|v| v > total) {
+                    problems.add(
+                        cfg,
+                        format!("{path}.timeouts.{name}"),
+                        format!(
+                            "is longer than `timeouts.total` ({}), so it could never fire",
+                            humantime::format_duration(total)
+                        ),
+                    );
+                }
+            }
+        }
+        let retries = match p.retries {
+            None => DEFAULT_RETRIES,
+            Some(n) if (0..=MAX_RETRIES).contains(&n) => n as u32,
+            Some(_) => {
+                problems.add(
+                    cfg,
+                    format!("{path}.retries"),
+                    format!("must be a whole number from 0 to {MAX_RETRIES}"),
+                );
+                0
+            }
+        };
+        let health_check = p
+            .health_check
+            .as_ref()
+            .and_then(|h| compile_health_check(cfg, &path, h, problems));
         if problems.list.len() != before {
             continue;
         }
@@ -663,7 +758,16 @@ fn compile_providers(
             endpoints,
             extra_ca_der,
             connect_timeout: connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            first_byte_timeout: first_byte_timeout.unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT),
             idle_timeout: idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            total_timeout,
+            balance: match p.balance {
+                BalanceFile::RoundRobin => Balance::RoundRobin,
+                BalanceFile::LeastRequests => Balance::LeastRequests,
+                BalanceFile::P2cLatency => Balance::P2cLatency,
+            },
+            retries,
+            health_check,
         };
         match Provider::new(spec) {
             Ok(provider) => {
@@ -679,6 +783,62 @@ fn compile_providers(
         }
     }
     providers
+}
+
+fn compile_health_check(
+    cfg: &Path,
+    path: &str,
+    h: &HealthCheckFile,
+    problems: &mut Problems,
+) -> Option<HealthCheckSpec> {
+    let before = problems.list.len();
+    let at = format!("{path}.health_check");
+    if !h.path.starts_with('/') || h.path.bytes().any(|b| b.is_ascii_whitespace()) {
+        problems.add(
+            cfg,
+            format!("{at}.path"),
+            format!(
+                "`{}` must be a path starting with `/`, without spaces",
+                h.path
+            ),
+        );
+    }
+    let interval = match h.interval.as_deref().map(parse_duration) {
+        None => DEFAULT_CHECK_INTERVAL,
+        Some(Ok(d)) if (MIN_CHECK_INTERVAL..=MAX_CHECK_INTERVAL).contains(&d) => d,
+        Some(Ok(_)) => {
+            problems.add(
+                cfg,
+                format!("{at}.interval"),
+                "must be between 100ms and 1h",
+            );
+            DEFAULT_CHECK_INTERVAL
+        }
+        Some(Err(m)) => {
+            problems.add(cfg, format!("{at}.interval"), m);
+            DEFAULT_CHECK_INTERVAL
+        }
+    };
+    let mut threshold = |value: Option<i64>, name: &str, default: u32| match value {
+        None => default,
+        Some(n) if (1..=MAX_CHECK_THRESHOLD).contains(&n) => n as u32,
+        Some(_) => {
+            problems.add(
+                cfg,
+                format!("{at}.{name}"),
+                format!("must be a whole number from 1 to {MAX_CHECK_THRESHOLD}"),
+            );
+            default
+        }
+    };
+    let unhealthy_after = threshold(h.unhealthy_after, "unhealthy_after", 3);
+    let healthy_after = threshold(h.healthy_after, "healthy_after", 2);
+    (problems.list.len() == before).then(|| HealthCheckSpec {
+        path: h.path.clone(),
+        interval,
+        unhealthy_after,
+        healthy_after,
+    })
 }
 
 const MIN_WINDOW: Duration = Duration::from_secs(1);

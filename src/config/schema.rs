@@ -107,6 +107,42 @@ pub struct ProviderFile {
     pub ca_file: Option<String>,
     #[serde(default)]
     pub timeouts: TimeoutsFile,
+    /// How requests are spread over the endpoints.
+    #[serde(default)]
+    pub balance: BalanceFile,
+    /// Active health checks of every endpoint, off the request path.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckFile>,
+    /// Further endpoints tried after a connect failure or a reset before any response byte.
+    #[serde(default)]
+    pub retries: Option<i64>,
+}
+
+/// Endpoint selection: smooth weighted round robin, fewest in-flight requests (per weight), or the
+/// lower latency-times-load of two random endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceFile {
+    #[default]
+    RoundRobin,
+    LeastRequests,
+    P2cLatency,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    /// Path requested with GET on each endpoint; a 200 is healthy.
+    pub path: String,
+    /// Pause between two checks of one endpoint, e.g. `5s`.
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Consecutive failed checks that take an endpoint out.
+    #[serde(default)]
+    pub unhealthy_after: Option<i64>,
+    /// Consecutive successful checks that bring it back.
+    #[serde(default)]
+    pub healthy_after: Option<i64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,9 +163,15 @@ pub struct TimeoutsFile {
     /// TCP + TLS connect, e.g. `2s`.
     #[serde(default)]
     pub connect: Option<String>,
+    /// Longest wait for the response header after the request was sent, e.g. `60s`.
+    #[serde(default)]
+    pub first_byte: Option<String>,
     /// Longest silence while reading the upstream response (header or body), e.g. `60s`.
     #[serde(default)]
     pub idle: Option<String>,
+    /// Longest time for the whole upstream exchange of one model, retries included, e.g. `600s`.
+    #[serde(default)]
+    pub total: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +187,9 @@ pub struct ModelFile {
     /// request sets no `max_tokens` of its own.
     #[serde(default)]
     pub max_output_tokens: Option<i64>,
+    /// Models tried in order when this one answers 429 or 5xx, times out, or cannot be reached.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 /// USD per million tokens.

@@ -4,6 +4,7 @@ use super::errors::ApiError;
 use super::routes::Route;
 use crate::limits::{Admission, RateStatus};
 use crate::policy::{Key, Model, Policy};
+use crate::upstream::attempt::UpstreamAttempts;
 use crate::usage::{UsageChunkStripper, UsageExtractor};
 use bytes::Bytes;
 use std::net::IpAddr;
@@ -46,6 +47,8 @@ pub struct RequestCtx {
     pub first_byte: Option<Instant>,
     /// Keeps the request counted for graceful shutdown until the context drops.
     pub in_flight: Option<crate::shutdown::InFlight>,
+    /// Endpoints tried, retries and fallbacks taken, the total deadline (see `upstream::attempt`).
+    pub upstream: UpstreamAttempts,
 }
 
 impl RequestCtx {
@@ -72,6 +75,7 @@ impl RequestCtx {
             upstream_started: None,
             first_byte: None,
             in_flight: None,
+            upstream: UpstreamAttempts::default(),
         }
     }
 }

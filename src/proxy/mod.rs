@@ -20,6 +20,9 @@ use crate::limits::{self, ip, Demand, LimitState, MemoryLimits, RefusalKind, Sco
 use crate::metrics::{Metrics, RequestFigures};
 use crate::policy::{Model, Policy, PolicyStore};
 use crate::shutdown::Drain;
+use crate::upstream::attempt::{Next, Outcome};
+use crate::upstream::balance;
+use crate::upstream::state::{FailureKind, UpstreamRegistry};
 use crate::usage::cost::UsdNanos;
 use crate::usage::{
     request_with_include_usage, BodyKind, ContentEncoding, Usage, UsageChunkStripper,
@@ -50,6 +53,7 @@ pub struct Gateway {
     recorder: Arc<Recorder>,
     metrics: Arc<Metrics>,
     drain: Arc<Drain>,
+    upstreams: Arc<UpstreamRegistry>,
 }
 
 impl Gateway {
@@ -68,7 +72,14 @@ impl Gateway {
             recorder,
             metrics,
             drain,
+            upstreams: Arc::new(UpstreamRegistry::new()),
         }
+    }
+
+    /// Shares `registry` (endpoint health, load and counters) with the rest of the server.
+    pub fn with_upstreams(mut self, registry: Arc<UpstreamRegistry>) -> Self {
+        self.upstreams = registry;
+        self
     }
 
     /// Authenticate → authorize → read body → authorize model. `Ok(None)` means proceed upstream;
@@ -348,6 +359,46 @@ fn measured_usage(ctx: &mut RequestCtx) -> (Usage, bool) {
     }
 }
 
+impl Gateway {
+    /// What follows a failed attempt: retry, fallback (chosen now, switched to by the next
+    /// `upstream_peer`) or give up.
+    fn decide(&self, ctx: &mut RequestCtx, outcome: Outcome) -> Next {
+        let (Some(model), Some(policy)) = (ctx.model.clone(), ctx.policy.clone()) else {
+            return Next::GiveUp;
+        };
+        let key = ctx.key.clone();
+        ctx.upstream
+            .after_failure(outcome, &model.provider, &policy, key.as_deref())
+    }
+
+    /// Routes the rest of the request to `fallback`: its provider and credential, its upstream
+    /// model name in the body, and the accounting that reads `ctx.model`.
+    fn switch_model(&self, ctx: &mut RequestCtx, fallback: Arc<Model>) -> Result<()> {
+        let body = ctx.body.clone().unwrap_or_default();
+        let facts = body::inspect(&body).map_err(|_| {
+            Error::explain(
+                ErrorType::InternalError,
+                "the forwarded body lost its model",
+            )
+        })?;
+        ctx.body = Some(body::rewrite_model(
+            &body,
+            facts.model_span,
+            fallback.upstream_name(),
+        ));
+        if let Some(primary) = ctx.upstream.primary() {
+            self.upstreams
+                .record_fallback(&primary.name, &fallback.name);
+        }
+        tracing::info!(request_id = %ctx.request_id, from = ctx.model.as_ref().map_or("-", |m| m.name.as_str()), to = %fallback.name, "falling back");
+        ctx.upstream
+            .start_model(&fallback, std::time::Instant::now());
+        ctx.endpoint = None;
+        ctx.model = Some(fallback);
+        Ok(())
+    }
+}
+
 fn list_models(policy: &Policy, key: &crate::policy::Key) -> Bytes {
     let data: Vec<serde_json::Value> = key
         .models
@@ -408,36 +459,81 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Route: the next endpoint of the model's provider.
+    /// Route: an endpoint of the current model's provider, chosen by its balance mode among those
+    /// up and not yet tried by this request; switches to a fallback model first when one is due.
     async fn upstream_peer(
         &self,
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let provider = &ctx
-            .model
-            .as_ref()
-            .expect("request_filter set the model")
-            .provider;
-        ctx.attempts += 1;
         ctx.upstream_started
             .get_or_insert_with(std::time::Instant::now);
-        // Try each endpoint at most once per request, starting at the schedule's next turn.
-        for _ in 0..provider.endpoints.len() {
-            let index = provider.pick();
-            if let Some(peer) = provider.peer(index) {
-                ctx.endpoint = Some(index);
-                return Ok(Box::new(peer));
+        loop {
+            if let Some(fallback) = ctx.upstream.take_fallback() {
+                self.switch_model(ctx, fallback)?;
+            }
+            let Some(model) = ctx.model.clone() else {
+                return Error::e_explain(ErrorType::InternalError, "no model routed");
+            };
+            let now = std::time::Instant::now();
+            if !ctx.upstream.started() {
+                ctx.upstream.start_model(&model, now);
+            }
+            let provider = &model.provider;
+            let outcome = if ctx.upstream.past_deadline(now) {
+                Outcome::Timeout
+            } else {
+                let states = self.upstreams.states(provider);
+                match balance::select(provider, states, &ctx.upstream.tried) {
+                    Some(pick) => {
+                        let remaining = ctx.upstream.remaining(now);
+                        match provider.peer(pick.index, remaining) {
+                            Some(peer) => {
+                                ctx.upstream
+                                    .begin(pick.index, &states[pick.index], pick.trial);
+                                ctx.endpoint = Some(pick.index);
+                                ctx.attempts += 1;
+                                return Ok(Box::new(peer));
+                            }
+                            None => {
+                                // no address yet: count as a connect failure and look further
+                                ctx.upstream.tried.insert(pick.index);
+                                states[pick.index].record_failure(FailureKind::Connect);
+                                Outcome::ConnectFailed
+                            }
+                        }
+                    }
+                    None => Outcome::ConnectFailed,
+                }
+            };
+            let key = ctx.key.clone();
+            let Some(policy) = ctx.policy.clone() else {
+                return Error::e_explain(ErrorType::InternalError, "no policy snapshot");
+            };
+            match ctx
+                .upstream
+                .after_failure(outcome, provider, &policy, key.as_deref())
+            {
+                Next::Retry | Next::Fallback => continue,
+                Next::GiveUp if outcome == Outcome::Timeout => {
+                    return Error::e_explain(
+                        ErrorType::ConnectTimedout,
+                        "the provider's total timeout is spent",
+                    )
+                }
+                Next::GiveUp => {
+                    ctx.failure = Some(ApiError::upstream_unavailable());
+                    return Error::e_explain(
+                        ErrorType::ConnectNoRoute,
+                        "no endpoint of the provider is left to try",
+                    );
+                }
             }
         }
-        ctx.failure = Some(ApiError::upstream_unavailable());
-        Error::e_explain(
-            ErrorType::ConnectNoRoute,
-            "no endpoint of the provider has a resolved address",
-        )
     }
 
-    /// A failed connect is retried on the provider's next endpoint until each was tried once.
+    /// A failed connect counts against the endpoint and is retried on another one, or on a
+    /// fallback model, while the provider's retries and the model's fallbacks last.
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -445,11 +541,122 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let endpoints = ctx.model.as_ref().map_or(0, |m| m.provider.endpoints.len());
-        if (ctx.attempts as usize) < endpoints {
-            e.set_retry(true);
+        if let Some(attempt) = ctx.upstream.current() {
+            attempt.state.record_failure(FailureKind::Connect);
         }
+        let retry = self.decide(ctx, Outcome::ConnectFailed) != Next::GiveUp;
+        e.set_retry(retry);
         e
+    }
+
+    /// Failures after connecting: before any response byte reached the client, a reset is
+    /// retried and a timeout (or keygate dropping a 429/5xx) moves to a fallback; after, nothing.
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if std::mem::take(&mut ctx.upstream.replacing_response) {
+            // keygate's own signal from upstream_response_filter: the fallback is already chosen
+            e.set_retry(true);
+            return e;
+        }
+        let upstream_side = matches!(e.esource(), ErrorSource::Upstream);
+        let timeout = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
+        let before_response = session.response_written().is_none();
+        // A pooled connection the upstream had closed: not the endpoint's fault.
+        let stale = client_reused && !timeout && before_response && !ctx.upstream.got_header;
+        if upstream_side && !stale {
+            if let Some(attempt) = ctx.upstream.current() {
+                attempt.state.record_failure(if timeout {
+                    FailureKind::Timeout
+                } else {
+                    FailureKind::Reset
+                });
+            }
+        }
+        let outcome = if timeout {
+            Outcome::Timeout
+        } else if stale {
+            Outcome::StaleConnection
+        } else {
+            Outcome::ResetEarly
+        };
+        let retry = upstream_side && before_response && self.decide(ctx, outcome) != Next::GiveUp;
+        e.set_retry(retry);
+        e
+    }
+
+    /// Counts pooled versus new upstream connections.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(attempt) = ctx.upstream.current() {
+            attempt.state.record_connection(reused);
+        }
+        Ok(())
+    }
+
+    /// The provider answered: feed its latency and health, and drop a 429/5xx in favour of a
+    /// fallback while nothing has reached the client.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.upstream.got_header = true;
+        if let Some(attempt) = ctx.upstream.current() {
+            attempt.state.record_latency(attempt.started.elapsed());
+            if status >= 500 {
+                attempt.state.record_failure(FailureKind::Status5xx);
+            } else if status >= 200 {
+                attempt.state.record_success();
+            }
+        }
+        if (status == 429 || status >= 500)
+            && session.response_written().is_none()
+            && self.decide(ctx, Outcome::Status(status)) == Next::Fallback
+        {
+            ctx.upstream.replacing_response = true;
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "provider error replaced by a fallback",
+            )
+            .into_up());
+        }
+        Ok(())
+    }
+
+    /// Enforces the total deadline on a response still streaming: past it, the stream is cut.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if !end_of_stream && ctx.upstream.past_deadline(std::time::Instant::now()) {
+            return Error::e_explain(
+                ErrorType::ReadTimedout,
+                "the provider's total timeout ran out mid-response",
+            );
+        }
+        Ok(None)
     }
 
     /// Forward: swap the virtual key for the provider credential, address the endpoint.

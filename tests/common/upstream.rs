@@ -38,7 +38,7 @@ use tokio_rustls::TlsAcceptor;
 /// How long [`MockUpstream::wait_for_requests`] waits before panicking.
 const WAIT_DEADLINE: Duration = Duration::from_secs(5);
 
-type Body = UnsyncBoxBody<Bytes, Infallible>;
+type Body = UnsyncBoxBody<Bytes, io::Error>;
 
 /// One request as the mock received it (body fully read).
 #[derive(Clone, Debug)]
@@ -87,6 +87,11 @@ pub enum Reply {
     /// 200 with an OpenAI-like `chat.completion` echoing the request's `model`
     /// (see [`Reply::chat_ok`]).
     ChatEcho,
+    /// Like `Sse`, but after the events the connection is aborted mid-body (no terminating chunk).
+    SseThenReset {
+        events: Vec<String>,
+        interval: Duration,
+    },
 }
 
 impl Reply {
@@ -171,6 +176,11 @@ impl MockUpstream {
         Self::spawn(name, reply, None, |addr| format!("http://{addr}")).await
     }
 
+    /// Plain HTTP/1.1 on `127.0.0.1:port` (e.g. to restart a stopped mock on its old port).
+    pub async fn start_on(name: &str, reply: Reply, port: u16) -> MockUpstream {
+        Self::spawn_on(name, reply, None, port, |addr| format!("http://{addr}")).await
+    }
+
     /// Same over TLS with a certificate for `dns_name` (a DNS name or an IP address)
     /// issued by `ca`. ALPN offers `http/1.1` only.
     pub async fn start_tls(name: &str, reply: Reply, ca: &TestCa, dns_name: &str) -> MockUpstream {
@@ -188,11 +198,21 @@ impl MockUpstream {
         tls: Option<TlsAcceptor>,
         url: impl FnOnce(SocketAddr) -> String,
     ) -> MockUpstream {
+        Self::spawn_on(name, reply, tls, 0, url).await
+    }
+
+    async fn spawn_on(
+        name: &str,
+        reply: Reply,
+        tls: Option<TlsAcceptor>,
+        port: u16,
+        url: impl FnOnce(SocketAddr) -> String,
+    ) -> MockUpstream {
         // Fail in the test, not later inside a connection task.
         HeaderValue::from_str(name).expect("mock upstream: name must be a valid header value");
-        let listener = TcpListener::bind("127.0.0.1:0")
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
-            .expect("mock upstream: bind 127.0.0.1:0");
+            .expect("mock upstream: bind 127.0.0.1");
         let addr = listener.local_addr().expect("mock upstream: local_addr");
         let shared = Arc::new(Shared {
             name: name.to_owned(),
@@ -379,7 +399,10 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
                 return Ok(json_response(&shared.name, 200, &chat_completion(model)));
             }
             Reply::Sse { events, interval } => {
-                return Ok(sse_response(&shared.name, events, interval))
+                return Ok(sse_response(&shared.name, events, interval, false))
+            }
+            Reply::SseThenReset { events, interval } => {
+                return Ok(sse_response(&shared.name, events, interval, true))
             }
         }
     }
@@ -415,25 +438,41 @@ fn json_response(name: &str, status: u16, body: &Value) -> Response<Body> {
     let bytes = Bytes::from(serde_json::to_vec(body).expect("serialize JSON reply"));
     base_response(name, status, "application/json")
         .header(http::header::CONTENT_LENGTH, bytes.len())
-        .body(Full::new(bytes).boxed_unsync())
+        .body(
+            Full::new(bytes)
+                .map_err(|never: Infallible| match never {})
+                .boxed_unsync(),
+        )
         .expect("build JSON response")
 }
 
-fn sse_response(name: &str, events: Vec<String>, interval: Duration) -> Response<Body> {
-    let (tx, rx) = mpsc::channel::<Bytes>(1);
+fn sse_response(
+    name: &str,
+    events: Vec<String>,
+    interval: Duration,
+    reset: bool,
+) -> Response<Body> {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, ()>>(1);
     tokio::spawn(async move {
         for (i, event) in events.into_iter().enumerate() {
             if i > 0 {
                 tokio::time::sleep(interval).await;
             }
-            if tx.send(Bytes::from(event)).await.is_err() {
+            if tx.send(Ok(Bytes::from(event))).await.is_err() {
                 return; // client went away
             }
         }
+        if reset {
+            tokio::time::sleep(interval).await;
+            let _ = tx.send(Err(())).await;
+        }
     });
     let frames = futures_util::stream::unfold(rx, |mut rx| async move {
-        let event = rx.recv().await?;
-        Some((Ok::<_, Infallible>(Frame::data(event)), rx))
+        match rx.recv().await? {
+            Ok(event) => Some((Ok::<_, io::Error>(Frame::data(event)), rx)),
+            // A body error makes hyper abort the connection mid-body.
+            Err(()) => Some((Err(io::Error::other("mock upstream: reset mid-stream")), rx)),
+        }
     });
     // No content-length: hyper uses chunked transfer, one chunk per frame.
     base_response(name, 200, "text/event-stream")

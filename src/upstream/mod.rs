@@ -1,23 +1,46 @@
 //! Providers and their endpoints: where a routed request goes and how keygate connects there.
 //!
 //! A [`Provider`] owns its credential (as a prebuilt header value), its endpoints and their
-//! weighted round-robin schedule, its TLS trust and its timeouts. Endpoint host names are resolved
-//! off the request path (at policy load, and again by [`refresh_dns`]), so picking a peer for a
-//! request is an atomic increment and an `HttpPeer` built from a socket address.
+//! weighted round-robin schedule, its balance mode, retries, TLS trust and timeouts. Endpoint host
+//! names are resolved off the request path (at policy load, and again by [`refresh_dns`]), so
+//! picking a peer for a request reads a few atomics and builds an `HttpPeer` from a socket address.
+//!
+//! - [`state`]: live per-endpoint state kept across reloads (ejection, load, latency, counters);
+//! - [`balance`]: choosing the endpoint of one attempt;
+//! - [`attempt`]: one request's way through attempts, retries and fallbacks;
+//! - [`health`]: the active health-check background service.
+
+pub mod attempt;
+pub mod balance;
+pub mod health;
+pub mod state;
 
 use crate::config::schema::ProviderFormat;
 use arc_swap::ArcSwap;
+use balance::Balance;
 use http::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
+use state::EndpointState;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// LLMs may think for minutes before the first token, so the default silence allowance is long.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_RETRIES: u32 = 2;
+
+/// Active health checks of a provider's endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheckSpec {
+    pub path: String,
+    pub interval: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
 
 /// One LLM provider account: credential, endpoints, trust and timeouts.
 pub struct Provider {
@@ -26,14 +49,23 @@ pub struct Provider {
     /// The header that carries the credential upstream, with its value ready to insert.
     pub credential: Option<(http::HeaderName, HeaderValue)>,
     pub endpoints: Vec<Endpoint>,
-    schedule: Vec<u16>,
-    next: AtomicUsize,
+    pub(crate) schedule: Vec<u16>,
+    pub(crate) next: AtomicUsize,
+    pub balance: Balance,
+    /// Further endpoints one request may try after a connect failure or an early reset.
+    pub retries: u32,
+    pub health_check: Option<HealthCheckSpec>,
+    /// Live endpoint state from the registry, bound on first use of this snapshot.
+    pub(crate) states: OnceLock<Box<[Arc<EndpointState>]>>,
     /// Per-provider CA list (system roots plus the provider's `ca_file`), when it has one.
     ca: Option<Arc<[WrappedX509]>>,
     /// Separates pooled connections by trust configuration: Pingora's pool key ignores the CA.
     group_key: u64,
     pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Deadline for the whole upstream exchange with this provider, retries included.
+    pub total_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -71,7 +103,12 @@ pub struct ProviderSpec {
     pub endpoints: Vec<EndpointSpec>,
     pub extra_ca_der: Vec<Vec<u8>>,
     pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
+    pub total_timeout: Option<Duration>,
+    pub balance: Balance,
+    pub retries: u32,
+    pub health_check: Option<HealthCheckSpec>,
 }
 
 pub struct EndpointSpec {
@@ -141,35 +178,53 @@ impl Provider {
             endpoints,
             schedule,
             next: AtomicUsize::new(0),
+            balance: spec.balance,
+            retries: spec.retries,
+            health_check: spec.health_check,
+            states: OnceLock::new(),
             ca,
             group_key,
             connect_timeout: spec.connect_timeout,
+            first_byte_timeout: spec.first_byte_timeout,
             idle_timeout: spec.idle_timeout,
+            total_timeout: spec.total_timeout,
         })
     }
 
-    /// The next endpoint in weighted round-robin order.
-    #[inline]
-    pub fn pick(&self) -> usize {
-        let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        self.schedule[turn % self.schedule.len()] as usize
-    }
-
     /// A Pingora peer for endpoint `index`, or `None` while its host has no known address.
-    pub fn peer(&self, index: usize) -> Option<HttpPeer> {
-        let endpoint = &self.endpoints[index];
+    /// `remaining` is what is left of the request's total deadline; no timeout may outlast it.
+    ///
+    /// Pingora 0.9.1 applies one read timeout to every upstream read of an attempt, the wait
+    /// for the response header and each body read alike; it cannot tell the first byte from a
+    /// pause mid-stream. The larger of `first_byte` and `idle` is used so that neither fires
+    /// early: the smaller one is then honoured only up to the larger.
+    pub fn peer(&self, index: usize, remaining: Option<Duration>) -> Option<HttpPeer> {
+        let endpoint = self.endpoints.get(index)?;
         let addr = {
             let addrs = endpoint.addrs.load();
             *addrs.first()?
         };
+        let cap = |d: Duration| remaining.map_or(d, |r| d.min(r).max(Duration::from_millis(1)));
         let mut peer = HttpPeer::new(addr, endpoint.tls, endpoint.host.clone());
         peer.group_key = self.group_key;
-        peer.options.connection_timeout = Some(self.connect_timeout);
-        peer.options.read_timeout = Some(self.idle_timeout);
-        peer.options.write_timeout = Some(self.idle_timeout);
+        peer.options.connection_timeout = Some(cap(self.connect_timeout));
+        // covers the TLS handshake too, which `connection_timeout` (TCP only) does not
+        peer.options.total_connection_timeout = Some(cap(self.connect_timeout));
+        peer.options.read_timeout = Some(cap(self.first_byte_timeout.max(self.idle_timeout)));
+        peer.options.write_timeout = Some(cap(self.idle_timeout));
         if let Some(ca) = &self.ca {
             peer.options.ca = Some(ca.clone());
         }
+        Some(peer)
+    }
+
+    /// A peer for the active health check of endpoint `index` (same trust, own timeouts).
+    pub(crate) fn check_peer(&self, index: usize, timeout: Duration) -> Option<HttpPeer> {
+        let mut peer = self.peer(index, Some(timeout))?;
+        peer.options.connection_timeout = Some(self.connect_timeout.min(timeout));
+        peer.options.total_connection_timeout = Some(self.connect_timeout.min(timeout));
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
         Some(peer)
     }
 
@@ -215,6 +270,11 @@ impl Endpoint {
             weight: spec.weight,
             addrs: ArcSwap::from_pointee(literal.into_iter().collect()),
         })
+    }
+
+    /// The address connections go to now, if the host has been resolved.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addrs.load().first().copied()
     }
 
     pub fn has_literal_ip(&self) -> bool {
@@ -287,8 +347,38 @@ fn smooth_weighted_schedule(weights: &[u32]) -> Vec<u16> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A provider on loopback with one endpoint per weight.
+    pub(crate) fn provider(weights: &[u32], balance: Balance) -> Provider {
+        Provider::new(ProviderSpec {
+            name: "p".into(),
+            format: ProviderFormat::Openai,
+            api_key: None,
+            endpoints: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| EndpointSpec {
+                    url: format!("http://127.0.0.1:{}", 9000 + i),
+                    tls: false,
+                    host: "127.0.0.1".into(),
+                    port: 9000 + i as u16,
+                    base_path: String::new(),
+                    weight,
+                })
+                .collect(),
+            extra_ca_der: Vec::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            first_byte_timeout: DEFAULT_FIRST_BYTE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            total_timeout: None,
+            balance,
+            retries: DEFAULT_RETRIES,
+            health_check: None,
+        })
+        .expect("test provider")
+    }
 
     #[test]
     fn schedule_is_proportional_and_interleaved() {
