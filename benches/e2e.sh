@@ -128,7 +128,7 @@ pass() { # name workload policy candidates modes conns [post_hook]
   GATEWAY_READY_URL=http://127.0.0.1:18101/readyz \
   GATEWAY_AUTH="Bearer $(cat "$policy/secret")" GATEWAY_NAME=keygate \
   GATEWAY_PACED_MODEL=gpt-4o-mini-paced \
-  CANDIDATES="$candidates" MODES="$modes" WORKLOAD="$workload" CONNS="$conns" \
+  CANDIDATES="$candidates" MODES="$modes" WORKLOAD="$workload" CONNS="$conns" THREADS="$(( conns < 2 ? 1 : 2 ))" \
   DURATION="$DURATION" ROUNDS="$ROUNDS" WARMUP=3 GATE="${GATE:-idle}" IDLE_MIN="${IDLE_MIN:-85}" \
   POST_HOOK="$hook" RESULTS="$OUT/$name" PEERS_DIR="$OUT/peers" \
     bash "$BENCH/run-peers.sh" > "$OUT/$name.log" 2>&1 || { kill $sampler; cat "$OUT/$name.log" >&2; exit 1; }

@@ -1,7 +1,7 @@
 //! Booking finished requests, off the request path.
 //!
 //! The proxy hands each finished request to the [`Recorder`] as a [`RequestRecord`] (a channel
-//! send; nothing is formatted or written on a Pingora thread). One background thread writes the
+//! send that wakes nobody; nothing is formatted or written on a Pingora thread). One background thread writes the
 //! audit line and folds the request into per-day usage totals, which it commits to the usage
 //! database in one transaction every [`FLUSH_EVERY`], so a `kill -9` loses at most that much
 //! accounting. Budgets do not wait for it: live spend is settled in the limit state at once.
@@ -20,7 +20,7 @@ use chrono::{DateTime, NaiveDate};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -79,6 +79,9 @@ enum Message {
 pub struct Recorder {
     tx: Mutex<Option<mpsc::Sender<Message>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The thread to unpark for a flush; records never wake it (a wake-up per request would cost
+    /// a context switch per request).
+    booker: Option<std::thread::Thread>,
 }
 
 impl Recorder {
@@ -94,6 +97,7 @@ impl Recorder {
         }
         Recorder {
             tx: Mutex::new(Some(tx)),
+            booker: thread.as_ref().map(|t| t.thread().clone()),
             thread: Mutex::new(thread),
         }
     }
@@ -115,6 +119,9 @@ impl Recorder {
                 .is_some_and(|tx| tx.send(Message::Flush(ack)).is_ok())
         };
         if sent {
+            if let Some(t) = &self.booker {
+                t.unpark();
+            }
             let _ = done.recv_timeout(Duration::from_secs(10));
         }
     }
@@ -123,6 +130,7 @@ impl Recorder {
     pub fn stop(&self) {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
@@ -155,26 +163,30 @@ impl Booker {
         }
     }
 
+    /// Sleeps until the next flush is due (or a flush is asked for), then books everything
+    /// queued meanwhile in one go.
     fn run(mut self, rx: mpsc::Receiver<Message>) {
         let mut last_flush = Instant::now();
         loop {
-            let wait = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
-            match rx.recv_timeout(wait) {
-                Ok(Message::Record(r)) => self.book(&r),
-                Ok(Message::Flush(ack)) => {
-                    self.flush();
-                    last_flush = Instant::now();
-                    let _ = ack.send(());
+            std::thread::park_timeout(FLUSH_EVERY.saturating_sub(last_flush.elapsed()));
+            let mut acks = Vec::new();
+            let disconnected = loop {
+                match rx.try_recv() {
+                    Ok(Message::Record(r)) => self.book(&r),
+                    Ok(Message::Flush(ack)) => acks.push(ack),
+                    Err(TryRecvError::Empty) => break false,
+                    Err(TryRecvError::Disconnected) => break true,
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
-                    self.flush();
-                    return;
-                }
-            }
-            if last_flush.elapsed() >= FLUSH_EVERY {
+            };
+            if disconnected || !acks.is_empty() || last_flush.elapsed() >= FLUSH_EVERY {
                 self.flush();
                 last_flush = Instant::now();
+            }
+            for ack in acks {
+                let _ = ack.send(());
+            }
+            if disconnected {
+                return;
             }
         }
     }
