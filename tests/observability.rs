@@ -90,7 +90,8 @@ workloads:
         up.url(),
         dead = dead_port(),
     );
-    let gw = TestGateway::start(&config, &[("k1".into(), yaml)]);
+    let (other, other_yaml) = key_file("app", "");
+    let gw = TestGateway::start(&config, &[("k1".into(), yaml), ("k2".into(), other_yaml)]);
     let admin = format!("http://127.0.0.1:{admin_port}");
 
     let ready = client()
@@ -110,7 +111,19 @@ workloads:
     }
     assert_eq!(post_json(&url, &secret, &body).await.status(), 429); // rate
     assert_eq!(post_json(&url, "kg_wrong", &body).await.status(), 401); // auth, no key known
-                                                                        // let the logging phase of the last request run
+    let unknown = json!({"model": "nope", "messages": []});
+    assert_eq!(post_json(&url, &secret, &unknown).await.status(), 404); // model
+    let broken = client()
+        .post(&url)
+        .bearer_auth(&secret)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(broken.status(), 400); // invalid
+    let stream = json!({"model": "m1", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(post_json(&url, &other, &stream).await.status(), 200);
+    // let the logging phase of the last request run
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let scrape = client()
@@ -157,6 +170,34 @@ workloads:
         ),
         Some(1.0)
     );
+    for reason in ["model", "invalid"] {
+        assert_eq!(
+            value(
+                &scrape,
+                "keygate_refusals_total",
+                &[("key", "k1"), ("reason", reason)]
+            ),
+            Some(1.0),
+            "{reason}"
+        );
+    }
+    // only the stream observed a time to first byte
+    assert_eq!(
+        value(
+            &scrape,
+            "keygate_time_to_first_byte_seconds_count",
+            &[("model", "m1"), ("provider", "p1")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "keygate_requests_total",
+            &[("key", "k2"), ("status_class", "2xx")]
+        ),
+        Some(1.0)
+    );
     let usage = [("key", "k1"), ("workload", "app"), ("model", "m1")];
     assert_eq!(
         value(&scrape, "keygate_prompt_tokens_total", &usage),
@@ -179,7 +220,7 @@ workloads:
             "keygate_request_duration_seconds_count",
             &[("model", "m1"), ("provider", "p1")]
         ),
-        Some(3.0)
+        Some(4.0)
     );
     let spent = value(
         &scrape,
@@ -203,7 +244,7 @@ workloads:
     assert!(scrape.contains("keygate_policy_info{digest="));
     assert_eq!(
         value(&scrape, "keygate_keys", &[("status", "active")]),
-        Some(1.0)
+        Some(2.0)
     );
     // Upstream: the live endpoint is up and its connections pooled; one request met the dead
     // endpoint first and was retried.
