@@ -16,7 +16,13 @@ use std::time::Duration;
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let written = common::write_policy(dir.path(), 1000, 0, "", "http://127.0.0.1:9");
+    let written = common::write_policy(
+        dir.path(),
+        1000,
+        0,
+        "listen: 127.0.0.1:1",
+        "http://127.0.0.1:9",
+    );
     let policy = config::load(&written.config_path, LoadOptions { resolve_dns: false })
         .expect("a valid policy");
     let key = policy.keys_by_id.values().next().expect("a key").clone();
