@@ -45,8 +45,6 @@ pub struct Reloader {
     /// One reload at a time, so a slow older load never overwrites a newer one. Holds when the
     /// last load started reading the files.
     serial: Mutex<Option<std::time::Instant>>,
-    /// Key files as the last load read them: a reload re-reads only what changed.
-    key_files: Mutex<config::KeyFileCache>,
 }
 
 impl Reloader {
@@ -57,7 +55,6 @@ impl Reloader {
             store,
             metrics,
             serial: Mutex::new(None),
-            key_files: Mutex::new(config::KeyFileCache::default()),
         }
     }
 
@@ -90,15 +87,7 @@ impl Reloader {
 
     fn load_and_swap(&self) -> Result<ReloadOutcome, PolicyErrors> {
         let current = self.store.load_full();
-        let loaded = {
-            let mut cache = self.key_files.lock().unwrap_or_else(|e| e.into_inner());
-            config::load_cached(
-                &self.config_path,
-                LoadOptions { resolve_dns: true },
-                &mut cache,
-            )
-        };
-        match loaded {
+        match config::load(&self.config_path, LoadOptions { resolve_dns: true }) {
             Ok(next) if next.digest == current.digest => {
                 self.metrics
                     .policy_reloads

@@ -103,7 +103,6 @@ pub(super) fn keys_dir_of(config_path: &Path) -> Result<PathBuf, PolicyErrors> {
 }
 
 /// One key as read from a file, with the id it gets.
-#[derive(Clone)]
 struct KeySource {
     id: String,
     file: PathBuf,
@@ -111,43 +110,7 @@ struct KeySource {
     key: KeyFile,
 }
 
-/// Key files as last read, so a reload re-reads only the files that changed since.
-#[derive(Default)]
-pub struct KeyFileCache {
-    files: HashMap<PathBuf, (FileStamp, Arc<FileOutcome>)>,
-}
-
-/// What identifies a file's content without reading it: editors that replace by rename change
-/// the inode, in-place writes change the size or the modification time (nanoseconds), and
-/// ConfigMap symlink swaps change all of them.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: Option<std::time::SystemTime>,
-    inode: u64,
-    changed: i64,
-    changed_ns: i64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            len: m.len(),
-            modified: m.modified().ok(),
-            inode: m.ino(),
-            changed: m.ctime(),
-            changed_ns: m.ctime_nsec(),
-        })
-    }
-}
-
-pub(super) fn load(
-    config_path: &Path,
-    options: LoadOptions,
-    cache: &mut KeyFileCache,
-) -> Result<Policy, PolicyErrors> {
+pub(super) fn load(config_path: &Path, options: LoadOptions) -> Result<Policy, PolicyErrors> {
     let mut problems = Problems { list: Vec::new() };
     let mut hasher = Sha256::new();
 
@@ -157,7 +120,7 @@ pub(super) fn load(
     let base = base_dir(config_path);
     let keys_dir = base.join(&config.keys_dir);
 
-    let keys = read_key_files(&keys_dir, &mut problems, &mut hasher, cache);
+    let keys = read_key_files(&keys_dir, &mut problems, &mut hasher);
     let digest = hex::encode(&hasher.finalize()[..8]);
     let policy = compile(
         config_path,
@@ -178,12 +141,7 @@ pub(super) fn load(
 
 /// Reads every `*.yaml`/`*.yml` in `dir`, in name order. Hidden entries are skipped: they are
 /// editor temp files, or the `..data` machinery of Kubernetes ConfigMap volumes.
-fn read_key_files(
-    dir: &Path,
-    problems: &mut Problems,
-    hasher: &mut Sha256,
-    cache: &mut KeyFileCache,
-) -> Vec<KeySource> {
+fn read_key_files(dir: &Path, problems: &mut Problems, hasher: &mut Sha256) -> Vec<KeySource> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -212,56 +170,35 @@ fn read_key_files(
         .map_or(1, |n| n.get())
         .clamp(1, 4);
     let chunk = files.len().div_ceil(threads).max(256);
-    let cached = &cache.files;
-    let outcomes: Vec<(PathBuf, Option<FileStamp>, Arc<FileOutcome>)> =
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = files
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|f| {
-                                let stamp = FileStamp::of(f);
-                                let outcome = match (stamp, cached.get(f)) {
-                                    (Some(now), Some((then, outcome))) if now == *then => {
-                                        outcome.clone()
-                                    }
-                                    _ => Arc::new(read_key_file(f)),
-                                };
-                                (f.clone(), stamp, outcome)
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        });
+    let outcomes: Vec<FileOutcome> = std::thread::scope(|scope| {
+        let workers: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || part.iter().map(|f| read_key_file(f)).collect::<Vec<_>>())
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
     let mut keys = Vec::new();
-    let mut next_cache = HashMap::with_capacity(outcomes.len());
-    for (file, stamp, outcome) in outcomes {
+    for outcome in outcomes {
         if let Some((name, text_hash)) = &outcome.hashed {
             hasher.update(name);
             hasher.update([0]);
             hasher.update(text_hash);
         }
-        keys.extend(outcome.keys.iter().cloned());
-        problems.list.extend(outcome.problems.iter().cloned());
-        if let Some(stamp) = stamp {
-            next_cache.insert(file, (stamp, outcome));
-        }
+        keys.extend(outcome.keys);
+        problems.list.extend(outcome.problems);
     }
-    // Files that disappeared leave the cache with this swap.
-    cache.files = next_cache;
     keys
 }
 
 /// What one key file contributed: its keys, its problems, and its name and content hash for the
 /// policy digest.
 #[derive(Default)]
-pub(super) struct FileOutcome {
+struct FileOutcome {
     keys: Vec<KeySource>,
     problems: Vec<Problem>,
     hashed: Option<(Vec<u8>, [u8; 32])>,
@@ -1197,55 +1134,6 @@ mod tests {
         assert!(parse_endpoint_url("ftp://x").is_err());
         assert!(parse_endpoint_url("not a url").is_err());
         assert!(parse_endpoint_url("https://u:p@x").is_err());
-    }
-
-    #[test]
-    fn cached_loads_see_every_kind_of_edit_and_reuse_the_rest() {
-        let dir = tempfile::tempdir().unwrap();
-        let keys = dir.path().join("keys.d");
-        std::fs::create_dir_all(&keys).unwrap();
-        let config = dir.path().join("keygate.yaml");
-        std::fs::write(
-            &config,
-            "listen: 127.0.0.1:1\nproviders:\n  p:\n    format: openai\n    endpoints: [{url: \"http://127.0.0.1:9\"}]\nmodels:\n  m: {provider: p}\nworkloads:\n  w: {models: [m]}\n",
-        )
-        .unwrap();
-        let hash = |c: char| {
-            format!(
-                "hash: \"sha256:{}\"\nworkload: w\n",
-                c.to_string().repeat(64)
-            )
-        };
-        for (i, c) in ['a', 'b', 'c'].into_iter().enumerate() {
-            std::fs::write(keys.join(format!("k{i}.yaml")), hash(c)).unwrap();
-        }
-        let options = LoadOptions { resolve_dns: false };
-        let mut cache = KeyFileCache::default();
-        let first = load(&config, options, &mut cache).unwrap();
-        assert_eq!(first.keys_by_id.len(), 3);
-        let reused = cache.files[&keys.join("k1.yaml")].1.clone();
-
-        // in place, same size: only the content (and mtime) differ
-        std::fs::write(keys.join("k0.yaml"), hash('d')).unwrap();
-        // replaced by rename, as editors do
-        std::fs::write(keys.join(".k2.tmp"), format!("{}owner: x\n", hash('c'))).unwrap();
-        std::fs::rename(keys.join(".k2.tmp"), keys.join("k2.yaml")).unwrap();
-        let second = load(&config, options, &mut cache).unwrap();
-        assert_ne!(first.digest, second.digest);
-        assert_eq!(
-            second.keys_by_id["k0"].digest.to_string(),
-            format!("sha256:{}", "d".repeat(64))
-        );
-        assert_eq!(second.keys_by_id["k2"].owner.as_deref(), Some("x"));
-        assert!(Arc::ptr_eq(&reused, &cache.files[&keys.join("k1.yaml")].1));
-
-        // a deleted file leaves; the result equals a fresh load
-        std::fs::remove_file(keys.join("k1.yaml")).unwrap();
-        let third = load(&config, options, &mut cache).unwrap();
-        let fresh = load(&config, options, &mut KeyFileCache::default()).unwrap();
-        assert_eq!(third.digest, fresh.digest);
-        assert!(!third.keys_by_id.contains_key("k1"));
-        assert_eq!(cache.files.len(), 2);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::policy::Policy;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use compile::{valid_key_id, KeyFileCache, KEY_ID_RULE};
+pub use compile::{valid_key_id, KEY_ID_RULE};
 
 /// One thing wrong with the policy files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,16 +66,7 @@ pub struct LoadOptions {
 
 /// Reads, validates and compiles the policy rooted at `config_path`.
 pub fn load(config_path: &Path, options: LoadOptions) -> Result<Policy, PolicyErrors> {
-    compile::load(config_path, options, &mut KeyFileCache::default())
-}
-
-/// [`load`], re-reading only the key files that changed since `cache` last saw them (reloads).
-pub fn load_cached(
-    config_path: &Path,
-    options: LoadOptions,
-    cache: &mut KeyFileCache,
-) -> Result<Policy, PolicyErrors> {
-    compile::load(config_path, options, cache)
+    compile::load(config_path, options)
 }
 
 /// Where the key files of the policy at `config_path` live, read from the config alone, so key
