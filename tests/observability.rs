@@ -121,7 +121,8 @@ workloads:
         .await
         .unwrap();
     assert_eq!(broken.status(), 400); // invalid
-    let stream = json!({"model": "m1", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let stream =
+        json!({"model": "m1", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     assert_eq!(post_json(&url, &other, &stream).await.status(), 200);
     // let the logging phase of the last request run
     tokio::time::sleep(Duration::from_millis(100)).await;
