@@ -198,7 +198,7 @@ impl Spend {
     /// alerts this spend crossed, each once per period.
     pub fn settle(
         &mut self,
-        spec: Option<&BudgetSpec>,
+        spec: &BudgetSpec,
         reserved: UsdNanos,
         reserved_at: Calendar,
         actual: UsdNanos,
@@ -211,7 +211,6 @@ impl Spend {
                 p.reserved = p.reserved.saturating_sub(reserved);
             }
             p.spent = p.spent.saturating_add(actual);
-            let Some(spec) = spec else { continue };
             let cap = match period {
                 Period::Daily => spec.daily,
                 Period::Monthly => spec.monthly,
@@ -288,7 +287,7 @@ mod tests {
             Some((Period::Daily, UsdNanos(100)))
         );
         // one settles cheaper than reserved: room again
-        let alerts = spend.settle(Some(&s), UsdNanos(30), cal, UsdNanos(5), cal);
+        let alerts = spend.settle(&s, UsdNanos(30), cal, UsdNanos(5), cal);
         assert!(alerts.is_empty());
         assert!(spend.check(&s, UsdNanos(30), cal).is_none());
         assert_eq!(
@@ -302,17 +301,17 @@ mod tests {
         let s = spec(100, Some(1000), BudgetMode::Track);
         let cal = Calendar::at_ms(1_000_000_000_000);
         let mut spend = Spend::default();
-        let a = spend.settle(Some(&s), UsdNanos(0), cal, UsdNanos(60), cal);
+        let a = spend.settle(&s, UsdNanos(0), cal, UsdNanos(60), cal);
         assert_eq!(a.len(), 1);
         assert_eq!((a[0].period, a[0].permille), (Period::Daily, 500));
         assert!(spend
-            .settle(Some(&s), UsdNanos(0), cal, UsdNanos(1), cal)
+            .settle(&s, UsdNanos(0), cal, UsdNanos(1), cal)
             .is_empty());
         assert!(spend.check(&s, UsdNanos(10_000), cal).is_none());
         // the next day starts over, the month does not
         let tomorrow = Calendar::at_ms(1_000_000_000_000 + 86_400_000);
         assert_eq!(tomorrow.month, cal.month);
-        let a = spend.settle(Some(&s), UsdNanos(0), tomorrow, UsdNanos(90), tomorrow);
+        let a = spend.settle(&s, UsdNanos(0), tomorrow, UsdNanos(90), tomorrow);
         let got: Vec<_> = a.iter().map(|a| (a.period, a.permille)).collect();
         assert_eq!(got, [(Period::Daily, 500), (Period::Daily, 800)]);
         assert_eq!(spend.current(Period::Monthly, tomorrow).0, UsdNanos(151));
@@ -326,7 +325,7 @@ mod tests {
         let mut spend = Spend::default();
         spend.reserve(UsdNanos(50), day1);
         spend.reserve(UsdNanos(20), day2);
-        spend.settle(Some(&s), UsdNanos(50), day1, UsdNanos(40), day2);
+        spend.settle(&s, UsdNanos(50), day1, UsdNanos(40), day2);
         assert_eq!(
             spend.current(Period::Daily, day2),
             (UsdNanos(40), UsdNanos(20))

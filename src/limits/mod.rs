@@ -551,9 +551,9 @@ impl LimitState for MemoryLimits {
                 continue;
             };
             let mut c = held.scope.inner.lock().unwrap_or_else(|e| e.into_inner());
-            let crossed =
-                c.spend
-                    .settle(Some(&budget), reserved, admission.reserved_at, actual, cal);
+            let crossed = c
+                .spend
+                .settle(&budget, reserved, admission.reserved_at, actual, cal);
             drop(c);
             for alert in crossed {
                 alerts.push(ScopedAlert {

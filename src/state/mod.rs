@@ -43,14 +43,9 @@ pub enum UsageGroup {
 }
 
 impl UsageGroup {
+    /// `day`, `model`, `key` or `workload`, as the CLI spells them.
     pub fn parse(text: &str) -> Option<UsageGroup> {
-        match text {
-            "day" => Some(UsageGroup::Day),
-            "model" => Some(UsageGroup::Model),
-            "key" => Some(UsageGroup::Key),
-            "workload" => Some(UsageGroup::Workload),
-            _ => None,
-        }
+        <UsageGroup as clap::ValueEnum>::from_str(text, false).ok()
     }
 }
 
