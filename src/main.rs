@@ -32,18 +32,26 @@ enum LogFormat {
     Json,
 }
 
+/// The policy file every command works on.
+#[derive(clap::Args)]
+struct PolicyArg {
+    /// The policy file.
+    #[arg(
+        long,
+        short,
+        env = "KEYGATE_CONFIG",
+        default_value = "conf/keygate.yaml",
+        global = true
+    )]
+    config: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
     Serve {
-        /// The policy file.
-        #[arg(
-            long,
-            short,
-            env = "KEYGATE_CONFIG",
-            default_value = "conf/keygate.yaml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
         /// Take over the listening sockets of a running keygate (zero-downtime binary upgrade).
@@ -55,36 +63,20 @@ enum Command {
     },
     /// Validate the policy file and keys directory; list every problem and exit 1 if any.
     Check {
-        #[arg(
-            long,
-            short,
-            env = "KEYGATE_CONFIG",
-            default_value = "conf/keygate.yaml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
     },
     /// Manage virtual keys (each is one file in the keys directory).
     Keys {
-        #[arg(
-            long,
-            short,
-            env = "KEYGATE_CONFIG",
-            default_value = "conf/keygate.yaml",
-            global = true
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
         #[command(subcommand)]
         command: KeysCommand,
     },
     /// Print requests, tokens and cost from the usage database, as a table.
     Usage {
-        #[arg(
-            long,
-            short,
-            env = "KEYGATE_CONFIG",
-            default_value = "conf/keygate.yaml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        policy: PolicyArg,
         /// Only this key.
         #[arg(long)]
         key: Option<String>,
@@ -160,14 +152,16 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Serve {
-            config,
+            policy: PolicyArg { config },
             log_format,
             upgrade,
             pingora_conf,
         } => serve(config, log_format, upgrade, pingora_conf),
-        Command::Check { config } => check(config),
+        Command::Check {
+            policy: PolicyArg { config },
+        } => check(config),
         Command::Usage {
-            config,
+            policy: PolicyArg { config },
             key,
             workload,
             since,
@@ -200,7 +194,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Keys { config, command } => match command {
+        Command::Keys {
+            policy: PolicyArg { config },
+            command,
+        } => match command {
             KeysCommand::Create {
                 id,
                 workload,

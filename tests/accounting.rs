@@ -40,7 +40,7 @@ workloads:
 }
 
 fn audit_lines(gw: &TestGateway) -> Vec<Value> {
-    gw.running.as_ref().unwrap().handles.recorder.flush();
+    gw.handles().recorder.flush();
     let text = std::fs::read_to_string(gw.dir.path().join("state/audit.jsonl")).unwrap_or_default();
     text.lines()
         .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
@@ -58,6 +58,16 @@ async fn booked(gw: &TestGateway, n: usize) -> Vec<Value> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// GET on the admin API with the test's admin token.
+async fn admin_get(url: String) -> reqwest::Response {
+    client()
+        .get(url)
+        .bearer_auth("admin-secret-token")
+        .send()
+        .await
+        .unwrap()
 }
 
 /// A chunk as OpenAI streams it; `usage` is the member a provider adds when asked for usage.
@@ -226,12 +236,8 @@ async fn a_budget_holds_under_fifty_concurrent_requests() {
     // Persisted spend is exactly what was admitted, and never over the cap.
     assert_eq!(booked(&gw, 50).await.len(), 50);
     let admin = format!("http://127.0.0.1:{admin_port}/admin");
-    let key_usage: Value = client()
-        .get(format!("{admin}/keys/capped/usage?by=day"))
-        .bearer_auth("admin-secret-token")
-        .send()
+    let key_usage: Value = admin_get(format!("{admin}/keys/capped/usage?by=day"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -253,30 +259,16 @@ async fn a_budget_holds_under_fifty_concurrent_requests() {
     assert_eq!(key_usage["usage"]["rows"].as_array().unwrap().len(), 1);
     assert_eq!(key_usage["workload"], "app");
 
-    let workload_usage: Value = client()
-        .get(format!("{admin}/workloads/app/usage"))
-        .bearer_auth("admin-secret-token")
-        .send()
+    let workload_usage: Value = admin_get(format!("{admin}/workloads/app/usage"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(workload_usage["usage"]["total"]["requests"], admitted);
     assert!(workload_usage["budget"]["mode"].is_null());
-    let bad = client()
-        .get(format!("{admin}/workloads/app/usage?since=yesterday"))
-        .bearer_auth("admin-secret-token")
-        .send()
-        .await
-        .unwrap();
+    let bad = admin_get(format!("{admin}/workloads/app/usage?since=yesterday")).await;
     assert_eq!(bad.status(), 400);
-    let missing = client()
-        .get(format!("{admin}/keys/nope/usage"))
-        .bearer_auth("admin-secret-token")
-        .send()
-        .await
-        .unwrap();
+    let missing = admin_get(format!("{admin}/keys/nope/usage")).await;
     assert_eq!(missing.status(), 404);
 
     // The CLI reads the same database.

@@ -131,7 +131,7 @@ async fn weights_3_1_1_hold_within_ten_percent_over_5000_requests() {
             "counts {counts:?}"
         );
     }
-    let stats = gw.running.as_ref().unwrap().handles.upstreams.snapshot();
+    let stats = gw.handles().upstreams.snapshot();
     assert_eq!(
         stats.iter().map(|s| s.selections).sum::<u64>(),
         total as u64
@@ -159,7 +159,7 @@ async fn a_killed_endpoint_is_ejected_without_failed_requests_and_returns_when_r
         &one_provider(&[(&a.url(), 1), (&b_url, 1), (&c.url(), 1)], ""),
         &[("k".into(), yaml)],
     );
-    let registry = gw.running.as_ref().unwrap().handles.upstreams.clone();
+    let registry = gw.handles().upstreams.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let http = client();
@@ -243,14 +243,7 @@ async fn a_reset_before_the_response_is_retried_on_another_endpoint() {
     for r in good.requests() {
         assert_eq!(r.json(), chat("m1"));
     }
-    let s = gw
-        .running
-        .as_ref()
-        .unwrap()
-        .handles
-        .upstreams
-        .endpoint("p1", &reset.url())
-        .unwrap();
+    let s = gw.handles().upstreams.endpoint("p1", &reset.url()).unwrap();
     assert!(s.errors_reset >= 1 && s.retries >= 1, "{s:?}");
 }
 
@@ -313,7 +306,7 @@ async fn a_503_falls_back_with_the_fallbacks_credential_and_upstream_model() {
     let primary = &down.requests()[0];
     assert_eq!(primary.header("authorization"), Some("Bearer sk-one"));
     assert_eq!(primary.json()["model"], "primary");
-    let registry = &gw.running.as_ref().unwrap().handles.upstreams;
+    let registry = &gw.handles().upstreams;
     assert_eq!(
         registry.fallbacks(),
         vec![("primary".to_owned(), "backup".to_owned(), 1)]
@@ -421,14 +414,7 @@ async fn least_requests_steers_away_from_an_endpoint_holding_long_streams() {
         r.bytes().await.unwrap();
     }
     assert_eq!(busy.request_count(), before);
-    let s = gw
-        .running
-        .as_ref()
-        .unwrap()
-        .handles
-        .upstreams
-        .endpoint("p1", &busy.url())
-        .unwrap();
+    let s = gw.handles().upstreams.endpoint("p1", &busy.url()).unwrap();
     assert_eq!(s.in_flight, 1, "{s:?}");
     drop(held);
 }
@@ -466,14 +452,7 @@ async fn a_connect_timeout_is_504() {
         (504, "api_error".into(), "upstream_timeout".into())
     );
     assert!(started.elapsed() < Duration::from_secs(2));
-    let s = gw
-        .running
-        .as_ref()
-        .unwrap()
-        .handles
-        .upstreams
-        .endpoint("p1", &url)
-        .unwrap();
+    let s = gw.handles().upstreams.endpoint("p1", &url).unwrap();
     assert_eq!(s.errors_connect, 1);
 }
 
@@ -533,10 +512,7 @@ async fn an_idle_stream_is_cut() {
     assert!(err.contains("w0"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
     let s = gw
-        .running
-        .as_ref()
-        .unwrap()
-        .handles
+        .handles()
         .upstreams
         .endpoint("p1", &stalls.url())
         .unwrap();
@@ -603,7 +579,7 @@ async fn active_health_checks_take_an_endpoint_out_and_bring_it_back() {
         ),
         &[("k".into(), yaml)],
     );
-    let registry = gw.running.as_ref().unwrap().handles.upstreams.clone();
+    let registry = gw.handles().upstreams.clone();
     let wait_for = |healthy: bool| {
         let registry = registry.clone();
         let url = sick.url();
@@ -674,7 +650,7 @@ async fn endpoint_state_survives_a_policy_reload() {
     for _ in 0..8 {
         assert_eq!(post(&gw, &secret, &chat("m1")).await.status(), 200);
     }
-    let registry = gw.running.as_ref().unwrap().handles.upstreams.clone();
+    let registry = gw.handles().upstreams.clone();
     assert!(registry.endpoint("p1", &dead).unwrap().ejected);
     // a changed policy (new weight) is a new snapshot with new Provider objects
     let text = std::fs::read_to_string(&gw.config_path).unwrap();
@@ -719,14 +695,7 @@ async fn an_unreachable_primary_falls_back_after_its_retries() {
     let r = post(&gw, &secret, &chat("primary")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-mock-name"], "backup");
-    let s = gw
-        .running
-        .as_ref()
-        .unwrap()
-        .handles
-        .upstreams
-        .endpoint("p1", &dead)
-        .unwrap();
+    let s = gw.handles().upstreams.endpoint("p1", &dead).unwrap();
     assert_eq!(s.errors_connect, 1, "one endpoint, tried once: {s:?}");
 }
 
@@ -767,7 +736,7 @@ async fn p2c_latency_prefers_the_faster_endpoint() {
 async fn audit(gw: &TestGateway, n: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        gw.running.as_ref().unwrap().handles.recorder.flush();
+        gw.handles().recorder.flush();
         let text = std::fs::read_to_string(gw.dir.path().join("audit.jsonl")).unwrap_or_default();
         let lines: Vec<serde_json::Value> = text
             .lines()

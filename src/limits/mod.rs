@@ -595,6 +595,11 @@ pub fn estimate_prompt_tokens(body_len: usize) -> u64 {
 mod tests {
     use super::*;
 
+    /// A request counted against one scope only.
+    fn one<'a>(kind: &'static str, name: &'a str, spec: &'a LimitSpec) -> [ScopeRef<'a>; 1] {
+        [ScopeRef { kind, name, spec }]
+    }
+
     fn spec(windows: &[(LimitKind, u64, u64)], max_concurrent: Option<u32>) -> LimitSpec {
         LimitSpec {
             windows: windows
@@ -614,11 +619,7 @@ mod tests {
     fn request_window_admits_up_to_the_limit_then_tells_when() {
         let limits = MemoryLimits::new();
         let key = spec(&[(LimitKind::Requests, 3, 10)], None);
-        let scopes = [ScopeRef {
-            kind: "key",
-            name: "k",
-            spec: &key,
-        }];
+        let scopes = one("key", "k", &key);
         let t = 1_000_000_000;
         for i in 0..3 {
             let a = limits.admit(&scopes, Demand::default(), t).unwrap();
@@ -683,11 +684,7 @@ mod tests {
             .limit
             .starts_with("workload w"));
         // a refused request counted nothing: k2 alone still has room
-        let alone = [ScopeRef {
-            kind: "key",
-            name: "k2",
-            spec: &k2,
-        }];
+        let alone = one("key", "k2", &k2);
         assert_eq!(
             limits
                 .admit(&alone, Demand::default(), t)
@@ -704,11 +701,7 @@ mod tests {
     fn concurrency_slots_are_released_on_drop() {
         let limits = MemoryLimits::new();
         let key = spec(&[], Some(2));
-        let scopes = [ScopeRef {
-            kind: "key",
-            name: "k",
-            spec: &key,
-        }];
+        let scopes = one("key", "k", &key);
         let a = limits.admit(&scopes, Demand::default(), 1).unwrap();
         let b = limits.admit(&scopes, Demand::default(), 1).unwrap();
         let r = limits.admit(&scopes, Demand::default(), 1).unwrap_err();
@@ -724,11 +717,7 @@ mod tests {
     fn token_windows_admit_while_under_and_take_charges() {
         let limits = MemoryLimits::new();
         let key = spec(&[(LimitKind::Tokens, 100, 60)], None);
-        let scopes = [ScopeRef {
-            kind: "key",
-            name: "k",
-            spec: &key,
-        }];
+        let scopes = one("key", "k", &key);
         let a = limits
             .admit(
                 &scopes,
@@ -761,29 +750,13 @@ mod tests {
         let t = 7_000;
         for _ in 0..2 {
             limits
-                .admit(
-                    &[ScopeRef {
-                        kind: "key",
-                        name: "k",
-                        spec: &old,
-                    }],
-                    Demand::default(),
-                    t,
-                )
+                .admit(&one("key", "k", &old), Demand::default(), t)
                 .unwrap();
         }
         // a reload raises the limit: a new spec object, the same running window
         let raised = spec(&[(LimitKind::Requests, 3, 60)], None);
         let a = limits
-            .admit(
-                &[ScopeRef {
-                    kind: "key",
-                    name: "k",
-                    spec: &raised,
-                }],
-                Demand::default(),
-                t,
-            )
+            .admit(&one("key", "k", &raised), Demand::default(), t)
             .unwrap();
         assert_eq!(a.status.requests.unwrap().remaining, 0);
     }
@@ -804,11 +777,7 @@ mod tests {
     fn budgets_hold_reservations_and_release_unsettled_ones() {
         let limits = MemoryLimits::new();
         let key = budgeted(100);
-        let scopes = [ScopeRef {
-            kind: "key",
-            name: "k",
-            spec: &key,
-        }];
+        let scopes = one("key", "k", &key);
         let t = 1_000_000_000_000;
         let demand = Demand {
             tokens: 0,
@@ -849,11 +818,7 @@ mod tests {
         );
         let limits = MemoryLimits::with_persisted_spend(persisted, t);
         let wl = budgeted(100);
-        let scopes = [ScopeRef {
-            kind: "workload",
-            name: "w",
-            spec: &wl,
-        }];
+        let scopes = one("workload", "w", &wl);
         let over = Demand {
             tokens: 0,
             cost: UsdNanos(11),

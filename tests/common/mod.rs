@@ -67,6 +67,15 @@ impl TestGateway {
     pub fn keys_dir(&self) -> PathBuf {
         self.dir.path().join("keys.d")
     }
+
+    /// The running gateway's reloader, accounting, limits and upstream state.
+    pub fn handles(&self) -> &keygate::server::Handles {
+        &self
+            .running
+            .as_ref()
+            .expect("the gateway is running")
+            .handles
+    }
 }
 
 impl Drop for TestGateway {
