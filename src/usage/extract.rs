@@ -356,7 +356,16 @@ struct Scanner {
     usage_top: Option<Usage>,
     usage_resp: Option<Usage>,
     root_done: bool,
+    /// The bytes of the last one-shot document from its `{` up to its first tracked member:
+    /// members the scan only skipped. A stream's events usually repeat them byte for byte
+    /// (`id`, `object`, `created`, `model`, `system_fingerprint` come first and stay the same
+    /// for the whole stream), so an event that starts with the same bytes resumes the scan
+    /// where they end instead of walking them again. Same bytes, same outcome: this is exact.
+    skipped_head: Vec<u8>,
 }
+
+/// Longest skipped head remembered (OpenAI's is under 200 bytes).
+const MAX_SKIPPED_HEAD: usize = 512;
 
 #[inline]
 fn is_ws(c: u8) -> bool {
@@ -464,17 +473,24 @@ fn key_is(raw: &[u8], name: &str) -> bool {
     }
 }
 
-/// What a member of a tracked container is for, from its raw key (escapes not decoded).
-fn role_for(sse: bool, ctx: Ctx, raw_key: &[u8]) -> Role {
+/// What a member of a tracked container is for, from its raw key (escapes not decoded);
+/// `escaped` says whether the key has a backslash, which the caller's string scan already knows.
+#[inline]
+fn role_for(sse: bool, ctx: Ctx, raw_key: &[u8], escaped: bool) -> Role {
     if raw_key.len() > MAX_KEY {
         return Role::Skip;
     }
-    if memchr(b'\\', raw_key).is_some() {
-        return match unescape_key(raw_key) {
-            Some(k) if !k.contains('\\') => role_for(sse, ctx, k.as_bytes()),
-            _ => Role::Skip,
-        };
+    if !escaped {
+        return role_for_plain(sse, ctx, raw_key);
     }
+    match unescape_key(raw_key) {
+        Some(k) if !k.contains('\\') => role_for_plain(sse, ctx, k.as_bytes()),
+        _ => Role::Skip,
+    }
+}
+
+#[inline]
+fn role_for_plain(sse: bool, ctx: Ctx, raw_key: &[u8]) -> Role {
     match (ctx, raw_key) {
         (Ctx::Root, b"usage") => Role::Usage(Slot::Top),
         (Ctx::Root, b"choices") if sse => Role::Enter(Ctx::Choices),
@@ -511,6 +527,7 @@ impl Scanner {
             usage_top: None,
             usage_resp: None,
             root_done: false,
+            skipped_head: Vec::new(),
         }
     }
 
@@ -582,9 +599,28 @@ impl Scanner {
             ty: None,
             usage_top: None,
             usage_resp: None,
+            first_tracked: None,
         };
-        if o.object(Ctx::Root).is_none() {
+        let head = &self.skipped_head;
+        let resumed = !head.is_empty() && s[start..].starts_with(head);
+        let parsed = if resumed {
+            o.i = start + head.len();
+            o.members(Ctx::Root)
+        } else {
+            o.object(Ctx::Root)
+        };
+        if parsed.is_none() {
             return false;
+        }
+        // Only a stream has a next document to save work on.
+        if self.sse && !resumed {
+            self.skipped_head.clear();
+            if let Some(end) = o
+                .first_tracked
+                .filter(|&end| end - start <= MAX_SKIPPED_HEAD)
+            {
+                self.skipped_head.extend_from_slice(&s[start..end]);
+            }
         }
         self.counts = o.counts;
         if let Some((a, b)) = o.ty {
@@ -747,7 +783,7 @@ impl Scanner {
         self.role = if self.key_long {
             Role::Skip
         } else {
-            role_for(self.sse, self.top(), &self.key)
+            role_for(self.sse, self.top(), &self.key, self.key.contains(&b'\\'))
         };
         self.lex = Lex::Colon;
     }
@@ -950,6 +986,9 @@ struct OneShot<'a> {
     ty: Option<(usize, usize)>,
     usage_top: Option<Usage>,
     usage_resp: Option<Usage>,
+    /// Where the root's first tracked member starts (its key's quote), when members before it
+    /// were skipped: the end of what [`Scanner::skipped_head`] may remember.
+    first_tracked: Option<usize>,
 }
 
 impl OneShot<'_> {
@@ -969,12 +1008,25 @@ impl OneShot<'_> {
             self.i += 1;
             return Some(());
         }
+        self.members(ctx)
+    }
+
+    /// At the opening quote of a member's key; reads the rest of the object.
+    fn members(&mut self, ctx: Ctx) -> Option<()> {
+        let first = self.i;
+        let mut tracked_seen = false;
         loop {
             if self.byte()? != b'"' {
                 return None;
             }
-            let key_end = skip_string(self.s, self.i)?;
-            let role = role_for(self.sse, ctx, &self.s[self.i + 1..key_end - 1]);
+            let (key_end, escaped) = skip_string_noting_escapes(self.s, self.i)?;
+            let role = role_for(self.sse, ctx, &self.s[self.i + 1..key_end - 1], escaped);
+            if ctx == Ctx::Root && !tracked_seen && role != Role::Skip {
+                tracked_seen = true;
+                if self.i > first {
+                    self.first_tracked = Some(self.i);
+                }
+            }
             self.i = key_end;
             self.ws();
             if self.byte()? != b':' {
@@ -1384,6 +1436,21 @@ fn skip_string(s: &[u8], i: usize) -> Option<usize> {
         if s[i] == b'"' {
             return Some(i + 1);
         }
+        i += 2;
+    }
+}
+
+/// [`skip_string`], also telling whether the string has an escape.
+#[inline]
+fn skip_string_noting_escapes(s: &[u8], i: usize) -> Option<(usize, bool)> {
+    let mut i = i + 1;
+    let mut escaped = false;
+    loop {
+        i += string_stop(s.get(i..)?)?;
+        if s[i] == b'"' {
+            return Some((i + 1, escaped));
+        }
+        escaped = true;
         i += 2;
     }
 }
@@ -2185,6 +2252,36 @@ mod tests {
                     sc.feed(std::slice::from_ref(b));
                 }
                 assert_eq!(findings(&sc), want, "byte by byte: {doc}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_remembered_head_gives_what_a_fresh_scan_gives() {
+        // Events sharing leading members with the one before, then differing right where the
+        // remembered head ends, inside it, or in how the next member is spelled.
+        let events = [
+            r#"{"id":"a","created":1,"choices":[{"delta":{"content":"xy"}}],"usage":null}"#,
+            r#"{"id":"a","created":1,"choices":[{"delta":{"content":"zzz"}}],"usage":null}"#,
+            r#"{"id":"a","created":1,"usage":{"prompt_tokens":5,"completion_tokens":6}}"#,
+            r#"{"id":"a","created":1,"model":"m","usage":{"prompt_tokens":7}}"#,
+            r#"{"id":"a","created":2,"choices":[{"text":"abc"}]}"#,
+            r#"{"id":"a","created":2,"us\u0061ge":{"prompt_tokens":8}}"#,
+            r#"{"id":"a","created":2,"choices":[],"x":1"#,
+            r#"{"id":"a","created":2}"#,
+            r#"{"id":"a","created":2,"choices":[{"delta":{"content":"q"}}]}"#,
+            r#"{"id":"a","created":2,"type":"t","delta":"dd"}"#,
+        ];
+        let mut reused = Scanner::new(true);
+        for (n, event) in events.iter().enumerate() {
+            reused.reset();
+            let mut fresh = Scanner::new(true);
+            let one_shot = fresh.try_one_shot(event.as_bytes());
+            assert_eq!(one_shot, !event.ends_with(":1"), "{event}");
+            assert_eq!(reused.try_one_shot(event.as_bytes()), one_shot, "{event}");
+            assert_eq!(findings(&reused), findings(&fresh), "{event}");
+            if n == 0 {
+                assert_eq!(reused.skipped_head, br#"{"id":"a","created":1,"#);
             }
         }
     }
