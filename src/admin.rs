@@ -294,7 +294,7 @@ impl AdminApi {
             _ => filter.workload = Some(name.to_owned()),
         }
         let figures = self.limits.spend(scope, name, crate::limits::now_ms());
-        let budget_view = report::budget_json(budget.as_ref(), &figures);
+        let budget_view = report::budget_json(budget.as_deref(), &figures);
         let usage = match policy.state_dir.clone() {
             None => json!(null),
             Some(dir) => {

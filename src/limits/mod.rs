@@ -61,7 +61,9 @@ pub struct LimitSpec {
     pub windows: Vec<WindowSpec>,
     pub max_concurrent: Option<u32>,
     pub allowed_ips: Option<Vec<IpNet>>,
-    pub budget: Option<BudgetSpec>,
+    /// Shared, so that an admission holds on to it for settling with a reference count rather
+    /// than a copy.
+    pub budget: Option<Arc<BudgetSpec>>,
     /// This scope's counters in the live [`MemoryLimits`], found on first use per snapshot.
     pub(crate) slot: OnceLock<Arc<Scope>>,
 }
@@ -77,7 +79,7 @@ impl LimitSpec {
             windows,
             max_concurrent,
             allowed_ips,
-            budget,
+            budget: budget.map(Arc::new),
             slot: OnceLock::new(),
         }
     }
@@ -246,9 +248,9 @@ struct Held {
     kind: &'static str,
     holds_slot: bool,
     /// The scope's budget when the request reserved against it (for settling and alerts).
-    budget: Option<BudgetSpec>,
-    /// Token windows `(kind, per_ms)` that later charges go to.
-    token_windows: SmallVec<[(LimitKind, u64); 2]>,
+    budget: Option<Arc<BudgetSpec>>,
+    /// The request counted in the scope's token windows, so later charges go there too.
+    charges_tokens: bool,
 }
 
 impl Drop for Admission {
@@ -337,28 +339,24 @@ impl MemoryLimits {
         })
     }
 
-    fn scope(&self, scope: &ScopeRef<'_>) -> Arc<Scope> {
-        scope
-            .spec
-            .slot
-            .get_or_init(|| {
-                let key = (scope.kind, Box::<str>::from(scope.name));
-                if let Some(s) = self
-                    .scopes
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&key)
-                {
-                    return s.clone();
-                }
-                self.scopes
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(key)
-                    .or_default()
-                    .clone()
-            })
-            .clone()
+    fn scope<'s>(&self, scope: &ScopeRef<'s>) -> &'s Arc<Scope> {
+        scope.spec.slot.get_or_init(|| {
+            let key = (scope.kind, Box::<str>::from(scope.name));
+            if let Some(s) = self
+                .scopes
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+            {
+                return s.clone();
+            }
+            self.scopes
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key)
+                .or_default()
+                .clone()
+        })
     }
 
     /// In-flight requests of a scope (for tests and metrics).
@@ -377,7 +375,7 @@ impl LimitState for MemoryLimits {
         demand: Demand,
         now_ms: u64,
     ) -> Result<Admission, LimitRefusal> {
-        let active: SmallVec<[(&ScopeRef<'_>, Arc<Scope>); 2]> = scopes
+        let active: SmallVec<[(&ScopeRef<'_>, &Arc<Scope>); 2]> = scopes
             .iter()
             .filter(|s| s.spec.counts())
             .map(|s| (s, self.scope(s)))
@@ -398,10 +396,9 @@ impl LimitState for MemoryLimits {
             for w in &scope_ref.spec.windows {
                 let per_ms = w.per_ms();
                 let counter = counters.counter(w.kind, per_ms, now_ms);
-                let estimate = counter.estimate(now_ms, per_ms);
                 let fits = match w.kind {
-                    LimitKind::Requests => estimate + 1.0 <= w.limit as f64,
-                    LimitKind::Tokens => estimate < w.limit as f64,
+                    LimitKind::Requests => counter.fits(now_ms, per_ms, w.limit, 1),
+                    LimitKind::Tokens => counter.below(now_ms, per_ms, w.limit),
                 };
                 if !fits {
                     let wait = counter.wait_for(now_ms, per_ms, w.limit, 1);
@@ -464,7 +461,7 @@ impl LimitState for MemoryLimits {
 
         let mut admission = Admission::default();
         for ((scope_ref, scope), counters) in active.iter().zip(guards.iter_mut()) {
-            let mut token_windows = SmallVec::new();
+            let mut charges_tokens = false;
             for w in &scope_ref.spec.windows {
                 let per_ms = w.per_ms();
                 let counter = counters.counter(w.kind, per_ms, now_ms);
@@ -473,16 +470,15 @@ impl LimitState for MemoryLimits {
                         LimitKind::Requests => counter.current += 1,
                         LimitKind::Tokens => {
                             counter.current += demand.tokens;
-                            token_windows.push((w.kind, per_ms));
+                            charges_tokens = true;
                         }
                     }
                 }
-                let estimate = counter.estimate(now_ms, per_ms);
                 status.consider(
                     w.kind,
                     WindowStatus {
                         limit: w.limit,
-                        remaining: (w.limit as f64 - estimate).max(0.0).floor() as u64,
+                        remaining: counter.remaining(now_ms, per_ms, w.limit),
                         reset: counter.until_reset(now_ms, per_ms),
                     },
                 );
@@ -496,11 +492,11 @@ impl LimitState for MemoryLimits {
                 counters.spend.reserve(demand.cost, cal);
             }
             admission.scopes.push(Held {
-                scope: scope.clone(),
+                scope: Arc::clone(scope),
                 kind: scope_ref.kind,
                 holds_slot,
                 budget,
-                token_windows,
+                charges_tokens,
             });
         }
         admission.reserved_at = cal;
@@ -526,13 +522,17 @@ impl LimitState for MemoryLimits {
             return;
         }
         for held in &admission.scopes {
-            if held.token_windows.is_empty() {
+            if !held.charges_tokens {
                 continue;
             }
             let mut c = held.scope.inner.lock().unwrap_or_else(|e| e.into_inner());
-            for (kind, per_ms) in &held.token_windows {
-                let counter = c.counter(*kind, *per_ms, now_ms);
-                counter.current = counter.current.saturating_add_signed(delta);
+            // Every token window of the scope: the ones the request counted in, unless a reload
+            // changed a window's length meanwhile, when the new one takes the charge.
+            for (kind, per_ms, counter) in &mut c.windows {
+                if *kind == LimitKind::Tokens {
+                    counter.roll(now_ms, *per_ms);
+                    counter.current = counter.current.saturating_add_signed(delta);
+                }
             }
         }
     }
@@ -763,12 +763,12 @@ mod tests {
 
     fn budgeted(daily: u64) -> LimitSpec {
         LimitSpec {
-            budget: Some(BudgetSpec {
+            budget: Some(Arc::new(BudgetSpec {
                 daily: Some(UsdNanos(daily)),
                 monthly: None,
                 mode: budget::BudgetMode::Enforce,
                 alert_at: SmallVec::from_slice(&[500]),
-            }),
+            })),
             ..Default::default()
         }
     }

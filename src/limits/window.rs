@@ -48,6 +48,43 @@ impl WindowCounter {
         self.previous as f64 * (1.0 - self.elapsed_fraction(now_ms, per_ms)) + self.current as f64
     }
 
+    /// The estimate times `per_ms`, in integers: exact, and free of the float conversions that
+    /// otherwise dominate an admission check.
+    #[inline]
+    fn scaled_estimate(&self, now_ms: u64, per_ms: u64) -> u128 {
+        let elapsed = now_ms.saturating_sub(self.index * per_ms).min(per_ms);
+        u128::from(self.previous) * u128::from(per_ms - elapsed)
+            + u128::from(self.current) * u128::from(per_ms)
+    }
+
+    /// Whether `cost` more stays within `limit` at `now_ms`.
+    #[inline]
+    pub fn fits(&self, now_ms: u64, per_ms: u64, limit: u64, cost: u64) -> bool {
+        self.scaled_estimate(now_ms, per_ms) + u128::from(cost) * u128::from(per_ms)
+            <= u128::from(limit) * u128::from(per_ms)
+    }
+
+    /// Whether the estimate is still under `limit` (a token window admits while it is).
+    #[inline]
+    pub fn below(&self, now_ms: u64, per_ms: u64, limit: u64) -> bool {
+        self.scaled_estimate(now_ms, per_ms) < u128::from(limit) * u128::from(per_ms)
+    }
+
+    /// Whole units left under `limit` at `now_ms`:
+    /// `floor((limit·per − previous·rest − current·per) / per)`
+    /// `= limit − current − ceil(previous·rest / per)`, where `rest` is what remains of the window.
+    #[inline]
+    pub fn remaining(&self, now_ms: u64, per_ms: u64, limit: u64) -> u64 {
+        let elapsed = now_ms.saturating_sub(self.index * per_ms).min(per_ms);
+        let fading = u128::from(self.previous) * u128::from(per_ms - elapsed);
+        // A 128-bit division is a library call; the product nearly always fits 64 bits.
+        let faded = match u64::try_from(fading) {
+            Ok(fading) => fading.div_ceil(per_ms),
+            Err(_) => fading.div_ceil(u128::from(per_ms)) as u64,
+        };
+        limit.saturating_sub(self.current).saturating_sub(faded)
+    }
+
     /// How long from `now_ms` until `cost` more fits under `limit` (zero if it fits now).
     pub fn wait_for(&self, now_ms: u64, per_ms: u64, limit: u64, cost: u64) -> Duration {
         let limit = limit as f64;
@@ -157,6 +194,50 @@ mod tests {
             previous: 10,
         };
         assert!(w.estimate(16_000, PER) + 1.0 <= 10.0);
+    }
+
+    #[test]
+    fn integer_checks_match_the_weighted_estimate() {
+        for previous in [0, 1, 7, 10, 999] {
+            for current in [0, 1, 3, 10, 1000] {
+                let w = WindowCounter {
+                    index: 1,
+                    current,
+                    previous,
+                };
+                for now in (PER..2 * PER).step_by(250) {
+                    let estimate = w.estimate(now, PER);
+                    for limit in [1, 5, 10, 11, 500, 2000] {
+                        // Where the float lands within rounding of the limit, only the
+                        // integers are right.
+                        let limit_f = limit as f64;
+                        if (estimate + 1.0 - limit_f).abs() > 1e-9 {
+                            assert_eq!(
+                                w.fits(now, PER, limit, 1),
+                                estimate + 1.0 <= limit_f,
+                                "{w:?} at {now}, limit {limit}"
+                            );
+                        }
+                        if (estimate - limit_f).abs() > 1e-9 {
+                            assert_eq!(w.below(now, PER, limit), estimate < limit_f);
+                        }
+                        // Exactly what still fits; the float form can round a whole unit off.
+                        let remaining = w.remaining(now, PER, limit);
+                        let float = (limit as f64 - estimate).max(0.0).floor() as u64;
+                        assert!(remaining.abs_diff(float) <= 1);
+                        assert!(remaining == 0 || w.fits(now, PER, limit, remaining));
+                        assert!(!w.fits(now, PER, limit, remaining + 1));
+                    }
+                }
+            }
+        }
+        let huge = WindowCounter {
+            index: 1,
+            current: u64::MAX / 2,
+            previous: u64::MAX / 2,
+        };
+        assert!(!huge.fits(PER, PER, u64::MAX / 2, 1));
+        assert_eq!(huge.remaining(PER, PER, u64::MAX), 1);
     }
 
     #[test]
