@@ -8,12 +8,14 @@
 //! - [`state`]: live per-endpoint state kept across reloads (ejection, load, latency, counters);
 //! - [`balance`]: choosing the endpoint of one attempt;
 //! - [`attempt`]: one request's way through attempts, retries and fallbacks;
-//! - [`health`]: the active health-check background service.
+//! - [`health`]: the active health-check background service;
+//! - [`watchdog`]: the per-attempt watchdog for the smaller of `first_byte` and `idle`.
 
 pub mod attempt;
 pub mod balance;
 pub mod health;
 pub mod state;
+pub mod watchdog;
 
 use crate::config::schema::ProviderFormat;
 use arc_swap::ArcSwap;
