@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::upstream::{MockUpstream, Reply};
+use common::upstream::{MockUpstream, Reply, TestCa};
 use common::{client, error_of, key_file, TestGateway};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -346,34 +346,42 @@ async fn a_429_falls_back_but_not_for_a_key_without_the_fallback_model() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_byte_timeout_falls_back() {
-    let slow = MockUpstream::start(
-        "slow",
-        Reply::Delayed {
-            delay: Duration::from_secs(5),
-            reply: Box::new(Reply::chat_ok()),
-        },
-    )
-    .await;
-    let backup = MockUpstream::start("backup", Reply::chat_ok()).await;
-    let (secret, yaml) = key_file("both", "");
-    let gw = TestGateway::start(
-        &with_fallback(
-            &slow.url(),
-            &backup.url(),
-            "    timeouts: {first_byte: 500ms, idle: 500ms}\n",
-        ),
-        &[("k".into(), yaml)],
-    );
-    let started = Instant::now();
-    let r = post(&gw, &secret, &chat("primary")).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-mock-name"], "backup");
-    assert!(started.elapsed() < Duration::from_secs(3));
-    assert_eq!(
-        slow.request_count(),
-        1,
-        "a timeout is not retried on the same provider"
-    );
+    // Pingora's own read timeout, then the watchdog's (first_byte below idle)
+    for timeouts in [
+        "{first_byte: 500ms, idle: 500ms}",
+        "{first_byte: 300ms, idle: 10s}",
+    ] {
+        let slow = MockUpstream::start(
+            "slow",
+            Reply::Delayed {
+                delay: Duration::from_secs(5),
+                reply: Box::new(Reply::chat_ok()),
+            },
+        )
+        .await;
+        let backup = MockUpstream::start("backup", Reply::chat_ok()).await;
+        let (secret, yaml) = key_file("both", "");
+        let gw = TestGateway::start(
+            &with_fallback(
+                &slow.url(),
+                &backup.url(),
+                &format!("    timeouts: {timeouts}\n"),
+            ),
+            &[("k".into(), yaml)],
+        );
+        let started = Instant::now();
+        let r = post(&gw, &secret, &chat("primary")).await;
+        assert_eq!(r.status(), 200, "{timeouts}");
+        assert_eq!(r.headers()["x-mock-name"], "backup");
+        assert!(started.elapsed() < Duration::from_secs(3), "{timeouts}");
+        assert_eq!(
+            slow.request_count(),
+            1,
+            "a timeout is not retried on the same provider"
+        );
+        let s = gw.handles().upstreams.endpoint("p1", &slow.url()).unwrap();
+        assert_eq!(s.errors_timeout, 1, "{timeouts}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -515,6 +523,176 @@ async fn an_idle_stream_is_cut() {
         .handles()
         .upstreams
         .endpoint("p1", &stalls.url())
+        .unwrap();
+    assert_eq!(s.errors_timeout, 1);
+}
+
+/// `first_byte` below `idle`: Pingora's read timeout is `idle`, the watchdog enforces `first_byte`
+/// up to the header and then leaves the body to `idle`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_byte_shorter_than_idle_holds_on_its_own() {
+    let upstream = MockUpstream::start(
+        "silent",
+        Reply::Delayed {
+            delay: Duration::from_secs(10),
+            reply: Box::new(Reply::chat_ok()),
+        },
+    )
+    .await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &one_provider(
+            &[(&upstream.url(), 1)],
+            "    timeouts: {first_byte: 300ms, idle: 5s}\n",
+        ),
+        &[("k".into(), yaml)],
+    );
+    let started = Instant::now();
+    let r = post(&gw, &secret, &chat("m1")).await;
+    assert_eq!(
+        error_of(r).await,
+        (504, "api_error".into(), "upstream_timeout".into())
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    let s = gw
+        .handles()
+        .upstreams
+        .endpoint("p1", &upstream.url())
+        .unwrap();
+    assert_eq!(s.errors_timeout, 1);
+
+    // pauses longer than first_byte but shorter than idle, once the header is in: no cut
+    upstream.set_reply(Reply::Sse {
+        events: sse_events(3),
+        interval: Duration::from_secs(1),
+    });
+    let mut body = chat("m1");
+    body["stream"] = json!(true);
+    let r = post(&gw, &secret, &body).await;
+    assert_eq!(r.status(), 200);
+    let text = read_stream(r).await.expect("the stream runs to its end");
+    assert!(text.contains("w0") && text.contains("w2"), "{text}");
+    let s = gw
+        .handles()
+        .upstreams
+        .endpoint("p1", &upstream.url())
+        .unwrap();
+    assert_eq!(s.errors_timeout, 1);
+}
+
+/// `idle` below `first_byte`: Pingora's read timeout is `first_byte`, the watchdog enforces `idle`
+/// from the header on. A cut stream is booked as estimated with the timeout as its error, and the
+/// connection it was on is not used again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_shorter_than_first_byte_holds_on_its_own() {
+    let upstream = MockUpstream::start(
+        "thinks",
+        Reply::Delayed {
+            delay: Duration::from_secs(1),
+            reply: Box::new(Reply::chat_ok()),
+        },
+    )
+    .await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &format!(
+            "audit_log: audit.jsonl\n{}",
+            one_provider(
+                &[(&upstream.url(), 1)],
+                "    timeouts: {first_byte: 5s, idle: 300ms}\n",
+            )
+        ),
+        &[("k".into(), yaml)],
+    );
+    // a wait for the header longer than idle but shorter than first_byte: answered
+    let r = post(&gw, &secret, &chat("m1")).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+
+    // a header and one event, then silence: cut after idle, long before first_byte
+    upstream.set_reply(Reply::Sse {
+        events: sse_events(2),
+        interval: Duration::from_secs(10),
+    });
+    let started = Instant::now();
+    let mut body = chat("m1");
+    body["stream"] = json!(true);
+    let r = post(&gw, &secret, &body).await;
+    assert_eq!(r.status(), 200);
+    let err = read_stream(r).await.expect_err("the stream must be cut");
+    assert!(err.contains("w0") && !err.contains("w1"), "{err}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    let lines = audit(&gw, 2).await;
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["status"], 200);
+    assert_eq!(lines[1]["estimated"], true);
+    assert_eq!(lines[1]["error"], "upstream_timeout", "{}", lines[1]);
+    let s = gw
+        .handles()
+        .upstreams
+        .endpoint("p1", &upstream.url())
+        .unwrap();
+    assert_eq!(s.errors_timeout, 1);
+
+    // the shut-down connection is not pooled: the next request opens a new one and succeeds
+    upstream.set_reply(Reply::chat_ok());
+    let connections = upstream.connection_count();
+    let r = post(&gw, &secret, &chat("m1")).await;
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    assert_eq!(upstream.connection_count(), connections + 1);
+}
+
+/// The watchdog's shutdown ends a read through TLS as it does one on plain TCP.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_idle_watchdog_cuts_a_tls_upstream_too() {
+    let ca = TestCa::new();
+    let upstream = MockUpstream::start_tls(
+        "tls",
+        Reply::Sse {
+            events: sse_events(2),
+            interval: Duration::from_secs(10),
+        },
+        &ca,
+        "localhost",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &one_provider(
+            &[(&upstream.url(), 1)],
+            &format!(
+                "    ca_file: {}\n    timeouts: {{first_byte: 5s, idle: 300ms}}\n",
+                ca.write_pem(dir.path()).display()
+            ),
+        ),
+        &[("k".into(), yaml)],
+    );
+    let started = Instant::now();
+    let mut body = chat("m1");
+    body["stream"] = json!(true);
+    let r = post(&gw, &secret, &body).await;
+    assert_eq!(r.status(), 200);
+    let err = read_stream(r).await.expect_err("the stream must be cut");
+    assert!(err.contains("w0"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let s = gw
+        .handles()
+        .upstreams
+        .endpoint("p1", &upstream.url())
         .unwrap();
     assert_eq!(s.errors_timeout, 1);
 }

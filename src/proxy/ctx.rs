@@ -5,6 +5,7 @@ use super::routes::Route;
 use crate::limits::{Admission, RateStatus};
 use crate::policy::{Key, Model, Policy};
 use crate::upstream::attempt::UpstreamAttempts;
+use crate::upstream::watchdog::Watchdog;
 use crate::usage::{UsageChunkStripper, UsageExtractor};
 use bytes::Bytes;
 use std::net::IpAddr;
@@ -49,6 +50,8 @@ pub struct RequestCtx {
     pub in_flight: Option<crate::shutdown::InFlight>,
     /// Endpoints tried, retries and fallbacks taken, the total deadline (see `upstream::attempt`).
     pub upstream: UpstreamAttempts,
+    /// The current attempt's watchdog, when its provider's `first_byte` and `idle` differ.
+    pub watchdog: Option<Watchdog>,
 }
 
 impl RequestCtx {
@@ -76,6 +79,7 @@ impl RequestCtx {
             first_byte: None,
             in_flight: None,
             upstream: UpstreamAttempts::default(),
+            watchdog: None,
         }
     }
 }

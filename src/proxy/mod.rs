@@ -23,6 +23,7 @@ use crate::shutdown::Drain;
 use crate::upstream::attempt::{Next, Outcome};
 use crate::upstream::balance;
 use crate::upstream::state::{FailureKind, UpstreamRegistry};
+use crate::upstream::watchdog::{self, Expired, Watchdog};
 use crate::usage::cost::UsdNanos;
 use crate::usage::{
     request_with_include_usage, BodyKind, ContentEncoding, Usage, UsageChunkStripper,
@@ -34,6 +35,7 @@ use ctx::RequestCtx;
 use errors::ApiError;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
@@ -468,6 +470,8 @@ impl ProxyHttp for Gateway {
     ) -> Result<Box<HttpPeer>> {
         ctx.upstream_started
             .get_or_insert_with(std::time::Instant::now);
+        // A new attempt: the last one's watchdog must not act on (or report for) this one.
+        ctx.watchdog = None;
         loop {
             if let Some(fallback) = ctx.upstream.take_fallback() {
                 self.switch_model(ctx, fallback)?;
@@ -559,6 +563,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        // The watchdog's shutdown surfaces as whatever error Pingora saw first on the upstream
+        // socket; a client gone at the same moment stays the client's doing.
+        if let Some(w) = ctx.watchdog.take().filter(Watchdog::fired) {
+            if matches!(e.esource(), ErrorSource::Upstream) {
+                e = Expired(w.guard()).replace(e);
+            }
+        }
         if std::mem::take(&mut ctx.upstream.replacing_response) {
             // keygate's own signal from upstream_response_filter: the fallback is already chosen
             e.set_retry(true);
@@ -593,19 +604,33 @@ impl ProxyHttp for Gateway {
         e
     }
 
-    /// Counts pooled versus new upstream connections.
+    /// Counts pooled versus new upstream connections, and arms the attempt's watchdog when the
+    /// provider's `first_byte` and `idle` differ (Pingora's one read timeout is the larger).
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
         reused: bool,
-        _peer: &HttpPeer,
-        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        peer: &HttpPeer,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(attempt) = ctx.upstream.current() {
             attempt.state.record_connection(reused);
+        }
+        #[cfg(unix)]
+        if let Some(model) = &ctx.model {
+            let provider = &model.provider;
+            let plan = watchdog::plan(
+                provider.first_byte_timeout,
+                provider.idle_timeout,
+                peer.options.read_timeout,
+            );
+            // Shutting down a multiplexed (h2) connection would cut other requests' streams too.
+            if let (Some((guard, limit)), ALPN::H1) = (plan, &peer.options.alpn) {
+                ctx.watchdog = Watchdog::arm(fd, guard, limit);
+            }
         }
         Ok(())
     }
@@ -618,6 +643,16 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let Some(w) = ctx.watchdog.as_mut() {
+            match w.header_arrived(upstream_response) {
+                Ok(true) => {}
+                Ok(false) => ctx.watchdog = None,
+                Err(expired) => {
+                    ctx.watchdog = None;
+                    return Err(expired.error());
+                }
+            }
+        }
         let status = upstream_response.status.as_u16();
         ctx.upstream.got_header = true;
         if let Some(attempt) = ctx.upstream.current() {
@@ -643,6 +678,7 @@ impl ProxyHttp for Gateway {
     }
 
     /// Enforces the total deadline on a response still streaming: past it, the stream is cut.
+    /// Each chunk also restarts the idle watchdog's clock.
     fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
@@ -655,6 +691,15 @@ impl ProxyHttp for Gateway {
                 ErrorType::ReadTimedout,
                 "the provider's total timeout ran out mid-response",
             );
+        }
+        if let Some(w) = ctx.watchdog.as_mut() {
+            if end_of_stream {
+                let ended = w.body_ended();
+                ctx.watchdog = None;
+                ended.map_err(Expired::error)?;
+            } else {
+                w.touch();
+            }
         }
         Ok(None)
     }
@@ -821,6 +866,7 @@ impl ProxyHttp for Gateway {
 
     /// Account: settle tokens and cost (a cut stream is charged what was seen) and book the request.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.watchdog = None;
         if let Some(e) = e {
             tracing::debug!(request_id = %ctx.request_id, error = %e, "request failed");
         }

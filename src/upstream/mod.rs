@@ -198,8 +198,9 @@ impl Provider {
     ///
     /// Pingora 0.9.1 applies one read timeout to every upstream read of an attempt, the wait
     /// for the response header and each body read alike; it cannot tell the first byte from a
-    /// pause mid-stream. The larger of `first_byte` and `idle` is used so that neither fires
-    /// early: the smaller one is then honoured only up to the larger.
+    /// pause mid-stream. The read timeout is the larger of `first_byte` and `idle`, so that
+    /// neither fires early; when they differ, the proxy arms a [`watchdog`] for the smaller one
+    /// (`first_byte` up to the response header, or `idle` from there on).
     pub fn peer(&self, index: usize, remaining: Option<Duration>) -> Option<HttpPeer> {
         let endpoint = self.endpoints.get(index)?;
         let addr = {
