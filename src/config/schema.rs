@@ -166,7 +166,8 @@ pub struct TimeoutsFile {
     /// Longest wait for the response header after the request was sent, e.g. `60s`.
     #[serde(default)]
     pub first_byte: Option<String>,
-    /// Longest silence while reading the upstream response (header or body), e.g. `60s`.
+    /// Longest silence of the upstream once the response header arrived, e.g. `60s`; also the
+    /// default of `first_byte`.
     #[serde(default)]
     pub idle: Option<String>,
     /// Longest time for the whole upstream exchange of one model, retries included, e.g. `600s`.
