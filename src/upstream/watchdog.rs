@@ -499,15 +499,15 @@ mod tests {
     #[tokio::test]
     async fn the_kernel_vetoes_a_silence_that_is_not_the_upstreams() {
         let (client, mut server) = pair().await;
-        let mut w = Watchdog::arm(client.as_raw_fd(), Guard::Idle, 100 * MS).unwrap();
+        let mut w = Watchdog::arm(client.as_raw_fd(), Guard::Idle, 200 * MS).unwrap();
         assert_eq!(w.header_arrived(&chunked()), Ok(true));
-        for _ in 0..10 {
+        for _ in 0..15 {
             server.write_all(b"unread").await.unwrap();
             tokio::time::sleep(30 * MS).await;
         }
         assert!(!w.fired(), "the upstream kept talking");
         drop(server);
-        tokio::time::sleep(300 * MS).await;
+        tokio::time::sleep(400 * MS).await;
         assert!(!w.fired(), "the upstream closed its side itself");
         drop(client);
     }
