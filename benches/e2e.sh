@@ -8,12 +8,15 @@
 #   2. SSE streaming chat: same three, plus time to first byte through each (ttft.sh);
 #   3. one connection: added p50/p99 latency over direct;
 #   4. non-streaming chat with keygate in "keys only" mode (no limits, budgets, audit): the
-#      governance cost ratio.
+#      governance cost ratio;
+#   5. the same with limits only (rate limits, concurrency caps, IP allowlists on the key and its
+#      workload; no budgets, usage database or audit log): the cost of limits, run between two
+#      keys-only rounds so both see the same machine.
 # Peak RSS of keygate is sampled during every pass. Results go to $OUT (default
 # target/e2e/<timestamp>) and, with WRITE_README=1, into README.md between the PERF markers.
 #
 # usage: benches/e2e.sh   env: DURATION (s, default 8) ROUNDS (2) KEYS (1000) WRITE_README
-#                              PASSES ("chat stream latency keysonly": rerun some into an existing OUT)
+#                              PASSES ("chat stream latency keysonly limits": rerun some into an existing OUT)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -32,10 +35,16 @@ BIN="$ROOT/target/release/keygate"
 
 # ---- policies ---------------------------------------------------------------------------------
 # `full`: every governance feature on. `keys`: the same keys, nothing but authentication.
-write_policy() { # dir full|keys
+# `limits`: keys plus rate limits, concurrency caps and IP allowlists, nothing else.
+write_policy() { # dir full|keys|limits
   local dir="$1" mode="$2"
   mkdir -p "$dir/keys.d"
   local governance="" key_governance=""
+  if [ "$mode" = limits ]; then
+    key_governance='rate_limits: [{requests: 100000000, per: 1m}, {tokens: 100000000000, per: 1m}]
+max_concurrent: 100000
+allowed_ips: [127.0.0.0/8, "::1/128"]'
+  fi
   if [ "$mode" = full ]; then
     governance='state_dir: state
 audit_log: state/audit.jsonl'
@@ -73,6 +82,7 @@ workloads:
   bench:
     models: [gpt-4o-mini, gpt-4o-mini-paced]
 $( [ "$mode" = full ] && printf '    rate_limits: [{requests: 100000000, per: 1m}]\n    budget: {monthly_usd: 10000000}\n' )
+$( [ "$mode" = limits ] && printf '    rate_limits: [{requests: 100000000, per: 1m}]\n' )
 EOF
   sed 's#MOCK_ORIGIN#http://127.0.0.1:18080#' "$dir/keygate.template.yaml" > "$dir/keygate.yaml"
   # Filler keys: valid files with random digests (their secrets are never needed).
@@ -91,7 +101,7 @@ PY
   "$BIN" check --config "$dir/keygate.yaml" >/dev/null
 }
 
-for mode in full keys; do
+for mode in full keys limits; do
   rm -rf "$OUT/policy-$mode"
   write_policy "$OUT/policy-$mode" "$mode"
 done
@@ -139,13 +149,15 @@ pass() { # name workload policy candidates modes conns [post_hook]
 # A keygate still draining from an earlier run would answer in place of the new one.
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/18100) 2>/dev/null || break; sleep 0.2; done
 
-PASSES="${PASSES:-chat stream latency keysonly}"
+PASSES="${PASSES:-chat stream latency keysonly limits}"
 for p in $PASSES; do
   case "$p" in
     chat)     pass chat   chat   "$OUT/policy-full" "direct nginx gateway" "pinned unpinned" 32 ;;
     stream)   pass stream stream "$OUT/policy-full" "direct nginx gateway" "pinned" 32 "GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_NAME=keygate GATEWAY_PACED_MODEL=gpt-4o-mini-paced GATEWAY_AUTH='Bearer $(cat "$OUT/policy-full/secret")' bash $BENCH/ttft.sh 30" ;;
     latency)  pass latency chat  "$OUT/policy-full" "direct nginx gateway" "pinned" 1 ;;
     keysonly) pass keysonly chat "$OUT/policy-keys" "gateway" "pinned" 32 ;;
+    limits)   pass limits chat "$OUT/policy-limits" "gateway" "pinned" 32
+              pass keysonly2 chat "$OUT/policy-keys" "gateway" "pinned" 32 ;;
   esac
 done
 
@@ -185,6 +197,12 @@ lines.append(f"- Added latency at one connection (keygate − direct, pinned): p
              f"{med(k,'p50_ms') - med(d,'p50_ms'):+.3f} ms, p99 {med(k,'p99_ms') - med(d,'p99_ms'):+.3f} ms.")
 lines.append(f"- Governance cost: RPS with every feature on / RPS with keys only = "
              f"{med(full,'rps'):.0f} / {med(keysonly,'rps'):.0f} = {med(full,'rps') / med(keysonly,'rps'):.2f}.")
+if os.path.exists(f"{out}/limits/results.csv"):
+    lim = pick(rows("limits"), "gateway", "pinned")
+    around = keysonly + pick(rows("keysonly2"), "gateway", "pinned")
+    lines.append(f"- Limits cost: RPS with limits only (rate limits on key and workload, the key's concurrency "
+                 f"cap and IP allowlist) / RPS with keys only (median of the rounds before and after) = "
+                 f"{med(lim,'rps'):.0f} / {med(around,'rps'):.0f} = {med(lim,'rps') / med(around,'rps'):.2f}.")
 lines.append(f"- keygate peak RSS under load with {keys} keys: chat {rss('chat'):.0f} MB, SSE {rss('stream'):.0f} MB.")
 ttft = f"{out}/stream/post-pinned.txt"
 if os.path.exists(ttft):
