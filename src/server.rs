@@ -67,6 +67,7 @@ pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_secs(5);
 /// Loads the policy at `config_path` for serving (endpoint hosts resolved).
 pub fn load_policy(config_path: &Path) -> Result<PolicyStore, PolicyErrors> {
     let policy = config::load(config_path, LoadOptions { resolve_dns: true })?;
+    crate::reload::return_freed_memory();
     Ok(Arc::new(ArcSwap::from_pointee(policy)))
 }
 
