@@ -5,7 +5,8 @@
 # budget and an IP allowlist; the usage database, the audit log and metrics on), and drives
 # ../shared/bench/run-peers.sh (wrk, interleaved A B C A B C, pinned and unpinned) with:
 #   1. non-streaming chat: direct to the mock, nginx proxy, keygate (all features);
-#   2. SSE streaming chat: same three, plus time to first byte through each (ttft.sh);
+#   2. SSE streaming chat: same three, plus time to first byte through each (ttft.sh, and
+#      benches/ttfb_probe.py from a raw socket);
 #   3. one connection: added p50/p99 latency over direct;
 #   4. non-streaming chat with keygate in "keys only" mode (no limits, budgets, audit): the
 #      governance cost ratio;
@@ -153,7 +154,7 @@ PASSES="${PASSES:-chat stream latency keysonly limits}"
 for p in $PASSES; do
   case "$p" in
     chat)     pass chat   chat   "$OUT/policy-full" "direct nginx gateway" "pinned unpinned" 32 ;;
-    stream)   pass stream stream "$OUT/policy-full" "direct nginx gateway" "pinned" 32 "GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_NAME=keygate GATEWAY_PACED_MODEL=gpt-4o-mini-paced GATEWAY_AUTH='Bearer $(cat "$OUT/policy-full/secret")' bash $BENCH/ttft.sh 30" ;;
+    stream)   pass stream stream "$OUT/policy-full" "direct nginx gateway" "pinned" 32 "GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_NAME=keygate GATEWAY_PACED_MODEL=gpt-4o-mini-paced GATEWAY_AUTH='Bearer $(cat "$OUT/policy-full/secret")' bash $BENCH/ttft.sh 30; python3 $ROOT/benches/ttfb_probe.py 31 direct 127.0.0.1:18082 gpt-4o-mini 'Bearer x' nginx 127.0.0.1:18092 gpt-4o-mini 'Bearer x' keygate 127.0.0.1:18100 gpt-4o-mini-paced 'Bearer $(cat "$OUT/policy-full/secret")'" ;;
     latency)  pass latency chat  "$OUT/policy-full" "direct nginx gateway" "pinned" 1 ;;
     keysonly) pass keysonly chat "$OUT/policy-keys" "gateway" "pinned" 32 ;;
     limits)   pass limits chat "$OUT/policy-limits" "gateway" "pinned" 32
@@ -206,7 +207,9 @@ if os.path.exists(f"{out}/limits/results.csv"):
 lines.append(f"- keygate peak RSS under load with {keys} keys: chat {rss('chat'):.0f} MB, SSE {rss('stream'):.0f} MB.")
 ttft = f"{out}/stream/post-pinned.txt"
 if os.path.exists(ttft):
-    lines.append("\nTime to first byte of a paced SSE stream (7 events 20 ms apart), sequential requests:\n")
+    lines.append("\nTime to first byte of a paced SSE stream (7 events 20 ms apart), sequential requests, "
+                 "each on a new connection: curl's time_starttransfer (ttft.sh), and the first `data:` line "
+                 "read from a raw socket (benches/ttfb_probe.py):\n")
     lines += [l.rstrip() for l in open(ttft) if l.startswith("|") and "unreachable" not in l]
 print("\n".join(lines))
 PY
