@@ -11,6 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The live figures of provider `p1`'s endpoint at `url`.
+fn p1_stats(gw: &TestGateway, url: &str) -> keygate::upstream::state::EndpointStats {
+    gw.handles()
+        .upstreams
+        .endpoint("p1", url)
+        .expect("the endpoint is registered")
+}
+
 fn chat(model: &str) -> serde_json::Value {
     json!({"model": model, "messages": [{"role": "user", "content": "hello"}]})
 }
@@ -243,7 +251,7 @@ async fn a_reset_before_the_response_is_retried_on_another_endpoint() {
     for r in good.requests() {
         assert_eq!(r.json(), chat("m1"));
     }
-    let s = gw.handles().upstreams.endpoint("p1", &reset.url()).unwrap();
+    let s = p1_stats(&gw, &reset.url());
     assert!(s.errors_reset >= 1 && s.retries >= 1, "{s:?}");
 }
 
@@ -379,7 +387,7 @@ async fn a_first_byte_timeout_falls_back() {
             1,
             "a timeout is not retried on the same provider"
         );
-        let s = gw.handles().upstreams.endpoint("p1", &slow.url()).unwrap();
+        let s = p1_stats(&gw, &slow.url());
         assert_eq!(s.errors_timeout, 1, "{timeouts}");
     }
 }
@@ -422,7 +430,7 @@ async fn least_requests_steers_away_from_an_endpoint_holding_long_streams() {
         r.bytes().await.unwrap();
     }
     assert_eq!(busy.request_count(), before);
-    let s = gw.handles().upstreams.endpoint("p1", &busy.url()).unwrap();
+    let s = p1_stats(&gw, &busy.url());
     assert_eq!(s.in_flight, 1, "{s:?}");
     drop(held);
 }
@@ -460,7 +468,7 @@ async fn a_connect_timeout_is_504() {
         (504, "api_error".into(), "upstream_timeout".into())
     );
     assert!(started.elapsed() < Duration::from_secs(2));
-    let s = gw.handles().upstreams.endpoint("p1", &url).unwrap();
+    let s = p1_stats(&gw, &url);
     assert_eq!(s.errors_connect, 1);
 }
 
@@ -519,11 +527,7 @@ async fn an_idle_stream_is_cut() {
     let err = read_stream(r).await.expect_err("the stream must be cut");
     assert!(err.contains("w0"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(3));
-    let s = gw
-        .handles()
-        .upstreams
-        .endpoint("p1", &stalls.url())
-        .unwrap();
+    let s = p1_stats(&gw, &stalls.url());
     assert_eq!(s.errors_timeout, 1);
 }
 
@@ -558,11 +562,7 @@ async fn a_first_byte_shorter_than_idle_holds_on_its_own() {
         waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
         "{waited:?}"
     );
-    let s = gw
-        .handles()
-        .upstreams
-        .endpoint("p1", &upstream.url())
-        .unwrap();
+    let s = p1_stats(&gw, &upstream.url());
     assert_eq!(s.errors_timeout, 1);
 
     // pauses longer than first_byte but shorter than idle, once the header is in: no cut
@@ -576,11 +576,7 @@ async fn a_first_byte_shorter_than_idle_holds_on_its_own() {
     assert_eq!(r.status(), 200);
     let text = read_stream(r).await.expect("the stream runs to its end");
     assert!(text.contains("w0") && text.contains("w2"), "{text}");
-    let s = gw
-        .handles()
-        .upstreams
-        .endpoint("p1", &upstream.url())
-        .unwrap();
+    let s = p1_stats(&gw, &upstream.url());
     assert_eq!(s.errors_timeout, 1);
 }
 
@@ -635,11 +631,7 @@ async fn an_idle_shorter_than_first_byte_holds_on_its_own() {
     assert_eq!(lines[1]["status"], 200);
     assert_eq!(lines[1]["estimated"], true);
     assert_eq!(lines[1]["error"], "upstream_timeout", "{}", lines[1]);
-    let s = gw
-        .handles()
-        .upstreams
-        .endpoint("p1", &upstream.url())
-        .unwrap();
+    let s = p1_stats(&gw, &upstream.url());
     assert_eq!(s.errors_timeout, 1);
 
     // the shut-down connection is not pooled: the next request opens a new one and succeeds
@@ -689,11 +681,7 @@ async fn the_idle_watchdog_cuts_a_tls_upstream_too() {
         "{:?}",
         started.elapsed()
     );
-    let s = gw
-        .handles()
-        .upstreams
-        .endpoint("p1", &upstream.url())
-        .unwrap();
+    let s = p1_stats(&gw, &upstream.url());
     assert_eq!(s.errors_timeout, 1);
 }
 
@@ -873,7 +861,7 @@ async fn an_unreachable_primary_falls_back_after_its_retries() {
     let r = post(&gw, &secret, &chat("primary")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-mock-name"], "backup");
-    let s = gw.handles().upstreams.endpoint("p1", &dead).unwrap();
+    let s = p1_stats(&gw, &dead);
     assert_eq!(s.errors_connect, 1, "one endpoint, tried once: {s:?}");
 }
 

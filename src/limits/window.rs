@@ -52,9 +52,14 @@ impl WindowCounter {
     /// otherwise dominate an admission check.
     #[inline]
     fn scaled_estimate(&self, now_ms: u64, per_ms: u64) -> u128 {
-        let elapsed = now_ms.saturating_sub(self.index * per_ms).min(per_ms);
-        u128::from(self.previous) * u128::from(per_ms - elapsed)
+        u128::from(self.previous) * u128::from(self.rest_ms(now_ms, per_ms))
             + u128::from(self.current) * u128::from(per_ms)
+    }
+
+    /// What remains of the current window at `now_ms`: the weight of the previous one, in ms.
+    #[inline]
+    fn rest_ms(&self, now_ms: u64, per_ms: u64) -> u64 {
+        per_ms - now_ms.saturating_sub(self.index * per_ms).min(per_ms)
     }
 
     /// Whether `cost` more stays within `limit` at `now_ms`.
@@ -75,8 +80,7 @@ impl WindowCounter {
     /// `= limit − current − ceil(previous·rest / per)`, where `rest` is what remains of the window.
     #[inline]
     pub fn remaining(&self, now_ms: u64, per_ms: u64, limit: u64) -> u64 {
-        let elapsed = now_ms.saturating_sub(self.index * per_ms).min(per_ms);
-        let fading = u128::from(self.previous) * u128::from(per_ms - elapsed);
+        let fading = u128::from(self.previous) * u128::from(self.rest_ms(now_ms, per_ms));
         // A 128-bit division is a library call; the product nearly always fits 64 bits.
         let faded = match u64::try_from(fading) {
             Ok(fading) => fading.div_ceil(per_ms),

@@ -1430,17 +1430,11 @@ fn skip_ws(s: &[u8], mut i: usize) -> usize {
 /// `s[i]` is an opening quote; returns the index just past the closing one.
 #[inline]
 fn skip_string(s: &[u8], i: usize) -> Option<usize> {
-    let mut i = i + 1;
-    loop {
-        i += string_stop(s.get(i..)?)?;
-        if s[i] == b'"' {
-            return Some(i + 1);
-        }
-        i += 2;
-    }
+    skip_string_noting_escapes(s, i).map(|(end, _)| end)
 }
 
-/// [`skip_string`], also telling whether the string has an escape.
+/// `s[i]` is an opening quote; returns the index just past the closing one, and whether the
+/// string has an escape.
 #[inline]
 fn skip_string_noting_escapes(s: &[u8], i: usize) -> Option<(usize, bool)> {
     let mut i = i + 1;
