@@ -133,6 +133,42 @@ fn check_reports_every_bad_policy_case_with_file_and_field() {
             ],
         ),
         (
+            "zero requests in a window",
+            BASE.to_owned(),
+            vec![("k1", key("w1", "rate_limits: [{requests: 0, per: 1m}]\n"))],
+            vec!["k1.yaml", "rate_limits[0].requests", "greater than zero"],
+        ),
+        (
+            "window longer than 30 days",
+            BASE.to_owned(),
+            vec![("k1", key("w1", "rate_limits: [{tokens: 10, per: 31d}]\n"))],
+            vec!["k1.yaml", "rate_limits[0].per", "outside 1s to 30d"],
+        ),
+        (
+            "two windows of one kind and length",
+            BASE.to_owned(),
+            vec![(
+                "k1",
+                key(
+                    "w1",
+                    "rate_limits:\n  - {requests: 10, per: 1m}\n  - {tokens: 10, per: 1m}\n  - {requests: 20, per: 60s}\n",
+                ),
+            )],
+            vec!["k1.yaml", "rate_limits[2]", "repeats", "rate_limits[0]"],
+        ),
+        (
+            "malformed CIDR",
+            BASE.to_owned(),
+            vec![("k1", key("w1", "allowed_ips: [10.0.0.0/33]\n"))],
+            vec!["k1.yaml", "allowed_ips[0]", "not a CIDR"],
+        ),
+        (
+            "negative concurrency cap on a workload",
+            BASE.replace("models: [m1]", "models: [m1]\n    max_concurrent: -1"),
+            vec![],
+            vec!["keygate.yaml", "workloads.w1.max_concurrent", "above zero"],
+        ),
+        (
             "two keys with one hash",
             BASE.to_owned(),
             vec![("k1", key("w1", "")), ("k2", key("w1", ""))],

@@ -795,6 +795,8 @@ fn compile_limits(
     problems: &mut Problems,
 ) -> LimitSpec {
     let mut windows = Vec::new();
+    // Where each kept window came from, for messages.
+    let mut origins = Vec::new();
     for (i, r) in rate_limits.iter().enumerate() {
         let at = field(prefix, &format!("rate_limits[{i}]"));
         let (kind, value) = match (r.requests, r.tokens) {
@@ -829,7 +831,25 @@ fn compile_limits(
             problems.add(file, format!("{at}.{which}"), "must be greater than zero");
             continue;
         }
+        // Windows of one kind and length share a counter, so a second one would count every
+        // request twice.
+        if let Some(j) = per.and_then(|per| {
+            windows
+                .iter()
+                .position(|w: &WindowSpec| w.kind == kind && w.per == per)
+        }) {
+            problems.add(
+                file,
+                at,
+                format!(
+                    "repeats the kind and length of rate_limits[{}]; keep one of them",
+                    origins[j]
+                ),
+            );
+            continue;
+        }
         if let Some(per) = per {
+            origins.push(i);
             windows.push(WindowSpec {
                 kind,
                 limit: value as u64,

@@ -17,6 +17,7 @@ use budget::{BudgetAlert, BudgetSpec, Calendar, Period, Spend};
 use ipnet::IpNet;
 use smallvec::SmallVec;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 use window::WindowCounter;
@@ -91,16 +92,29 @@ impl LimitSpec {
 }
 
 /// The counters of one scope.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Scope {
+    /// What the scope is registered under, for alerts.
+    id: ScopeId,
     inner: Mutex<ScopeCounters>,
+    /// Outside the lock, so that a request's end releases its slot with one atomic step.
+    in_flight: AtomicU32,
+}
+
+impl Scope {
+    fn new(id: ScopeId) -> Self {
+        Scope {
+            id,
+            inner: Mutex::default(),
+            in_flight: AtomicU32::new(0),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
 struct ScopeCounters {
     /// One counter per (kind, window length): changing a limit's value keeps its counter.
     windows: Vec<(LimitKind, u64, WindowCounter)>,
-    in_flight: u32,
     spend: Spend,
 }
 
@@ -245,7 +259,6 @@ impl Default for Admission {
 #[derive(Debug)]
 struct Held {
     scope: Arc<Scope>,
-    kind: &'static str,
     holds_slot: bool,
     /// The scope's budget when the request reserved against it (for settling and alerts).
     budget: Option<Arc<BudgetSpec>>,
@@ -256,16 +269,12 @@ struct Held {
 impl Drop for Admission {
     fn drop(&mut self) {
         for held in &self.scopes {
-            // A request that ends unsettled (refused upstream, failed) costs nothing.
-            let unsettled = held.budget.is_some() && self.reserved > UsdNanos::ZERO;
-            if !held.holds_slot && !unsettled {
-                continue;
-            }
-            let mut c = held.scope.inner.lock().unwrap_or_else(|e| e.into_inner());
             if held.holds_slot {
-                c.in_flight = c.in_flight.saturating_sub(1);
+                held.scope.in_flight.fetch_sub(1, Ordering::Relaxed);
             }
-            if unsettled {
+            // A request that ends unsettled (refused upstream, failed) costs nothing.
+            if held.budget.is_some() && self.reserved > UsdNanos::ZERO {
+                let mut c = held.scope.inner.lock().unwrap_or_else(|e| e.into_inner());
                 c.spend.release(self.reserved, self.reserved_at);
             }
         }
@@ -307,15 +316,13 @@ impl MemoryLimits {
         let limits = MemoryLimits::default();
         let mut scopes = limits.scopes.write().unwrap_or_else(|e| e.into_inner());
         for (id, p) in spend {
-            let mut counters = ScopeCounters::default();
-            counters.spend.period(Period::Daily, cal).spent = p.today;
-            counters.spend.period(Period::Monthly, cal).spent = p.this_month;
-            scopes.insert(
-                id,
-                Arc::new(Scope {
-                    inner: Mutex::new(counters),
-                }),
-            );
+            let scope = Scope::new(id.clone());
+            {
+                let mut counters = scope.inner.lock().unwrap_or_else(|e| e.into_inner());
+                counters.spend.period(Period::Daily, cal).spent = p.today;
+                counters.spend.period(Period::Monthly, cal).spent = p.this_month;
+            }
+            scopes.insert(id, Arc::new(scope));
         }
         drop(scopes);
         limits
@@ -354,7 +361,7 @@ impl MemoryLimits {
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .entry(key)
-                .or_default()
+                .or_insert_with_key(|id| Arc::new(Scope::new(id.clone())))
                 .clone()
         })
     }
@@ -362,9 +369,9 @@ impl MemoryLimits {
     /// In-flight requests of a scope (for tests and metrics).
     pub fn in_flight(&self, kind: &'static str, name: &str) -> u32 {
         let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
-        scopes.get(&(kind, Box::<str>::from(name))).map_or(0, |s| {
-            s.inner.lock().unwrap_or_else(|e| e.into_inner()).in_flight
-        })
+        scopes
+            .get(&(kind, Box::<str>::from(name)))
+            .map_or(0, |s| s.in_flight.load(Ordering::Relaxed))
     }
 }
 
@@ -389,35 +396,68 @@ impl LimitState for MemoryLimits {
             .iter()
             .map(|(_, scope)| scope.inner.lock().unwrap_or_else(|e| e.into_inner()))
             .collect();
+        // Calendar arithmetic only for requests that have a budget to check.
+        let budgeted = active.iter().any(|(s, _)| s.spec.budget.is_some());
+        let cal = if budgeted {
+            Calendar::at_ms(now_ms)
+        } else {
+            Calendar { day: 0, month: 0 }
+        };
 
+        // One pass that checks and counts together: nearly every request is admitted, so the
+        // count is made at once and taken back in the rare refusal. Exact, because a scope's
+        // windows never share a counter (the policy refuses two of one kind and length).
         let mut refusal: Option<LimitRefusal> = None;
-        let mut status = RateStatus::default();
-        for ((scope_ref, _), counters) in active.iter().zip(guards.iter_mut()) {
-            for w in &scope_ref.spec.windows {
+        let mut admission = Admission::default();
+        admission.reserved_at = cal;
+        for ((scope_ref, scope), counters) in active.iter().zip(guards.iter_mut()) {
+            let spec = scope_ref.spec;
+            let mut charges_tokens = false;
+            for w in &spec.windows {
                 let per_ms = w.per_ms();
                 let counter = counters.counter(w.kind, per_ms, now_ms);
-                let fits = match w.kind {
-                    LimitKind::Requests => counter.fits(now_ms, per_ms, w.limit, 1),
-                    LimitKind::Tokens => counter.below(now_ms, per_ms, w.limit),
+                let (fits, count) = match w.kind {
+                    LimitKind::Requests => (counter.fits(now_ms, per_ms, w.limit, 1), 1),
+                    LimitKind::Tokens => {
+                        charges_tokens = true;
+                        (counter.below(now_ms, per_ms, w.limit), demand.tokens)
+                    }
                 };
                 if !fits {
                     let wait = counter.wait_for(now_ms, per_ms, w.limit, 1);
-                    let current = refusal.get_or_insert_with(|| LimitRefusal {
-                        kind: RefusalKind::Rate,
-                        limit: String::new(),
-                        retry_after: Duration::ZERO,
-                        status: RateStatus::default(),
-                    });
-                    if current.kind != RefusalKind::Rate || wait > current.retry_after {
-                        current.kind = RefusalKind::Rate;
-                        current.retry_after = wait;
-                        current.limit =
-                            format!("{} {}: {}", scope_ref.kind, scope_ref.name, w.describe());
+                    // A rate limit outranks a concurrency cap; among rates, the longest wait.
+                    if refusal
+                        .as_ref()
+                        .is_none_or(|r| r.kind != RefusalKind::Rate || wait > r.retry_after)
+                    {
+                        refusal = Some(LimitRefusal {
+                            kind: RefusalKind::Rate,
+                            limit: format!(
+                                "{} {}: {}",
+                                scope_ref.kind,
+                                scope_ref.name,
+                                w.describe()
+                            ),
+                            retry_after: wait,
+                            status: RateStatus::default(),
+                        });
                     }
                 }
+                counter.current += count;
+                admission.status.consider(
+                    w.kind,
+                    WindowStatus {
+                        limit: w.limit,
+                        remaining: counter.remaining(now_ms, per_ms, w.limit),
+                        reset: counter.until_reset(now_ms, per_ms),
+                    },
+                );
             }
-            if let Some(max) = scope_ref.spec.max_concurrent {
-                if counters.in_flight >= max && refusal.is_none() {
+            // Only admissions raise `in_flight`, and they hold this scope's lock, so a count
+            // read here can only fall before the increment.
+            let holds_slot = spec.max_concurrent.is_some();
+            if let Some(max) = spec.max_concurrent {
+                if scope.in_flight.load(Ordering::Relaxed) >= max && refusal.is_none() {
                     refusal = Some(LimitRefusal {
                         kind: RefusalKind::Concurrency,
                         limit: format!(
@@ -429,92 +469,74 @@ impl LimitState for MemoryLimits {
                     });
                 }
             }
-        }
-        // Calendar arithmetic only for requests that have a budget to check.
-        let budgeted = active.iter().any(|(s, _)| s.spec.budget.is_some());
-        let cal = if budgeted {
-            Calendar::at_ms(now_ms)
-        } else {
-            Calendar { day: 0, month: 0 }
-        };
-        if refusal.is_none() && budgeted {
-            for ((scope_ref, _), counters) in active.iter().zip(guards.iter_mut()) {
-                let Some(budget) = &scope_ref.spec.budget else {
-                    continue;
-                };
-                if let Some((period, cap)) = counters.spend.check(budget, demand.cost, cal) {
-                    refusal = Some(LimitRefusal {
-                        kind: RefusalKind::Budget,
-                        limit: format!(
-                            "{} {}: {} budget of ${cap}",
-                            scope_ref.kind,
-                            scope_ref.name,
-                            period.as_str()
-                        ),
-                        retry_after: cal.until_end(period, now_ms),
-                        status: RateStatus::default(),
-                    });
-                    break;
-                }
-            }
-        }
-
-        let mut admission = Admission::default();
-        for ((scope_ref, scope), counters) in active.iter().zip(guards.iter_mut()) {
-            let mut charges_tokens = false;
-            for w in &scope_ref.spec.windows {
-                let per_ms = w.per_ms();
-                let counter = counters.counter(w.kind, per_ms, now_ms);
+            if let Some(budget) = &spec.budget {
                 if refusal.is_none() {
-                    match w.kind {
-                        LimitKind::Requests => counter.current += 1,
-                        LimitKind::Tokens => {
-                            counter.current += demand.tokens;
-                            charges_tokens = true;
-                        }
+                    if let Some((period, cap)) = counters.spend.check(budget, demand.cost, cal) {
+                        refusal = Some(LimitRefusal {
+                            kind: RefusalKind::Budget,
+                            limit: format!(
+                                "{} {}: {} budget of ${cap}",
+                                scope_ref.kind,
+                                scope_ref.name,
+                                period.as_str()
+                            ),
+                            retry_after: cal.until_end(period, now_ms),
+                            status: RateStatus::default(),
+                        });
                     }
                 }
-                status.consider(
-                    w.kind,
-                    WindowStatus {
-                        limit: w.limit,
-                        remaining: counter.remaining(now_ms, per_ms, w.limit),
-                        reset: counter.until_reset(now_ms, per_ms),
-                    },
-                );
-            }
-            let holds_slot = refusal.is_none() && scope_ref.spec.max_concurrent.is_some();
-            if holds_slot {
-                counters.in_flight += 1;
-            }
-            let budget = scope_ref.spec.budget.clone().filter(|_| refusal.is_none());
-            if budget.is_some() {
-                counters.spend.reserve(demand.cost, cal);
             }
             admission.scopes.push(Held {
                 scope: Arc::clone(scope),
-                kind: scope_ref.kind,
                 holds_slot,
-                budget,
+                budget: spec.budget.clone(),
                 charges_tokens,
             });
         }
-        admission.reserved_at = cal;
-        if refusal.is_none() {
-            admission.reserved = demand.cost;
+
+        if let Some(mut refusal) = refusal {
+            // Take the counts back; the status then shows the windows as the refusal found them.
+            let mut status = RateStatus::default();
+            for ((scope_ref, _), counters) in active.iter().zip(guards.iter_mut()) {
+                for w in &scope_ref.spec.windows {
+                    let per_ms = w.per_ms();
+                    let counter = counters.counter(w.kind, per_ms, now_ms);
+                    counter.current -= match w.kind {
+                        LimitKind::Requests => 1,
+                        LimitKind::Tokens => demand.tokens,
+                    };
+                    status.consider(
+                        w.kind,
+                        WindowStatus {
+                            limit: w.limit,
+                            remaining: counter.remaining(now_ms, per_ms, w.limit),
+                            reset: counter.until_reset(now_ms, per_ms),
+                        },
+                    );
+                }
+            }
+            drop(guards);
+            // Nothing was taken, so dropping the admission must release nothing.
+            admission.scopes.clear();
+            refusal.status = status;
+            return Err(refusal);
+        }
+        for ((held, scope), counters) in admission
+            .scopes
+            .iter()
+            .zip(active.iter().map(|(_, scope)| scope))
+            .zip(guards.iter_mut())
+        {
+            if held.holds_slot {
+                scope.in_flight.fetch_add(1, Ordering::Relaxed);
+            }
+            if held.budget.is_some() {
+                counters.spend.reserve(demand.cost, cal);
+            }
         }
         drop(guards);
-        match refusal {
-            Some(mut r) => {
-                r.status = status;
-                // `admission` holds no slots, so dropping it releases nothing.
-                Err(r)
-            }
-            None => {
-                admission.status = status;
-                Ok(admission)
-            }
-        }
+        admission.reserved = demand.cost;
+        Ok(admission)
     }
 
     fn charge_tokens(&self, admission: &Admission, delta: i64, now_ms: u64) {
@@ -557,24 +579,13 @@ impl LimitState for MemoryLimits {
             drop(c);
             for alert in crossed {
                 alerts.push(ScopedAlert {
-                    kind: held.kind,
-                    name: self.name_of(&held.scope),
+                    kind: held.scope.id.0,
+                    name: held.scope.id.1.clone(),
                     alert,
                 });
             }
         }
         alerts
-    }
-}
-
-impl MemoryLimits {
-    /// The name a scope is registered under (only on the rare alert path).
-    fn name_of(&self, scope: &Arc<Scope>) -> Box<str> {
-        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
-        scopes
-            .iter()
-            .find(|(_, s)| Arc::ptr_eq(s, scope))
-            .map_or_else(|| Box::from("?"), |((_, name), _)| name.clone())
     }
 }
 
@@ -709,6 +720,48 @@ mod tests {
                 .remaining,
             3
         );
+    }
+
+    #[test]
+    fn a_refusal_by_a_later_scope_takes_back_the_earlier_counts() {
+        let limits = MemoryLimits::new();
+        let key = spec(
+            &[
+                (LimitKind::Requests, 10, 60),
+                (LimitKind::Tokens, 1_000, 60),
+            ],
+            Some(5),
+        );
+        let workload = spec(&[], Some(1));
+        let scopes = [
+            ScopeRef {
+                kind: "key",
+                name: "k",
+                spec: &key,
+            },
+            ScopeRef {
+                kind: "workload",
+                name: "w",
+                spec: &workload,
+            },
+        ];
+        let demand = Demand {
+            tokens: 100,
+            ..Demand::default()
+        };
+        let t = 7_000;
+        let held = limits.admit(&scopes, demand, t).unwrap();
+        let refused = limits.admit(&scopes, demand, t).unwrap_err();
+        assert_eq!(refused.kind, RefusalKind::Concurrency);
+        assert_eq!(refused.status.requests.unwrap().remaining, 9);
+        assert_eq!(refused.status.tokens.unwrap().remaining, 900);
+        assert_eq!(limits.in_flight("key", "k"), 1);
+        drop(held);
+        assert_eq!(limits.in_flight("key", "k"), 0);
+        assert_eq!(limits.in_flight("workload", "w"), 0);
+        let next = limits.admit(&scopes, demand, t).unwrap();
+        assert_eq!(next.status.requests.unwrap().remaining, 8);
+        assert_eq!(next.status.tokens.unwrap().remaining, 800);
     }
 
     #[test]
