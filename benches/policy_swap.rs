@@ -237,10 +237,10 @@ fn building_blocks(config_path: &Path) -> Vec<(String, Duration)> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .collect();
-    timed("load: read_dir of keys.d", started);
+    timed("alt: read_dir, full paths", started);
     let started = Instant::now();
     let regular = files.iter().filter(|p| p.is_file()).count();
-    timed("load: is_file() of each", started);
+    timed("alt: is_file() of each", started);
     assert_eq!(regular, files.len());
     let started = Instant::now();
     let regular = std::fs::read_dir(&keys_dir)
@@ -248,11 +248,11 @@ fn building_blocks(config_path: &Path) -> Vec<(String, Duration)> {
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .count();
-    timed("alt: read_dir + DirEntry::file_type()", started);
+    timed("load: read_dir + DirEntry::file_type()", started);
     assert_eq!(regular, files.len());
     let started = Instant::now();
     files.sort();
-    timed("load: sort the full paths", started);
+    timed("alt: sort the full paths", started);
     let mut names: Vec<std::ffi::OsString> = files
         .iter()
         .filter_map(|f| f.file_name().map(ToOwned::to_owned))
@@ -260,7 +260,7 @@ fn building_blocks(config_path: &Path) -> Vec<(String, Duration)> {
     names.reverse();
     let started = Instant::now();
     names.sort_unstable();
-    timed("alt: sort the file names", started);
+    timed("load: sort the file names", started);
     let started = Instant::now();
     let texts: Vec<String> = files
         .iter()
@@ -280,7 +280,7 @@ fn building_blocks(config_path: &Path) -> Vec<(String, Duration)> {
         let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).expect("YAML");
         assert!(!value.is_sequence());
     }
-    timed("load: YAML to Value (list or not?)", started);
+    timed("alt: YAML to Value (list or not?)", started);
     let started = Instant::now();
     for text in &texts {
         let de = serde_yaml_ng::Deserializer::from_str(text);

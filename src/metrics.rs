@@ -288,10 +288,12 @@ impl Metrics {
 
     /// The key's handles, resolved on its first request in this snapshot.
     pub fn key<'k>(&self, key: &'k Key, models: usize) -> &'k KeyHandles {
-        key.metrics.get_or_init(|| KeyHandles {
-            refusals: Default::default(),
-            in_flight: self.in_flight.with_label_values(&[key.id.as_str()]),
-            models: (0..models).map(|_| OnceLock::new()).collect(),
+        key.metrics.get_or_init(|| {
+            Box::new(KeyHandles {
+                refusals: Default::default(),
+                in_flight: self.in_flight.with_label_values(&[key.id.as_str()]),
+                models: (0..models).map(|_| OnceLock::new()).collect(),
+            })
         })
     }
 

@@ -120,8 +120,9 @@ pub struct Key {
     pub created_at: Option<DateTime<Utc>>,
     /// Rotated-out secrets still inside their grace period: `(digest, valid_until)`.
     pub previous: Vec<(KeyDigest, DateTime<Utc>)>,
-    /// This key's metric handles, resolved on its first request.
-    pub metrics: OnceLock<crate::metrics::KeyHandles>,
+    /// This key's metric handles, resolved on its first request. Boxed: most keys of a large
+    /// policy see no request in a snapshot's life, and inline the handles would double a key's size.
+    pub metrics: OnceLock<Box<crate::metrics::KeyHandles>>,
     /// Which file the key came from, for messages and for the lifecycle commands.
     pub file: PathBuf,
 }

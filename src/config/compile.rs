@@ -102,14 +102,6 @@ pub(super) fn keys_dir_of(config_path: &Path) -> Result<PathBuf, PolicyErrors> {
     Ok(base_dir(config_path).join(config.keys_dir))
 }
 
-/// One key as read from a file, with the id it gets.
-struct KeySource {
-    id: String,
-    file: PathBuf,
-    field_prefix: String,
-    key: KeyFile,
-}
-
 pub(super) fn load(config_path: &Path, options: LoadOptions) -> Result<Policy, PolicyErrors> {
     let mut problems = Problems { list: Vec::new() };
     let mut hasher = Sha256::new();
@@ -119,16 +111,12 @@ pub(super) fn load(config_path: &Path, options: LoadOptions) -> Result<Policy, P
     let config: ConfigFile = read_yaml(config_path, &text).map_err(|p| PolicyErrors(vec![p]))?;
     let base = base_dir(config_path);
     let keys_dir = base.join(&config.keys_dir);
-
-    let keys = read_key_files(&keys_dir, &mut problems, &mut hasher);
-    let digest = hex::encode(&hasher.finalize()[..8]);
     let policy = compile(
         config_path,
         &base,
         keys_dir,
         config,
-        keys,
-        digest,
+        hasher,
         options,
         &mut problems,
     );
@@ -139,9 +127,25 @@ pub(super) fn load(config_path: &Path, options: LoadOptions) -> Result<Policy, P
     }
 }
 
-/// Reads every `*.yaml`/`*.yml` in `dir`, in name order. Hidden entries are skipped: they are
-/// editor temp files, or the `..data` machinery of Kubernetes ConfigMap volumes.
-fn read_key_files(dir: &Path, problems: &mut Problems, hasher: &mut Sha256) -> Vec<KeySource> {
+/// What a key's own file needs from the rest of the policy to compile it.
+struct KeyContext<'a> {
+    model_index: &'a HashMap<&'a str, usize>,
+    workloads: &'a BTreeMap<String, Arc<Workload>>,
+}
+
+/// Reads and compiles every `*.yaml`/`*.yml` in `dir`, in name order. Hidden entries are
+/// skipped: they are editor temp files, or the `..data` machinery of Kubernetes ConfigMap volumes.
+///
+/// Each file is read, parsed and compiled into its keys on a worker thread, which drops the text
+/// and the parsed form at once: at 100,000 keys, holding every parsed file until a later pass
+/// would double what a load holds at its peak. What spans files (an id or a hash used twice) is
+/// checked afterwards, in name order.
+fn read_keys(
+    dir: &Path,
+    context: &KeyContext<'_>,
+    problems: &mut Problems,
+    hasher: &mut Sha256,
+) -> Vec<Arc<Key>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
@@ -149,7 +153,7 @@ fn read_key_files(dir: &Path, problems: &mut Problems, hasher: &mut Sha256) -> V
             return Vec::new();
         }
     };
-    let mut files: Vec<PathBuf> = entries
+    let mut names: Vec<std::ffi::OsString> = entries
         .filter_map(Result::ok)
         .filter(|e| {
             let name = e.file_name();
@@ -159,9 +163,10 @@ fn read_key_files(dir: &Path, problems: &mut Problems, hasher: &mut Sha256) -> V
                 // The entry's own type avoids a stat per file; symlinks (ConfigMaps) are followed.
                 && e.file_type().is_ok_and(|t| t.is_file() || (t.is_symlink() && e.path().is_file()))
         })
-        .map(|e| e.path())
+        .map(|e| e.file_name())
         .collect();
-    files.sort_unstable();
+    // By name: comparing whole paths component by component costs more than the sort itself.
+    names.sort_unstable();
 
     // Reading and parsing dominate a load of many keys: spread the files over a few threads.
     // Each file's outcome is kept in name order, so keys, problems and the digest are the same
@@ -169,12 +174,16 @@ fn read_key_files(dir: &Path, problems: &mut Problems, hasher: &mut Sha256) -> V
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 4);
-    let chunk = files.len().div_ceil(threads).max(256);
+    let chunk = names.len().div_ceil(threads).max(256);
     let outcomes: Vec<FileOutcome> = std::thread::scope(|scope| {
-        let workers: Vec<_> = files
+        let workers: Vec<_> = names
             .chunks(chunk)
             .map(|part| {
-                scope.spawn(move || part.iter().map(|f| read_key_file(f)).collect::<Vec<_>>())
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|name| read_key_file(&dir.join(name), context))
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         workers
@@ -182,46 +191,138 @@ fn read_key_files(dir: &Path, problems: &mut Problems, hasher: &mut Sha256) -> V
             .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
     });
-    // Sized up front: grown by doubling, the vector of 100,000 parsed keys (~45 MB) would briefly
-    // exist twice, on top of everything else a load holds at its peak.
-    let mut keys = Vec::with_capacity(outcomes.iter().map(|o| o.keys.len()).sum());
-    for outcome in outcomes {
-        if let Some((name, text_hash)) = &outcome.hashed {
-            hasher.update(name);
-            hasher.update([0]);
-            hasher.update(text_hash);
+    drop(names);
+
+    let mut seen_ids: HashMap<&str, &Path> = HashMap::with_capacity(outcomes.len());
+    let mut seen_digests: HashMap<KeyDigest, &str> = HashMap::with_capacity(outcomes.len());
+    let mut cross_file = Vec::new();
+    let mut count = 0;
+    for outcome in &outcomes {
+        hasher.update(&outcome.name);
+        hasher.update([0]);
+        hasher.update(outcome.text_hash);
+        for key in &outcome.keys {
+            count += 1;
+            let (id, file, prefix) = key.origin();
+            if let Some(other) = seen_ids.insert(id, file) {
+                cross_file.push(Problem {
+                    file: file.to_path_buf(),
+                    field: field(prefix, "id"),
+                    message: format!("key id `{id}` is also defined in {}", other.display()),
+                });
+            }
+            for (digest, at) in key.digests() {
+                if let Some(other) = seen_digests.insert(digest, id) {
+                    cross_file.push(Problem {
+                        file: file.to_path_buf(),
+                        field: at.field(prefix),
+                        message: format!("the same hash is used by key `{other}`"),
+                    });
+                }
+            }
         }
-        keys.extend(outcome.keys);
-        problems.list.extend(outcome.problems);
     }
+    drop((seen_ids, seen_digests));
+    // Sized up front: grown by doubling, the vector would briefly exist twice.
+    let mut keys = Vec::with_capacity(count);
+    for outcome in outcomes {
+        problems.list.extend(outcome.problems.list);
+        keys.extend(outcome.keys.into_iter().filter_map(|k| match k {
+            CompiledKey::Ok { key, .. } => Some(key),
+            CompiledKey::Broken(_) => None,
+        }));
+    }
+    problems.list.extend(cross_file);
     keys
 }
 
 /// What one key file contributed: its keys, its problems, and its name and content hash for the
 /// policy digest.
-#[derive(Default)]
 struct FileOutcome {
-    keys: Vec<KeySource>,
-    problems: Vec<Problem>,
-    hashed: Option<(Vec<u8>, [u8; 32])>,
+    name: Vec<u8>,
+    text_hash: [u8; 32],
+    keys: SmallVec<[CompiledKey; 1]>,
+    problems: Problems,
 }
 
-fn read_key_file(file: &Path) -> FileOutcome {
-    let mut out = FileOutcome::default();
-    let text = match read_text(file) {
-        Ok(t) => t,
-        Err(p) => {
-            out.problems.push(p);
-            return out;
+/// One key as its own file compiled it, before the checks that span files.
+enum CompiledKey {
+    Ok {
+        key: Arc<Key>,
+        /// `[i]` in a list file, empty in a single-key file.
+        field_prefix: String,
+    },
+    /// A key with problems of its own, kept for the cross-file checks (rare, so boxed).
+    Broken(Box<BrokenKey>),
+}
+
+struct BrokenKey {
+    id: String,
+    file: PathBuf,
+    field_prefix: String,
+    digests: Vec<(KeyDigest, DigestAt)>,
+}
+
+/// Where in a key's file a digest sits.
+#[derive(Clone, Copy)]
+enum DigestAt {
+    Hash,
+    Previous(usize),
+}
+
+impl DigestAt {
+    fn field(self, prefix: &str) -> String {
+        match self {
+            DigestAt::Hash => field(prefix, "hash"),
+            DigestAt::Previous(i) => field(prefix, &format!("previous_hashes[{i}].hash")),
         }
-    };
-    out.hashed = Some((
-        file.file_name()
+    }
+}
+
+impl CompiledKey {
+    /// The key's id, file and field prefix.
+    fn origin(&self) -> (&str, &Path, &str) {
+        match self {
+            CompiledKey::Ok { key, field_prefix } => (&key.id, &key.file, field_prefix),
+            CompiledKey::Broken(b) => (&b.id, &b.file, &b.field_prefix),
+        }
+    }
+
+    /// Every digest the key claims: its hash and those of rotated-out secrets.
+    fn digests(&self) -> Vec<(KeyDigest, DigestAt)> {
+        match self {
+            CompiledKey::Ok { key, .. } => std::iter::once((key.digest, DigestAt::Hash))
+                .chain(
+                    key.previous
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (d, _))| (*d, DigestAt::Previous(i))),
+                )
+                .collect(),
+            CompiledKey::Broken(b) => b.digests.clone(),
+        }
+    }
+}
+
+fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
+    let mut out = FileOutcome {
+        name: file
+            .file_name()
             .unwrap_or_default()
             .as_encoded_bytes()
             .to_vec(),
-        Sha256::digest(text.as_bytes()).into(),
-    ));
+        text_hash: [0; 32],
+        keys: SmallVec::new(),
+        problems: Problems { list: Vec::new() },
+    };
+    let text = match read_text(file) {
+        Ok(t) => t,
+        Err(p) => {
+            out.problems.list.push(p);
+            return out;
+        }
+    };
+    out.text_hash = Sha256::digest(text.as_bytes()).into();
     let stem = file
         .file_stem()
         .and_then(|s| s.to_str())
@@ -230,16 +331,19 @@ fn read_key_file(file: &Path) -> FileOutcome {
     if looks_like_list(&text) {
         match read_yaml::<Vec<KeyFile>>(file, &text) {
             Ok(list) => {
+                drop(text);
                 for (i, key) in list.into_iter().enumerate() {
                     let field_prefix = format!("[{i}]");
                     match key.id.clone() {
-                        Some(id) => out.keys.push(KeySource {
+                        Some(id) => out.keys.push(compile_key(
                             id,
-                            file: file.to_path_buf(),
+                            file,
                             field_prefix,
                             key,
-                        }),
-                        None => out.problems.push(Problem {
+                            context,
+                            &mut out.problems,
+                        )),
+                        None => out.problems.list.push(Problem {
                             file: file.to_path_buf(),
                             field: format!("{field_prefix}.id"),
                             message: "keys in a list file need an `id`".to_owned(),
@@ -247,26 +351,29 @@ fn read_key_file(file: &Path) -> FileOutcome {
                     }
                 }
             }
-            Err(p) => out.problems.push(p),
+            Err(p) => out.problems.list.push(p),
         }
     } else {
         match read_yaml::<KeyFile>(file, &text) {
             Ok(key) => {
+                drop(text);
                 if let Some(id) = key.id.as_deref().filter(|id| *id != stem) {
-                    out.problems.push(Problem {
+                    out.problems.list.push(Problem {
                         file: file.to_path_buf(),
                         field: "id".to_owned(),
                         message: format!("`{id}` differs from the file name `{stem}`; a single-key file's id is its file name"),
                     });
                 }
-                out.keys.push(KeySource {
-                    id: stem,
-                    file: file.to_path_buf(),
-                    field_prefix: String::new(),
+                out.keys.push(compile_key(
+                    stem,
+                    file,
+                    String::new(),
                     key,
-                })
+                    context,
+                    &mut out.problems,
+                ));
             }
-            Err(p) => out.problems.push(p),
+            Err(p) => out.problems.list.push(p),
         }
     }
     out
@@ -315,8 +422,7 @@ fn compile(
     base: &Path,
     keys_dir: PathBuf,
     config: ConfigFile,
-    key_sources: Vec<KeySource>,
-    digest: String,
+    mut hasher: Sha256,
     options: LoadOptions,
     problems: &mut Problems,
 ) -> Option<Policy> {
@@ -497,7 +603,12 @@ fn compile(
         );
     }
 
-    let keys = compile_keys(key_sources, &model_index, &workloads, problems);
+    let context = KeyContext {
+        model_index: &model_index,
+        workloads: &workloads,
+    };
+    let keys = read_keys(&keys_dir, &context, problems, &mut hasher);
+    let digest = hex::encode(&hasher.finalize()[..8]);
 
     if !problems.list.is_empty() {
         return None;
@@ -990,148 +1101,141 @@ fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(certs)
 }
 
-fn compile_keys(
-    sources: Vec<KeySource>,
-    model_index: &HashMap<&str, usize>,
-    workloads: &BTreeMap<String, Arc<Workload>>,
+/// Compiles one key against the rest of the policy. Its problems go to `problems`; a key with
+/// any is returned as [`CompiledKey::Broken`], still taking part in the cross-file checks.
+fn compile_key(
+    id: String,
+    file: &Path,
+    field_prefix: String,
+    src: KeyFile,
+    context: &KeyContext<'_>,
     problems: &mut Problems,
-) -> Vec<Arc<Key>> {
-    let mut keys = Vec::with_capacity(sources.len());
-    let mut seen_ids: HashMap<String, PathBuf> = HashMap::new();
-    let mut seen_digests: HashMap<KeyDigest, String> = HashMap::new();
-    for src in sources {
-        let p = src.field_prefix.as_str();
-        let file = src.file.as_path();
-        let before = problems.list.len();
-        if !valid_key_id(&src.id) {
-            problems.add(
-                file,
-                field(p, "id"),
-                format!("`{}` is not a valid key id ({KEY_ID_RULE})", src.id),
-            );
-        }
-        if let Some(other) = seen_ids.insert(src.id.clone(), src.file.clone()) {
-            problems.add(
-                file,
-                field(p, "id"),
-                format!("key id `{}` is also defined in {}", src.id, other.display()),
-            );
-        }
-        let mut claim = |digest: KeyDigest, field_name: String, problems: &mut Problems| {
-            if let Some(other) = seen_digests.insert(digest, src.id.clone()) {
-                problems.add(
-                    file,
-                    field_name,
-                    format!("the same hash is used by key `{other}`"),
-                );
-            }
-        };
-        let digest = KeyDigest::parse(&src.key.hash);
-        match digest {
+) -> CompiledKey {
+    let p = field_prefix.as_str();
+    let before = problems.list.len();
+    if !valid_key_id(&id) {
+        problems.add(
+            file,
+            field(p, "id"),
+            format!("`{id}` is not a valid key id ({KEY_ID_RULE})"),
+        );
+    }
+    let digest = KeyDigest::parse(&src.hash);
+    if digest.is_none() {
+        problems.add(
+            file,
+            field(p, "hash"),
+            "must be `sha256:` followed by 64 hex digits",
+        );
+    }
+    let mut previous = Vec::new();
+    for (i, prev) in src.previous_hashes.iter().enumerate() {
+        match KeyDigest::parse(&prev.hash) {
             None => problems.add(
                 file,
-                field(p, "hash"),
+                DigestAt::Previous(i).field(p),
                 "must be `sha256:` followed by 64 hex digits",
             ),
-            Some(d) => claim(d, field(p, "hash"), problems),
+            Some(d) => previous.push((d, prev.valid_until)),
         }
-        let mut previous = Vec::new();
-        for (i, prev) in src.key.previous_hashes.iter().enumerate() {
-            let name = field(p, &format!("previous_hashes[{i}].hash"));
-            match KeyDigest::parse(&prev.hash) {
-                None => problems.add(file, name, "must be `sha256:` followed by 64 hex digits"),
-                Some(d) => {
-                    claim(d, name, problems);
-                    previous.push((d, prev.valid_until));
-                }
-            }
-        }
-        let workload = workloads.get(&src.key.workload);
-        if workload.is_none() {
-            problems.add(
-                file,
-                field(p, "workload"),
-                format!("unknown workload `{}`", src.key.workload),
-            );
-        }
-        let mut models = workload.map(|w| w.models.clone()).unwrap_or_default();
-        if let Some(list) = &src.key.models {
-            let mut own = ModelSet::default();
-            for (i, m) in list.iter().enumerate() {
-                match model_index.get(m.as_str()) {
-                    Some(&idx) => {
-                        if workload.is_some_and(|w| !w.models.contains(idx)) {
-                            problems.add(
-                                file,
-                                field(p, &format!("models[{i}]")),
-                                format!(
-                                    "model `{m}` is not allowed by workload `{}`",
-                                    src.key.workload
-                                ),
-                            );
-                        }
-                        own.insert(idx);
-                    }
-                    None => problems.add(
-                        file,
-                        field(p, &format!("models[{i}]")),
-                        format!("unknown model `{m}`"),
-                    ),
-                }
-            }
-            models = models.intersection(&own);
-        }
-        let mut operations = workload.map(|w| w.operations).unwrap_or_default();
-        if let Some(list) = &src.key.operations {
-            for (i, op) in list.iter().enumerate() {
-                if workload.is_some_and(|w| !w.operations.contains(*op)) {
-                    problems.add(
-                        file,
-                        field(p, &format!("operations[{i}]")),
-                        format!(
-                            "operation `{}` is not allowed by workload `{}`",
-                            op.as_str(),
-                            src.key.workload
-                        ),
-                    );
-                }
-            }
-            operations = operations.intersection(list.iter().copied().collect::<OperationSet>());
-        }
-        let limits = compile_limits(
-            file,
-            p,
-            &src.key.rate_limits,
-            src.key.max_concurrent,
-            src.key.allowed_ips.as_deref(),
-            src.key.budget.as_ref(),
-            problems,
-        );
-        if problems.list.len() != before {
-            continue;
-        }
-        let (Some(digest), Some(workload)) = (digest, workload) else {
-            continue;
-        };
-        keys.push(Arc::new(Key {
-            id: src.id,
-            digest,
-            hint: src.key.hint,
-            workload: workload.clone(),
-            owner: src.key.owner,
-            description: src.key.description,
-            models,
-            operations,
-            limits,
-            status: src.key.status,
-            expires_at: src.key.expires_at,
-            created_at: src.key.created_at,
-            previous,
-            file: src.file,
-            metrics: Default::default(),
-        }));
     }
-    keys
+    let workload = context.workloads.get(&src.workload);
+    if workload.is_none() {
+        problems.add(
+            file,
+            field(p, "workload"),
+            format!("unknown workload `{}`", src.workload),
+        );
+    }
+    let mut models = workload.map(|w| w.models.clone()).unwrap_or_default();
+    if let Some(list) = &src.models {
+        let mut own = ModelSet::default();
+        for (i, m) in list.iter().enumerate() {
+            match context.model_index.get(m.as_str()) {
+                Some(&idx) => {
+                    if workload.is_some_and(|w| !w.models.contains(idx)) {
+                        problems.add(
+                            file,
+                            field(p, &format!("models[{i}]")),
+                            format!("model `{m}` is not allowed by workload `{}`", src.workload),
+                        );
+                    }
+                    own.insert(idx);
+                }
+                None => problems.add(
+                    file,
+                    field(p, &format!("models[{i}]")),
+                    format!("unknown model `{m}`"),
+                ),
+            }
+        }
+        models = models.intersection(&own);
+    }
+    let mut operations = workload.map(|w| w.operations).unwrap_or_default();
+    if let Some(list) = &src.operations {
+        for (i, op) in list.iter().enumerate() {
+            if workload.is_some_and(|w| !w.operations.contains(*op)) {
+                problems.add(
+                    file,
+                    field(p, &format!("operations[{i}]")),
+                    format!(
+                        "operation `{}` is not allowed by workload `{}`",
+                        op.as_str(),
+                        src.workload
+                    ),
+                );
+            }
+        }
+        operations = operations.intersection(list.iter().copied().collect::<OperationSet>());
+    }
+    let limits = compile_limits(
+        file,
+        p,
+        &src.rate_limits,
+        src.max_concurrent,
+        src.allowed_ips.as_deref(),
+        src.budget.as_ref(),
+        problems,
+    );
+    match (digest, workload) {
+        (Some(digest), Some(workload)) if problems.list.len() == before => CompiledKey::Ok {
+            key: Arc::new(Key {
+                id,
+                digest,
+                hint: src.hint,
+                workload: workload.clone(),
+                owner: src.owner,
+                description: src.description,
+                models,
+                operations,
+                limits,
+                status: src.status,
+                expires_at: src.expires_at,
+                created_at: src.created_at,
+                previous,
+                file: file.to_path_buf(),
+                metrics: Default::default(),
+            }),
+            field_prefix,
+        },
+        _ => CompiledKey::Broken(Box::new(BrokenKey {
+            id,
+            file: file.to_path_buf(),
+            field_prefix,
+            digests: digest
+                .map(|d| (d, DigestAt::Hash))
+                .into_iter()
+                .chain(
+                    src.previous_hashes
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, prev)| {
+                            KeyDigest::parse(&prev.hash).map(|d| (d, DigestAt::Previous(i)))
+                        }),
+                )
+                .collect(),
+        })),
+    }
 }
 
 #[cfg(test)]
