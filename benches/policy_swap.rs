@@ -3,7 +3,8 @@
 //! 1. Compile time of the 100k-key policy (median of 3 `config::load`s) and the resident memory
 //!    (VmRSS) before any policy, with one compiled policy held, and with two alive at once (the
 //!    swap moment); also what dropping one takes and what the steps of a load (listing, reading,
-//!    YAML parsing) cost on their own. This part runs in a child process that does nothing else,
+//!    YAML parsing) cost on their own; and a reload after one key file changed, as the gateway
+//!    does it (`config::load_reusing`: unchanged key files keep their compiled keys). This part runs in a child process that does nothing else,
 //!    so its memory figures are not mixed with the gateway's.
 //! 2. Request latency (p50/p99) through an in-process gateway (`server::RunningGateway`) serving
 //!    that policy, with its embedded mock provider as the upstream: sequential chat requests from
@@ -166,6 +167,7 @@ fn run_compile_child(config_path: &Path, keys: usize) -> CompileFigures {
             "rss_two" => figures.rss_two = Some(value),
             "hwm" => figures.hwm = Some(value),
             "drop" => figures.drop_time = nanos,
+            "reuse" => figures.reuse = Some((nanos, rss_after_reuse(&text))),
             "step" => figures
                 .steps
                 .push((words.next().unwrap_or_default().to_owned(), nanos)),
@@ -201,7 +203,26 @@ fn compile_part(config_path: &Path, keys: usize) {
     let drop_time = started.elapsed();
     keygate::reload::return_freed_memory();
     let (third, t3) = load_timed(config_path, keys);
-    drop((second, third));
+    drop(second);
+    // What a reload costs when one key file changed: the gateway's path (`load_reusing`).
+    let keys_dir = config_path.with_file_name("keys.d");
+    let changed = std::fs::read_dir(&keys_dir)
+        .expect("read keys.d")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .expect("a key file");
+    let text = std::fs::read_to_string(&changed).expect("read a key file");
+    std::fs::write(&changed, format!("{text}# touched\n")).expect("touch a key file");
+    let started = Instant::now();
+    let reloaded = keygate::config::load_reusing(config_path, LoadOptions::default(), &third)
+        .expect("the touched policy is valid");
+    let reuse = started.elapsed();
+    keygate::reload::return_freed_memory();
+    let rss_reuse = rss_bytes();
+    std::fs::write(&changed, text).expect("restore a key file");
+    assert_eq!(reloaded.keys_by_id.len(), keys);
+    drop((third, reloaded));
     let hwm = status_kib("VmHWM").map(|k| k * 1024);
     for t in [t1, t2, t3] {
         println!("load {}", t.as_nanos());
@@ -217,6 +238,10 @@ fn compile_part(config_path: &Path, keys: usize) {
         }
     }
     println!("drop {}", drop_time.as_nanos());
+    println!("reuse {}", reuse.as_nanos());
+    if let Some(rss) = rss_reuse {
+        println!("rss_reuse {rss}");
+    }
     for (step, took) in building_blocks(config_path) {
         println!("step {} {step}", took.as_nanos());
     }
@@ -749,7 +774,15 @@ struct CompileFigures {
     rss_two: Option<u64>,
     hwm: Option<u64>,
     drop_time: Duration,
+    /// A reload after one key file changed, reusing the rest, and the RSS with both alive.
+    reuse: Option<(Duration, Option<u64>)>,
     steps: Vec<(String, Duration)>,
+}
+
+fn rss_after_reuse(child_output: &str) -> Option<u64> {
+    child_output
+        .lines()
+        .find_map(|l| l.strip_prefix("rss_reuse ")?.parse().ok())
 }
 
 #[derive(Default)]
@@ -882,6 +915,21 @@ impl Report {
         );
         row("  peak RSS (VmHWM) of the 3 loads", mb(c.hwm), "");
         row("  drop of one compiled policy", ms(c.drop_time), "");
+        if let Some((took, rss)) = c.reuse {
+            row(
+                "reload, 1 key file changed (reusing)",
+                ms(took),
+                &format!(
+                    "< 1 s: {}",
+                    if took < Duration::from_secs(1) {
+                        "ok"
+                    } else {
+                        "MISSED"
+                    }
+                ),
+            );
+            row("  RSS with both alive (keys shared)", mb(rss), "");
+        }
         row("gateway start (load + listen)", ms(self.gateway_start), "");
         row(
             "gateway process RSS: before start",

@@ -30,6 +30,9 @@ pub struct Policy {
     pub keys_dir: PathBuf,
     /// Short SHA-256 over every file the policy was read from; equal digests mean equal policies.
     pub digest: String,
+    /// SHA-256 of the main file: a reload whose main file is unchanged reuses the keys whose
+    /// files are unchanged too.
+    pub(crate) config_hash: [u8; 32],
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub max_body_bytes: usize,
@@ -125,6 +128,8 @@ pub struct Key {
     pub metrics: OnceLock<Box<crate::metrics::KeyHandles>>,
     /// Which file the key came from, for messages and for the lifecycle commands.
     pub file: PathBuf,
+    /// SHA-256 of that file's text, to recognise an unchanged file on the next reload.
+    pub(crate) source_hash: [u8; 32],
 }
 
 impl Key {
@@ -213,6 +218,7 @@ pub(crate) struct PolicyParts {
     pub config_path: PathBuf,
     pub keys_dir: PathBuf,
     pub digest: String,
+    pub config_hash: [u8; 32],
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub max_body_bytes: usize,
@@ -264,6 +270,7 @@ impl Policy {
             config_path: parts.config_path,
             keys_dir: parts.keys_dir,
             digest: parts.digest,
+            config_hash: parts.config_hash,
             listen: parts.listen,
             admin_listen: parts.admin_listen,
             max_body_bytes: parts.max_body_bytes,

@@ -87,7 +87,7 @@ impl Reloader {
 
     fn load_and_swap(&self) -> Result<ReloadOutcome, PolicyErrors> {
         let current = self.store.load_full();
-        match load_at_low_priority(&self.config_path) {
+        match load_at_low_priority(&self.config_path, &current) {
             Ok(next) if next.digest == current.digest => {
                 self.metrics
                     .policy_reloads
@@ -152,8 +152,8 @@ const RELOAD_NICENESS: i32 = 10;
 /// `config::load` on a thread of its own at [`RELOAD_NICENESS`] (its file-reading helpers
 /// inherit it). A thread of its own, because a lowered priority cannot be raised back without
 /// privileges, and the calling thread may belong to tokio's blocking pool.
-fn load_at_low_priority(config_path: &Path) -> Result<Policy, PolicyErrors> {
-    let load = || config::load(config_path, LoadOptions { resolve_dns: true });
+fn load_at_low_priority(config_path: &Path, serving: &Policy) -> Result<Policy, PolicyErrors> {
+    let load = || config::load_reusing(config_path, LoadOptions { resolve_dns: true }, serving);
     std::thread::scope(|scope| {
         let spawned = std::thread::Builder::new()
             .name("keygate-policy-load".to_owned())

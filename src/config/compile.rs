@@ -102,21 +102,31 @@ pub(super) fn keys_dir_of(config_path: &Path) -> Result<PathBuf, PolicyErrors> {
     Ok(base_dir(config_path).join(config.keys_dir))
 }
 
-pub(super) fn load(config_path: &Path, options: LoadOptions) -> Result<Policy, PolicyErrors> {
+pub(super) fn load(
+    config_path: &Path,
+    options: LoadOptions,
+    previous: Option<&Policy>,
+) -> Result<Policy, PolicyErrors> {
     let mut problems = Problems { list: Vec::new() };
     let mut hasher = Sha256::new();
 
     let text = read_text(config_path).map_err(|p| PolicyErrors(vec![p]))?;
     hasher.update(text.as_bytes());
+    let config_hash: [u8; 32] = Sha256::digest(text.as_bytes()).into();
     let config: ConfigFile = read_yaml(config_path, &text).map_err(|p| PolicyErrors(vec![p]))?;
     let base = base_dir(config_path);
     let keys_dir = base.join(&config.keys_dir);
+    // Keys compile against the main file's workloads and models only, so with the same main
+    // file an unchanged key file compiles to the same key.
+    let reusable =
+        previous.filter(|p| p.config_hash == config_hash && p.config_path == config_path);
     let policy = compile(
         config_path,
         &base,
         keys_dir,
-        config,
+        (config, config_hash),
         hasher,
+        reusable,
         options,
         &mut problems,
     );
@@ -131,6 +141,16 @@ pub(super) fn load(config_path: &Path, options: LoadOptions) -> Result<Policy, P
 struct KeyContext<'a> {
     model_index: &'a HashMap<&'a str, usize>,
     workloads: &'a BTreeMap<String, Arc<Workload>>,
+    /// The serving policy's keys, when they were compiled against the same main file.
+    reusable: Option<&'a BTreeMap<String, Arc<Key>>>,
+}
+
+impl KeyContext<'_> {
+    /// The serving policy's key `id`, if it came from this very file with this very text.
+    fn unchanged(&self, id: &str, file: &Path, text_hash: &[u8; 32]) -> Option<Arc<Key>> {
+        let key = self.reusable?.get(id)?;
+        (key.file == file && key.source_hash == *text_hash).then(|| key.clone())
+    }
 }
 
 /// Reads and compiles every `*.yaml`/`*.yml` in `dir`, in name order. Hidden entries are
@@ -328,6 +348,13 @@ fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
         .and_then(|s| s.to_str())
         .unwrap_or_default()
         .to_owned();
+    if let Some(key) = context.unchanged(&stem, file, &out.text_hash) {
+        out.keys.push(CompiledKey::Ok {
+            key,
+            field_prefix: String::new(),
+        });
+        return out;
+    }
     if looks_like_list(&text) {
         match read_yaml::<Vec<KeyFile>>(file, &text) {
             Ok(list) => {
@@ -337,7 +364,7 @@ fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
                     match key.id.clone() {
                         Some(id) => out.keys.push(compile_key(
                             id,
-                            file,
+                            (file, out.text_hash),
                             field_prefix,
                             key,
                             context,
@@ -366,7 +393,7 @@ fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
                 }
                 out.keys.push(compile_key(
                     stem,
-                    file,
+                    (file, out.text_hash),
                     String::new(),
                     key,
                     context,
@@ -421,8 +448,9 @@ fn compile(
     config_path: &Path,
     base: &Path,
     keys_dir: PathBuf,
-    config: ConfigFile,
+    (config, config_hash): (ConfigFile, [u8; 32]),
     mut hasher: Sha256,
+    reusable: Option<&Policy>,
     options: LoadOptions,
     problems: &mut Problems,
 ) -> Option<Policy> {
@@ -603,9 +631,15 @@ fn compile(
         );
     }
 
+    if let Some(previous) = reusable {
+        // The same main file compiled to these same workloads; the reused keys point at the
+        // serving policy's, so the new policy must hold those very ones.
+        workloads = previous.workloads.clone();
+    }
     let context = KeyContext {
         model_index: &model_index,
         workloads: &workloads,
+        reusable: reusable.map(|p| &p.keys_by_id),
     };
     let keys = read_keys(&keys_dir, &context, problems, &mut hasher);
     let digest = hex::encode(&hasher.finalize()[..8]);
@@ -617,6 +651,7 @@ fn compile(
         config_path: config_path.to_path_buf(),
         keys_dir,
         digest,
+        config_hash,
         listen: listen?,
         admin_listen,
         max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
@@ -1105,7 +1140,7 @@ fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
 /// any is returned as [`CompiledKey::Broken`], still taking part in the cross-file checks.
 fn compile_key(
     id: String,
-    file: &Path,
+    (file, source_hash): (&Path, [u8; 32]),
     field_prefix: String,
     src: KeyFile,
     context: &KeyContext<'_>,
@@ -1214,6 +1249,7 @@ fn compile_key(
                 created_at: src.created_at,
                 previous,
                 file: file.to_path_buf(),
+                source_hash,
                 metrics: Default::default(),
             }),
             field_prefix,
@@ -1278,5 +1314,116 @@ mod tests {
         assert!(parse_cidr("192.0.2.7").is_ok());
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("banana").is_err());
+    }
+
+    const CONFIG: &str = "keys_dir: keys.d
+listen: 127.0.0.1:9
+providers:
+  p1:
+    format: openai
+    api_key: sk-real
+    endpoints:
+      - {url: \"http://127.0.0.1:9\", weight: 1}
+models:
+  m1:
+    provider: p1
+workloads:
+  w1:
+    models: [m1]
+";
+
+    fn key_text(n: u8, extra: &str) -> String {
+        format!(
+            "hash: \"sha256:{}\"\nworkload: w1\n{extra}",
+            format!("{n:02x}").repeat(32)
+        )
+    }
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    /// Loads with and without `previous`: both must give the same policy.
+    fn reload(config: &Path, previous: &Policy) -> Policy {
+        let reused = load(config, LoadOptions::default(), Some(previous)).unwrap();
+        let fresh = load(config, LoadOptions::default(), None).unwrap();
+        assert_eq!(reused.digest, fresh.digest);
+        let summary = |p: &Policy| {
+            p.keys_by_id
+                .values()
+                .map(|k| {
+                    format!(
+                        "{} {:?} {:?} {}",
+                        k.id, k.status, k.limits.windows, k.workload.name
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(summary(&reused), summary(&fresh));
+        reused
+    }
+
+    #[test]
+    fn a_reload_reuses_the_keys_of_unchanged_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("keygate.yaml");
+        let keys = dir.path().join("keys.d");
+        std::fs::create_dir(&keys).unwrap();
+        write(dir.path(), "keygate.yaml", CONFIG);
+        write(&keys, "a.yaml", &key_text(1, ""));
+        write(&keys, "b.yaml", &key_text(2, ""));
+        let list = format!(
+            "- id: c\n  hash: \"sha256:{}\"\n  workload: w1\n",
+            "03".repeat(32)
+        );
+        write(&keys, "list.yaml", &list);
+        let first = load(&config, LoadOptions::default(), None).unwrap();
+        let same =
+            |a: &Policy, b: &Policy, id: &str| Arc::ptr_eq(&a.keys_by_id[id], &b.keys_by_id[id]);
+
+        // Nothing changed: single-key files are reused, a list file is compiled again.
+        let second = reload(&config, &first);
+        assert!(same(&first, &second, "a") && same(&first, &second, "b"));
+        assert!(!same(&first, &second, "c"));
+        assert!(Arc::ptr_eq(
+            &second.keys_by_id["a"].workload,
+            &second.workloads["w1"]
+        ));
+
+        // One key file changed: only that key is compiled again, and shows the change.
+        write(&keys, "b.yaml", &key_text(2, "status: paused\n"));
+        let third = reload(&config, &second);
+        assert!(same(&second, &third, "a"));
+        assert!(!same(&second, &third, "b"));
+        assert_eq!(
+            third.keys_by_id["b"].status,
+            crate::config::schema::KeyStatus::Paused
+        );
+
+        // The same text under another name is another key, compiled from its own file.
+        std::fs::rename(keys.join("a.yaml"), keys.join("d.yaml")).unwrap();
+        let fourth = reload(&config, &third);
+        assert!(!fourth.keys_by_id.contains_key("a"));
+        assert_eq!(fourth.keys_by_id["d"].file, keys.join("d.yaml"));
+
+        // A changed main file compiles every key again, against its new workloads.
+        write(
+            dir.path(),
+            "keygate.yaml",
+            &CONFIG.replace(
+                "models: [m1]\n",
+                "models: [m1]\n    rate_limits: [{requests: 5, per: 1m}]\n",
+            ),
+        );
+        let fifth = reload(&config, &fourth);
+        assert!(!same(&fourth, &fifth, "b"));
+        let workload = &fifth.keys_by_id["b"].workload;
+        assert!(Arc::ptr_eq(workload, &fifth.workloads["w1"]));
+        assert_eq!(workload.limits.windows.len(), 1);
+
+        // A broken key file is refused as on a first load, whatever could be reused.
+        write(&keys, "b.yaml", "hash: nope\nworkload: w1\n");
+        let errors = load(&config, LoadOptions::default(), Some(&fifth)).unwrap_err();
+        assert!(errors.0.iter().any(|p| p.field == "hash"), "{errors:?}");
     }
 }

@@ -66,7 +66,19 @@ pub struct LoadOptions {
 
 /// Reads, validates and compiles the policy rooted at `config_path`.
 pub fn load(config_path: &Path, options: LoadOptions) -> Result<Policy, PolicyErrors> {
-    compile::load(config_path, options)
+    compile::load(config_path, options, None)
+}
+
+/// [`load`] for a reload while `previous` serves: when the main file is unchanged, each key
+/// whose own file is unchanged is taken from `previous` rather than parsed and compiled again.
+/// The result is the policy [`load`] would give, at a fraction of the work when few files
+/// changed, and sharing the unchanged keys keeps two policies from doubling memory at a swap.
+pub fn load_reusing(
+    config_path: &Path,
+    options: LoadOptions,
+    previous: &Policy,
+) -> Result<Policy, PolicyErrors> {
+    compile::load(config_path, options, Some(previous))
 }
 
 /// Where the key files of the policy at `config_path` live, read from the config alone, so key
