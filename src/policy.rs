@@ -33,6 +33,8 @@ pub struct Policy {
     /// SHA-256 of the main file: a reload whose main file is unchanged reuses the keys whose
     /// files are unchanged too.
     pub(crate) config_hash: [u8; 32],
+    /// What the load that built this policy had to do.
+    pub load_stats: LoadStats,
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub max_body_bytes: usize,
@@ -130,6 +132,9 @@ pub struct Key {
     pub file: PathBuf,
     /// SHA-256 of that file's text, to recognise an unchanged file on the next reload.
     pub(crate) source_hash: [u8; 32],
+    /// The file's stamp when last read with this text (`config::stamp`), so that the next reload
+    /// can tell it unchanged without reading it; updated when a reload reads the same text again.
+    pub(crate) stamp: std::sync::atomic::AtomicU64,
 }
 
 impl Key {
@@ -213,12 +218,22 @@ impl FromIterator<Operation> for OperationSet {
     }
 }
 
+/// How much of a policy's load was work: key files read, and keys taken from the policy it
+/// replaced rather than compiled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    pub key_files: usize,
+    pub key_files_read: usize,
+    pub keys_reused: usize,
+}
+
 /// Parts of a [`Policy`] that `compile` fills in; kept apart so the lookup maps stay private.
 pub(crate) struct PolicyParts {
     pub config_path: PathBuf,
     pub keys_dir: PathBuf,
     pub digest: String,
     pub config_hash: [u8; 32],
+    pub load_stats: LoadStats,
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub max_body_bytes: usize,
@@ -271,6 +286,7 @@ impl Policy {
             keys_dir: parts.keys_dir,
             digest: parts.digest,
             config_hash: parts.config_hash,
+            load_stats: parts.load_stats,
             listen: parts.listen,
             admin_listen: parts.admin_listen,
             max_body_bytes: parts.max_body_bytes,

@@ -104,6 +104,7 @@ impl Reloader {
                     to: next.digest.clone(),
                 };
                 self.metrics.set_active_policy(&next);
+                let stats = next.load_stats;
                 let old = self.store.swap(Arc::new(next));
                 drop(current);
                 release_off_request_path(old);
@@ -111,7 +112,13 @@ impl Reloader {
                     .policy_reloads
                     .with_label_values(&["swapped"])
                     .inc();
-                tracing::info!(?outcome, "policy reloaded");
+                tracing::info!(
+                    ?outcome,
+                    key_files = stats.key_files,
+                    read = stats.key_files_read,
+                    keys_reused = stats.keys_reused,
+                    "policy reloaded"
+                );
                 Ok(outcome)
             }
             Err(errors) => {

@@ -4,13 +4,15 @@ use super::env;
 use super::schema::{
     BalanceFile, BudgetFile, BudgetModeFile, ConfigFile, HealthCheckFile, KeyFile, RateLimitFile,
 };
+use super::stamp;
 use super::{LoadOptions, PolicyErrors, Problem};
 use crate::accounting::audit::AuditTarget;
 use crate::keys::secret::KeyDigest;
 use crate::limits::budget::{BudgetMode, BudgetSpec};
 use crate::limits::{LimitKind, LimitSpec, WindowSpec};
 use crate::policy::{
-    Key, MockProviderSettings, Model, ModelSet, OperationSet, Policy, PolicyParts, Price, Workload,
+    Key, LoadStats, MockProviderSettings, Model, ModelSet, OperationSet, Policy, PolicyParts,
+    Price, Workload,
 };
 use crate::upstream::balance::Balance;
 use crate::upstream::{
@@ -23,10 +25,12 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Key ids are file stems and metric label values: keep them short and shell-safe.
 pub const KEY_ID_RULE: &str = "1 to 64 characters of A-Z a-z 0-9 . _ -, not starting with `.`";
@@ -78,6 +82,23 @@ fn read_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Problem>
             message,
         }
     })
+}
+
+/// A key file's text, and its stamp taken before reading: a write during the read then shows as a
+/// changed stamp on the next load.
+fn read_text_stamped(file: &Path) -> Result<(String, stamp::Stamp), Problem> {
+    let problem = |e: std::io::Error| Problem {
+        file: file.to_path_buf(),
+        field: String::new(),
+        message: format!("cannot read: {e}"),
+    };
+    let mut opened = std::fs::File::open(file).map_err(problem)?;
+    let stamp = opened
+        .metadata()
+        .map_or(stamp::NONE, |m| stamp::of(&m, SystemTime::now()));
+    let mut text = String::new();
+    opened.read_to_string(&mut text).map_err(problem)?;
+    Ok((text, stamp))
 }
 
 fn read_text(file: &Path) -> Result<String, Problem> {
@@ -146,10 +167,9 @@ struct KeyContext<'a> {
 }
 
 impl KeyContext<'_> {
-    /// The serving policy's key `id`, if it came from this very file with this very text.
-    fn unchanged(&self, id: &str, file: &Path, text_hash: &[u8; 32]) -> Option<Arc<Key>> {
-        let key = self.reusable?.get(id)?;
-        (key.file == file && key.source_hash == *text_hash).then(|| key.clone())
+    /// The serving policy's key `id`, if it came from the single-key file `file`.
+    fn previous(&self, id: &str, file: &Path) -> Option<&Arc<Key>> {
+        self.reusable?.get(id).filter(|key| key.file == file)
     }
 }
 
@@ -165,12 +185,12 @@ fn read_keys(
     context: &KeyContext<'_>,
     problems: &mut Problems,
     hasher: &mut Sha256,
-) -> Vec<Arc<Key>> {
+) -> (Vec<Arc<Key>>, LoadStats) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) => {
             problems.add(dir, "", format!("cannot read keys directory: {e}"));
-            return Vec::new();
+            return (Vec::new(), LoadStats::default());
         }
     };
     let mut names: Vec<std::ffi::OsString> = entries
@@ -217,7 +237,13 @@ fn read_keys(
     let mut seen_digests: HashMap<KeyDigest, &str> = HashMap::with_capacity(outcomes.len());
     let mut cross_file = Vec::new();
     let mut count = 0;
+    let mut stats = LoadStats {
+        key_files: outcomes.len(),
+        ..LoadStats::default()
+    };
     for outcome in &outcomes {
+        stats.key_files_read += usize::from(outcome.read);
+        stats.keys_reused += usize::from(outcome.reused);
         hasher.update(&outcome.name);
         hasher.update([0]);
         hasher.update(outcome.text_hash);
@@ -253,12 +279,16 @@ fn read_keys(
         }));
     }
     problems.list.extend(cross_file);
-    keys
+    (keys, stats)
 }
 
 /// What one key file contributed: its keys, its problems, and its name and content hash for the
 /// policy digest.
 struct FileOutcome {
+    /// Whether the file had to be read (not recognised by its stamp).
+    read: bool,
+    /// Whether its key was taken from the serving policy.
+    reused: bool,
     name: Vec<u8>,
     text_hash: [u8; 32],
     keys: SmallVec<[CompiledKey; 1]>,
@@ -326,6 +356,8 @@ impl CompiledKey {
 
 fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
     let mut out = FileOutcome {
+        read: false,
+        reused: false,
         name: file
             .file_name()
             .unwrap_or_default()
@@ -335,22 +367,41 @@ fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
         keys: SmallVec::new(),
         problems: Problems { list: Vec::new() },
     };
-    let text = match read_text(file) {
-        Ok(t) => t,
+    let stem = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let previous = context.previous(&stem, file);
+    if let Some(key) = previous {
+        let known = key.stamp.load(Ordering::Relaxed);
+        if known != stamp::NONE
+            && std::fs::metadata(file).is_ok_and(|m| stamp::of(&m, SystemTime::now()) == known)
+        {
+            out.text_hash = key.source_hash;
+            out.reused = true;
+            out.keys.push(CompiledKey::Ok {
+                key: key.clone(),
+                field_prefix: String::new(),
+            });
+            return out;
+        }
+    }
+    out.read = true;
+    let (text, stamp) = match read_text_stamped(file) {
+        Ok(read) => read,
         Err(p) => {
             out.problems.list.push(p);
             return out;
         }
     };
     out.text_hash = Sha256::digest(text.as_bytes()).into();
-    let stem = file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or_default()
-        .to_owned();
-    if let Some(key) = context.unchanged(&stem, file, &out.text_hash) {
+    if let Some(key) = previous.filter(|key| key.source_hash == out.text_hash) {
+        // Same text under a newer stamp (touched, or read too soon after its last write).
+        key.stamp.store(stamp, Ordering::Relaxed);
+        out.reused = true;
         out.keys.push(CompiledKey::Ok {
-            key,
+            key: key.clone(),
             field_prefix: String::new(),
         });
         return out;
@@ -364,7 +415,8 @@ fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
                     match key.id.clone() {
                         Some(id) => out.keys.push(compile_key(
                             id,
-                            (file, out.text_hash),
+                            // Keys of a list file are compiled again on every load.
+                            (file, out.text_hash, stamp::NONE),
                             field_prefix,
                             key,
                             context,
@@ -393,7 +445,7 @@ fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
                 }
                 out.keys.push(compile_key(
                     stem,
-                    (file, out.text_hash),
+                    (file, out.text_hash, stamp),
                     String::new(),
                     key,
                     context,
@@ -641,7 +693,7 @@ fn compile(
         workloads: &workloads,
         reusable: reusable.map(|p| &p.keys_by_id),
     };
-    let keys = read_keys(&keys_dir, &context, problems, &mut hasher);
+    let (keys, load_stats) = read_keys(&keys_dir, &context, problems, &mut hasher);
     let digest = hex::encode(&hasher.finalize()[..8]);
 
     if !problems.list.is_empty() {
@@ -652,6 +704,7 @@ fn compile(
         keys_dir,
         digest,
         config_hash,
+        load_stats,
         listen: listen?,
         admin_listen,
         max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
@@ -1140,7 +1193,7 @@ fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
 /// any is returned as [`CompiledKey::Broken`], still taking part in the cross-file checks.
 fn compile_key(
     id: String,
-    (file, source_hash): (&Path, [u8; 32]),
+    (file, source_hash, stamp): (&Path, [u8; 32], stamp::Stamp),
     field_prefix: String,
     src: KeyFile,
     context: &KeyContext<'_>,
@@ -1250,6 +1303,7 @@ fn compile_key(
                 previous,
                 file: file.to_path_buf(),
                 source_hash,
+                stamp: AtomicU64::new(stamp),
                 metrics: Default::default(),
             }),
             field_prefix,
@@ -1420,6 +1474,32 @@ workloads:
         let workload = &fifth.keys_by_id["b"].workload;
         assert!(Arc::ptr_eq(workload, &fifth.workloads["w1"]));
         assert_eq!(workload.limits.windows.len(), 1);
+
+        // Settled files (last changed over a second ago) are recognised by their stamp, without
+        // being read; a file written since is read, and compiled again if its text changed.
+        std::thread::sleep(Duration::from_millis(1_100));
+        let settling = reload(&config, &fifth);
+        assert_eq!(settling.load_stats.key_files_read, 3);
+        assert_eq!(settling.load_stats.keys_reused, 2);
+        let settled = reload(&config, &settling);
+        assert_eq!(
+            settled.load_stats,
+            LoadStats {
+                key_files: 3,
+                key_files_read: 1, // the list file
+                keys_reused: 2,
+            }
+        );
+        write(&keys, "b.yaml", &key_text(2, "status: active\n"));
+        let after_write = reload(&config, &settled);
+        assert_eq!(after_write.load_stats.key_files_read, 2);
+        assert!(same(&settled, &after_write, "d"));
+        assert!(!same(&settled, &after_write, "b"));
+        assert_eq!(
+            after_write.keys_by_id["b"].status,
+            crate::config::schema::KeyStatus::Active
+        );
+        let fifth = after_write;
 
         // A broken key file is refused as on a first load, whatever could be reused.
         write(&keys, "b.yaml", "hash: nope\nworkload: w1\n");
