@@ -208,8 +208,10 @@ lines.append(f"- keygate peak RSS under load with {keys} keys: chat {rss('chat')
 ttft = f"{out}/stream/post-pinned.txt"
 if os.path.exists(ttft):
     lines.append("\nTime to first byte of a paced SSE stream (7 events 20 ms apart), sequential requests, "
-                 "each on a new connection: curl's time_starttransfer (ttft.sh), and the first `data:` line "
-                 "read from a raw socket (benches/ttfb_probe.py):\n")
+                 "each on a new connection: curl's time_starttransfer (ttft.sh, one system after the other), "
+                 "and the first `data:` line read from a raw socket (benches/ttfb_probe.py, the systems taking "
+                 "turns request by request; a paired row is the median difference from the direct request "
+                 "just before):\n")
     lines += [l.rstrip() for l in open(ttft) if l.startswith("|") and "unreachable" not in l]
 print("\n".join(lines))
 PY
