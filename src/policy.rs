@@ -130,8 +130,9 @@ pub struct Key {
     pub metrics: OnceLock<Box<crate::metrics::KeyHandles>>,
     /// Which file the key came from, for messages and for the lifecycle commands.
     pub file: PathBuf,
-    /// SHA-256 of that file's text, to recognise an unchanged file on the next reload.
-    pub(crate) source_hash: [u8; 32],
+    /// SHA-256 of that file's text, to recognise an unchanged file on the next reload; `None`
+    /// for a key of a list file, which every load compiles again.
+    pub(crate) source_hash: Option<[u8; 32]>,
     /// The file's stamp when last read with this text (`config::stamp`), so that the next reload
     /// can tell it unchanged without reading it; updated when a reload reads the same text again.
     pub(crate) stamp: std::sync::atomic::AtomicU64,

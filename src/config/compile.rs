@@ -102,11 +102,7 @@ fn read_text_stamped(file: &Path) -> Result<(String, stamp::Stamp), Problem> {
 }
 
 fn read_text(file: &Path) -> Result<String, Problem> {
-    std::fs::read_to_string(file).map_err(|e| Problem {
-        file: file.to_path_buf(),
-        field: String::new(),
-        message: format!("cannot read: {e}"),
-    })
+    read_text_stamped(file).map(|(text, _)| text)
 }
 
 fn base_dir(config_path: &Path) -> PathBuf {
@@ -169,7 +165,9 @@ struct KeyContext<'a> {
 impl KeyContext<'_> {
     /// The serving policy's key `id`, if it came from the single-key file `file`.
     fn previous(&self, id: &str, file: &Path) -> Option<&Arc<Key>> {
-        self.reusable?.get(id).filter(|key| key.file == file)
+        self.reusable?
+            .get(id)
+            .filter(|key| key.file == file && key.source_hash.is_some())
     }
 }
 
@@ -295,6 +293,21 @@ struct FileOutcome {
     problems: Problems,
 }
 
+impl FileOutcome {
+    /// The outcome of a file whose key the serving policy already has.
+    fn reusing(mut self, key: &Arc<Key>) -> FileOutcome {
+        if let Some(hash) = key.source_hash {
+            self.text_hash = hash;
+        }
+        self.reused = true;
+        self.keys.push(CompiledKey::Ok {
+            key: key.clone(),
+            field_prefix: String::new(),
+        });
+        self
+    }
+}
+
 /// One key as its own file compiled it, before the checks that span files.
 enum CompiledKey {
     Ok {
@@ -339,7 +352,7 @@ impl CompiledKey {
     }
 
     /// Every digest the key claims: its hash and those of rotated-out secrets.
-    fn digests(&self) -> Vec<(KeyDigest, DigestAt)> {
+    fn digests(&self) -> SmallVec<[(KeyDigest, DigestAt); 2]> {
         match self {
             CompiledKey::Ok { key, .. } => std::iter::once((key.digest, DigestAt::Hash))
                 .chain(
@@ -349,7 +362,7 @@ impl CompiledKey {
                         .map(|(i, (d, _))| (*d, DigestAt::Previous(i))),
                 )
                 .collect(),
-            CompiledKey::Broken(b) => b.digests.clone(),
+            CompiledKey::Broken(b) => b.digests.iter().copied().collect(),
         }
     }
 }
@@ -378,13 +391,7 @@ fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
         if known != stamp::NONE
             && std::fs::metadata(file).is_ok_and(|m| stamp::of(&m, SystemTime::now()) == known)
         {
-            out.text_hash = key.source_hash;
-            out.reused = true;
-            out.keys.push(CompiledKey::Ok {
-                key: key.clone(),
-                field_prefix: String::new(),
-            });
-            return out;
+            return out.reusing(key);
         }
     }
     out.read = true;
@@ -396,15 +403,10 @@ fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
         }
     };
     out.text_hash = Sha256::digest(text.as_bytes()).into();
-    if let Some(key) = previous.filter(|key| key.source_hash == out.text_hash) {
+    if let Some(key) = previous.filter(|key| key.source_hash == Some(out.text_hash)) {
         // Same text under a newer stamp (touched, or read too soon after its last write).
         key.stamp.store(stamp, Ordering::Relaxed);
-        out.reused = true;
-        out.keys.push(CompiledKey::Ok {
-            key: key.clone(),
-            field_prefix: String::new(),
-        });
-        return out;
+        return out.reusing(key);
     }
     if looks_like_list(&text) {
         match read_yaml::<Vec<KeyFile>>(file, &text) {
@@ -416,7 +418,7 @@ fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
                         Some(id) => out.keys.push(compile_key(
                             id,
                             // Keys of a list file are compiled again on every load.
-                            (file, out.text_hash, stamp::NONE),
+                            (file, None, stamp::NONE),
                             field_prefix,
                             key,
                             context,
@@ -445,7 +447,7 @@ fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
                 }
                 out.keys.push(compile_key(
                     stem,
-                    (file, out.text_hash, stamp),
+                    (file, Some(out.text_hash), stamp),
                     String::new(),
                     key,
                     context,
@@ -1193,7 +1195,7 @@ fn read_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
 /// any is returned as [`CompiledKey::Broken`], still taking part in the cross-file checks.
 fn compile_key(
     id: String,
-    (file, source_hash, stamp): (&Path, [u8; 32], stamp::Stamp),
+    (file, source_hash, stamp): (&Path, Option<[u8; 32]>, stamp::Stamp),
     field_prefix: String,
     src: KeyFile,
     context: &KeyContext<'_>,
@@ -1431,6 +1433,13 @@ workloads:
             "03".repeat(32)
         );
         write(&keys, "list.yaml", &list);
+        // A list file named like one of its keys: its keys are never taken for a single key's.
+        let pair = format!(
+            "- id: pair\n  hash: \"sha256:{}\"\n  workload: w1\n- id: other\n  hash: \"sha256:{}\"\n  workload: w1\n",
+            "05".repeat(32),
+            "06".repeat(32)
+        );
+        write(&keys, "pair.yaml", &pair);
         let first = load(&config, LoadOptions::default(), None).unwrap();
         let same =
             |a: &Policy, b: &Policy, id: &str| Arc::ptr_eq(&a.keys_by_id[id], &b.keys_by_id[id]);
@@ -1438,7 +1447,8 @@ workloads:
         // Nothing changed: single-key files are reused, a list file is compiled again.
         let second = reload(&config, &first);
         assert!(same(&first, &second, "a") && same(&first, &second, "b"));
-        assert!(!same(&first, &second, "c"));
+        assert!(!same(&first, &second, "c") && !same(&first, &second, "pair"));
+        assert!(second.keys_by_id.contains_key("other"));
         assert!(Arc::ptr_eq(
             &second.keys_by_id["a"].workload,
             &second.workloads["w1"]
@@ -1479,20 +1489,20 @@ workloads:
         // being read; a file written since is read, and compiled again if its text changed.
         std::thread::sleep(Duration::from_millis(1_100));
         let settling = reload(&config, &fifth);
-        assert_eq!(settling.load_stats.key_files_read, 3);
+        assert_eq!(settling.load_stats.key_files_read, 4);
         assert_eq!(settling.load_stats.keys_reused, 2);
         let settled = reload(&config, &settling);
         assert_eq!(
             settled.load_stats,
             LoadStats {
-                key_files: 3,
-                key_files_read: 1, // the list file
+                key_files: 4,
+                key_files_read: 2, // the list files
                 keys_reused: 2,
             }
         );
         write(&keys, "b.yaml", &key_text(2, "status: active\n"));
         let after_write = reload(&config, &settled);
-        assert_eq!(after_write.load_stats.key_files_read, 2);
+        assert_eq!(after_write.load_stats.key_files_read, 3);
         assert!(same(&settled, &after_write, "d"));
         assert!(!same(&settled, &after_write, "b"));
         assert_eq!(
