@@ -167,7 +167,9 @@ impl KeyContext<'_> {
     fn previous(&self, id: &str, file: &Path) -> Option<&Arc<Key>> {
         self.reusable?
             .get(id)
-            .filter(|key| key.file == file && key.source_hash.is_some())
+            // Byte equality: both paths are built the same way, and `Path`'s own comparison
+            // walks components, a cost paid here for every file of every reload.
+            .filter(|key| key.file.as_os_str() == file.as_os_str() && key.source_hash.is_some())
     }
 }
 
