@@ -456,8 +456,8 @@ impl AdminApi {
         T: Send + 'static,
         F: FnOnce(&KeyFiles) -> Result<T, LifecycleError> + Send + 'static,
     {
-        let config_path = self.reloader.store().load().config_path.clone();
-        tokio::task::spawn_blocking(move || op(&KeyFiles::open(&config_path)?))
+        let serving = self.reloader.store().load_full();
+        tokio::task::spawn_blocking(move || op(&KeyFiles::open_beside(serving)?))
             .await
             .unwrap_or_else(|e| Err(LifecycleError::Lock(std::io::Error::other(e.to_string()))))
     }
