@@ -196,14 +196,22 @@ full = pick(rows("chat"), "gateway", "pinned"); keysonly = pick(rows("keysonly")
 lines.append("")
 lines.append(f"- Added latency at one connection (keygate − direct, pinned): p50 "
              f"{med(k,'p50_ms') - med(d,'p50_ms'):+.3f} ms, p99 {med(k,'p99_ms') - med(d,'p99_ms'):+.3f} ms.")
+# CPU per request beside RPS: a round that loses CPU to other guests (steal) loses RPS, while the
+# gateway's own CPU time per request stays what its code costs.
+cpu = "proxy_cpu_ms_per_req"
 lines.append(f"- Governance cost: RPS with every feature on / RPS with keys only = "
-             f"{med(full,'rps'):.0f} / {med(keysonly,'rps'):.0f} = {med(full,'rps') / med(keysonly,'rps'):.2f}.")
+             f"{med(full,'rps'):.0f} / {med(keysonly,'rps'):.0f} = {med(full,'rps') / med(keysonly,'rps'):.2f}; "
+             f"CPU per request {med(full,cpu):.4f} / {med(keysonly,cpu):.4f} ms = "
+             f"{med(full,cpu) / med(keysonly,cpu):.2f}.")
 if os.path.exists(f"{out}/limits/results.csv"):
     lim = pick(rows("limits"), "gateway", "pinned")
     around = keysonly + pick(rows("keysonly2"), "gateway", "pinned")
     lines.append(f"- Limits cost: RPS with limits only (rate limits on key and workload, the key's concurrency "
                  f"cap and IP allowlist) / RPS with keys only (median of the rounds before and after) = "
-                 f"{med(lim,'rps'):.0f} / {med(around,'rps'):.0f} = {med(lim,'rps') / med(around,'rps'):.2f}.")
+                 f"{med(lim,'rps'):.0f} / {med(around,'rps'):.0f} = {med(lim,'rps') / med(around,'rps'):.2f}; "
+                 f"CPU per request {med(lim,cpu):.4f} / {med(around,cpu):.4f} ms = "
+                 f"{med(lim,cpu) / med(around,cpu):.2f}; CPU stolen by other guests, median s per round: "
+                 f"{med(lim,'steal_s'):.1f} with limits, {med(around,'steal_s'):.1f} with keys only.")
 lines.append(f"- keygate peak RSS under load with {keys} keys: chat {rss('chat'):.0f} MB, SSE {rss('stream'):.0f} MB.")
 ttft = f"{out}/stream/post-pinned.txt"
 if os.path.exists(ttft):
