@@ -29,6 +29,13 @@ fn endpoints(list: &[(&str, u32)]) -> String {
         .collect()
 }
 
+/// A gateway whose one provider `p1` has `eps`, plus `extra` lines, and one key; its secret.
+fn gateway_on(eps: &[(&str, u32)], extra: &str) -> (String, TestGateway) {
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(&one_provider(eps, extra), &[("k".into(), yaml)]);
+    (secret, gw)
+}
+
 /// Provider `p1` over `eps` with `extra` provider lines, model `m1` on it, workload `app`.
 fn one_provider(eps: &[(&str, u32)], extra: &str) -> String {
     format!(
@@ -102,11 +109,7 @@ async fn weights_3_1_1_hold_within_ten_percent_over_5000_requests() {
     let a = MockUpstream::start("a", Reply::chat_ok()).await;
     let b = MockUpstream::start("b", Reply::chat_ok()).await;
     let c = MockUpstream::start("c", Reply::chat_ok()).await;
-    let (secret, yaml) = key_file("app", "");
-    let gw = TestGateway::start(
-        &one_provider(&[(&a.url(), 3), (&b.url(), 1), (&c.url(), 1)], ""),
-        &[("k".into(), yaml)],
-    );
+    let (secret, gw) = gateway_on(&[(&a.url(), 3), (&b.url(), 1), (&c.url(), 1)], "");
     let total = 5000;
     let workers = 8;
     let http = client();
@@ -162,11 +165,7 @@ async fn a_killed_endpoint_is_ejected_without_failed_requests_and_returns_when_r
     let c = MockUpstream::start("c", Reply::chat_ok()).await;
     let b_url = b.url();
     let b_port = b.addr().port();
-    let (secret, yaml) = key_file("app", "");
-    let gw = TestGateway::start(
-        &one_provider(&[(&a.url(), 1), (&b_url, 1), (&c.url(), 1)], ""),
-        &[("k".into(), yaml)],
-    );
+    let (secret, gw) = gateway_on(&[(&a.url(), 1), (&b_url, 1), (&c.url(), 1)], "");
     let registry = gw.handles().upstreams.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -233,11 +232,7 @@ async fn a_killed_endpoint_is_ejected_without_failed_requests_and_returns_when_r
 async fn a_reset_before_the_response_is_retried_on_another_endpoint() {
     let reset = MockUpstream::start("reset", Reply::Reset).await;
     let good = MockUpstream::start("good", Reply::chat_ok()).await;
-    let (secret, yaml) = key_file("app", "");
-    let gw = TestGateway::start(
-        &one_provider(&[(&reset.url(), 1), (&good.url(), 1)], ""),
-        &[("k".into(), yaml)],
-    );
+    let (secret, gw) = gateway_on(&[(&reset.url(), 1), (&good.url(), 1)], "");
     for _ in 0..6 {
         let r = post(&gw, &secret, &chat("m1")).await;
         assert_eq!(r.status(), 200);
@@ -403,13 +398,9 @@ async fn least_requests_steers_away_from_an_endpoint_holding_long_streams() {
     )
     .await;
     let free = MockUpstream::start("free", Reply::chat_ok()).await;
-    let (secret, yaml) = key_file("app", "");
-    let gw = TestGateway::start(
-        &one_provider(
-            &[(&busy.url(), 1), (&free.url(), 1)],
-            "    balance: least_requests\n",
-        ),
-        &[("k".into(), yaml)],
+    let (secret, gw) = gateway_on(
+        &[(&busy.url(), 1), (&free.url(), 1)],
+        "    balance: least_requests\n",
     );
     // open requests until a long stream is held on `busy`
     let mut held = Vec::new();
@@ -453,13 +444,9 @@ fn unaccepting_listener() -> (std::net::TcpListener, Vec<std::net::TcpStream>, u
 async fn a_connect_timeout_is_504() {
     let (_listener, _filler, port) = unaccepting_listener();
     let url = format!("http://127.0.0.1:{port}");
-    let (secret, yaml) = key_file("app", "");
-    let gw = TestGateway::start(
-        &one_provider(
-            &[(&url, 1)],
-            "    timeouts: {connect: 300ms}\n    retries: 0\n",
-        ),
-        &[("k".into(), yaml)],
+    let (secret, gw) = gateway_on(
+        &[(&url, 1)],
+        "    timeouts: {connect: 300ms}\n    retries: 0\n",
     );
     let started = Instant::now();
     let r = post(&gw, &secret, &chat("m1")).await;
@@ -482,13 +469,9 @@ async fn a_first_byte_timeout_is_504() {
         },
     )
     .await;
-    let (secret, yaml) = key_file("app", "");
-    let gw = TestGateway::start(
-        &one_provider(
-            &[(&slow.url(), 1)],
-            "    timeouts: {first_byte: 400ms, idle: 400ms}\n",
-        ),
-        &[("k".into(), yaml)],
+    let (secret, gw) = gateway_on(
+        &[(&slow.url(), 1)],
+        "    timeouts: {first_byte: 400ms, idle: 400ms}\n",
     );
     let started = Instant::now();
     let r = post(&gw, &secret, &chat("m1")).await;
@@ -511,13 +494,9 @@ async fn an_idle_stream_is_cut() {
         },
     )
     .await;
-    let (secret, yaml) = key_file("app", "");
-    let gw = TestGateway::start(
-        &one_provider(
-            &[(&stalls.url(), 1)],
-            "    timeouts: {first_byte: 500ms, idle: 500ms}\n",
-        ),
-        &[("k".into(), yaml)],
+    let (secret, gw) = gateway_on(
+        &[(&stalls.url(), 1)],
+        "    timeouts: {first_byte: 500ms, idle: 500ms}\n",
     );
     let started = Instant::now();
     let mut body = chat("m1");
@@ -543,13 +522,9 @@ async fn a_first_byte_shorter_than_idle_holds_on_its_own() {
         },
     )
     .await;
-    let (secret, yaml) = key_file("app", "");
-    let gw = TestGateway::start(
-        &one_provider(
-            &[(&upstream.url(), 1)],
-            "    timeouts: {first_byte: 300ms, idle: 5s}\n",
-        ),
-        &[("k".into(), yaml)],
+    let (secret, gw) = gateway_on(
+        &[(&upstream.url(), 1)],
+        "    timeouts: {first_byte: 300ms, idle: 5s}\n",
     );
     let started = Instant::now();
     let r = post(&gw, &secret, &chat("m1")).await;
@@ -658,16 +633,12 @@ async fn the_idle_watchdog_cuts_a_tls_upstream_too() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let (secret, yaml) = key_file("app", "");
-    let gw = TestGateway::start(
-        &one_provider(
-            &[(&upstream.url(), 1)],
-            &format!(
-                "    ca_file: {}\n    timeouts: {{first_byte: 5s, idle: 300ms}}\n",
-                ca.write_pem(dir.path()).display()
-            ),
+    let (secret, gw) = gateway_on(
+        &[(&upstream.url(), 1)],
+        &format!(
+            "    ca_file: {}\n    timeouts: {{first_byte: 5s, idle: 300ms}}\n",
+            ca.write_pem(dir.path()).display()
         ),
-        &[("k".into(), yaml)],
     );
     let started = Instant::now();
     let mut body = chat("m1");
@@ -737,13 +708,9 @@ async fn the_total_timeout_bounds_the_wait_and_the_stream() {
 async fn active_health_checks_take_an_endpoint_out_and_bring_it_back() {
     let sick = MockUpstream::start("sick", Reply::chat_ok()).await;
     let well = MockUpstream::start("well", Reply::chat_ok()).await;
-    let (secret, yaml) = key_file("app", "");
-    let gw = TestGateway::start(
-        &one_provider(
-            &[(&sick.url(), 1), (&well.url(), 1)],
+    let (secret, gw) = gateway_on(
+        &[(&sick.url(), 1), (&well.url(), 1)],
             "    health_check: {path: /health, interval: 100ms, unhealthy_after: 2, healthy_after: 2}\n",
-        ),
-        &[("k".into(), yaml)],
     );
     let registry = gw.handles().upstreams.clone();
     let wait_for = |healthy: bool| {
@@ -808,11 +775,7 @@ async fn active_health_checks_take_an_endpoint_out_and_bring_it_back() {
 async fn endpoint_state_survives_a_policy_reload() {
     let dead = format!("http://127.0.0.1:{}", common::upstream::dead_port());
     let live = MockUpstream::start("live", Reply::chat_ok()).await;
-    let (secret, yaml) = key_file("app", "");
-    let gw = TestGateway::start(
-        &one_provider(&[(&dead, 1), (&live.url(), 1)], ""),
-        &[("k".into(), yaml)],
-    );
+    let (secret, gw) = gateway_on(&[(&dead, 1), (&live.url(), 1)], "");
     for _ in 0..8 {
         assert_eq!(post(&gw, &secret, &chat("m1")).await.status(), 200);
     }
@@ -876,13 +839,9 @@ async fn p2c_latency_prefers_the_faster_endpoint() {
     )
     .await;
     let fast = MockUpstream::start("fast", Reply::chat_ok()).await;
-    let (secret, yaml) = key_file("app", "");
-    let gw = TestGateway::start(
-        &one_provider(
-            &[(&slow.url(), 1), (&fast.url(), 1)],
-            "    balance: p2c_latency\n",
-        ),
-        &[("k".into(), yaml)],
+    let (secret, gw) = gateway_on(
+        &[(&slow.url(), 1), (&fast.url(), 1)],
+        "    balance: p2c_latency\n",
     );
     for _ in 0..200 {
         let r = post(&gw, &secret, &chat("m1")).await;
