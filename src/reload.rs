@@ -3,20 +3,20 @@
 //! they started with. A bad policy is refused with every problem logged, and the last good one
 //! keeps serving.
 //!
-//! Triggers: file changes under the config file's directory and the keys directory (inotify via
-//! `notify`, debounced; renames by editors and the `..data` symlink swap of Kubernetes ConfigMap
-//! volumes are directory events too), SIGHUP, and `POST /admin/reload`.
+//! Triggers: changes to the policy's files (`watch`: inotify, or scans where the kernel refuses
+//! it; debounced), SIGHUP, and `POST /admin/reload`.
 
 use crate::config::{self, LoadOptions, PolicyErrors};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyStore};
 use async_trait::async_trait;
-use notify::{RecursiveMode, Watcher};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod watch;
 
 /// Quiet time after the last file event before reloading: editors and `git checkout` write
 /// several files in a burst, and one reload should see them all.
@@ -213,21 +213,6 @@ fn lower_own_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_own_priority() {}
 
-/// Whether a watcher event can mean the policy files changed. inotify also reports opens and
-/// reads, and a reload opens every key file: reacting to those would reload forever.
-fn changes_files(event: &notify::Result<notify::Event>) -> bool {
-    use notify::event::{AccessKind, AccessMode, EventKind};
-    match event {
-        // A lost-events overflow or other watcher error: reload to be safe.
-        Err(_) => true,
-        Ok(e) => match e.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-            EventKind::Access(_) => false,
-            _ => true,
-        },
-    }
-}
-
 /// Waits (bounded) for requests still on the old snapshot to finish, so that freeing a large
 /// policy happens here on the reload thread rather than on whichever request drops it last.
 /// Runs on a thread of its own so the next reload need not wait for slow streams.
@@ -282,38 +267,25 @@ impl BackgroundService for PolicyWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
         // Only the paths are kept: holding the snapshot itself would keep every old policy alive.
-        let (config_dir, keys_dir) = {
+        let files = {
             let policy = self.reloader.store.load();
-            let config_dir = policy
-                .config_path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-            (config_dir, policy.keys_dir.clone())
+            watch::PolicyFiles::new(&policy.config_path, &policy.keys_dir)
         };
-        let mut watcher = match notify::recommended_watcher(
-            move |event: notify::Result<notify::Event>| {
-                if changes_files(&event) {
-                    let _ = tx.send(());
-                }
-            },
-        ) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot watch the policy files; reload with SIGHUP or POST /admin/reload");
-                None
-            }
-        };
-        if let Some(w) = watcher.as_mut() {
-            for dir in [&config_dir, &keys_dir] {
-                if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
-                    tracing::error!(dir = %dir.display(), error = %e, "cannot watch directory");
-                }
-            }
+        let watcher = watch::arm(&files, tx, watch::Backend::Inotify);
+        if let Some(w) = &watcher {
+            tracing::debug!(backend = ?w.backend(), "watching the policy files");
         }
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        // A file changed between the startup load and the watches being armed raised no event:
+        // one load now catches it. Unchanged keys are reused, so it costs little.
+        let mut catch_up = watcher.is_some();
         loop {
+            if std::mem::take(&mut catch_up) {
+                let reloader = self.reloader.clone();
+                let _ = tokio::task::spawn_blocking(move || reloader.reload_blocking()).await;
+                continue;
+            }
             let hup = async {
                 match hangup.as_mut() {
                     Some(s) => s.recv().await,
