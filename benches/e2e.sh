@@ -17,7 +17,7 @@
 # target/e2e/<timestamp>) and, with WRITE_README=1, into README.md between the PERF markers.
 #
 # usage: benches/e2e.sh   env: DURATION (s, default 8) ROUNDS (2) KEYS (1000) WRITE_README
-#                              PASSES ("chat stream latency keysonly limits": rerun some into an existing OUT)
+#                              PASSES ("chat stream latency keysonly limits floor": rerun some into an existing OUT)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -32,6 +32,7 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || [ ! -e /usr/l
   service nginx stop >/dev/null 2>&1 || true
 fi
 cargo build --release --locked -q
+cargo build --release --locked -q --example pingora_baseline
 BIN="$ROOT/target/release/keygate"
 
 # ---- policies ---------------------------------------------------------------------------------
@@ -131,14 +132,32 @@ rss_sampler() { # outfile
   done
 }
 
-pass() { # name workload policy candidates modes conns [post_hook]
+# The framework's floor: Pingora alone, passing requests through on keygate's port
+# (examples/pingora_baseline.rs), so that keygate's own cost is told apart from Pingora's.
+floor_cmd() {
+  cat > "$OUT/floor.sh" <<SH
+#!/usr/bin/env bash
+upstream="\${MOCK_BASE_URL#http://}"
+exec "$ROOT/target/release/examples/pingora_baseline" 127.0.0.1:18100 "\${upstream%/v1}"
+SH
+  chmod +x "$OUT/floor.sh"
+  printf '%s' "$OUT/floor.sh"
+}
+
+pass() { # name workload policy|floor candidates modes conns [post_hook]
   local name="$1" workload="$2" policy="$3" candidates="$4" modes="$5" conns="$6" hook="${7:-}"
   echo "== $name: $workload, $candidates, $modes, conns $conns" >&2
   echo 0 > "$OUT/rss-$name"
   rss_sampler "$OUT/rss-$name" & local sampler=$!
-  GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_CMD="$(gateway_cmd "$policy")" \
-  GATEWAY_READY_URL=http://127.0.0.1:18101/readyz \
-  GATEWAY_AUTH="Bearer $(cat "$policy/secret")" GATEWAY_NAME=keygate \
+  local cmd ready auth
+  if [ "$policy" = floor ]; then
+    cmd="$(floor_cmd)" ready="" auth="Bearer x"
+  else
+    cmd="$(gateway_cmd "$policy")" ready=http://127.0.0.1:18101/readyz auth="Bearer $(cat "$policy/secret")"
+  fi
+  GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_CMD="$cmd" \
+  GATEWAY_READY_URL="$ready" \
+  GATEWAY_AUTH="$auth" GATEWAY_NAME=keygate \
   GATEWAY_PACED_MODEL=gpt-4o-mini-paced \
   CANDIDATES="$candidates" MODES="$modes" WORKLOAD="$workload" CONNS="$conns" THREADS="$(( conns < 2 ? 1 : 2 ))" \
   DURATION="$DURATION" ROUNDS="$ROUNDS" WARMUP=3 GATE="${GATE:-idle}" IDLE_MIN="${IDLE_MIN:-85}" \
@@ -150,7 +169,7 @@ pass() { # name workload policy candidates modes conns [post_hook]
 # A keygate still draining from an earlier run would answer in place of the new one.
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/18100) 2>/dev/null || break; sleep 0.2; done
 
-PASSES="${PASSES:-chat stream latency keysonly limits}"
+PASSES="${PASSES:-chat stream latency keysonly limits floor}"
 for p in $PASSES; do
   case "$p" in
     chat)     pass chat   chat   "$OUT/policy-full" "direct nginx gateway" "pinned unpinned" 32 ;;
@@ -159,6 +178,8 @@ for p in $PASSES; do
     keysonly) pass keysonly chat "$OUT/policy-keys" "gateway" "pinned" 32 ;;
     limits)   pass limits chat "$OUT/policy-limits" "gateway" "pinned" 32
               pass keysonly2 chat "$OUT/policy-keys" "gateway" "pinned" 32 ;;
+    floor)    pass floor chat floor "gateway" "pinned" 32
+              pass full2 chat "$OUT/policy-full" "gateway" "pinned" 32 ;;
   esac
 done
 
@@ -212,6 +233,16 @@ if os.path.exists(f"{out}/limits/results.csv"):
                  f"CPU per request {med(lim,cpu):.4f} / {med(around,cpu):.4f} ms = "
                  f"{med(lim,cpu) / med(around,cpu):.2f}; CPU stolen by other guests, median s per round: "
                  f"{med(lim,'steal_s'):.1f} with limits, {med(around,'steal_s'):.1f} with keys only.")
+if os.path.exists(f"{out}/floor/results.csv") and os.path.exists(f"{out}/full2/results.csv"):
+    floor = pick(rows("floor"), "gateway", "pinned")
+    full2 = pick(rows("full2"), "gateway", "pinned")
+    ng = pick(rows("chat"), "nginx", "pinned")
+    lines.append(f"- Pingora's floor (examples/pingora_baseline.rs: Pingora alone passing requests through, "
+                 f"pinned, right before a second all-features round): {med(floor,'rps'):.0f} RPS, "
+                 f"{med(floor,cpu):.4f} ms CPU per request, {med(floor,'rps') / med(ng,'rps'):.2f}x nginx's RPS in the "
+                 f"chat pass. keygate with every feature on / the floor: RPS {med(full2,'rps'):.0f} / "
+                 f"{med(floor,'rps'):.0f} = {med(full2,'rps') / med(floor,'rps'):.2f}, CPU per request "
+                 f"{med(full2,cpu):.4f} / {med(floor,cpu):.4f} ms = {med(full2,cpu) / med(floor,cpu):.2f}.")
 lines.append(f"- keygate peak RSS under load with {keys} keys: chat {rss('chat'):.0f} MB, SSE {rss('stream'):.0f} MB.")
 ttft = f"{out}/stream/post-pinned.txt"
 if os.path.exists(ttft):

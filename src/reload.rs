@@ -242,6 +242,10 @@ fn warn_about_restart_only_settings(current: &Policy, next: &Policy) {
                 != next.mock_provider.as_ref().map(|m| m.listen),
         ),
         ("server.threads", current.threads != next.threads),
+        (
+            "server.work_stealing",
+            current.work_stealing != next.work_stealing,
+        ),
         ("keys_dir", current.keys_dir != next.keys_dir),
         ("auth_guard", current.auth_guard != next.auth_guard),
         ("state_dir", current.state_dir != next.state_dir),

@@ -437,8 +437,12 @@ async fn spend_survives_kill_9_and_the_budget_still_holds() {
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
     let (free_secret, free_yaml) = key_file("app", "");
     let (capped_secret, capped_yaml) = key_file("app", "budget: {daily_usd: 0.05}\n");
+    // One thread: the single-threaded runtime that only a gateway with its own process runs.
     let gw = TestGateway::prepare(
-        &priced_policy(&up.url(), free_port(), ""),
+        &format!(
+            "server: {{threads: 1}}\n{}",
+            priced_policy(&up.url(), free_port(), "")
+        ),
         &[("free".into(), free_yaml), ("capped".into(), capped_yaml)],
     );
     let url = gw.url("/v1/chat/completions");

@@ -331,6 +331,12 @@ fn check_reports_every_bad_policy_case_with_file_and_field() {
             ],
         ),
         (
+            "work_stealing not a boolean",
+            format!("{BASE}server: {{work_stealing: sometimes}}\n"),
+            vec![],
+            vec!["keygate.yaml", "server.work_stealing"],
+        ),
+        (
             "self fallback",
             BASE.replace(
                 "    provider: p1\n",
@@ -519,6 +525,15 @@ fn check_accepts_every_upstream_selection_field() {
     .replace(
         "models:\n  m1:\n    provider: p1\n",
         "models:\n  m1:\n    provider: p1\n    fallbacks: [m2]\n  m2:\n    provider: p1\n    upstream_model: other\n",
+    );
+    let (ok, out) = check(&config, &[("k1", &key("w1", ""))]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn check_accepts_the_server_settings() {
+    let config = format!(
+        "{BASE}server: {{threads: 1, work_stealing: true, grace_period: 10s, drain_delay: 1s}}\n"
     );
     let (ok, out) = check(&config, &[("k1", &key("w1", ""))]);
     assert!(ok, "{out}");

@@ -291,13 +291,14 @@ workloads:
 async fn sigterm_drains_then_exits_once_the_last_stream_ends() {
     let (admin_port, mock_port) = (free_port(), free_port());
     let (secret, yaml) = key_file("app", "");
-    // The embedded mock streams 13 events 150 ms apart: a ~2 s stream.
+    // The embedded mock streams 13 events 150 ms apart: a ~2 s stream. One thread: the
+    // single-threaded runtime that only a gateway with its own process runs.
     let gw = TestGateway::prepare(
         &format!(
             r#"admin_listen: 127.0.0.1:{admin_port}
 state_dir: state
 audit_log: state/audit.jsonl
-server: {{grace_period: 20s, drain_delay: 500ms}}
+server: {{threads: 1, grace_period: 20s, drain_delay: 500ms}}
 mock_provider: {{listen: "127.0.0.1:{mock_port}", stream_delay: 150ms}}
 providers:
   mock:

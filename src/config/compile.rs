@@ -715,6 +715,7 @@ fn compile(
         trusted_proxies,
         mock_provider,
         threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
         grace_period,
         drain_delay,
         providers,

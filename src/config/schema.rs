@@ -66,6 +66,10 @@ pub struct ServerFile {
     /// Worker threads of the data plane (default: the number of CPUs).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// Whether the data plane's threads steal each other's tasks (default: only when there is
+    /// more than one thread). See the README's Performance section.
+    #[serde(default)]
+    pub work_stealing: Option<bool>,
     /// How long in-flight requests may take to finish on SIGTERM, e.g. `30s`.
     #[serde(default)]
     pub grace_period: Option<String>,
