@@ -8,6 +8,7 @@ pub mod schema;
 
 mod compile;
 mod env;
+mod flat;
 mod stamp;
 
 use crate::policy::Policy;
