@@ -62,7 +62,12 @@ fn plain_string(value: &str) -> bool {
     let Some(first) = value.chars().next() else {
         return false;
     };
-    let safe_char = |c: char| c.is_ascii_alphanumeric() || "_-.:/@+ ".contains(c);
+    // Beyond ASCII, any printable character: `keys create` writes hints like `kg_…Wsnf`.
+    let safe_char = |c: char| {
+        c.is_ascii_alphanumeric()
+            || "_-.:/@+ ,()!?'*=;%~<>&".contains(c)
+            || (!c.is_ascii() && !c.is_control() && !c.is_whitespace() && c != '\u{feff}')
+    };
     let indicator = "-?:,[]{}#&*!|>'\"%@` ".contains(first);
     !indicator
         && value.chars().all(safe_char)
@@ -75,8 +80,8 @@ fn plain_string(value: &str) -> bool {
 /// Plain scalars YAML may read as null, a boolean or a number (YAML 1.1's words too, as some
 /// parsers still follow it): anything made only of digits and number punctuation, and the words.
 fn might_not_be_a_string(value: &str) -> bool {
-    const WORDS: [&str; 11] = [
-        "null", "true", "false", "yes", "no", "on", "off", "y", "n", "inf", "nan",
+    const WORDS: [&str; 14] = [
+        "null", "~", "true", "false", "yes", "no", "on", "off", "y", "n", "inf", "nan", "=", "<<",
     ];
     let word = value.trim_start_matches(['+', '-', '.']);
     WORDS.iter().any(|w| word.eq_ignore_ascii_case(w))
@@ -149,6 +154,25 @@ mod tests {
     }
 
     #[test]
+    fn reads_what_keys_create_renders() {
+        let key: KeyFile = serde_json::from_value(serde_json::json!({
+            "hash": "sha256:7b872ed630d26c277beed992d868e263d6a179ee94140e681a7df1fa33ec7047",
+            "hint": "kg_…NbfU",
+            "workload": "w",
+            "owner": "alice",
+            "description": "checkout service, EU",
+            "status": "paused",
+            "created_at": "2026-11-24T00:54:14Z",
+            "expires_at": "2027-01-01T00:00:00Z",
+        }))
+        .unwrap();
+        let text = crate::keys::store::render(&key).unwrap();
+        let (fast, yaml) = both(&text);
+        assert!(fast.is_some(), "{text}");
+        assert_eq!(fast, yaml);
+    }
+
+    #[test]
     fn leaves_everything_else_to_yaml() {
         let base = "hash: \"sha256:ab\"\nworkload: w\n";
         for extra in [
@@ -180,7 +204,7 @@ mod tests {
 
     fn plain_value() -> impl Strategy<Value = String> {
         prop_oneof![
-            "[a-zA-Z0-9_./@+:# -]{1,12}",
+            "[a-zA-Z0-9_./@+:# ,()!?'*=;%~<>&\\[\\]{}\u{e9}\u{2026}\u{feff}\u{2028}-]{1,12}",
             "(null|Null|~|true|False|yes|No|on|OFF|y|n|\\.inf|-\\.NaN)",
             "[-+]?[0-9]{1,4}(\\.[0-9]{0,3})?(e[-+]?[0-9])?",
             "0x[0-9a-f]{1,3}|0o[0-7]{1,3}",
