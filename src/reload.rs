@@ -12,6 +12,7 @@ use crate::policy::{Policy, PolicyStore};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,16 +65,20 @@ impl Reloader {
 
     /// Loads and swaps now. Blocking (file reads, DNS): never call it on a request thread.
     pub fn reload_blocking(&self) -> Result<ReloadOutcome, PolicyErrors> {
-        self.reload_unless_read_since(None)
+        self.reload_unless_read_since(None, None)
             .expect("an unconditional reload always runs")
     }
 
     /// Reloads unless a load already started reading the files after `since`: that load saw
     /// every change made before `since`, so the watcher need not repeat what an admin call or a
     /// lifecycle command just did. `None` when skipped.
+    ///
+    /// `changed_key_files`, when known, names every key file that may differ from the serving
+    /// policy's: the others are taken from it without even a `stat`.
     pub fn reload_unless_read_since(
         &self,
         since: Option<std::time::Instant>,
+        changed_key_files: Option<&HashSet<Vec<u8>>>,
     ) -> Option<Result<ReloadOutcome, PolicyErrors>> {
         let mut last_read = self.serial.lock().unwrap_or_else(|e| e.into_inner());
         if let (Some(since), Some(read)) = (since, *last_read) {
@@ -82,12 +87,15 @@ impl Reloader {
             }
         }
         *last_read = Some(std::time::Instant::now());
-        Some(self.load_and_swap())
+        Some(self.load_and_swap(changed_key_files))
     }
 
-    fn load_and_swap(&self) -> Result<ReloadOutcome, PolicyErrors> {
+    fn load_and_swap(
+        &self,
+        changed_key_files: Option<&HashSet<Vec<u8>>>,
+    ) -> Result<ReloadOutcome, PolicyErrors> {
         let current = self.store.load_full();
-        match load_at_low_priority(&self.config_path, &current) {
+        match load_at_low_priority(&self.config_path, &current, changed_key_files) {
             Ok(next) if next.digest == current.digest => {
                 self.metrics
                     .policy_reloads
@@ -159,8 +167,16 @@ const RELOAD_NICENESS: i32 = 10;
 /// `config::load` on a thread of its own at [`RELOAD_NICENESS`] (its file-reading helpers
 /// inherit it). A thread of its own, because a lowered priority cannot be raised back without
 /// privileges, and the calling thread may belong to tokio's blocking pool.
-fn load_at_low_priority(config_path: &Path, serving: &Policy) -> Result<Policy, PolicyErrors> {
-    let load = || config::load_reusing(config_path, LoadOptions { resolve_dns: true }, serving);
+fn load_at_low_priority(
+    config_path: &Path,
+    serving: &Policy,
+    changed_key_files: Option<&HashSet<Vec<u8>>>,
+) -> Result<Policy, PolicyErrors> {
+    let options = LoadOptions { resolve_dns: true };
+    let load = || match changed_key_files {
+        Some(changed) => config::load_reusing_all_but(config_path, options, serving, changed),
+        None => config::load_reusing(config_path, options, serving),
+    };
     std::thread::scope(|scope| {
         let spawned = std::thread::Builder::new()
             .name("keygate-policy-load".to_owned())
@@ -269,7 +285,7 @@ pub struct PolicyWatcher {
 #[async_trait]
 impl BackgroundService for PolicyWatcher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel::<watch::Change>();
         // Only the paths are kept: holding the snapshot itself would keep every old policy alive.
         let files = {
             let policy = self.reloader.store.load();
@@ -284,6 +300,9 @@ impl BackgroundService for PolicyWatcher {
         // A file changed between the startup load and the watches being armed raised no event:
         // one load now catches it. Unchanged keys are reused, so it costs little.
         let mut catch_up = watcher.is_some();
+        // Changes since the serving policy was read. Those still queued in `events` when a load
+        // starts are not in it: the next round reads them.
+        let mut pending = watch::Pending::default();
         loop {
             if std::mem::take(&mut catch_up) {
                 let reloader = self.reloader.clone();
@@ -298,24 +317,34 @@ impl BackgroundService for PolicyWatcher {
             };
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = hup => {}
-                Some(()) = events.recv() => {
+                // An operator's explicit reload reads every file.
+                _ = hup => pending.anything(),
+                Some(change) = events.recv() => {
+                    pending.add(change);
                     let started = tokio::time::Instant::now();
-                    loop {
-                        match tokio::time::timeout(DEBOUNCE, events.recv()).await {
-                            Ok(Some(())) if started.elapsed() < DEBOUNCE_MAX => continue,
-                            _ => break,
+                    while let Ok(Some(change)) = tokio::time::timeout(DEBOUNCE, events.recv()).await {
+                        pending.add(change);
+                        if started.elapsed() >= DEBOUNCE_MAX {
+                            break;
                         }
                     }
                 }
             }
-            // Errors are logged and counted by the reloader; the old policy keeps serving.
+            // Errors are logged and counted by the reloader; the old policy keeps serving, and
+            // `pending` keeps what it has not read yet.
             let settled = std::time::Instant::now();
             let reloader = self.reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                reloader.reload_unless_read_since(Some(settled))
+            let joined = tokio::task::spawn_blocking(move || {
+                let outcome = reloader.reload_unless_read_since(Some(settled), pending.key_files());
+                (outcome, pending)
             })
             .await;
+            pending = match joined {
+                // Served now, or already read by a later load: nothing is pending any more.
+                Ok((None | Some(Ok(_)), _)) => watch::Pending::default(),
+                Ok((Some(Err(_)), kept)) => kept,
+                Err(_) => watch::Pending::everything(),
+            };
         }
     }
 }

@@ -24,7 +24,8 @@ async fn sliding_window_accuracy_under_hammering() {
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
     let (secret, yaml) = key_file("app", "rate_limits:\n  - {requests: 50, per: 2s}\n");
     let gw = TestGateway::start(&policy(&up.url(), ""), &[("k".into(), yaml)]);
-    let accepted = Arc::new(Mutex::new(Vec::<u128>::new()));
+    // Each accepted request as (sent, answered), in ms: its admission lies between the two.
+    let accepted = Arc::new(Mutex::new(Vec::<(u128, u128)>::new()));
     let refused = Arc::new(Mutex::new(0usize));
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut tasks = Vec::new();
@@ -37,7 +38,10 @@ async fn sliding_window_accuracy_under_hammering() {
         );
         tasks.push(tokio::spawn(async move {
             let http = client();
+            // The gateway's own (coarse) clock, so that sent <= admitted <= answered holds.
+            let now_ms = || u128::from(keygate::limits::now_ms());
             while Instant::now() < deadline {
+                let sent = now_ms();
                 let resp = http
                     .post(&url)
                     .bearer_auth(&secret)
@@ -45,12 +49,9 @@ async fn sliding_window_accuracy_under_hammering() {
                     .send()
                     .await
                     .unwrap();
-                let at = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_millis();
+                let answered = now_ms();
                 if resp.status() == 200 {
-                    accepted.lock().unwrap().push(at);
+                    accepted.lock().unwrap().push((sent, answered));
                 } else {
                     assert_eq!(resp.status(), 429);
                     let h = resp.headers();
@@ -74,19 +75,26 @@ async fn sliding_window_accuracy_under_hammering() {
     }
     let mut times = accepted.lock().unwrap().clone();
     times.sort();
-    // Documented bound: at most the limit per aligned window (a few ms of clock skew between the
-    // gateway's admission and our timestamp may move a request across a boundary), and at most
-    // twice the limit in any sliding 2 s window.
+    // Documented bound: at most the limit per aligned window, and at most twice the limit in any
+    // sliding 2 s window. Counted over the requests certainly admitted inside a window (sent and
+    // answered within it): on a loaded machine a response can take long enough to cross a
+    // window boundary, and then which window admitted it is unknown.
     let mut per_window = std::collections::BTreeMap::new();
-    for t in &times {
-        *per_window.entry(t / 2000).or_insert(0) += 1;
+    for (sent, answered) in &times {
+        if sent / 2000 == answered / 2000 {
+            *per_window.entry(sent / 2000).or_insert(0) += 1;
+        }
     }
     for (w, n) in &per_window {
-        assert!(*n <= 52, "aligned window {w} admitted {n}: {per_window:?}");
+        assert!(*n <= 50, "aligned window {w} admitted {n}: {per_window:?}");
     }
     let mut max_sliding = 0;
-    for (i, t) in times.iter().enumerate() {
-        let n = times[i..].iter().take_while(|u| **u < t + 2000).count();
+    for (i, (start, _)) in times.iter().enumerate() {
+        let n = times[i..]
+            .iter()
+            .take_while(|(sent, _)| *sent < start + 2000)
+            .filter(|(_, answered)| *answered < start + 2000)
+            .count();
         max_sliding = max_sliding.max(n);
     }
     println!("accepted {}, refused {}, max in a sliding 2 s window {max_sliding}, per aligned window {per_window:?}", times.len(), refused.lock().unwrap());

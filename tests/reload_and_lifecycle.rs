@@ -633,3 +633,77 @@ async fn a_reload_does_not_trigger_itself() {
         "reloads kept happening with no change"
     );
 }
+
+/// `keygate_policy_reloads_total` by result: (swapped, failed).
+async fn reload_counts(metrics_url: &str) -> (u64, u64) {
+    let text = client()
+        .get(metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |result: &str| {
+        text.lines()
+            .filter(|l| {
+                l.starts_with(&format!(
+                    "keygate_policy_reloads_total{{result=\"{result}\"}}"
+                ))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    (count("swapped"), count("failed"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_made_beside_a_broken_file_applies_once_the_file_is_fixed() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (a_secret, a_yaml) = key_file("app", "");
+    let (_b, b_yaml) = key_file("app", "");
+    // Settled files: the watcher's reloads then skip every key file it did not see change.
+    let gw = TestGateway::prepare(
+        &policy(&up.url()),
+        &[("a".into(), a_yaml.clone()), ("b".into(), b_yaml.clone())],
+    );
+    std::thread::sleep(Duration::from_millis(1_100));
+    let gw = gw.boot();
+    let url = gw.url("/v1/chat/completions");
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", admin_port(&gw));
+    let wait_for = |what: &'static str, done: fn((u64, u64)) -> bool| {
+        let metrics_url = metrics_url.clone();
+        async move {
+            let started = Instant::now();
+            while !done(reload_counts(&metrics_url).await) {
+                assert!(started.elapsed() < Duration::from_secs(5), "no {what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(status_of(&url, &a_secret).await, 200);
+    let keys = gw.keys_dir();
+
+    // One change: b broken and a paused. The reload fails; the old policy keeps serving a.
+    replace_file(&keys.join("b.yaml"), "hash: nope\nworkload: app\n");
+    replace_file(&keys.join("a.yaml"), &format!("{a_yaml}status: paused\n"));
+    wait_for("failed reload", |(_, failed)| failed >= 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(status_of(&url, &a_secret).await, 200);
+
+    // Fixing b alone must also bring in a's pause, though the fix touched only b.
+    let (swapped_before, _) = reload_counts(&metrics_url).await;
+    replace_file(&keys.join("b.yaml"), &b_yaml);
+    let started = Instant::now();
+    while reload_counts(&metrics_url).await.0 == swapped_before {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the fix was not swapped in"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        error_of(post_json(&url, &a_secret, &chat()).await).await.2,
+        "key_paused"
+    );
+}

@@ -24,7 +24,7 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 use smallvec::SmallVec;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -136,6 +136,7 @@ pub(super) fn load(
     config_path: &Path,
     options: LoadOptions,
     previous: Option<&Policy>,
+    changed_key_files: Option<&HashSet<Vec<u8>>>,
 ) -> Result<Policy, PolicyErrors> {
     let mut problems = Problems { list: Vec::new() };
     let mut hasher = Sha256::new();
@@ -156,7 +157,7 @@ pub(super) fn load(
         keys_dir,
         (config, config_hash),
         hasher,
-        reusable,
+        (reusable, changed_key_files),
         options,
         &mut problems,
     );
@@ -173,6 +174,8 @@ struct KeyContext<'a> {
     workloads: &'a BTreeMap<String, Arc<Workload>>,
     /// The serving policy's keys, when they were compiled against the same main file.
     reusable: Option<&'a BTreeMap<String, Arc<Key>>>,
+    /// When known, the only key files that may differ from the serving policy's.
+    changed_key_files: Option<&'a HashSet<Vec<u8>>>,
 }
 
 impl KeyContext<'_> {
@@ -403,9 +406,14 @@ fn read_key_file(file: &Path, context: &KeyContext<'_>) -> FileOutcome {
     let previous = context.previous(&stem, file);
     if let Some(key) = previous {
         let known = key.stamp.load(Ordering::Relaxed);
-        if known != stamp::NONE
-            && std::fs::metadata(file).is_ok_and(|m| stamp::of(&m, SystemTime::now()) == known)
-        {
+        // A settled file the watcher saw no change to is what it was: no need to look.
+        let unchanged = known != stamp::NONE
+            && (context
+                .changed_key_files
+                .is_some_and(|changed| !changed.contains(&out.name))
+                || std::fs::metadata(file)
+                    .is_ok_and(|m| stamp::of(&m, SystemTime::now()) == known));
+        if unchanged {
             return out.reusing(key);
         }
     }
@@ -521,7 +529,7 @@ fn compile(
     keys_dir: PathBuf,
     (config, config_hash): (ConfigFile, [u8; 32]),
     mut hasher: Sha256,
-    reusable: Option<&Policy>,
+    (reusable, changed_key_files): (Option<&Policy>, Option<&HashSet<Vec<u8>>>),
     options: LoadOptions,
     problems: &mut Problems,
 ) -> Option<Policy> {
@@ -711,6 +719,7 @@ fn compile(
         model_index: &model_index,
         workloads: &workloads,
         reusable: reusable.map(|p| &p.keys_by_id),
+        changed_key_files,
     };
     let (keys, load_stats) = read_keys(&keys_dir, &context, problems, &mut hasher);
     let digest = hex::encode(&hasher.finalize()[..8]);
@@ -1419,8 +1428,8 @@ workloads:
 
     /// Loads with and without `previous`: both must give the same policy.
     fn reload(config: &Path, previous: &Policy) -> Policy {
-        let reused = load(config, LoadOptions::default(), Some(previous)).unwrap();
-        let fresh = load(config, LoadOptions::default(), None).unwrap();
+        let reused = load(config, LoadOptions::default(), Some(previous), None).unwrap();
+        let fresh = load(config, LoadOptions::default(), None, None).unwrap();
         assert_eq!(reused.digest, fresh.digest);
         let summary = |p: &Policy| {
             p.keys_by_id
@@ -1458,7 +1467,7 @@ workloads:
             "06".repeat(32)
         );
         write(&keys, "pair.yaml", &pair);
-        let first = load(&config, LoadOptions::default(), None).unwrap();
+        let first = load(&config, LoadOptions::default(), None, None).unwrap();
         let same =
             |a: &Policy, b: &Policy, id: &str| Arc::ptr_eq(&a.keys_by_id[id], &b.keys_by_id[id]);
 
@@ -1531,7 +1540,65 @@ workloads:
 
         // A broken key file is refused as on a first load, whatever could be reused.
         write(&keys, "b.yaml", "hash: nope\nworkload: w1\n");
-        let errors = load(&config, LoadOptions::default(), Some(&fifth)).unwrap_err();
+        let errors = load(&config, LoadOptions::default(), Some(&fifth), None).unwrap_err();
         assert!(errors.0.iter().any(|p| p.field == "hash"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_reload_told_which_key_files_changed_looks_at_those_and_new_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("keygate.yaml");
+        let keys = dir.path().join("keys.d");
+        std::fs::create_dir(&keys).unwrap();
+        write(dir.path(), "keygate.yaml", CONFIG);
+        write(&keys, "a.yaml", &key_text(1, ""));
+        write(&keys, "b.yaml", &key_text(2, ""));
+        // Settled, so that their stamps are kept.
+        std::thread::sleep(Duration::from_millis(1_100));
+        let first = load(&config, LoadOptions::default(), None, None).unwrap();
+        let changed = |names: &[&str]| -> HashSet<Vec<u8>> {
+            names.iter().map(|n| n.as_bytes().to_vec()).collect()
+        };
+        let reload_told = |previous: &Policy, names: &[&str]| {
+            load(
+                &config,
+                LoadOptions::default(),
+                Some(previous),
+                Some(&changed(names)),
+            )
+            .unwrap()
+        };
+
+        write(&keys, "b.yaml", &key_text(2, "status: paused\n"));
+        write(&keys, "c.yaml", &key_text(3, ""));
+        let second = reload_told(&first, &["b.yaml", "c.yaml"]);
+        assert_eq!(second.load_stats.key_files_read, 2);
+        assert!(Arc::ptr_eq(&first.keys_by_id["a"], &second.keys_by_id["a"]));
+        assert_eq!(
+            second.keys_by_id["b"].status,
+            crate::config::schema::KeyStatus::Paused
+        );
+        assert!(second.keys_by_id.contains_key("c"));
+
+        // What the watcher did not name is not even looked at: this is why the watcher must
+        // name every change (and why a failed reload keeps its names for the next one).
+        write(&keys, "a.yaml", &key_text(1, "status: paused\n"));
+        std::thread::sleep(Duration::from_millis(1_100));
+        let third = reload_told(&second, &[]);
+        assert_eq!(
+            third.load_stats.key_files_read, 2,
+            "b and c, written just before their read"
+        );
+        assert!(Arc::ptr_eq(&second.keys_by_id["a"], &third.keys_by_id["a"]));
+        let fourth = reload_told(&third, &["a.yaml"]);
+        assert_eq!(
+            fourth.keys_by_id["a"].status,
+            crate::config::schema::KeyStatus::Paused
+        );
+
+        // A removed file is gone whatever the names say: the directory is listed every time.
+        std::fs::remove_file(keys.join("b.yaml")).unwrap();
+        let fifth = reload_told(&fourth, &[]);
+        assert!(!fifth.keys_by_id.contains_key("b"));
     }
 }

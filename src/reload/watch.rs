@@ -7,6 +7,7 @@
 //! reads a reload itself makes.
 
 use notify::{RecursiveMode, Watcher};
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -72,22 +73,84 @@ impl PolicyFiles {
         }
     }
 
-    /// Whether a watcher event can mean the policy changed. inotify also reports opens and
-    /// reads, and a reload opens every key file: reacting to those would reload forever.
-    fn changed_by(&self, event: &notify::Result<notify::Event>) -> bool {
+    /// What a watcher event may have changed in the policy, if anything. inotify also reports
+    /// opens and reads, and a reload opens every key file: reacting to those would reload forever.
+    fn change_from(&self, event: &notify::Result<notify::Event>) -> Option<Change> {
         use notify::event::{AccessKind, AccessMode, EventKind};
-        match event {
-            // A lost-events overflow or other watcher error: reload to be safe.
-            Err(_) => true,
-            Ok(e) => {
-                let writes = match e.kind {
-                    EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-                    EventKind::Access(_) => false,
-                    _ => true,
-                };
-                writes && (e.paths.is_empty() || e.paths.iter().any(|p| self.holds_path(p)))
+        let e = match event {
+            // A lost-events overflow or other watcher error: reload everything to be safe.
+            Err(_) => return Some(Change::Anything),
+            Ok(e) => e,
+        };
+        match e.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
+            EventKind::Access(_) => return None,
+            _ => {}
+        }
+        if e.paths.is_empty() || e.need_rescan() {
+            return Some(Change::Anything);
+        }
+        let mut key_files = Vec::new();
+        for path in e.paths.iter().filter(|p| self.holds_path(p)) {
+            match (path.parent(), path.file_name()) {
+                (Some(dir), Some(name))
+                    if dir == self.keys_dir
+                        && !name.as_encoded_bytes().starts_with(b"..")
+                        && !(dir == self.config_dir && name == self.config_name) =>
+                {
+                    key_files.push(name.as_encoded_bytes().to_vec());
+                }
+                _ => return Some(Change::Anything),
             }
         }
+        (!key_files.is_empty()).then_some(Change::KeyFiles(key_files))
+    }
+}
+
+/// What changed, as far as the watcher can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Only these key files (names in the keys directory) were written, created or removed.
+    KeyFiles(Vec<Vec<u8>>),
+    /// Anything may have changed: the config file, a ConfigMap swap, the directories themselves,
+    /// lost events, or a scan that cannot say which file.
+    Anything,
+}
+
+/// The changes seen since the serving policy was read, for a reload to read only those files.
+/// Kept across a failed reload: the serving policy is then still the old one, and a change made
+/// beside the broken file must not be forgotten once the file is fixed.
+#[derive(Debug, Default)]
+pub struct Pending {
+    anything: bool,
+    key_files: HashSet<Vec<u8>>,
+}
+
+impl Pending {
+    pub fn add(&mut self, change: Change) {
+        match change {
+            Change::KeyFiles(names) if !self.anything => self.key_files.extend(names),
+            Change::KeyFiles(_) => {}
+            Change::Anything => {
+                self.anything = true;
+                self.key_files.clear();
+            }
+        }
+    }
+
+    pub fn anything(&mut self) {
+        self.add(Change::Anything);
+    }
+
+    pub fn everything() -> Pending {
+        let mut pending = Pending::default();
+        pending.anything();
+        pending
+    }
+
+    /// The only key files that may differ from the serving policy's, or `None` when any may.
+    pub fn key_files(&self) -> Option<&HashSet<Vec<u8>>> {
+        (!self.anything).then_some(&self.key_files)
     }
 }
 
@@ -124,7 +187,7 @@ impl Armed {
 /// Watches `files` and sends on `tx` whenever they may have changed. Falls back from inotify
 /// to polling rather than leave the policy unwatched; `None` only when neither can start, and
 /// then SIGHUP and `POST /admin/reload` still reload.
-pub fn arm(files: &PolicyFiles, tx: UnboundedSender<()>, backend: Backend) -> Option<Armed> {
+pub fn arm(files: &PolicyFiles, tx: UnboundedSender<Change>, backend: Backend) -> Option<Armed> {
     let armed = match backend {
         Backend::Inotify => arm_inotify(files, tx.clone()).map(|w| Armed::Inotify { _watcher: w }),
         Backend::Poll => Poller::start(files.clone(), tx.clone())
@@ -147,12 +210,12 @@ pub fn arm(files: &PolicyFiles, tx: UnboundedSender<()>, backend: Backend) -> Op
 
 fn arm_inotify(
     files: &PolicyFiles,
-    tx: UnboundedSender<()>,
+    tx: UnboundedSender<Change>,
 ) -> Result<notify::RecommendedWatcher, notify::Error> {
     let filter = files.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if filter.changed_by(&event) {
-            let _ = tx.send(());
+        if let Some(change) = filter.change_from(&event) {
+            let _ = tx.send(change);
         }
     })?;
     for dir in files.dirs() {
@@ -171,7 +234,7 @@ pub struct Poller {
 }
 
 impl Poller {
-    fn start(files: PolicyFiles, tx: UnboundedSender<()>) -> Result<Poller, std::io::Error> {
+    fn start(files: PolicyFiles, tx: UnboundedSender<Change>) -> Result<Poller, std::io::Error> {
         let mut last = fingerprint(&files)?;
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
@@ -191,7 +254,8 @@ impl Poller {
                     wait = POLL_INTERVAL.max(scan_started.elapsed() * 10);
                     if now.is_none() || now != Some(last) {
                         last = now.unwrap_or_default();
-                        if tx.send(()).is_err() {
+                        // A fingerprint cannot say which file changed.
+                        if tx.send(Change::Anything).is_err() {
                             return;
                         }
                     }
@@ -333,6 +397,92 @@ mod tests {
         let quiet = POLL_INTERVAL * 3;
         assert!(!notices(Backend::Inotify, quiet, write_beside).await);
         assert!(!notices(Backend::Poll, quiet, write_beside).await);
+    }
+
+    #[test]
+    fn an_event_names_the_key_files_it_changed_or_says_anything_may_have() {
+        use notify::event::{
+            AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode,
+        };
+        let files = files_in(Path::new("/etc/keygate"));
+        let event = |kind: EventKind, paths: &[&str]| {
+            let mut e = notify::Event::new(kind);
+            e.paths = paths.iter().map(PathBuf::from).collect();
+            files.change_from(&Ok(e))
+        };
+        let rename = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        let names = |n: &[&str]| {
+            Some(Change::KeyFiles(
+                n.iter().map(|n| n.as_bytes().to_vec()).collect(),
+            ))
+        };
+        assert_eq!(
+            event(
+                rename,
+                &[
+                    "/etc/keygate/keys.d/.a.yaml.tmp",
+                    "/etc/keygate/keys.d/a.yaml"
+                ]
+            ),
+            names(&["a.yaml"])
+        );
+        assert_eq!(
+            event(
+                EventKind::Create(CreateKind::File),
+                &["/etc/keygate/keys.d/b.yml"]
+            ),
+            names(&["b.yml"])
+        );
+        assert_eq!(
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &["/etc/keygate/keygate.yaml"]
+            ),
+            Some(Change::Anything)
+        );
+        assert_eq!(
+            event(rename, &["/etc/keygate/keys.d/..data"]),
+            Some(Change::Anything)
+        );
+        assert_eq!(
+            event(rename, &["/etc/keygate/keys.d"]),
+            Some(Change::Anything)
+        );
+        assert_eq!(event(EventKind::Any, &[]), Some(Change::Anything));
+        assert_eq!(
+            files.change_from(&Err(notify::Error::generic("queue overflow"))),
+            Some(Change::Anything)
+        );
+        assert_eq!(
+            event(
+                EventKind::Access(AccessKind::Read),
+                &["/etc/keygate/keys.d/a.yaml"]
+            ),
+            None
+        );
+        assert_eq!(
+            event(
+                EventKind::Create(CreateKind::File),
+                &["/etc/keygate/audit.log"]
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn pending_changes_add_up_until_anything_covers_them() {
+        let mut pending = Pending::default();
+        assert_eq!(pending.key_files().map(HashSet::len), Some(0));
+        pending.add(Change::KeyFiles(vec![b"a.yaml".to_vec()]));
+        pending.add(Change::KeyFiles(vec![
+            b"b.yaml".to_vec(),
+            b"a.yaml".to_vec(),
+        ]));
+        assert_eq!(pending.key_files().map(HashSet::len), Some(2));
+        pending.add(Change::Anything);
+        pending.add(Change::KeyFiles(vec![b"c.yaml".to_vec()]));
+        assert_eq!(pending.key_files(), None);
+        assert_eq!(Pending::everything().key_files(), None);
     }
 
     #[test]
