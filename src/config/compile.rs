@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -225,28 +225,49 @@ fn read_keys(
     names.sort_unstable();
 
     // Reading and parsing dominate a load of many keys: spread the files over a few threads.
-    // Each file's outcome is kept in name order, so keys, problems and the digest are the same
-    // whatever the thread count.
+    // They take batches as they go, so a thread slowed down (on a shared host, by another
+    // guest) leaves more of the work to the others. Each file's outcome is kept in name order,
+    // so keys, problems and the digest are the same whatever the thread count.
+    const BATCH: usize = 512;
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .clamp(1, 4);
-    let chunk = names.len().div_ceil(threads).max(256);
-    let outcomes: Vec<FileOutcome> = std::thread::scope(|scope| {
-        let workers: Vec<_> = names
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|name| read_key_file(&dir.join(name), context))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
+        .clamp(1, 4)
+        .min(names.len().div_ceil(BATCH).max(1));
+    let next_batch = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let batch = next_batch.fetch_add(1, Ordering::Relaxed);
+            let start = batch * BATCH;
+            if start >= names.len() {
+                return done;
+            }
+            let part = &names[start..(start + BATCH).min(names.len())];
+            let outcomes: Vec<FileOutcome> = part
+                .iter()
+                .map(|name| read_key_file(&dir.join(name), context))
+                .collect();
+            done.push((batch, outcomes));
+        }
+    };
+    let mut batches: Vec<(usize, Vec<FileOutcome>)> = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = work();
+        for helper in helpers {
+            all.extend(
+                helper
+                    .join()
+                    .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            );
+        }
+        all
     });
+    batches.sort_unstable_by_key(|(batch, _)| *batch);
+    // Sized up front, as below: grown by doubling, the vector would briefly exist twice.
+    let mut outcomes = Vec::with_capacity(names.len());
+    for (_, batch) in batches {
+        outcomes.extend(batch);
+    }
     drop(names);
 
     let mut seen_ids: HashMap<&str, &Path> = HashMap::with_capacity(outcomes.len());
@@ -1542,6 +1563,44 @@ workloads:
         write(&keys, "b.yaml", "hash: nope\nworkload: w1\n");
         let errors = load(&config, LoadOptions::default(), Some(&fifth), None).unwrap_err();
         assert!(errors.0.iter().any(|p| p.field == "hash"), "{errors:?}");
+    }
+
+    #[test]
+    fn files_spread_over_threads_come_back_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("keygate.yaml");
+        let keys = dir.path().join("keys.d");
+        std::fs::create_dir(&keys).unwrap();
+        write(dir.path(), "keygate.yaml", CONFIG);
+        // Three batches; the first and the last file share a hash.
+        let n = 1_300;
+        for i in 0..n {
+            let hash = if i == n - 1 { 0 } else { i };
+            write(
+                &keys,
+                &format!("k{i:04}.yaml"),
+                &format!("hash: \"sha256:{hash:064x}\"\nworkload: w1\n"),
+            );
+        }
+        let errors = load(&config, LoadOptions::default(), None, None).unwrap_err();
+        assert_eq!(errors.0.len(), 1, "{errors:?}");
+        assert!(errors.0[0].file.ends_with("k1299.yaml"), "{errors:?}");
+        assert!(errors.0[0].message.contains("`k0000`"), "{errors:?}");
+
+        write(
+            &keys,
+            "k1299.yaml",
+            &format!("hash: \"sha256:{:064x}\"\nworkload: w1\n", n),
+        );
+        let policy = load(&config, LoadOptions::default(), None, None).unwrap();
+        assert_eq!(policy.keys_by_id.len(), n);
+        assert_eq!(policy.load_stats.key_files, n);
+        assert_eq!(
+            policy.digest,
+            load(&config, LoadOptions::default(), None, None)
+                .unwrap()
+                .digest
+        );
     }
 
     #[test]
