@@ -592,23 +592,6 @@ async fn a_reload_does_not_trigger_itself() {
     let (_a, a_yaml) = key_file("app", "");
     let gw = TestGateway::start(&policy(&up.url()), &[("a".into(), a_yaml.clone())]);
     let metrics_url = format!("http://127.0.0.1:{}/metrics", admin_port(&gw));
-    let reloads = || async {
-        let text = client()
-            .get(&metrics_url)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let count = |result: &str| {
-            text.lines()
-                .filter(|l| l.starts_with("keygate_policy_reloads_total") && l.contains(result))
-                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-                .sum::<u64>()
-        };
-        (count("swapped"), count(""))
-    };
     // Written at once after the start, so it may land before the watches are armed: the
     // watcher's catch-up load must see it then.
     replace_file(
@@ -616,7 +599,7 @@ async fn a_reload_does_not_trigger_itself() {
         &format!("{a_yaml}description: changed\n"),
     );
     let started = Instant::now();
-    while reloads().await.0 == 0 {
+    while reload_counts(&metrics_url).await.swapped == 0 {
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "the change was not picked up"
@@ -624,18 +607,30 @@ async fn a_reload_does_not_trigger_itself() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let settled = reloads().await.1;
+    let settled = reload_counts(&metrics_url).await.all();
     // Reading every key file during a reload must not look like a change.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
-        reloads().await.1,
+        reload_counts(&metrics_url).await.all(),
         settled,
         "reloads kept happening with no change"
     );
 }
 
-/// `keygate_policy_reloads_total` by result: (swapped, failed).
-async fn reload_counts(metrics_url: &str) -> (u64, u64) {
+/// `keygate_policy_reloads_total` by result.
+struct ReloadCounts {
+    swapped: u64,
+    unchanged: u64,
+    failed: u64,
+}
+
+impl ReloadCounts {
+    fn all(&self) -> u64 {
+        self.swapped + self.unchanged + self.failed
+    }
+}
+
+async fn reload_counts(metrics_url: &str) -> ReloadCounts {
     let text = client()
         .get(metrics_url)
         .send()
@@ -645,16 +640,17 @@ async fn reload_counts(metrics_url: &str) -> (u64, u64) {
         .await
         .unwrap();
     let count = |result: &str| {
+        let prefix = format!("keygate_policy_reloads_total{{result=\"{result}\"}} ");
         text.lines()
-            .filter(|l| {
-                l.starts_with(&format!(
-                    "keygate_policy_reloads_total{{result=\"{result}\"}}"
-                ))
-            })
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(|n| n.parse::<u64>().unwrap())
             .sum::<u64>()
     };
-    (count("swapped"), count("failed"))
+    ReloadCounts {
+        swapped: count("swapped"),
+        unchanged: count("unchanged"),
+        failed: count("failed"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -671,12 +667,12 @@ async fn a_change_made_beside_a_broken_file_applies_once_the_file_is_fixed() {
     let gw = gw.boot();
     let url = gw.url("/v1/chat/completions");
     let metrics_url = format!("http://127.0.0.1:{}/metrics", admin_port(&gw));
-    let wait_for = |what: &'static str, done: fn((u64, u64)) -> bool| {
+    let wait_for = |done: fn(&ReloadCounts) -> bool, what: &'static str| {
         let metrics_url = metrics_url.clone();
         async move {
             let started = Instant::now();
-            while !done(reload_counts(&metrics_url).await) {
-                assert!(started.elapsed() < Duration::from_secs(5), "no {what}");
+            while !done(&reload_counts(&metrics_url).await) {
+                assert!(started.elapsed() < Duration::from_secs(5), "{what}");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -687,21 +683,15 @@ async fn a_change_made_beside_a_broken_file_applies_once_the_file_is_fixed() {
     // One change: b broken and a paused. The reload fails; the old policy keeps serving a.
     replace_file(&keys.join("b.yaml"), "hash: nope\nworkload: app\n");
     replace_file(&keys.join("a.yaml"), &format!("{a_yaml}status: paused\n"));
-    wait_for("failed reload", |(_, failed)| failed >= 1).await;
+    wait_for(|c| c.failed >= 1, "the broken file was not refused").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(status_of(&url, &a_secret).await, 200);
 
     // Fixing b alone must also bring in a's pause, though the fix touched only b.
-    let (swapped_before, _) = reload_counts(&metrics_url).await;
+    // Nothing was swapped since the start (the catch-up load found the files unchanged).
+    assert_eq!(reload_counts(&metrics_url).await.swapped, 0);
     replace_file(&keys.join("b.yaml"), &b_yaml);
-    let started = Instant::now();
-    while reload_counts(&metrics_url).await.0 == swapped_before {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the fix was not swapped in"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(|c| c.swapped >= 1, "the fix was not swapped in").await;
     assert_eq!(
         error_of(post_json(&url, &a_secret, &chat()).await).await.2,
         "key_paused"

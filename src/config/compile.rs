@@ -1443,6 +1443,17 @@ workloads:
         )
     }
 
+    /// A directory holding `keygate.yaml` (CONFIG) and an empty `keys.d`: (the directory, the
+    /// config file, the keys directory).
+    fn policy_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.d");
+        std::fs::create_dir(&keys).unwrap();
+        write(dir.path(), "keygate.yaml", CONFIG);
+        let config = dir.path().join("keygate.yaml");
+        (dir, config, keys)
+    }
+
     fn write(dir: &Path, name: &str, text: &str) {
         std::fs::write(dir.join(name), text).unwrap();
     }
@@ -1469,11 +1480,7 @@ workloads:
 
     #[test]
     fn a_reload_reuses_the_keys_of_unchanged_files_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("keygate.yaml");
-        let keys = dir.path().join("keys.d");
-        std::fs::create_dir(&keys).unwrap();
-        write(dir.path(), "keygate.yaml", CONFIG);
+        let (dir, config, keys) = policy_dir();
         write(&keys, "a.yaml", &key_text(1, ""));
         write(&keys, "b.yaml", &key_text(2, ""));
         let list = format!(
@@ -1567,11 +1574,7 @@ workloads:
 
     #[test]
     fn files_spread_over_threads_come_back_in_name_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("keygate.yaml");
-        let keys = dir.path().join("keys.d");
-        std::fs::create_dir(&keys).unwrap();
-        write(dir.path(), "keygate.yaml", CONFIG);
+        let (_dir, config, keys) = policy_dir();
         // Three batches; the first and the last file share a hash.
         let n = 1_300;
         for i in 0..n {
@@ -1605,11 +1608,7 @@ workloads:
 
     #[test]
     fn a_reload_told_which_key_files_changed_looks_at_those_and_new_files_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("keygate.yaml");
-        let keys = dir.path().join("keys.d");
-        std::fs::create_dir(&keys).unwrap();
-        write(dir.path(), "keygate.yaml", CONFIG);
+        let (_dir, config, keys) = policy_dir();
         write(&keys, "a.yaml", &key_text(1, ""));
         write(&keys, "b.yaml", &key_text(2, ""));
         // Settled, so that their stamps are kept.

@@ -9,7 +9,7 @@ pub mod schema;
 mod compile;
 mod env;
 mod flat;
-mod stamp;
+pub(crate) mod stamp;
 
 use crate::policy::Policy;
 use std::collections::HashSet;

@@ -36,8 +36,25 @@ pub fn of(meta: &Metadata, now: SystemTime) -> Stamp {
         if !now.duration_since(changed).is_ok_and(|age| age >= SETTLED) {
             return NONE;
         }
-        // SipHash with fixed keys: the same in every run, and a chance collision is negligible.
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        match fold(meta) {
+            NONE => 1,
+            stamp => stamp,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (meta, now);
+        NONE
+    }
+}
+
+/// Device, inode, size, modification and change times folded into 64 bits, however recent.
+/// SipHash with fixed keys: the same in every run, and a chance collision is negligible.
+pub(crate) fn fold(meta: &Metadata) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
         (
             meta.dev(),
             meta.ino(),
@@ -48,16 +65,10 @@ pub fn of(meta: &Metadata, now: SystemTime) -> Stamp {
             meta.ctime_nsec(),
         )
             .hash(&mut h);
-        match h.finish() {
-            NONE => 1,
-            stamp => stamp,
-        }
     }
     #[cfg(not(unix))]
-    {
-        let _ = (meta, now);
-        NONE
-    }
+    (meta.len(), meta.modified().ok()).hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]

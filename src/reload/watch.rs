@@ -290,10 +290,12 @@ fn fingerprint(files: &PolicyFiles) -> Result<u64, std::io::Error> {
                 continue;
             }
             // A file removed between the listing and the stat reads as gone.
-            let mut stamp = std::fs::symlink_metadata(&path).map_or(0, |m| stamp_of(&m));
+            let mut stamp =
+                std::fs::symlink_metadata(&path).map_or(0, |m| crate::config::stamp::fold(&m));
             if entry.file_type().is_ok_and(|t| t.is_symlink()) {
                 // Through the link too: a ConfigMap swap changes what `..data/…` resolves to.
-                stamp ^= std::fs::metadata(&path).map_or(1, |m| stamp_of(&m).rotate_left(1));
+                stamp ^= std::fs::metadata(&path)
+                    .map_or(1, |m| crate::config::stamp::fold(&m).rotate_left(1));
             }
             entries.push((name, stamp));
         }
@@ -316,27 +318,6 @@ fn identity_of(meta: &std::fs::Metadata) -> u64 {
         let _ = meta;
         1
     }
-}
-
-fn stamp_of(meta: &std::fs::Metadata) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        (
-            meta.dev(),
-            meta.ino(),
-            meta.size(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-            meta.ctime(),
-            meta.ctime_nsec(),
-        )
-            .hash(&mut h);
-    }
-    #[cfg(not(unix))]
-    (meta.len(), meta.modified().ok()).hash(&mut h);
-    h.finish()
 }
 
 #[cfg(test)]
