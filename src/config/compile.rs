@@ -97,14 +97,20 @@ fn read_text_stamped(file: &Path) -> Result<(String, stamp::Stamp), Problem> {
     let stamp = meta
         .as_ref()
         .map_or(stamp::NONE, |m| stamp::of(m, SystemTime::now()));
-    // Sized from the metadata just taken, and read through `Take`: `File::read_to_string` would
-    // stat and seek again first, two more system calls per file in a load of 100,000.
+    // Sized from the metadata just taken. `File::read_to_string` would stat and seek again
+    // first, and read once more to see the end: three more system calls per file in a load of
+    // 100,000. One read that asks for a byte more than the file holds and gets exactly its size
+    // has the whole file; anything else (a file that grew or shrank since) reads on to the end.
     let size = meta.map_or(0, |m| usize::try_from(m.len()).unwrap_or(0));
-    let mut bytes = Vec::with_capacity(size.saturating_add(1));
-    (&opened)
-        .take(u64::MAX)
-        .read_to_end(&mut bytes)
-        .map_err(problem)?;
+    let mut bytes = vec![0; size.saturating_add(1)];
+    let first = (&opened).read(&mut bytes).map_err(problem)?;
+    bytes.truncate(first);
+    if first != size {
+        (&opened)
+            .take(u64::MAX)
+            .read_to_end(&mut bytes)
+            .map_err(problem)?;
+    }
     let text = String::from_utf8(bytes).map_err(|_| {
         problem(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -1570,6 +1576,20 @@ workloads:
         write(&keys, "b.yaml", "hash: nope\nworkload: w1\n");
         let errors = load(&config, LoadOptions::default(), Some(&fifth), None).unwrap_err();
         assert!(errors.0.iter().any(|p| p.field == "hash"), "{errors:?}");
+    }
+
+    #[test]
+    fn key_files_of_any_size_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        for size in [0, 1, 511, 4096, 70_000] {
+            let text: String = "key: value\n".chars().cycle().take(size).collect();
+            let path = dir.path().join(format!("{size}.yaml"));
+            std::fs::write(&path, &text).unwrap();
+            assert_eq!(read_text(&path).unwrap(), text, "{size} bytes");
+        }
+        std::fs::write(dir.path().join("bad.yaml"), [b'a', 0xff, b'b']).unwrap();
+        let problem = read_text(&dir.path().join("bad.yaml")).unwrap_err();
+        assert!(problem.message.contains("UTF-8"), "{problem:?}");
     }
 
     #[test]
