@@ -5,7 +5,7 @@
 mod common;
 
 use common::upstream::{dead_port, free_port, MockUpstream, Reply};
-use common::{client, key_file, keygate_bin, post_json, TestGateway};
+use common::{client, get_text, key_file, keygate_bin, post_json, TestGateway};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -127,14 +127,7 @@ workloads:
     // let the logging phase of the last request run
     tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let scrape = client()
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = get_text(&format!("{admin}/metrics")).await;
     let exported = exported_names();
     for family in families(&scrape) {
         assert!(

@@ -4,7 +4,7 @@
 mod common;
 
 use common::upstream::{MockUpstream, Reply};
-use common::{client, error_of, key_file, post_json, TestGateway};
+use common::{client, error_of, get_text, key_file, post_json, TestGateway};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -570,14 +570,7 @@ async fn admin_api_is_off_without_a_token_but_metrics_and_health_answer() {
         admin.call(reqwest::Method::GET, "/healthz", None).await.0,
         200
     );
-    let metrics = client()
-        .get(format!("{}/metrics", admin.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{}/metrics", admin.base)).await;
     let digest = gw.running.as_ref().unwrap().store.load().digest.clone();
     assert!(
         metrics.contains(&format!("keygate_policy_info{{digest=\"{digest}\"}} 1")),
@@ -631,14 +624,7 @@ impl ReloadCounts {
 }
 
 async fn reload_counts(metrics_url: &str) -> ReloadCounts {
-    let text = client()
-        .get(metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(metrics_url).await;
     let count = |result: &str| {
         let prefix = format!("keygate_policy_reloads_total{{result=\"{result}\"}} ");
         text.lines()

@@ -109,6 +109,18 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The body of a GET of `url` (a metrics scrape, say), as text.
+pub async fn get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Reads an OpenAI-shaped error body and returns `(status, type, code)`.
 pub async fn error_of(resp: reqwest::Response) -> (u16, String, String) {
     let status = resp.status().as_u16();
