@@ -58,23 +58,53 @@ fn string_value(value: &str) -> Option<&str> {
 
 /// A plain scalar that YAML's core schema resolves to a string and that needs no folding,
 /// trimming or comment stripping. Conservative: what it refuses is merely parsed slowly.
+/// One pass over the characters: this runs on every value of every key file in a load.
 fn plain_string(value: &str) -> bool {
-    let Some(first) = value.chars().next() else {
+    let Some(&first) = value.as_bytes().first() else {
         return false;
     };
-    // Beyond ASCII, any printable character: `keys create` writes hints like `kg_…Wsnf`.
-    let safe_char = |c: char| {
-        c.is_ascii_alphanumeric()
-            || "_-.:/@+ ,()!?'*=;%~<>&".contains(c)
-            || (!c.is_ascii() && !c.is_control() && !c.is_whitespace() && c != '\u{feff}')
-    };
-    let indicator = "-?:,[]{}#&*!|>'\"%@` ".contains(first);
-    !indicator
-        && value.chars().all(safe_char)
-        && !value.ends_with([' ', ':'])
-        && !value.contains(": ")
-        && !value.contains(" #")
-        && !might_not_be_a_string(value)
+    if in_set(INDICATORS, first) {
+        return false;
+    }
+    let mut previous = 0u8;
+    for c in value.chars() {
+        if c.is_ascii() {
+            let b = c as u8;
+            let fine = b.is_ascii_alphanumeric() || in_set(SAFE_PUNCTUATION, b);
+            // `: ` starts a mapping and ` #` a comment, anywhere in a plain scalar.
+            if !fine || (previous == b':' && b == b' ') || (previous == b' ' && b == b'#') {
+                return false;
+            }
+            previous = b;
+        } else {
+            // Beyond ASCII, any printable character: `keys create` writes hints like `kg_…Wsnf`.
+            if c.is_control() || c.is_whitespace() || c == '\u{feff}' {
+                return false;
+            }
+            previous = 0;
+        }
+    }
+    !value.ends_with([' ', ':']) && !might_not_be_a_string(value)
+}
+
+/// Characters that give a plain scalar another meaning when they come first.
+const INDICATORS: u128 = ascii_set(b"-?:,[]{}#&*!|>'\"%@` ");
+/// ASCII punctuation a plain scalar may hold anywhere after its first character.
+const SAFE_PUNCTUATION: u128 = ascii_set(b"_-.:/@+ ,()!?'*=;%~<>&");
+
+/// A set of ASCII bytes as a bit mask.
+const fn ascii_set(bytes: &[u8]) -> u128 {
+    let mut set = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        set |= 1 << bytes[i];
+        i += 1;
+    }
+    set
+}
+
+fn in_set(set: u128, b: u8) -> bool {
+    b < 128 && set & (1 << b) != 0
 }
 
 /// Plain scalars YAML may read as null, a boolean or a number (YAML 1.1's words too, as some
