@@ -291,7 +291,7 @@ impl Metrics {
         key.metrics.get_or_init(|| {
             Box::new(KeyHandles {
                 refusals: Default::default(),
-                in_flight: self.in_flight.with_label_values(&[key.id.as_str()]),
+                in_flight: self.in_flight.with_label_values(&[&*key.id]),
                 models: (0..models).map(|_| OnceLock::new()).collect(),
             })
         })
@@ -341,7 +341,7 @@ impl Metrics {
             handles.refusals[i]
                 .get_or_init(|| {
                     self.refusals
-                        .with_label_values(&[key.id.as_str(), REFUSAL_REASONS[i]])
+                        .with_label_values(&[&*key.id, REFUSAL_REASONS[i]])
                 })
                 .inc();
         }
@@ -350,11 +350,7 @@ impl Metrics {
         };
         if let Some(slot) = handles.models.get(model.index) {
             let km = slot.get_or_init(|| {
-                let labels = [
-                    key.id.as_str(),
-                    key.workload.name.as_str(),
-                    model.name.as_str(),
-                ];
+                let labels = [&*key.id, key.workload.name.as_str(), model.name.as_str()];
                 KeyModelHandles {
                     requests: Default::default(),
                     prompt_tokens: self.prompt_tokens.with_label_values(&labels),
@@ -370,7 +366,7 @@ impl Metrics {
             km.requests[class]
                 .get_or_init(|| {
                     self.requests.with_label_values(&[
-                        key.id.as_str(),
+                        &*key.id,
                         key.workload.name.as_str(),
                         model.name.as_str(),
                         model.provider.name.as_str(),
@@ -404,7 +400,7 @@ impl Metrics {
         let scopes = policy
             .keys_by_id
             .values()
-            .map(|k| ("key", k.id.as_str(), &k.limits))
+            .map(|k| ("key", &*k.id, &k.limits))
             .chain(
                 policy
                     .workloads

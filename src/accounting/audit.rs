@@ -96,7 +96,7 @@ impl<'a> AuditLine<'a> {
                 .unwrap_or_default()
                 .to_rfc3339_opts(SecondsFormat::Millis, true),
             request_id: &r.request_id,
-            key_id: r.key.as_deref().map(|k| k.id.as_str()),
+            key_id: r.key.as_deref().map(|k| &*k.id),
             workload: r.key.as_deref().map(|k| k.workload.name.as_str()),
             owner: r.key.as_deref().and_then(|k| k.owner.as_deref()),
             client_ip: r.client_ip,

@@ -208,7 +208,7 @@ impl Booker {
             .pending
             .entry(DayKey {
                 day: r.day(),
-                key_id: key.id.as_str().into(),
+                key_id: (&*key.id).into(),
                 workload: key.workload.name.as_str().into(),
                 model: model.name.as_str().into(),
             })

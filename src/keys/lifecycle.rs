@@ -257,7 +257,10 @@ impl KeyFiles {
                 // A key that exists only inside a list file cannot be edited as its own file.
                 let policy = self.load().map_err(LifecycleError::Policy)?;
                 match policy.keys_by_id.get(id) {
-                    Some(k) => Err(LifecycleError::InListFile(id.to_owned(), k.file.clone())),
+                    Some(k) => Err(LifecycleError::InListFile(
+                        id.to_owned(),
+                        k.file.to_path_buf(),
+                    )),
                     None => Err(StoreError::NotFound(id.to_owned()).into()),
                 }
             }

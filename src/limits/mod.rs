@@ -59,9 +59,10 @@ impl WindowSpec {
 /// The limits of one key or workload, compiled from the policy.
 #[derive(Debug, Default)]
 pub struct LimitSpec {
-    pub windows: Vec<WindowSpec>,
+    // Boxed slices rather than vectors: a policy holds one of these per key.
+    pub windows: Box<[WindowSpec]>,
     pub max_concurrent: Option<u32>,
-    pub allowed_ips: Option<Vec<IpNet>>,
+    pub allowed_ips: Option<Box<[IpNet]>>,
     /// Shared, so that an admission holds on to it for settling with a reference count rather
     /// than a copy.
     pub budget: Option<Arc<BudgetSpec>>,
@@ -77,9 +78,9 @@ impl LimitSpec {
         budget: Option<BudgetSpec>,
     ) -> Self {
         LimitSpec {
-            windows,
+            windows: windows.into_boxed_slice(),
             max_concurrent,
-            allowed_ips,
+            allowed_ips: allowed_ips.map(Vec::into_boxed_slice),
             budget: budget.map(Arc::new),
             slot: OnceLock::new(),
         }

@@ -310,7 +310,7 @@ impl Gateway {
         );
         tracing::debug!(
             request_id = %ctx.request_id,
-            key = ctx.key.as_ref().map_or("-", |k| k.id.as_str()),
+            key = ctx.key.as_ref().map_or("-", |k| &*k.id),
             model = ctx.model.as_ref().map_or("-", |m| m.name.as_str()),
             status,
             error = error.unwrap_or("-"),
