@@ -3,18 +3,29 @@
 //! and the same with daily/monthly budgets on both scopes (reserve at admission, settle the
 //! real cost at the end).
 //!
+//! Also what a rate-limited key's response pays on top of any other: the six `x-ratelimit-*`
+//! headers added to the provider's response head (as Pingora parsed it, with the original case of
+//! each name kept), written out to the client and dropped; against the same head without them.
+//!
 //! Run: `cargo bench --bench limits`. Target: under 200 ns per check uncontended.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use keygate::limits::budget::{BudgetMode, BudgetSpec};
 use keygate::limits::{
-    Demand, LimitKind, LimitSpec, LimitState, MemoryLimits, ScopeRef, WindowSpec,
+    Demand, LimitKind, LimitSpec, LimitState, MemoryLimits, RateStatus, ScopeRef, WindowSpec,
+    WindowStatus,
 };
+use keygate::proxy::errors::rate_headers;
 use keygate::usage::cost::UsdNanos;
+use pingora::http::ResponseHeader;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The allocator the `keygate` binary uses: header work is mostly allocation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn spec(max_concurrent: Option<u32>, budget: Option<BudgetSpec>) -> LimitSpec {
     LimitSpec::new(
@@ -102,5 +113,54 @@ fn bench(c: &mut Criterion) {
     other.join().unwrap();
 }
 
-criterion_group!(benches, bench);
+/// A provider's response head as Pingora hands it to the gateway: names in their original case.
+fn provider_head() -> ResponseHeader {
+    let mut head = ResponseHeader::build(200, Some(6)).unwrap();
+    for (name, value) in [
+        ("Server", "nginx"),
+        ("Date", "Tue, 24 Nov 2026 03:22:30 GMT"),
+        ("Content-Type", "application/json"),
+        ("Content-Length", "540"),
+        ("Connection", "keep-alive"),
+        ("x-request-id", "mock-1"),
+    ] {
+        head.append_header(name.to_owned(), value).unwrap();
+    }
+    head
+}
+
+/// What the gateway does to every response head, then writes it out and drops it.
+fn respond(head: &ResponseHeader, rate: Option<&RateStatus>, wire: &mut Vec<u8>) {
+    let mut head = head.clone();
+    head.insert_header("x-request-id", "0123456789abcdef0123456789abcdef")
+        .unwrap();
+    if let Some(rate) = rate {
+        rate_headers(&mut head, rate).unwrap();
+    }
+    wire.clear();
+    head.header_to_h1_wire(wire);
+    black_box(&wire);
+}
+
+fn response_headers(c: &mut Criterion) {
+    let head = provider_head();
+    let window = |limit, remaining, reset_ms| WindowStatus {
+        limit,
+        remaining,
+        reset: Duration::from_millis(reset_ms),
+    };
+    let rate = RateStatus {
+        requests: Some(window(600, 431, 6_250)),
+        tokens: Some(window(200_000, 118_774, 35_140)),
+    };
+    let mut wire = Vec::with_capacity(1024);
+    c.bench_function("response_head/without_rate_headers", |b| {
+        b.iter(|| respond(&head, None, &mut wire))
+    });
+    c.bench_function("response_head/with_rate_headers", |b| {
+        b.iter(|| respond(&head, Some(&rate), &mut wire))
+    });
+}
+
+criterion_group!(benches, bench, response_headers);
 criterion_main!(benches);

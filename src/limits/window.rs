@@ -127,23 +127,73 @@ impl WindowCounter {
 }
 
 /// Formats a duration as OpenAI's rate-limit headers do (Go's duration form): `12ms`, `1.5s`, `6m0s`.
-pub fn openai_duration(d: Duration) -> String {
-    let ms = d.as_millis() as u64;
+/// Written on the stack: two of these go into every response of a rate-limited key.
+pub fn openai_duration(d: Duration) -> ShortText {
+    use std::fmt::Write;
+    // Writing cannot fail: the longest form, `5124095576030h25m51.615s` for u64::MAX ms, fits.
+    let mut text = ShortText::default();
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     if ms < 1000 {
-        return format!("{ms}ms");
+        let _ = write!(text, "{ms}ms");
+        return text;
     }
     let (hours, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (minutes, rest) = (rest / 60_000, rest % 60_000);
-    let seconds = if rest % 1000 == 0 {
-        format!("{}s", rest / 1000)
-    } else {
-        let text = format!("{}.{:03}", rest / 1000, rest % 1000);
-        format!("{}s", text.trim_end_matches('0'))
-    };
-    match (hours, minutes) {
-        (0, 0) => seconds,
-        (0, m) => format!("{m}m{seconds}"),
-        (h, m) => format!("{h}h{m}m{seconds}"),
+    let (seconds, mut millis) = (rest / 1000, rest % 1000);
+    if hours > 0 {
+        let _ = write!(text, "{hours}h");
+    }
+    if hours > 0 || minutes > 0 {
+        let _ = write!(text, "{minutes}m");
+    }
+    let _ = write!(text, "{seconds}");
+    if millis > 0 {
+        let mut width = 3;
+        while millis % 10 == 0 {
+            millis /= 10;
+            width -= 1;
+        }
+        let _ = write!(text, ".{millis:0width$}");
+    }
+    let _ = text.write_str("s");
+    text
+}
+
+/// A short text built without allocating.
+#[derive(Clone, Copy, Default)]
+pub struct ShortText {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl ShortText {
+    pub fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever appended.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for ShortText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.bytes
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ShortText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl PartialEq<&str> for ShortText {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
     }
 }
 
@@ -275,5 +325,11 @@ mod tests {
             "25h0m1s"
         );
         assert_eq!(openai_duration(Duration::ZERO), "0ms");
+        assert_eq!(openai_duration(Duration::from_millis(1005)), "1.005s");
+        assert_eq!(openai_duration(Duration::from_millis(3_600_000)), "1h0m0s");
+        assert_eq!(
+            openai_duration(Duration::from_millis(u64::MAX)),
+            "5124095576030h25m51.615s"
+        );
     }
 }

@@ -342,7 +342,7 @@ pub fn rate_headers(header: &mut ResponseHeader, rate: &RateStatus) -> pingora::
         if let Some(s) = status {
             header.insert_header(limit, s.limit)?;
             header.insert_header(remaining, s.remaining)?;
-            header.insert_header(reset, openai_duration(s.reset))?;
+            header.insert_header(reset, openai_duration(s.reset).as_str())?;
         }
     }
     Ok(())
