@@ -15,7 +15,7 @@ use keygate::limits::{
     Demand, LimitKind, LimitSpec, LimitState, MemoryLimits, RateStatus, ScopeRef, WindowSpec,
     WindowStatus,
 };
-use keygate::proxy::errors::rate_headers;
+use keygate::proxy::head;
 use keygate::usage::cost::UsdNanos;
 use pingora::http::ResponseHeader;
 use std::hint::black_box;
@@ -130,15 +130,15 @@ fn provider_head() -> ResponseHeader {
 }
 
 /// What the gateway does to every response head, then writes it out and drops it.
-fn respond(head: &ResponseHeader, rate: Option<&RateStatus>, wire: &mut Vec<u8>) {
-    let mut head = head.clone();
-    head.insert_header("x-request-id", "0123456789abcdef0123456789abcdef")
-        .unwrap();
-    if let Some(rate) = rate {
-        rate_headers(&mut head, rate).unwrap();
-    }
+fn respond(provider: &ResponseHeader, rate: Option<&RateStatus>, wire: &mut Vec<u8>) {
+    let mut response = provider.clone();
+    head::edit(&mut response, |headers| {
+        head::set_request_id(headers, "0123456789abcdef0123456789abcdef")?;
+        rate.map_or(Ok(()), |rate| head::set_rate_limits(headers, rate))
+    })
+    .unwrap();
     wire.clear();
-    head.header_to_h1_wire(wire);
+    response.header_to_h1_wire(wire);
     black_box(&wire);
 }
 

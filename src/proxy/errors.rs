@@ -2,7 +2,7 @@
 //! (`{"error":{"message","type","param","code"}}`), so the official SDKs raise the right exception
 //! class (`AuthenticationError`, `PermissionDeniedError`, `RateLimitError`, …) with a useful message.
 
-use crate::limits::window::openai_duration;
+use super::head;
 use crate::limits::RateStatus;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -266,7 +266,8 @@ impl ApiError {
 
     /// The response header, ready for callers to add their own headers (request id, rate limits).
     pub fn header(&self, body_len: usize) -> pingora::Result<ResponseHeader> {
-        let mut h = ResponseHeader::build(self.status, Some(4))?;
+        // Without a case map: `respond` adds its headers with `head::edit`, which drops it.
+        let mut h = ResponseHeader::build_no_case(self.status, Some(10))?;
         h.insert_header("content-type", "application/json")?;
         h.insert_header("content-length", body_len)?;
         Ok(h)
@@ -300,7 +301,10 @@ pub async fn respond(
 ) -> pingora::Result<()> {
     let body = error.body();
     let mut header = error.header(body.len())?;
-    header.insert_header("x-request-id", request_id)?;
+    head::edit(&mut header, |headers| {
+        head::set_request_id(headers, request_id)?;
+        rate.map_or(Ok(()), |rate| head::set_rate_limits(headers, rate))
+    })?;
     if let Some(wait) = error.retry_after {
         header.insert_header("retry-after", wait.as_millis().div_ceil(1000).max(1) as u64)?;
         header.insert_header("retry-after-ms", wait.as_millis() as u64)?;
@@ -308,43 +312,10 @@ pub async fn respond(
     if let Some(retry) = error.should_retry {
         header.insert_header("x-should-retry", if retry { "true" } else { "false" })?;
     }
-    if let Some(rate) = rate {
-        rate_headers(&mut header, rate)?;
-    }
     session
         .write_response_header(Box::new(header), false)
         .await?;
     session.write_response_body(Some(body), true).await?;
-    Ok(())
-}
-
-/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers.
-pub fn rate_headers(header: &mut ResponseHeader, rate: &RateStatus) -> pingora::Result<()> {
-    let sets = [
-        (
-            rate.requests,
-            [
-                "x-ratelimit-limit-requests",
-                "x-ratelimit-remaining-requests",
-                "x-ratelimit-reset-requests",
-            ],
-        ),
-        (
-            rate.tokens,
-            [
-                "x-ratelimit-limit-tokens",
-                "x-ratelimit-remaining-tokens",
-                "x-ratelimit-reset-tokens",
-            ],
-        ),
-    ];
-    for (status, [limit, remaining, reset]) in sets {
-        if let Some(s) = status {
-            header.insert_header(limit, s.limit)?;
-            header.insert_header(remaining, s.remaining)?;
-            header.insert_header(reset, openai_duration(s.reset).as_str())?;
-        }
-    }
     Ok(())
 }
 

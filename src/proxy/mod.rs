@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod ctx;
 pub mod errors;
+pub mod head;
 pub mod routes;
 
 use crate::accounting::{Recorder, RequestRecord};
@@ -758,17 +759,20 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    /// Responses pass through unchanged but for the request id.
+    /// Responses pass through unchanged but for the request id and, for a rate-limited key, its
+    /// `x-ratelimit-*` headers (and header names in canonical case: see [`head`]).
     async fn response_filter(
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        upstream_response.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if let Some(rate) = &ctx.rate {
-            errors::rate_headers(upstream_response, rate)?;
-        }
+        head::edit(upstream_response, |headers| {
+            head::set_request_id(headers, &ctx.request_id)?;
+            ctx.rate
+                .as_ref()
+                .map_or(Ok(()), |rate| head::set_rate_limits(headers, rate))
+        })?;
         // account: read usage from successful responses without holding any byte back
         if upstream_response.status.is_success() && ctx.admission.is_some() {
             let headers = &upstream_response.headers;

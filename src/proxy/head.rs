@@ -1,0 +1,141 @@
+//! The headers keygate adds to response heads, written straight into the head's header map.
+//!
+//! Pingora's `insert_header` parses and copies the name of every header it adds, then files it
+//! twice: in the value map, and in a second map that keeps each name's original spelling. For the
+//! seven headers a rate-limited response gets (the request id and six `x-ratelimit-*`), that cost
+//! 2.4 µs a response (`cargo bench --bench limits -- response_head`). Here the names are
+//! constants, built once, and each header is one insert into one map. The head gives up the
+//! provider's spelling of its header names to allow that: it goes out with canonical names
+//! (standard ones title-cased, others lower case), which HTTP/1.1 leaves free, since names are
+//! case-insensitive, and which HTTP/2 requires anyway.
+
+use crate::limits::window::openai_duration;
+use crate::limits::RateStatus;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora::{ErrorType, OrErr};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// `x-ratelimit-{limit,remaining,reset}-requests`.
+const REQUEST_WINDOW: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-requests"),
+    HeaderName::from_static("x-ratelimit-remaining-requests"),
+    HeaderName::from_static("x-ratelimit-reset-requests"),
+];
+
+/// `x-ratelimit-{limit,remaining,reset}-tokens`.
+const TOKEN_WINDOW: [HeaderName; 3] = [
+    HeaderName::from_static("x-ratelimit-limit-tokens"),
+    HeaderName::from_static("x-ratelimit-remaining-tokens"),
+    HeaderName::from_static("x-ratelimit-reset-tokens"),
+];
+
+/// Runs `edit` on the header map of `head`, which keeps everything but the original spelling of
+/// its header names (and a non-standard reason phrase).
+pub fn edit<R>(head: &mut ResponseHeader, edit: impl FnOnce(&mut HeaderMap) -> R) -> R {
+    // An empty head to hold the place: neither its header map nor its extensions allocate.
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts: http::response::Parts = std::mem::replace(head, placeholder).into();
+    let result = edit(&mut parts.headers);
+    *head = ResponseHeader::from(parts);
+    result
+}
+
+/// Sets one header, replacing any the provider sent under that name.
+pub fn set(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+    headers
+        .try_insert(name, value)
+        .map(drop)
+        .or_err(ErrorType::InvalidHTTPHeader, "too many response headers")
+}
+
+/// Sets the request id.
+pub fn set_request_id(headers: &mut HeaderMap, request_id: &str) -> pingora::Result<()> {
+    let value = HeaderValue::from_str(request_id)
+        .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
+    set(headers, X_REQUEST_ID, value)
+}
+
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers, for the windows
+/// `rate` has.
+pub fn set_rate_limits(headers: &mut HeaderMap, rate: &RateStatus) -> pingora::Result<()> {
+    headers.reserve(6);
+    for (status, [limit, remaining, reset]) in
+        [(rate.requests, REQUEST_WINDOW), (rate.tokens, TOKEN_WINDOW)]
+    {
+        if let Some(s) = status {
+            set(headers, limit, HeaderValue::from(s.limit))?;
+            set(headers, remaining, HeaderValue::from(s.remaining))?;
+            let reset_text = openai_duration(s.reset);
+            let reset_value = HeaderValue::from_str(reset_text.as_str())
+                .or_err(ErrorType::InvalidHTTPHeader, "invalid reset duration")?;
+            set(headers, reset, reset_value)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::WindowStatus;
+    use std::time::Duration;
+
+    fn provider_head() -> ResponseHeader {
+        let mut head = ResponseHeader::build(200, Some(3)).unwrap();
+        head.append_header("Content-Type".to_owned(), "application/json")
+            .unwrap();
+        head.append_header("X-RateLimit-Limit-Requests".to_owned(), "10000")
+            .unwrap();
+        head.append_header("openai-processing-ms".to_owned(), "123")
+            .unwrap();
+        head
+    }
+
+    fn wire(head: &ResponseHeader) -> String {
+        let mut out = Vec::new();
+        head.header_to_h1_wire(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn edited_heads_keep_every_header_and_replace_the_providers_limits() {
+        let mut head = provider_head();
+        let rate = RateStatus {
+            requests: Some(WindowStatus {
+                limit: 600,
+                remaining: 431,
+                reset: Duration::from_millis(6_250),
+            }),
+            tokens: None,
+        };
+        edit(&mut head, |headers| {
+            set_request_id(headers, "req-1")?;
+            set_rate_limits(headers, &rate)
+        })
+        .unwrap();
+        assert_eq!(head.status, 200);
+        let text = wire(&head);
+        for line in [
+            "Content-Type: application/json\r\n",
+            "openai-processing-ms: 123\r\n",
+            "x-request-id: req-1\r\n",
+            "x-ratelimit-limit-requests: 600\r\n",
+            "x-ratelimit-remaining-requests: 431\r\n",
+            "x-ratelimit-reset-requests: 6.25s\r\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from {text:?}");
+        }
+        // The provider's own limit is replaced, not repeated; no token window, no token headers.
+        assert_eq!(text.matches("10000").count(), 0, "{text:?}");
+        assert!(!text.contains("tokens"), "{text:?}");
+        assert_eq!(text.lines().count(), 6, "{text:?}");
+    }
+
+    #[test]
+    fn a_request_id_that_is_no_header_value_is_an_error() {
+        let mut head = provider_head();
+        assert!(edit(&mut head, |h| set_request_id(h, "bad\nid")).is_err());
+    }
+}
