@@ -18,6 +18,7 @@
 #
 # usage: benches/e2e.sh   env: DURATION (s, default 8) ROUNDS (2) KEYS (1000) WRITE_README
 #                              PASSES ("chat stream latency keysonly limits floor": rerun some into an existing OUT)
+#                              CARGO_TARGET_DIR (where the release build goes and the binaries are taken from)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -33,7 +34,8 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || [ ! -e /usr/l
 fi
 cargo build --release --locked -q
 cargo build --release --locked -q --example pingora_baseline
-BIN="$ROOT/target/release/keygate"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN="$TARGET/release/keygate"
 
 # ---- policies ---------------------------------------------------------------------------------
 # `full`: every governance feature on. `keys`: the same keys, nothing but authentication.
@@ -138,7 +140,7 @@ floor_cmd() {
   cat > "$OUT/floor.sh" <<SH
 #!/usr/bin/env bash
 upstream="\${MOCK_BASE_URL#http://}"
-exec "$ROOT/target/release/examples/pingora_baseline" 127.0.0.1:18100 "\${upstream%/v1}"
+exec "$TARGET/release/examples/pingora_baseline" 127.0.0.1:18100 "\${upstream%/v1}"
 SH
   chmod +x "$OUT/floor.sh"
   printf '%s' "$OUT/floor.sh"
