@@ -5,11 +5,15 @@
 use super::head;
 use crate::limits::RateStatus;
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde::Serialize;
 use std::borrow::Cow;
 use std::time::Duration;
+
+const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
 
 /// A refusal or failure decided by keygate, not by the provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,7 +270,7 @@ impl ApiError {
 
     /// The response header, ready for callers to add their own headers (request id, rate limits).
     pub fn header(&self, body_len: usize) -> pingora::Result<ResponseHeader> {
-        // Without a case map: `respond` adds its headers with `head::edit`, which drops it.
+        // Without a case map: `respond` adds the rest with `head::edit`, which would drop it.
         let mut h = ResponseHeader::build_no_case(self.status, Some(10))?;
         h.insert_header("content-type", "application/json")?;
         h.insert_header("content-length", body_len)?;
@@ -303,15 +307,21 @@ pub async fn respond(
     let mut header = error.header(body.len())?;
     head::edit(&mut header, |headers| {
         head::set_request_id(headers, request_id)?;
+        if let Some(wait) = error.retry_after {
+            let seconds = wait.as_millis().div_ceil(1000).max(1) as u64;
+            head::set(headers, RETRY_AFTER, HeaderValue::from(seconds))?;
+            head::set(
+                headers,
+                RETRY_AFTER_MS,
+                HeaderValue::from(wait.as_millis() as u64),
+            )?;
+        }
+        if let Some(retry) = error.should_retry {
+            let value = HeaderValue::from_static(if retry { "true" } else { "false" });
+            head::set(headers, X_SHOULD_RETRY, value)?;
+        }
         rate.map_or(Ok(()), |rate| head::set_rate_limits(headers, rate))
     })?;
-    if let Some(wait) = error.retry_after {
-        header.insert_header("retry-after", wait.as_millis().div_ceil(1000).max(1) as u64)?;
-        header.insert_header("retry-after-ms", wait.as_millis() as u64)?;
-    }
-    if let Some(retry) = error.should_retry {
-        header.insert_header("x-should-retry", if retry { "true" } else { "false" })?;
-    }
     session
         .write_response_header(Box::new(header), false)
         .await?;
