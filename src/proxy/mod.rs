@@ -620,6 +620,11 @@ impl ProxyHttp for Gateway {
         if let Some(attempt) = ctx.upstream.current() {
             attempt.state.record_connection(reused);
         }
+        // A multiplexed (h2) connection carries other requests' frames, which a cork would delay.
+        #[cfg(target_os = "linux")]
+        if ctx.body.as_ref().is_some_and(|b| !b.is_empty()) && peer.options.alpn == ALPN::H1 {
+            crate::upstream::cork::join_head_and_body(fd);
+        }
         #[cfg(unix)]
         if let Some(model) = &ctx.model {
             let provider = &model.provider;

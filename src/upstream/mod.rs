@@ -8,11 +8,14 @@
 //! - [`state`]: live per-endpoint state kept across reloads (ejection, load, latency, counters);
 //! - [`balance`]: choosing the endpoint of one attempt;
 //! - [`attempt`]: one request's way through attempts, retries and fallbacks;
+//! - [`cork`]: sending a request's head and body in one TCP segment;
 //! - [`health`]: the active health-check background service;
 //! - [`watchdog`]: the per-attempt watchdog for the smaller of `first_byte` and `idle`.
 
 pub mod attempt;
 pub mod balance;
+#[cfg(target_os = "linux")]
+pub mod cork;
 pub mod health;
 pub mod state;
 pub mod watchdog;
