@@ -132,7 +132,8 @@ fn provider_head() -> ResponseHeader {
 /// What the gateway does to every response head, then writes it out and drops it.
 fn respond(provider: &ResponseHeader, rate: Option<&RateStatus>, wire: &mut Vec<u8>) {
     let mut response = provider.clone();
-    head::edit(&mut response, |headers| {
+    let adding = 1 + rate.map_or(0, |_| head::RATE_HEADERS);
+    head::edit(&mut response, adding, |headers| {
         head::set_request_id(headers, "0123456789abcdef0123456789abcdef")?;
         rate.map_or(Ok(()), |rate| head::set_rate_limits(headers, rate))
     })

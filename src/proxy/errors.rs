@@ -305,7 +305,9 @@ pub async fn respond(
 ) -> pingora::Result<()> {
     let body = error.body();
     let mut header = error.header(body.len())?;
-    head::edit(&mut header, |headers| {
+    // the request id, retry-after and retry-after-ms, x-should-retry, and the rate headers
+    let adding = 4 + rate.map_or(0, |_| head::RATE_HEADERS);
+    head::edit(&mut header, adding, |headers| {
         head::set_request_id(headers, request_id)?;
         if let Some(wait) = error.retry_after {
             let seconds = wait.as_millis().div_ceil(1000).max(1) as u64;

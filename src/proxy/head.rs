@@ -31,12 +31,23 @@ const TOKEN_WINDOW: [HeaderName; 3] = [
     HeaderName::from_static("x-ratelimit-reset-tokens"),
 ];
 
+/// How many headers [`set_rate_limits`] may add.
+pub const RATE_HEADERS: usize = 6;
+
 /// Runs `edit` on the header map of `head`, which keeps everything but the original spelling of
-/// its header names (and a non-standard reason phrase).
-pub fn edit<R>(head: &mut ResponseHeader, edit: impl FnOnce(&mut HeaderMap) -> R) -> R {
+/// its header names (and a non-standard reason phrase). `adding` is how many headers `edit` may
+/// add: room for them all is made at once, since the map would otherwise grow (reallocate and
+/// rehash) as often as twice.
+pub fn edit<R>(
+    head: &mut ResponseHeader,
+    adding: usize,
+    edit: impl FnOnce(&mut HeaderMap) -> R,
+) -> R {
     // An empty head to hold the place: neither its header map nor its extensions allocate.
     let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts: http::response::Parts = std::mem::replace(head, placeholder).into();
+    // Should the map be full, the insert that does not fit reports it.
+    let _ = parts.headers.try_reserve(adding);
     let result = edit(&mut parts.headers);
     *head = ResponseHeader::from(parts);
     result
@@ -60,7 +71,6 @@ pub fn set_request_id(headers: &mut HeaderMap, request_id: &str) -> pingora::Res
 /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers, for the windows
 /// `rate` has.
 pub fn set_rate_limits(headers: &mut HeaderMap, rate: &RateStatus) -> pingora::Result<()> {
-    headers.reserve(6);
     for (status, [limit, remaining, reset]) in
         [(rate.requests, REQUEST_WINDOW), (rate.tokens, TOKEN_WINDOW)]
     {
@@ -110,7 +120,7 @@ mod tests {
             }),
             tokens: None,
         };
-        edit(&mut head, |headers| {
+        edit(&mut head, 1 + RATE_HEADERS, |headers| {
             set_request_id(headers, "req-1")?;
             set_rate_limits(headers, &rate)
         })
@@ -136,6 +146,6 @@ mod tests {
     #[test]
     fn a_request_id_that_is_no_header_value_is_an_error() {
         let mut head = provider_head();
-        assert!(edit(&mut head, |h| set_request_id(h, "bad\nid")).is_err());
+        assert!(edit(&mut head, 1, |h| set_request_id(h, "bad\nid")).is_err());
     }
 }

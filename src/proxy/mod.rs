@@ -772,7 +772,8 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        head::edit(upstream_response, |headers| {
+        let adding = 1 + ctx.rate.as_ref().map_or(0, |_| head::RATE_HEADERS);
+        head::edit(upstream_response, adding, |headers| {
             head::set_request_id(headers, &ctx.request_id)?;
             ctx.rate
                 .as_ref()
