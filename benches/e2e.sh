@@ -8,16 +8,20 @@
 #   2. SSE streaming chat: same three, plus time to first byte through each (ttft.sh, and
 #      benches/ttfb_probe.py from a raw socket);
 #   3. one connection: added p50/p99 latency over direct;
-#   4. non-streaming chat with keygate in "keys only" mode (no limits, budgets, audit): the
-#      governance cost ratio;
-#   5. the same with limits only (rate limits, concurrency caps, IP allowlists on the key and its
-#      workload; no budgets, usage database or audit log): the cost of limits, run between two
-#      keys-only rounds so both see the same machine.
+#   4. the governance cost: keygate with every feature on against keygate in "keys only" mode
+#      (no limits, budgets, audit), and
+#   5. the cost of limits: keys plus limits only (rate limits, concurrency caps, IP allowlists on
+#      the key and its workload; no budgets, usage database or audit log) against keys only;
+#      both paired (benches/paired.sh: the two gateways up at once on one pinned core, wrk
+#      alternating short runs between them), since one-after-the-other runs on this kind of
+#      host differ by more than the few percent they measure;
+#   6. Pingora's floor (examples/pingora_baseline.rs), then keygate again.
 # Peak RSS of keygate is sampled during every pass. Results go to $OUT (default
 # target/e2e/<timestamp>) and, with WRITE_README=1, into README.md between the PERF markers.
 #
 # usage: benches/e2e.sh   env: DURATION (s, default 8) ROUNDS (2) KEYS (1000) WRITE_README
-#                              PASSES ("chat stream latency keysonly limits floor": rerun some into an existing OUT)
+#                              PASSES ("chat stream latency governance limits floor": rerun some into an existing OUT)
+#                              PAIRED_ROUNDS (paired rounds of governance and limits, default 16)
 #                              CARGO_TARGET_DIR (where the release build goes and the binaries are taken from)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -171,15 +175,24 @@ pass() { # name workload policy|floor candidates modes conns [post_hook]
 # A keygate still draining from an earlier run would answer in place of the new one.
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/18100) 2>/dev/null || break; sleep 0.2; done
 
-PASSES="${PASSES:-chat stream latency keysonly limits floor}"
+# paired NAME POLICY_A POLICY_B: benches/paired.sh with the bench mock pinned as in run-peers.sh.
+paired() {
+  local name="$1"
+  echo "== $name: paired, $(basename "$2") against $(basename "$3"), pinned, conns 32" >&2
+  MOCK_CPUS=1 bash "$BENCH/mock.sh" start >/dev/null
+  ROUNDS="${PAIRED_ROUNDS:-16}" bash "$ROOT/benches/paired.sh" "$BIN" "$2" "$BIN" "$3" > "$OUT/$name.txt" 2>&1 \
+    || { bash "$BENCH/mock.sh" stop >/dev/null 2>&1; cat "$OUT/$name.txt" >&2; exit 1; }
+  bash "$BENCH/mock.sh" stop >/dev/null 2>&1
+}
+
+PASSES="${PASSES:-chat stream latency governance limits floor}"
 for p in $PASSES; do
   case "$p" in
     chat)     pass chat   chat   "$OUT/policy-full" "direct nginx gateway" "pinned unpinned" 32 ;;
     stream)   pass stream stream "$OUT/policy-full" "direct nginx gateway" "pinned" 32 "GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_NAME=keygate GATEWAY_PACED_MODEL=gpt-4o-mini-paced GATEWAY_AUTH='Bearer $(cat "$OUT/policy-full/secret")' bash $BENCH/ttft.sh 30; python3 $ROOT/benches/ttfb_probe.py 31 direct 127.0.0.1:18082 gpt-4o-mini 'Bearer x' nginx 127.0.0.1:18092 gpt-4o-mini 'Bearer x' keygate 127.0.0.1:18100 gpt-4o-mini-paced 'Bearer $(cat "$OUT/policy-full/secret")'" ;;
     latency)  pass latency chat  "$OUT/policy-full" "direct nginx gateway" "pinned" 1 ;;
-    keysonly) pass keysonly chat "$OUT/policy-keys" "gateway" "pinned" 32 ;;
-    limits)   pass limits chat "$OUT/policy-limits" "gateway" "pinned" 32
-              pass keysonly2 chat "$OUT/policy-keys" "gateway" "pinned" 32 ;;
+    governance) paired governance "$OUT/policy-keys" "$OUT/policy-full" ;;
+    limits)   paired limits "$OUT/policy-keys" "$OUT/policy-limits" ;;
     floor)    pass floor chat floor "gateway" "pinned" 32
               pass full2 chat "$OUT/policy-full" "gateway" "pinned" 32 ;;
   esac
@@ -215,26 +228,24 @@ for name, label in [("chat", "chat"), ("stream", "SSE"), ("latency", "chat")]:
                          f'{"-" if c != c else f"{c:.3f}"} |')
 lat = rows("latency")
 d, k = pick(lat, "direct", "pinned"), pick(lat, "gateway", "pinned")
-full = pick(rows("chat"), "gateway", "pinned"); keysonly = pick(rows("keysonly"), "gateway", "pinned")
 lines.append("")
 lines.append(f"- Added latency at one connection (keygate − direct, pinned): p50 "
              f"{med(k,'p50_ms') - med(d,'p50_ms'):+.3f} ms, p99 {med(k,'p99_ms') - med(d,'p99_ms'):+.3f} ms.")
 # CPU per request beside RPS: a round that loses CPU to other guests (steal) loses RPS, while the
 # gateway's own CPU time per request stays what its code costs.
 cpu = "proxy_cpu_ms_per_req"
-lines.append(f"- Governance cost: RPS with every feature on / RPS with keys only = "
-             f"{med(full,'rps'):.0f} / {med(keysonly,'rps'):.0f} = {med(full,'rps') / med(keysonly,'rps'):.2f}; "
-             f"CPU per request {med(full,cpu):.4f} / {med(keysonly,cpu):.4f} ms = "
-             f"{med(full,cpu) / med(keysonly,cpu):.2f}.")
-if os.path.exists(f"{out}/limits/results.csv"):
-    lim = pick(rows("limits"), "gateway", "pinned")
-    around = keysonly + pick(rows("keysonly2"), "gateway", "pinned")
-    lines.append(f"- Limits cost: RPS with limits only (rate limits on key and workload, the key's concurrency "
-                 f"cap and IP allowlist) / RPS with keys only (median of the rounds before and after) = "
-                 f"{med(lim,'rps'):.0f} / {med(around,'rps'):.0f} = {med(lim,'rps') / med(around,'rps'):.2f}; "
-                 f"CPU per request {med(lim,cpu):.4f} / {med(around,cpu):.4f} ms = "
-                 f"{med(lim,cpu) / med(around,cpu):.2f}; CPU stolen by other guests, median s per round: "
-                 f"{med(lim,'steal_s'):.1f} with limits, {med(around,'steal_s'):.1f} with keys only.")
+def paired(name):
+    path = f"{out}/{name}.txt"
+    if not os.path.exists(path): return None
+    summary = [l for l in open(path) if l.startswith("median of")]
+    return summary[-1].strip().removeprefix("median of ").rstrip(".") if summary else None
+for name, what in [("governance", "Governance cost: keygate with every feature on (B) against keys only (A)"),
+                   ("limits", "Limits cost: keys plus limits only (B: rate limits on key and workload, the key's "
+                              "concurrency cap and IP allowlist) against keys only (A)")]:
+    result = paired(name)
+    if result:
+        lines.append(f"- {what}, paired (benches/paired.sh, both up at once on one pinned core, wrk alternating "
+                     f"4 s runs): median of {result}.")
 if os.path.exists(f"{out}/floor/results.csv") and os.path.exists(f"{out}/full2/results.csv"):
     floor = pick(rows("floor"), "gateway", "pinned")
     full2 = pick(rows("full2"), "gateway", "pinned")

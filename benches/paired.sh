@@ -67,7 +67,11 @@ done | awk '
   { printf "round %2d  A %6d RPS %6.1f us  B %6d RPS %6.1f us  RPS B/A %.3f  CPU B/A %.3f\n",
            $1, $2, $3, $4, $5, $4 / $2, $5 / $3
     rps[NR] = $4 / $2; cpu[NR] = $5 / $3 }
-  function median(v, n,   i, j, t) {
+  # quantile q of v[1..n] (sorted in place), interpolating between neighbours
+  function quantile(v, n, q,   i, j, t, h) {
     for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
-    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }
-  END { printf "median of %d rounds: RPS B/A %.3f, CPU per request B/A %.3f\n", NR, median(rps, NR), median(cpu, NR) }'
+    h = 1 + (n - 1) * q; i = int(h)
+    return i >= n ? v[n] : v[i] + (h - i) * (v[i + 1] - v[i]) }
+  END { printf "median of %d rounds: RPS B/A %.3f (IQR %.3f-%.3f), CPU per request B/A %.3f (IQR %.3f-%.3f)\n",
+          NR, quantile(rps, NR, 0.5), quantile(rps, NR, 0.25), quantile(rps, NR, 0.75),
+          quantile(cpu, NR, 0.5), quantile(cpu, NR, 0.25), quantile(cpu, NR, 0.75) }'
