@@ -102,6 +102,35 @@ async fn proxies_with_provider_credential_and_never_the_virtual_key() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_path_prefixes_the_forwarded_path_and_the_client_headers_go_along() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "");
+    let url = format!("{}/openai", up.url());
+    let gw = TestGateway::start(&policy(&[(&url, 1)], ""), &[("k1".into(), yaml)]);
+    let resp = client()
+        .post(gw.url("/v1/chat/completions?api-version=2024-10-21"))
+        .bearer_auth(&secret)
+        .header("X-Api-Key", &secret)
+        .header("OpenAI-Organization", "org-1")
+        .header("Expect", "100-continue")
+        .json(&chat_body("gpt-4o-mini"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r = &up.wait_for_requests(1).await[0];
+    assert_eq!(r.path, "/openai/v1/chat/completions?api-version=2024-10-21");
+    assert_eq!(r.header("openai-organization"), Some("org-1"));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(r.header("x-api-key").is_none() && r.header("expect").is_none());
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {PROVIDER_SECRET}").as_str())
+    );
+    assert_eq!(r.json(), chat_body("gpt-4o-mini"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn key_accepted_from_x_api_key_and_api_key_headers() {
     let f = fixture(Reply::chat_ok()).await;
     for header in ["x-api-key", "api-key"] {

@@ -8,8 +8,15 @@ use crate::config::schema::KeyStatus;
 use crate::keys::secret::{self, KeyDigest};
 use crate::policy::{Key, Policy};
 use chrono::{DateTime, Utc};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use std::sync::Arc;
+
+/// The headers besides `Authorization` that a client may send its key in (as Anthropic's and
+/// Azure OpenAI's clients do), in the order they are looked at.
+pub const OTHER_KEY_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("x-api-key"),
+    HeaderName::from_static("api-key"),
+];
 
 /// The secret the client sent, from `Authorization: Bearer`, `x-api-key` or `api-key`.
 pub fn presented_secret(headers: &HeaderMap) -> Option<&str> {
@@ -22,9 +29,9 @@ pub fn presented_secret(headers: &HeaderMap) -> Option<&str> {
         };
         return (!token.is_empty()).then_some(token);
     }
-    ["x-api-key", "api-key"]
+    OTHER_KEY_HEADERS
         .iter()
-        .find_map(|name| headers.get(*name))
+        .find_map(|name| headers.get(name))
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|s| !s.is_empty())

@@ -1,18 +1,19 @@
-//! The headers keygate adds to response heads, written straight into the head's header map.
+//! The headers keygate sets on response heads and upstream request heads, written straight into
+//! the head's header map.
 //!
 //! Pingora's `insert_header` parses and copies the name of every header it adds, then files it
 //! twice: in the value map, and in a second map that keeps each name's original spelling. For the
 //! seven headers a rate-limited response gets (the request id and six `x-ratelimit-*`), that cost
 //! 2.4 µs a response (`cargo bench --bench limits -- response_head`). Here the names are
 //! constants, built once, and each header is one insert into one map. The head gives up the
-//! provider's spelling of its header names to allow that: it goes out with canonical names
+//! original spelling of its header names to allow that: it goes out with canonical names
 //! (standard ones title-cased, others lower case), which HTTP/1.1 leaves free, since names are
 //! case-insensitive, and which HTTP/2 requires anyway.
 
 use crate::limits::window::openai_duration;
 use crate::limits::RateStatus;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{ErrorType, OrErr};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -50,6 +51,25 @@ pub fn edit<R>(
     let _ = parts.headers.try_reserve(adding);
     let result = edit(&mut parts.headers);
     *head = ResponseHeader::from(parts);
+    result
+}
+
+/// Runs `edit` on the `http` parts of an upstream request head, which keeps everything but the
+/// original spelling of its header names and a request target kept verbatim beside the URI
+/// (absolute-form, or not UTF-8). keygate forwards only the paths it routes, whose origin-form
+/// target the URI reproduces exactly, and talks HTTP/1.1 upstream, where the head's h2-only
+/// `END_STREAM` choice has no meaning. `adding` is as for [`edit`].
+pub fn edit_request<R>(
+    head: &mut RequestHeader,
+    adding: usize,
+    edit: impl FnOnce(&mut http::request::Parts) -> R,
+) -> R {
+    // An empty head to hold the place: its URI, header map and extensions do not allocate.
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts: http::request::Parts = std::mem::replace(head, placeholder).into();
+    let _ = parts.headers.try_reserve(adding);
+    let result = edit(&mut parts);
+    *head = RequestHeader::from(parts);
     result
 }
 

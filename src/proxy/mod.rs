@@ -34,6 +34,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::RequestCtx;
 use errors::ApiError;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::ALPN;
@@ -720,31 +721,42 @@ impl ProxyHttp for Gateway {
         let model = ctx.model.as_ref().expect("request_filter set the model");
         let provider = &model.provider;
         let endpoint = &provider.endpoints[ctx.endpoint.expect("upstream_peer set the endpoint")];
-        for name in ["authorization", "x-api-key", "api-key"] {
-            upstream.remove_header(name);
-        }
-        if let Some((name, value)) = &provider.credential {
-            upstream.insert_header(name.clone(), value.clone())?;
-        }
-        upstream.insert_header(http::header::HOST, endpoint.authority.clone())?;
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
-        // The body is complete and framed by Content-Length: nothing is left to negotiate.
-        upstream.remove_header(&http::header::TRANSFER_ENCODING);
-        upstream.remove_header(&http::header::EXPECT);
         let body_len = ctx.body.as_ref().map_or(0, Bytes::len);
-        upstream.insert_header(http::header::CONTENT_LENGTH, body_len)?;
-        if ctx.added_include_usage {
-            // The usage chunk is removed from the stream on its way back, which needs plain bytes.
-            upstream.insert_header(http::header::ACCEPT_ENCODING, "identity")?;
-        }
-        if !endpoint.base_path.is_empty() {
-            let path_and_query = upstream.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let uri: http::Uri = format!("{}{}", endpoint.base_path, path_and_query)
-                .parse()
-                .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream path"))?;
-            upstream.set_uri(uri);
-        }
-        Ok(())
+        let request_id = HeaderValue::from_str(&ctx.request_id)
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
+        // the credential, host, request id, content length and accept-encoding
+        head::edit_request(upstream, 5, |parts| {
+            let headers = &mut parts.headers;
+            // every header a virtual key can arrive in
+            headers.remove(http::header::AUTHORIZATION);
+            for name in &auth::OTHER_KEY_HEADERS {
+                headers.remove(name);
+            }
+            if let Some((name, value)) = &provider.credential {
+                head::set(headers, name.clone(), value.clone())?;
+            }
+            head::set(headers, http::header::HOST, endpoint.authority.clone())?;
+            head::set(headers, head::X_REQUEST_ID, request_id)?;
+            // The body is complete and framed by Content-Length: nothing is left to negotiate.
+            headers.remove(http::header::TRANSFER_ENCODING);
+            headers.remove(http::header::EXPECT);
+            head::set(headers, http::header::CONTENT_LENGTH, body_len.into())?;
+            if ctx.added_include_usage {
+                // The usage chunk is removed from the stream on its way back, which needs plain
+                // bytes.
+                let identity = HeaderValue::from_static("identity");
+                head::set(headers, http::header::ACCEPT_ENCODING, identity)?;
+            }
+            if !endpoint.base_path.is_empty() {
+                let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                parts.uri = format!("{}{}", endpoint.base_path, path_and_query)
+                    .parse()
+                    .map_err(|_| {
+                        Error::explain(ErrorType::InternalError, "invalid upstream path")
+                    })?;
+            }
+            Ok(())
+        })
     }
 
     /// Pingora replays the buffered tail of the body here; send the whole (possibly rewritten) body.
