@@ -73,12 +73,12 @@ pub fn edit_request<R>(
     result
 }
 
-/// Sets one header, replacing any the provider sent under that name.
+/// Sets one header, replacing any already there under that name (from the provider or client).
 pub fn set(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
     headers
         .try_insert(name, value)
         .map(drop)
-        .or_err(ErrorType::InvalidHTTPHeader, "too many response headers")
+        .or_err(ErrorType::InvalidHTTPHeader, "too many headers")
 }
 
 /// Sets the request id.
