@@ -133,9 +133,12 @@ fn provider_head() -> ResponseHeader {
 fn respond(provider: &ResponseHeader, rate: Option<&RateStatus>, wire: &mut Vec<u8>) {
     let mut response = provider.clone();
     let adding = 1 + rate.map_or(0, |_| head::RATE_HEADERS);
+    let mut values = head::Values::with_capacity(head::VALUES_CAPACITY);
     head::edit(&mut response, adding, |headers| {
-        head::set_request_id(headers, "0123456789abcdef0123456789abcdef")?;
-        rate.map_or(Ok(()), |rate| head::set_rate_limits(headers, rate))
+        head::set_request_id(headers, &mut values, "0123456789abcdef0123456789abcdef")?;
+        rate.map_or(Ok(()), |rate| {
+            head::set_rate_limits(headers, &mut values, rate)
+        })
     })
     .unwrap();
     wire.clear();

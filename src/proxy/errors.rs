@@ -307,22 +307,25 @@ pub async fn respond(
     let mut header = error.header(body.len())?;
     // the request id, retry-after and retry-after-ms, x-should-retry, and the rate headers
     let adding = 4 + rate.map_or(0, |_| head::RATE_HEADERS);
+    let mut values = head::Values::with_capacity(head::VALUES_CAPACITY + 24);
     head::edit(&mut header, adding, |headers| {
-        head::set_request_id(headers, request_id)?;
+        head::set_request_id(headers, &mut values, request_id)?;
         if let Some(wait) = error.retry_after {
             let seconds = wait.as_millis().div_ceil(1000).max(1) as u64;
-            head::set(headers, RETRY_AFTER, HeaderValue::from(seconds))?;
+            head::set(headers, RETRY_AFTER, values.number(seconds)?)?;
             head::set(
                 headers,
                 RETRY_AFTER_MS,
-                HeaderValue::from(wait.as_millis() as u64),
+                values.number(wait.as_millis() as u64)?,
             )?;
         }
         if let Some(retry) = error.should_retry {
             let value = HeaderValue::from_static(if retry { "true" } else { "false" });
             head::set(headers, X_SHOULD_RETRY, value)?;
         }
-        rate.map_or(Ok(()), |rate| head::set_rate_limits(headers, rate))
+        rate.map_or(Ok(()), |rate| {
+            head::set_rate_limits(headers, &mut values, rate)
+        })
     })?;
     session
         .write_response_header(Box::new(header), false)

@@ -12,6 +12,7 @@
 
 use crate::limits::window::openai_duration;
 use crate::limits::RateStatus;
+use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{ErrorType, OrErr};
@@ -81,30 +82,65 @@ pub fn set(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> pin
         .or_err(ErrorType::InvalidHTTPHeader, "too many headers")
 }
 
+/// Header values written one after another into a single buffer, then handed out as slices of
+/// it: a head's dynamic values (up to seven on a rate-limited response) cost one allocation
+/// between them, where a `HeaderValue` built on its own costs one each.
+pub struct Values(BytesMut);
+
+impl Values {
+    /// Room for `bytes` of values; more is allocated if they need it.
+    pub fn with_capacity(bytes: usize) -> Values {
+        Values(BytesMut::with_capacity(bytes))
+    }
+
+    /// The next value: whatever `write` appends.
+    fn next(&mut self, write: impl FnOnce(&mut BytesMut)) -> pingora::Result<HeaderValue> {
+        write(&mut self.0);
+        let written = self.0.split().freeze();
+        HeaderValue::from_maybe_shared(written)
+            .or_err(ErrorType::InvalidHTTPHeader, "invalid header value")
+    }
+
+    pub fn number(&mut self, n: u64) -> pingora::Result<HeaderValue> {
+        self.next(|buf| buf.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()))
+    }
+}
+
 /// Sets the request id.
-pub fn set_request_id(headers: &mut HeaderMap, request_id: &str) -> pingora::Result<()> {
-    let value = HeaderValue::from_str(request_id)
-        .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
+pub fn set_request_id(
+    headers: &mut HeaderMap,
+    values: &mut Values,
+    request_id: &str,
+) -> pingora::Result<()> {
+    let value = values.next(|buf| buf.extend_from_slice(request_id.as_bytes()))?;
     set(headers, X_REQUEST_ID, value)
 }
 
 /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers, for the windows
 /// `rate` has.
-pub fn set_rate_limits(headers: &mut HeaderMap, rate: &RateStatus) -> pingora::Result<()> {
+pub fn set_rate_limits(
+    headers: &mut HeaderMap,
+    values: &mut Values,
+    rate: &RateStatus,
+) -> pingora::Result<()> {
     for (status, [limit, remaining, reset]) in
         [(rate.requests, REQUEST_WINDOW), (rate.tokens, TOKEN_WINDOW)]
     {
         if let Some(s) = status {
-            set(headers, limit, HeaderValue::from(s.limit))?;
-            set(headers, remaining, HeaderValue::from(s.remaining))?;
+            set(headers, limit, values.number(s.limit)?)?;
+            set(headers, remaining, values.number(s.remaining)?)?;
             let reset_text = openai_duration(s.reset);
-            let reset_value = HeaderValue::from_str(reset_text.as_str())
-                .or_err(ErrorType::InvalidHTTPHeader, "invalid reset duration")?;
+            let reset_value =
+                values.next(|buf| buf.extend_from_slice(reset_text.as_str().as_bytes()))?;
             set(headers, reset, reset_value)?;
         }
     }
     Ok(())
 }
+
+/// Room in [`Values`] for a request id and the rate-limit values of both windows, in the usual
+/// case (ids under 64 bytes, counts under a million, resets under a minute).
+pub const VALUES_CAPACITY: usize = 64 + 2 * (6 + 6 + 8);
 
 #[cfg(test)]
 mod tests {
@@ -140,9 +176,10 @@ mod tests {
             }),
             tokens: None,
         };
+        let mut values = Values::with_capacity(VALUES_CAPACITY);
         edit(&mut head, 1 + RATE_HEADERS, |headers| {
-            set_request_id(headers, "req-1")?;
-            set_rate_limits(headers, &rate)
+            set_request_id(headers, &mut values, "req-1")?;
+            set_rate_limits(headers, &mut values, &rate)
         })
         .unwrap();
         assert_eq!(head.status, 200);
@@ -166,6 +203,7 @@ mod tests {
     #[test]
     fn a_request_id_that_is_no_header_value_is_an_error() {
         let mut head = provider_head();
-        assert!(edit(&mut head, 1, |h| set_request_id(h, "bad\nid")).is_err());
+        let mut values = Values::with_capacity(VALUES_CAPACITY);
+        assert!(edit(&mut head, 1, |h| set_request_id(h, &mut values, "bad\nid")).is_err());
     }
 }

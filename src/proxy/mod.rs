@@ -36,6 +36,7 @@ use ctx::RequestCtx;
 use errors::ApiError;
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -431,6 +432,10 @@ impl ProxyHttp for Gateway {
         RequestCtx::new()
     }
 
+    /// None. Pingora's default is a response-compression module, disabled, that every request
+    /// would still build and consult; keygate passes bodies through as the provider encoded them.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
     /// Authenticate, authorize and read the request; answer refusals and `/v1/models` directly.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.in_flight = Some(self.drain.track());
@@ -785,11 +790,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let adding = 1 + ctx.rate.as_ref().map_or(0, |_| head::RATE_HEADERS);
+        let mut values = head::Values::with_capacity(head::VALUES_CAPACITY);
         head::edit(upstream_response, adding, |headers| {
-            head::set_request_id(headers, &ctx.request_id)?;
-            ctx.rate
-                .as_ref()
-                .map_or(Ok(()), |rate| head::set_rate_limits(headers, rate))
+            head::set_request_id(headers, &mut values, &ctx.request_id)?;
+            ctx.rate.as_ref().map_or(Ok(()), |rate| {
+                head::set_rate_limits(headers, &mut values, rate)
+            })
         })?;
         // account: read usage from successful responses without holding any byte back
         if upstream_response.status.is_success() && ctx.admission.is_some() {
