@@ -123,6 +123,12 @@ fn bench(c: &mut Criterion) {
     .unwrap();
     let mut g = c.benchmark_group("request");
     g.throughput(Throughput::Bytes(request.len() as u64));
+    // What a full parse costs at the least: serde checking the JSON and keeping nothing.
+    g.bench_function("baseline_serde_validate_only", |b| {
+        b.iter(|| {
+            black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&request)).unwrap())
+        })
+    });
     g.bench_function("inspect_model_stream_max_tokens", |b| {
         b.iter(|| black_box(body::inspect(black_box(&request)).unwrap()))
     });

@@ -8,6 +8,7 @@
 //! than left to hang; the OpenAI SDKs always send Content-Length.
 
 use super::errors::ApiError;
+use crate::usage::extract::{key_name, skip_ws, Members};
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -107,7 +108,8 @@ fn declared_length(session: &Session) -> Result<Option<usize>, ApiError> {
     }
 }
 
-/// The parts of a request body keygate acts on. serde skips every other field without allocating.
+/// The parts of a request body keygate acts on, for the full parse. serde skips every other
+/// field without allocating.
 #[derive(Debug, Deserialize)]
 struct Head<'a> {
     #[serde(borrow, default)]
@@ -135,12 +137,89 @@ pub struct RequestFacts {
 }
 
 /// Extracts `model`, `stream` and the output-token bound from a JSON object body.
+///
+/// A targeted scan reads the top-level members and skips the others (the messages, most of the
+/// body) by their structure alone: on a 900-byte chat request, 0.29 µs against 0.62 µs for the
+/// full parse below, and 0.35 µs for serde merely validating the JSON (`cargo bench --bench usage
+/// -- request`). Whatever it
+/// cannot vouch for (a malformed object, a duplicate or mistyped field of the five) goes to
+/// serde, which decides and words the error. The scan does not validate what it skips: a body
+/// broken inside its messages goes to the provider, which refuses it with its own 400.
 pub fn inspect(body: &[u8]) -> Result<RequestFacts, ApiError> {
     if body.is_empty() {
         return Err(ApiError::invalid_request(
             "The request body is empty; expected a JSON object with a `model` field.",
         ));
     }
+    match scan(body) {
+        Some(facts) => Ok(facts),
+        None => parse(body),
+    }
+}
+
+/// The targeted scan of [`inspect`]; `None` leaves the body to [`parse`].
+fn scan(body: &[u8]) -> Option<RequestFacts> {
+    let open = skip_ws(body, 0);
+    if body.get(open) != Some(&b'{') {
+        return None;
+    }
+    let mut model = None;
+    let mut stream = None;
+    // max_tokens, max_completion_tokens, max_output_tokens
+    let mut bounds: [Option<&[u8]>; 3] = [None; 3];
+    let mut members = Members::new(body, open);
+    for m in members.by_ref() {
+        let value = &body[m.value.0..m.value.1];
+        // A field given twice is an error for the full parse; let it say so.
+        let repeated = match &*key_name(&body[m.key.0..m.key.1]) {
+            b"model" => model.replace(m.value).is_some(),
+            b"stream" => {
+                let flag = match value {
+                    b"true" => Some(true),
+                    b"false" => Some(false),
+                    b"null" => None,
+                    _ => return None,
+                };
+                stream.replace(flag).is_some()
+            }
+            b"max_tokens" => bounds[0].replace(value).is_some(),
+            b"max_completion_tokens" => bounds[1].replace(value).is_some(),
+            b"max_output_tokens" => bounds[2].replace(value).is_some(),
+            _ => false,
+        };
+        if repeated {
+            return None;
+        }
+    }
+    // Only whitespace may follow the object.
+    if skip_ws(body, members.end()?) != body.len() {
+        return None;
+    }
+    let span = model?;
+    let raw = &body[span.0..span.1];
+    if raw.first() != Some(&b'"') {
+        return None;
+    }
+    let inner = &raw[1..raw.len() - 1];
+    let model = if inner.contains(&b'\\') {
+        serde_json::from_slice::<String>(raw).ok()?
+    } else {
+        // JSON strings may not hold control characters.
+        if inner.iter().any(|&c| c < 0x20) {
+            return None;
+        }
+        std::str::from_utf8(inner).ok()?.to_owned()
+    };
+    Some(RequestFacts {
+        model,
+        model_span: span,
+        stream: stream.flatten().unwrap_or(false),
+        max_output_tokens: output_bound(bounds.into_iter().flatten()),
+    })
+}
+
+/// The full parse: bodies the scan declines, and the wording of their errors.
+fn parse(body: &[u8]) -> Result<RequestFacts, ApiError> {
     let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
         ApiError::invalid_request(format!(
             "We could not parse the JSON body of your request: {e}. Expected a JSON object with a `model` field."
@@ -154,20 +233,34 @@ pub fn inspect(body: &[u8]) -> Result<RequestFacts, ApiError> {
     })?;
     // RawValue borrows from `body`, so its address gives the value's exact position.
     let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    let bounds = [
+        head.max_tokens,
+        head.max_completion_tokens,
+        head.max_output_tokens,
+    ];
     Ok(RequestFacts {
         model,
         model_span: (start, start + raw.get().len()),
         stream: head.stream.unwrap_or(false),
-        max_output_tokens: [
-            head.max_tokens,
-            head.max_completion_tokens,
-            head.max_output_tokens,
-        ]
-        .into_iter()
-        .flatten()
-        // Validating these is the provider's job; a value keygate cannot read bounds nothing.
-        .filter_map(|raw| raw.get().parse::<u64>().ok())
-        .max(),
+        max_output_tokens: output_bound(bounds.into_iter().flatten().map(|r| r.get().as_bytes())),
+    })
+}
+
+/// The largest of the output-token fields that hold a count: a JSON integer that fits a u64.
+fn output_bound<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<u64> {
+    // Validating these is the provider's job; a value keygate cannot read bounds nothing.
+    values.filter_map(count).max()
+}
+
+fn count(raw: &[u8]) -> Option<u64> {
+    if raw.is_empty() {
+        return None;
+    }
+    raw.iter().try_fold(0u64, |n, &c| {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
     })
 }
 
@@ -227,6 +320,46 @@ mod tests {
     fn escaped_model_names_are_decoded() {
         let f = inspect(br#"{"model":"a\u002fb"}"#).unwrap();
         assert_eq!(f.model, "a/b");
+    }
+
+    #[test]
+    fn the_scan_and_the_full_parse_agree() {
+        let bodies: [&[u8]; 9] = [
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"say \"hi\" \\ {[\u00e9"}],"stream":false}"#,
+            br#" { "messages" : [ {"role":"system","content":"x","model":"no"} ] , "model" : "m" , "stream" : true } "#,
+            br#"{"model":"a\u002fb","stream":null,"max_tokens":12}"#,
+            br#"{"mod\u0065l":"escaped-key","max_completion_tokens":7,"max_output_tokens":9}"#,
+            br#"{"model":"m","max_tokens":"12","temperature":0.5e-1,"n":null,"stop":["}","]"]}"#,
+            br#"{"model":"m","metadata":{"stream":true,"model":"inner"},"logit_bias":{"1":-100}}"#,
+            "{\"model\":\"模型\",\"messages\":[{\"content\":\"ü\"}]}".as_bytes(),
+            b"{\n\t\"model\":\"m\"\r\n}\n",
+            br#"{"model":"","max_tokens":18446744073709551615}"#,
+        ];
+        for body in bodies {
+            let text = String::from_utf8_lossy(body);
+            let parsed = parse(body).unwrap_or_else(|e| panic!("{text}: {}", e.message));
+            assert_eq!(scan(body), Some(parsed), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_scan_leaves_what_it_cannot_vouch_for_to_the_full_parse() {
+        for body in [
+            &br#"{"model":"a","model":"b"}"#[..],
+            br#"{"model":"a","stream":true,"stream":false}"#,
+            br#"{"model":"a","max_tokens":1,"max_tokens":2}"#,
+            br#"{"model":"a","stream":"yes"}"#,
+            br#"{"model":["a"]}"#,
+            br#"{"messages":[]}"#,
+            br#"{"model":"a"} {}"#,
+            br#"{"model":"a","messages":[}"#,
+            b"{\"model\":\"a\tb\"}",
+            br#"["model","a"]"#,
+        ] {
+            let text = String::from_utf8_lossy(body);
+            assert_eq!(scan(body), None, "{text}");
+            assert!(inspect(body).is_err(), "{text}");
+        }
     }
 
     #[test]

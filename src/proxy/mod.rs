@@ -443,7 +443,7 @@ impl ProxyHttp for Gateway {
             session
                 .req_header()
                 .headers
-                .get("x-request-id")
+                .get(head::X_REQUEST_ID)
                 .map(|v| v.as_bytes()),
         );
         let policy = self.policy.load_full();

@@ -240,8 +240,8 @@ fn token_count(literal: &[u8]) -> Option<u64> {
 }
 
 /// A raw key with its escapes decoded; borrowed unless it has any (which is never, in practice).
-fn key_name(raw: &[u8]) -> Cow<'_, [u8]> {
-    if memchr(b'\\', raw).is_none() {
+pub(crate) fn key_name(raw: &[u8]) -> Cow<'_, [u8]> {
+    if !raw.contains(&b'\\') {
         Cow::Borrowed(raw)
     } else {
         Cow::Owned(
@@ -466,7 +466,7 @@ fn unescape_key(raw: &[u8]) -> Option<String> {
 
 /// Whether a raw key (between quotes, escapes not decoded) names `name`.
 fn key_is(raw: &[u8], name: &str) -> bool {
-    if memchr(b'\\', raw).is_none() {
+    if !raw.contains(&b'\\') {
         raw == name.as_bytes()
     } else {
         unescape_key(raw).is_some_and(|k| k == name)
@@ -1420,7 +1420,7 @@ impl SseParser {
 // ---------------------------------------------------------------------------------------------
 
 #[inline]
-fn skip_ws(s: &[u8], mut i: usize) -> usize {
+pub(crate) fn skip_ws(s: &[u8], mut i: usize) -> usize {
     while i < s.len() && is_ws(s[i]) {
         i += 1;
     }
@@ -1522,17 +1522,19 @@ fn for_each_member(
 
 /// One member of an object, as byte offsets into the document.
 #[derive(Debug, Clone, Copy)]
-struct Member {
+pub(crate) struct Member {
     /// The key's opening quote.
-    start: usize,
+    pub start: usize,
     /// The key's raw bytes, between the quotes.
-    key: (usize, usize),
-    value: (usize, usize),
+    pub key: (usize, usize),
+    pub value: (usize, usize),
 }
 
 /// The members of the object opening at `s[open]`, in order. After the last one,
 /// [`complete`](Members::complete) tells whether the object was well formed up to its `}`.
-struct Members<'a> {
+/// Values are skipped by structure alone: what is inside a value a caller does not read is not
+/// validated. (Also walks request bodies: see `proxy::body`.)
+pub(crate) struct Members<'a> {
     s: &'a [u8],
     i: usize,
     first: bool,
@@ -1547,7 +1549,7 @@ enum MembersState {
 }
 
 impl<'a> Members<'a> {
-    fn new(s: &'a [u8], open: usize) -> Members<'a> {
+    pub fn new(s: &'a [u8], open: usize) -> Members<'a> {
         Members {
             s,
             i: open + 1,
@@ -1556,8 +1558,13 @@ impl<'a> Members<'a> {
         }
     }
 
-    fn complete(&self) -> bool {
+    pub fn complete(&self) -> bool {
         self.state == MembersState::Closed
+    }
+
+    /// The index just past the object's `}`, once [`complete`](Members::complete).
+    pub fn end(&self) -> Option<usize> {
+        self.complete().then_some(self.i)
     }
 
     fn member(&mut self) -> Option<Member> {
@@ -1593,6 +1600,7 @@ impl Iterator for Members<'_> {
         match self.s.get(i) {
             Some(b'}') => {
                 self.state = MembersState::Closed;
+                self.i = i + 1;
                 return None;
             }
             Some(b',') if !self.first => self.i = i + 1,
