@@ -10,35 +10,69 @@
 # A policy directory is one `benches/e2e.sh` writes (OUT/policy-keys, policy-limits, policy-full:
 # keygate.yaml and the load key's `secret`), with the bench mock upstream running
 # (`../shared/bench/mock.sh start`). Each is copied and given its own ports.
+# Either side may instead be `nginx -`, the bench's nginx reverse proxy (restarted pinned to
+# GATEWAY_CPU; its CPU is the master's and workers'), or `PATH floor`, Pingora's floor
+# (examples/pingora_baseline.rs built at PATH).
 #
-# Example, limits against keys only:
+# Examples, limits against keys only, and keygate against nginx:
 #   benches/paired.sh target/release/keygate $OUT/policy-keys target/release/keygate $OUT/policy-limits
+#   benches/paired.sh nginx - target/release/keygate $OUT/policy-full
 set -euo pipefail
 
-[ $# -eq 4 ] || { sed -n '8,15p' "$0"; exit 2; }
+[ $# -eq 4 ] || { sed -n '8,20p' "$0"; exit 2; }
 ROUNDS=${ROUNDS:-16} SECONDS_PER_RUN=${SECONDS_PER_RUN:-4}
 GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1}
-CHAT_LUA="$(cd "$(dirname "$0")/../.." && pwd)/shared/bench/chat.lua"
+BENCH="$(cd "$(dirname "$0")/../.." && pwd)/shared/bench"
+CHAT_LUA="$BENCH/chat.lua"
 WORK=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
-# side NAME BINARY POLICY PORT: copy the policy with its own ports, start the gateway.
+# side NAME BINARY POLICY PORT: copy the policy with its own ports, start the gateway; sets
+# PORT_<NAME> and PID_<NAME> (the process whose tree's CPU is counted).
 side() {
   local name=$1 binary=$2 policy=$3 port=$4
+  mkdir -p "$WORK/$name"
+  if [ "$binary" = nginx ]; then
+    echo none >"$WORK/$name/secret"
+    "$BENCH/mock.sh" stop-proxy >/dev/null
+    PROXY_CPUS=$GATEWAY_CPU "$BENCH/mock.sh" start-proxy >/dev/null
+    trap '"$BENCH/mock.sh" stop-proxy >/dev/null; kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+    printf -v "PORT_$name" 18090
+    printf -v "PID_$name" %s "$(cat "${BENCH_PREFIX:-/tmp/peers/run}/proxy-nginx.pid")"
+    return
+  fi
+  printf -v "PORT_$name" %s "$port"
+  if [ "$policy" = floor ]; then
+    echo none >"$WORK/$name/secret"
+    taskset -c "$GATEWAY_CPU" "$binary" "127.0.0.1:$port" 127.0.0.1:18080 >"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+    printf -v "PID_$name" %s $!
+    sleep 1
+    return
+  fi
+  rmdir "$WORK/$name"
   cp -r "$policy" "$WORK/$name"
   sed -i -E "s/^listen: .*/listen: 127.0.0.1:$port/; s/^admin_listen: .*/admin_listen: 127.0.0.1:$((port + 1))/" \
     "$WORK/$name/keygate.yaml"
   (cd "$WORK/$name" && exec taskset -c "$GATEWAY_CPU" "$(realpath "$binary")" serve \
     --config "$WORK/$name/keygate.yaml" >"$WORK/$name.log" 2>&1) &
   PIDS+=($!)
+  printf -v "PID_$name" %s $!
   for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$((port + 1))/readyz" && return; sleep 0.1; done
   echo "gateway $name did not become ready; its log:" >&2
   cat "$WORK/$name.log" >&2
   exit 1
 }
 
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+# cpu_ticks PID: user + system ticks of PID and its children (nginx's workers).
+cpu_ticks() {
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
 
 # run NAME PID PORT SECONDS: prints "RPS CPU-µs-per-request".
 run() {
@@ -54,13 +88,13 @@ run() {
 
 side a "$1" "$2" 18140
 side b "$3" "$4" 18150
-run a "${PIDS[0]}" 18140 2 >/dev/null  # warm both up
-run b "${PIDS[1]}" 18150 2 >/dev/null
+run a "$PID_a" "$PORT_a" 2 >/dev/null  # warm both up
+run b "$PID_b" "$PORT_b" 2 >/dev/null
 for round in $(seq "$ROUNDS"); do
   if ((round % 2)); then
-    a=$(run a "${PIDS[0]}" 18140 "$SECONDS_PER_RUN"); b=$(run b "${PIDS[1]}" 18150 "$SECONDS_PER_RUN")
+    a=$(run a "$PID_a" "$PORT_a" "$SECONDS_PER_RUN"); b=$(run b "$PID_b" "$PORT_b" "$SECONDS_PER_RUN")
   else
-    b=$(run b "${PIDS[1]}" 18150 "$SECONDS_PER_RUN"); a=$(run a "${PIDS[0]}" 18140 "$SECONDS_PER_RUN")
+    b=$(run b "$PID_b" "$PORT_b" "$SECONDS_PER_RUN"); a=$(run a "$PID_a" "$PORT_a" "$SECONDS_PER_RUN")
   fi
   echo "$round $a $b"
 done | awk '
