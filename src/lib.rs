@@ -22,6 +22,7 @@
 pub mod accounting;
 pub mod admin;
 pub mod config;
+pub(crate) mod json;
 pub mod keys;
 pub mod limits;
 pub mod metrics;

@@ -8,7 +8,7 @@
 //! than left to hang; the OpenAI SDKs always send Content-Length.
 
 use super::errors::ApiError;
-use crate::usage::extract::{key_name, skip_ws, Members};
+use crate::json::{key_name, skip_ws, Members};
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use serde::Deserialize;

@@ -307,7 +307,8 @@ pub async fn respond(
     let mut header = error.header(body.len())?;
     // the request id, retry-after and retry-after-ms, x-should-retry, and the rate headers
     let adding = 4 + rate.map_or(0, |_| head::RATE_HEADERS);
-    let mut values = head::Values::with_capacity(head::VALUES_CAPACITY + 24);
+    // and room for the two retry-after values
+    let mut values = head::Values::with_capacity(head::VALUES_CAPACITY + 2 * 12);
     head::edit(&mut header, adding, |headers| {
         head::set_request_id(headers, &mut values, request_id)?;
         if let Some(wait) = error.retry_after {
