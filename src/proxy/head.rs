@@ -83,8 +83,9 @@ pub fn set(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> pin
 }
 
 /// Header values written one after another into a single buffer, then handed out as slices of
-/// it: a head's dynamic values (up to seven on a rate-limited response) cost one allocation
-/// between them, where a `HeaderValue` built on its own costs one each.
+/// it: a head's dynamic values (up to seven on a rate-limited response) cost two allocations
+/// between them (the buffer, and its shared handle on the first slice), where a `HeaderValue`
+/// built on its own costs one each.
 pub struct Values(BytesMut);
 
 impl Values {
@@ -138,8 +139,9 @@ pub fn set_rate_limits(
     Ok(())
 }
 
-/// Room in [`Values`] for a request id and the rate-limit values of both windows, in the usual
-/// case (ids under 64 bytes, counts under a million, resets under a minute).
+/// Room in [`Values`] for a head's usual values: a request id (under 64 bytes) with the
+/// rate-limit values of both windows (counts under a million, resets under a minute), or with a
+/// `Content-Length`.
 pub const VALUES_CAPACITY: usize = 64 + 2 * (6 + 6 + 8);
 
 #[cfg(test)]

@@ -113,7 +113,7 @@ impl Gateway {
             peer,
             header
                 .headers
-                .get_all("x-forwarded-for")
+                .get_all(X_FORWARDED_FOR)
                 .iter()
                 .map(|v| v.as_bytes()),
             &policy.trusted_proxies,
@@ -403,6 +403,8 @@ impl Gateway {
         Ok(())
     }
 }
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 fn list_models(policy: &Policy, key: &crate::policy::Key) -> Bytes {
     let data: Vec<serde_json::Value> = key
@@ -727,8 +729,7 @@ impl ProxyHttp for Gateway {
         let provider = &model.provider;
         let endpoint = &provider.endpoints[ctx.endpoint.expect("upstream_peer set the endpoint")];
         let body_len = ctx.body.as_ref().map_or(0, Bytes::len);
-        let request_id = HeaderValue::from_str(&ctx.request_id)
-            .or_err(ErrorType::InvalidHTTPHeader, "invalid request id")?;
+        let mut values = head::Values::with_capacity(head::VALUES_CAPACITY);
         // the credential, host, request id, content length and accept-encoding
         head::edit_request(upstream, 5, |parts| {
             let headers = &mut parts.headers;
@@ -741,11 +742,12 @@ impl ProxyHttp for Gateway {
                 head::set(headers, name.clone(), value.clone())?;
             }
             head::set(headers, http::header::HOST, endpoint.authority.clone())?;
-            head::set(headers, head::X_REQUEST_ID, request_id)?;
+            head::set_request_id(headers, &mut values, &ctx.request_id)?;
             // The body is complete and framed by Content-Length: nothing is left to negotiate.
             headers.remove(http::header::TRANSFER_ENCODING);
             headers.remove(http::header::EXPECT);
-            head::set(headers, http::header::CONTENT_LENGTH, body_len.into())?;
+            let content_length = values.number(body_len as u64)?;
+            head::set(headers, http::header::CONTENT_LENGTH, content_length)?;
             if ctx.added_include_usage {
                 // The usage chunk is removed from the stream on its way back, which needs plain
                 // bytes.
