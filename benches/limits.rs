@@ -132,14 +132,13 @@ fn provider_head() -> ResponseHeader {
 /// What the gateway does to every response head, then writes it out and drops it.
 fn respond(provider: &ResponseHeader, rate: Option<&RateStatus>, wire: &mut Vec<u8>) {
     let mut response = provider.clone();
-    let adding = 1 + rate.map_or(0, |_| head::RATE_HEADERS);
-    let mut values = head::Values::with_capacity(head::VALUES_CAPACITY);
-    head::edit(&mut response, adding, |headers| {
-        head::set_request_id(headers, &mut values, "0123456789abcdef0123456789abcdef")?;
-        rate.map_or(Ok(()), |rate| {
-            head::set_rate_limits(headers, &mut values, rate)
-        })
-    })
+    head::edit_response(
+        &mut response,
+        "0123456789abcdef0123456789abcdef",
+        rate,
+        0,
+        |_, _| Ok(()),
+    )
     .unwrap();
     wire.clear();
     response.header_to_h1_wire(wire);

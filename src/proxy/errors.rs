@@ -305,12 +305,8 @@ pub async fn respond(
 ) -> pingora::Result<()> {
     let body = error.body();
     let mut header = error.header(body.len())?;
-    // the request id, retry-after and retry-after-ms, x-should-retry, and the rate headers
-    let adding = 4 + rate.map_or(0, |_| head::RATE_HEADERS);
-    // and room for the two retry-after values
-    let mut values = head::Values::with_capacity(head::VALUES_CAPACITY + 2 * 12);
-    head::edit(&mut header, adding, |headers| {
-        head::set_request_id(headers, &mut values, request_id)?;
+    // retry-after and retry-after-ms, x-should-retry
+    head::edit_response(&mut header, request_id, rate, 3, |headers, values| {
         if let Some(wait) = error.retry_after {
             let seconds = wait.as_millis().div_ceil(1000).max(1) as u64;
             head::set(headers, RETRY_AFTER, values.number(seconds)?)?;
@@ -324,9 +320,7 @@ pub async fn respond(
             let value = HeaderValue::from_static(if retry { "true" } else { "false" });
             head::set(headers, X_SHOULD_RETRY, value)?;
         }
-        rate.map_or(Ok(()), |rate| {
-            head::set_rate_limits(headers, &mut values, rate)
-        })
+        Ok(())
     })?;
     session
         .write_response_header(Box::new(header), false)

@@ -34,7 +34,7 @@ const TOKEN_WINDOW: [HeaderName; 3] = [
 ];
 
 /// How many headers [`set_rate_limits`] may add.
-pub const RATE_HEADERS: usize = 6;
+const RATE_HEADERS: usize = 6;
 
 /// Runs `edit` on the header map of `head`, which keeps everything but the original spelling of
 /// its header names (and a non-standard reason phrase). `adding` is how many headers `edit` may
@@ -119,7 +119,7 @@ pub fn set_request_id(
 
 /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers, for the windows
 /// `rate` has.
-pub fn set_rate_limits(
+fn set_rate_limits(
     headers: &mut HeaderMap,
     values: &mut Values,
     rate: &RateStatus,
@@ -137,6 +137,25 @@ pub fn set_rate_limits(
         }
     }
     Ok(())
+}
+
+/// Gives a response head what every response keygate sends carries: the request id and, for a
+/// rate-limited key, its `x-ratelimit-*` headers. `more` may set `adding` further headers in the
+/// same edit, with the same [`Values`].
+pub fn edit_response(
+    head: &mut ResponseHeader,
+    request_id: &str,
+    rate: Option<&RateStatus>,
+    adding: usize,
+    more: impl FnOnce(&mut HeaderMap, &mut Values) -> pingora::Result<()>,
+) -> pingora::Result<()> {
+    let mut values = Values::with_capacity(VALUES_CAPACITY);
+    let adding = 1 + rate.map_or(0, |_| RATE_HEADERS) + adding;
+    edit(head, adding, |headers| {
+        set_request_id(headers, &mut values, request_id)?;
+        more(headers, &mut values)?;
+        rate.map_or(Ok(()), |rate| set_rate_limits(headers, &mut values, rate))
+    })
 }
 
 /// Room in [`Values`] for a head's usual values: a request id (under 64 bytes) with the
@@ -178,12 +197,7 @@ mod tests {
             }),
             tokens: None,
         };
-        let mut values = Values::with_capacity(VALUES_CAPACITY);
-        edit(&mut head, 1 + RATE_HEADERS, |headers| {
-            set_request_id(headers, &mut values, "req-1")?;
-            set_rate_limits(headers, &mut values, &rate)
-        })
-        .unwrap();
+        edit_response(&mut head, "req-1", Some(&rate), 0, |_, _| Ok(())).unwrap();
         assert_eq!(head.status, 200);
         let text = wire(&head);
         for line in [
@@ -205,7 +219,6 @@ mod tests {
     #[test]
     fn a_request_id_that_is_no_header_value_is_an_error() {
         let mut head = provider_head();
-        let mut values = Values::with_capacity(VALUES_CAPACITY);
-        assert!(edit(&mut head, 1, |h| set_request_id(h, &mut values, "bad\nid")).is_err());
+        assert!(edit_response(&mut head, "bad\nid", None, 0, |_, _| Ok(())).is_err());
     }
 }

@@ -791,14 +791,13 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let adding = 1 + ctx.rate.as_ref().map_or(0, |_| head::RATE_HEADERS);
-        let mut values = head::Values::with_capacity(head::VALUES_CAPACITY);
-        head::edit(upstream_response, adding, |headers| {
-            head::set_request_id(headers, &mut values, &ctx.request_id)?;
-            ctx.rate.as_ref().map_or(Ok(()), |rate| {
-                head::set_rate_limits(headers, &mut values, rate)
-            })
-        })?;
+        head::edit_response(
+            upstream_response,
+            &ctx.request_id,
+            ctx.rate.as_ref(),
+            0,
+            |_, _| Ok(()),
+        )?;
         // account: read usage from successful responses without holding any byte back
         if upstream_response.status.is_success() && ctx.admission.is_some() {
             let headers = &upstream_response.headers;
