@@ -6,7 +6,12 @@
 # (user + sys of the gateway process) for A and B, their ratios, and the medians.
 #
 # usage: benches/paired.sh BINARY_A POLICY_A BINARY_B POLICY_B
-#   env: ROUNDS (default 16), SECONDS_PER_RUN (4), GATEWAY_CPU (0), WRK_CPU (1)
+#   env: ROUNDS (default 16), SECONDS_PER_RUN (4), GATEWAY_CPU (0), WRK_CPU (1),
+#        CONCURRENT (0; 1: load both sides at the same time instead of taking turns)
+# With CONCURRENT=1 the two gateways share the pinned core for the whole run, each loaded by its
+# own wrk (16 connections), so the scheduler splits the core between them and the RPS ratio is
+# the inverse ratio of their CPU per request; noise from the host then strikes both sides at
+# the same instant, and rounds scatter far less than when the sides take turns.
 # A policy directory is one `benches/e2e.sh` writes (OUT/policy-keys, policy-limits, policy-full:
 # keygate.yaml and the load key's `secret`), with the bench mock upstream running
 # (`../shared/bench/mock.sh start`). Each is copied and given its own ports.
@@ -86,11 +91,37 @@ run() {
     -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f %.1f\n", r, t * 1e6 / hz / n}'
 }
 
+# run_both SECONDS: both sides loaded at once, each by its own wrk with half the connections;
+# prints "RPS_A CPU_A RPS_B CPU_B".
+run_both() {
+  local seconds=$1 name before_a before_b after_a after_b
+  before_a=$(cpu_ticks "$PID_a"); before_b=$(cpu_ticks "$PID_b")
+  for name in a b; do
+    local port_var=PORT_$name
+    BENCH_AUTH="Bearer $(cat "$WORK/$name/secret")" taskset -c "$WRK_CPU" \
+      wrk -t1 -c16 -d"${seconds}s" -s "$CHAT_LUA" "http://127.0.0.1:${!port_var}/v1/chat/completions" \
+      >"$WORK/wrk-$name.txt" 2>&1 &
+  done
+  wait $(jobs -p)
+  after_a=$(cpu_ticks "$PID_a"); after_b=$(cpu_ticks "$PID_b")
+  for name in a b; do
+    local before=before_$name after=after_$name
+    awk -v r="$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk-$name.txt")" -v t=$((${!after} - ${!before})) \
+      -v n="$(awk '/requests in/ {print $1}' "$WORK/wrk-$name.txt")" -v hz="$(getconf CLK_TCK)" \
+      'BEGIN {printf "%.0f %.1f ", r, t * 1e6 / hz / n}'
+  done
+  echo
+}
+
 side a "$1" "$2" 18140
 side b "$3" "$4" 18150
 run a "$PID_a" "$PORT_a" 2 >/dev/null  # warm both up
 run b "$PID_b" "$PORT_b" 2 >/dev/null
 for round in $(seq "$ROUNDS"); do
+  if [ "${CONCURRENT:-0}" = 1 ]; then
+    echo "$round $(run_both "$SECONDS_PER_RUN")"
+    continue
+  fi
   if ((round % 2)); then
     a=$(run a "$PID_a" "$PORT_a" "$SECONDS_PER_RUN"); b=$(run b "$PID_b" "$PORT_b" "$SECONDS_PER_RUN")
   else
