@@ -127,39 +127,41 @@ impl WindowCounter {
 }
 
 /// Formats a duration as OpenAI's rate-limit headers do (Go's duration form): `12ms`, `1.5s`, `6m0s`.
-/// Written on the stack: two of these go into every response of a rate-limited key.
+/// Written on the stack and without `core::fmt`, whose machinery cost more than the rest of the
+/// response head's edits: two of these go into every response of a rate-limited key.
 pub fn openai_duration(d: Duration) -> ShortText {
-    use std::fmt::Write;
-    // Writing cannot fail: the longest form, `5124095576030h25m51.615s` for u64::MAX ms, fits.
+    // The longest form, `5124095576030h25m51.615s` for u64::MAX ms, fits.
     let mut text = ShortText::default();
     let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     if ms < 1000 {
-        let _ = write!(text, "{ms}ms");
+        text.push_number(ms);
+        text.push(b"ms");
         return text;
     }
     let (hours, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (minutes, rest) = (rest / 60_000, rest % 60_000);
-    let (seconds, mut millis) = (rest / 1000, rest % 1000);
+    let (seconds, millis) = (rest / 1000, rest % 1000);
     if hours > 0 {
-        let _ = write!(text, "{hours}h");
+        text.push_number(hours);
+        text.push(b"h");
     }
     if hours > 0 || minutes > 0 {
-        let _ = write!(text, "{minutes}m");
+        text.push_number(minutes);
+        text.push(b"m");
     }
-    let _ = write!(text, "{seconds}");
+    text.push_number(seconds);
     if millis > 0 {
-        let mut width = 3;
-        while millis % 10 == 0 {
-            millis /= 10;
-            width -= 1;
-        }
-        let _ = write!(text, ".{millis:0width$}");
+        // three digits, trailing zeros dropped: `.005`, `.25`, `.5`
+        let digits = [millis / 100, millis / 10 % 10, millis % 10].map(|d| b'0' + d as u8);
+        let len = 3 - digits.iter().rev().take_while(|&&d| d == b'0').count();
+        text.push(b".");
+        text.push(&digits[..len]);
     }
-    let _ = text.write_str("s");
+    text.push(b"s");
     text
 }
 
-/// A short text built without allocating.
+/// A short ASCII text built without allocating.
 #[derive(Clone, Copy, Default)]
 pub struct ShortText {
     bytes: [u8; 32],
@@ -168,20 +170,19 @@ pub struct ShortText {
 
 impl ShortText {
     pub fn as_str(&self) -> &str {
-        // Only whole `&str`s are ever appended.
+        // Only ASCII is ever appended.
         std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
     }
-}
 
-impl std::fmt::Write for ShortText {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        self.bytes
-            .get_mut(self.len..end)
-            .ok_or(std::fmt::Error)?
-            .copy_from_slice(s.as_bytes());
+    /// Appends `ascii`; what would not fit is dropped (no caller comes near the capacity).
+    fn push(&mut self, ascii: &[u8]) {
+        let end = (self.len + ascii.len()).min(self.bytes.len());
+        self.bytes[self.len..end].copy_from_slice(&ascii[..end - self.len]);
         self.len = end;
-        Ok(())
+    }
+
+    fn push_number(&mut self, n: u64) {
+        self.push(itoa::Buffer::new().format(n).as_bytes());
     }
 }
 

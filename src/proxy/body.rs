@@ -60,6 +60,8 @@ pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(max_bytes));
     let mut buffering = false;
+    // Whether Pingora's retry buffer holds the tail: some chunk arrived after buffering began.
+    let mut tail_buffered = false;
     loop {
         let remaining = declared.map_or(0, |n| n.saturating_sub(body.len()));
         if !buffering && (declared.is_none() || remaining <= REPLAY_WINDOW) {
@@ -75,8 +77,10 @@ pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes
             return Err(ApiError::too_large(max_bytes));
         }
         body.extend_from_slice(&chunk);
+        tail_buffered |= buffering && !chunk.is_empty();
     }
-    if !body.is_empty() && session.get_retry_buffer().is_none() {
+    // Asked without `get_retry_buffer`, which would copy the buffer.
+    if !body.is_empty() && (!tail_buffered || session.retry_buffer_truncated()) {
         let mut e = ApiError::too_large(max_bytes);
         e.message = "Chunked request bodies over 64 KiB are not supported; send the body with a Content-Length header.".into();
         return Err(e);

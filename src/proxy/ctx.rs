@@ -112,7 +112,8 @@ pub fn request_id(client_value: Option<&[u8]>) -> String {
     id[..4].copy_from_slice(b"req_");
     write_hex(&mut id[4..20], prefix);
     write_hex(&mut id[20..], count);
-    id.iter().map(|&b| char::from(b)).collect()
+    // hex digits and `req_`: ASCII, so this cannot fail
+    String::from_utf8(id.to_vec()).unwrap_or_default()
 }
 
 /// `value`'s lowest `out.len()` hex digits, most significant first, in lower case.
