@@ -211,7 +211,14 @@ impl Provider {
             *addrs.first()?
         };
         let cap = |d: Duration| remaining.map_or(d, |r| d.min(r).max(Duration::from_millis(1)));
-        let mut peer = HttpPeer::new(addr, endpoint.tls, endpoint.host.clone());
+        // The SNI only matters to TLS; left empty otherwise, there is no copy of the host to make
+        // and none to hash into the peer's connection-pool key.
+        let sni = if endpoint.tls {
+            endpoint.host.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
         peer.group_key = self.group_key;
         peer.options.connection_timeout = Some(cap(self.connect_timeout));
         // covers the TLS handshake too, which `connection_timeout` (TCP only) does not
