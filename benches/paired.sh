@@ -79,6 +79,17 @@ cpu_ticks() {
   echo "$total"
 }
 
+# check_answers NAME WRK_OUTPUT: a side answering errors (its upstream down, say) is fast for the
+# wrong reason; stop rather than report its figures.
+check_answers() {
+  if grep -qE 'Non-2xx|Socket errors' <<<"$2"; then
+    echo "side $1 did not answer every request with a 2xx; wrk said:" >&2
+    echo "$2" >&2
+    kill "${PIDS[@]}" 2>/dev/null || true
+    exit 1
+  fi
+}
+
 # run NAME PID PORT SECONDS: prints "RPS CPU-µs-per-request".
 run() {
   local name=$1 pid=$2 port=$3 seconds=$4 before after out requests
@@ -86,6 +97,7 @@ run() {
   out=$(BENCH_AUTH="Bearer $(cat "$WORK/$name/secret")" taskset -c "$WRK_CPU" \
     wrk -t2 -c32 -d"${seconds}s" -s "$CHAT_LUA" "http://127.0.0.1:$port/v1/chat/completions" 2>&1)
   after=$(cpu_ticks "$pid")
+  check_answers "$name" "$out"
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   awk -v r="$(awk '/Requests\/sec/ {print $2}' <<<"$out")" -v t=$((after - before)) -v n="$requests" \
     -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f %.1f\n", r, t * 1e6 / hz / n}'
@@ -105,6 +117,9 @@ run_both() {
   wait $(jobs -p)
   after_a=$(cpu_ticks "$PID_a"); after_b=$(cpu_ticks "$PID_b")
   for name in a b; do
+    check_answers "$name" "$(cat "$WORK/wrk-$name.txt")"
+  done
+  for name in a b; do
     local before=before_$name after=after_$name
     awk -v r="$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk-$name.txt")" -v t=$((${!after} - ${!before})) \
       -v n="$(awk '/requests in/ {print $1}' "$WORK/wrk-$name.txt")" -v hz="$(getconf CLK_TCK)" \
@@ -119,7 +134,8 @@ run a "$PID_a" "$PORT_a" 2 >/dev/null  # warm both up
 run b "$PID_b" "$PORT_b" 2 >/dev/null
 for round in $(seq "$ROUNDS"); do
   if [ "${CONCURRENT:-0}" = 1 ]; then
-    echo "$round $(run_both "$SECONDS_PER_RUN")"
+    both=$(run_both "$SECONDS_PER_RUN")
+    echo "$round $both"
     continue
   fi
   if ((round % 2)); then
