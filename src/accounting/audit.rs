@@ -66,9 +66,10 @@ impl AuditWriter {
 
 /// Appends the audit line of `r`, newline included. The field names are constants written as
 /// they are; only values go through serde_json (escaped strings, floats), so a line costs about
-/// half what a derived `Serialize` did, which escaped every field name too. Every request is
-/// audited, on the core that serves requests. The shape is fixed: every field, in this order,
-/// `null` when it does not apply (the test below holds it to a derived serializer's output).
+/// half what a derived `Serialize` did, which escaped every field name too: every request is
+/// audited, and the accounting thread shares the CPUs with the request threads. The shape is
+/// fixed: every field, in this order, `null` when it does not apply (the test below holds it to
+/// a derived serializer's output).
 fn format_line(out: &mut Vec<u8>, r: &RequestRecord, timestamps: &mut Timestamps) {
     let key = r.key.as_deref();
     let model = r.model.as_deref();

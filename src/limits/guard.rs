@@ -45,7 +45,7 @@ impl AuthGuard {
 
     pub fn record_failure(&self, ip: &IpAddr) {
         self.failures.observe(ip, 1);
-        // at least 1, which is "never"
+        // 0 stands for never, so a failure in the first millisecond counts as 1
         self.last_failure_ms
             .store(self.elapsed_ms().max(1), Ordering::Relaxed);
     }
