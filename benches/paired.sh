@@ -24,7 +24,7 @@
 #   benches/paired.sh nginx - target/release/keygate $OUT/policy-full
 set -euo pipefail
 
-[ $# -eq 4 ] || { sed -n '8,20p' "$0"; exit 2; }
+[ $# -eq 4 ] || { sed -n '8,24p' "$0"; exit 2; }
 ROUNDS=${ROUNDS:-16} SECONDS_PER_RUN=${SECONDS_PER_RUN:-4}
 GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1}
 BENCH="$(cd "$(dirname "$0")/../.." && pwd)/shared/bench"
@@ -98,9 +98,15 @@ run() {
     wrk -t2 -c32 -d"${seconds}s" -s "$CHAT_LUA" "http://127.0.0.1:$port/v1/chat/completions" 2>&1)
   after=$(cpu_ticks "$pid")
   check_answers "$name" "$out"
-  requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  awk -v r="$(awk '/Requests\/sec/ {print $2}' <<<"$out")" -v t=$((after - before)) -v n="$requests" \
-    -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f %.1f\n", r, t * 1e6 / hz / n}'
+  figures "$out" $((after - before))
+  echo
+}
+
+# figures WRK_OUTPUT TICKS: "RPS CPU-µs-per-request" of one wrk run that cost the side TICKS.
+figures() {
+  awk -v r="$(awk '/Requests\/sec/ {print $2}' <<<"$1")" -v t="$2" \
+    -v n="$(awk '/requests in/ {print $1}' <<<"$1")" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN {printf "%.0f %.1f", r, t * 1e6 / hz / n}'
 }
 
 # run_both SECONDS: both sides loaded at once, each by its own wrk with half the connections;
@@ -116,16 +122,11 @@ run_both() {
   done
   wait $(jobs -p)
   after_a=$(cpu_ticks "$PID_a"); after_b=$(cpu_ticks "$PID_b")
-  for name in a b; do
-    check_answers "$name" "$(cat "$WORK/wrk-$name.txt")"
-  done
-  for name in a b; do
-    local before=before_$name after=after_$name
-    awk -v r="$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk-$name.txt")" -v t=$((${!after} - ${!before})) \
-      -v n="$(awk '/requests in/ {print $1}' "$WORK/wrk-$name.txt")" -v hz="$(getconf CLK_TCK)" \
-      'BEGIN {printf "%.0f %.1f ", r, t * 1e6 / hz / n}'
-  done
-  echo
+  local out_a out_b
+  out_a=$(cat "$WORK/wrk-a.txt"); out_b=$(cat "$WORK/wrk-b.txt")
+  check_answers a "$out_a"
+  check_answers b "$out_b"
+  echo "$(figures "$out_a" $((after_a - before_a))) $(figures "$out_b" $((after_b - before_b)))"
 }
 
 side a "$1" "$2" 18140
