@@ -7,7 +7,8 @@
 #   1. non-streaming chat: direct to the mock, nginx proxy, keygate (all features);
 #   2. SSE streaming chat: same three, plus time to first byte through each (ttft.sh, and
 #      benches/ttfb_probe.py from a raw socket);
-#   3. one connection: added p50/p99 latency over direct;
+#   3. one connection: added p50/p99 latency over direct, of nginx, Pingora's floor and keygate,
+#      with the proxy on its own CPU and with everything on one CPU (benches/latency.sh);
 #   4. the governance cost: keygate with every feature on against keygate in "keys only" mode
 #      (no limits, budgets, audit), and
 #   5. the cost of limits: keys plus limits only (rate limits, concurrency caps, IP allowlists on
@@ -25,6 +26,7 @@
 # usage: benches/e2e.sh   env: DURATION (s, default 8) ROUNDS (2) KEYS (1000) WRITE_README
 #                              PASSES ("chat stream latency governance limits floor nginx": rerun some into an existing OUT)
 #                              PAIRED_ROUNDS (paired rounds of governance and limits, default 16)
+#                              LATENCY_ROUNDS (rounds of benches/latency.sh, default 5)
 #                              CARGO_TARGET_DIR (where the release build goes and the binaries are taken from)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -194,7 +196,9 @@ for p in $PASSES; do
   case "$p" in
     chat)     pass chat   chat   "$OUT/policy-full" "direct nginx gateway" "pinned unpinned" 32 ;;
     stream)   pass stream stream "$OUT/policy-full" "direct nginx gateway" "pinned" 32 "GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_NAME=keygate GATEWAY_PACED_MODEL=gpt-4o-mini-paced GATEWAY_AUTH='Bearer $(cat "$OUT/policy-full/secret")' bash $BENCH/ttft.sh 30; python3 $ROOT/benches/ttfb_probe.py 31 direct 127.0.0.1:18082 gpt-4o-mini 'Bearer x' nginx 127.0.0.1:18092 gpt-4o-mini 'Bearer x' keygate 127.0.0.1:18100 gpt-4o-mini-paced 'Bearer $(cat "$OUT/policy-full/secret")'" ;;
-    latency)  pass latency chat  "$OUT/policy-full" "direct nginx gateway" "pinned" 1 ;;
+    latency)  echo "== latency: one connection, two layouts, paired with direct" >&2
+              ROUNDS="${LATENCY_ROUNDS:-5}" bash "$ROOT/benches/latency.sh" "$BIN" "$OUT/policy-full" "$FLOOR_BIN" > "$OUT/latency.md" 2> "$OUT/latency.log" \
+                || { cat "$OUT/latency.log" >&2; exit 1; } ;;
     governance) paired governance "$OUT/policy-keys" "$OUT/policy-full" ;;
     limits)   paired limits "$OUT/policy-keys" "$OUT/policy-limits" ;;
     floor)    pass floor chat floor "gateway" "pinned" 32
@@ -220,7 +224,7 @@ lines.append(f"Measured on {os.cpu_count()} shared vCPUs ({cpu}), {platform.syst
              f"wrk {duration}s × {rounds} rounds interleaved per candidate; {keys} keys in the policy.\n")
 lines.append("| workload | mode | conns | system | RPS | RPS / nginx | p50 ms | p99 ms | CPU ms/req |")
 lines.append("|---|---|---|---|---|---|---|---|---|")
-for name, label in [("chat", "chat"), ("stream", "SSE"), ("latency", "chat")]:
+for name, label in [("chat", "chat"), ("stream", "SSE")]:
     rs = rows(name)
     for mode in ["pinned", "unpinned"]:
         ng = pick(rs, "nginx", mode)
@@ -232,11 +236,21 @@ for name, label in [("chat", "chat"), ("stream", "SSE"), ("latency", "chat")]:
             lines.append(f'| {label} | {mode} | {g[0]["conns"]} | {shown} | {med(g,"rps"):.0f} | '
                          f'{"-" if ratio != ratio else f"{ratio:.3f}"} | {med(g,"p50_ms"):.3f} | {med(g,"p99_ms"):.3f} | '
                          f'{"-" if c != c else f"{c:.3f}"} |')
-lat = rows("latency")
-d, k = pick(lat, "direct", "pinned"), pick(lat, "gateway", "pinned")
-lines.append("")
-lines.append(f"- Added latency at one connection (keygate − direct, pinned): p50 "
-             f"{med(k,'p50_ms') - med(d,'p50_ms'):+.3f} ms, p99 {med(k,'p99_ms') - med(d,'p99_ms'):+.3f} ms.")
+if os.path.exists(f"{out}/latency.md"):
+    table = [l.rstrip() for l in open(f"{out}/latency.md") if l.startswith("|")]
+    added = {tuple(c.strip() for c in l.strip("|").split("|")[:2]): l for l in table[2:]}
+    def cell(layout, system, i): return added[(layout, system)].strip("|").split("|")[i].strip()
+    lines.append("\nOne connection (benches/latency.sh): each system against direct to the mock in the same round, "
+                 "median over rounds. `apart`: the proxy on CPU 0, wrk and the mock on CPU 1, so a request "
+                 "crosses between CPUs four times (direct: none). `shared`: everything on CPU 1, no crossing, "
+                 "so the hop costs about the proxy's CPU per request.\n")
+    lines += table
+    lines.append("")
+    lines.append(f"- Added latency at one connection, keygate − direct: p50 {cell('apart', 'keygate', 4)} ms "
+                 f"(nginx {cell('apart', 'nginx', 4)}) with the proxy on its own CPU, "
+                 f"{cell('shared', 'keygate', 4)} ms (nginx {cell('shared', 'nginx', 4)}, Pingora's floor "
+                 f"{cell('shared', 'floor', 4)}) on one CPU; p99 {cell('apart', 'keygate', 5)} and "
+                 f"{cell('shared', 'keygate', 5)} ms.")
 # CPU per request beside RPS: a round that loses CPU to other guests (steal) loses RPS, while the
 # gateway's own CPU time per request stays what its code costs.
 cpu = "proxy_cpu_ms_per_req"

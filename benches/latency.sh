@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Added latency of one proxy hop at one connection, in two CPU layouts, for the nginx proxy,
+# Pingora's floor and keygate, each against a direct run to the mock in the same round.
+#
+# usage: benches/latency.sh KEYGATE_BINARY POLICY FLOOR_BINARY
+#   env: ROUNDS (default 5), SECONDS_PER_RUN (4), LAYOUTS ("apart shared")
+# POLICY is a directory `benches/e2e.sh` writes (OUT/policy-full: keygate.yaml and the load
+# key's `secret`); FLOOR_BINARY is examples/pingora_baseline.rs built in release.
+#
+# The layouts:
+#   apart   the proxy on CPU 0, wrk and the mock on CPU 1 (run-peers.sh's "pinned"). Every
+#           request crosses between the CPUs four times; direct crosses none.
+#   shared  everything on CPU 1. Nothing crosses, so a hop costs what its code and the kernel's
+#           loopback path cost, and added latency is close to the proxy's CPU per request.
+# On a virtual machine whose idle vCPUs halt at once (guest halt polling off), waking one costs
+# tens of microseconds, so `apart` measures the host as much as the proxy; `shared` tells the two
+# apart. Each round runs the four systems in an order that rotates, wrk -t1 -c1 for
+# SECONDS_PER_RUN each; a row's added p50/p99 is the median over rounds of the system's figure
+# minus direct's in that round. CPU per request is user + system time of the proxy's processes.
+set -euo pipefail
+
+[ $# -eq 3 ] || { sed -n '5,8p' "$0"; exit 2; }
+BIN=$(realpath "$1") POLICY=$2 FLOOR_BIN=$(realpath "$3")
+ROUNDS=${ROUNDS:-5} SECONDS_PER_RUN=${SECONDS_PER_RUN:-4} LAYOUTS=${LAYOUTS:-apart shared}
+BENCH="$(cd "$(dirname "$0")/../.." && pwd)/shared/bench"
+CHAT_LUA="$BENCH/chat.lua"
+WORK=$(mktemp -d)
+PIDS=()
+stop_all() {
+  # Pingora drains for a grace period on SIGTERM; nothing here needs draining.
+  kill -9 "${PIDS[@]}" 2>/dev/null || true
+  wait "${PIDS[@]}" 2>/dev/null || true
+  PIDS=()
+  "$BENCH/mock.sh" stop-proxy >/dev/null
+  "$BENCH/mock.sh" stop >/dev/null
+}
+trap 'stop_all; rm -rf "$WORK"' EXIT
+
+declare -A PORT PID
+SECRET=$(cat "$POLICY/secret")
+
+# start_layout PROXY_CPU MOCK_CPU: the mock, nginx, the floor and keygate, pinned.
+start_layout() {
+  local proxy_cpu=$1 mock_cpu=$2
+  stop_all
+  MOCK_CPUS=$mock_cpu "$BENCH/mock.sh" start >/dev/null
+  PROXY_CPUS=$proxy_cpu "$BENCH/mock.sh" start-proxy >/dev/null
+  PORT[direct]=18080 PORT[nginx]=18090 PORT[floor]=18170 PORT[keygate]=18160
+  PID[direct]="" PID[nginx]=$(cat "${BENCH_PREFIX:-/tmp/peers/run}/proxy-nginx.pid")
+  taskset -c "$proxy_cpu" "$FLOOR_BIN" 127.0.0.1:18170 127.0.0.1:18080 >"$WORK/floor.log" 2>&1 &
+  PIDS+=($!) PID[floor]=$!
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/18170) 2>/dev/null && break; sleep 0.1; done
+  rm -rf "$WORK/keygate"
+  cp -r "$POLICY" "$WORK/keygate"
+  sed -i -E "s/^listen: .*/listen: 127.0.0.1:18160/; s/^admin_listen: .*/admin_listen: 127.0.0.1:18161/" \
+    "$WORK/keygate/keygate.yaml"
+  (cd "$WORK/keygate" && exec taskset -c "$proxy_cpu" "$BIN" serve --config "$WORK/keygate/keygate.yaml" \
+    >"$WORK/keygate.log" 2>&1) &
+  PIDS+=($!) PID[keygate]=$!
+  for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18161/readyz && return; sleep 0.1; done
+  echo "keygate did not become ready; its log:" >&2
+  cat "$WORK/keygate.log" >&2
+  exit 1
+}
+
+# cpu_ticks PID: user + system ticks of PID and its children (nginx's workers); 0 for none.
+cpu_ticks() {
+  [ -n "$1" ] || { echo 0; return; }
+  local total=0 p
+  for p in "$1" $(pgrep -P "$1" || true); do
+    total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+  done
+  echo "$total"
+}
+
+# measure SYSTEM WRK_CPU SECONDS: prints "p50_us p99_us cpu_us_per_request".
+measure() {
+  local system=$1 wrk_cpu=$2 seconds=$3 before after out
+  before=$(cpu_ticks "${PID[$system]}")
+  out=$(BENCH_AUTH="Bearer $SECRET" taskset -c "$wrk_cpu" wrk -t1 -c1 -d"${seconds}s" --latency \
+    -s "$CHAT_LUA" "http://127.0.0.1:${PORT[$system]}/v1/chat/completions" 2>&1)
+  after=$(cpu_ticks "${PID[$system]}")
+  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
+    echo "$system did not answer every request with a 2xx; wrk said:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+  awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+    # wrk prints latencies as 123.00us, 1.23ms or 1.23s
+    function us(v) { return v ~ /us$/ ? v + 0 : v ~ /ms$/ ? v * 1000 : v * 1e6 }
+    / 50%/ { p50 = us($2) } / 99%/ { p99 = us($2) } /requests in/ { n = $1 }
+    END { printf "%.0f %.0f %.1f\n", p50, p99, ticks * 1e6 / hz / n }' <<<"$out"
+}
+
+SYSTEMS=(direct nginx floor keygate)
+for layout in $LAYOUTS; do
+  case $layout in
+    apart) start_layout 0 1 ;;
+    shared) start_layout 1 1 ;;
+    *) echo "unknown layout $layout" >&2; exit 2 ;;
+  esac
+  for system in "${SYSTEMS[@]}"; do measure "$system" 1 1 >/dev/null; done  # warm up
+  for round in $(seq "$ROUNDS"); do
+    for i in 0 1 2 3; do
+      system=${SYSTEMS[$(((i + round) % 4))]}
+      echo "$layout $round $system $(measure "$system" 1 "$SECONDS_PER_RUN")" >>"$WORK/rounds"
+      tail -n 1 "$WORK/rounds" |
+        awk '{ printf "%-6s round %2d  %-7s p50 %5d us  p99 %6d us  CPU %5.1f us/req\n", $1, $2, $3, $4, $5, $6 }' >&2
+    done
+  done
+done
+
+awk '
+  { p50[$1, $2, $3] = $4; p99[$1, $2, $3] = $5; cpu[$1, $2, $3] = $6; rounds[$1] = $2
+    if (!seen[$1]++) layouts[++nl] = $1 }
+  function median(v, n,   i, j, t) {
+    for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }
+  END {
+    print "| layout | system | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU ms/req |"
+    print "|---|---|---|---|---|---|---|"
+    split("direct nginx floor keygate", systems, " ")
+    for (l = 1; l <= nl; l++) for (s = 1; s <= 4; s++) {
+      layout = layouts[l]; name = systems[s]; n = rounds[layout]
+      for (r = 1; r <= n; r++) {
+        a[r] = p50[layout, r, name]; b[r] = p99[layout, r, name]; c[r] = cpu[layout, r, name]
+        da[r] = a[r] - p50[layout, r, "direct"]; db[r] = b[r] - p99[layout, r, "direct"]
+      }
+      if (name == "direct")
+        printf "| %s | %s | %.3f | %.3f | - | - | - |\n", layout, name, median(a, n) / 1000, median(b, n) / 1000
+      else
+        printf "| %s | %s | %.3f | %.3f | %+.3f | %+.3f | %.4f |\n", layout, name, median(a, n) / 1000,
+          median(b, n) / 1000, median(da, n) / 1000, median(db, n) / 1000, median(c, n) / 1000
+    }
+  }' "$WORK/rounds"
