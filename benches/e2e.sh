@@ -242,12 +242,13 @@ if os.path.exists(f"{out}/latency.md"):
     def cell(layout, system, i): return added[(layout, system)].strip("|").split("|")[i].strip()
     lines.append("\nOne connection (benches/latency.sh): each system against direct to the mock in the same round, "
                  "median over rounds. `apart`: the proxy on CPU 0, wrk and the mock on CPU 1, so a request "
-                 "crosses between CPUs four times (direct: none). `shared`: everything on CPU 1, no crossing, "
+                 "crosses between CPUs four times (direct: none; \"direct, wrk on CPU 0\": two). `shared`: everything on CPU 1, no crossing, "
                  "so the hop costs about the proxy's CPU per request.\n")
     lines += table
     lines.append("")
     lines.append(f"- Added latency at one connection, keygate − direct: p50 {cell('apart', 'keygate', 4)} ms "
-                 f"(nginx {cell('apart', 'nginx', 4)}) with the proxy on its own CPU, "
+                 f"(nginx {cell('apart', 'nginx', 4)}; direct from the other CPU "
+                 f"{cell('apart', 'direct, wrk on CPU 0', 4)}) with the proxy on its own CPU, "
                  f"{cell('shared', 'keygate', 4)} ms (nginx {cell('shared', 'nginx', 4)}, Pingora's floor "
                  f"{cell('shared', 'floor', 4)}) on one CPU; p99 {cell('apart', 'keygate', 5)} and "
                  f"{cell('shared', 'keygate', 5)} ms.")

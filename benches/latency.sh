@@ -14,7 +14,8 @@
 #           loopback path cost, and added latency is close to the proxy's CPU per request.
 # On a virtual machine whose idle vCPUs halt at once (guest halt polling off), waking one costs
 # tens of microseconds, so `apart` measures the host as much as the proxy; `shared` tells the two
-# apart. Each round runs the four systems in an order that rotates, wrk -t1 -c1 for
+# apart; in `apart`, direct is also measured from wrk on CPU 0 (two crossings, no proxy). Each
+# round runs the systems in an order that rotates, wrk -t1 -c1 for
 # SECONDS_PER_RUN each; a row's added p50/p99 is the median over rounds of the system's figure
 # minus direct's in that round. CPU per request is user + system time of the proxy's processes.
 set -euo pipefail
@@ -45,8 +46,8 @@ start_layout() {
   stop_all
   MOCK_CPUS=$mock_cpu "$BENCH/mock.sh" start >/dev/null
   PROXY_CPUS=$proxy_cpu "$BENCH/mock.sh" start-proxy >/dev/null
-  PORT[direct]=18080 PORT[nginx]=18090 PORT[floor]=18170 PORT[keygate]=18160
-  PID[direct]="" PID[nginx]=$(cat "${BENCH_PREFIX:-/tmp/peers/run}/proxy-nginx.pid")
+  PORT[direct]=18080 PORT[across]=18080 PORT[nginx]=18090 PORT[floor]=18170 PORT[keygate]=18160
+  PID[direct]="" PID[across]="" PID[nginx]=$(cat "${BENCH_PREFIX:-/tmp/peers/run}/proxy-nginx.pid")
   taskset -c "$proxy_cpu" "$FLOOR_BIN" 127.0.0.1:18170 127.0.0.1:18080 >"$WORK/floor.log" 2>&1 &
   PIDS+=($!) PID[floor]=$!
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/18170) 2>/dev/null && break; sleep 0.1; done
@@ -73,9 +74,10 @@ cpu_ticks() {
   echo "$total"
 }
 
-# measure SYSTEM WRK_CPU SECONDS: prints "p50_us p99_us cpu_us_per_request".
+# measure SYSTEM SECONDS: prints "p50_us p99_us cpu_us_per_request"; wrk runs on CPU 1.
 measure() {
-  local system=$1 wrk_cpu=$2 seconds=$3 before after out
+  local system=$1 seconds=$2 wrk_cpu=1 before after out
+  [ "$system" = across ] && wrk_cpu=0
   before=$(cpu_ticks "${PID[$system]}")
   out=$(BENCH_AUTH="Bearer $SECRET" taskset -c "$wrk_cpu" wrk -t1 -c1 -d"${seconds}s" --latency \
     -s "$CHAT_LUA" "http://127.0.0.1:${PORT[$system]}/v1/chat/completions" 2>&1)
@@ -92,18 +94,18 @@ measure() {
     END { printf "%.0f %.0f %.1f\n", p50, p99, ticks * 1e6 / hz / n }' <<<"$out"
 }
 
-SYSTEMS=(direct nginx floor keygate)
 for layout in $LAYOUTS; do
   case $layout in
-    apart) start_layout 0 1 ;;
-    shared) start_layout 1 1 ;;
+    # `across` is direct too, but from wrk on CPU 0: two crossings without any proxy.
+    apart) start_layout 0 1; SYSTEMS=(direct across nginx floor keygate) ;;
+    shared) start_layout 1 1; SYSTEMS=(direct nginx floor keygate) ;;
     *) echo "unknown layout $layout" >&2; exit 2 ;;
   esac
-  for system in "${SYSTEMS[@]}"; do measure "$system" 1 1 >/dev/null; done  # warm up
+  for system in "${SYSTEMS[@]}"; do measure "$system" 1 >/dev/null; done  # warm up
   for round in $(seq "$ROUNDS"); do
-    for i in 0 1 2 3; do
-      system=${SYSTEMS[$(((i + round) % 4))]}
-      echo "$layout $round $system $(measure "$system" 1 "$SECONDS_PER_RUN")" >>"$WORK/rounds"
+    for i in "${!SYSTEMS[@]}"; do
+      system=${SYSTEMS[$(((i + round) % ${#SYSTEMS[@]}))]}
+      echo "$layout $round $system $(measure "$system" "$SECONDS_PER_RUN")" >>"$WORK/rounds"
       tail -n 1 "$WORK/rounds" |
         awk '{ printf "%-6s round %2d  %-7s p50 %5d us  p99 %6d us  CPU %5.1f us/req\n", $1, $2, $3, $4, $5, $6 }' >&2
     done
@@ -119,15 +121,19 @@ awk '
   END {
     print "| layout | system | p50 ms | p99 ms | added p50 ms | added p99 ms | CPU ms/req |"
     print "|---|---|---|---|---|---|---|"
-    split("direct nginx floor keygate", systems, " ")
-    for (l = 1; l <= nl; l++) for (s = 1; s <= 4; s++) {
+    ns = split("direct across nginx floor keygate", systems, " ")
+    for (l = 1; l <= nl; l++) for (s = 1; s <= ns; s++) {
       layout = layouts[l]; name = systems[s]; n = rounds[layout]
+      if (!((layout, 1, name) in p50)) continue
       for (r = 1; r <= n; r++) {
         a[r] = p50[layout, r, name]; b[r] = p99[layout, r, name]; c[r] = cpu[layout, r, name]
         da[r] = a[r] - p50[layout, r, "direct"]; db[r] = b[r] - p99[layout, r, "direct"]
       }
       if (name == "direct")
         printf "| %s | %s | %.3f | %.3f | - | - | - |\n", layout, name, median(a, n) / 1000, median(b, n) / 1000
+      else if (name == "across")
+        printf "| %s | direct, wrk on CPU 0 | %.3f | %.3f | %+.3f | %+.3f | - |\n", layout, median(a, n) / 1000,
+          median(b, n) / 1000, median(da, n) / 1000, median(db, n) / 1000
       else
         printf "| %s | %s | %.3f | %.3f | %+.3f | %+.3f | %.4f |\n", layout, name, median(a, n) / 1000,
           median(b, n) / 1000, median(da, n) / 1000, median(db, n) / 1000, median(c, n) / 1000

@@ -48,13 +48,19 @@ side() {
     return
   fi
   printf -v "PORT_$name" %s "$port"
+  # keygate keeps serving for its drain delay after SIGTERM: one from the run before may still
+  # hold this port, and a side started now would fail to bind while wrk measured the old one.
+  for _ in $(seq 300); do listening "$port" || break; sleep 0.1; done
+  if listening "$port"; then echo "port $port is still taken" >&2; exit 1; fi
   if [ "$policy" = floor ]; then
     echo none >"$WORK/$name/secret"
     taskset -c "$GATEWAY_CPU" "$binary" "127.0.0.1:$port" 127.0.0.1:18080 >"$WORK/$name.log" 2>&1 &
     PIDS+=($!)
     printf -v "PID_$name" %s $!
-    sleep 1
-    return
+    for _ in $(seq 50); do listening "$port" && return; sleep 0.1; done
+    echo "the floor did not start; its log:" >&2
+    cat "$WORK/$name.log" >&2
+    exit 1
   fi
   rmdir "$WORK/$name"
   cp -r "$policy" "$WORK/$name"
@@ -69,6 +75,8 @@ side() {
   cat "$WORK/$name.log" >&2
   exit 1
 }
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # cpu_ticks PID: user + system ticks of PID and its children (nginx's workers).
 cpu_ticks() {
