@@ -25,6 +25,8 @@ BIN=$(realpath "$1") POLICY=$2 FLOOR_BIN=$(realpath "$3")
 ROUNDS=${ROUNDS:-5} SECONDS_PER_RUN=${SECONDS_PER_RUN:-4} LAYOUTS=${LAYOUTS:-apart shared}
 BENCH="$(cd "$(dirname "$0")/../.." && pwd)/shared/bench"
 CHAT_LUA="$BENCH/chat.lua"
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
 WORK=$(mktemp -d)
 PIDS=()
 stop_all() {
@@ -50,7 +52,7 @@ start_layout() {
   PID[direct]="" PID[across]="" PID[nginx]=$(cat "${BENCH_PREFIX:-/tmp/peers/run}/proxy-nginx.pid")
   taskset -c "$proxy_cpu" "$FLOOR_BIN" 127.0.0.1:18170 127.0.0.1:18080 >"$WORK/floor.log" 2>&1 &
   PIDS+=($!) PID[floor]=$!
-  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/18170) 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 50); do listening 18170 && break; sleep 0.1; done
   rm -rf "$WORK/keygate"
   cp -r "$POLICY" "$WORK/keygate"
   sed -i -E "s/^listen: .*/listen: 127.0.0.1:18160/; s/^admin_listen: .*/admin_listen: 127.0.0.1:18161/" \
@@ -64,16 +66,6 @@ start_layout() {
   exit 1
 }
 
-# cpu_ticks PID: user + system ticks of PID and its children (nginx's workers); 0 for none.
-cpu_ticks() {
-  [ -n "$1" ] || { echo 0; return; }
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-  done
-  echo "$total"
-}
-
 # measure SYSTEM SECONDS: prints "p50_us p99_us cpu_us_per_request"; wrk runs on CPU 1.
 measure() {
   local system=$1 seconds=$2 wrk_cpu=1 before after out
@@ -82,11 +74,7 @@ measure() {
   out=$(BENCH_AUTH="Bearer $SECRET" taskset -c "$wrk_cpu" wrk -t1 -c1 -d"${seconds}s" --latency \
     -s "$CHAT_LUA" "http://127.0.0.1:${PORT[$system]}/v1/chat/completions" 2>&1)
   after=$(cpu_ticks "${PID[$system]}")
-  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then
-    echo "$system did not answer every request with a 2xx; wrk said:" >&2
-    echo "$out" >&2
-    exit 1
-  fi
+  require_2xx "$system" "$out"
   awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
     # wrk prints latencies as 123.00us, 1.23ms or 1.23s
     function us(v) { return v ~ /us$/ ? v + 0 : v ~ /ms$/ ? v * 1000 : v * 1e6 }
@@ -105,7 +93,8 @@ for layout in $LAYOUTS; do
   for round in $(seq "$ROUNDS"); do
     for i in "${!SYSTEMS[@]}"; do
       system=${SYSTEMS[$(((i + round) % ${#SYSTEMS[@]}))]}
-      echo "$layout $round $system $(measure "$system" "$SECONDS_PER_RUN")" >>"$WORK/rounds"
+      figures=$(measure "$system" "$SECONDS_PER_RUN")  # an assignment, so that a failure stops the run
+      echo "$layout $round $system $figures" >>"$WORK/rounds"
       tail -n 1 "$WORK/rounds" |
         awk '{ printf "%-6s round %2d  %-7s p50 %5d us  p99 %6d us  CPU %5.1f us/req\n", $1, $2, $3, $4, $5, $6 }' >&2
     done

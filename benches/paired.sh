@@ -29,6 +29,8 @@ ROUNDS=${ROUNDS:-16} SECONDS_PER_RUN=${SECONDS_PER_RUN:-4}
 GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1}
 BENCH="$(cd "$(dirname "$0")/../.." && pwd)/shared/bench"
 CHAT_LUA="$BENCH/chat.lua"
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
 WORK=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
@@ -76,28 +78,6 @@ side() {
   exit 1
 }
 
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# cpu_ticks PID: user + system ticks of PID and its children (nginx's workers).
-cpu_ticks() {
-  local total=0 p
-  for p in "$1" $(pgrep -P "$1" || true); do
-    total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-  done
-  echo "$total"
-}
-
-# check_answers NAME WRK_OUTPUT: a side answering errors (its upstream down, say) is fast for the
-# wrong reason; stop rather than report its figures.
-check_answers() {
-  if grep -qE 'Non-2xx|Socket errors' <<<"$2"; then
-    echo "side $1 did not answer every request with a 2xx; wrk said:" >&2
-    echo "$2" >&2
-    kill "${PIDS[@]}" 2>/dev/null || true
-    exit 1
-  fi
-}
-
 # run NAME PID PORT SECONDS: prints "RPS CPU-µs-per-request".
 run() {
   local name=$1 pid=$2 port=$3 seconds=$4 before after out requests
@@ -105,7 +85,7 @@ run() {
   out=$(BENCH_AUTH="Bearer $(cat "$WORK/$name/secret")" taskset -c "$WRK_CPU" \
     wrk -t2 -c32 -d"${seconds}s" -s "$CHAT_LUA" "http://127.0.0.1:$port/v1/chat/completions" 2>&1)
   after=$(cpu_ticks "$pid")
-  check_answers "$name" "$out"
+  require_2xx "side $name" "$out"
   figures "$out" $((after - before))
   echo
 }
@@ -132,8 +112,8 @@ run_both() {
   after_a=$(cpu_ticks "$PID_a"); after_b=$(cpu_ticks "$PID_b")
   local out_a out_b
   out_a=$(cat "$WORK/wrk-a.txt"); out_b=$(cat "$WORK/wrk-b.txt")
-  check_answers a "$out_a"
-  check_answers b "$out_b"
+  require_2xx "side a" "$out_a"
+  require_2xx "side b" "$out_b"
   echo "$(figures "$out_a" $((after_a - before_a))) $(figures "$out_b" $((after_b - before_b)))"
 }
 
