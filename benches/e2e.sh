@@ -197,8 +197,8 @@ for p in $PASSES; do
     chat)     pass chat   chat   "$OUT/policy-full" "direct nginx gateway" "pinned unpinned" 32 ;;
     stream)   pass stream stream "$OUT/policy-full" "direct nginx gateway" "pinned" 32 "GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_NAME=keygate GATEWAY_PACED_MODEL=gpt-4o-mini-paced GATEWAY_AUTH='Bearer $(cat "$OUT/policy-full/secret")' bash $BENCH/ttft.sh 30; python3 $ROOT/benches/ttfb_probe.py 31 direct 127.0.0.1:18082 gpt-4o-mini 'Bearer x' nginx 127.0.0.1:18092 gpt-4o-mini 'Bearer x' keygate 127.0.0.1:18100 gpt-4o-mini-paced 'Bearer $(cat "$OUT/policy-full/secret")'" ;;
     latency)  echo "== latency: one connection, two layouts, paired with direct" >&2
-              ROUNDS="${LATENCY_ROUNDS:-5}" bash "$ROOT/benches/latency.sh" "$BIN" "$OUT/policy-full" "$FLOOR_BIN" > "$OUT/latency.md" 2> "$OUT/latency.log" \
-                || { cat "$OUT/latency.log" >&2; exit 1; } ;;
+              ROUNDS="${LATENCY_ROUNDS:-5}" bash "$ROOT/benches/latency.sh" "$BIN" "$OUT/policy-full" \
+                "$FLOOR_BIN" > "$OUT/latency.md" 2> "$OUT/latency.log" || { cat "$OUT/latency.log" >&2; exit 1; } ;;
     governance) paired governance "$OUT/policy-keys" "$OUT/policy-full" ;;
     limits)   paired limits "$OUT/policy-keys" "$OUT/policy-limits" ;;
     floor)    pass floor chat floor "gateway" "pinned" 32
@@ -240,10 +240,11 @@ if os.path.exists(f"{out}/latency.md"):
     table = [l.rstrip() for l in open(f"{out}/latency.md") if l.startswith("|")]
     added = {tuple(c.strip() for c in l.strip("|").split("|")[:2]): l for l in table[2:]}
     def cell(layout, system, i): return added[(layout, system)].strip("|").split("|")[i].strip()
-    lines.append("\nOne connection (benches/latency.sh): each system against direct to the mock in the same round, "
-                 "median over rounds. `apart`: the proxy on CPU 0, wrk and the mock on CPU 1, so a request "
-                 "crosses between CPUs four times (direct: none; \"direct, wrk on CPU 0\": two). `shared`: everything on CPU 1, no crossing, "
-                 "so the hop costs about the proxy's CPU per request.\n")
+    lines.append("\nOne connection (benches/latency.sh): each system against direct to the mock in the same "
+                 "round, median over rounds. `apart`: the proxy on CPU 0, wrk and the mock on CPU 1, so a "
+                 "request crosses between CPUs four times (direct: none; \"direct, wrk on CPU 0\": two). "
+                 "`shared`: everything on CPU 1, no crossing, so the hop costs about the proxy's CPU per "
+                 "request.\n")
     lines += table
     lines.append("")
     lines.append(f"- Added latency at one connection, keygate − direct: p50 {cell('apart', 'keygate', 4)} ms "

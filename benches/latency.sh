@@ -12,12 +12,13 @@
 #           request crosses between the CPUs four times; direct crosses none.
 #   shared  everything on CPU 1. Nothing crosses, so a hop costs what its code and the kernel's
 #           loopback path cost, and added latency is close to the proxy's CPU per request.
-# On a virtual machine whose idle vCPUs halt at once (guest halt polling off), waking one costs
-# tens of microseconds, so `apart` measures the host as much as the proxy; `shared` tells the two
-# apart; in `apart`, direct is also measured from wrk on CPU 0 (two crossings, no proxy). Each
-# round runs the systems in an order that rotates, wrk -t1 -c1 for
-# SECONDS_PER_RUN each; a row's added p50/p99 is the median over rounds of the system's figure
-# minus direct's in that round. CPU per request is user + system time of the proxy's processes.
+# In `apart`, direct is also measured from wrk on CPU 0 (two crossings, no proxy), which prices
+# a crossing. On a virtual machine whose idle vCPUs halt at once (guest halt polling off),
+# that price is tens of microseconds, so `apart` measures the host as much as the proxy, and
+# `shared` tells the two apart.
+# Each round runs the systems in an order that rotates, wrk -t1 -c1 for SECONDS_PER_RUN each; a
+# row's added p50/p99 is the median over rounds of the system's figure minus direct's in that
+# round. CPU per request is user + system time of the proxy's processes.
 set -euo pipefail
 
 [ $# -eq 3 ] || { sed -n '5,8p' "$0"; exit 2; }
@@ -53,6 +54,7 @@ start_layout() {
   taskset -c "$proxy_cpu" "$FLOOR_BIN" 127.0.0.1:18170 127.0.0.1:18080 >"$WORK/floor.log" 2>&1 &
   PIDS+=($!) PID[floor]=$!
   for _ in $(seq 50); do listening 18170 && break; sleep 0.1; done
+  listening 18170 || { echo "the floor did not start; its log:" >&2; cat "$WORK/floor.log" >&2; exit 1; }
   rm -rf "$WORK/keygate"
   cp -r "$POLICY" "$WORK/keygate"
   sed -i -E "s/^listen: .*/listen: 127.0.0.1:18160/; s/^admin_listen: .*/admin_listen: 127.0.0.1:18161/" \
