@@ -4,7 +4,7 @@
 //!   100,000 key files, one YAML file per key as `keygate keys create` writes them. This is what
 //!   startup, `keygate check` and every reload pay. The files are generated once, outside the
 //!   timed loop, in a temporary directory.
-//! - `key_lookup/100k/*`: the request path's authentication, `proxy::auth::authenticate`, on that
+//! - `key_lookup/100k/*`: the request path's authentication, `proxy::authenticate::key_for_secret`, on that
 //!   compiled policy: a valid secret (checksum, SHA-256, one map lookup), a secret with a bad
 //!   checksum (refused before hashing), and a well-formed secret that is in no key file.
 //!
@@ -16,7 +16,7 @@ mod common;
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode};
 use keygate::config::LoadOptions;
 use keygate::keys::secret;
-use keygate::proxy::auth::authenticate;
+use keygate::proxy::authenticate::key_for_secret;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -60,10 +60,9 @@ fn benches(c: &mut Criterion) {
         String::from_utf8(bytes).expect("ASCII")
     };
     let unknown = secret::generate().expect("OS random source").secret;
-    let now = chrono::Utc::now();
-    assert!(authenticate(&policy, &valid, now).is_ok());
-    assert!(authenticate(&policy, &bad_checksum, now).is_err());
-    assert!(authenticate(&policy, &unknown, now).is_err());
+    assert!(key_for_secret(&policy, &valid).is_ok());
+    assert!(key_for_secret(&policy, &bad_checksum).is_err());
+    assert!(key_for_secret(&policy, &unknown).is_err());
 
     let mut group = c.benchmark_group("key_lookup");
     group
@@ -75,7 +74,7 @@ fn benches(c: &mut Criterion) {
         ("100k/unknown", &unknown),
     ] {
         group.bench_function(name, |b| {
-            b.iter(|| authenticate(black_box(&policy), black_box(secret.as_str()), now).is_ok())
+            b.iter(|| key_for_secret(black_box(&policy), black_box(secret.as_str())).is_ok())
         });
     }
     group.finish();

@@ -8,7 +8,7 @@ use crate::accounting::report;
 use crate::config::schema::{KeyStatus, Operation};
 use crate::keys::lifecycle::{Actor, IssuedKey, KeyFiles, LifecycleError, NewKey};
 use crate::keys::store::StoreError;
-use crate::limits::MemoryLimits;
+use crate::limits::LimitState;
 use crate::metrics::Metrics;
 use crate::policy::{Key, Policy};
 use crate::reload::{ReloadOutcome, Reloader};
@@ -85,7 +85,7 @@ pub struct AdminApi {
     pub metrics: Arc<Metrics>,
     pub token: Option<AdminToken>,
     /// Live budget spend and reservations.
-    pub limits: Arc<MemoryLimits>,
+    pub limits: Arc<dyn LimitState>,
     pub drain: Arc<crate::shutdown::Drain>,
     pub upstreams: Arc<crate::upstream::state::UpstreamRegistry>,
 }
@@ -106,7 +106,7 @@ impl ServeHttp for AdminApi {
         let path = session.req_header().uri.path().to_owned();
         if method == Method::GET && path == "/metrics" {
             self.metrics
-                .refresh_budgets(&self.reloader.store().load(), &self.limits);
+                .refresh_budgets(&self.reloader.store().load(), &*self.limits);
             self.metrics.refresh_upstreams(&self.upstreams);
             return build(
                 StatusCode::OK,

@@ -10,7 +10,7 @@
 //! class) are created on first use, so 100,000 idle keys cost no series at all.
 
 use crate::limits::budget::Period;
-use crate::limits::MemoryLimits;
+use crate::limits::LimitState;
 use crate::policy::{Key, Model, Policy};
 use prometheus::core::Collector;
 use prometheus::{
@@ -20,17 +20,26 @@ use prometheus::{
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// Refusal reasons, the `reason` label of `keygate_refusals_total`.
-pub const REFUSAL_REASONS: [&str; 9] = [
-    "auth",
-    "model",
-    "operation",
-    "ip",
-    "rate",
-    "concurrency",
-    "budget",
-    "guard",
-    "invalid",
+/// Refusal reasons, the `reason` label of `keygate_refusals_total`: the error codes of
+/// [`Refusal`](crate::proxy::refusal::Refusal::reason), so that a policy refusal
+/// (`model_not_allowed`) and a client's typo (`model_not_found`) are told apart.
+pub const REFUSAL_REASONS: [&str; 16] = [
+    "missing_api_key",
+    "invalid_api_key",
+    "key_expired",
+    "key_paused",
+    "auth_guard",
+    "ip_not_allowed",
+    "operation_not_allowed",
+    "model_not_found",
+    "model_not_allowed",
+    "invalid_request",
+    "request_too_large",
+    "unknown_route",
+    "method_not_allowed",
+    "rate_limit_exceeded",
+    "concurrency_limit_exceeded",
+    "budget_exceeded",
 ];
 
 /// Response status classes; `none` when the client got no response (it left, or a stream was cut
@@ -393,7 +402,7 @@ impl Metrics {
 
     /// Publishes budget spend and caps of every key and workload with a budget (at scrape time,
     /// so the request path never touches these gauges).
-    pub fn refresh_budgets(&self, policy: &Policy, limits: &MemoryLimits) {
+    pub fn refresh_budgets(&self, policy: &Policy, limits: &dyn LimitState) {
         self.budget_spent.reset();
         self.budget_limit.reset();
         let now = crate::limits::now_ms();

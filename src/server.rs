@@ -7,7 +7,7 @@ use crate::accounting::audit::AuditWriter;
 use crate::accounting::{self, Recorder};
 use crate::admin::{AdminApi, AdminToken};
 use crate::config::{self, LoadOptions, PolicyErrors};
-use crate::limits::MemoryLimits;
+use crate::limits::{LimitState, MemoryLimits};
 use crate::metrics::Metrics;
 use crate::mock_provider::{mock_provider_service, MockProviderConfig};
 use crate::policy::{Policy, PolicyStore};
@@ -54,7 +54,7 @@ pub enum ServeError {
 pub struct Handles {
     pub reloader: Arc<Reloader>,
     pub recorder: Arc<Recorder>,
-    pub limits: Arc<MemoryLimits>,
+    pub limits: Arc<dyn LimitState>,
     pub metrics: Arc<Metrics>,
     pub drain: Arc<Drain>,
     /// Endpoint health, load and counters, kept across reloads.
@@ -92,7 +92,7 @@ pub enum Host {
 
 /// Opens the accounting sinks the policy names and the live limit state, whose budgets start
 /// from the spend the usage database recorded.
-fn open_accounting(policy: &Policy) -> Result<(Arc<MemoryLimits>, Arc<Recorder>), ServeError> {
+fn open_accounting(policy: &Policy) -> Result<(Arc<dyn LimitState>, Arc<Recorder>), ServeError> {
     let now_ms = crate::limits::now_ms();
     let (limits, db) = match &policy.state_dir {
         Some(dir) => {
@@ -120,7 +120,8 @@ fn open_accounting(policy: &Policy) -> Result<(Arc<MemoryLimits>, Arc<Recorder>)
         }
         None => None,
     };
-    Ok((Arc::new(limits), Arc::new(Recorder::start(db, audit))))
+    let limits: Arc<dyn LimitState> = Arc::new(limits);
+    Ok((limits, Arc::new(Recorder::start(db, audit))))
 }
 
 /// [`build`] with an explicit admin token; also returns the handles, for callers that trigger

@@ -295,7 +295,10 @@ async fn a_budget_holds_under_fifty_concurrent_requests() {
     let lines = audit_lines(&gw);
     assert_eq!(lines.len(), 50);
     assert_eq!(
-        lines.iter().filter(|l| l["refusal"] == "budget").count() as u64,
+        lines
+            .iter()
+            .filter(|l| l["refusal"] == "budget_exceeded")
+            .count() as u64,
         refused
     );
 }

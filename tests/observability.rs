@@ -152,7 +152,7 @@ workloads:
         value(
             &scrape,
             "keygate_refusals_total",
-            &[("key", "k1"), ("reason", "rate")]
+            &[("key", "k1"), ("reason", "rate_limit_exceeded")]
         ),
         Some(1.0)
     );
@@ -160,11 +160,11 @@ workloads:
         value(
             &scrape,
             "keygate_refusals_total",
-            &[("key", "-"), ("reason", "auth")]
+            &[("key", "-"), ("reason", "invalid_api_key")]
         ),
         Some(1.0)
     );
-    for reason in ["model", "invalid"] {
+    for reason in ["model_not_found", "invalid_request"] {
         assert_eq!(
             value(
                 &scrape,

@@ -310,7 +310,7 @@ workloads:
             billable: false,
             latency: Duration::ZERO,
             ttfb: None,
-            refusal: Some("auth"),
+            refusal: Some("invalid_api_key"),
             error: Some("invalid_api_key"),
         };
         let same_second = bare(1_764_000_000_999, Some("192.0.2.7".parse().unwrap()));

@@ -231,6 +231,8 @@ pub trait LimitState: Send + Sync {
         actual: UsdNanos,
         now_ms: u64,
     ) -> SmallVec<[ScopedAlert; 1]>;
+    /// Spend of a scope today and this month, including reservations of requests in flight.
+    fn spend(&self, kind: &'static str, name: &str, now_ms: u64) -> [PeriodFigures; 2];
 }
 
 /// An admitted request's hold on its scopes. Dropping it releases its concurrency slots, which
@@ -329,24 +331,6 @@ impl MemoryLimits {
         limits
     }
 
-    /// Spend of a scope today and this month, including reservations of requests in flight.
-    pub fn spend(&self, kind: &'static str, name: &str, now_ms: u64) -> [PeriodFigures; 2] {
-        let cal = Calendar::at_ms(now_ms);
-        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
-        let spend = scopes
-            .get(&(kind, Box::<str>::from(name)))
-            .map(|s| s.inner.lock().unwrap_or_else(|e| e.into_inner()).spend)
-            .unwrap_or_default();
-        Period::ALL.map(|period| {
-            let (spent, reserved) = spend.current(period, cal);
-            PeriodFigures {
-                period,
-                spent,
-                reserved,
-            }
-        })
-    }
-
     fn scope<'s>(&self, scope: &ScopeRef<'s>) -> &'s Arc<Scope> {
         scope.spec.slot.get_or_init(|| {
             let key = (scope.kind, Box::<str>::from(scope.name));
@@ -377,6 +361,23 @@ impl MemoryLimits {
 }
 
 impl LimitState for MemoryLimits {
+    fn spend(&self, kind: &'static str, name: &str, now_ms: u64) -> [PeriodFigures; 2] {
+        let cal = Calendar::at_ms(now_ms);
+        let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
+        let spend = scopes
+            .get(&(kind, Box::<str>::from(name)))
+            .map(|s| s.inner.lock().unwrap_or_else(|e| e.into_inner()).spend)
+            .unwrap_or_default();
+        Period::ALL.map(|period| {
+            let (spent, reserved) = spend.current(period, cal);
+            PeriodFigures {
+                period,
+                spent,
+                reserved,
+            }
+        })
+    }
+
     fn admit(
         &self,
         scopes: &[ScopeRef<'_>],

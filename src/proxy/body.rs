@@ -7,7 +7,7 @@
 //! A chunked body larger than the buffer cannot be replayed and is refused with 413 up front rather
 //! than left to hang; the OpenAI SDKs always send Content-Length.
 
-use super::errors::ApiError;
+use super::refusal::Refusal;
 use crate::json::{key_name, skip_ws, Members};
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
@@ -46,17 +46,17 @@ pub async fn discard_rest(session: &mut Session) {
 }
 
 /// Reads the whole request body, enforcing `max_bytes`.
-pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes, ApiError> {
+pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes, Refusal> {
     let declared = declared_length(session)?;
     if declared.is_some_and(|n| n > max_bytes) {
-        return Err(ApiError::too_large(max_bytes));
+        return Err(Refusal::BodyTooLarge(max_bytes));
     }
     if expects_continue(session) {
         // Clients such as curl otherwise wait (a second, for curl) before sending large bodies.
         session
             .write_continue_response()
             .await
-            .map_err(|_| ApiError::invalid_request("The request body could not be read."))?;
+            .map_err(|_| Refusal::invalid_request("The request body could not be read."))?;
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(max_bytes));
     let mut buffering = false;
@@ -71,19 +71,17 @@ pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes
         let chunk = session
             .read_request_body()
             .await
-            .map_err(|_| ApiError::invalid_request("The request body could not be read."))?;
+            .map_err(|_| Refusal::invalid_request("The request body could not be read."))?;
         let Some(chunk) = chunk else { break };
         if body.len() + chunk.len() > max_bytes {
-            return Err(ApiError::too_large(max_bytes));
+            return Err(Refusal::BodyTooLarge(max_bytes));
         }
         body.extend_from_slice(&chunk);
         tail_buffered |= buffering && !chunk.is_empty();
     }
     // Asked without `get_retry_buffer`, which would copy the buffer.
     if !body.is_empty() && (!tail_buffered || session.retry_buffer_truncated()) {
-        let mut e = ApiError::too_large(max_bytes);
-        e.message = "Chunked request bodies over 64 KiB are not supported; send the body with a Content-Length header.".into();
-        return Err(e);
+        return Err(Refusal::ChunkedBodyTooLarge);
     }
     Ok(body.freeze())
 }
@@ -96,7 +94,7 @@ fn expects_continue(session: &Session) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-fn declared_length(session: &Session) -> Result<Option<usize>, ApiError> {
+fn declared_length(session: &Session) -> Result<Option<usize>, Refusal> {
     let headers = &session.req_header().headers;
     if headers.contains_key(http::header::TRANSFER_ENCODING) {
         return Ok(None);
@@ -108,7 +106,7 @@ fn declared_length(session: &Session) -> Result<Option<usize>, ApiError> {
             .ok()
             .and_then(|s| s.trim().parse::<usize>().ok())
             .map(Some)
-            .ok_or_else(|| ApiError::invalid_request("Invalid Content-Length header.")),
+            .ok_or_else(|| Refusal::invalid_request("Invalid Content-Length header.")),
     }
 }
 
@@ -149,9 +147,9 @@ pub struct RequestFacts {
 /// cannot vouch for (a malformed object, a duplicate or mistyped field of the five) goes to
 /// serde, which decides and words the error. The scan does not validate what it skips: a body
 /// broken inside its messages goes to the provider, which refuses it with its own 400.
-pub fn inspect(body: &[u8]) -> Result<RequestFacts, ApiError> {
+pub fn inspect(body: &[u8]) -> Result<RequestFacts, Refusal> {
     if body.is_empty() {
-        return Err(ApiError::invalid_request(
+        return Err(Refusal::invalid_request(
             "The request body is empty; expected a JSON object with a `model` field.",
         ));
     }
@@ -223,18 +221,17 @@ fn scan(body: &[u8]) -> Option<RequestFacts> {
 }
 
 /// The full parse: bodies the scan declines, and the wording of their errors.
-fn parse(body: &[u8]) -> Result<RequestFacts, ApiError> {
+fn parse(body: &[u8]) -> Result<RequestFacts, Refusal> {
     let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid_request(format!(
+        Refusal::invalid_request(format!(
             "We could not parse the JSON body of your request: {e}. Expected a JSON object with a `model` field."
         ))
     })?;
-    let raw = head.model.ok_or_else(|| {
-        ApiError::invalid_request("You must provide a model parameter.").with_param("model")
-    })?;
-    let model: String = serde_json::from_str(raw.get()).map_err(|_| {
-        ApiError::invalid_request("The `model` parameter must be a string.").with_param("model")
-    })?;
+    let raw = head
+        .model
+        .ok_or_else(|| Refusal::invalid_param("model", "You must provide a model parameter."))?;
+    let model: String = serde_json::from_str(raw.get())
+        .map_err(|_| Refusal::invalid_param("model", "The `model` parameter must be a string."))?;
     // RawValue borrows from `body`, so its address gives the value's exact position.
     let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
     let bounds = [
@@ -341,7 +338,7 @@ mod tests {
         ];
         for body in bodies {
             let text = String::from_utf8_lossy(body);
-            let parsed = parse(body).unwrap_or_else(|e| panic!("{text}: {}", e.message));
+            let parsed = parse(body).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(scan(body), Some(parsed), "{text}");
         }
     }
@@ -379,7 +376,7 @@ mod tests {
         ] {
             let e = inspect(body).unwrap_err();
             assert_eq!(
-                (e.status, e.code),
+                (e.status(), e.code()),
                 (400, "invalid_request"),
                 "{:?}",
                 String::from_utf8_lossy(body)

@@ -1,7 +1,12 @@
 //! Per-request state carried from one proxy phase to the next.
+//!
+//! Admission's result is one value, [`Admitted`], set once when every check passed: the phases
+//! after it (route, forward, respond) work only on an admitted request and cannot see one that is
+//! half checked. A request refused before that keeps what it had learned in [`Named`], for the
+//! labels of its metrics and its audit line.
 
-use super::errors::ApiError;
-use super::routes::Route;
+use super::paths::Route;
+use super::refusal::Refusal;
 use crate::limits::{Admission, RateStatus};
 use crate::policy::{Key, Model, Policy};
 use crate::upstream::attempt::UpstreamAttempts;
@@ -18,75 +23,101 @@ pub struct RequestCtx {
     pub started: Instant,
     pub request_id: String,
     /// The policy snapshot this request started on; it keeps using it even if a reload happens.
-    pub policy: Option<Arc<Policy>>,
+    pub policy: Arc<Policy>,
     pub route: Option<Route>,
-    pub key: Option<Arc<Key>>,
-    pub model: Option<Arc<Model>>,
-    pub stream: bool,
-    /// The body to send upstream (rewritten when the upstream model name differs).
-    pub body: Option<Bytes>,
-    /// Endpoint index of the current attempt, and how many attempts were made.
-    pub endpoint: Option<usize>,
-    pub attempts: u32,
-    /// A refusal already decided, for `fail_to_proxy` to send in place of a generic error.
-    pub failure: Option<ApiError>,
+    /// The client's address: the socket peer, or the client behind a trusted proxy.
     pub client_ip: Option<IpAddr>,
-    /// The request's hold on its limits; dropped with the context, which frees its slots.
-    pub admission: Option<Admission>,
+    /// What a request that was not admitted had named, for labels.
+    pub named: Named,
+    /// Set once admission passed.
+    pub admitted: Option<Admitted>,
     /// Rate-limit figures for the `x-ratelimit-*` headers, for keys with rate limits.
     pub rate: Option<RateStatus>,
-    /// Prompt tokens charged at admission, replaced by the real count when the response tells.
-    pub token_estimate: u64,
-    /// Reads usage from a successful response body as it streams past.
-    pub usage: Option<UsageExtractor>,
-    /// keygate added `stream_options.include_usage` upstream; the client did not ask for it.
-    pub added_include_usage: bool,
-    /// Removes the usage chunk the client did not ask for from a stream it receives.
-    pub stripper: Option<UsageChunkStripper>,
-    /// When the first upstream attempt began, and when the first response body byte arrived.
-    pub upstream_started: Option<Instant>,
-    pub first_byte: Option<Instant>,
-    /// Keeps the request counted for graceful shutdown until the context drops.
-    pub in_flight: Option<crate::shutdown::InFlight>,
+    /// What keygate answered instead of the provider, or in place of a failed forward.
+    pub failure: Option<Refusal>,
     /// Endpoints tried, retries and fallbacks taken, the total deadline (see `upstream::attempt`).
     pub upstream: UpstreamAttempts,
     /// The current attempt's watchdog, when its provider's `first_byte` and `idle` differ.
     pub watchdog: Option<Watchdog>,
+    /// When the first upstream attempt began.
+    pub upstream_started: Option<Instant>,
+    pub response: ResponseState,
+    /// Keeps the request counted for graceful shutdown until the context drops.
+    pub in_flight: Option<crate::shutdown::InFlight>,
+}
+
+/// The key and model a request named before it was refused (or answered by keygate itself).
+#[derive(Default)]
+pub struct Named {
+    pub key: Option<Arc<Key>>,
+    pub model: Option<Arc<Model>>,
+}
+
+/// A request that passed authentication, authorization and its limits.
+pub struct Admitted {
+    pub key: Arc<Key>,
+    /// The model being served: the one asked for, or the fallback the route switched to.
+    pub model: Arc<Model>,
+    pub stream: bool,
+    /// The body to send upstream (rewritten when the upstream model name differs).
+    pub body: Bytes,
+    /// The request's hold on its limits; dropped with the context, which frees its slots.
+    pub admission: Admission,
+    /// Prompt tokens charged at admission, replaced by the real count when the response tells.
+    pub token_estimate: u64,
+    /// keygate added `stream_options.include_usage` upstream; the client did not ask for it.
+    pub added_include_usage: bool,
+}
+
+/// What the response phases learn as the response passes.
+#[derive(Default)]
+pub struct ResponseState {
+    /// Reads usage from a successful response body as it streams past.
+    pub usage: Option<UsageExtractor>,
+    /// Removes the usage chunk the client did not ask for from a stream it receives.
+    pub stripper: Option<UsageChunkStripper>,
+    /// When the first response body byte arrived.
+    pub first_byte: Option<Instant>,
 }
 
 impl RequestCtx {
-    pub fn new() -> Self {
+    pub fn new(policy: Arc<Policy>) -> Self {
         RequestCtx {
             started: Instant::now(),
             request_id: String::new(),
-            policy: None,
+            policy,
             route: None,
-            key: None,
-            model: None,
-            stream: false,
-            body: None,
-            endpoint: None,
-            attempts: 0,
-            failure: None,
             client_ip: None,
-            admission: None,
+            named: Named::default(),
+            admitted: None,
             rate: None,
-            token_estimate: 0,
-            usage: None,
-            added_include_usage: false,
-            stripper: None,
-            upstream_started: None,
-            first_byte: None,
-            in_flight: None,
+            failure: None,
             upstream: UpstreamAttempts::default(),
             watchdog: None,
+            upstream_started: None,
+            response: ResponseState::default(),
+            in_flight: None,
         }
     }
-}
 
-impl Default for RequestCtx {
-    fn default() -> Self {
-        Self::new()
+    /// The key, admitted or merely named.
+    pub fn key(&self) -> Option<&Arc<Key>> {
+        match &self.admitted {
+            Some(a) => Some(&a.key),
+            None => self.named.key.as_ref(),
+        }
+    }
+
+    /// The model being served, or the one a refused request named.
+    pub fn model(&self) -> Option<&Arc<Model>> {
+        match &self.admitted {
+            Some(a) => Some(&a.model),
+            None => self.named.model.as_ref(),
+        }
+    }
+
+    pub fn stream(&self) -> bool {
+        self.admitted.as_ref().is_some_and(|a| a.stream)
     }
 }
 

@@ -50,7 +50,7 @@ pub struct UpstreamAttempts {
     /// The model the client asked for; its `fallbacks` list is the one followed.
     primary: Option<Arc<Model>>,
     /// Endpoints of the current model's provider tried so far.
-    pub tried: Tried,
+    tried: Tried,
     retries_used: u32,
     stale_retries: u32,
     current_index: Option<usize>,
@@ -61,11 +61,11 @@ pub struct UpstreamAttempts {
     current: Option<AttemptGuard>,
     /// The current attempt's response is being dropped for a fallback: the error that follows is
     /// keygate's own signal, not an upstream failure.
-    pub replacing_response: bool,
+    replacing_response: bool,
     /// How many fallbacks this request took.
-    pub fallbacks_taken: u32,
+    fallbacks_taken: u32,
     /// The current attempt received a response header.
-    pub got_header: bool,
+    got_header: bool,
 }
 
 impl UpstreamAttempts {
@@ -75,6 +75,7 @@ impl UpstreamAttempts {
             self.primary = Some(model.clone());
         }
         self.tried.clear();
+        self.current_index = None;
         self.retries_used = 0;
         self.deadline = model.provider.total_timeout.map(|t| now + t);
     }
@@ -108,6 +109,46 @@ impl UpstreamAttempts {
     /// The attempt in progress (or the last one).
     pub fn current(&self) -> Option<&AttemptGuard> {
         self.current.as_ref()
+    }
+
+    /// How many fallbacks this request took.
+    pub fn fallbacks_taken(&self) -> u32 {
+        self.fallbacks_taken
+    }
+
+    /// The endpoint (an index into the current model's provider) of the attempt in progress.
+    pub fn endpoint(&self) -> Option<usize> {
+        self.current_index
+    }
+
+    pub fn tried(&self) -> &Tried {
+        &self.tried
+    }
+
+    /// Endpoint `index` has no address to connect to: it counts as tried for this model.
+    pub fn skip_unreachable(&mut self, index: usize) {
+        self.tried.insert(index);
+    }
+
+    /// The current attempt received its response header.
+    pub fn header_arrived(&mut self) {
+        self.got_header = true;
+    }
+
+    /// Whether the current attempt received a response header.
+    pub fn got_header(&self) -> bool {
+        self.got_header
+    }
+
+    /// The current response is dropped for the fallback already chosen.
+    pub fn replace_response(&mut self) {
+        self.replacing_response = true;
+    }
+
+    /// Whether the failure now being reported is keygate dropping a response for a fallback;
+    /// asked once per failure.
+    pub fn take_replacing_response(&mut self) -> bool {
+        std::mem::take(&mut self.replacing_response)
     }
 
     /// The fallback chosen by the last [`Next::Fallback`], to switch to now.

@@ -1,6 +1,8 @@
-//! The OpenAI-compatible surface: which method and path mean which operation.
+//! The API surface keygate serves: which method and path mean which operation.
 
+use super::refusal::Refusal;
 use crate::config::schema::Operation;
+use pingora::http::RequestHeader;
 
 /// What a request asks keygate to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +29,15 @@ pub fn path_of(route: Route) -> &'static str {
         Route::Proxy(Operation::Responses) => "/v1/responses",
         Route::ListModels => "/v1/models",
     }
+}
+
+/// The route of a request head, or the refusal that names what is wrong with it.
+pub fn resolve(header: &RequestHeader) -> Result<Route, Refusal> {
+    let path = header.uri.path();
+    route(&header.method, path).map_err(|e| match e {
+        NoRoute::UnknownPath => Refusal::unknown_route(path),
+        NoRoute::WrongMethod => Refusal::method_not_allowed(header.method.as_str(), path),
+    })
 }
 
 pub fn route(method: &http::Method, path: &str) -> Result<Route, NoRoute> {

@@ -1,15 +1,57 @@
-//! Authentication: finding the presented secret and the key it belongs to.
+//! Authenticate: who is asking. The client's address (the socket peer, or the client behind a
+//! trusted proxy), the brute-force guard on that address, then the presented secret and the key it
+//! belongs to.
 //!
 //! The checksum is verified before anything else, so a mistyped or invented key costs a CRC32 and
 //! never reaches the hash or the key map.
 
-use super::errors::ApiError;
-use crate::config::schema::KeyStatus;
+use super::refusal::Refusal;
 use crate::keys::secret::{self, KeyDigest};
+use crate::limits::guard::AuthGuard;
+use crate::limits::ip;
 use crate::policy::{Key, Policy};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use http::{HeaderMap, HeaderName};
+use pingora::proxy::Session;
+use std::net::IpAddr;
 use std::sync::Arc;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The client's address, as far as keygate can believe it.
+pub fn client_ip(session: &Session, policy: &Policy) -> IpAddr {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    ip::client_ip(
+        peer,
+        session
+            .req_header()
+            .headers
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .map(|v| v.as_bytes()),
+        &policy.trusted_proxies,
+    )
+}
+
+/// The key the request presents, unless its address has been guessing keys. A failed
+/// authentication is remembered against the address.
+pub fn authenticate(
+    guard: &AuthGuard,
+    policy: &Policy,
+    headers: &HeaderMap,
+    client_ip: IpAddr,
+) -> Result<Arc<Key>, Refusal> {
+    if guard.blocked(&client_ip) {
+        return Err(Refusal::AuthGuard {
+            retry_after: guard.retry_after(),
+        });
+    }
+    let secret = presented_secret(headers).ok_or(Refusal::MissingKey)?;
+    key_for_secret(policy, secret).inspect_err(|_| guard.record_failure(&client_ip))
+}
 
 /// The headers besides `Authorization` that a client may send its key in (as Anthropic's and
 /// Azure OpenAI's clients do), in the order they are looked at.
@@ -37,30 +79,19 @@ pub fn presented_secret(headers: &HeaderMap) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-/// The key behind `secret` in `policy`, if it may be used at `now`.
-pub fn authenticate(
-    policy: &Policy,
-    secret: &str,
-    now: DateTime<Utc>,
-) -> Result<Arc<Key>, ApiError> {
+/// The key behind `secret` in `policy`. Whether it may be used now is authorization's question.
+pub fn key_for_secret(policy: &Policy, secret: &str) -> Result<Arc<Key>, Refusal> {
     if secret::check_format(secret).is_err() {
-        return Err(ApiError::invalid_key());
+        return Err(Refusal::InvalidKey);
     }
     let entry = policy
         .key_by_digest(&KeyDigest::of(secret))
-        .ok_or_else(ApiError::invalid_key)?;
-    if entry.valid_until.is_some_and(|until| until <= now) {
+        .ok_or(Refusal::InvalidKey)?;
+    if entry.valid_until.is_some_and(|until| until <= Utc::now()) {
         // A rotated-out secret whose grace period is over is as good as unknown.
-        return Err(ApiError::invalid_key());
+        return Err(Refusal::InvalidKey);
     }
-    let key = &entry.key;
-    if key.is_expired_at(now) {
-        return Err(ApiError::key_expired());
-    }
-    if key.status == KeyStatus::Paused {
-        return Err(ApiError::key_paused());
-    }
-    Ok(key.clone())
+    Ok(entry.key.clone())
 }
 
 #[cfg(test)]

@@ -1,0 +1,146 @@
+//! Account: the request's books, settled once it is over. Token windows and budgets get the real
+//! figures in place of admission's estimates, the metrics count the request, and the accounting
+//! thread gets its record for the audit log and the usage database. Nothing here blocks: the
+//! record is handed over, not written.
+
+use super::ctx::RequestCtx;
+use super::paths;
+use super::respond::classify;
+use crate::accounting::{Recorder, RequestRecord};
+use crate::limits::{self, LimitState};
+use crate::metrics::{Metrics, RequestFigures};
+use crate::usage::cost::UsdNanos;
+use crate::usage::Usage;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+use std::borrow::Cow;
+use std::time::Instant;
+
+/// Settles and records the finished request. `e` is the error that ended it, if one did.
+pub fn account(
+    limits: &dyn LimitState,
+    metrics: &Metrics,
+    recorder: &Recorder,
+    session: &Session,
+    e: Option<&Error>,
+    ctx: &mut RequestCtx,
+) {
+    let now_ms = limits::now_ms();
+    let (usage, estimated) = measured_usage(ctx);
+    let mut cost = UsdNanos::ZERO;
+    if let Some(admitted) = ctx.admitted.as_mut() {
+        cost = admitted
+            .model
+            .price
+            .map_or(UsdNanos::ZERO, |p| p.cost(&usage));
+        // Tokens are charged only when a response was read; an admission without one keeps its
+        // prompt estimate, as the provider may have billed the prompt.
+        if ctx.response.usage.is_some() {
+            let actual = usage.prompt_tokens + usage.completion_tokens;
+            let delta = actual as i64 - admitted.token_estimate as i64;
+            limits.charge_tokens(&admitted.admission, delta, now_ms);
+        }
+        for crossed in limits.settle_cost(&mut admitted.admission, cost, now_ms) {
+            tracing::warn!(
+                request_id = %ctx.request_id,
+                scope = crossed.kind,
+                name = %crossed.name,
+                period = crossed.alert.period.as_str(),
+                threshold = f64::from(crossed.alert.permille) / 1000.0,
+                spent_usd = %crossed.alert.spent,
+                budget_usd = %crossed.alert.cap,
+                "budget alert: spend crossed a threshold"
+            );
+        }
+    }
+    let header = session.req_header();
+    let path: Cow<'static, str> = match ctx.route {
+        Some(route) => Cow::Borrowed(paths::path_of(route)),
+        // Unknown paths are client input: drop the query, bound the length.
+        None => Cow::Owned(header.uri.path().chars().take(200).collect()),
+    };
+    let status = session.response_written().map_or(0, |h| h.status.as_u16());
+    let first_byte = ctx.response.first_byte;
+    let error = match &ctx.failure {
+        Some(failure) => Some(failure.code()),
+        // A stream cut after its headers went out has no keygate error, but is not a success.
+        None => e.map(|e| match classify(e).code() {
+            "internal_error" if first_byte.is_some() => "stream_interrupted",
+            code => code,
+        }),
+    };
+    let refusal = ctx.failure.as_ref().and_then(|f| f.reason());
+    let admitted = ctx.admitted.is_some();
+    let stream = ctx.stream();
+    let finished = Instant::now();
+    metrics.finished(
+        ctx.key().map(|k| &**k),
+        ctx.model().map(|m| &**m),
+        ctx.policy.models.len(),
+        admitted,
+        &RequestFigures {
+            status,
+            refusal,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cached_tokens: usage.cached_tokens,
+            cost_usd: cost.as_usd(),
+            duration: finished.duration_since(ctx.started),
+            upstream_duration: ctx.upstream_started.map(|t| finished.duration_since(t)),
+            time_to_first_byte: first_byte
+                .filter(|_| stream)
+                .map(|t| t.duration_since(ctx.started)),
+        },
+    );
+    tracing::debug!(
+        request_id = %ctx.request_id,
+        key = ctx.key().map_or("-", |k| &*k.id),
+        model = ctx.model().map_or("-", |m| m.name.as_str()),
+        status,
+        error = error.unwrap_or("-"),
+        fallbacks = ctx.upstream.fallbacks_taken(),
+        elapsed_us = finished.duration_since(ctx.started).as_micros() as u64,
+        "request done"
+    );
+    recorder.record(RequestRecord {
+        finished_at_ms: now_ms,
+        request_id: std::mem::take(&mut ctx.request_id),
+        key: ctx.key().cloned(),
+        client_ip: ctx.client_ip,
+        method: header.method.clone(),
+        path,
+        model: ctx.model().cloned(),
+        endpoint: ctx.upstream.endpoint(),
+        stream,
+        status,
+        usage,
+        cost,
+        estimated,
+        billable: admitted,
+        latency: finished.duration_since(ctx.started),
+        ttfb: first_byte.map(|t| t.duration_since(ctx.started)),
+        refusal,
+        error,
+    });
+}
+
+/// The request's token usage: the provider's own count when the response carried one; for a
+/// response cut before its usage (or without one), the prompt estimate plus the streamed text at
+/// about four characters a token, marked estimated. Requests without a successful response used
+/// nothing.
+fn measured_usage(ctx: &mut RequestCtx) -> (Usage, bool) {
+    let (Some(extractor), Some(admitted)) = (ctx.response.usage.as_mut(), &ctx.admitted) else {
+        return (Usage::default(), false);
+    };
+    match extractor.finish() {
+        Some(usage) => (usage, false),
+        None => (
+            Usage {
+                prompt_tokens: admitted.token_estimate,
+                completion_tokens: extractor.streamed_text_chars().div_ceil(4),
+                cached_tokens: 0,
+            },
+            true,
+        ),
+    }
+}

@@ -1,0 +1,82 @@
+//! Authorize: whether this key may do what the request asks, here and now. The key's status
+//! (expired, paused), its networks, the operation, and the model named in the body, which is read
+//! whole here because the model decides everything after.
+
+use super::body::{self, RequestFacts};
+use super::paths::Route;
+use super::refusal::Refusal;
+use crate::config::schema::{KeyStatus, Operation};
+use crate::limits::ip;
+use crate::policy::{Key, Model, Policy};
+use bytes::Bytes;
+use pingora::proxy::Session;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// What an authorized request goes on to.
+pub enum Authorized {
+    /// To its limits, then the provider.
+    Forward(Request),
+    /// `GET /v1/models`, which keygate answers from the key's policy.
+    ListModels,
+}
+
+/// An authorized request to forward.
+pub struct Request {
+    pub operation: Operation,
+    pub model: Arc<Model>,
+    pub body: Bytes,
+    pub facts: RequestFacts,
+}
+
+/// The key may be used now, from `client_ip`.
+pub fn key(key: &Key, client_ip: IpAddr) -> Result<(), Refusal> {
+    if key.is_expired_at(chrono::Utc::now()) {
+        return Err(Refusal::KeyExpired);
+    }
+    if key.status == KeyStatus::Paused {
+        return Err(Refusal::KeyPaused);
+    }
+    let lists = [&key.limits.allowed_ips, &key.workload.limits.allowed_ips];
+    if lists
+        .into_iter()
+        .flatten()
+        .any(|list| !ip::allowed(client_ip, list))
+    {
+        return Err(Refusal::IpNotAllowed);
+    }
+    Ok(())
+}
+
+/// The operation of `route`, then the model its body names. The model is reported through
+/// `named` as soon as it is known, so a refusal after this point is labelled with it.
+pub async fn request(
+    session: &mut Session,
+    policy: &Policy,
+    key: &Key,
+    route: Route,
+    named: &mut Option<Arc<Model>>,
+) -> Result<Authorized, Refusal> {
+    let operation = match route {
+        Route::ListModels => return Ok(Authorized::ListModels),
+        Route::Proxy(op) => op,
+    };
+    if !key.operations.contains(operation) {
+        return Err(Refusal::OperationNotAllowed(operation));
+    }
+    let body = body::read_whole(session, policy.max_body_bytes).await?;
+    let facts = body::inspect(&body)?;
+    let model = policy
+        .model(&facts.model)
+        .ok_or_else(|| Refusal::ModelNotFound(facts.model.as_str().into()))?;
+    if !key.models.contains(model.index) {
+        return Err(Refusal::ModelNotAllowed(facts.model.as_str().into()));
+    }
+    *named = Some(model.clone());
+    Ok(Authorized::Forward(Request {
+        operation,
+        model: model.clone(),
+        body,
+        facts,
+    }))
+}

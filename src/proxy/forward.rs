@@ -1,0 +1,84 @@
+//! Forward: the request as the provider receives it. The virtual key is swapped for the
+//! provider's credential, the endpoint is addressed, and the body keygate read (and may have
+//! rewritten) is sent whole, framed by its length.
+
+use super::authenticate::OTHER_KEY_HEADERS;
+use super::ctx::RequestCtx;
+use super::head;
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::protocols::ALPN;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
+
+/// Sends the head and the body in one segment on a fresh h1 connection. A multiplexed (h2)
+/// connection carries other requests' frames, which a cork would delay.
+#[cfg(target_os = "linux")]
+pub fn cork(ctx: &RequestCtx, peer: &HttpPeer, fd: std::os::unix::io::RawFd) {
+    let has_body = ctx.admitted.as_ref().is_some_and(|a| !a.body.is_empty());
+    if has_body && peer.options.alpn == ALPN::H1 {
+        crate::upstream::cork::join_head_and_body(fd);
+    }
+}
+
+/// Swaps the virtual key for the provider credential and addresses the endpoint.
+pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()> {
+    let not_routed =
+        || Error::e_explain(ErrorType::InternalError, "forwarding a request not routed");
+    let Some(admitted) = &ctx.admitted else {
+        return not_routed();
+    };
+    let provider = &admitted.model.provider;
+    let endpoint = ctx
+        .upstream
+        .endpoint()
+        .and_then(|i| provider.endpoints.get(i));
+    let Some(endpoint) = endpoint else {
+        return not_routed();
+    };
+    let mut values = head::Values::with_capacity(head::VALUES_CAPACITY);
+    // the credential, host, request id, content length and accept-encoding
+    head::edit_request(upstream, 5, |parts| {
+        let headers = &mut parts.headers;
+        // every header a virtual key can arrive in
+        headers.remove(http::header::AUTHORIZATION);
+        for name in &OTHER_KEY_HEADERS {
+            headers.remove(name);
+        }
+        if let Some((name, value)) = &provider.credential {
+            head::set(headers, name.clone(), value.clone())?;
+        }
+        head::set(headers, http::header::HOST, endpoint.authority.clone())?;
+        head::set_request_id(headers, &mut values, &ctx.request_id)?;
+        // The body is complete and framed by Content-Length: nothing is left to negotiate.
+        headers.remove(http::header::TRANSFER_ENCODING);
+        headers.remove(http::header::EXPECT);
+        let content_length = values.number(admitted.body.len() as u64)?;
+        head::set(headers, http::header::CONTENT_LENGTH, content_length)?;
+        if admitted.added_include_usage {
+            // The usage chunk is removed from the stream on its way back, which needs plain
+            // bytes.
+            let identity = HeaderValue::from_static("identity");
+            head::set(headers, http::header::ACCEPT_ENCODING, identity)?;
+        }
+        if !endpoint.base_path.is_empty() {
+            let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            parts.uri = format!("{}{}", endpoint.base_path, path_and_query)
+                .parse()
+                .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream path"))?;
+        }
+        Ok(())
+    })
+}
+
+/// Pingora replays the buffered tail of the body (see `body`); the whole body goes in its place.
+pub fn request_body(ctx: &RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
+    *body = if end_of_stream {
+        ctx.admitted.as_ref().map(|a| a.body.clone())
+    } else {
+        // Cannot happen with a fully pre-read body; never forward a partial one.
+        None
+    };
+}

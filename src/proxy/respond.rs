@@ -1,0 +1,171 @@
+//! Respond: what the client receives. A provider's response passes through unbuffered, with the
+//! request id and a rate-limited key's `x-ratelimit-*` headers added, while its token usage is
+//! read on the way (and a usage chunk the client did not ask for is taken out). Responses keygate
+//! gives itself — refusals, failures, `/v1/models` — are written here too.
+
+use super::body;
+use super::ctx::RequestCtx;
+use super::refusal::{self, Refusal};
+use crate::policy::{Key, Policy};
+use crate::usage::{BodyKind, ContentEncoding, UsageChunkStripper, UsageExtractor};
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, Session};
+use pingora::{ErrorSource, ErrorType};
+
+/// Adds keygate's headers to the provider's response head, and starts reading usage from a
+/// successful response of an admitted request.
+pub fn response_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Result<()> {
+    super::head::edit_response(response, &ctx.request_id, ctx.rate.as_ref(), 0, |_, _| {
+        Ok(())
+    })?;
+    let Some(admitted) = &ctx.admitted else {
+        return Ok(());
+    };
+    if !response.status.is_success() {
+        return Ok(());
+    }
+    let headers = &response.headers;
+    let is_sse = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let encoding = ContentEncoding::from_header(
+        headers
+            .get(http::header::CONTENT_ENCODING)
+            .map(|v| v.as_bytes()),
+    );
+    if let Some(encoding) = encoding {
+        let kind = if is_sse {
+            BodyKind::Sse
+        } else {
+            BodyKind::Json
+        };
+        ctx.response.usage = Some(UsageExtractor::new(kind, encoding));
+        if admitted.added_include_usage && is_sse && encoding == ContentEncoding::Identity {
+            ctx.response.stripper = Some(UsageChunkStripper::new());
+            // The client receives fewer bytes than the provider sent.
+            response.remove_header(&http::header::CONTENT_LENGTH);
+        }
+    }
+    Ok(())
+}
+
+/// Counts tokens as the body passes; the chunk itself goes on untouched, unless it carries the
+/// usage chunk keygate asked for on the client's behalf.
+pub fn response_chunk(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
+    let state = &mut ctx.response;
+    if let Some(chunk) = body.as_ref() {
+        if state.first_byte.is_none() && !chunk.is_empty() {
+            state.first_byte = Some(std::time::Instant::now());
+        }
+        if let Some(extractor) = state.usage.as_mut() {
+            extractor.feed(chunk);
+        }
+    }
+    if let Some(stripper) = state.stripper.as_mut() {
+        let mut out = body.take().map(|chunk| stripper.filter(&chunk));
+        if end_of_stream {
+            let rest = stripper.finish();
+            if !rest.is_empty() {
+                out = Some(match out {
+                    Some(head) if !head.is_empty() => [head, rest].concat().into(),
+                    _ => rest,
+                });
+            }
+        }
+        // An empty chunk would read as the end of a chunked body: send nothing instead.
+        *body = out.filter(|b| !b.is_empty());
+    }
+}
+
+/// Answers `refusal` in place of the provider, after reading what is left of the body so the
+/// client reads the answer instead of failing on a broken pipe.
+pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: Refusal) -> Result<()> {
+    body::discard_rest(session).await;
+    refusal::respond(session, &refusal, &ctx.request_id, ctx.rate.as_ref()).await?;
+    ctx.failure = Some(refusal);
+    Ok(())
+}
+
+/// `GET /v1/models`: the models the key may use.
+pub async fn list_models(session: &mut Session, ctx: &RequestCtx, key: &Key) -> Result<()> {
+    let body = models_body(&ctx.policy, key);
+    let mut h = ResponseHeader::build(200, Some(3))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", body.len())?;
+    h.insert_header("x-request-id", ctx.request_id.as_str())?;
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+fn models_body(policy: &Policy, key: &Key) -> Bytes {
+    let data: Vec<serde_json::Value> = key
+        .models
+        .iter()
+        .filter_map(|i| policy.models.get(i))
+        .map(|m| {
+            serde_json::json!({
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": m.provider.name,
+            })
+        })
+        .collect();
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
+            .unwrap_or_default(),
+    )
+}
+
+/// A forward that failed after admission becomes an error in the client's dialect, if the
+/// client can still get one.
+pub async fn failed(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    let failure = ctx.failure.take().unwrap_or_else(|| classify(e));
+    let client_gone = matches!(e.esource(), ErrorSource::Downstream)
+        && matches!(
+            e.etype(),
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
+        );
+    let code = if client_gone || session.response_written().is_some() {
+        // Headers already went out (e.g. a stream cut mid-way): the connection is the only
+        // signal left.
+        0
+    } else {
+        if ctx.request_id.is_empty() {
+            ctx.request_id = super::ctx::request_id(None);
+        }
+        if let Err(write_error) =
+            refusal::respond(session, &failure, &ctx.request_id, ctx.rate.as_ref()).await
+        {
+            tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not send error response");
+        }
+        failure.status()
+    };
+    ctx.failure = Some(failure);
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
+}
+
+/// What the client is told of a Pingora failure.
+pub fn classify(e: &Error) -> Refusal {
+    match e.etype() {
+        ErrorType::ConnectTimedout
+        | ErrorType::ReadTimedout
+        | ErrorType::WriteTimedout
+        | ErrorType::TLSHandshakeTimedout => Refusal::UpstreamTimeout,
+        ErrorType::HTTPStatus(400) => Refusal::invalid_request("The request could not be read."),
+        _ if matches!(e.esource(), ErrorSource::Upstream) => Refusal::UpstreamUnavailable,
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => Refusal::UpstreamUnavailable,
+        _ => Refusal::Internal,
+    }
+}
