@@ -16,14 +16,16 @@
 //! between them. All response bodies are built by pure functions; the socket code only reads the
 //! request, picks the route and writes what those functions return.
 
+mod response;
+mod stream;
+
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, Method};
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
-use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
 use pingora::server::ShutdownWatch;
@@ -31,6 +33,9 @@ use pingora::services::listening::Service;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tracing::debug;
+
+use response::{error_response, invalid_request, Meta, MockResponse};
+use stream::{sse_data, sse_event, sse_response, write_response, SSE_DONE};
 
 /// The sentence every completion is cut from; one word is one token and one stream delta.
 const REPLY_WORDS: [&str; 9] = [
@@ -244,45 +249,6 @@ fn expects_continue(session: &ServerSession) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
-async fn write_response(
-    session: &mut ServerSession,
-    response: MockResponse,
-    stream_delay: Duration,
-) -> pingora::Result<()> {
-    let mut header = ResponseHeader::build(response.status, Some(5))?;
-    header.insert_header(
-        "x-request-id",
-        format!("req_{}", uuid::Uuid::new_v4().simple()),
-    )?;
-    match response.body {
-        MockBody::Json(body) => {
-            header.insert_header(header::CONTENT_TYPE, "application/json")?;
-            header.insert_header(header::CONTENT_LENGTH, body.len())?;
-            session.write_response_header(Box::new(header)).await?;
-            session.write_response_body(body, true).await
-        }
-        MockBody::Sse(events) => {
-            header.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
-            header.insert_header(header::CACHE_CONTROL, "no-cache")?;
-            // Pingora's H1 writer does not pick chunked by itself: a response without
-            // Content-Length or Transfer-Encoding is framed by closing the connection. HTTP/2
-            // strips this header, and HTTP/1.0 clients must get the close-delimited form.
-            if session.req_header().version == http::Version::HTTP_11 {
-                header.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-            }
-            session.write_response_header(Box::new(header)).await?;
-            for (i, event) in events.into_iter().enumerate() {
-                if i > 0 && !stream_delay.is_zero() {
-                    tokio::time::sleep(stream_delay).await;
-                }
-                // Each write is one chunk, and Pingora flushes chunked writes immediately.
-                session.write_response_body(event, false).await?;
-            }
-            session.write_response_body(Bytes::new(), true).await
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Pure part: routing, auth, request parsing and body building. No I/O below this line.
 // ---------------------------------------------------------------------------------------------
@@ -296,72 +262,6 @@ enum Route {
     Completions,
     Embeddings,
     Responses,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum MockBody {
-    /// A complete JSON body, sent with Content-Length.
-    Json(Bytes),
-    /// Ready-formatted SSE events, each written (and flushed) as its own body write.
-    Sse(Vec<Bytes>),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct MockResponse {
-    status: u16,
-    body: MockBody,
-}
-
-impl MockResponse {
-    fn json(status: u16, value: &Value) -> Self {
-        Self {
-            status,
-            body: MockBody::Json(Bytes::from(value.to_string())),
-        }
-    }
-}
-
-/// The per-response values that are random or time-based, kept apart so that body builders
-/// stay deterministic under test.
-#[derive(Debug, Clone)]
-struct Meta {
-    id: String,
-    created: u64,
-}
-
-impl Meta {
-    fn fresh() -> Self {
-        Self {
-            id: uuid::Uuid::new_v4().simple().to_string(),
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        }
-    }
-}
-
-fn error_response(
-    status: u16,
-    message: &str,
-    kind: &str,
-    param: Option<&str>,
-    code: Option<&str>,
-) -> MockResponse {
-    MockResponse::json(
-        status,
-        &json!({
-            "error": {
-                "message": message,
-                "type": kind,
-                "param": param,
-                "code": code,
-            }
-        }),
-    )
-}
-
-fn invalid_request(message: &str, param: Option<&str>, code: Option<&str>) -> MockResponse {
-    error_response(400, message, "invalid_request_error", param, code)
 }
 
 /// Picks the route and checks the credential; everything that can be decided from the
@@ -660,25 +560,6 @@ fn include_usage(req: &Map<String, Value>) -> bool {
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false)
-}
-
-/// One `data:` SSE event, as chat and completions streams use.
-fn sse_data(value: &Value) -> Bytes {
-    Bytes::from(format!("data: {value}\n\n"))
-}
-
-/// One named SSE event, as the Responses API streams use.
-fn sse_event(name: &str, value: &Value) -> Bytes {
-    Bytes::from(format!("event: {name}\ndata: {value}\n\n"))
-}
-
-const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
-
-fn sse_response(events: Vec<Bytes>) -> MockResponse {
-    MockResponse {
-        status: 200,
-        body: MockBody::Sse(events),
-    }
 }
 
 // --- chat completions -------------------------------------------------------------------------
@@ -1244,6 +1125,7 @@ fn responses_stream_events(
 
 #[cfg(test)]
 mod tests {
+    use super::response::MockBody;
     use super::*;
 
     fn meta() -> Meta {
@@ -1380,18 +1262,6 @@ mod tests {
             assert_eq!(err.status, 400);
             assert_eq!(body_json(&err)["error"]["param"], "max_tokens");
         }
-    }
-
-    #[test]
-    fn sse_formatting() {
-        assert_eq!(
-            sse_data(&json!({"a": 1})),
-            Bytes::from("data: {\"a\":1}\n\n")
-        );
-        assert_eq!(
-            sse_event("response.created", &json!({"a": 1})),
-            Bytes::from("event: response.created\ndata: {\"a\":1}\n\n")
-        );
     }
 
     #[test]
