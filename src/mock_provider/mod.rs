@@ -16,8 +16,12 @@
 //! between them. All response bodies are built by pure functions; the socket code only reads the
 //! request, picks the route and writes what those functions return.
 
+mod request;
 mod response;
+mod routes;
 mod stream;
+#[cfg(test)]
+mod test_support;
 mod tokens;
 
 use std::sync::Arc;
@@ -25,7 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{header, Method};
+use http::header;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::protocols::http::ServerSession;
 use pingora::server::configuration::ServerConf;
@@ -35,14 +39,13 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
+use request::{include_usage, is_stream, token_limit};
 use response::{error_response, invalid_request, Meta, MockResponse};
+use routes::{check_head, respond};
 use stream::{sse_data, sse_event, sse_response, write_response, SSE_DONE};
 use tokens::{
     approx_tokens, chat_prompt_bytes, completion_prompt_bytes, responses_prompt_bytes, Reply, Usage,
 };
-
-/// The only model `/v1/models` advertises. Requests may name any model; it is echoed back.
-const MOCK_MODEL_ID: &str = "mock";
 
 /// Request bodies above this are refused with 413: the mock buffers the whole body, and no
 /// realistic prompt sent to it needs more.
@@ -243,185 +246,6 @@ fn expects_continue(session: &ServerSession) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Pure part: routing, auth, request parsing and body building. No I/O below this line.
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Route {
-    Health,
-    Models,
-    Model(String),
-    ChatCompletions,
-    Completions,
-    Embeddings,
-    Responses,
-}
-
-/// Picks the route and checks the credential; everything that can be decided from the
-/// request header alone, so that rejected requests never have their body read.
-fn check_head(
-    config: &MockProviderConfig,
-    method: &Method,
-    path: &str,
-    authorization: Option<&[u8]>,
-    api_key: Option<&[u8]>,
-) -> Result<Route, MockResponse> {
-    let route = match (method, path) {
-        (&Method::GET, "/health") => return Ok(Route::Health),
-        (&Method::GET, "/v1/models") => Route::Models,
-        (&Method::GET, p) if p.starts_with("/v1/models/") && p.len() > "/v1/models/".len() => {
-            Route::Model(p["/v1/models/".len()..].to_string())
-        }
-        (&Method::POST, "/v1/chat/completions") => Route::ChatCompletions,
-        (&Method::POST, "/v1/completions") => Route::Completions,
-        (&Method::POST, "/v1/embeddings") => Route::Embeddings,
-        (&Method::POST, "/v1/responses") => Route::Responses,
-        _ => {
-            return Err(error_response(
-                404,
-                &format!("Invalid URL ({method} {path})"),
-                "not_found_error",
-                None,
-                Some("unknown_route"),
-            ))
-        }
-    };
-    if let Some(expected) = config.api_key.as_deref() {
-        if !credential_matches(expected, authorization, api_key) {
-            return Err(error_response(
-                401,
-                "Incorrect API key provided",
-                "invalid_request_error",
-                None,
-                Some("invalid_api_key"),
-            ));
-        }
-    }
-    Ok(route)
-}
-
-/// Accepts `Authorization: Bearer <key>` (OpenAI) or `api-key: <key>` (Azure OpenAI style).
-fn credential_matches(
-    expected: &str,
-    authorization: Option<&[u8]>,
-    api_key: Option<&[u8]>,
-) -> bool {
-    let bearer = authorization.and_then(|v| {
-        let scheme = v.get(..7)?;
-        scheme
-            .eq_ignore_ascii_case(b"bearer ")
-            .then(|| v[7..].trim_ascii())
-    });
-    let expected = expected.as_bytes();
-    bearer.is_some_and(|k| constant_time_eq(k, expected))
-        || api_key.is_some_and(|k| constant_time_eq(k.trim_ascii(), expected))
-}
-
-/// Compares without an early exit so response timing does not reveal how much of a guessed
-/// key was right (the length still shows, which is acceptable for a mock key).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Builds the whole response for an authenticated, routed request.
-fn respond(route: &Route, body: &[u8], meta: &Meta) -> MockResponse {
-    match route {
-        Route::Health => MockResponse::json(200, &json!({"status": "ok"})),
-        Route::Models => MockResponse::json(
-            200,
-            &json!({"object": "list", "data": [model_object(MOCK_MODEL_ID)]}),
-        ),
-        Route::Model(id) if id == MOCK_MODEL_ID => {
-            MockResponse::json(200, &model_object(MOCK_MODEL_ID))
-        }
-        Route::Model(id) => error_response(
-            404,
-            &format!("The model '{id}' does not exist"),
-            "invalid_request_error",
-            Some("model"),
-            Some("model_not_found"),
-        ),
-        Route::ChatCompletions => {
-            with_request(body, |req, model| chat_completions(req, model, meta))
-        }
-        Route::Completions => with_request(body, |req, model| completions(req, model, meta)),
-        Route::Embeddings => with_request(body, embeddings),
-        Route::Responses => with_request(body, |req, model| responses(req, model, meta)),
-    }
-}
-
-fn model_object(id: &str) -> Value {
-    json!({"id": id, "object": "model", "created": 0, "owned_by": "keygate-mock"})
-}
-
-/// Parses the JSON object body and its `model`, the common prelude of every POST endpoint.
-fn with_request(
-    body: &[u8],
-    build: impl FnOnce(&Map<String, Value>, &str) -> Result<MockResponse, MockResponse>,
-) -> MockResponse {
-    let req = match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(req)) => req,
-        Ok(_) => {
-            return invalid_request("Invalid request body: expected a JSON object.", None, None)
-        }
-        Err(_) => {
-            return invalid_request(
-                "We could not parse the JSON body of your request. The OpenAI API expects a \
-                 JSON payload, but what was sent was not valid JSON.",
-                None,
-                None,
-            )
-        }
-    };
-    let model = match req.get("model").and_then(Value::as_str) {
-        Some(model) if !model.is_empty() => model,
-        _ => return invalid_request("you must provide a model parameter", None, None),
-    };
-    build(&req, model).unwrap_or_else(|rejection| rejection)
-}
-
-/// Reads the first present, non-null limit among `names` (e.g. `max_completion_tokens` before
-/// the deprecated `max_tokens`), rejecting what OpenAI rejects: non-integers and values < 1.
-fn token_limit(req: &Map<String, Value>, names: &[&str]) -> Result<Option<u64>, MockResponse> {
-    for &name in names {
-        match req.get(name) {
-            None | Some(Value::Null) => continue,
-            Some(v) => {
-                return match v.as_u64() {
-                    Some(n) if n >= 1 => Ok(Some(n)),
-                    Some(_) => Err(below_minimum(name, v)),
-                    None if v.as_i64().is_some() => Err(below_minimum(name, v)),
-                    None => Err(invalid_request(
-                        &format!("Invalid type for '{name}': expected an integer."),
-                        Some(name),
-                        Some("invalid_type"),
-                    )),
-                };
-            }
-        }
-    }
-    Ok(None)
-}
-
-fn below_minimum(name: &str, got: &Value) -> MockResponse {
-    invalid_request(
-        &format!(
-            "Invalid '{name}': integer below minimum value. Expected a value >= 1, but got {got} \
-             instead."
-        ),
-        Some(name),
-        Some("integer_below_min_value"),
-    )
-}
-
-fn is_stream(req: &Map<String, Value>) -> bool {
-    req.get("stream").and_then(Value::as_bool).unwrap_or(false)
-}
-
-fn include_usage(req: &Map<String, Value>) -> bool {
-    req.get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
-}
 
 // --- chat completions -------------------------------------------------------------------------
 
@@ -986,156 +810,9 @@ fn responses_stream_events(
 
 #[cfg(test)]
 mod tests {
-    use super::response::MockBody;
+    use super::routes::Route;
+    use super::test_support::{body_json, data_payloads, post, sse_events};
     use super::*;
-
-    fn meta() -> Meta {
-        Meta {
-            id: "test".to_string(),
-            created: 1_700_000_000,
-        }
-    }
-
-    fn body_json(resp: &MockResponse) -> Value {
-        match &resp.body {
-            MockBody::Json(b) => serde_json::from_slice(b).expect("valid JSON body"),
-            MockBody::Sse(_) => panic!("expected a JSON body, got SSE"),
-        }
-    }
-
-    fn sse_events(resp: &MockResponse) -> Vec<String> {
-        match &resp.body {
-            MockBody::Sse(events) => events
-                .iter()
-                .map(|e| String::from_utf8(e.to_vec()).expect("utf8"))
-                .collect(),
-            MockBody::Json(_) => panic!("expected SSE, got JSON"),
-        }
-    }
-
-    /// The JSON payloads of `data:` lines, skipping `[DONE]`.
-    fn data_payloads(events: &[String]) -> Vec<Value> {
-        events
-            .iter()
-            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
-            .filter(|d| *d != "[DONE]")
-            .map(|d| serde_json::from_str(d).expect("event JSON"))
-            .collect()
-    }
-
-    fn post(route: Route, body: Value) -> MockResponse {
-        respond(&route, body.to_string().as_bytes(), &meta())
-    }
-
-    #[test]
-    fn token_limit_validation() {
-        let req = |v: Value| v.as_object().unwrap().clone();
-        let names = ["max_completion_tokens", "max_tokens"];
-        assert_eq!(token_limit(&req(json!({})), &names).unwrap(), None);
-        assert_eq!(
-            token_limit(&req(json!({"max_tokens": null})), &names).unwrap(),
-            None
-        );
-        assert_eq!(
-            token_limit(&req(json!({"max_tokens": 5})), &names).unwrap(),
-            Some(5)
-        );
-        assert_eq!(
-            token_limit(
-                &req(json!({"max_tokens": 5, "max_completion_tokens": 2})),
-                &names
-            )
-            .unwrap(),
-            Some(2)
-        );
-        for bad in [json!(0), json!(-3), json!(1.5), json!("7")] {
-            let err = token_limit(&req(json!({"max_tokens": bad})), &names).unwrap_err();
-            assert_eq!(err.status, 400);
-            assert_eq!(body_json(&err)["error"]["param"], "max_tokens");
-        }
-    }
-
-    #[test]
-    fn routing_and_auth() {
-        let open = MockProviderConfig {
-            api_key: None,
-            stream_delay: Duration::ZERO,
-        };
-        let locked = MockProviderConfig {
-            api_key: Some("sk-mock".to_string()),
-            ..open.clone()
-        };
-        let post = Method::POST;
-        let get = Method::GET;
-
-        assert_eq!(
-            check_head(&open, &post, "/v1/chat/completions", None, None),
-            Ok(Route::ChatCompletions)
-        );
-        assert_eq!(
-            check_head(&open, &get, "/v1/models/mock", None, None),
-            Ok(Route::Model("mock".to_string()))
-        );
-        // Health answers without a key so that probes need no secret.
-        assert_eq!(
-            check_head(&locked, &get, "/health", None, None),
-            Ok(Route::Health)
-        );
-
-        let not_found = check_head(&open, &get, "/v1/chat/completions", None, None).unwrap_err();
-        assert_eq!(not_found.status, 404);
-        let err = body_json(&not_found);
-        assert_eq!(err["error"]["type"], "not_found_error");
-        assert_eq!(err["error"]["code"], "unknown_route");
-        assert_eq!(err["error"]["param"], Value::Null);
-
-        for (auth, api_key) in [
-            (None, None),
-            (Some(&b"Bearer wrong"[..]), None),
-            (Some(&b"sk-mock"[..]), None),
-            (Some(&b"Bearer"[..]), None),
-            (None, Some(&b"sk-moc"[..])),
-        ] {
-            let denied = check_head(&locked, &post, "/v1/embeddings", auth, api_key).unwrap_err();
-            assert_eq!(denied.status, 401);
-            assert_eq!(
-                body_json(&denied),
-                json!({"error": {"message": "Incorrect API key provided",
-                    "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})
-            );
-        }
-        for (auth, api_key) in [
-            (Some(&b"Bearer sk-mock"[..]), None),
-            (Some(&b"bearer  sk-mock "[..]), None),
-            (None, Some(&b"sk-mock"[..])),
-            (Some(&b"Bearer wrong"[..]), Some(&b"sk-mock"[..])),
-        ] {
-            assert_eq!(
-                check_head(&locked, &post, "/v1/embeddings", auth, api_key),
-                Ok(Route::Embeddings)
-            );
-        }
-    }
-
-    #[test]
-    fn malformed_bodies_are_400() {
-        for body in [&b""[..], b"{", b"[1,2]", b"\xff\xfe", b"{\"messages\": []}"] {
-            let resp = respond(&Route::ChatCompletions, body, &meta());
-            assert_eq!(resp.status, 400, "body {body:?}");
-            assert_eq!(body_json(&resp)["error"]["type"], "invalid_request_error");
-        }
-        let resp = post(
-            Route::ChatCompletions,
-            json!({"model": "m", "messages": "hi"}),
-        );
-        assert_eq!(resp.status, 400);
-        let resp = post(Route::Embeddings, json!({"model": "m"}));
-        assert_eq!(resp.status, 400);
-        let resp = post(Route::Embeddings, json!({"model": "m", "input": []}));
-        assert_eq!(resp.status, 400);
-        let resp = post(Route::Embeddings, json!({"model": "m", "input": [1, "a"]}));
-        assert_eq!(resp.status, 400);
-    }
 
     #[test]
     fn chat_completion_shape() {
@@ -1402,28 +1079,6 @@ mod tests {
             .last()
             .unwrap()
             .starts_with("event: response.completed\n"));
-    }
-
-    #[test]
-    fn models_and_health() {
-        let v = body_json(&respond(&Route::Models, b"", &meta()));
-        assert_eq!(
-            v,
-            json!({"object": "list", "data": [
-                {"id": "mock", "object": "model", "created": 0, "owned_by": "keygate-mock"}]})
-        );
-        let h = body_json(&respond(&Route::Health, b"", &meta()));
-        assert_eq!(h, json!({"status": "ok"}));
-        let missing = respond(&Route::Model("gpt-5".to_string()), b"", &meta());
-        assert_eq!(missing.status, 404);
-    }
-
-    #[test]
-    fn model_is_required() {
-        let resp = post(Route::Responses, json!({"input": "x"}));
-        assert_eq!(resp.status, 400);
-        let resp = post(Route::Responses, json!({"model": 7, "input": "x"}));
-        assert_eq!(resp.status, 400);
     }
 
     /// Reads until the buffer ends with `end`; the socket has a read timeout, so a missing
