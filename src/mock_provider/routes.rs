@@ -7,9 +7,13 @@
 use http::Method;
 use serde_json::{json, Value};
 
+use super::chat::chat_completions;
+use super::completions::completions;
+use super::embeddings::embeddings;
 use super::request::with_request;
 use super::response::{error_response, Meta, MockResponse};
-use super::{chat_completions, completions, embeddings, responses, MockProviderConfig};
+use super::responses_api::responses;
+use super::MockProviderConfig;
 
 /// The only model `/v1/models` advertises. Requests may name any model; it is echoed back.
 const MOCK_MODEL_ID: &str = "mock";
