@@ -42,8 +42,14 @@ fn bench(c: &mut Criterion) {
     };
     c.bench_function("metrics/record_request", |b| {
         b.iter(|| {
-            metrics.started(black_box(&key), models);
-            metrics.finished(Some(&key), Some(&model), models, true, black_box(&figures));
+            metrics.started(black_box(&key).metrics_ref(), models);
+            metrics.finished(
+                Some(key.metrics_ref()),
+                Some(model.metrics_ref()),
+                models,
+                true,
+                black_box(&figures),
+            );
         })
     });
     c.bench_function("metrics/record_request_disabled_baseline", |b| {
@@ -51,8 +57,14 @@ fn bench(c: &mut Criterion) {
     });
 
     for k in policy.keys_by_id.values() {
-        metrics.started(k, models);
-        metrics.finished(Some(k), Some(&model), models, true, &figures);
+        metrics.started(k.metrics_ref(), models);
+        metrics.finished(
+            Some(k.metrics_ref()),
+            Some(model.metrics_ref()),
+            models,
+            true,
+            &figures,
+        );
     }
     c.bench_function("metrics/render_1000_keys", |b| {
         b.iter(|| black_box(metrics.render().len()))

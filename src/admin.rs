@@ -105,9 +105,10 @@ impl ServeHttp for AdminApi {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_owned();
         if method == Method::GET && path == "/metrics" {
+            let policy = self.reloader.store().load();
             self.metrics
-                .refresh_budgets(&self.reloader.store().load(), &*self.limits);
-            self.metrics.refresh_upstreams(&self.upstreams);
+                .refresh_budgets(policy.budgets(), &*self.limits);
+            self.upstreams.publish(&self.metrics);
             return build(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

@@ -9,9 +9,9 @@
 //! formatting or map lookups. Series that would be mostly zero (each refusal reason, each status
 //! class) are created on first use, so 100,000 idle keys cost no series at all.
 
+use crate::limits::budget::BudgetSpec;
 use crate::limits::budget::Period;
 use crate::limits::LimitState;
-use crate::policy::{Key, Model, Policy};
 use prometheus::core::Collector;
 use prometheus::{
     Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
@@ -117,6 +117,30 @@ pub struct ModelHandles {
     request_duration: Histogram,
     upstream_duration: Histogram,
     time_to_first_byte: Histogram,
+}
+
+/// What the metrics need of a key: its labels, and where the policy snapshot caches its handles.
+pub struct KeyRef<'a> {
+    pub id: &'a str,
+    pub workload: &'a str,
+    pub handles: &'a OnceLock<Box<KeyHandles>>,
+}
+
+/// What the metrics need of a model: its labels, its index among the snapshot's models, and
+/// where the snapshot caches its handles.
+pub struct ModelRef<'a> {
+    pub index: usize,
+    pub name: &'a str,
+    pub provider: &'a str,
+    pub handles: &'a OnceLock<ModelHandles>,
+}
+
+/// Keys of the policy being served, by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    pub active: i64,
+    pub paused: i64,
+    pub expired: i64,
 }
 
 /// What one finished request contributes to the metrics.
@@ -296,19 +320,19 @@ impl Metrics {
     }
 
     /// The key's handles, resolved on its first request in this snapshot.
-    pub fn key<'k>(&self, key: &'k Key, models: usize) -> &'k KeyHandles {
-        key.metrics.get_or_init(|| {
+    pub fn key<'k>(&self, key: &KeyRef<'k>, models: usize) -> &'k KeyHandles {
+        key.handles.get_or_init(|| {
             Box::new(KeyHandles {
                 refusals: Default::default(),
-                in_flight: self.in_flight.with_label_values(&[&*key.id]),
+                in_flight: self.in_flight.with_label_values(&[key.id]),
                 models: (0..models).map(|_| OnceLock::new()).collect(),
             })
         })
     }
 
-    fn model<'m>(&self, model: &'m Model) -> &'m ModelHandles {
-        model.metrics.get_or_init(|| {
-            let labels = [model.name.as_str(), model.provider.name.as_str()];
+    fn model<'m>(&self, model: &ModelRef<'m>) -> &'m ModelHandles {
+        model.handles.get_or_init(|| {
+            let labels = [model.name, model.provider];
             ModelHandles {
                 request_duration: self.request_duration.with_label_values(&labels),
                 upstream_duration: self.upstream_duration.with_label_values(&labels),
@@ -318,15 +342,15 @@ impl Metrics {
     }
 
     /// An admitted request started.
-    pub fn started(&self, key: &Key, models: usize) {
-        self.key(key, models).in_flight.inc();
+    pub fn started(&self, key: KeyRef<'_>, models: usize) {
+        self.key(&key, models).in_flight.inc();
     }
 
     /// A request finished; `admitted` says whether [`started`](Self::started) counted it.
     pub fn finished(
         &self,
-        key: Option<&Key>,
-        model: Option<&Model>,
+        key: Option<KeyRef<'_>>,
+        model: Option<ModelRef<'_>>,
         models: usize,
         admitted: bool,
         f: &RequestFigures,
@@ -342,7 +366,7 @@ impl Metrics {
             }
             return;
         };
-        let handles = self.key(key, models);
+        let handles = self.key(&key, models);
         if admitted {
             handles.in_flight.dec();
         }
@@ -350,7 +374,7 @@ impl Metrics {
             handles.refusals[i]
                 .get_or_init(|| {
                     self.refusals
-                        .with_label_values(&[&*key.id, REFUSAL_REASONS[i]])
+                        .with_label_values(&[key.id, REFUSAL_REASONS[i]])
                 })
                 .inc();
         }
@@ -359,7 +383,7 @@ impl Metrics {
         };
         if let Some(slot) = handles.models.get(model.index) {
             let km = slot.get_or_init(|| {
-                let labels = [&*key.id, key.workload.name.as_str(), model.name.as_str()];
+                let labels = [key.id, key.workload, model.name];
                 KeyModelHandles {
                     requests: Default::default(),
                     prompt_tokens: self.prompt_tokens.with_label_values(&labels),
@@ -375,10 +399,10 @@ impl Metrics {
             km.requests[class]
                 .get_or_init(|| {
                     self.requests.with_label_values(&[
-                        &*key.id,
-                        key.workload.name.as_str(),
-                        model.name.as_str(),
-                        model.provider.name.as_str(),
+                        key.id,
+                        key.workload,
+                        model.name,
+                        model.provider,
                         STATUS_CLASSES[class],
                     ])
                 })
@@ -390,7 +414,7 @@ impl Metrics {
                 km.cost_usd.inc_by(f.cost_usd);
             }
         }
-        let mh = self.model(model);
+        let mh = self.model(&model);
         mh.request_duration.observe(f.duration.as_secs_f64());
         if let Some(d) = f.upstream_duration {
             mh.upstream_duration.observe(d.as_secs_f64());
@@ -402,22 +426,15 @@ impl Metrics {
 
     /// Publishes budget spend and caps of every key and workload with a budget (at scrape time,
     /// so the request path never touches these gauges).
-    pub fn refresh_budgets(&self, policy: &Policy, limits: &dyn LimitState) {
+    pub fn refresh_budgets<'p>(
+        &self,
+        scopes: impl Iterator<Item = (&'static str, &'p str, &'p BudgetSpec)>,
+        limits: &dyn LimitState,
+    ) {
         self.budget_spent.reset();
         self.budget_limit.reset();
         let now = crate::limits::now_ms();
-        let scopes = policy
-            .keys_by_id
-            .values()
-            .map(|k| ("key", &*k.id, &k.limits))
-            .chain(
-                policy
-                    .workloads
-                    .values()
-                    .map(|w| ("workload", w.name.as_str(), &w.limits)),
-            );
-        for (scope, name, spec) in scopes {
-            let Some(budget) = &spec.budget else { continue };
+        for (scope, name, budget) in scopes {
             for figures in limits.spend(scope, name, now) {
                 let cap = match figures.period {
                     Period::Daily => budget.daily,
@@ -432,54 +449,6 @@ impl Metrics {
                     .with_label_values(&labels)
                     .set(cap.as_usd());
             }
-        }
-    }
-
-    /// Publishes the upstream registry's counters (health, errors, retries, connections,
-    /// fallbacks) at scrape time; the request path only bumps the registry's own atomics.
-    pub fn refresh_upstreams(&self, upstreams: &crate::upstream::state::UpstreamRegistry) {
-        fn set(c: &IntCounter, v: u64) {
-            c.reset();
-            c.inc_by(v);
-        }
-        let mut retries: std::collections::BTreeMap<String, u64> = Default::default();
-        let mut connections: std::collections::BTreeMap<(String, bool), u64> = Default::default();
-        for e in upstreams.snapshot() {
-            let (p, u) = (e.provider.as_str(), e.url.as_str());
-            self.upstream_health
-                .with_label_values(&[p, u])
-                .set(i64::from(e.healthy()));
-            for (kind, n) in [
-                ("connect", e.errors_connect),
-                ("timeout", e.errors_timeout),
-                ("reset", e.errors_reset),
-                ("5xx", e.errors_5xx),
-            ] {
-                set(&self.upstream_errors.with_label_values(&[p, u, kind]), n);
-            }
-            *retries.entry(e.provider.clone()).or_default() += e.retries;
-            *connections.entry((e.provider.clone(), false)).or_default() += e.connections_new;
-            *connections.entry((e.provider, true)).or_default() += e.connections_reused;
-        }
-        for (p, n) in retries {
-            set(&self.upstream_retries.with_label_values(&[p.as_str()]), n);
-        }
-        for ((p, reused), n) in connections {
-            let reused = if reused { "true" } else { "false" };
-            set(
-                &self
-                    .upstream_connections
-                    .with_label_values(&[p.as_str(), reused]),
-                n,
-            );
-        }
-        for (primary, fallback, n) in upstreams.fallbacks() {
-            set(
-                &self
-                    .fallbacks
-                    .with_label_values(&[primary.as_str(), fallback.as_str()]),
-                n,
-            );
         }
     }
 
@@ -515,24 +484,13 @@ impl Metrics {
         names
     }
 
-    /// Records `policy` as the one being served.
-    pub fn set_active_policy(&self, policy: &crate::policy::Policy) {
+    /// Records the policy with `digest` as the one being served, with its keys by status.
+    pub fn set_active_policy(&self, digest: &str, keys: KeyCounts) {
         self.policy_info.reset();
-        self.policy_info
-            .with_label_values(&[policy.digest.as_str()])
-            .set(1);
-        let now = chrono::Utc::now();
-        let (mut active, mut paused, mut expired) = (0, 0, 0);
-        for key in policy.keys_by_id.values() {
-            match key.status {
-                _ if key.is_expired_at(now) => expired += 1,
-                crate::config::schema::KeyStatus::Active => active += 1,
-                crate::config::schema::KeyStatus::Paused => paused += 1,
-            }
-        }
-        self.keys.with_label_values(&["active"]).set(active);
-        self.keys.with_label_values(&["paused"]).set(paused);
-        self.keys.with_label_values(&["expired"]).set(expired);
+        self.policy_info.with_label_values(&[digest]).set(1);
+        self.keys.with_label_values(&["active"]).set(keys.active);
+        self.keys.with_label_values(&["paused"]).set(keys.paused);
+        self.keys.with_label_values(&["expired"]).set(keys.expired);
     }
 
     /// The Prometheus text exposition of every metric.

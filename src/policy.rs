@@ -10,7 +10,11 @@
 use crate::accounting::audit::AuditTarget;
 use crate::config::schema::{KeyStatus, Operation, ProviderFormat};
 use crate::keys::secret::KeyDigest;
+use crate::limits::budget::BudgetSpec;
 use crate::limits::LimitSpec;
+use crate::metrics::{
+    KeyCounts, KeyHandles, KeyRef as MetricsKey, ModelHandles, ModelRef as MetricsModel,
+};
 use crate::upstream::Provider;
 pub use crate::usage::cost::Price;
 use arc_swap::ArcSwap;
@@ -86,12 +90,22 @@ pub struct Model {
     /// Output tokens reserved against budgets when a request names no maximum of its own.
     pub max_output_tokens: Option<u64>,
     /// This model's metric handles, resolved on first use.
-    pub metrics: OnceLock<crate::metrics::ModelHandles>,
+    pub metrics: OnceLock<ModelHandles>,
     /// Indices of the models tried, in order, when this one fails (see `upstream::attempt`).
     pub fallbacks: Vec<usize>,
 }
 
 impl Model {
+    /// The model's labels and handle slot, for the metrics.
+    pub fn metrics_ref(&self) -> MetricsModel<'_> {
+        MetricsModel {
+            index: self.index,
+            name: &self.name,
+            provider: &self.provider.name,
+            handles: &self.metrics,
+        }
+    }
+
     /// The model name the provider is sent.
     pub fn upstream_name(&self) -> &str {
         self.upstream_model.as_deref().unwrap_or(&self.name)
@@ -130,7 +144,7 @@ pub struct Key {
     pub previous: Box<[(KeyDigest, DateTime<Utc>)]>,
     /// This key's metric handles, resolved on its first request. Boxed: most keys of a large
     /// policy see no request in a snapshot's life, and inline the handles would double a key's size.
-    pub metrics: OnceLock<Box<crate::metrics::KeyHandles>>,
+    pub metrics: OnceLock<Box<KeyHandles>>,
     /// Which file the key came from, for messages and for the lifecycle commands.
     pub file: Box<Path>,
     /// SHA-256 of that file's text, to recognise an unchanged file on the next reload; `None`
@@ -144,6 +158,15 @@ pub struct Key {
 impl Key {
     pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The key's labels and handle slot, for the metrics.
+    pub fn metrics_ref(&self) -> MetricsKey<'_> {
+        MetricsKey {
+            id: &self.id,
+            workload: &self.workload.name,
+            handles: &self.metrics,
+        }
     }
 }
 
@@ -261,6 +284,30 @@ pub(crate) struct PolicyParts {
 }
 
 impl Policy {
+    /// Every key and workload with a budget, as `("key" | "workload", name, budget)`.
+    pub fn budgets(&self) -> impl Iterator<Item = (&'static str, &str, &BudgetSpec)> {
+        let keys = self.keys_by_id.values().map(|k| ("key", &*k.id, &k.limits));
+        let workloads = self
+            .workloads
+            .values()
+            .map(|w| ("workload", w.name.as_str(), &w.limits));
+        keys.chain(workloads)
+            .filter_map(|(scope, name, limits)| Some((scope, name, &**limits.budget.as_ref()?)))
+    }
+
+    /// The keys by status at `now`; an expired key counts as expired whatever its status.
+    pub fn key_counts(&self, now: DateTime<Utc>) -> KeyCounts {
+        let mut counts = KeyCounts::default();
+        for key in self.keys_by_id.values() {
+            match key.status {
+                _ if key.is_expired_at(now) => counts.expired += 1,
+                KeyStatus::Active => counts.active += 1,
+                KeyStatus::Paused => counts.paused += 1,
+            }
+        }
+        counts
+    }
+
     pub(crate) fn assemble(parts: PolicyParts) -> Policy {
         let models_by_name = parts
             .models

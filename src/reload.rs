@@ -50,7 +50,8 @@ pub struct Reloader {
 
 impl Reloader {
     pub fn new(config_path: &Path, store: PolicyStore, metrics: Arc<Metrics>) -> Reloader {
-        metrics.set_active_policy(&store.load());
+        let policy = store.load();
+        metrics.set_active_policy(&policy.digest, policy.key_counts(chrono::Utc::now()));
         Reloader {
             config_path: config_path.to_path_buf(),
             store,
@@ -111,7 +112,8 @@ impl Reloader {
                     from: current.digest.clone(),
                     to: next.digest.clone(),
                 };
-                self.metrics.set_active_policy(&next);
+                self.metrics
+                    .set_active_policy(&next.digest, next.key_counts(chrono::Utc::now()));
                 let stats = next.load_stats;
                 let old = self.store.swap(Arc::new(next));
                 drop(current);

@@ -74,8 +74,8 @@ pub fn account(
     let stream = ctx.stream();
     let finished = Instant::now();
     metrics.finished(
-        ctx.key().map(|k| &**k),
-        ctx.model().map(|m| &**m),
+        ctx.key().map(|k| k.metrics_ref()),
+        ctx.model().map(|m| m.metrics_ref()),
         ctx.policy.models.len(),
         admitted,
         &RequestFigures {

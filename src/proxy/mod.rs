@@ -93,7 +93,8 @@ impl Gateway {
                 Authorized::ListModels => return Ok(Admit::ListModels(key)),
             };
         let admitted = limit::admit(&*self.limits, key, request, &mut ctx.rate)?;
-        self.metrics.started(&admitted.key, ctx.policy.models.len());
+        self.metrics
+            .started(admitted.key.metrics_ref(), ctx.policy.models.len());
         ctx.named = Default::default();
         Ok(Admit::Forward(admitted))
     }

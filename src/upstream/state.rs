@@ -7,6 +7,7 @@
 //! latency and counters.
 
 use super::Provider;
+use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -392,6 +393,58 @@ impl UpstreamRegistry {
             .collect();
         out.sort();
         out
+    }
+
+    /// Publishes the counters (health, errors, retries, connections, fallbacks) to `metrics` at
+    /// scrape time; the request path only bumps the registry's own atomics.
+    pub fn publish(&self, metrics: &Metrics) {
+        fn set(c: &prometheus::IntCounter, v: u64) {
+            c.reset();
+            c.inc_by(v);
+        }
+        let mut retries: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut connections: std::collections::BTreeMap<(String, bool), u64> = Default::default();
+        for e in self.snapshot() {
+            let (p, u) = (e.provider.as_str(), e.url.as_str());
+            metrics
+                .upstream_health
+                .with_label_values(&[p, u])
+                .set(i64::from(e.healthy()));
+            for (kind, n) in [
+                ("connect", e.errors_connect),
+                ("timeout", e.errors_timeout),
+                ("reset", e.errors_reset),
+                ("5xx", e.errors_5xx),
+            ] {
+                set(&metrics.upstream_errors.with_label_values(&[p, u, kind]), n);
+            }
+            *retries.entry(e.provider.clone()).or_default() += e.retries;
+            *connections.entry((e.provider.clone(), false)).or_default() += e.connections_new;
+            *connections.entry((e.provider, true)).or_default() += e.connections_reused;
+        }
+        for (p, n) in retries {
+            set(
+                &metrics.upstream_retries.with_label_values(&[p.as_str()]),
+                n,
+            );
+        }
+        for ((p, reused), n) in connections {
+            let reused = if reused { "true" } else { "false" };
+            set(
+                &metrics
+                    .upstream_connections
+                    .with_label_values(&[p.as_str(), reused]),
+                n,
+            );
+        }
+        for (primary, fallback, n) in self.fallbacks() {
+            set(
+                &metrics
+                    .fallbacks
+                    .with_label_values(&[primary.as_str(), fallback.as_str()]),
+                n,
+            );
+        }
     }
 }
 
