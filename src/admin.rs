@@ -5,7 +5,7 @@
 //! carry it as a Bearer token, compared in constant time.
 
 use crate::accounting::report;
-use crate::config::schema::{KeyStatus, Operation};
+use crate::domain::{KeyStatus, Operation};
 use crate::keys::lifecycle::{Actor, IssuedKey, KeyFiles, LifecycleError, NewKey};
 use crate::keys::store::StoreError;
 use crate::limits::MemoryLimits;

@@ -2,9 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use keygate::config::schema::KeyStatus;
-use keygate::config::schema::Operation;
 use keygate::config::{self, LoadOptions};
+use keygate::domain::KeyStatus;
+use keygate::domain::Operation;
 use keygate::keys::lifecycle::{Actor, KeyFiles, NewKey};
 use std::io::Write;
 use std::path::PathBuf;

@@ -517,8 +517,8 @@ impl Metrics {
         for key in policy.keys_by_id.values() {
             match key.status {
                 _ if key.is_expired_at(now) => expired += 1,
-                crate::config::schema::KeyStatus::Active => active += 1,
-                crate::config::schema::KeyStatus::Paused => paused += 1,
+                crate::domain::KeyStatus::Active => active += 1,
+                crate::domain::KeyStatus::Paused => paused += 1,
             }
         }
         self.keys.with_label_values(&["active"]).set(active);

@@ -8,7 +8,7 @@
 //! lookup to find a key, and no string formatting to route it.
 
 use crate::accounting::audit::AuditTarget;
-use crate::config::schema::{KeyStatus, Operation, ProviderFormat};
+use crate::domain::{KeyStatus, Operation, ProviderFormat};
 use crate::keys::secret::KeyDigest;
 use crate::limits::LimitSpec;
 use crate::upstream::Provider;

@@ -1534,7 +1534,7 @@ workloads:
         assert!(!same(&second, &third, "b"));
         assert_eq!(
             third.keys_by_id["b"].status,
-            crate::config::schema::KeyStatus::Paused
+            crate::domain::KeyStatus::Paused
         );
 
         // The same text under another name is another key, compiled from its own file.
@@ -1580,7 +1580,7 @@ workloads:
         assert!(!same(&settled, &after_write, "b"));
         assert_eq!(
             after_write.keys_by_id["b"].status,
-            crate::config::schema::KeyStatus::Active
+            crate::domain::KeyStatus::Active
         );
         let fifth = after_write;
 
@@ -1666,7 +1666,7 @@ workloads:
         assert!(Arc::ptr_eq(&first.keys_by_id["a"], &second.keys_by_id["a"]));
         assert_eq!(
             second.keys_by_id["b"].status,
-            crate::config::schema::KeyStatus::Paused
+            crate::domain::KeyStatus::Paused
         );
         assert!(second.keys_by_id.contains_key("c"));
 
@@ -1683,7 +1683,7 @@ workloads:
         let fourth = reload_told(&third, &["a.yaml"]);
         assert_eq!(
             fourth.keys_by_id["a"].status,
-            crate::config::schema::KeyStatus::Paused
+            crate::domain::KeyStatus::Paused
         );
 
         // A removed file is gone whatever the names say: the directory is listed every time.

@@ -4,7 +4,7 @@
 //! never reaches the hash or the key map.
 
 use super::errors::ApiError;
-use crate::config::schema::KeyStatus;
+use crate::domain::KeyStatus;
 use crate::keys::secret::{self, KeyDigest};
 use crate::policy::{Key, Policy};
 use chrono::{DateTime, Utc};

@@ -15,7 +15,7 @@ pub mod head;
 pub mod routes;
 
 use crate::accounting::{Recorder, RequestRecord};
-use crate::config::schema::Operation;
+use crate::domain::Operation;
 use crate::limits::guard::AuthGuard;
 use crate::limits::{self, ip, Demand, LimitState, MemoryLimits, RefusalKind, ScopeRef};
 use crate::metrics::{Metrics, RequestFigures};

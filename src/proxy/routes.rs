@@ -1,6 +1,6 @@
 //! The OpenAI-compatible surface: which method and path mean which operation.
 
-use crate::config::schema::Operation;
+use crate::domain::Operation;
 
 /// What a request asks keygate to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
