@@ -295,7 +295,7 @@ impl AdminApi {
         }
         let figures = self.limits.spend(scope, name, crate::limits::now_ms());
         let budget_view = report::budget_json(budget.as_deref(), &figures);
-        let usage = match policy.state_dir.clone() {
+        let usage = match policy.startup.state_dir.clone() {
             None => json!(null),
             Some(dir) => {
                 let result =

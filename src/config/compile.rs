@@ -10,9 +10,9 @@ use crate::accounting::audit::AuditTarget;
 use crate::keys::secret::KeyDigest;
 use crate::limits::budget::{BudgetMode, BudgetSpec};
 use crate::limits::{LimitKind, LimitSpec, WindowSpec};
+use crate::policy::startup::{MockProviderSettings, ServerSettings, StartupSettings};
 use crate::policy::{
-    Key, LoadStats, MockProviderSettings, Model, ModelSet, OperationSet, Policy, PolicyParts,
-    Price, Workload,
+    Key, LoadStats, Model, ModelSet, OperationSet, Policy, PolicyParts, Price, Workload,
 };
 use crate::upstream::balance::Balance;
 use crate::upstream::{
@@ -772,26 +772,30 @@ fn compile(
         digest,
         config_hash,
         load_stats,
-        listen: listen?,
-        admin_listen,
+        startup: StartupSettings {
+            listen: listen?,
+            admin_listen,
+            mock_provider,
+            server: ServerSettings {
+                threads: config.server.threads,
+                work_stealing: config.server.work_stealing,
+                grace_period,
+                drain_delay,
+            },
+            auth_guard: auth_guard?,
+            state_dir: config.state_dir.as_ref().map(|d| base.join(d)),
+            audit_log: config.audit_log.as_deref().map(|target| match target {
+                "-" => AuditTarget::Stdout,
+                path => AuditTarget::File(base.join(path)),
+            }),
+        },
         max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
         trusted_proxies,
-        mock_provider,
-        threads: config.server.threads,
-        work_stealing: config.server.work_stealing,
-        grace_period,
-        drain_delay,
         providers,
         models,
         workloads,
         keys,
         management_audit_file: base.join(&config.management_audit_file),
-        auth_guard: auth_guard?,
-        state_dir: config.state_dir.as_ref().map(|d| base.join(d)),
-        audit_log: config.audit_log.as_deref().map(|target| match target {
-            "-" => AuditTarget::Stdout,
-            path => AuditTarget::File(base.join(path)),
-        }),
     }))
 }
 
