@@ -36,8 +36,9 @@
 
 mod common;
 
-use keygate::config::schema::{KeyFile, KeyStatus};
+use keygate::config::schema::KeyFile;
 use keygate::config::LoadOptions;
+use keygate::domain::KeyStatus;
 use keygate::keys::store;
 use keygate::server::RunningGateway;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! Run: `cargo bench --bench upstream`. Target: well under 1 µs per selection.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use keygate::config::schema::ProviderFormat;
+use keygate::domain::ProviderFormat;
 use keygate::upstream::balance::{self, Balance, Tried};
 use keygate::upstream::state::UpstreamRegistry;
 use keygate::upstream::{

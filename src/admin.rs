@@ -5,7 +5,7 @@
 //! carry it as a Bearer token, compared in constant time.
 
 use crate::accounting::report;
-use crate::config::schema::{KeyStatus, Operation};
+use crate::domain::{KeyStatus, Operation};
 use crate::keys::lifecycle::{Actor, IssuedKey, KeyFiles, LifecycleError, NewKey};
 use crate::keys::store::StoreError;
 use crate::limits::LimitState;
@@ -296,7 +296,7 @@ impl AdminApi {
         }
         let figures = self.limits.spend(scope, name, crate::limits::now_ms());
         let budget_view = report::budget_json(budget.as_deref(), &figures);
-        let usage = match policy.state_dir.clone() {
+        let usage = match policy.startup.state_dir.clone() {
             None => json!(null),
             Some(dir) => {
                 let result =

@@ -3,6 +3,7 @@
 //! swaps in the real provider credential and forwards to the provider serving the model.
 //!
 //! Modules, in the order a request meets them:
+//! - [`domain`]: the vocabulary every layer shares — operations, key status, provider formats;
 //! - [`config`]: reading and validating the policy files (`keygate check`);
 //! - [`policy`]: the compiled, immutable snapshot the data plane reads;
 //! - [`keys`]: the virtual key format and key files;
@@ -22,6 +23,7 @@
 pub mod accounting;
 pub mod admin;
 pub mod config;
+pub mod domain;
 pub(crate) mod json;
 pub mod keys;
 pub mod limits;

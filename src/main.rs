@@ -2,9 +2,9 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use keygate::config::schema::KeyStatus;
-use keygate::config::schema::Operation;
 use keygate::config::{self, LoadOptions};
+use keygate::domain::KeyStatus;
+use keygate::domain::Operation;
 use keygate::keys::lifecycle::{Actor, KeyFiles, NewKey};
 use std::io::Write;
 use std::path::PathBuf;
@@ -171,7 +171,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let policy = config::load(&config, LoadOptions { resolve_dns: false })
                 .map_err(|e| anyhow::anyhow!("the policy is invalid:\n{e}"))?;
-            let Some(state_dir) = &policy.state_dir else {
+            let Some(state_dir) = &policy.startup.state_dir else {
                 bail!(
                     "{} has no state_dir, so keygate persists no usage",
                     config.display()
@@ -370,8 +370,8 @@ fn serve(
         bail!("--pingora-conf file does not exist");
     }
     tracing::info!(
-        listen = %policy.listen,
-        mock_provider = ?policy.mock_provider.as_ref().map(|m| m.listen),
+        listen = %policy.startup.listen,
+        mock_provider = ?policy.startup.mock_provider.as_ref().map(|m| m.listen),
         keys = policy.keys_by_id.len(),
         digest = %policy.digest,
         "keygate starting"
@@ -381,6 +381,8 @@ fn serve(
         shutdown_signal: Box::new(keygate::shutdown::DrainingSignals {
             drain: handles.drain.clone(),
             drain_delay: policy
+                .startup
+                .server
                 .drain_delay
                 .unwrap_or(keygate::server::DEFAULT_DRAIN_DELAY),
         }),

@@ -6,9 +6,13 @@
 //! effective model and operation sets, a model carries its provider, a provider carries its
 //! prebuilt credential header and endpoint schedule. The request path does one SHA-256 and one map
 //! lookup to find a key, and no string formatting to route it.
+//!
+//! What only takes effect when the gateway starts (listeners, threads, accounting sinks) is kept
+//! apart in [`startup`]: a reload carries it but nothing applies it.
 
-use crate::accounting::audit::AuditTarget;
-use crate::config::schema::{KeyStatus, Operation, ProviderFormat};
+pub mod startup;
+
+use crate::domain::{KeyStatus, Operation, ProviderFormat};
 use crate::keys::secret::KeyDigest;
 use crate::limits::budget::BudgetSpec;
 use crate::limits::LimitSpec;
@@ -20,17 +24,18 @@ pub use crate::usage::cost::Price;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
+use startup::StartupSettings;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 /// A complete, validated policy.
 #[derive(Debug)]
 pub struct Policy {
     pub config_path: PathBuf,
+    /// Not a startup setting: every load reads the keys from the directory its main file names,
+    /// and key commands write there; only the file watcher keeps following the one it armed.
     pub keys_dir: PathBuf,
     /// Short SHA-256 over every file the policy was read from; equal digests mean equal policies.
     pub digest: String,
@@ -39,15 +44,10 @@ pub struct Policy {
     pub(crate) config_hash: [u8; 32],
     /// What the load that built this policy had to do.
     pub load_stats: LoadStats,
-    pub listen: SocketAddr,
-    pub admin_listen: Option<SocketAddr>,
+    /// What the server is built from; a reload carries these but does not apply them.
+    pub startup: StartupSettings,
     pub max_body_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
-    pub mock_provider: Option<MockProviderSettings>,
-    pub threads: Option<usize>,
-    pub work_stealing: Option<bool>,
-    pub grace_period: Option<Duration>,
-    pub drain_delay: Option<Duration>,
     pub providers: BTreeMap<String, Arc<Provider>>,
     /// Indexed by [`Model::index`].
     pub models: Vec<Arc<Model>>,
@@ -56,11 +56,6 @@ pub struct Policy {
     keys_by_digest: HashMap<KeyDigest, KeyEntry, BuildHasherDefault<DigestHasher>>,
     pub keys_by_id: BTreeMap<String, Arc<Key>>,
     pub management_audit_file: PathBuf,
-    /// Failed authentications allowed per client IP and window.
-    pub auth_guard: (u32, Duration),
-    /// Where the usage database lives; `None` keeps usage in memory only.
-    pub state_dir: Option<PathBuf>,
-    pub audit_log: Option<AuditTarget>,
 }
 
 /// What a digest finds: the key, and when this particular secret stops working (set for secrets
@@ -69,13 +64,6 @@ pub struct Policy {
 pub struct KeyEntry {
     pub key: Arc<Key>,
     pub valid_until: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Clone)]
-pub struct MockProviderSettings {
-    pub listen: SocketAddr,
-    pub api_key: Option<String>,
-    pub stream_delay: Duration,
 }
 
 /// A model name clients may send, and where it goes.
@@ -264,23 +252,14 @@ pub(crate) struct PolicyParts {
     pub digest: String,
     pub config_hash: [u8; 32],
     pub load_stats: LoadStats,
-    pub listen: SocketAddr,
-    pub admin_listen: Option<SocketAddr>,
+    pub startup: StartupSettings,
     pub max_body_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
-    pub mock_provider: Option<MockProviderSettings>,
-    pub threads: Option<usize>,
-    pub work_stealing: Option<bool>,
-    pub grace_period: Option<Duration>,
-    pub drain_delay: Option<Duration>,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: Vec<Arc<Model>>,
     pub workloads: BTreeMap<String, Arc<Workload>>,
     pub keys: Vec<Arc<Key>>,
     pub management_audit_file: PathBuf,
-    pub auth_guard: (u32, Duration),
-    pub state_dir: Option<PathBuf>,
-    pub audit_log: Option<AuditTarget>,
 }
 
 impl Policy {
@@ -347,15 +326,9 @@ impl Policy {
             digest: parts.digest,
             config_hash: parts.config_hash,
             load_stats: parts.load_stats,
-            listen: parts.listen,
-            admin_listen: parts.admin_listen,
+            startup: parts.startup,
             max_body_bytes: parts.max_body_bytes,
             trusted_proxies: parts.trusted_proxies,
-            mock_provider: parts.mock_provider,
-            threads: parts.threads,
-            work_stealing: parts.work_stealing,
-            grace_period: parts.grace_period,
-            drain_delay: parts.drain_delay,
             providers: parts.providers,
             models: parts.models,
             models_by_name,
@@ -363,9 +336,6 @@ impl Policy {
             keys_by_digest,
             keys_by_id,
             management_audit_file: parts.management_audit_file,
-            auth_guard: parts.auth_guard,
-            state_dir: parts.state_dir,
-            audit_log: parts.audit_log,
         }
     }
 

@@ -250,32 +250,19 @@ fn release_off_request_path(old: Arc<Policy>) {
     }
 }
 
+/// Logs each setting `next` changes that the running server keeps as it was built.
 fn warn_about_restart_only_settings(current: &Policy, next: &Policy) {
-    let changed = [
-        ("listen", current.listen != next.listen),
-        ("admin_listen", current.admin_listen != next.admin_listen),
-        (
-            "mock_provider.listen",
-            current.mock_provider.as_ref().map(|m| m.listen)
-                != next.mock_provider.as_ref().map(|m| m.listen),
-        ),
-        ("server.threads", current.threads != next.threads),
-        (
-            "server.work_stealing",
-            current.work_stealing != next.work_stealing,
-        ),
-        ("keys_dir", current.keys_dir != next.keys_dir),
-        ("auth_guard", current.auth_guard != next.auth_guard),
-        ("state_dir", current.state_dir != next.state_dir),
-        ("audit_log", current.audit_log != next.audit_log),
-    ];
-    for (setting, differs) in changed {
-        if differs {
-            tracing::warn!(
-                setting,
-                "changed in the policy; it takes effect only after a restart"
-            );
-        }
+    let mut changed = next.startup.changed_from(&current.startup);
+    // Not a startup setting (the new policy's keys come from the new directory), but the
+    // watcher keeps following the directory it armed.
+    if next.keys_dir != current.keys_dir {
+        changed.push("keys_dir".to_owned());
+    }
+    for setting in &changed {
+        tracing::warn!(
+            setting = setting.as_str(),
+            "changed in the policy; it takes effect only after a restart"
+        );
     }
 }
 
@@ -370,5 +357,59 @@ mod tests {
         .unwrap();
         assert_eq!(seen, before.max(RELOAD_NICENESS));
         assert_eq!(niceness(), before, "only the load thread is lowered");
+    }
+
+    #[test]
+    fn a_reload_warns_about_exactly_the_restart_settings_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("keys.d")).unwrap();
+        let config = dir.path().join("keygate.yaml");
+        std::fs::write(&config, "listen: 127.0.0.1:1\nserver: {threads: 1}\n").unwrap();
+        let policy = config::load(&config, LoadOptions::default()).unwrap();
+        let store: PolicyStore = Arc::new(arc_swap::ArcSwap::from_pointee(policy));
+        let reloader = Reloader::new(&config, store, Arc::new(Metrics::new()));
+        // Two restart settings and one applied at once, which is not warned about.
+        std::fs::write(
+            &config,
+            "listen: 127.0.0.1:2\nserver: {threads: 2}\nmax_body_bytes: 1000\n",
+        )
+        .unwrap();
+
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let log = log.clone();
+            move || CapturedLog(log.clone())
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(writer)
+            .finish();
+        let outcome = tracing::subscriber::with_default(subscriber, || reloader.reload_blocking());
+        assert!(
+            matches!(outcome, Ok(ReloadOutcome::Swapped { .. })),
+            "{outcome:?}"
+        );
+
+        let log = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+        let warned: Vec<String> = log
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|event| event["level"] == "WARN")
+            .map(|event| event["fields"]["setting"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(warned, ["listen", "server.threads"], "{log}");
+    }
+
+    struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for CapturedLog {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 }

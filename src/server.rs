@@ -94,7 +94,7 @@ pub enum Host {
 /// from the spend the usage database recorded.
 fn open_accounting(policy: &Policy) -> Result<(Arc<dyn LimitState>, Arc<Recorder>), ServeError> {
     let now_ms = crate::limits::now_ms();
-    let (limits, db) = match &policy.state_dir {
+    let (limits, db) = match &policy.startup.state_dir {
         Some(dir) => {
             let db = UsageDb::open(dir)?;
             let spend = accounting::persisted_spend(&db, now_ms)?;
@@ -110,7 +110,7 @@ fn open_accounting(policy: &Policy) -> Result<(Arc<dyn LimitState>, Arc<Recorder
             (MemoryLimits::new(), None)
         }
     };
-    let audit = match &policy.audit_log {
+    let audit = match &policy.startup.audit_log {
         Some(target) => {
             let writer = AuditWriter::open(target).map_err(|source| ServeError::AuditLog {
                 target: target.to_string(),
@@ -142,8 +142,10 @@ pub fn build_with(
         store.clone(),
         metrics.clone(),
     ));
-    let grace = policy.grace_period.unwrap_or(DEFAULT_GRACE_PERIOD);
-    let (threads, work_stealing) = data_plane_threads(policy.threads, policy.work_stealing);
+    let settings = &policy.startup;
+    let grace = settings.server.grace_period.unwrap_or(DEFAULT_GRACE_PERIOD);
+    let (threads, work_stealing) =
+        data_plane_threads(settings.server.threads, settings.server.work_stealing);
     let work_stealing = work_stealing || host == Host::Shared;
     let conf = ServerConf {
         threads,
@@ -167,10 +169,10 @@ pub fn build_with(
         .with_upstreams(upstreams.clone()),
         "keygate data plane",
     );
-    proxy.add_tcp(&policy.listen.to_string());
+    proxy.add_tcp(&settings.listen.to_string());
     server.add_service(proxy);
 
-    if let Some(mock) = &policy.mock_provider {
+    if let Some(mock) = &settings.mock_provider {
         let service = mock_provider_service(
             &server.configuration,
             &mock.listen.to_string(),
@@ -182,7 +184,7 @@ pub fn build_with(
         server.add_service(service);
     }
 
-    if let Some(admin_listen) = policy.admin_listen {
+    if let Some(admin_listen) = settings.admin_listen {
         let app = AdminApi {
             reloader: reloader.clone(),
             metrics: metrics.clone(),
@@ -219,7 +221,7 @@ pub fn build_with(
         "keygate lifecycle",
         Lifecycle {
             drain: drain.clone(),
-            listen: policy.listen,
+            listen: settings.listen,
             grace_period: grace,
             recorder: recorder.clone(),
             exit_when_drained: host == Host::OwnProcess,
@@ -300,7 +302,7 @@ impl RunningGateway {
     ) -> Result<RunningGateway, ServeError> {
         let store = load_policy(config_path)?;
         let policy: Arc<Policy> = store.load_full();
-        let listen = policy.listen;
+        let listen = policy.startup.listen;
         let (server, handles) = build_with(&store, None, admin_token, Host::Shared)?;
         let reloader = handles.reloader.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -319,8 +321,8 @@ impl RunningGateway {
             thread: Some(thread),
         };
         let mut waits = vec![listen];
-        waits.extend(policy.mock_provider.as_ref().map(|m| m.listen));
-        waits.extend(policy.admin_listen);
+        waits.extend(policy.startup.mock_provider.as_ref().map(|m| m.listen));
+        waits.extend(policy.startup.admin_listen);
         let limit = Duration::from_secs(10);
         for addr in waits {
             if !wait_listening(addr, limit) {

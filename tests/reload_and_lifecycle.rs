@@ -25,6 +25,7 @@ fn admin_port(gw: &TestGateway) -> u16 {
         .unwrap()
         .store
         .load()
+        .startup
         .admin_listen
         .unwrap()
         .port()

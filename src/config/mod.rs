@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use compile::{valid_key_id, KEY_ID_RULE};
+pub use compile::keys::{valid_key_id, KEY_ID_RULE};
 
 /// One thing wrong with the policy files.
 #[derive(Debug, Clone, PartialEq, Eq)]

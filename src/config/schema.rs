@@ -2,6 +2,7 @@
 //! users write them. Unknown fields are errors so that a typo never silently disables a rule.
 //! Nothing here is validated beyond YAML types; `compile` turns these into a [`crate::policy::Policy`].
 
+use crate::domain::{KeyStatus, Operation, ProviderFormat};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -90,12 +91,6 @@ pub struct MockProviderFile {
     /// Pause between streamed events, e.g. `20ms`.
     #[serde(default)]
     pub stream_delay: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderFormat {
-    Openai,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,42 +272,6 @@ impl Default for AuthGuardFile {
             per: "1m".to_owned(),
         }
     }
-}
-
-/// What a request does, from its path. `/v1/models` is always allowed and is not an operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Operation {
-    Chat,
-    Completions,
-    Embeddings,
-    Responses,
-}
-
-impl Operation {
-    pub const ALL: [Operation; 4] = [
-        Operation::Chat,
-        Operation::Completions,
-        Operation::Embeddings,
-        Operation::Responses,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Chat => "chat",
-            Operation::Completions => "completions",
-            Operation::Embeddings => "embeddings",
-            Operation::Responses => "responses",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyStatus {
-    #[default]
-    Active,
-    Paused,
 }
 
 /// One virtual key. In a single-key file the id is the file stem; in a list file each entry names its id.

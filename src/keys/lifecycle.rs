@@ -5,8 +5,9 @@
 
 use super::secret;
 use super::store::{self, StoreError};
-use crate::config::schema::{KeyFile, KeyStatus, Operation, PreviousHash};
+use crate::config::schema::{KeyFile, PreviousHash};
 use crate::config::{self, LoadOptions, PolicyErrors, KEY_ID_RULE};
+use crate::domain::{KeyStatus, Operation};
 use crate::policy::Policy;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Serialize;

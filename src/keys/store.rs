@@ -100,7 +100,7 @@ pub fn read_key(keys_dir: &Path, id: &str) -> Result<KeyFile, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::schema::KeyStatus;
+    use crate::domain::KeyStatus;
 
     fn sample() -> KeyFile {
         KeyFile {

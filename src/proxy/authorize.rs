@@ -5,7 +5,7 @@
 use super::body::{self, RequestFacts};
 use super::paths::Route;
 use super::refusal::Refusal;
-use crate::config::schema::{KeyStatus, Operation};
+use crate::domain::{KeyStatus, Operation};
 use crate::limits::ip;
 use crate::policy::{Key, Model, Policy};
 use bytes::Bytes;

@@ -8,7 +8,7 @@ use super::authorize::Request;
 use super::body;
 use super::ctx::Admitted;
 use super::refusal::Refusal;
-use crate::config::schema::Operation;
+use crate::domain::Operation;
 use crate::limits::{self, Demand, LimitState, RateStatus, RefusalKind, ScopeRef};
 use crate::policy::{Key, Model};
 use crate::usage::cost::UsdNanos;

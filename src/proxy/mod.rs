@@ -57,7 +57,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         drain: Arc<Drain>,
     ) -> Self {
-        let (max_failures, per) = policy.load().auth_guard;
+        let (max_failures, per) = policy.load().startup.auth_guard;
         Gateway {
             policy,
             limits,

@@ -1,7 +1,7 @@
 //! The API surface keygate serves: which method and path mean which operation.
 
 use super::refusal::Refusal;
-use crate::config::schema::Operation;
+use crate::domain::Operation;
 use pingora::http::RequestHeader;
 
 /// What a request asks keygate to do.

@@ -9,7 +9,7 @@
 //! exception class (`AuthenticationError`, `PermissionDeniedError`, `RateLimitError`, …).
 
 use super::head;
-use crate::config::schema::Operation;
+use crate::domain::Operation;
 use crate::limits::RateStatus;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};

@@ -20,7 +20,7 @@ pub mod health;
 pub mod state;
 pub mod watchdog;
 
-use crate::config::schema::ProviderFormat;
+use crate::domain::ProviderFormat;
 use arc_swap::ArcSwap;
 use balance::Balance;
 use http::HeaderValue;

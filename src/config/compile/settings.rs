@@ -1,0 +1,126 @@
+//! The main file's own settings, as opposed to its providers, models and workloads: the
+//! listeners, the `server` section, the mock provider, the brute-force guard and the accounting
+//! sinks, which the server is built from once ([`StartupSettings`]); and the two that requests
+//! read from the live policy, `max_body_bytes` and `trusted_proxies`.
+
+use super::{parse_cidr, parse_duration, Problems};
+use crate::accounting::audit::AuditTarget;
+use crate::config::schema::ConfigFile;
+use crate::policy::startup::{MockProviderSettings, ServerSettings, StartupSettings};
+use ipnet::IpNet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The main file's own settings, compiled.
+pub(super) struct Settings {
+    /// `None` when one of them has a problem.
+    pub startup: Option<StartupSettings>,
+    pub max_body_bytes: usize,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+pub(super) fn compile_settings(
+    cfg: &Path,
+    base: &Path,
+    config: &ConfigFile,
+    problems: &mut Problems,
+) -> Settings {
+    let listen = parse_addr(&config.listen)
+        .map_err(|m| problems.add(cfg, "listen", m))
+        .ok();
+    let admin_listen = config.admin_listen.as_deref().and_then(|a| {
+        parse_addr(a)
+            .map_err(|m| problems.add(cfg, "admin_listen", m))
+            .ok()
+    });
+    if config.max_body_bytes == 0 {
+        problems.add(cfg, "max_body_bytes", "must be greater than zero");
+    }
+    let trusted_proxies: Vec<IpNet> = config
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            parse_cidr(c)
+                .map_err(|m| problems.add(cfg, format!("trusted_proxies[{i}]"), m))
+                .ok()
+        })
+        .collect();
+    if config.server.threads == Some(0) {
+        problems.add(cfg, "server.threads", "must be at least 1");
+    }
+    let grace_period = config.server.grace_period.as_deref().and_then(|g| {
+        parse_duration(g)
+            .map_err(|m| problems.add(cfg, "server.grace_period", m))
+            .ok()
+    });
+    let drain_delay = config.server.drain_delay.as_deref().and_then(|g| {
+        parse_duration(g)
+            .map_err(|m| problems.add(cfg, "server.drain_delay", m))
+            .ok()
+    });
+    let mock_provider = config.mock_provider.as_ref().and_then(|m| {
+        let listen =
+            parse_addr(&m.listen).map_err(|e| problems.add(cfg, "mock_provider.listen", e));
+        let delay = match m.stream_delay.as_deref() {
+            None => Ok(Duration::from_millis(20)),
+            Some(d) => humantime::parse_duration(d)
+                .map_err(|e| problems.add(cfg, "mock_provider.stream_delay", e.to_string())),
+        };
+        Some(MockProviderSettings {
+            listen: listen.ok()?,
+            api_key: m.api_key.clone(),
+            stream_delay: delay.ok()?,
+        })
+    });
+
+    let auth_guard = {
+        let g = &config.auth_guard;
+        let max = u32::try_from(g.max_failures)
+            .ok()
+            .filter(|m| *m > 0)
+            .ok_or_else(|| {
+                problems.add(
+                    cfg,
+                    "auth_guard.max_failures",
+                    "must be a whole number above zero",
+                )
+            })
+            .ok();
+        let per = parse_duration(&g.per)
+            .map_err(|m| problems.add(cfg, "auth_guard.per", m))
+            .ok();
+        max.zip(per)
+    };
+
+    let startup = listen
+        .zip(auth_guard)
+        .map(|(listen, auth_guard)| StartupSettings {
+            listen,
+            admin_listen,
+            mock_provider,
+            server: ServerSettings {
+                threads: config.server.threads,
+                work_stealing: config.server.work_stealing,
+                grace_period,
+                drain_delay,
+            },
+            auth_guard,
+            state_dir: config.state_dir.as_ref().map(|d| base.join(d)),
+            audit_log: config.audit_log.as_deref().map(|target| match target {
+                "-" => AuditTarget::Stdout,
+                path => AuditTarget::File(base.join(path)),
+            }),
+        });
+    Settings {
+        startup,
+        max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+        trusted_proxies,
+    }
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>()
+        .map_err(|_| format!("`{text}` is not an address like 127.0.0.1:8080 or [::]:8080"))
+}
