@@ -262,8 +262,8 @@ impl BackgroundService for DnsRefresh {
 /// The data plane's thread count, and whether its threads steal each other's tasks.
 ///
 /// A lone thread has no one to steal from, and without stealing Pingora runs each thread on a
-/// single-threaded tokio runtime, whose wakeups need no cross-thread queues: 15-20% less CPU per
-/// request on one pinned core (README, Performance). With several threads sharing busy cores,
+/// single-threaded tokio runtime, whose wakeups need no cross-thread queues, so less CPU per
+/// request on one pinned core (docs/performance.md). With several threads sharing busy cores,
 /// stealing keeps them evenly loaded and measured faster.
 fn data_plane_threads(threads: Option<usize>, work_stealing: Option<bool>) -> (usize, bool) {
     let threads =

@@ -68,7 +68,7 @@ pub struct ServerFile {
     #[serde(default)]
     pub threads: Option<usize>,
     /// Whether the data plane's threads steal each other's tasks (default: only when there is
-    /// more than one thread). See the README's Performance section.
+    /// more than one thread). See docs/performance.md, Tuning.
     #[serde(default)]
     pub work_stealing: Option<bool>,
     /// How long in-flight requests may take to finish on SIGTERM, e.g. `30s`.

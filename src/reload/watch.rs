@@ -30,15 +30,18 @@ pub struct PolicyFiles {
 }
 
 impl PolicyFiles {
+    /// Relative paths are made absolute: file events name absolute paths, which a relative
+    /// `--config` would otherwise never match.
     pub fn new(config_path: &Path, keys_dir: &Path) -> PolicyFiles {
+        let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         let config_dir = config_path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         PolicyFiles {
-            config_dir,
+            config_dir: absolute(&config_dir),
             config_name: config_path.file_name().unwrap_or_default().to_owned(),
-            keys_dir: keys_dir.to_path_buf(),
+            keys_dir: absolute(keys_dir),
         }
     }
 
@@ -479,5 +482,15 @@ mod tests {
         assert!(!holds("/etc/keygate/other.yaml"));
         assert!(!holds("/etc/keygate/keys.d/.a.yaml.tmp"));
         assert!(!holds("/etc/keygate/keys.d/README.md"));
+    }
+
+    #[test]
+    fn a_relative_config_path_matches_the_absolute_paths_of_file_events() {
+        let files = PolicyFiles::new(Path::new("conf/keygate.yaml"), Path::new("conf/keys.d"));
+        let cwd = std::env::current_dir().unwrap();
+        assert!(files.holds_path(&cwd.join("conf/keygate.yaml")));
+        assert!(files.holds_path(&cwd.join("conf/keys.d/new.yaml")));
+        let bare = PolicyFiles::new(Path::new("keygate.yaml"), Path::new("keys.d"));
+        assert!(bare.holds_path(&cwd.join("keygate.yaml")));
     }
 }
