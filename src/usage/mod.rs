@@ -3,11 +3,11 @@
 //! This module owns reading `usage` out of response bodies as they stream through the proxy
 //! (JSON and SSE, identity or gzip/deflate/br encoded) without buffering or altering what the
 //! client receives, the running count of streamed text characters used to estimate completion
-//! tokens of cut streams, and the request/response rewrite that lets keygate see usage on
-//! streams whose client did not ask for it (`stream_options.include_usage`), invisibly to that
-//! client. Pricing, budgets and metrics built on these numbers live elsewhere.
+//! tokens of cut streams, and the response rewrite that hides the usage keygate asked for on
+//! streams whose client did not (the request side, adding `stream_options.include_usage`, is
+//! `proxy::body`). Pricing, budgets and metrics built on these numbers live elsewhere.
 //!
-//! - [`extract`]: [`UsageExtractor`], [`UsageChunkStripper`], [`request_with_include_usage`];
+//! - [`extract`]: [`UsageExtractor`], [`UsageChunkStripper`];
 //! - [`cost`]: prices and costs in integer nano-dollars;
 //! - `decode`: the streaming content decoders behind [`ContentEncoding`].
 
@@ -16,6 +16,4 @@ mod decode;
 pub mod extract;
 
 pub use decode::ContentEncoding;
-pub use extract::{
-    request_with_include_usage, BodyKind, Usage, UsageChunkStripper, UsageExtractor,
-};
+pub use extract::{BodyKind, Usage, UsageChunkStripper, UsageExtractor};
