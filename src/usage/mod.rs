@@ -7,13 +7,18 @@
 //! streams whose client did not (the request side, adding `stream_options.include_usage`, is
 //! `proxy::body`). Pricing, budgets and metrics built on these numbers live elsewhere.
 //!
-//! - [`extract`]: [`UsageExtractor`], [`UsageChunkStripper`];
-//! - [`cost`]: prices and costs in integer nano-dollars;
-//! - `decode`: the streaming content decoders behind [`ContentEncoding`].
+//! - [`extract`] reads the usage of one response as it streams by ([`UsageExtractor`]);
+//! - `strip` hides that usage from a client that did not ask for it ([`UsageChunkStripper`]);
+//! - [`cost`] prices usage in integer nano-dollars;
+//! - `decode` holds the streaming content decoders behind [`ContentEncoding`].
 
 pub mod cost;
 mod decode;
 pub mod extract;
+#[cfg(test)]
+mod fixtures;
+mod strip;
 
 pub use decode::ContentEncoding;
-pub use extract::{BodyKind, Usage, UsageChunkStripper, UsageExtractor};
+pub use extract::{BodyKind, Usage, UsageExtractor};
+pub use strip::UsageChunkStripper;
