@@ -8,6 +8,7 @@
 //! `proxy::body`). Pricing, budgets and metrics built on these numbers live elsewhere.
 //!
 //! - [`extract`] reads the usage of one response as it streams by ([`UsageExtractor`]);
+//! - `object` is what it reads: a provider's `usage` object, parsed into [`Usage`];
 //! - `strip` hides that usage from a client that did not ask for it ([`UsageChunkStripper`]);
 //! - [`cost`] prices usage in integer nano-dollars;
 //! - `decode` holds the streaming content decoders behind [`ContentEncoding`].
@@ -17,8 +18,10 @@ mod decode;
 pub mod extract;
 #[cfg(test)]
 mod fixtures;
+mod object;
 mod strip;
 
 pub use decode::ContentEncoding;
-pub use extract::{BodyKind, Usage, UsageExtractor};
+pub use extract::{BodyKind, UsageExtractor};
+pub use object::Usage;
 pub use strip::UsageChunkStripper;
