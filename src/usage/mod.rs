@@ -9,6 +9,7 @@
 //!
 //! - [`extract`] reads the usage of one response as it streams by ([`UsageExtractor`]);
 //! - `object` is what it reads: a provider's `usage` object, parsed into [`Usage`];
+//! - `scan` finds that object, and counts generated text, in one JSON document fed in pieces;
 //! - `strip` hides that usage from a client that did not ask for it ([`UsageChunkStripper`]);
 //! - [`cost`] prices usage in integer nano-dollars;
 //! - `decode` holds the streaming content decoders behind [`ContentEncoding`].
@@ -19,6 +20,7 @@ pub mod extract;
 #[cfg(test)]
 mod fixtures;
 mod object;
+mod scan;
 mod strip;
 
 pub use decode::ContentEncoding;
