@@ -7,20 +7,23 @@
 //! streams whose client did not (the request side, adding `stream_options.include_usage`, is
 //! `proxy::body`). Pricing, budgets and metrics built on these numbers live elsewhere.
 //!
-//! - [`extract`] reads the usage of one response as it streams by ([`UsageExtractor`]);
-//! - `object` is what it reads: a provider's `usage` object, parsed into [`Usage`];
+//! - `extract` reads the usage of one response as it streams by ([`UsageExtractor`]);
+//! - `object` is what it looks for: a provider's `usage` object, parsed into [`Usage`];
 //! - `scan` finds that object, and counts generated text, in one JSON document fed in pieces;
-//! - `strip` hides that usage from a client that did not ask for it ([`UsageChunkStripper`]);
-//! - [`cost`] prices usage in integer nano-dollars;
-//! - `decode` holds the streaming content decoders behind [`ContentEncoding`].
+//! - `sse` splits an event stream into such documents, one per event;
+//! - `decode` holds the streaming content decoders behind [`ContentEncoding`];
+//! - `strip` hides the usage keygate asked for from a client that did not
+//!   ([`UsageChunkStripper`]);
+//! - [`cost`] prices usage in integer nano-dollars.
 
 pub mod cost;
 mod decode;
-pub mod extract;
+mod extract;
 #[cfg(test)]
 mod fixtures;
 mod object;
 mod scan;
+mod sse;
 mod strip;
 
 pub use decode::ContentEncoding;
