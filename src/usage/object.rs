@@ -17,9 +17,8 @@ pub struct Usage {
 ///
 /// Hand-rolled over `for_each_member` rather than serde: it runs once per response on the hot
 /// path, and one pass with no visitor machinery is about twice as fast. It is also more lenient,
-/// on purpose: an odd value (`null`, a string, a
-/// negative number) loses that one field, not the whole usage; integral floats (`12.0`) count;
-/// on a duplicate key the last one wins.
+/// on purpose: an odd value (`null`, a string, a negative number) loses that one field, not the
+/// whole usage; integral floats (`12.0`) count; on a duplicate key the last one wins.
 pub(super) fn parse_usage(object: &[u8]) -> Option<Usage> {
     let open = skip_ws(object, 0);
     if object.get(open) != Some(&b'{') {

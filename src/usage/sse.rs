@@ -1,7 +1,7 @@
 //! Server-sent events, read for usage: [`SseParser`] splits an event stream into lines and
-//! fields across arbitrary chunk boundaries (LF or CRLF line endings) and feeds each event's
-//! `data:` bytes straight into a scanner as one JSON document, then takes from each complete
-//! event its usage and the characters of generated text it carries.
+//! fields across arbitrary chunk boundaries and feeds each event's `data:` bytes straight into
+//! a scanner as one JSON document, then takes from each complete event its usage and the
+//! characters of generated text it carries.
 //!
 //! Nothing of an event is kept beyond the scanner's small state and, until its line ends, a
 //! bounded start of a data line that a chunk boundary cut, so there is no event-size limit to
@@ -42,7 +42,8 @@ enum Field {
 const MAX_EVENT_NAME: usize = 64;
 
 /// An incremental SSE parser (LF or CRLF line endings) that scans each event's data as it
-/// arrives. Holds no event bytes: the only per-event state is the scanner's.
+/// arrives. Holds no event bytes beyond the start of a cut data line (`held`): the rest of the
+/// per-event state is the scanner's.
 pub(super) struct SseParser {
     scanner: Scanner,
     field: Field,
@@ -289,8 +290,7 @@ impl SseParser {
         self.done = true;
     }
 
-    /// The usage of the last complete event that reported one (some providers report
-    /// cumulative usage repeatedly).
+    /// The usage of the last complete event that reported one.
     pub(super) fn usage(&self) -> Option<Usage> {
         self.usage
     }
