@@ -3,7 +3,7 @@
 //! walking an object's members, and comparing keys without decoding them unless they hold an
 //! escape. Nothing skipped is parsed or validated, and nothing allocates.
 //!
-//! Used on response bodies and SSE events by usage extraction (`usage::extract`, whose resumable
+//! Used on response bodies and SSE events by `usage` (whose resumable
 //! scanner shares the byte-level pieces) and on request bodies by `proxy::body`.
 
 use memchr::memchr2;

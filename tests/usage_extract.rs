@@ -12,10 +12,8 @@
 use std::io::Write;
 use std::time::Instant;
 
-use keygate::usage::{
-    request_with_include_usage, BodyKind, ContentEncoding, Usage, UsageChunkStripper,
-    UsageExtractor,
-};
+use keygate::proxy::body::request_with_include_usage;
+use keygate::usage::{BodyKind, ContentEncoding, Usage, UsageChunkStripper, UsageExtractor};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

@@ -8,7 +8,7 @@
 //! than left to hang; the OpenAI SDKs always send Content-Length.
 
 use super::refusal::Refusal;
-use crate::json::{key_name, skip_ws, Members};
+use crate::json::{key_is, key_name, skip_ws, Members};
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -275,6 +275,76 @@ pub fn rewrite_model(body: &[u8], span: (usize, usize), upstream_model: &str) ->
     out.freeze()
 }
 
+/// Adds `"stream_options":{"include_usage":true}` to a JSON object request body that has
+/// `"stream":true` and does not already ask for usage, keeping every other byte unchanged:
+/// - no `stream_options`: the member is appended after the last member of the body;
+/// - a `stream_options` object without `include_usage`: `"include_usage":true` is appended to it;
+/// - `"include_usage":false` (or any value but `true`) becomes `true`, and
+///   `"stream_options":null` becomes the object: either way the client did not ask for usage,
+///   and the [`UsageChunkStripper`](crate::usage::UsageChunkStripper) restores what it asked for;
+///
+/// Returns `None` if there is nothing to do (not streaming, usage already requested) or the body
+/// is not a well-formed object, or `stream_options` is neither an object nor `null` (the
+/// provider will reject such a request anyway). On duplicate keys, the last one counts, as in
+/// most JSON parsers.
+pub fn request_with_include_usage(body: &[u8]) -> Option<Bytes> {
+    let open = skip_ws(body, 0);
+    if body.get(open) != Some(&b'{') {
+        return None;
+    }
+    let mut stream = false;
+    let mut options = None;
+    let mut last_end = None;
+    let mut members = Members::new(body, open);
+    for m in members.by_ref() {
+        let key = &body[m.key.0..m.key.1];
+        if key_is(key, "stream") {
+            stream = &body[m.value.0..m.value.1] == b"true";
+        } else if key_is(key, "stream_options") {
+            options = Some(m.value);
+        }
+        last_end = Some(m.value.1);
+    }
+    if !members.complete() || !stream {
+        return None;
+    }
+    let (from, to, insert): (usize, usize, &[u8]) = match options {
+        None => {
+            let end = last_end?;
+            (end, end, br#","stream_options":{"include_usage":true}"#)
+        }
+        Some((start, _)) if body[start] == b'{' => {
+            let mut include = None;
+            let mut last = None;
+            let mut inner = Members::new(body, start);
+            for m in inner.by_ref() {
+                if key_is(&body[m.key.0..m.key.1], "include_usage") {
+                    include = Some(m.value);
+                }
+                last = Some(m.value.1);
+            }
+            if !inner.complete() {
+                return None;
+            }
+            match (include, last) {
+                (Some((a, b)), _) if &body[a..b] == b"true" => return None,
+                (Some((a, b)), _) => (a, b, b"true"),
+                (None, Some(end)) => (end, end, br#","include_usage":true"#),
+                (None, None) => (start + 1, start + 1, br#""include_usage":true"#),
+            }
+        }
+        Some((start, end)) if &body[start..end] == b"null" => {
+            (start, end, br#"{"include_usage":true}"#)
+        }
+        Some(_) => return None,
+    };
+    let mut out = BytesMut::with_capacity(body.len() + insert.len());
+    out.extend_from_slice(&body[..from]);
+    out.extend_from_slice(insert);
+    out.extend_from_slice(&body[to..]);
+    Some(out.freeze())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,6 +451,82 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(body)
             );
+        }
+    }
+
+    fn with_usage(body: &str) -> Option<String> {
+        request_with_include_usage(body.as_bytes()).map(|b| String::from_utf8(b.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn include_usage_is_added() {
+        assert_eq!(
+            with_usage(r#"{"model":"m","stream":true,"messages":[]}"#).as_deref(),
+            Some(
+                r#"{"model":"m","stream":true,"messages":[],"stream_options":{"include_usage":true}}"#
+            )
+        );
+        assert_eq!(
+            with_usage("{\n  \"stream\": true\n}\n").as_deref(),
+            Some("{\n  \"stream\": true,\"stream_options\":{\"include_usage\":true}\n}\n")
+        );
+    }
+
+    #[test]
+    fn include_usage_merges_into_stream_options() {
+        assert_eq!(
+            with_usage(r#"{"stream":true,"stream_options":{"include_obfuscation":false},"n":1}"#)
+                .as_deref(),
+            Some(
+                r#"{"stream":true,"stream_options":{"include_obfuscation":false,"include_usage":true},"n":1}"#
+            )
+        );
+        assert_eq!(
+            with_usage(r#"{"stream_options":{ },"stream":true}"#).as_deref(),
+            Some(r#"{"stream_options":{"include_usage":true },"stream":true}"#)
+        );
+        assert_eq!(
+            with_usage(r#"{"stream":true,"stream_options":{"include_usage":false}}"#).as_deref(),
+            Some(r#"{"stream":true,"stream_options":{"include_usage":true}}"#)
+        );
+        assert_eq!(
+            with_usage(r#"{"stream":true,"stream_options":null}"#).as_deref(),
+            Some(r#"{"stream":true,"stream_options":{"include_usage":true}}"#)
+        );
+    }
+
+    #[test]
+    fn include_usage_nothing_to_do() {
+        for body in [
+            r#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            r#"{"stream":false}"#,
+            r#"{"model":"m"}"#,
+            r#"{"stream":"true"}"#,
+            r#"{"messages":[{"content":"\"stream\":true"}]}"#,
+            r#"{"x":{"stream":true}}"#,
+            r#"{"stream":true,"stream_options":"bad"}"#,
+            r#"{"stream":true"#,
+            r#"[{"stream":true}]"#,
+            "",
+        ] {
+            assert_eq!(with_usage(body), None, "{body}");
+        }
+    }
+
+    #[test]
+    fn include_usage_never_panics_on_garbage() {
+        let inputs: [&[u8]; 8] = [
+            b"\\\\\"\"{[[[]]]}}}",
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"\\u12",
+            b"data: {\"usage\":{\"prompt_tokens\":1}\ndata: ]]]]\n\n",
+            b"\xff\xfe\x00data:\r\r\r\n\n",
+            b"{\"usage\":{\"prompt_tokens\":[[[[[[[[[[",
+            b"{\"choices\":[[[[{\"delta\":{\"content\":\"\\ud83d",
+            b"{\"a\":\"\\",
+            b":::::\n\n\n\n",
+        ];
+        for input in inputs {
+            let _ = request_with_include_usage(input);
         }
     }
 }

@@ -5,14 +5,13 @@
 //! for the usage that accounting needs.
 
 use super::authorize::Request;
-use super::body;
+use super::body::{self, request_with_include_usage};
 use super::ctx::Admitted;
 use super::refusal::Refusal;
 use crate::domain::Operation;
 use crate::limits::{self, Demand, LimitState, RateStatus, RefusalKind, ScopeRef};
 use crate::policy::{Key, Model};
 use crate::usage::cost::UsdNanos;
-use crate::usage::request_with_include_usage;
 use std::sync::Arc;
 
 /// Output tokens reserved against a budget when neither the request nor the model bounds them.

@@ -3,19 +3,30 @@
 //! This module owns reading `usage` out of response bodies as they stream through the proxy
 //! (JSON and SSE, identity or gzip/deflate/br encoded) without buffering or altering what the
 //! client receives, the running count of streamed text characters used to estimate completion
-//! tokens of cut streams, and the request/response rewrite that lets keygate see usage on
-//! streams whose client did not ask for it (`stream_options.include_usage`), invisibly to that
-//! client. Pricing, budgets and metrics built on these numbers live elsewhere.
+//! tokens of cut streams, and the response rewrite that hides the usage keygate asked for on
+//! streams whose client did not (the request side, adding `stream_options.include_usage`, is
+//! `proxy::body`). Pricing, budgets and metrics built on these numbers live elsewhere.
 //!
-//! - [`extract`]: [`UsageExtractor`], [`UsageChunkStripper`], [`request_with_include_usage`];
-//! - [`cost`]: prices and costs in integer nano-dollars;
-//! - `decode`: the streaming content decoders behind [`ContentEncoding`].
+//! - `extract` reads the usage of one response as it streams by ([`UsageExtractor`]);
+//! - `object` is what it looks for: a provider's `usage` object, parsed into [`Usage`];
+//! - `scan` finds that object, and counts generated text, in one JSON document fed in pieces;
+//! - `sse` splits an event stream into such documents, one per event;
+//! - `decode` holds the streaming content decoders behind [`ContentEncoding`];
+//! - `strip` hides the usage keygate asked for from a client that did not
+//!   ([`UsageChunkStripper`]);
+//! - [`cost`] prices usage in integer nano-dollars.
 
 pub mod cost;
 mod decode;
-pub mod extract;
+mod extract;
+#[cfg(test)]
+mod fixtures;
+mod object;
+mod scan;
+mod sse;
+mod strip;
 
 pub use decode::ContentEncoding;
-pub use extract::{
-    request_with_include_usage, BodyKind, Usage, UsageChunkStripper, UsageExtractor,
-};
+pub use extract::{BodyKind, UsageExtractor};
+pub use object::Usage;
+pub use strip::UsageChunkStripper;
