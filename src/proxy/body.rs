@@ -1,5 +1,6 @@
-//! The request body: read whole before routing (the `model` field picks the provider), then
-//! handed to Pingora for sending upstream.
+//! The request body: read whole before routing (the `model` field picks the provider), its top
+//! level inspected, rewritten where keygate must (the upstream model name; on streams, asking for
+//! the usage that accounting needs), then handed to Pingora for sending upstream.
 //!
 //! Pingora forwards a pre-read body only through its 64 KiB retry buffer. So the buffer is enabled
 //! just for the body's last 64 KiB (for Content-Length bodies of any size, and for chunked bodies
