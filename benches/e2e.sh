@@ -3,10 +3,10 @@
 #
 # Builds the release binary, writes a realistic policy (1,000 keys, each with rate limits, a
 # budget and an IP allowlist; the usage database, the audit log and metrics on), and drives
-# ../shared/bench/run-peers.sh (wrk, interleaved A B C A B C, pinned and unpinned) with:
+# benches/load/run-peers.sh (wrk, interleaved A B C A B C, pinned and unpinned) with:
 #   1. non-streaming chat: direct to the mock, nginx proxy, keygate (all features);
-#   2. SSE streaming chat: same three, plus time to first byte through each (ttft.sh, and
-#      benches/ttfb_probe.py from a raw socket);
+#   2. SSE streaming chat: same three, plus time to first byte through each
+#      (benches/load/ttft.sh, and benches/ttfb_probe.py from a raw socket);
 #   3. one connection: added p50/p99 latency over direct, of nginx, Pingora's floor and keygate,
 #      with the proxy on its own CPU and with everything on one CPU (benches/latency.sh);
 #   4. the governance cost: keygate with every feature on against keygate in "keys only" mode
@@ -31,7 +31,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-BENCH="${BENCH_DIR:-$ROOT/../shared/bench}"
+LOAD="$ROOT/benches/load"
 OUT="${OUT:-$ROOT/target/e2e/$(date +%Y%m%d-%H%M%S)}"
 DURATION="${DURATION:-8}"; ROUNDS="${ROUNDS:-2}"; KEYS="${KEYS:-1000}"
 mkdir -p "$OUT"
@@ -173,8 +173,8 @@ pass() { # name workload policy|floor candidates modes conns [post_hook]
   GATEWAY_PACED_MODEL=gpt-4o-mini-paced \
   CANDIDATES="$candidates" MODES="$modes" WORKLOAD="$workload" CONNS="$conns" THREADS="$(( conns < 2 ? 1 : 2 ))" \
   DURATION="$DURATION" ROUNDS="$ROUNDS" WARMUP=3 GATE="${GATE:-idle}" IDLE_MIN="${IDLE_MIN:-85}" \
-  POST_HOOK="$hook" RESULTS="$OUT/$name" PEERS_DIR="$OUT/peers" \
-    bash "$BENCH/run-peers.sh" > "$OUT/$name.log" 2>&1 || { kill $sampler; cat "$OUT/$name.log" >&2; exit 1; }
+  POST_HOOK="$hook" RESULTS="$OUT/$name" BENCH_PREFIX="$OUT/nginx" \
+    bash "$LOAD/run-peers.sh" > "$OUT/$name.log" 2>&1 || { kill $sampler; cat "$OUT/$name.log" >&2; exit 1; }
   kill $sampler 2>/dev/null || true
 }
 
@@ -185,17 +185,17 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/18100) 2>/dev/null || break;
 paired() {
   local name="$1" a_bin="${4:-$BIN}" b_bin="${5:-$BIN}"
   echo "== $name: paired, $(basename "$2") against $(basename "$3"), pinned, conns 32" >&2
-  MOCK_CPUS=1 bash "$BENCH/mock.sh" start >/dev/null
+  MOCK_CPUS=1 bash "$LOAD/mock.sh" start >/dev/null
   ROUNDS="${PAIRED_ROUNDS:-16}" bash "$ROOT/benches/paired.sh" "$a_bin" "$2" "$b_bin" "$3" > "$OUT/$name.txt" 2>&1 \
-    || { bash "$BENCH/mock.sh" stop >/dev/null 2>&1; cat "$OUT/$name.txt" >&2; exit 1; }
-  bash "$BENCH/mock.sh" stop >/dev/null 2>&1
+    || { bash "$LOAD/mock.sh" stop >/dev/null 2>&1; cat "$OUT/$name.txt" >&2; exit 1; }
+  bash "$LOAD/mock.sh" stop >/dev/null 2>&1
 }
 
 PASSES="${PASSES:-chat stream latency governance limits floor nginx}"
 for p in $PASSES; do
   case "$p" in
     chat)     pass chat   chat   "$OUT/policy-full" "direct nginx gateway" "pinned unpinned" 32 ;;
-    stream)   pass stream stream "$OUT/policy-full" "direct nginx gateway" "pinned" 32 "GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_NAME=keygate GATEWAY_PACED_MODEL=gpt-4o-mini-paced GATEWAY_AUTH='Bearer $(cat "$OUT/policy-full/secret")' bash $BENCH/ttft.sh 30; python3 $ROOT/benches/ttfb_probe.py 31 direct 127.0.0.1:18082 gpt-4o-mini 'Bearer x' nginx 127.0.0.1:18092 gpt-4o-mini 'Bearer x' keygate 127.0.0.1:18100 gpt-4o-mini-paced 'Bearer $(cat "$OUT/policy-full/secret")'" ;;
+    stream)   pass stream stream "$OUT/policy-full" "direct nginx gateway" "pinned" 32 "GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_NAME=keygate GATEWAY_PACED_MODEL=gpt-4o-mini-paced GATEWAY_AUTH='Bearer $(cat "$OUT/policy-full/secret")' bash $LOAD/ttft.sh 30; python3 $ROOT/benches/ttfb_probe.py 31 direct 127.0.0.1:18082 gpt-4o-mini 'Bearer x' nginx 127.0.0.1:18092 gpt-4o-mini 'Bearer x' keygate 127.0.0.1:18100 gpt-4o-mini-paced 'Bearer $(cat "$OUT/policy-full/secret")'" ;;
     latency)  echo "== latency: one connection, two layouts, paired with direct" >&2
               ROUNDS="${LATENCY_ROUNDS:-5}" bash "$ROOT/benches/latency.sh" "$BIN" "$OUT/policy-full" \
                 "$FLOOR_BIN" > "$OUT/latency.md" 2> "$OUT/latency.log" || { cat "$OUT/latency.log" >&2; exit 1; } ;;
