@@ -21,9 +21,10 @@
 #      every feature on, then the floor, pinned; the figure for the 0.5x target that a
 #      two-round pass cannot pin down on a host this noisy.
 # Peak RSS of keygate is sampled during every pass. Results go to $OUT (default
-# target/e2e/<timestamp>) and, with WRITE_README=1, into README.md between the PERF markers.
+# target/e2e/<timestamp>) and, with WRITE_DOCS=1, into docs/performance.md between the lines
+# <!-- PERF:START --> and <!-- PERF:END -->.
 #
-# usage: benches/e2e.sh   env: DURATION (s, default 8) ROUNDS (2) KEYS (1000) WRITE_README
+# usage: benches/e2e.sh   env: DURATION (s, default 8) ROUNDS (2) KEYS (1000) WRITE_DOCS
 #                              PASSES ("chat stream latency governance limits floor nginx": rerun some into an existing OUT)
 #                              PAIRED_ROUNDS (paired rounds of governance and limits, default 16)
 #                              LATENCY_ROUNDS (rounds of benches/latency.sh, default 5)
@@ -34,6 +35,16 @@ ROOT="$PWD"
 LOAD="$ROOT/benches/load"
 OUT="${OUT:-$ROOT/target/e2e/$(date +%Y%m%d-%H%M%S)}"
 DURATION="${DURATION:-8}"; ROUNDS="${ROUNDS:-2}"; KEYS="${KEYS:-1000}"
+DOCS="$ROOT/docs/performance.md"
+
+# Checked before the run as well as when writing, so that a missing file costs no run.
+if [ "${WRITE_DOCS:-0}" = 1 ]; then
+  [ -f "$DOCS" ] || { echo "WRITE_DOCS=1: $DOCS does not exist (the summary goes between its <!-- PERF:START --> and <!-- PERF:END --> lines)" >&2; exit 1; }
+  if ! grep -q '<!-- PERF:START -->' "$DOCS" || ! grep -q '<!-- PERF:END -->' "$DOCS"; then
+    echo "WRITE_DOCS=1: $DOCS has no <!-- PERF:START --> and <!-- PERF:END --> lines to write between" >&2
+    exit 1
+  fi
+fi
 mkdir -p "$OUT"
 
 command -v cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake >/dev/null; }
@@ -295,17 +306,20 @@ if os.path.exists(ttft):
 print("\n".join(lines))
 PY
 
-if [ "${WRITE_README:-0}" = 1 ]; then
-  python3 - "$OUT/summary.md" <<'PY'
+if [ "${WRITE_DOCS:-0}" = 1 ]; then
+  python3 - "$OUT/summary.md" "$DOCS" <<'PY'
 import re, sys
-summary = open(sys.argv[1]).read().strip()
-readme = open("README.md").read()
-block = ("<!-- PERF:BEGIN (written by benches/e2e.sh) -->\n" + summary +
-         "\n\nReproduce: `WRITE_README=1 benches/e2e.sh`\n<!-- PERF:END -->")
-new, n = re.subn(r"<!-- PERF:BEGIN.*?<!-- PERF:END -->", lambda _: block, readme, flags=re.S)
+summary, path = open(sys.argv[1]).read().strip(), sys.argv[2]
+try:
+    docs = open(path).read()
+except FileNotFoundError:
+    sys.exit(f"{path} does not exist; the summary stays in {sys.argv[1]}")
+block = ("<!-- PERF:START -->\n" + summary +
+         "\n\nReproduce: `WRITE_DOCS=1 benches/e2e.sh`\n<!-- PERF:END -->")
+new, n = re.subn(r"<!-- PERF:START -->.*?<!-- PERF:END -->", lambda _: block, docs, flags=re.S)
 if n == 0:
-    sys.exit("README.md has no PERF markers")
-open("README.md", "w").write(new)
+    sys.exit(f"{path} has no <!-- PERF:START --> and <!-- PERF:END --> lines; the summary stays in {sys.argv[1]}")
+open(path, "w").write(new)
 PY
 fi
 echo "results: $OUT" >&2
