@@ -28,17 +28,22 @@
 #                              PASSES ("chat stream latency governance limits floor nginx": rerun some into an existing OUT)
 #                              PAIRED_ROUNDS (paired rounds of governance and limits, default 16)
 #                              LATENCY_ROUNDS (rounds of benches/latency.sh, default 5)
-#                              CARGO_TARGET_DIR (where the release build goes and the binaries are taken from)
+#                              CARGO_TARGET_DIR (where the build goes and the binaries are taken from)
+#                              PROFILE (cargo profile, default release; `dev` builds in a minute to
+#                                check the plumbing, but its figures mean nothing, so WRITE_DOCS refuses it)
+# benches/load/run-peers.sh's knobs pass through; on a busy machine its gate waits for idle CPU,
+# which GATE=loadavg LOAD_MAX=100 FOREIGN_MAX=1000 lifts for a quick check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 LOAD="$ROOT/benches/load"
 OUT="${OUT:-$ROOT/target/e2e/$(date +%Y%m%d-%H%M%S)}"
-DURATION="${DURATION:-8}"; ROUNDS="${ROUNDS:-2}"; KEYS="${KEYS:-1000}"
+DURATION="${DURATION:-8}"; ROUNDS="${ROUNDS:-2}"; KEYS="${KEYS:-1000}"; PROFILE="${PROFILE:-release}"
 DOCS="$ROOT/docs/performance.md"
 
 # Checked before the run as well as when writing, so that a missing file costs no run.
 if [ "${WRITE_DOCS:-0}" = 1 ]; then
+  [ "$PROFILE" = release ] || { echo "WRITE_DOCS=1 needs PROFILE=release: a $PROFILE build's figures mean nothing" >&2; exit 1; }
   [ -f "$DOCS" ] || { echo "WRITE_DOCS=1: $DOCS does not exist (the summary goes between its <!-- PERF:START --> and <!-- PERF:END --> lines)" >&2; exit 1; }
   if ! grep -q '<!-- PERF:START -->' "$DOCS" || ! grep -q '<!-- PERF:END -->' "$DOCS"; then
     echo "WRITE_DOCS=1: $DOCS has no <!-- PERF:START --> and <!-- PERF:END --> lines to write between" >&2
@@ -52,11 +57,13 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || [ ! -e /usr/l
   apt-get update -qq && apt-get install -y -qq nginx libnginx-mod-http-echo wrk time >/dev/null
   service nginx stop >/dev/null 2>&1 || true
 fi
-cargo build --release --locked -q
-cargo build --release --locked -q --example pingora_baseline
+cargo build --profile "$PROFILE" --locked -q
+cargo build --profile "$PROFILE" --locked -q --example pingora_baseline
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="$TARGET/release/keygate"
-FLOOR_BIN="$TARGET/release/examples/pingora_baseline"
+# cargo puts the dev profile's output in debug/, any other profile's in a directory of its name.
+PROFILE_DIR="$TARGET/$(if [ "$PROFILE" = dev ]; then echo debug; else echo "$PROFILE"; fi)"
+BIN="$PROFILE_DIR/keygate"
+FLOOR_BIN="$PROFILE_DIR/examples/pingora_baseline"
 
 # ---- policies ---------------------------------------------------------------------------------
 # `full`: every governance feature on. `keys`: the same keys, nothing but authentication.
@@ -161,7 +168,7 @@ floor_cmd() {
   cat > "$OUT/floor.sh" <<SH
 #!/usr/bin/env bash
 upstream="\${MOCK_BASE_URL#http://}"
-exec "$TARGET/release/examples/pingora_baseline" 127.0.0.1:18100 "\${upstream%/v1}"
+exec "$FLOOR_BIN" 127.0.0.1:18100 "\${upstream%/v1}"
 SH
   chmod +x "$OUT/floor.sh"
   printf '%s' "$OUT/floor.sh"
