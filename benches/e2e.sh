@@ -3,10 +3,10 @@
 #
 # Builds the release binary, writes a realistic policy (1,000 keys, each with rate limits, a
 # budget and an IP allowlist; the usage database, the audit log and metrics on), and drives
-# ../shared/bench/run-peers.sh (wrk, interleaved A B C A B C, pinned and unpinned) with:
+# benches/load/run-peers.sh (wrk, interleaved A B C A B C, pinned and unpinned) with:
 #   1. non-streaming chat: direct to the mock, nginx proxy, keygate (all features);
-#   2. SSE streaming chat: same three, plus time to first byte through each (ttft.sh, and
-#      benches/ttfb_probe.py from a raw socket);
+#   2. SSE streaming chat: same three, plus time to first byte through each
+#      (benches/load/ttft.sh, and benches/ttfb_probe.py from a raw socket);
 #   3. one connection: added p50/p99 latency over direct, of nginx, Pingora's floor and keygate,
 #      with the proxy on its own CPU and with everything on one CPU (benches/latency.sh);
 #   4. the governance cost: keygate with every feature on against keygate in "keys only" mode
@@ -21,19 +21,35 @@
 #      every feature on, then the floor, pinned; the figure for the 0.5x target that a
 #      two-round pass cannot pin down on a host this noisy.
 # Peak RSS of keygate is sampled during every pass. Results go to $OUT (default
-# target/e2e/<timestamp>) and, with WRITE_README=1, into README.md between the PERF markers.
+# target/e2e/<timestamp>) and, with WRITE_DOCS=1, into docs/performance.md between the lines
+# <!-- PERF:START --> and <!-- PERF:END -->.
 #
-# usage: benches/e2e.sh   env: DURATION (s, default 8) ROUNDS (2) KEYS (1000) WRITE_README
+# usage: benches/e2e.sh   env: DURATION (s, default 8) ROUNDS (2) KEYS (1000) WRITE_DOCS
 #                              PASSES ("chat stream latency governance limits floor nginx": rerun some into an existing OUT)
 #                              PAIRED_ROUNDS (paired rounds of governance and limits, default 16)
 #                              LATENCY_ROUNDS (rounds of benches/latency.sh, default 5)
-#                              CARGO_TARGET_DIR (where the release build goes and the binaries are taken from)
+#                              CARGO_TARGET_DIR (where the build goes and the binaries are taken from)
+#                              PROFILE (cargo profile, default release; `dev` builds in a minute to
+#                                check the plumbing, but its figures mean nothing, so WRITE_DOCS refuses it)
+# benches/load/run-peers.sh's knobs pass through; on a busy machine its gate waits for idle CPU,
+# which GATE=loadavg LOAD_MAX=100 FOREIGN_MAX=1000 lifts for a quick check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-BENCH="${BENCH_DIR:-$ROOT/../shared/bench}"
+LOAD="$ROOT/benches/load"
 OUT="${OUT:-$ROOT/target/e2e/$(date +%Y%m%d-%H%M%S)}"
-DURATION="${DURATION:-8}"; ROUNDS="${ROUNDS:-2}"; KEYS="${KEYS:-1000}"
+DURATION="${DURATION:-8}"; ROUNDS="${ROUNDS:-2}"; KEYS="${KEYS:-1000}"; PROFILE="${PROFILE:-release}"
+DOCS="$ROOT/docs/performance.md"
+
+# Checked before the run as well as when writing, so that a missing file costs no run.
+if [ "${WRITE_DOCS:-0}" = 1 ]; then
+  [ "$PROFILE" = release ] || { echo "WRITE_DOCS=1 needs PROFILE=release: a $PROFILE build's figures mean nothing" >&2; exit 1; }
+  [ -f "$DOCS" ] || { echo "WRITE_DOCS=1: $DOCS does not exist (the summary goes between its <!-- PERF:START --> and <!-- PERF:END --> lines)" >&2; exit 1; }
+  if ! grep -q '<!-- PERF:START -->' "$DOCS" || ! grep -q '<!-- PERF:END -->' "$DOCS"; then
+    echo "WRITE_DOCS=1: $DOCS has no <!-- PERF:START --> and <!-- PERF:END --> lines to write between" >&2
+    exit 1
+  fi
+fi
 mkdir -p "$OUT"
 
 command -v cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake >/dev/null; }
@@ -41,11 +57,13 @@ if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null || [ ! -e /usr/l
   apt-get update -qq && apt-get install -y -qq nginx libnginx-mod-http-echo wrk time >/dev/null
   service nginx stop >/dev/null 2>&1 || true
 fi
-cargo build --release --locked -q
-cargo build --release --locked -q --example pingora_baseline
+cargo build --profile "$PROFILE" --locked -q
+cargo build --profile "$PROFILE" --locked -q --example pingora_baseline
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-BIN="$TARGET/release/keygate"
-FLOOR_BIN="$TARGET/release/examples/pingora_baseline"
+# cargo puts the dev profile's output in debug/, any other profile's in a directory of its name.
+PROFILE_DIR="$TARGET/$(if [ "$PROFILE" = dev ]; then echo debug; else echo "$PROFILE"; fi)"
+BIN="$PROFILE_DIR/keygate"
+FLOOR_BIN="$PROFILE_DIR/examples/pingora_baseline"
 
 # ---- policies ---------------------------------------------------------------------------------
 # `full`: every governance feature on. `keys`: the same keys, nothing but authentication.
@@ -150,7 +168,7 @@ floor_cmd() {
   cat > "$OUT/floor.sh" <<SH
 #!/usr/bin/env bash
 upstream="\${MOCK_BASE_URL#http://}"
-exec "$TARGET/release/examples/pingora_baseline" 127.0.0.1:18100 "\${upstream%/v1}"
+exec "$FLOOR_BIN" 127.0.0.1:18100 "\${upstream%/v1}"
 SH
   chmod +x "$OUT/floor.sh"
   printf '%s' "$OUT/floor.sh"
@@ -173,8 +191,8 @@ pass() { # name workload policy|floor candidates modes conns [post_hook]
   GATEWAY_PACED_MODEL=gpt-4o-mini-paced \
   CANDIDATES="$candidates" MODES="$modes" WORKLOAD="$workload" CONNS="$conns" THREADS="$(( conns < 2 ? 1 : 2 ))" \
   DURATION="$DURATION" ROUNDS="$ROUNDS" WARMUP=3 GATE="${GATE:-idle}" IDLE_MIN="${IDLE_MIN:-85}" \
-  POST_HOOK="$hook" RESULTS="$OUT/$name" PEERS_DIR="$OUT/peers" \
-    bash "$BENCH/run-peers.sh" > "$OUT/$name.log" 2>&1 || { kill $sampler; cat "$OUT/$name.log" >&2; exit 1; }
+  POST_HOOK="$hook" RESULTS="$OUT/$name" BENCH_PREFIX="$OUT/nginx" \
+    bash "$LOAD/run-peers.sh" > "$OUT/$name.log" 2>&1 || { kill $sampler; cat "$OUT/$name.log" >&2; exit 1; }
   kill $sampler 2>/dev/null || true
 }
 
@@ -185,17 +203,17 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/18100) 2>/dev/null || break;
 paired() {
   local name="$1" a_bin="${4:-$BIN}" b_bin="${5:-$BIN}"
   echo "== $name: paired, $(basename "$2") against $(basename "$3"), pinned, conns 32" >&2
-  MOCK_CPUS=1 bash "$BENCH/mock.sh" start >/dev/null
+  MOCK_CPUS=1 bash "$LOAD/mock.sh" start >/dev/null
   ROUNDS="${PAIRED_ROUNDS:-16}" bash "$ROOT/benches/paired.sh" "$a_bin" "$2" "$b_bin" "$3" > "$OUT/$name.txt" 2>&1 \
-    || { bash "$BENCH/mock.sh" stop >/dev/null 2>&1; cat "$OUT/$name.txt" >&2; exit 1; }
-  bash "$BENCH/mock.sh" stop >/dev/null 2>&1
+    || { bash "$LOAD/mock.sh" stop >/dev/null 2>&1; cat "$OUT/$name.txt" >&2; exit 1; }
+  bash "$LOAD/mock.sh" stop >/dev/null 2>&1
 }
 
 PASSES="${PASSES:-chat stream latency governance limits floor nginx}"
 for p in $PASSES; do
   case "$p" in
     chat)     pass chat   chat   "$OUT/policy-full" "direct nginx gateway" "pinned unpinned" 32 ;;
-    stream)   pass stream stream "$OUT/policy-full" "direct nginx gateway" "pinned" 32 "GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_NAME=keygate GATEWAY_PACED_MODEL=gpt-4o-mini-paced GATEWAY_AUTH='Bearer $(cat "$OUT/policy-full/secret")' bash $BENCH/ttft.sh 30; python3 $ROOT/benches/ttfb_probe.py 31 direct 127.0.0.1:18082 gpt-4o-mini 'Bearer x' nginx 127.0.0.1:18092 gpt-4o-mini 'Bearer x' keygate 127.0.0.1:18100 gpt-4o-mini-paced 'Bearer $(cat "$OUT/policy-full/secret")'" ;;
+    stream)   pass stream stream "$OUT/policy-full" "direct nginx gateway" "pinned" 32 "GATEWAY_URL=http://127.0.0.1:18100/v1 GATEWAY_NAME=keygate GATEWAY_PACED_MODEL=gpt-4o-mini-paced GATEWAY_AUTH='Bearer $(cat "$OUT/policy-full/secret")' bash $LOAD/ttft.sh 30; python3 $ROOT/benches/ttfb_probe.py 31 direct 127.0.0.1:18082 gpt-4o-mini 'Bearer x' nginx 127.0.0.1:18092 gpt-4o-mini 'Bearer x' keygate 127.0.0.1:18100 gpt-4o-mini-paced 'Bearer $(cat "$OUT/policy-full/secret")'" ;;
     latency)  echo "== latency: one connection, two layouts, paired with direct" >&2
               ROUNDS="${LATENCY_ROUNDS:-5}" bash "$ROOT/benches/latency.sh" "$BIN" "$OUT/policy-full" \
                 "$FLOOR_BIN" > "$OUT/latency.md" 2> "$OUT/latency.log" || { cat "$OUT/latency.log" >&2; exit 1; } ;;
@@ -295,17 +313,20 @@ if os.path.exists(ttft):
 print("\n".join(lines))
 PY
 
-if [ "${WRITE_README:-0}" = 1 ]; then
-  python3 - "$OUT/summary.md" <<'PY'
+if [ "${WRITE_DOCS:-0}" = 1 ]; then
+  python3 - "$OUT/summary.md" "$DOCS" <<'PY'
 import re, sys
-summary = open(sys.argv[1]).read().strip()
-readme = open("README.md").read()
-block = ("<!-- PERF:BEGIN (written by benches/e2e.sh) -->\n" + summary +
-         "\n\nReproduce: `WRITE_README=1 benches/e2e.sh`\n<!-- PERF:END -->")
-new, n = re.subn(r"<!-- PERF:BEGIN.*?<!-- PERF:END -->", lambda _: block, readme, flags=re.S)
+summary, path = open(sys.argv[1]).read().strip(), sys.argv[2]
+try:
+    docs = open(path).read()
+except FileNotFoundError:
+    sys.exit(f"{path} does not exist; the summary stays in {sys.argv[1]}")
+block = ("<!-- PERF:START -->\n" + summary +
+         "\n\nReproduce: `WRITE_DOCS=1 benches/e2e.sh`\n<!-- PERF:END -->")
+new, n = re.subn(r"<!-- PERF:START -->.*?<!-- PERF:END -->", lambda _: block, docs, flags=re.S)
 if n == 0:
-    sys.exit("README.md has no PERF markers")
-open("README.md", "w").write(new)
+    sys.exit(f"{path} has no <!-- PERF:START --> and <!-- PERF:END --> lines; the summary stays in {sys.argv[1]}")
+open(path, "w").write(new)
 PY
 fi
 echo "results: $OUT" >&2

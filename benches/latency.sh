@@ -24,8 +24,6 @@ set -euo pipefail
 [ $# -eq 3 ] || { sed -n '5,8p' "$0"; exit 2; }
 BIN=$(realpath "$1") POLICY=$2 FLOOR_BIN=$(realpath "$3")
 ROUNDS=${ROUNDS:-5} SECONDS_PER_RUN=${SECONDS_PER_RUN:-4} LAYOUTS=${LAYOUTS:-apart shared}
-BENCH="$(cd "$(dirname "$0")/../.." && pwd)/shared/bench"
-CHAT_LUA="$BENCH/chat.lua"
 # shellcheck source=benches/lib.sh
 . "$(dirname "$0")/lib.sh"
 WORK=$(mktemp -d)
@@ -35,8 +33,8 @@ stop_all() {
   kill -9 "${PIDS[@]}" 2>/dev/null || true
   wait "${PIDS[@]}" 2>/dev/null || true
   PIDS=()
-  "$BENCH/mock.sh" stop-proxy >/dev/null
-  "$BENCH/mock.sh" stop >/dev/null
+  "$LOAD/mock.sh" stop-proxy >/dev/null
+  "$LOAD/mock.sh" stop >/dev/null
 }
 trap 'stop_all; rm -rf "$WORK"' EXIT
 
@@ -47,10 +45,10 @@ SECRET=$(cat "$POLICY/secret")
 start_layout() {
   local proxy_cpu=$1 mock_cpu=$2
   stop_all
-  MOCK_CPUS=$mock_cpu "$BENCH/mock.sh" start >/dev/null
-  PROXY_CPUS=$proxy_cpu "$BENCH/mock.sh" start-proxy >/dev/null
+  MOCK_CPUS=$mock_cpu "$LOAD/mock.sh" start >/dev/null
+  PROXY_CPUS=$proxy_cpu "$LOAD/mock.sh" start-proxy >/dev/null
   PORT[direct]=18080 PORT[across]=18080 PORT[nginx]=18090 PORT[floor]=18170 PORT[keygate]=18160
-  PID[direct]="" PID[across]="" PID[nginx]=$(cat "${BENCH_PREFIX:-/tmp/peers/run}/proxy-nginx.pid")
+  PID[direct]="" PID[across]="" PID[nginx]=$("$LOAD/mock.sh" pid proxy)
   taskset -c "$proxy_cpu" "$FLOOR_BIN" 127.0.0.1:18170 127.0.0.1:18080 >"$WORK/floor.log" 2>&1 &
   PIDS+=($!) PID[floor]=$!
   for _ in $(seq 50); do listening 18170 && break; sleep 0.1; done

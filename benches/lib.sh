@@ -1,5 +1,9 @@
 # Helpers that benches/paired.sh and benches/latency.sh source.
 
+# The load set-up they drive: the nginx mock upstream and proxy (mock.sh) and the wrk script.
+LOAD="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/load"
+CHAT_LUA="$LOAD/chat.lua"
+
 # listening PORT: whether something accepts connections on 127.0.0.1:PORT.
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

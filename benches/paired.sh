@@ -14,7 +14,7 @@
 # the same instant, and rounds scatter far less than when the sides take turns.
 # A policy directory is one `benches/e2e.sh` writes (OUT/policy-keys, policy-limits, policy-full:
 # keygate.yaml and the load key's `secret`), with the bench mock upstream running
-# (`../shared/bench/mock.sh start`). Each is copied and given its own ports.
+# (`benches/load/mock.sh start`). Each is copied and given its own ports.
 # Either side may instead be `nginx -`, the bench's nginx reverse proxy (restarted pinned to
 # GATEWAY_CPU; its CPU is the master's and workers'), or `PATH floor`, Pingora's floor
 # (examples/pingora_baseline.rs built at PATH).
@@ -27,13 +27,16 @@ set -euo pipefail
 [ $# -eq 4 ] || { sed -n '8,24p' "$0"; exit 2; }
 ROUNDS=${ROUNDS:-16} SECONDS_PER_RUN=${SECONDS_PER_RUN:-4}
 GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1}
-BENCH="$(cd "$(dirname "$0")/../.." && pwd)/shared/bench"
-CHAT_LUA="$BENCH/chat.lua"
 # shellcheck source=benches/lib.sh
 . "$(dirname "$0")/lib.sh"
 WORK=$(mktemp -d)
 PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+stop_sides() {
+  # On SIGTERM Pingora drains for a grace period (the floor for minutes); nothing here needs draining.
+  kill -9 "${PIDS[@]}" 2>/dev/null || true
+  wait "${PIDS[@]}" 2>/dev/null || true
+}
+trap 'stop_sides; rm -rf "$WORK"' EXIT
 
 # side NAME BINARY POLICY PORT: copy the policy with its own ports, start the gateway; sets
 # PORT_<NAME> and PID_<NAME> (the process whose tree's CPU is counted).
@@ -42,14 +45,15 @@ side() {
   mkdir -p "$WORK/$name"
   if [ "$binary" = nginx ]; then
     echo none >"$WORK/$name/secret"
-    "$BENCH/mock.sh" stop-proxy >/dev/null
-    PROXY_CPUS=$GATEWAY_CPU "$BENCH/mock.sh" start-proxy >/dev/null
-    trap '"$BENCH/mock.sh" stop-proxy >/dev/null; kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+    "$LOAD/mock.sh" stop-proxy >/dev/null
+    PROXY_CPUS=$GATEWAY_CPU "$LOAD/mock.sh" start-proxy >/dev/null
+    trap '"$LOAD/mock.sh" stop-proxy >/dev/null; stop_sides; rm -rf "$WORK"' EXIT
     printf -v "PORT_$name" 18090
-    printf -v "PID_$name" %s "$(cat "${BENCH_PREFIX:-/tmp/peers/run}/proxy-nginx.pid")"
+    printf -v "PID_$name" %s "$("$LOAD/mock.sh" pid proxy)"
     return
   fi
   printf -v "PORT_$name" %s "$port"
+  binary=$(realpath "$binary")  # the gateway starts in its policy's directory
   # keygate keeps serving for its drain delay after SIGTERM: one from the run before may still
   # hold this port, and a side started now would fail to bind while wrk measured the old one.
   for _ in $(seq 300); do listening "$port" || break; sleep 0.1; done
@@ -68,7 +72,7 @@ side() {
   cp -r "$policy" "$WORK/$name"
   sed -i -E "s/^listen: .*/listen: 127.0.0.1:$port/; s/^admin_listen: .*/admin_listen: 127.0.0.1:$((port + 1))/" \
     "$WORK/$name/keygate.yaml"
-  (cd "$WORK/$name" && exec taskset -c "$GATEWAY_CPU" "$(realpath "$binary")" serve \
+  (cd "$WORK/$name" && exec taskset -c "$GATEWAY_CPU" "$binary" serve \
     --config "$WORK/$name/keygate.yaml" >"$WORK/$name.log" 2>&1) &
   PIDS+=($!)
   printf -v "PID_$name" %s $!

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time to the first SSE event of a paced stream, from a raw socket (no HTTP client library).
 
-A second opinion beside ../shared/bench/ttft.sh, whose curl figures carry curl's own handling of a
+A second opinion beside benches/load/ttft.sh, whose curl figures carry curl's own handling of a
 streamed response: each request opens a new connection, sends the request in one write, and times
 until the first `data:` line arrives, then until `[DONE]`. The targets take turns, request by
 request, and each one after the first also gets the median of its differences from the first
