@@ -75,7 +75,8 @@ fn admit_and_release(limits: &MemoryLimits, key: &LimitSpec, workload: &LimitSpe
         cost: UsdNanos(30_000),
     };
     let now = keygate::limits::now_ms();
-    let mut admission = limits.admit(black_box(&scopes), demand, now).unwrap();
+    let slots = limits.hold_slots(black_box(&scopes), now).unwrap();
+    let mut admission = limits.admit(&scopes, demand, slots, now).unwrap();
     if key.budget.is_some() {
         black_box(limits.settle_cost(&mut admission, UsdNanos(12_000), now));
     }

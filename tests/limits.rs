@@ -222,6 +222,49 @@ async fn concurrency_slots_are_held_by_streams_and_released_on_disconnect_and_fa
     assert_eq!(r.status(), 200);
 }
 
+/// A slow upload holds its key's slot from the moment its head is read, not once its body is in.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_upload_holds_its_concurrency_slot_while_its_body_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "max_concurrent: 1\n");
+    let gw = TestGateway::start(&policy(&up.url(), ""), &[("k".into(), yaml)]);
+    let url = gw.url("/v1/chat/completions");
+
+    // the head and half the body, then a pause
+    let body = serde_json::to_vec(&chat()).unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {secret}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let other = post_json(&url, &secret, &chat()).await;
+    assert_eq!(
+        error_of(other).await,
+        (
+            429,
+            "rate_limit_error".into(),
+            "concurrency_limit_exceeded".into()
+        )
+    );
+
+    // the upload completes and is served; its slot then comes back
+    slow.write_all(rest).await.unwrap();
+    let mut response = vec![0u8; 4096];
+    let n = slow.read(&mut response).await.unwrap();
+    assert!(response[..n].starts_with(b"HTTP/1.1 200"));
+    drop(slow);
+    assert_eq!(post_json(&url, &secret, &chat()).await.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ip_allowlists_and_forwarded_for() {
     let up = MockUpstream::start("up", Reply::chat_ok()).await;

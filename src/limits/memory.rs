@@ -55,12 +55,26 @@ impl ScopeCounters {
     }
 }
 
-/// An admitted request's hold on its scopes. Dropping it releases its concurrency slots, which
-/// makes the release happen on every path: success, error, client disconnect, upstream failure.
+/// Concurrency slots a request holds, taken before its body is read so that a slow upload counts
+/// against its key's cap. Dropping them gives them back, which makes the release happen on every
+/// path: refusal, success, error, client disconnect, upstream failure.
+#[derive(Debug, Default)]
+pub struct Slots(SmallVec<[Arc<Scope>; 2]>);
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        for scope in &self.0 {
+            scope.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// An admitted request's hold on its scopes: its slots, and its budget reservation until settled.
 #[derive(Debug)]
 pub struct Admission {
     /// A key and its workload: inline, no allocation per request.
     scopes: SmallVec<[Held; 2]>,
+    slots: Slots,
     pub status: RateStatus,
     /// The cost reserved in every scope with a budget, and when; zero once settled.
     reserved: UsdNanos,
@@ -71,6 +85,7 @@ impl Default for Admission {
     fn default() -> Self {
         Admission {
             scopes: SmallVec::new(),
+            slots: Slots::default(),
             status: RateStatus::default(),
             reserved: UsdNanos::ZERO,
             reserved_at: Calendar { day: 0, month: 0 },
@@ -82,7 +97,6 @@ impl Default for Admission {
 #[derive(Debug)]
 struct Held {
     scope: Arc<Scope>,
-    holds_slot: bool,
     /// The scope's budget when the request reserved against it (for settling and alerts).
     budget: Option<Arc<BudgetSpec>>,
     /// The request counted in the scope's token windows, so later charges go there too.
@@ -92,9 +106,6 @@ struct Held {
 impl Drop for Admission {
     fn drop(&mut self) {
         for held in &self.scopes {
-            if held.holds_slot {
-                held.scope.in_flight.fetch_sub(1, Ordering::Relaxed);
-            }
             // A request that ends unsettled (refused upstream, failed) costs nothing.
             if held.budget.is_some() && self.reserved > UsdNanos::ZERO {
                 let mut c = held.scope.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -152,6 +163,29 @@ impl MemoryLimits {
         })
     }
 
+    /// The windows of `scopes` as they stand, counting nothing: for the headers of a refusal
+    /// decided before the windows were consulted.
+    fn window_status(&self, scopes: &[ScopeRef<'_>], now_ms: u64) -> RateStatus {
+        let mut status = RateStatus::default();
+        for scope_ref in scopes.iter().filter(|s| !s.spec.windows.is_empty()) {
+            let scope = self.scope(scope_ref);
+            let mut counters = scope.inner.lock().unwrap_or_else(|e| e.into_inner());
+            for w in &scope_ref.spec.windows {
+                let per_ms = w.per_ms();
+                let counter = counters.counter(w.kind, per_ms, now_ms);
+                status.consider(
+                    w.kind,
+                    WindowStatus {
+                        limit: w.limit,
+                        remaining: counter.remaining(now_ms, per_ms, w.limit),
+                        reset: counter.until_reset(now_ms, per_ms),
+                    },
+                );
+            }
+        }
+        status
+    }
+
     /// In-flight requests of a scope (for tests and metrics).
     pub fn in_flight(&self, kind: &'static str, name: &str) -> u32 {
         let scopes = self.scopes.read().unwrap_or_else(|e| e.into_inner());
@@ -179,10 +213,41 @@ impl LimitState for MemoryLimits {
         })
     }
 
+    fn hold_slots(&self, scopes: &[ScopeRef<'_>], now_ms: u64) -> Result<Slots, LimitRefusal> {
+        let mut slots = Slots::default();
+        for scope_ref in scopes {
+            let Some(max) = scope_ref.spec.max_concurrent else {
+                continue;
+            };
+            let scope = self.scope(scope_ref);
+            let taken = scope
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok();
+            if !taken {
+                // `slots` goes out of scope here, giving back what this request took so far.
+                return Err(LimitRefusal {
+                    kind: RefusalKind::Concurrency,
+                    limit: format!(
+                        "{} {}: {max} concurrent requests",
+                        scope_ref.kind, scope_ref.name
+                    ),
+                    retry_after: Duration::from_secs(1),
+                    status: self.window_status(scopes, now_ms),
+                });
+            }
+            slots.0.push(Arc::clone(scope));
+        }
+        Ok(slots)
+    }
+
     fn admit(
         &self,
         scopes: &[ScopeRef<'_>],
         demand: Demand,
+        slots: Slots,
         now_ms: u64,
     ) -> Result<Admission, LimitRefusal> {
         let active: SmallVec<[(&ScopeRef<'_>, &Arc<Scope>); 2]> = scopes
@@ -191,7 +256,9 @@ impl LimitState for MemoryLimits {
             .map(|s| (s, self.scope(s)))
             .collect();
         if active.is_empty() {
-            return Ok(Admission::default());
+            let mut admission = Admission::default();
+            admission.slots = slots;
+            return Ok(admission);
         }
         // Locks are taken in the order given (key before workload) and held together, so the
         // check and the count are one step for every scope involved.
@@ -256,22 +323,6 @@ impl LimitState for MemoryLimits {
                     },
                 );
             }
-            // Only admissions raise `in_flight`, and they hold this scope's lock, so a count
-            // read here can only fall before the increment.
-            let holds_slot = spec.max_concurrent.is_some();
-            if let Some(max) = spec.max_concurrent {
-                if scope.in_flight.load(Ordering::Relaxed) >= max && refusal.is_none() {
-                    refusal = Some(LimitRefusal {
-                        kind: RefusalKind::Concurrency,
-                        limit: format!(
-                            "{} {}: {max} concurrent requests",
-                            scope_ref.kind, scope_ref.name
-                        ),
-                        retry_after: Duration::from_secs(1),
-                        status: RateStatus::default(),
-                    });
-                }
-            }
             if let Some(budget) = &spec.budget {
                 if refusal.is_none() {
                     if let Some((period, cap)) = counters.spend.check(budget, demand.cost, cal) {
@@ -291,7 +342,6 @@ impl LimitState for MemoryLimits {
             }
             admission.scopes.push(Held {
                 scope: Arc::clone(scope),
-                holds_slot,
                 budget: spec.budget.clone(),
                 charges_tokens,
             });
@@ -319,26 +369,19 @@ impl LimitState for MemoryLimits {
                 }
             }
             drop(guards);
-            // Nothing was taken, so dropping the admission must release nothing.
+            // Nothing was reserved, so dropping the admission must release no budget.
             admission.scopes.clear();
             refusal.status = status;
             return Err(refusal);
         }
-        for ((held, scope), counters) in admission
-            .scopes
-            .iter()
-            .zip(active.iter().map(|(_, scope)| scope))
-            .zip(guards.iter_mut())
-        {
-            if held.holds_slot {
-                scope.in_flight.fetch_add(1, Ordering::Relaxed);
-            }
+        for (held, counters) in admission.scopes.iter().zip(guards.iter_mut()) {
             if held.budget.is_some() {
                 counters.spend.reserve(demand.cost, cal);
             }
         }
         drop(guards);
         admission.reserved = demand.cost;
+        admission.slots = slots;
         Ok(admission)
     }
 
@@ -396,6 +439,17 @@ impl LimitState for MemoryLimits {
 mod tests {
     use super::*;
 
+    /// Both steps of a request's admission, as the proxy takes them.
+    fn admit(
+        limits: &MemoryLimits,
+        scopes: &[ScopeRef<'_>],
+        demand: Demand,
+        now_ms: u64,
+    ) -> Result<Admission, LimitRefusal> {
+        let slots = limits.hold_slots(scopes, now_ms)?;
+        limits.admit(scopes, demand, slots, now_ms)
+    }
+
     /// A request counted against one scope only.
     fn one<'a>(kind: &'static str, name: &'a str, spec: &'a LimitSpec) -> [ScopeRef<'a>; 1] {
         [ScopeRef { kind, name, spec }]
@@ -423,22 +477,22 @@ mod tests {
         let scopes = one("key", "k", &key);
         let t = 1_000_000_000;
         for i in 0..3 {
-            let a = limits.admit(&scopes, Demand::default(), t).unwrap();
+            let a = admit(&limits, &scopes, Demand::default(), t).unwrap();
             assert_eq!(a.status.requests.unwrap().remaining, 2 - i);
         }
-        let r = limits.admit(&scopes, Demand::default(), t).unwrap_err();
+        let r = admit(&limits, &scopes, Demand::default(), t).unwrap_err();
         assert_eq!(r.kind, RefusalKind::Rate);
         assert!(r.limit.contains("key k: 3 requests per 10s"), "{}", r.limit);
         // 3 in this window: the next fits once 3 × (1 − f) + 1 ≤ 3 in the next one, f = 1/3
         assert_eq!(r.retry_after, Duration::from_millis(10_000 + 3_334));
         // it is admitted exactly when retry-after says
-        assert!(limits
-            .admit(
-                &scopes,
-                Demand::default(),
-                t + r.retry_after.as_millis() as u64
-            )
-            .is_ok());
+        assert!(admit(
+            &limits,
+            &scopes,
+            Demand::default(),
+            t + r.retry_after.as_millis() as u64
+        )
+        .is_ok());
     }
 
     #[test]
@@ -472,23 +526,20 @@ mod tests {
                 spec: &wl,
             },
         ];
-        assert!(limits.admit(&s1, Demand::default(), t).is_ok());
-        assert!(limits
-            .admit(&s1, Demand::default(), t)
+        assert!(admit(&limits, &s1, Demand::default(), t).is_ok());
+        assert!(admit(&limits, &s1, Demand::default(), t)
             .unwrap_err()
             .limit
             .starts_with("key k1"));
-        assert!(limits.admit(&s2, Demand::default(), t).is_ok());
-        assert!(limits
-            .admit(&s2, Demand::default(), t)
+        assert!(admit(&limits, &s2, Demand::default(), t).is_ok());
+        assert!(admit(&limits, &s2, Demand::default(), t)
             .unwrap_err()
             .limit
             .starts_with("workload w"));
         // a refused request counted nothing: k2 alone still has room
         let alone = one("key", "k2", &k2);
         assert_eq!(
-            limits
-                .admit(&alone, Demand::default(), t)
+            admit(&limits, &alone, Demand::default(), t)
                 .unwrap()
                 .status
                 .requests
@@ -526,8 +577,8 @@ mod tests {
             ..Demand::default()
         };
         let t = 7_000;
-        let held = limits.admit(&scopes, demand, t).unwrap();
-        let refused = limits.admit(&scopes, demand, t).unwrap_err();
+        let held = admit(&limits, &scopes, demand, t).unwrap();
+        let refused = admit(&limits, &scopes, demand, t).unwrap_err();
         assert_eq!(refused.kind, RefusalKind::Concurrency);
         assert_eq!(refused.status.requests.unwrap().remaining, 9);
         assert_eq!(refused.status.tokens.unwrap().remaining, 900);
@@ -535,7 +586,7 @@ mod tests {
         drop(held);
         assert_eq!(limits.in_flight("key", "k"), 0);
         assert_eq!(limits.in_flight("workload", "w"), 0);
-        let next = limits.admit(&scopes, demand, t).unwrap();
+        let next = admit(&limits, &scopes, demand, t).unwrap();
         assert_eq!(next.status.requests.unwrap().remaining, 8);
         assert_eq!(next.status.tokens.unwrap().remaining, 800);
     }
@@ -545,13 +596,13 @@ mod tests {
         let limits = MemoryLimits::new();
         let key = spec(&[], Some(2));
         let scopes = one("key", "k", &key);
-        let a = limits.admit(&scopes, Demand::default(), 1).unwrap();
-        let b = limits.admit(&scopes, Demand::default(), 1).unwrap();
-        let r = limits.admit(&scopes, Demand::default(), 1).unwrap_err();
+        let a = admit(&limits, &scopes, Demand::default(), 1).unwrap();
+        let b = admit(&limits, &scopes, Demand::default(), 1).unwrap();
+        let r = admit(&limits, &scopes, Demand::default(), 1).unwrap_err();
         assert_eq!(r.kind, RefusalKind::Concurrency);
         assert_eq!(limits.in_flight("key", "k"), 2);
         drop(a);
-        let c = limits.admit(&scopes, Demand::default(), 1).unwrap();
+        let c = admit(&limits, &scopes, Demand::default(), 1).unwrap();
         drop((b, c));
         assert_eq!(limits.in_flight("key", "k"), 0);
     }
@@ -561,27 +612,27 @@ mod tests {
         let limits = MemoryLimits::new();
         let key = spec(&[(LimitKind::Tokens, 100, 60)], None);
         let scopes = one("key", "k", &key);
-        let a = limits
-            .admit(
-                &scopes,
-                Demand {
-                    tokens: 10,
-                    cost: UsdNanos::ZERO,
-                },
-                1_000,
-            )
-            .unwrap();
+        let a = admit(
+            &limits,
+            &scopes,
+            Demand {
+                tokens: 10,
+                cost: UsdNanos::ZERO,
+            },
+            1_000,
+        )
+        .unwrap();
         limits.charge_tokens(&a, 150, 1_000); // the response used far more than estimated
-        let r = limits
-            .admit(
-                &scopes,
-                Demand {
-                    tokens: 10,
-                    cost: UsdNanos::ZERO,
-                },
-                1_000,
-            )
-            .unwrap_err();
+        let r = admit(
+            &limits,
+            &scopes,
+            Demand {
+                tokens: 10,
+                cost: UsdNanos::ZERO,
+            },
+            1_000,
+        )
+        .unwrap_err();
         assert!(r.limit.contains("100 tokens"));
         assert_eq!(r.status.tokens.unwrap().remaining, 0);
     }
@@ -592,15 +643,11 @@ mod tests {
         let old = spec(&[(LimitKind::Requests, 2, 60)], None);
         let t = 7_000;
         for _ in 0..2 {
-            limits
-                .admit(&one("key", "k", &old), Demand::default(), t)
-                .unwrap();
+            admit(&limits, &one("key", "k", &old), Demand::default(), t).unwrap();
         }
         // a reload raises the limit: a new spec object, the same running window
         let raised = spec(&[(LimitKind::Requests, 3, 60)], None);
-        let a = limits
-            .admit(&one("key", "k", &raised), Demand::default(), t)
-            .unwrap();
+        let a = admit(&limits, &one("key", "k", &raised), Demand::default(), t).unwrap();
         assert_eq!(a.status.requests.unwrap().remaining, 0);
     }
 
@@ -626,9 +673,9 @@ mod tests {
             tokens: 0,
             cost: UsdNanos(40),
         };
-        let mut a = limits.admit(&scopes, demand, t).unwrap();
-        let b = limits.admit(&scopes, demand, t).unwrap();
-        let r = limits.admit(&scopes, demand, t).unwrap_err();
+        let mut a = admit(&limits, &scopes, demand, t).unwrap();
+        let b = admit(&limits, &scopes, demand, t).unwrap();
+        let r = admit(&limits, &scopes, demand, t).unwrap_err();
         assert_eq!(r.kind, RefusalKind::Budget);
         assert!(r.limit.contains("daily budget of $0.000000"), "{}", r.limit);
         // a settles at its real cost and crosses the 50% alert; b fails and releases its hold
@@ -645,7 +692,7 @@ mod tests {
         assert!(limits.settle_cost(&mut a, UsdNanos(55), t).is_empty());
         drop(a);
         assert_eq!(limits.spend("key", "k", t)[0].spent, UsdNanos(55));
-        assert!(limits.admit(&scopes, demand, t).is_ok());
+        assert!(admit(&limits, &scopes, demand, t).is_ok());
     }
 
     #[test]
@@ -667,14 +714,14 @@ mod tests {
             cost: UsdNanos(11),
         };
         assert_eq!(
-            limits.admit(&scopes, over, t).unwrap_err().kind,
+            admit(&limits, &scopes, over, t).unwrap_err().kind,
             RefusalKind::Budget
         );
         let fits = Demand {
             tokens: 0,
             cost: UsdNanos(10),
         };
-        assert!(limits.admit(&scopes, fits, t).is_ok());
+        assert!(admit(&limits, &scopes, fits, t).is_ok());
         let [daily, monthly] = limits.spend("workload", "w", t);
         assert_eq!((daily.spent, monthly.spent), (UsdNanos(90), UsdNanos(500)));
     }

@@ -13,7 +13,7 @@ pub mod ip;
 mod memory;
 pub mod window;
 
-pub use memory::{Admission, MemoryLimits};
+pub use memory::{Admission, MemoryLimits, Slots};
 
 use crate::usage::cost::UsdNanos;
 use budget::{BudgetAlert, BudgetSpec, Period};
@@ -167,13 +167,17 @@ pub struct ScopeRef<'a> {
 /// The interface of limit state, which a shared store implements for fleets: check-and-count at
 /// admission, charge what becomes known later, release at the end.
 pub trait LimitState: Send + Sync {
-    /// Checks every window, cap and budget of `scopes`; if all pass, counts the request (and
-    /// `demand.tokens` against token windows), takes a concurrency slot and reserves
-    /// `demand.cost` against budgets.
+    /// Takes a concurrency slot in every scope of `scopes` with a cap, or none when one is full.
+    /// Called before the request's body is read, so that slow uploads count against the cap.
+    fn hold_slots(&self, scopes: &[ScopeRef<'_>], now_ms: u64) -> Result<Slots, LimitRefusal>;
+    /// Checks every window and budget of `scopes`; if all pass, counts the request (and
+    /// `demand.tokens` against token windows) and reserves `demand.cost` against budgets. The
+    /// admission keeps `slots` until it drops.
     fn admit(
         &self,
         scopes: &[ScopeRef<'_>],
         demand: Demand,
+        slots: Slots,
         now_ms: u64,
     ) -> Result<Admission, LimitRefusal>;
     /// Adds `delta` tokens (positive or negative) to the token windows of an admitted request.

@@ -1,6 +1,7 @@
 //! Authorize: whether this key may do what the request asks, here and now. The key's status
 //! (expired, paused), its networks, the operation, and the model named in the body, which is read
-//! whole here because the model decides everything after.
+//! whole here because the model decides everything after. The body is read only once the key's
+//! concurrency slots are held (see `limit`), so a slow upload counts against its cap.
 
 use super::body::{self, RequestFacts};
 use super::paths::Route;
@@ -12,14 +13,6 @@ use bytes::Bytes;
 use pingora::proxy::Session;
 use std::net::IpAddr;
 use std::sync::Arc;
-
-/// What an authorized request goes on to.
-pub enum Authorized {
-    /// To its limits, then the provider.
-    Forward(Request),
-    /// `GET /v1/models`, which keygate answers from the key's policy.
-    ListModels,
-}
 
 /// An authorized request to forward.
 pub struct Request {
@@ -48,22 +41,25 @@ pub fn key(key: &Key, client_ip: IpAddr) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The operation of `route`, then the model its body names. The model is reported through
-/// `named` as soon as it is known, so a refusal after this point is labelled with it.
-pub async fn request(
+/// The operation `route` asks for, if the key may use it; `None` for `GET /v1/models`, which
+/// keygate answers from the key's policy.
+pub fn operation(key: &Key, route: Route) -> Result<Option<Operation>, Refusal> {
+    match route {
+        Route::ListModels => Ok(None),
+        Route::Proxy(op) if key.operations.contains(op) => Ok(Some(op)),
+        Route::Proxy(op) => Err(Refusal::OperationNotAllowed(op)),
+    }
+}
+
+/// The model the body names, if the key may use it. The model is reported through `named` as
+/// soon as it is known, so a refusal after this point is labelled with it.
+pub async fn model(
     session: &mut Session,
     policy: &Policy,
     key: &Key,
-    route: Route,
+    operation: Operation,
     named: &mut Option<Arc<Model>>,
-) -> Result<Authorized, Refusal> {
-    let operation = match route {
-        Route::ListModels => return Ok(Authorized::ListModels),
-        Route::Proxy(op) => op,
-    };
-    if !key.operations.contains(operation) {
-        return Err(Refusal::OperationNotAllowed(operation));
-    }
+) -> Result<Request, Refusal> {
     let body = body::read_whole(session, policy.max_body_bytes).await?;
     let facts = body::inspect(&body)?;
     let model = policy
@@ -73,10 +69,10 @@ pub async fn request(
         return Err(Refusal::ModelNotAllowed(facts.model.as_str().into()));
     }
     *named = Some(model.clone());
-    Ok(Authorized::Forward(Request {
+    Ok(Request {
         operation,
         model: model.clone(),
         body,
         facts,
-    }))
+    })
 }

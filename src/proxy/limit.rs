@@ -9,7 +9,7 @@ use super::body::{self, request_with_include_usage};
 use super::ctx::Admitted;
 use super::refusal::Refusal;
 use crate::domain::Operation;
-use crate::limits::{self, Demand, LimitState, RateStatus, RefusalKind, ScopeRef};
+use crate::limits::{self, Demand, LimitState, RateStatus, RefusalKind, ScopeRef, Slots};
 use crate::policy::{Key, Model};
 use crate::usage::cost::UsdNanos;
 use std::sync::Arc;
@@ -17,21 +17,9 @@ use std::sync::Arc;
 /// Output tokens reserved against a budget when neither the request nor the model bounds them.
 pub const DEFAULT_OUTPUT_RESERVE: u64 = 4096;
 
-/// Admits `request` for `key`, or refuses it. `rate` receives the figures for the
-/// `x-ratelimit-*` headers either way, for keys with rate limits.
-pub fn admit(
-    limits: &dyn LimitState,
-    key: Arc<Key>,
-    request: Request,
-    rate: &mut Option<RateStatus>,
-) -> Result<Admitted, Refusal> {
-    let Request {
-        operation,
-        model,
-        body,
-        facts,
-    } = request;
-    let scopes = [
+/// A request counts against its key and the key's workload, both at once.
+fn scopes(key: &Key) -> [ScopeRef<'_>; 2] {
+    [
         ScopeRef {
             kind: "key",
             name: &key.id,
@@ -42,8 +30,49 @@ pub fn admit(
             name: &key.workload.name,
             spec: &key.workload.limits,
         },
-    ];
-    let rate_limited = !key.limits.windows.is_empty() || !key.workload.limits.windows.is_empty();
+    ]
+}
+
+/// Takes the key's and the workload's concurrency slots, before the body is read.
+pub fn hold_slots(
+    limits: &dyn LimitState,
+    key: &Key,
+    rate: &mut Option<RateStatus>,
+) -> Result<Slots, Refusal> {
+    limits
+        .hold_slots(&scopes(key), limits::now_ms())
+        .map_err(|refusal| {
+            if rate_limited(key) {
+                *rate = Some(refusal.status);
+            }
+            Refusal::ConcurrencyLimited {
+                limit: refusal.limit,
+                retry_after: refusal.retry_after,
+            }
+        })
+}
+
+fn rate_limited(key: &Key) -> bool {
+    !key.limits.windows.is_empty() || !key.workload.limits.windows.is_empty()
+}
+
+/// Admits `request` for `key`, which holds `slots`, or refuses it. `rate` receives the figures
+/// for the `x-ratelimit-*` headers either way, for keys with rate limits.
+pub fn admit(
+    limits: &dyn LimitState,
+    key: Arc<Key>,
+    request: Request,
+    slots: Slots,
+    rate: &mut Option<RateStatus>,
+) -> Result<Admitted, Refusal> {
+    let Request {
+        operation,
+        model,
+        body,
+        facts,
+    } = request;
+    let scopes = scopes(&key);
+    let rate_limited = rate_limited(&key);
     let token_estimate = limits::estimate_prompt_tokens(body.len());
     let budgeted = key.limits.budget.is_some() || key.workload.limits.budget.is_some();
     let demand = Demand {
@@ -56,7 +85,7 @@ pub fn admit(
             _ => UsdNanos::ZERO,
         },
     };
-    let admission = match limits.admit(&scopes, demand, limits::now_ms()) {
+    let admission = match limits.admit(&scopes, demand, slots, limits::now_ms()) {
         Ok(admission) => {
             *rate = rate_limited.then_some(admission.status);
             admission

@@ -27,7 +27,6 @@ use crate::policy::{Key, PolicyStore};
 use crate::shutdown::Drain;
 use crate::upstream::state::UpstreamRegistry;
 use async_trait::async_trait;
-use authorize::Authorized;
 use bytes::Bytes;
 use ctx::{Admitted, RequestCtx};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -85,14 +84,13 @@ impl Gateway {
         let key = authenticate::authenticate(&self.guard, &ctx.policy, &header.headers, client_ip)?;
         ctx.named.key = Some(key.clone());
         authorize::key(&key, client_ip)?;
+        let Some(operation) = authorize::operation(&key, route)? else {
+            return Ok(Admit::ListModels(key));
+        };
+        let slots = limit::hold_slots(&*self.limits, &key, &mut ctx.rate)?;
         let request =
-            match authorize::request(session, &ctx.policy, &key, route, &mut ctx.named.model)
-                .await?
-            {
-                Authorized::Forward(request) => request,
-                Authorized::ListModels => return Ok(Admit::ListModels(key)),
-            };
-        let admitted = limit::admit(&*self.limits, key, request, &mut ctx.rate)?;
+            authorize::model(session, &ctx.policy, &key, operation, &mut ctx.named.model).await?;
+        let admitted = limit::admit(&*self.limits, key, request, slots, &mut ctx.rate)?;
         self.metrics
             .started(admitted.key.metrics_ref(), ctx.policy.models.len());
         ctx.named = Default::default();
@@ -101,6 +99,8 @@ impl Gateway {
 }
 
 /// Where admission sends a request.
+// Moved once into the context; boxing the large variant would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Admit {
     Forward(Admitted),
     /// `GET /v1/models`, answered by keygate for this key.
