@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// The client's address, as far as keygate can believe it.
+/// The client's address, as far as keygate can believe it, with IPv4-mapped addresses as IPv4.
 pub fn client_ip(session: &Session, policy: &Policy) -> IpAddr {
     let peer = session
         .client_addr()
