@@ -430,7 +430,7 @@ async fn a_reload_that_raises_a_limit_keeps_the_running_window() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn guessing_keys_gets_an_address_blocked_before_any_lookup() {
+async fn guessing_keys_gets_an_address_refused_for_guesses_only() {
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
     let (secret, yaml) = key_file("app", "");
     let gw = TestGateway::start(
@@ -441,15 +441,16 @@ async fn guessing_keys_gets_an_address_blocked_before_any_lookup() {
         &[("k".into(), yaml)],
     );
     let url = gw.url("/v1/chat/completions");
+    let guess = || keygate::keys::secret::generate().unwrap().secret;
     for _ in 0..3 {
-        let guess = keygate::keys::secret::generate().unwrap().secret;
-        let r = post_json(&url, &guess, &chat()).await;
+        let r = post_json(&url, &guess(), &chat()).await;
         assert_eq!(r.status(), 401);
     }
-    let r = post_json(&url, &secret, &chat()).await;
+    let r = post_json(&url, &guess(), &chat()).await;
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(
         error_of(r).await,
         (429, "rate_limit_error".into(), "rate_limit_exceeded".into())
     );
+    assert_eq!(post_json(&url, &secret, &chat()).await.status(), 200);
 }

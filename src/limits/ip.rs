@@ -1,16 +1,23 @@
 //! Who the client is: the socket peer, or — when the peer is a trusted proxy — the right-most
 //! `X-Forwarded-For` hop that is not itself a trusted proxy. Hops written by an untrusted peer are
 //! ignored, so a forged header changes nothing.
+//!
+//! An IPv4 client reaching a dual-stack listener shows up as an IPv4-mapped IPv6 address
+//! (`::ffff:a.b.c.d`); proxies may write hops that way too. Every address, and every configured
+//! network, is taken in its canonical form, so `10.0.0.1` in a list means that host however it
+//! arrives.
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 use std::net::IpAddr;
 
-/// The client address for allowlists and the brute-force guard.
+/// The client address for allowlists and the brute-force guard, in canonical form. `trusted` is
+/// in canonical form ([`canonical_net`]).
 pub fn client_ip<'a>(
     peer: IpAddr,
     forwarded_for: impl Iterator<Item = &'a [u8]>,
     trusted: &[IpNet],
 ) -> IpAddr {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -36,26 +43,40 @@ pub fn client_ip<'a>(
     client
 }
 
-/// A hop as proxies write it: an address, possibly `[v6]:port` or `v4:port`.
+/// A hop as proxies write it: an address, possibly `[v6]:port` or `v4:port`, in canonical form.
 fn parse_hop(text: &str) -> Option<IpAddr> {
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    if let Ok(sock) = text.parse::<std::net::SocketAddr>() {
-        return Some(sock.ip());
-    }
-    text.strip_prefix('[')
-        .and_then(|t| t.split_once(']'))
-        .and_then(|(ip, _)| ip.parse().ok())
+    let ip = if let Ok(ip) = text.parse::<IpAddr>() {
+        ip
+    } else if let Ok(sock) = text.parse::<std::net::SocketAddr>() {
+        sock.ip()
+    } else {
+        text.strip_prefix('[')
+            .and_then(|t| t.split_once(']'))
+            .and_then(|(ip, _)| ip.parse().ok())?
+    };
+    Some(ip.to_canonical())
 }
 
-/// Whether `ip` is inside one of `allowed` (IPv4-mapped IPv6 addresses count as IPv4).
+/// Whether `ip` is inside one of `allowed`, which is in canonical form ([`canonical_net`]).
 pub fn allowed(ip: IpAddr, allowed: &[IpNet]) -> bool {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
+    let ip = ip.to_canonical();
     allowed.iter().any(|net| net.contains(&ip))
+}
+
+/// A network written inside the IPv4-mapped block (`::ffff:10.0.0.0/104`) as the IPv4 network it
+/// stands for (`10.0.0.0/8`), since the addresses it is matched against are canonical; any other
+/// network as it is.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    let IpNet::V6(v6) = net else {
+        return net;
+    };
+    match (
+        v6.network().to_ipv4_mapped(),
+        v6.prefix_len().checked_sub(96),
+    ) {
+        (Some(v4), Some(len)) => Ipv4Net::new(v4, len).map_or(net, IpNet::V4),
+        _ => net,
+    }
 }
 
 #[cfg(test)]
@@ -114,6 +135,41 @@ mod tests {
             client_ip(ip("10.0.0.1"), none.into_iter(), &trusted),
             ip("10.0.0.1")
         );
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4_everywhere() {
+        // a trusted proxy given as 10.0.0.1, reached through a dual-stack listener
+        let trusted = nets(&["10.0.0.1/32"]);
+        let xff = [&b"198.51.100.7"[..]];
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.1"), xff.into_iter(), &trusted),
+            ip("198.51.100.7")
+        );
+        // the client is canonical whether it is the peer or a hop
+        let none: [&[u8]; 0] = [];
+        assert_eq!(
+            client_ip(ip("::ffff:203.0.113.9"), none.into_iter(), &trusted),
+            ip("203.0.113.9")
+        );
+        let xff = [&b"::ffff:198.51.100.7, [::ffff:10.0.0.1]:8080"[..]];
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), xff.into_iter(), &trusted),
+            ip("198.51.100.7")
+        );
+        // a network written in mapped form is the IPv4 network
+        let mapped = [canonical_net("::ffff:10.0.0.0/104".parse().unwrap())];
+        assert_eq!(mapped, nets(&["10.0.0.0/8"])[..]);
+        assert_eq!(
+            client_ip(ip("10.9.9.9"), [&b"192.0.2.1"[..]].into_iter(), &mapped),
+            ip("192.0.2.1")
+        );
+        assert!(allowed(ip("::ffff:10.1.2.3"), &mapped));
+        // other networks stay as written
+        for net in ["2001:db8::/32", "::/0", "::ffff:0:0/95", "10.0.0.0/8"] {
+            let parsed: IpNet = net.parse().unwrap();
+            assert_eq!(canonical_net(parsed), parsed);
+        }
     }
 
     #[test]

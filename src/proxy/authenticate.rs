@@ -1,6 +1,6 @@
 //! Authenticate: who is asking. The client's address (the socket peer, or the client behind a
-//! trusted proxy), the brute-force guard on that address, then the presented secret and the key it
-//! belongs to.
+//! trusted proxy), the presented secret and the key it belongs to, and — for a secret that
+//! belongs to no key — the brute-force guard on that address.
 //!
 //! The checksum is verified before anything else, so a mistyped or invented key costs a CRC32 and
 //! never reaches the hash or the key map.
@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// The client's address, as far as keygate can believe it.
+/// The client's address, as far as keygate can believe it, with IPv4-mapped addresses as IPv4.
 pub fn client_ip(session: &Session, policy: &Policy) -> IpAddr {
     let peer = session
         .client_addr()
@@ -36,21 +36,21 @@ pub fn client_ip(session: &Session, policy: &Policy) -> IpAddr {
     )
 }
 
-/// The key the request presents, unless its address has been guessing keys. A failed
-/// authentication is remembered against the address.
+/// The key the request presents. The key is looked up first, so a valid key passes from any
+/// address; a secret that fails counts against its address, and once the address is over the
+/// guard's limit the refusal is the guard's. A request without any key guesses nothing and is not
+/// counted.
 pub fn authenticate(
     guard: &AuthGuard,
     policy: &Policy,
     headers: &HeaderMap,
     client_ip: IpAddr,
 ) -> Result<Arc<Key>, Refusal> {
-    if guard.blocked(&client_ip) {
-        return Err(Refusal::AuthGuard {
-            retry_after: guard.retry_after(),
-        });
-    }
     let secret = presented_secret(headers).ok_or(Refusal::MissingKey)?;
-    key_for_secret(policy, secret).inspect_err(|_| guard.record_failure(&client_ip))
+    key_for_secret(policy, secret).map_err(|refusal| match guard.record_failure(client_ip) {
+        Some(retry_after) => Refusal::AuthGuard { retry_after },
+        None => refusal,
+    })
 }
 
 /// The headers besides `Authorization` that a client may send its key in (as Anthropic's and

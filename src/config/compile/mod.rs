@@ -163,6 +163,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 fn parse_cidr(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map(crate::limits::ip::canonical_net)
         .map_err(|_| format!("`{text}` is not a CIDR like 10.0.0.0/8 or 2001:db8::/32"))
 }
 
@@ -177,5 +178,6 @@ mod tests {
         assert!(parse_cidr("192.0.2.7").is_ok());
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("banana").is_err());
+        assert_eq!(parse_cidr("::ffff:10.0.0.0/104"), parse_cidr("10.0.0.0/8"));
     }
 }
