@@ -253,17 +253,7 @@ mod tests {
 
     #[test]
     fn never_panics_on_garbage() {
-        let inputs: [&[u8]; 8] = [
-            b"\\\\\"\"{[[[]]]}}}",
-            b"data: {\"choices\":[{\"delta\":{\"content\":\"\\u12",
-            b"data: {\"usage\":{\"prompt_tokens\":1}\ndata: ]]]]\n\n",
-            b"\xff\xfe\x00data:\r\r\r\n\n",
-            b"{\"usage\":{\"prompt_tokens\":[[[[[[[[[[",
-            b"{\"choices\":[[[[{\"delta\":{\"content\":\"\\ud83d",
-            b"{\"a\":\"\\",
-            b":::::\n\n\n\n",
-        ];
-        for input in inputs {
+        for input in crate::usage::fixtures::GARBAGE {
             for kind in [BodyKind::Json, BodyKind::Sse] {
                 let mut x = UsageExtractor::new(kind, ContentEncoding::Identity);
                 for b in input {

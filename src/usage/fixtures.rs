@@ -1,5 +1,5 @@
-//! Recorded-looking provider streams shared by the unit tests of `usage`, and a shorthand for
-//! the usage they are expected to report.
+//! Recorded-looking provider streams shared by the unit tests of `usage`, a shorthand for the
+//! usage they are expected to report, and broken input that no parser may panic on.
 
 use super::Usage;
 
@@ -28,3 +28,16 @@ pub(super) const RESPONSES: &str = concat!(
     "event: response.content_part.done\r\ndata: {\"type\":\"response.content_part.done\",\"part\":{\"type\":\"output_text\",\"text\":\"Hé😀!\"},\"delta\":\"decoy\"}\r\n\r\n",
     "event: response.completed\r\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"output\":[{\"content\":[{\"text\":\"Hé😀!\",\"usage\":{\"input_tokens\":1000}}]}],\"usage\":{\"input_tokens\":12,\"input_tokens_details\":{\"cached_tokens\":5},\"output_tokens\":4,\"total_tokens\":16}}}\r\n\r\n",
 );
+
+/// Truncated escapes, unbalanced brackets, stray bytes: for the never-panics tests of every body
+/// parser (the request rewrite in `proxy::body` too).
+pub(crate) const GARBAGE: [&[u8]; 8] = [
+    b"\\\\\"\"{[[[]]]}}}",
+    b"data: {\"choices\":[{\"delta\":{\"content\":\"\\u12",
+    b"data: {\"usage\":{\"prompt_tokens\":1}\ndata: ]]]]\n\n",
+    b"\xff\xfe\x00data:\r\r\r\n\n",
+    b"{\"usage\":{\"prompt_tokens\":[[[[[[[[[[",
+    b"{\"choices\":[[[[{\"delta\":{\"content\":\"\\ud83d",
+    b"{\"a\":\"\\",
+    b":::::\n\n\n\n",
+];

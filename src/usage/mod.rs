@@ -20,7 +20,7 @@ pub mod cost;
 mod decode;
 mod extract;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod object;
 mod scan;
 mod sse;

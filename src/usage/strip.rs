@@ -375,17 +375,7 @@ mod tests {
 
     #[test]
     fn never_panics_on_garbage() {
-        let inputs: [&[u8]; 8] = [
-            b"\\\\\"\"{[[[]]]}}}",
-            b"data: {\"choices\":[{\"delta\":{\"content\":\"\\u12",
-            b"data: {\"usage\":{\"prompt_tokens\":1}\ndata: ]]]]\n\n",
-            b"\xff\xfe\x00data:\r\r\r\n\n",
-            b"{\"usage\":{\"prompt_tokens\":[[[[[[[[[[",
-            b"{\"choices\":[[[[{\"delta\":{\"content\":\"\\ud83d",
-            b"{\"a\":\"\\",
-            b":::::\n\n\n\n",
-        ];
-        for input in inputs {
+        for input in crate::usage::fixtures::GARBAGE {
             let mut s = UsageChunkStripper::new();
             let mut out = s.filter(input).to_vec();
             out.extend_from_slice(&s.finish());
