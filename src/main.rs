@@ -9,6 +9,11 @@ use keygate::keys::lifecycle::{Actor, KeyFiles, NewKey};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::{EnvFilter, FilterExt, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 /// mimalloc: the request path's short-lived allocations cost less than with glibc's malloc, and
 /// freed memory is returned to the OS more readily after a policy swap.
@@ -391,14 +396,31 @@ fn serve(
     std::process::exit(0)
 }
 
+/// Pingora targets that write what passes through them, held at these levels whatever
+/// `KEYGATE_LOG` says, so that no level writes a secret.
+const LOG_CAPS: [(&str, LevelFilter); 3] = [
+    // Upstream request heads as raw bytes (the provider key), provider response heads and
+    // bodies (which may echo it), request and response body bytes, at debug and trace.
+    ("pingora_core::protocols", LevelFilter::INFO),
+    // Client request heads (virtual keys), upstream requests and responses, and malformed
+    // heads with the bytes read, at debug and trace.
+    ("pingora_proxy", LevelFilter::INFO),
+    // The admin listener's request heads (the admin token) and response bodies (new secrets)
+    // at trace, and a malformed admin head with the bytes read at error.
+    ("pingora_core::apps::http_app", LevelFilter::OFF),
+];
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let filter = EnvFilter::try_from_env("KEYGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let caps = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(LOG_CAPS);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match format {
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter.and(caps)))
+        .init();
 }
