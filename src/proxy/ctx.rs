@@ -121,10 +121,18 @@ impl RequestCtx {
     }
 }
 
-/// The client's `x-request-id` when it is a sane token, otherwise a new id.
+/// The longest client `x-request-id` kept. The id is echoed to the client, sent to the provider
+/// and written to every log and audit line of the request, so a client cannot make it carry more.
+pub const MAX_CLIENT_REQUEST_ID: usize = 64;
+
+/// The client's `x-request-id` when it is short and printable ASCII without spaces, otherwise a
+/// new id.
 pub fn request_id(client_value: Option<&[u8]>) -> String {
     if let Some(v) = client_value {
-        if !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()) {
+        if !v.is_empty()
+            && v.len() <= MAX_CLIENT_REQUEST_ID
+            && v.iter().all(|b| b.is_ascii_graphic())
+        {
             // all bytes are ASCII, so this cannot fail
             return String::from_utf8_lossy(v).into_owned();
         }
@@ -178,5 +186,9 @@ mod tests {
         assert_eq!(&out, b"000000001f");
         assert_ne!(a, b);
         assert!(request_id(Some(&[b'x'; 200])).starts_with("req_"));
+        let longest = [b'y'; MAX_CLIENT_REQUEST_ID];
+        assert_eq!(request_id(Some(&longest)).as_bytes(), longest);
+        assert!(request_id(Some(&[b'y'; MAX_CLIENT_REQUEST_ID + 1])).starts_with("req_"));
+        assert!(request_id(Some(b"tab\there")).starts_with("req_"));
     }
 }

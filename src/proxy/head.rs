@@ -158,10 +158,9 @@ pub fn edit_response(
     })
 }
 
-/// Room in [`Values`] for a head's usual values: a request id (under 64 bytes) with the
-/// rate-limit values of both windows (counts under a million, resets under a minute), or with a
-/// `Content-Length`.
-pub const VALUES_CAPACITY: usize = 64 + 2 * (6 + 6 + 8);
+/// Room in [`Values`] for a head's usual values: a request id with the rate-limit values of both
+/// windows (counts under a million, resets under a minute), or with a `Content-Length`.
+pub const VALUES_CAPACITY: usize = super::ctx::MAX_CLIENT_REQUEST_ID + 2 * (6 + 6 + 8);
 
 #[cfg(test)]
 mod tests {
