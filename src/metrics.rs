@@ -76,6 +76,8 @@ pub struct Metrics {
     /// Upstream figures published by the upstream module at scrape time.
     pub upstream_health: IntGaugeVec,
     pub upstream_errors: IntCounterVec,
+    /// The provider refused keygate's credential (401 or 403).
+    upstream_auth_failures: IntCounterVec,
     pub upstream_retries: IntCounterVec,
     pub fallbacks: IntCounterVec,
     pub upstream_connections: IntCounterVec,
@@ -296,6 +298,11 @@ impl Metrics {
                 "Upstream failures by kind: connect, timeout, reset, 5xx.",
                 &["provider", "endpoint", "kind"],
             ),
+            upstream_auth_failures: int_counter(
+                "keygate_upstream_auth_failures_total",
+                "Provider answers of 401 or 403: the provider refused keygate's credential.",
+                &["provider"],
+            ),
             upstream_retries: int_counter(
                 "keygate_upstream_retries_total",
                 "Requests retried on another endpoint.",
@@ -424,6 +431,14 @@ impl Metrics {
         }
     }
 
+    /// The provider refused keygate's credential. Rare and alarming, so the label lookup on
+    /// each is of no concern.
+    pub fn upstream_auth_failed(&self, provider: &str) {
+        self.upstream_auth_failures
+            .with_label_values(&[provider])
+            .inc();
+    }
+
     /// Publishes budget spend and caps of every key and workload with a budget (at scrape time,
     /// so the request path never touches these gauges).
     pub fn refresh_budgets<'p>(
@@ -472,6 +487,7 @@ impl Metrics {
             self.budget_limit.desc(),
             self.upstream_health.desc(),
             self.upstream_errors.desc(),
+            self.upstream_auth_failures.desc(),
             self.upstream_retries.desc(),
             self.fallbacks.desc(),
             self.upstream_connections.desc(),

@@ -15,6 +15,83 @@ fn chat_body() -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_refusing_keygates_credential_is_a_502_without_its_body() {
+    // Two endpoints and retries: a refused credential is the same on every endpoint, so one
+    // attempt is all the provider sees.
+    let echo = json!({"error": {
+        "message": "Incorrect API key provided: sk-real. You can find your API key at https://platform.openai.com/account/api-keys.",
+        "type": "invalid_request_error", "param": null, "code": "invalid_api_key",
+    }});
+    let a = MockUpstream::start(
+        "a",
+        Reply::Json {
+            status: 401,
+            body: echo.clone(),
+        },
+    )
+    .await;
+    let b = MockUpstream::start(
+        "b",
+        Reply::Json {
+            status: 401,
+            body: echo.clone(),
+        },
+    )
+    .await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &format!(
+            r#"providers:
+  p1:
+    format: openai
+    api_key: sk-real
+    retries: 2
+    endpoints: [{{url: "{}"}}, {{url: "{}"}}]
+models:
+  m1: {{provider: p1}}
+workloads:
+  app: {{models: [m1]}}
+"#,
+            a.url(),
+            b.url()
+        ),
+        &[("k".into(), yaml)],
+    );
+    let chat = gw.url("/v1/chat/completions");
+    for status in [401, 403] {
+        for up in [&a, &b] {
+            up.set_reply(Reply::Json {
+                status,
+                body: echo.clone(),
+            });
+        }
+        let before = a.request_count() + b.request_count();
+        let resp = post_json(&chat, &secret, &chat_body()).await;
+        let body = resp.text().await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(
+            !body.contains("sk-real"),
+            "the provider's body reached the tenant: {body}"
+        );
+        assert_eq!(v["error"]["code"], "upstream_auth_failed", "{body}");
+        assert_eq!(v["error"]["type"], "api_error", "{body}");
+        assert_eq!(
+            a.request_count() + b.request_count() - before,
+            1,
+            "after a {status}"
+        );
+    }
+    let resp = post_json(&chat, &secret, &chat_body()).await;
+    assert_eq!(error_of(resp).await.0, 502);
+
+    let scrape = String::from_utf8(gw.handles().metrics.render()).unwrap();
+    assert!(
+        scrape.contains("keygate_upstream_auth_failures_total{provider=\"p1\"} 3"),
+        "{scrape}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_request_id_is_kept_only_when_short_and_printable() {
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
     let (secret, yaml) = key_file("app", "");

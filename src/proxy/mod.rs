@@ -215,7 +215,8 @@ impl ProxyHttp for Gateway {
         route::proxy_failed(ctx, e, response_written, client_reused)
     }
 
-    /// Route: the provider's status feeds its health, and a 429/5xx may give way to a fallback.
+    /// Route: the provider's status feeds its health, a 429/5xx may give way to a fallback, and
+    /// a refusal of keygate's credential is replaced.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
@@ -223,7 +224,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let response_written = session.response_written().is_some();
-        route::response_header(ctx, upstream_response, response_written)
+        route::response_header(ctx, upstream_response, response_written, &self.metrics)
     }
 
     /// Route: a response still streaming past its total deadline is cut.

@@ -77,6 +77,10 @@ pub enum Refusal {
     UpstreamUnavailable,
     #[error("The model's provider did not answer in time.")]
     UpstreamTimeout,
+    /// The provider refused keygate's own credential (401 or 403). Its answer is not passed on:
+    /// it may quote that credential, and an SDK would blame the tenant's key for it.
+    #[error("The model's provider refused the gateway's own credential; your API key is not at fault. Tell the gateway's operator.")]
+    UpstreamAuthFailed,
     #[error("The gateway failed to process the request.")]
     Internal,
 }
@@ -125,7 +129,7 @@ impl Refusal {
             | Refusal::BudgetExceeded { .. }
             | Refusal::AuthGuard { .. } => 429,
             Refusal::Internal => 500,
-            Refusal::UpstreamUnavailable => 502,
+            Refusal::UpstreamUnavailable | Refusal::UpstreamAuthFailed => 502,
             Refusal::UpstreamTimeout => 504,
         }
     }
@@ -151,6 +155,7 @@ impl Refusal {
             Refusal::BudgetExceeded { .. } => "budget_exceeded",
             Refusal::UpstreamUnavailable => "upstream_unavailable",
             Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::UpstreamAuthFailed => "upstream_auth_failed",
             Refusal::Internal => "internal_error",
         }
     }
@@ -161,7 +166,10 @@ impl Refusal {
     pub fn reason(&self) -> Option<&'static str> {
         match self {
             Refusal::AuthGuard { .. } => Some("auth_guard"),
-            Refusal::UpstreamUnavailable | Refusal::UpstreamTimeout | Refusal::Internal => None,
+            Refusal::UpstreamUnavailable
+            | Refusal::UpstreamTimeout
+            | Refusal::UpstreamAuthFailed
+            | Refusal::Internal => None,
             other => Some(other.code()),
         }
     }
@@ -298,6 +306,11 @@ mod tests {
             ("rate_limit_exceeded", Some("auth_guard"))
         );
         assert_eq!(Refusal::UpstreamTimeout.reason(), None);
+        let auth = Refusal::UpstreamAuthFailed;
+        assert_eq!(
+            (auth.status(), auth.openai_type(), auth.reason()),
+            (502, "api_error", None)
+        );
         let budget = Refusal::BudgetExceeded {
             limit: "key k: $1 daily".into(),
             resets_in: Duration::from_secs(90),

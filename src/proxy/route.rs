@@ -9,6 +9,7 @@
 use super::body;
 use super::ctx::{Admitted, RequestCtx};
 use super::refusal::Refusal;
+use crate::metrics::Metrics;
 use crate::policy::Model;
 use crate::upstream::attempt::{Next, Outcome};
 use crate::upstream::balance;
@@ -144,6 +145,12 @@ pub fn proxy_failed(
         e.set_retry(true);
         return e;
     }
+    if ctx.failure == Some(Refusal::UpstreamAuthFailed) {
+        // also `response_header`'s doing: the endpoint answered, and no other would accept the
+        // credential either
+        e.set_retry(false);
+        return e;
+    }
     let upstream_side = matches!(e.esource(), ErrorSource::Upstream);
     let timeout = matches!(
         e.etype(),
@@ -198,12 +205,13 @@ pub fn connected(
     }
 }
 
-/// The provider answered: feed its latency and health, and drop a 429/5xx in favour of a
-/// fallback while nothing has reached the client.
+/// The provider answered: feed its latency and health, drop a 429/5xx in favour of a fallback
+/// while nothing has reached the client, and replace a refusal of keygate's credential.
 pub fn response_header(
     ctx: &mut RequestCtx,
     header: &ResponseHeader,
     response_written: bool,
+    metrics: &Metrics,
 ) -> Result<()> {
     if let Some(w) = ctx.watchdog.as_mut() {
         match w.header_arrived(header) {
@@ -225,6 +233,9 @@ pub fn response_header(
             attempt.state.record_success();
         }
     }
+    if status == 401 || status == 403 {
+        return Err(credential_refused(ctx, status, metrics));
+    }
     if (status == 429 || status >= 500)
         && !response_written
         && decide(ctx, Outcome::Status(status)) == Next::Fallback
@@ -237,6 +248,30 @@ pub fn response_header(
         .into_up());
     }
     Ok(())
+}
+
+/// The provider refused keygate's own credential. Its body goes nowhere (it may quote that
+/// credential, and it would tell the tenant their key is wrong); the client gets
+/// `upstream_auth_failed` instead. Every endpoint holds the same credential, so there is neither
+/// a retry nor a fallback.
+fn credential_refused(ctx: &mut RequestCtx, status: u16, metrics: &Metrics) -> Box<Error> {
+    if let Some(attempt) = ctx.upstream.current() {
+        let state = &attempt.state;
+        tracing::warn!(
+            request_id = %ctx.request_id,
+            provider = %state.provider,
+            endpoint = %state.url,
+            status,
+            "the provider refused keygate's credential"
+        );
+        metrics.upstream_auth_failed(&state.provider);
+    }
+    ctx.failure = Some(Refusal::UpstreamAuthFailed);
+    Error::explain(
+        ErrorType::HTTPStatus(status),
+        "the provider refused keygate's credential",
+    )
+    .into_up()
 }
 
 /// Enforces the total deadline on a response still streaming: past it, the stream is cut. Each
