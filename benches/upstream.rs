@@ -19,6 +19,7 @@ fn provider(n: usize, balance: Balance) -> Provider {
         name: "bench".into(),
         format: ProviderFormat::Openai,
         api_key: Some("sk-bench".into()),
+        forward_headers: Vec::new(),
         endpoints: (0..n)
             .map(|i| EndpointSpec {
                 url: format!("http://127.0.0.1:{}", 10000 + i),

@@ -14,6 +14,104 @@ fn chat_body() -> serde_json::Value {
     json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]})
 }
 
+/// The account-steering headers of OpenAI, Azure and Google, in a client's spelling.
+const ACCOUNT_HEADERS: [(&str, &str); 5] = [
+    ("OpenAI-Organization", "org-tenant"),
+    ("OpenAI-Project", "proj_tenant"),
+    ("Ocp-Apim-Subscription-Key", "tenant-subscription"),
+    ("azureml-model-deployment", "pricey-deployment"),
+    ("x-goog-user-project", "tenant-project"),
+];
+
+async fn chat_with_account_headers(gw: &TestGateway, secret: &str, model: &str) -> u16 {
+    let mut request = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(secret)
+        .header("OpenAI-Beta", "assistants=v2")
+        .json(&json!({"model": model, "messages": []}));
+    for (name, value) in ACCOUNT_HEADERS {
+        request = request.header(name, value);
+    }
+    request.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_headers_stay_behind_unless_the_provider_forwards_them() {
+    let plain = MockUpstream::start("plain", Reply::chat_ok()).await;
+    let forwarding = MockUpstream::start("forwarding", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &format!(
+            r#"providers:
+  plain:
+    format: openai
+    api_key: sk-real
+    endpoints: [{{url: "{}"}}]
+  forwarding:
+    format: openai
+    api_key: sk-real
+    forward_headers: [OpenAI-Organization, x-goog-user-project]
+    endpoints: [{{url: "{}"}}]
+models:
+  m1: {{provider: plain}}
+  m2: {{provider: forwarding}}
+workloads:
+  app: {{models: [m1, m2]}}
+"#,
+            plain.url(),
+            forwarding.url()
+        ),
+        &[("k".into(), yaml)],
+    );
+
+    assert_eq!(chat_with_account_headers(&gw, &secret, "m1").await, 200);
+    let seen = &plain.wait_for_requests(1).await[0];
+    for (name, _) in ACCOUNT_HEADERS {
+        assert_eq!(seen.header(name), None, "{name} reached the provider");
+    }
+    // every other client header still goes through
+    assert_eq!(seen.header("openai-beta"), Some("assistants=v2"));
+    assert_eq!(seen.header("authorization"), Some("Bearer sk-real"));
+
+    assert_eq!(chat_with_account_headers(&gw, &secret, "m2").await, 200);
+    let seen = &forwarding.wait_for_requests(1).await[0];
+    assert_eq!(seen.header("openai-organization"), Some("org-tenant"));
+    assert_eq!(seen.header("x-goog-user-project"), Some("tenant-project"));
+    for name in [
+        "openai-project",
+        "ocp-apim-subscription-key",
+        "azureml-model-deployment",
+    ] {
+        assert_eq!(seen.header(name), None, "{name} reached the provider");
+    }
+}
+
+#[test]
+fn forward_headers_names_only_headers_keygate_withholds() {
+    let config = one_model_policy("http://127.0.0.1:9", "").replace(
+        "api_key: sk-real",
+        "api_key: sk-real\n    forward_headers: [OpenAI-Beta, \"bad header\", Authorization]",
+    );
+    let gw = TestGateway::prepare(&config, &[]);
+    let problems = match keygate::server::load_policy(&gw.config_path) {
+        Ok(_) => panic!("the policy loaded"),
+        Err(e) => e.to_string(),
+    };
+    for expected in [
+        "providers.p1.forward_headers[0]",
+        "`OpenAI-Beta` is not an account header keygate withholds",
+        "providers.p1.forward_headers[1]",
+        "`bad header` is not a header name",
+        "providers.p1.forward_headers[2]",
+        "`Authorization` is not an account header keygate withholds",
+    ] {
+        assert!(
+            problems.contains(expected),
+            "{expected:?} not in {problems}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_refusing_keygates_credential_is_a_502_without_its_body() {
     // Two endpoints and retries: a refused credential is the same on every endpoint, so one

@@ -111,7 +111,7 @@ async fn an_endpoint_path_prefixes_the_forwarded_path_and_the_client_headers_go_
         .post(gw.url("/v1/chat/completions?api-version=2024-10-21"))
         .bearer_auth(&secret)
         .header("X-Api-Key", &secret)
-        .header("OpenAI-Organization", "org-1")
+        .header("OpenAI-Beta", "assistants=v2")
         .header("Expect", "100-continue")
         .json(&chat_body("gpt-4o-mini"))
         .send()
@@ -120,7 +120,7 @@ async fn an_endpoint_path_prefixes_the_forwarded_path_and_the_client_headers_go_
     assert_eq!(resp.status(), 200);
     let r = &up.wait_for_requests(1).await[0];
     assert_eq!(r.path, "/openai/v1/chat/completions?api-version=2024-10-21");
-    assert_eq!(r.header("openai-organization"), Some("org-1"));
+    assert_eq!(r.header("openai-beta"), Some("assistants=v2"));
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert!(r.header("x-api-key").is_none() && r.header("expect").is_none());
     assert_eq!(

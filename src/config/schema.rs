@@ -100,6 +100,10 @@ pub struct ProviderFile {
     /// The real provider credential; `${VAR}` is read from the environment when the policy loads.
     #[serde(default)]
     pub api_key: Option<String>,
+    /// Account-steering client headers (e.g. `OpenAI-Organization`) forwarded to this provider;
+    /// the others are withheld.
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
     pub endpoints: Vec<EndpointFile>,
     /// Extra PEM CA bundle trusted for this provider's endpoints, relative to the config file.
     #[serde(default)]

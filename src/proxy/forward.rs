@@ -1,6 +1,7 @@
 //! Forward: the request as the provider receives it. The virtual key is swapped for the
-//! provider's credential, the endpoint is addressed, and the body keygate read (and may have
-//! rewritten) is sent whole, framed by its length.
+//! provider's credential, client headers that would choose another provider account are dropped
+//! (unless the provider forwards them), the endpoint is addressed, and the body keygate read (and
+//! may have rewritten) is sent whole, framed by its length.
 
 use super::authenticate::OTHER_KEY_HEADERS;
 use super::ctx::RequestCtx;
@@ -45,6 +46,10 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
         // every header a virtual key can arrive in
         headers.remove(http::header::AUTHORIZATION);
         for name in &OTHER_KEY_HEADERS {
+            headers.remove(name);
+        }
+        // and those that would bill another account than the credential's
+        for name in &provider.withheld_headers {
             headers.remove(name);
         }
         if let Some((name, value)) = &provider.credential {

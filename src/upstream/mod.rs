@@ -23,7 +23,7 @@ pub mod watchdog;
 use crate::domain::ProviderFormat;
 use arc_swap::ArcSwap;
 use balance::Balance;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::utils::tls::{parse_x509, WrappedX509};
 use state::EndpointState;
@@ -37,6 +37,21 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_RETRIES: u32 = 2;
+
+/// Client headers that choose which provider account, project, subscription or deployment serves
+/// and bills a request. The gateway's choice is its credential, and a tenant must not override it:
+/// these are not forwarded unless the provider's `forward_headers` names them.
+pub const ACCOUNT_HEADERS: [HeaderName; 5] = [
+    // OpenAI: the organization and the project billed
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    // Azure API Management: the subscription billed (a credential in its own right)
+    HeaderName::from_static("ocp-apim-subscription-key"),
+    // Azure Machine Learning and AI Foundry online endpoints: the deployment that serves
+    HeaderName::from_static("azureml-model-deployment"),
+    // Google Cloud: the project billed and charged quota
+    HeaderName::from_static("x-goog-user-project"),
+];
 
 /// Active health checks of a provider's endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +68,8 @@ pub struct Provider {
     pub format: ProviderFormat,
     /// The header that carries the credential upstream, with its value ready to insert.
     pub credential: Option<(http::HeaderName, HeaderValue)>,
+    /// The [`ACCOUNT_HEADERS`] removed from client requests: those `forward_headers` does not name.
+    pub withheld_headers: Box<[HeaderName]>,
     pub endpoints: Vec<Endpoint>,
     pub(crate) schedule: Vec<u16>,
     pub(crate) next: AtomicUsize,
@@ -105,6 +122,8 @@ pub struct ProviderSpec {
     pub name: String,
     pub format: ProviderFormat,
     pub api_key: Option<String>,
+    /// The [`ACCOUNT_HEADERS`] forwarded from clients.
+    pub forward_headers: Vec<HeaderName>,
     pub endpoints: Vec<EndpointSpec>,
     pub extra_ca_der: Vec<Vec<u8>>,
     pub connect_timeout: Duration,
@@ -176,10 +195,16 @@ impl Provider {
             spec.extra_ca_der.hash(&mut h);
             h.finish()
         };
+        let withheld_headers = ACCOUNT_HEADERS
+            .iter()
+            .filter(|name| !spec.forward_headers.contains(name))
+            .cloned()
+            .collect();
         Ok(Provider {
             name: spec.name,
             format: spec.format,
             credential,
+            withheld_headers,
             endpoints,
             schedule,
             next: AtomicUsize::new(0),
@@ -369,6 +394,7 @@ pub(crate) mod tests {
             name: "p".into(),
             format: ProviderFormat::Openai,
             api_key: None,
+            forward_headers: Vec::new(),
             endpoints: weights
                 .iter()
                 .enumerate()

@@ -8,9 +8,10 @@ use crate::config::schema::{BalanceFile, ConfigFile, HealthCheckFile};
 use crate::config::LoadOptions;
 use crate::upstream::balance::Balance;
 use crate::upstream::{
-    EndpointSpec, HealthCheckSpec, Provider, ProviderSpec, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_RETRIES,
+    EndpointSpec, HealthCheckSpec, Provider, ProviderSpec, ACCOUNT_HEADERS,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_RETRIES,
 };
+use http::HeaderName;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -41,6 +42,7 @@ pub(super) fn compile_providers(
                 .map_err(|m| problems.add(cfg, format!("{path}.api_key"), m))
                 .ok()
         });
+        let forward_headers = compile_forward_headers(cfg, &path, &p.forward_headers, problems);
         if p.endpoints.is_empty() {
             problems.add(
                 cfg,
@@ -156,6 +158,7 @@ pub(super) fn compile_providers(
             name: name.clone(),
             format: p.format,
             api_key,
+            forward_headers,
             endpoints,
             extra_ca_der,
             connect_timeout: connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
@@ -184,6 +187,39 @@ pub(super) fn compile_providers(
         }
     }
     providers
+}
+
+/// The account headers a provider forwards. Only those keygate withholds can be named: any other
+/// client header is forwarded anyway, and one that carries the virtual key never is.
+fn compile_forward_headers(
+    cfg: &Path,
+    path: &str,
+    names: &[String],
+    problems: &mut Problems,
+) -> Vec<HeaderName> {
+    let mut headers = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let at = format!("{path}.forward_headers[{i}]");
+        match HeaderName::from_bytes(name.as_bytes()) {
+            Ok(header) if ACCOUNT_HEADERS.contains(&header) => headers.push(header),
+            Ok(_) => problems.add(
+                cfg,
+                at,
+                format!(
+                    "`{name}` is not an account header keygate withholds; `forward_headers` \
+                     lists only {} (other client headers are forwarded anyway, and those that \
+                     carry a key never are)",
+                    ACCOUNT_HEADERS
+                        .iter()
+                        .map(HeaderName::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            Err(_) => problems.add(cfg, at, format!("`{name}` is not a header name")),
+        }
+    }
+    headers
 }
 
 fn compile_health_check(
