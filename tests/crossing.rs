@@ -112,6 +112,143 @@ fn forward_headers_names_only_headers_keygate_withholds() {
     }
 }
 
+/// A provider answering every request with `head` (its status line and headers, without the
+/// length) and a small chat completion.
+async fn raw_provider(head: &'static str) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                // The head, then the body its Content-Length announces.
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body_start = loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end + 4;
+                    }
+                };
+                let head_text = String::from_utf8_lossy(&request[..body_start]).to_lowercase();
+                let length: usize = head_text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while request.len() < body_start + length {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let body = json!({
+                    "id": "chatcmpl-raw", "object": "chat.completion", "model": "m1",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+                })
+                .to_string();
+                let response = format!(
+                    "{head}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    url
+}
+
+const PROVIDER_HEAD: &str = "HTTP/1.1 200 OK\r\n\
+openai-organization: org-gateway-account\r\n\
+openai-project: proj_gateway\r\n\
+openai-processing-ms: 12\r\n\
+x-ratelimit-limit-requests: 10000\r\n\
+x-ratelimit-remaining-requests: 9999\r\n\
+x-ratelimit-reset-requests: 6ms\r\n\
+x-ratelimit-limit-tokens: 30000000\r\n\
+x-ratelimit-remaining-tokens: 29999990\r\n\
+x-ratelimit-reset-tokens: 0s\r\n\
+x-ratelimit-limit-tokens_usage_based: 30000000\r\n\
+anthropic-ratelimit-requests-limit: 4000\r\n\
+anthropic-ratelimit-input-tokens-remaining: 399000\r\n\
+anthropic-organization-id: 0b0b0b0b-gateway\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_account_and_limits_do_not_reach_tenants() {
+    let url = raw_provider(PROVIDER_HEAD).await;
+    let (plain, plain_yaml) = key_file("app", "");
+    let (limited, limited_yaml) = key_file("app", "rate_limits: [{requests: 40, per: 1m}]\n");
+    let gw = TestGateway::start(
+        &one_model_policy(&url, ""),
+        &[
+            ("plain".into(), plain_yaml),
+            ("limited".into(), limited_yaml),
+        ],
+    );
+    let chat = gw.url("/v1/chat/completions");
+
+    let resp = post_json(&chat, &plain, &chat_body()).await;
+    assert_eq!(resp.status(), 200);
+    let provider_only = |name: &str| {
+        name.starts_with("x-ratelimit-")
+            || name.starts_with("anthropic-ratelimit-")
+            || matches!(
+                name,
+                "openai-organization" | "openai-project" | "anthropic-organization-id"
+            )
+    };
+    let leaked: Vec<_> = resp
+        .headers()
+        .keys()
+        .map(|n| n.as_str())
+        .filter(|n| provider_only(n))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "reached a tenant without limits: {leaked:?}"
+    );
+    assert_eq!(resp.headers()["openai-processing-ms"], "12");
+    resp.bytes().await.unwrap();
+
+    // A key with limits reads keygate's figures, and only those.
+    let resp = post_json(&chat, &limited, &chat_body()).await;
+    assert_eq!(resp.status(), 200);
+    let headers = resp.headers();
+    assert_eq!(headers["x-ratelimit-limit-requests"], "40");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "39");
+    assert!(headers.contains_key("x-ratelimit-reset-requests"));
+    let limits: Vec<_> = headers
+        .keys()
+        .map(|n| n.as_str())
+        .filter(|n| provider_only(n))
+        .collect();
+    assert_eq!(
+        limits,
+        [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests"
+        ],
+        "{headers:?}"
+    );
+    assert_eq!(
+        headers.get_all("x-ratelimit-limit-requests").iter().count(),
+        1
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_refusing_keygates_credential_is_a_502_without_its_body() {
     // Two endpoints and retries: a refused credential is the same on every endpoint, so one

@@ -16,6 +16,7 @@ use bytes::BytesMut;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{ErrorType, OrErr};
+use smallvec::SmallVec;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -32,6 +33,17 @@ const TOKEN_WINDOW: [HeaderName; 3] = [
     HeaderName::from_static("x-ratelimit-remaining-tokens"),
     HeaderName::from_static("x-ratelimit-reset-tokens"),
 ];
+
+/// Provider response headers that name the gateway's account with the provider.
+const PROVIDER_ACCOUNT: [HeaderName; 3] = [
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    HeaderName::from_static("anthropic-organization-id"),
+];
+
+/// The provider's rate-limit headers (OpenAI's and Azure's, Anthropic's), by prefix: providers
+/// add variants (`x-ratelimit-limit-tokens_usage_based`, `anthropic-ratelimit-input-tokens-…`).
+const PROVIDER_LIMIT_PREFIXES: [&str; 2] = ["x-ratelimit-", "anthropic-ratelimit-"];
 
 /// How many headers [`set_rate_limits`] may add.
 const RATE_HEADERS: usize = 6;
@@ -139,6 +151,30 @@ fn set_rate_limits(
     Ok(())
 }
 
+/// Removes what a provider's response head tells of the gateway's account: which organization and
+/// project it is, and its rate limits, which are the whole account's and not the tenant's (a
+/// tenant's are keygate's `x-ratelimit-*`, set after this).
+pub fn remove_provider_account(headers: &mut HeaderMap) {
+    for name in &PROVIDER_ACCOUNT {
+        headers.remove(name);
+    }
+    // A map cannot lose entries while it is walked, so the names are collected first: OpenAI's
+    // six fit inline, and a name parsed from the provider's head shares its bytes, so a clone is
+    // a reference count.
+    let limits: SmallVec<[HeaderName; 8]> = headers
+        .keys()
+        .filter(|name| {
+            PROVIDER_LIMIT_PREFIXES
+                .iter()
+                .any(|prefix| name.as_str().starts_with(prefix))
+        })
+        .cloned()
+        .collect();
+    for name in &limits {
+        headers.remove(name);
+    }
+}
+
 /// Gives a response head what every response keygate sends carries: the request id and, for a
 /// rate-limited key, its `x-ratelimit-*` headers. `more` may set `adding` further headers in the
 /// same edit, with the same [`Values`].
@@ -213,6 +249,38 @@ mod tests {
         assert_eq!(text.matches("10000").count(), 0, "{text:?}");
         assert!(!text.contains("tokens"), "{text:?}");
         assert_eq!(text.lines().count(), 6, "{text:?}");
+    }
+
+    #[test]
+    fn the_providers_account_and_limits_are_removed_and_nothing_else() {
+        let mut head = provider_head();
+        for (name, value) in [
+            ("OpenAI-Organization", "org-gateway"),
+            ("openai-project", "proj_gateway"),
+            ("anthropic-organization-id", "0b0b"),
+            ("x-ratelimit-remaining-tokens", "29999990"),
+            ("x-ratelimit-limit-tokens_usage_based", "30000000"),
+            (
+                "anthropic-ratelimit-input-tokens-reset",
+                "2026-01-01T00:00:00Z",
+            ),
+            ("x-ratelimiter", "kept"),
+        ] {
+            head.append_header(name.to_owned(), value).unwrap();
+        }
+        edit(&mut head, 0, remove_provider_account);
+        let text = wire(&head);
+        let mut lines: Vec<_> = text.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                "Content-Type: application/json",
+                "openai-processing-ms: 123",
+                "x-ratelimiter: kept",
+            ],
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Respond: what the client receives. A provider's response passes through unbuffered, with the
-//! request id and a rate-limited key's `x-ratelimit-*` headers added, while its token usage is
-//! read on the way (and a usage chunk the client did not ask for is taken out). Responses keygate
-//! gives itself — refusals, failures, `/v1/models` — are written here too.
+//! request id and a rate-limited key's `x-ratelimit-*` headers in place of the provider's account
+//! and rate-limit headers, while its token usage is read on the way (and a usage chunk the client
+//! did not ask for is taken out). Responses keygate gives itself — refusals, failures,
+//! `/v1/models` — are written here too.
 
 use super::body;
 use super::ctx::RequestCtx;
@@ -14,12 +15,19 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
 use pingora::{ErrorSource, ErrorType};
 
-/// Adds keygate's headers to the provider's response head, and starts reading usage from a
-/// successful response of an admitted request.
+/// Puts keygate's headers on the provider's response head in place of what it tells of the
+/// gateway's account, and starts reading usage from a successful response of an admitted request.
 pub fn response_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Result<()> {
-    super::head::edit_response(response, &ctx.request_id, ctx.rate.as_ref(), 0, |_, _| {
-        Ok(())
-    })?;
+    super::head::edit_response(
+        response,
+        &ctx.request_id,
+        ctx.rate.as_ref(),
+        0,
+        |headers, _| {
+            super::head::remove_provider_account(headers);
+            Ok(())
+        },
+    )?;
     let Some(admitted) = &ctx.admitted else {
         return Ok(());
     };
