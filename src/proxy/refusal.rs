@@ -46,7 +46,7 @@ pub enum Refusal {
     #[error("{message}")]
     InvalidRequest {
         message: Cow<'static, str>,
-        param: Option<&'static str>,
+        param: Option<Cow<'static, str>>,
     },
     #[error("The request body exceeds the limit of {0} bytes.")]
     BodyTooLarge(usize),
@@ -93,7 +93,7 @@ impl Refusal {
     pub fn invalid_param(param: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Refusal::InvalidRequest {
             message: message.into(),
-            param: Some(param),
+            param: Some(Cow::Borrowed(param)),
         }
     }
 
@@ -182,10 +182,10 @@ impl Refusal {
         matches!(self, Refusal::BudgetExceeded { .. }).then_some(false)
     }
 
-    fn param(&self) -> Option<&'static str> {
+    fn param(&self) -> Option<&str> {
         match self {
             Refusal::ModelNotFound(_) | Refusal::ModelNotAllowed(_) => Some("model"),
-            Refusal::InvalidRequest { param, .. } => *param,
+            Refusal::InvalidRequest { param, .. } => param.as_deref(),
             _ => None,
         }
     }
