@@ -2,11 +2,13 @@
 //! level inspected, rewritten where keygate must (the upstream model name; on streams, asking for
 //! the usage that accounting needs), then handed to Pingora for sending upstream.
 //!
-//! Pingora forwards a pre-read body only through its 64 KiB retry buffer. So the buffer is enabled
-//! just for the body's last 64 KiB (for Content-Length bodies of any size, and for chunked bodies
-//! that fit it), and `request_body_filter` swaps the full body in when Pingora replays that tail.
-//! A chunked body larger than the buffer cannot be replayed and is refused with 413 up front rather
-//! than left to hang; the OpenAI SDKs always send Content-Length.
+//! Pingora forwards a pre-read body only through its 64 KiB retry buffer: reading the body
+//! consumes it, and what Pingora replays through `request_body_filter` is that buffer. So the
+//! buffer is enabled just for the body's last 64 KiB (for Content-Length bodies of any size, and
+//! for chunked bodies that fit it), and `request_body_filter` swaps the full body in when Pingora
+//! replays that tail. A chunked body larger than the buffer has no tail to replay: for it the
+//! HTTP/1 body reader is set up again on a one-byte stand-in body (see [`replay_stand_in`]), whose
+//! replay the filter swaps for the full body just the same.
 
 use super::refusal::Refusal;
 use crate::json::{key_is, key_name, skip_ws, Members};
@@ -59,9 +61,23 @@ pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes
             .await
             .map_err(|_| Refusal::invalid_request("The request body could not be read."))?;
     }
+    let (body, tail_buffered) = read_all(session, declared, max_bytes).await?;
+    // Asked without `get_retry_buffer`, which would copy the buffer.
+    if !body.is_empty() && (!tail_buffered || session.retry_buffer_truncated()) {
+        replay_stand_in(session).await?;
+    }
+    Ok(body.freeze())
+}
+
+/// The body, and whether Pingora's retry buffer holds its tail (some chunk arrived after
+/// buffering began).
+async fn read_all(
+    session: &mut Session,
+    declared: Option<usize>,
+    max_bytes: usize,
+) -> Result<(BytesMut, bool), Refusal> {
     let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(max_bytes));
     let mut buffering = false;
-    // Whether Pingora's retry buffer holds the tail: some chunk arrived after buffering began.
     let mut tail_buffered = false;
     loop {
         let remaining = declared.map_or(0, |n| n.saturating_sub(body.len()));
@@ -80,11 +96,44 @@ pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes
         body.extend_from_slice(&chunk);
         tail_buffered |= buffering && !chunk.is_empty();
     }
-    // Asked without `get_retry_buffer`, which would copy the buffer.
-    if !body.is_empty() && (!tail_buffered || session.retry_buffer_truncated()) {
+    Ok((body, tail_buffered))
+}
+
+/// A request whose one-byte body stands in for a body read whole that Pingora cannot replay.
+const STAND_IN: &[u8] = b"POST / HTTP/1.1\r\ncontent-length: 1\r\n\r\n{";
+
+/// Makes Pingora replay something for a body it cannot replay itself, a chunked body over its
+/// 64 KiB buffer, so that `request_body_filter` runs and sends the whole body.
+///
+/// An HTTP/1 session parses a request handed to it as pipelined bytes without reading the socket,
+/// and sets its body reader up afresh, which also empties the retry buffer. Handed [`STAND_IN`],
+/// its one-byte body is read into the buffer, the client's request head is put back, and from
+/// there Pingora sees a complete body whose whole tail is buffered, as after a Content-Length
+/// body. Bytes the client sent past its body (a pipelined request) were held by the old reader
+/// and are gone with it, so the connection is closed after the response, as Pingora closes it
+/// whenever a client pipelines.
+async fn replay_stand_in(session: &mut Session) -> Result<(), Refusal> {
+    let downstream = session.as_downstream_mut();
+    if downstream.as_http1().is_none() {
         return Err(Refusal::ChunkedBodyTooLarge);
     }
-    Ok(body.freeze())
+    let client_head = downstream.req_header().clone();
+    downstream.set_pipelined_prefix(BytesMut::from(STAND_IN));
+    let parsed = downstream.read_request().await;
+    // Read under the stand-in's Content-Length framing, before the client's head comes back.
+    let stand_in = match parsed {
+        Ok(true) => downstream.read_request_body().await.ok().flatten(),
+        _ => None,
+    };
+    *downstream.req_header_mut() = client_head;
+    downstream.set_keepalive(None);
+    if stand_in.is_none_or(|b| b.is_empty())
+        || !downstream.is_body_done()
+        || downstream.retry_buffer_truncated()
+    {
+        return Err(Refusal::ChunkedBodyTooLarge);
+    }
+    Ok(())
 }
 
 fn expects_continue(session: &Session) -> bool {

@@ -50,8 +50,9 @@ pub enum Refusal {
     },
     #[error("The request body exceeds the limit of {0} bytes.")]
     BodyTooLarge(usize),
-    /// Pingora can replay only the last 64 KiB of a body keygate read before routing.
-    #[error("Chunked request bodies over 64 KiB are not supported; send the body with a Content-Length header.")]
+    /// A body without Content-Length over Pingora's 64 KiB replay buffer, on a connection whose
+    /// body reader keygate cannot set up again (not HTTP/1).
+    #[error("Request bodies without a Content-Length over 64 KiB are not supported on this connection; send the body with a Content-Length header.")]
     ChunkedBodyTooLarge,
     /// The path as the client sent it, bounded (see [`Refusal::unknown_route`]).
     #[error("Unknown request URL: {0}. keygate serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and GET /v1/models.")]
