@@ -1,5 +1,6 @@
-//! Request bodies as clients send them: chunked bodies of any size up to `max_body_bytes`, and
-//! members that differ from a field keygate reads only in letter case.
+//! Request bodies as clients send them: chunked bodies of any size up to `max_body_bytes`,
+//! members that differ from a field keygate reads only in letter case, and bodies that arrive too
+//! slowly.
 
 mod common;
 
@@ -260,5 +261,63 @@ async fn a_member_named_like_a_governed_field_in_another_case_is_refused() {
         .send()
         .await
         .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// Sends a request head, then its body one byte every `pause`, until the connection ends or
+/// `bytes` are sent; returns what came back.
+async fn trickle(port: u16, secret: &str, chunked: bool, bytes: usize, pause: Duration) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let framing = if chunked {
+        "transfer-encoding: chunked".to_owned()
+    } else {
+        format!("content-length: {bytes}")
+    };
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nauthorization: Bearer {secret}\r\n{framing}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let writing = tokio::spawn(async move {
+        for _ in 0..bytes {
+            let piece: &[u8] = if chunked { b"1\r\n \r\n" } else { b" " };
+            if writer.write_all(piece).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+        }
+    });
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut response)).await;
+    writing.abort();
+    String::from_utf8_lossy(&response).to_ascii_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_trickles_in_is_cut_at_the_body_timeout() {
+    let f = fixture("server: {body_timeout: 1s}\n").await;
+    for chunked in [false, true] {
+        // 60 bytes at one every 100 ms would take 6 s
+        let response = trickle(
+            f.gw.port,
+            &f.secret,
+            chunked,
+            60,
+            Duration::from_millis(100),
+        )
+        .await;
+        assert!(
+            response.starts_with("http/1.1 408"),
+            "chunked {chunked}: {response}"
+        );
+        assert!(response.contains("connection: close"), "{response}");
+        let body: Value = serde_json::from_str(&response[response.find("\r\n\r\n").unwrap() + 4..])
+            .unwrap_or_else(|e| panic!("{e}: {response}"));
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["code"], "request_timeout");
+    }
+    assert_eq!(f.up.request_count(), 0);
+    // a body that arrives in time is unaffected
+    let resp = post_chunked(&f.gw, &f.secret, &body_of(100_000), 4096).await;
     assert_eq!(resp.status(), 200);
 }

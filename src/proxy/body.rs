@@ -9,6 +9,8 @@
 //! replays that tail. A chunked body larger than the buffer has no tail to replay: for it the
 //! HTTP/1 body reader is set up again on a one-byte stand-in body (see [`replay_stand_in`]), whose
 //! replay the filter swaps for the full body just the same.
+//!
+//! The whole body must arrive within `server.body_timeout`, however it trickles in.
 
 use super::refusal::Refusal;
 use crate::json::{key_is, key_name, skip_ws, Members};
@@ -16,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::time::Duration;
 
 /// Pingora's retry buffer size (`BODY_BUF_LIMIT`, not configurable).
 const REPLAY_WINDOW: usize = 64 * 1024;
@@ -48,8 +51,12 @@ pub async fn discard_rest(session: &mut Session) {
     }
 }
 
-/// Reads the whole request body, enforcing `max_bytes`.
-pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes, Refusal> {
+/// Reads the whole request body, enforcing `max_bytes` and `timeout`.
+pub async fn read_whole(
+    session: &mut Session,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Bytes, Refusal> {
     let declared = declared_length(session)?;
     if declared.is_some_and(|n| n > max_bytes) {
         return Err(Refusal::BodyTooLarge(max_bytes));
@@ -61,7 +68,13 @@ pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes
             .await
             .map_err(|_| Refusal::invalid_request("The request body could not be read."))?;
     }
-    let (body, tail_buffered) = read_all(session, declared, max_bytes).await?;
+    let Ok(read) = tokio::time::timeout(timeout, read_all(session, declared, max_bytes)).await
+    else {
+        // The rest of the body is still on its way: the connection cannot carry another request.
+        session.set_keepalive(None);
+        return Err(Refusal::RequestTimeout(timeout));
+    };
+    let (body, tail_buffered) = read?;
     // Asked without `get_retry_buffer`, which would copy the buffer.
     if !body.is_empty() && (!tail_buffered || session.retry_buffer_truncated()) {
         replay_stand_in(session).await?;
