@@ -23,7 +23,7 @@ use std::time::Duration;
 /// Refusal reasons, the `reason` label of `keygate_refusals_total`: the error codes of
 /// [`Refusal`](crate::proxy::refusal::Refusal::reason), so that a policy refusal
 /// (`model_not_allowed`) and a client's typo (`model_not_found`) are told apart.
-pub const REFUSAL_REASONS: [&str; 16] = [
+pub const REFUSAL_REASONS: [&str; 17] = [
     "missing_api_key",
     "invalid_api_key",
     "key_expired",
@@ -35,6 +35,7 @@ pub const REFUSAL_REASONS: [&str; 16] = [
     "model_not_allowed",
     "invalid_request",
     "request_too_large",
+    "request_timeout",
     "unknown_route",
     "method_not_allowed",
     "rate_limit_exceeded",

@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// A complete, validated policy.
 #[derive(Debug)]
@@ -47,6 +48,8 @@ pub struct Policy {
     /// What the server is built from; a reload carries these but does not apply them.
     pub startup: StartupSettings,
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive whole.
+    pub body_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub providers: BTreeMap<String, Arc<Provider>>,
     /// Indexed by [`Model::index`].
@@ -254,6 +257,7 @@ pub(crate) struct PolicyParts {
     pub load_stats: LoadStats,
     pub startup: StartupSettings,
     pub max_body_bytes: usize,
+    pub body_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: Vec<Arc<Model>>,
@@ -328,6 +332,7 @@ impl Policy {
             load_stats: parts.load_stats,
             startup: parts.startup,
             max_body_bytes: parts.max_body_bytes,
+            body_timeout: parts.body_timeout,
             trusted_proxies: parts.trusted_proxies,
             providers: parts.providers,
             models: parts.models,

@@ -212,6 +212,12 @@ fn check_reports_every_bad_policy_case_with_file_and_field() {
             vec!["keygate.yaml", "providers.p1.endpoints[0].url", "scheme"],
         ),
         (
+            "zero body timeout",
+            format!("server: {{body_timeout: 0s}}\n{BASE}"),
+            vec![],
+            vec!["keygate.yaml", "server.body_timeout", "greater than zero"],
+        ),
+        (
             "bad cidr",
             format!("trusted_proxies: [10.0.0.0/40]\n{BASE}"),
             vec![],
@@ -533,7 +539,7 @@ fn check_accepts_every_upstream_selection_field() {
 #[test]
 fn check_accepts_the_server_settings() {
     let config = format!(
-        "{BASE}server: {{threads: 1, work_stealing: true, grace_period: 10s, drain_delay: 1s}}\n"
+        "{BASE}server: {{threads: 1, work_stealing: true, grace_period: 10s, drain_delay: 1s, body_timeout: 1m}}\n"
     );
     let (ok, out) = check(&config, &[("k1", &key("w1", ""))]);
     assert!(ok, "{out}");

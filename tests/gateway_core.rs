@@ -216,31 +216,6 @@ async fn small_large_and_chunked_bodies_arrive_intact() {
         Some(body.len().to_string().as_str())
     );
     assert!(last.header("transfer-encoding").is_none());
-
-    // a chunked body beyond what can be replayed is refused clearly instead of hanging
-    let big = json!({"model": "gpt-4o-mini", "input": padding(200_000)}).to_string();
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = big
-        .as_bytes()
-        .chunks(8192)
-        .map(|c| Ok(c.to_vec()))
-        .collect();
-    let resp = client()
-        .post(f.gw.url("/v1/chat/completions"))
-        .bearer_auth(&f.secret)
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        error_of(resp).await,
-        (
-            413,
-            "invalid_request_error".into(),
-            "request_too_large".into()
-        )
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

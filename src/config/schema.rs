@@ -78,6 +78,9 @@ pub struct ServerFile {
     /// so load balancers move traffic away first.
     #[serde(default)]
     pub drain_delay: Option<String>,
+    /// How long a request body may take to arrive whole (default `30s`).
+    #[serde(default)]
+    pub body_timeout: Option<String>,
 }
 
 /// The optional embedded OpenAI-compatible upstream, for trying keygate without a provider account.

@@ -60,7 +60,7 @@ pub async fn model(
     operation: Operation,
     named: &mut Option<Arc<Model>>,
 ) -> Result<Request, Refusal> {
-    let body = body::read_whole(session, policy.max_body_bytes).await?;
+    let body = body::read_whole(session, policy.max_body_bytes, policy.body_timeout).await?;
     let facts = body::inspect(&body)?;
     let model = policy
         .model(&facts.model)

@@ -2,11 +2,15 @@
 //! level inspected, rewritten where keygate must (the upstream model name; on streams, asking for
 //! the usage that accounting needs), then handed to Pingora for sending upstream.
 //!
-//! Pingora forwards a pre-read body only through its 64 KiB retry buffer. So the buffer is enabled
-//! just for the body's last 64 KiB (for Content-Length bodies of any size, and for chunked bodies
-//! that fit it), and `request_body_filter` swaps the full body in when Pingora replays that tail.
-//! A chunked body larger than the buffer cannot be replayed and is refused with 413 up front rather
-//! than left to hang; the OpenAI SDKs always send Content-Length.
+//! Pingora forwards a pre-read body only through its 64 KiB retry buffer: reading the body
+//! consumes it, and what Pingora replays through `request_body_filter` is that buffer. So the
+//! buffer is enabled just for the body's last 64 KiB (for Content-Length bodies of any size, and
+//! for chunked bodies that fit it), and `request_body_filter` swaps the full body in when Pingora
+//! replays that tail. A chunked body larger than the buffer has no tail to replay: for it the
+//! HTTP/1 body reader is set up again on a one-byte stand-in body (see [`replay_stand_in`]), whose
+//! replay the filter swaps for the full body just the same.
+//!
+//! The whole body must arrive within `server.body_timeout`, however it trickles in.
 
 use super::refusal::Refusal;
 use crate::json::{key_is, key_name, skip_ws, Members};
@@ -14,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::time::Duration;
 
 /// Pingora's retry buffer size (`BODY_BUF_LIMIT`, not configurable).
 const REPLAY_WINDOW: usize = 64 * 1024;
@@ -46,8 +51,12 @@ pub async fn discard_rest(session: &mut Session) {
     }
 }
 
-/// Reads the whole request body, enforcing `max_bytes`.
-pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes, Refusal> {
+/// Reads the whole request body, enforcing `max_bytes` and `timeout`.
+pub async fn read_whole(
+    session: &mut Session,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Bytes, Refusal> {
     let declared = declared_length(session)?;
     if declared.is_some_and(|n| n > max_bytes) {
         return Err(Refusal::BodyTooLarge(max_bytes));
@@ -59,9 +68,29 @@ pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes
             .await
             .map_err(|_| Refusal::invalid_request("The request body could not be read."))?;
     }
+    let Ok(read) = tokio::time::timeout(timeout, read_all(session, declared, max_bytes)).await
+    else {
+        // The rest of the body is still on its way: the connection cannot carry another request.
+        session.set_keepalive(None);
+        return Err(Refusal::RequestTimeout(timeout));
+    };
+    let (body, tail_buffered) = read?;
+    // Asked without `get_retry_buffer`, which would copy the buffer.
+    if !body.is_empty() && (!tail_buffered || session.retry_buffer_truncated()) {
+        replay_stand_in(session).await?;
+    }
+    Ok(body.freeze())
+}
+
+/// The body, and whether Pingora's retry buffer holds its tail (some chunk arrived after
+/// buffering began).
+async fn read_all(
+    session: &mut Session,
+    declared: Option<usize>,
+    max_bytes: usize,
+) -> Result<(BytesMut, bool), Refusal> {
     let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(max_bytes));
     let mut buffering = false;
-    // Whether Pingora's retry buffer holds the tail: some chunk arrived after buffering began.
     let mut tail_buffered = false;
     loop {
         let remaining = declared.map_or(0, |n| n.saturating_sub(body.len()));
@@ -80,11 +109,44 @@ pub async fn read_whole(session: &mut Session, max_bytes: usize) -> Result<Bytes
         body.extend_from_slice(&chunk);
         tail_buffered |= buffering && !chunk.is_empty();
     }
-    // Asked without `get_retry_buffer`, which would copy the buffer.
-    if !body.is_empty() && (!tail_buffered || session.retry_buffer_truncated()) {
+    Ok((body, tail_buffered))
+}
+
+/// A request whose one-byte body stands in for a body read whole that Pingora cannot replay.
+const STAND_IN: &[u8] = b"POST / HTTP/1.1\r\ncontent-length: 1\r\n\r\n{";
+
+/// Makes Pingora replay something for a body it cannot replay itself, a chunked body over its
+/// 64 KiB buffer, so that `request_body_filter` runs and sends the whole body.
+///
+/// An HTTP/1 session parses a request handed to it as pipelined bytes without reading the socket,
+/// and sets its body reader up afresh, which also empties the retry buffer. Handed [`STAND_IN`],
+/// its one-byte body is read into the buffer, the client's request head is put back, and from
+/// there Pingora sees a complete body whose whole tail is buffered, as after a Content-Length
+/// body. Bytes the client sent past its body (a pipelined request) were held by the old reader
+/// and are gone with it, so the connection is closed after the response, as Pingora closes it
+/// whenever a client pipelines.
+async fn replay_stand_in(session: &mut Session) -> Result<(), Refusal> {
+    let downstream = session.as_downstream_mut();
+    if downstream.as_http1().is_none() {
         return Err(Refusal::ChunkedBodyTooLarge);
     }
-    Ok(body.freeze())
+    let client_head = downstream.req_header().clone();
+    downstream.set_pipelined_prefix(BytesMut::from(STAND_IN));
+    let parsed = downstream.read_request().await;
+    // Read under the stand-in's Content-Length framing, before the client's head comes back.
+    let stand_in = match parsed {
+        Ok(true) => downstream.read_request_body().await.ok().flatten(),
+        _ => None,
+    };
+    *downstream.req_header_mut() = client_head;
+    downstream.set_keepalive(None);
+    if stand_in.is_none_or(|b| b.is_empty())
+        || !downstream.is_body_done()
+        || downstream.retry_buffer_truncated()
+    {
+        return Err(Refusal::ChunkedBodyTooLarge);
+    }
+    Ok(())
 }
 
 fn expects_continue(session: &Session) -> bool {
@@ -148,23 +210,43 @@ pub struct RequestFacts {
 /// cannot vouch for (a malformed object, a duplicate or mistyped field of the five) goes to
 /// serde, which decides and words the error. The scan does not validate what it skips: a body
 /// broken inside its messages goes to the provider, which refuses it with its own 400.
+///
+/// A top-level member whose name is one of [`GOVERNED`] only when letter case is ignored is
+/// refused: keygate reads the exact name, but a provider that matches names as Go's
+/// encoding/json does would read it as that field, so `{"model":"cheap","MODEL":"pricey"}`
+/// would be authorised as one model and run as another.
 pub fn inspect(body: &[u8]) -> Result<RequestFacts, Refusal> {
     if body.is_empty() {
         return Err(Refusal::invalid_request(
             "The request body is empty; expected a JSON object with a `model` field.",
         ));
     }
-    match scan(body) {
+    match scan(body)? {
         Some(facts) => Ok(facts),
         None => parse(body),
     }
 }
 
-/// The targeted scan of [`inspect`]; `None` leaves the body to [`parse`].
-fn scan(body: &[u8]) -> Option<RequestFacts> {
+/// Every top-level field keygate reads from a request body.
+const GOVERNED: [&str; 8] = [
+    "model",
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "stream_options",
+    "n",
+    "best_of",
+];
+
+/// The targeted scan of [`inspect`]; `Ok(None)` leaves the body to [`parse`]. It refuses case
+/// variants of [`GOVERNED`] names itself; whenever it stops before seeing every member, the
+/// body is one serde refuses too (a field given twice, a `stream` that is no boolean, broken
+/// JSON).
+fn scan(body: &[u8]) -> Result<Option<RequestFacts>, Refusal> {
     let open = skip_ws(body, 0);
     if body.get(open) != Some(&b'{') {
-        return None;
+        return Ok(None);
     }
     let mut model = None;
     let mut stream = None;
@@ -181,21 +263,40 @@ fn scan(body: &[u8]) -> Option<RequestFacts> {
                     b"true" => Some(true),
                     b"false" => Some(false),
                     b"null" => None,
-                    _ => return None,
+                    _ => return Ok(None),
                 };
                 stream.replace(flag).is_some()
             }
             b"max_tokens" => bounds[0].replace(value).is_some(),
             b"max_completion_tokens" => bounds[1].replace(value).is_some(),
             b"max_output_tokens" => bounds[2].replace(value).is_some(),
-            _ => false,
+            name => {
+                if let Some(field) = GOVERNED
+                    .into_iter()
+                    .find(|f| name != f.as_bytes() && folds_to(name, f))
+                {
+                    return Err(case_variant(name, field));
+                }
+                false
+            }
         };
         if repeated {
-            return None;
+            return Ok(None);
         }
     }
+    Ok(facts(body, members.end(), model, stream, bounds))
+}
+
+/// The facts of a scanned body, once its members are read; `None` for what only serde may judge.
+fn facts(
+    body: &[u8],
+    end: Option<usize>,
+    model: Option<(usize, usize)>,
+    stream: Option<Option<bool>>,
+    bounds: [Option<&[u8]>; 3],
+) -> Option<RequestFacts> {
     // Only whitespace may follow the object.
-    if skip_ws(body, members.end()?) != body.len() {
+    if skip_ws(body, end?) != body.len() {
         return None;
     }
     let span = model?;
@@ -219,6 +320,45 @@ fn scan(body: &[u8]) -> Option<RequestFacts> {
         stream: stream.flatten().unwrap_or(false),
         max_output_tokens: output_bound(bounds.into_iter().flatten()),
     })
+}
+
+/// Whether the member name `name` (escapes decoded), which is not `field` itself, matches it as
+/// Go's encoding/json matches names: each character folded as `ToUpper(ToLower(c))`, under
+/// which four characters beyond ASCII become ASCII letters (the long s and the Kelvin sign, the
+/// dotted and the dotless i).
+fn folds_to(name: &[u8], field: &str) -> bool {
+    // Every folded character is one byte of `field`, and none is over three bytes long.
+    if name.len() < field.len() || name.len() > 3 * field.len() {
+        return false;
+    }
+    let Ok(name) = std::str::from_utf8(name) else {
+        return false;
+    };
+    let mut expected = field.bytes();
+    for c in name.chars() {
+        let folded = match c {
+            '\u{17f}' => b'S',
+            '\u{212a}' => b'K',
+            '\u{130}' | '\u{131}' => b'I',
+            c if c.is_ascii() => c.to_ascii_uppercase() as u8,
+            _ => return false,
+        };
+        if expected.next().map(|e| e.to_ascii_uppercase()) != Some(folded) {
+            return false;
+        }
+    }
+    expected.next().is_none()
+}
+
+fn case_variant(name: &[u8], field: &'static str) -> Refusal {
+    let name = String::from_utf8_lossy(name).into_owned();
+    Refusal::InvalidRequest {
+        message: format!(
+            "The member `{name}` differs from `{field}` only in letter case, and providers may read it as `{field}`; send `{field}` exactly once, spelled in lower case."
+        )
+        .into(),
+        param: Some(name.into()),
+    }
 }
 
 /// The full parse: bodies the scan declines, and the wording of their errors.
@@ -410,7 +550,7 @@ mod tests {
         for body in bodies {
             let text = String::from_utf8_lossy(body);
             let parsed = parse(body).unwrap_or_else(|e| panic!("{text}: {e}"));
-            assert_eq!(scan(body), Some(parsed), "{text}");
+            assert_eq!(scan(body), Ok(Some(parsed)), "{text}");
         }
     }
 
@@ -429,8 +569,99 @@ mod tests {
             br#"["model","a"]"#,
         ] {
             let text = String::from_utf8_lossy(body);
-            assert_eq!(scan(body), None, "{text}");
+            assert_eq!(scan(body), Ok(None), "{text}");
             assert!(inspect(body).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn case_variants_of_governed_fields_are_refused_naming_the_member() {
+        for (body, member) in [
+            (r#"{"model":"cheap","MODEL":"pricey"}"#, "MODEL"),
+            (r#"{"Model":"m"}"#, "Model"),
+            (r#"{"model":"m","sTREAM":true}"#, "sTREAM"),
+            (
+                r#"{"model":"m","Stream_Options":{"include_usage":false}}"#,
+                "Stream_Options",
+            ),
+            (r#"{"model":"m","N":2}"#, "N"),
+            (r#"{"model":"m","BEST_OF":2}"#, "BEST_OF"),
+            (r#"{"model":"m","\u004dodel":"x"}"#, "Model"),
+            ("{\"model\":\"m\",\"\u{17f}tream\":true}", "\u{17f}tream"),
+            (
+                "{\"model\":\"m\",\"max_to\u{212a}ens\":1}",
+                "max_to\u{212a}ens",
+            ),
+            (
+                "{\"model\":\"m\",\"max_complet\u{131}on_tokens\":1}",
+                "max_complet\u{131}on_tokens",
+            ),
+            (
+                "{\"model\":\"m\",\"max_complet\u{130}on_tokens\":1}",
+                "max_complet\u{130}on_tokens",
+            ),
+        ] {
+            let e = inspect(body.as_bytes()).unwrap_err();
+            assert_eq!((e.status(), e.code()), (400, "invalid_request"), "{body}");
+            assert_eq!(
+                e,
+                Refusal::InvalidRequest {
+                    message: e.to_string().into(),
+                    param: Some(member.to_owned().into()),
+                },
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_field_with_any_one_letter_or_all_of_them_upper_case_is_refused() {
+        for field in GOVERNED {
+            let upper = |at: Option<usize>| -> String {
+                field
+                    .char_indices()
+                    .map(|(i, c)| {
+                        if at.is_none_or(|at| at == i) {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect()
+            };
+            let variants = (0..field.len()).map(Some).chain([None]).map(upper);
+            for variant in variants.filter(|v| v != field) {
+                let body = format!(r#"{{"model":"m","{variant}":1}}"#);
+                assert_eq!(
+                    scan(body.as_bytes()).map_err(|e| e.code()),
+                    Err("invalid_request"),
+                    "{body}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn names_that_only_resemble_governed_fields_pass() {
+        for body in [
+            r#"{"model":"m","stream_options":null,"n":1,"best_of":1}"#,
+            r#"{"model":"m","Models":1,"NN":1,"stream_option":1,"max-tokens":1}"#,
+            "{\"model\":\"m\",\"mod\u{e9}l\":1,\"str\u{e9}am\":1}",
+            r#"{"model":"m","metadata":{"MODEL":"x","Stream":true}}"#,
+        ] {
+            assert_eq!(inspect(body.as_bytes()).unwrap().model, "m", "{body}");
+        }
+    }
+
+    #[test]
+    fn a_case_variant_the_scan_does_not_reach_is_refused_by_the_full_parse() {
+        // The scan stops at the repeated field and leaves the body to serde, which refuses it.
+        for body in [
+            r#"{"model":"a","model":"a","MODEL":"b"}"#,
+            r#"{"stream":"yes","model":"a","MODEL":"b"}"#,
+        ] {
+            assert_eq!(scan(body.as_bytes()), Ok(None), "{body}");
+            assert!(inspect(body.as_bytes()).is_err(), "{body}");
         }
     }
 

@@ -78,8 +78,10 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
     })
 }
 
-/// Pingora replays the buffered tail of the body (see `body`); the whole body goes in its place.
-pub fn request_body(ctx: &RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
+/// Pingora replays the buffered tail of the body (see `body`), once it has written the request
+/// head; the whole body goes in its place.
+pub fn request_body(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
+    ctx.upstream.head_written();
     *body = if end_of_stream {
         ctx.admitted.as_ref().map(|a| a.body.clone())
     } else {

@@ -46,13 +46,17 @@ pub enum Refusal {
     #[error("{message}")]
     InvalidRequest {
         message: Cow<'static, str>,
-        param: Option<&'static str>,
+        param: Option<Cow<'static, str>>,
     },
     #[error("The request body exceeds the limit of {0} bytes.")]
     BodyTooLarge(usize),
-    /// Pingora can replay only the last 64 KiB of a body keygate read before routing.
-    #[error("Chunked request bodies over 64 KiB are not supported; send the body with a Content-Length header.")]
+    /// A body without Content-Length over Pingora's 64 KiB replay buffer, on a connection whose
+    /// body reader keygate cannot set up again (not HTTP/1).
+    #[error("Request bodies without a Content-Length over 64 KiB are not supported on this connection; send the body with a Content-Length header.")]
     ChunkedBodyTooLarge,
+    /// The body did not arrive whole within `server.body_timeout`.
+    #[error("The request body did not arrive within {}.", humantime::format_duration(*.0))]
+    RequestTimeout(Duration),
     /// The path as the client sent it, bounded (see [`Refusal::unknown_route`]).
     #[error("Unknown request URL: {0}. keygate serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and GET /v1/models.")]
     UnknownRoute(Box<str>),
@@ -97,7 +101,7 @@ impl Refusal {
     pub fn invalid_param(param: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
         Refusal::InvalidRequest {
             message: message.into(),
-            param: Some(param),
+            param: Some(Cow::Borrowed(param)),
         }
     }
 
@@ -123,6 +127,7 @@ impl Refusal {
             Refusal::ModelNotFound(_) | Refusal::UnknownRoute(_) => 404,
             Refusal::MethodNotAllowed { .. } => 405,
             Refusal::InvalidRequest { .. } => 400,
+            Refusal::RequestTimeout(_) => 408,
             Refusal::BodyTooLarge(_) | Refusal::ChunkedBodyTooLarge => 413,
             Refusal::RateLimited { .. }
             | Refusal::ConcurrencyLimited { .. }
@@ -147,6 +152,7 @@ impl Refusal {
             Refusal::ModelNotAllowed(_) => "model_not_allowed",
             Refusal::InvalidRequest { .. } => "invalid_request",
             Refusal::BodyTooLarge(_) | Refusal::ChunkedBodyTooLarge => "request_too_large",
+            Refusal::RequestTimeout(_) => "request_timeout",
             Refusal::UnknownRoute(_) => "unknown_route",
             Refusal::MethodNotAllowed { .. } => "method_not_allowed",
             // The guard keeps OpenAI's rate-limit code, which clients already handle.
@@ -190,10 +196,10 @@ impl Refusal {
         matches!(self, Refusal::BudgetExceeded { .. }).then_some(false)
     }
 
-    fn param(&self) -> Option<&'static str> {
+    fn param(&self) -> Option<&str> {
         match self {
             Refusal::ModelNotFound(_) | Refusal::ModelNotAllowed(_) => Some("model"),
-            Refusal::InvalidRequest { param, .. } => *param,
+            Refusal::InvalidRequest { param, .. } => param.as_deref(),
             _ => None,
         }
     }
@@ -204,7 +210,7 @@ impl Refusal {
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
-            400 | 405 | 413 => "invalid_request_error",
+            400 | 405 | 408 | 413 => "invalid_request_error",
             429 if matches!(self, Refusal::BudgetExceeded { .. }) => "insufficient_quota",
             429 => "rate_limit_error",
             _ => "api_error",
@@ -339,6 +345,7 @@ mod tests {
             Refusal::invalid_request("x"),
             Refusal::BodyTooLarge(1),
             Refusal::ChunkedBodyTooLarge,
+            Refusal::RequestTimeout(Duration::from_secs(30)),
             Refusal::unknown_route("/x"),
             Refusal::method_not_allowed("GET", "/x"),
             Refusal::RateLimited {

@@ -90,7 +90,10 @@ pub fn response_chunk(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_str
 /// Answers `refusal` in place of the provider, after reading what is left of the body so the
 /// client reads the answer instead of failing on a broken pipe.
 pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: Refusal) -> Result<()> {
-    body::discard_rest(session).await;
+    // A body too slow to arrive is not waited for again; its connection is closed instead.
+    if !matches!(refusal, Refusal::RequestTimeout(_)) {
+        body::discard_rest(session).await;
+    }
     refusal::respond(session, &refusal, &ctx.request_id, ctx.rate.as_ref()).await?;
     ctx.failure = Some(refusal);
     Ok(())

@@ -156,7 +156,8 @@ pub fn proxy_failed(
         e.etype(),
         ErrorType::ReadTimedout | ErrorType::WriteTimedout
     );
-    // A pooled connection the upstream had closed: not the endpoint's fault.
+    // A pooled connection broken before any response: most likely closed by the endpoint as idle,
+    // which is not the endpoint's fault.
     let stale = client_reused && !timeout && !response_written && !ctx.upstream.got_header();
     if upstream_side && !stale {
         if let Some(attempt) = ctx.upstream.current() {
@@ -169,6 +170,8 @@ pub fn proxy_failed(
     }
     let outcome = if timeout {
         Outcome::Timeout
+    } else if stale && !ctx.upstream.wrote_head() {
+        Outcome::Unsent
     } else if stale {
         Outcome::StaleConnection
     } else {

@@ -6,6 +6,11 @@
 //! a 5xx — or a provider with no endpoint left to try — moves to the model's next fallback that
 //! the key may use. Nothing is retried once response bytes reached the client; the proxy checks
 //! that before asking.
+//!
+//! A request reaches one model's provider at most `1 + retries` times. The provider may have read
+//! (and may bill) every request it was sent, even one whose connection then broke, so each send
+//! after the first is one of the `retries`; only a pooled connection that broke before the request
+//! head was written, so that nothing reached the provider, is tried again without counting.
 
 use super::balance::Tried;
 use super::state::{AttemptGuard, EndpointState};
@@ -14,8 +19,9 @@ use crate::policy::{Key, Model, Policy};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Retries on a fresh connection after finding pooled ones closed, beyond `retries`.
-const MAX_STALE_RETRIES: u32 = 3;
+/// Attempts on a fresh connection after pooled ones broke before the request was written, beyond
+/// `retries`.
+const MAX_UNSENT_RETRIES: u32 = 3;
 
 /// How an attempt failed, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +30,13 @@ pub enum Outcome {
     ConnectFailed,
     /// The connection broke before any response byte.
     ResetEarly,
-    /// A pooled connection turned out closed before any response byte: the endpoint is not at
-    /// fault, so it may be tried again on a fresh connection.
+    /// A pooled connection broke before the request head was written to it: nothing reached the
+    /// provider, so it is tried again on a fresh connection without spending a retry.
+    Unsent,
+    /// A pooled connection broke after the request was written and before any response byte.
+    /// Most likely the provider closed it as idle just as it was reused, so the endpoint is not at
+    /// fault and may be tried again, but the provider may also have read the request: the send
+    /// spends a retry.
     StaleConnection,
     /// No response in time.
     Timeout,
@@ -52,7 +63,7 @@ pub struct UpstreamAttempts {
     /// Endpoints of the current model's provider tried so far.
     tried: Tried,
     retries_used: u32,
-    stale_retries: u32,
+    unsent_retries: u32,
     current_index: Option<usize>,
     /// Position in the primary's fallback list of the next candidate.
     next_fallback: usize,
@@ -66,6 +77,8 @@ pub struct UpstreamAttempts {
     fallbacks_taken: u32,
     /// The current attempt received a response header.
     got_header: bool,
+    /// The current attempt's request head was written to its connection.
+    wrote_head: bool,
 }
 
 impl UpstreamAttempts {
@@ -102,6 +115,7 @@ impl UpstreamAttempts {
     pub fn begin(&mut self, index: usize, state: &Arc<EndpointState>, trial: bool) {
         self.tried.insert(index);
         self.got_header = false;
+        self.wrote_head = false;
         self.current_index = Some(index);
         self.current = Some(state.begin(trial));
     }
@@ -140,6 +154,16 @@ impl UpstreamAttempts {
         self.got_header
     }
 
+    /// The current attempt's request head was written to its connection.
+    pub fn head_written(&mut self) {
+        self.wrote_head = true;
+    }
+
+    /// Whether the current attempt's request head was written to its connection.
+    pub fn wrote_head(&self) -> bool {
+        self.wrote_head
+    }
+
     /// The current response is dropped for the fallback already chosen.
     pub fn replace_response(&mut self) {
         self.replacing_response = true;
@@ -164,17 +188,18 @@ impl UpstreamAttempts {
         policy: &Policy,
         key: Option<&Key>,
     ) -> Next {
-        if outcome == Outcome::StaleConnection && self.stale_retries < MAX_STALE_RETRIES {
-            self.stale_retries += 1;
+        let pooled = matches!(outcome, Outcome::Unsent | Outcome::StaleConnection);
+        if pooled {
+            // The endpoint closed a pooled connection, which says nothing of its health.
             if let Some(index) = self.current_index {
                 self.tried.remove(index);
             }
+        }
+        if outcome == Outcome::Unsent && self.unsent_retries < MAX_UNSENT_RETRIES {
+            self.unsent_retries += 1;
             return Next::Retry;
         }
-        let early_break = matches!(
-            outcome,
-            Outcome::ConnectFailed | Outcome::ResetEarly | Outcome::StaleConnection
-        );
+        let early_break = pooled || matches!(outcome, Outcome::ConnectFailed | Outcome::ResetEarly);
         if early_break
             && self.retries_used < provider.retries
             && self.tried.len() < provider.endpoints.len()
@@ -216,7 +241,8 @@ mod tests {
     use super::*;
     use crate::config::{self, LoadOptions};
 
-    /// `a` on p1 (two endpoints, one retry) falls back to `b` then `c`; the key may use a and c.
+    /// `a` on p1 (two endpoints, one retry) falls back to `b` then `c` (on p2: one endpoint, no
+    /// retries); the key may use a and c.
     fn policy() -> (tempfile::TempDir, Arc<Policy>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("keys.d")).unwrap();
@@ -234,6 +260,7 @@ providers:
     endpoints: [{url: "http://127.0.0.1:2"}, {url: "http://127.0.0.1:3"}]
   p2:
     format: openai
+    retries: 0
     endpoints: [{url: "http://127.0.0.1:4"}]
 models:
   a: {provider: p1, fallbacks: [b, c]}
@@ -298,7 +325,7 @@ workloads:
     }
 
     #[test]
-    fn a_stale_pooled_connection_retries_the_same_endpoint_a_few_times() {
+    fn a_pooled_connection_that_sent_nothing_retries_the_same_endpoint_a_few_times() {
         let (_dir, policy) = policy();
         let key = policy.keys_by_id["k"].clone();
         let b = policy.model("b").unwrap().clone();
@@ -306,17 +333,49 @@ workloads:
         let states = registry.states(&b.provider);
         let mut up = UpstreamAttempts::default();
         up.start_model(&b, Instant::now());
-        for _ in 0..MAX_STALE_RETRIES {
+        for _ in 0..MAX_UNSENT_RETRIES {
             up.begin(0, &states[0], false);
-            let next = up.after_failure(Outcome::StaleConnection, &b.provider, &policy, Some(&key));
+            let next = up.after_failure(Outcome::Unsent, &b.provider, &policy, Some(&key));
             assert_eq!(next, Next::Retry);
             assert!(!up.tried.contains(0), "the endpoint may be picked again");
         }
+        assert_eq!(up.retries_used, 0, "nothing was sent, no retry spent");
         up.begin(0, &states[0], false);
-        // `b` has no fallbacks and its only endpoint is tried
+        // `b` has no retries and no fallbacks
+        assert_eq!(
+            up.after_failure(Outcome::Unsent, &b.provider, &policy, Some(&key)),
+            Next::GiveUp
+        );
+    }
+
+    #[test]
+    fn a_pooled_connection_that_broke_after_the_send_spends_a_retry() {
+        let (_dir, policy) = policy();
+        let key = policy.keys_by_id["k"].clone();
+        let b = policy.model("b").unwrap().clone();
+        let a = policy.model("a").unwrap().clone();
+        let registry = super::super::state::UpstreamRegistry::new();
+        // `b` has no retries: the request was sent once and is not sent again
+        let states = registry.states(&b.provider);
+        let mut up = UpstreamAttempts::default();
+        up.start_model(&b, Instant::now());
+        up.begin(0, &states[0], false);
         assert_eq!(
             up.after_failure(Outcome::StaleConnection, &b.provider, &policy, Some(&key)),
             Next::GiveUp
         );
+        // `a` has one: spent on the same endpoint, then the fallback
+        let states = registry.states(&a.provider);
+        let mut up = UpstreamAttempts::default();
+        up.start_model(&a, Instant::now());
+        up.begin(0, &states[0], false);
+        let decide = |up: &mut UpstreamAttempts| {
+            up.after_failure(Outcome::StaleConnection, &a.provider, &policy, Some(&key))
+        };
+        assert_eq!(decide(&mut up), Next::Retry);
+        assert!(!up.tried.contains(0), "the endpoint may be picked again");
+        up.begin(0, &states[0], false);
+        assert_eq!(decide(&mut up), Next::Fallback);
+        assert_eq!(up.retries_used, 1);
     }
 }

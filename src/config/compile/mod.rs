@@ -134,6 +134,7 @@ fn compile(
         load_stats,
         startup: settings.startup?,
         max_body_bytes: settings.max_body_bytes,
+        body_timeout: settings.body_timeout,
         trusted_proxies: settings.trusted_proxies,
         providers,
         models,

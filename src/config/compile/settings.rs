@@ -1,7 +1,7 @@
 //! The main file's own settings, as opposed to its providers, models and workloads: the
 //! listeners, the `server` section, the mock provider, the brute-force guard and the accounting
-//! sinks, which the server is built from once ([`StartupSettings`]); and the two that requests
-//! read from the live policy, `max_body_bytes` and `trusted_proxies`.
+//! sinks, which the server is built from once ([`StartupSettings`]); and those that requests
+//! read from the live policy, `max_body_bytes`, `server.body_timeout` and `trusted_proxies`.
 
 use super::{parse_cidr, parse_duration, Problems};
 use crate::accounting::audit::AuditTarget;
@@ -17,8 +17,12 @@ pub(super) struct Settings {
     /// `None` when one of them has a problem.
     pub startup: Option<StartupSettings>,
     pub max_body_bytes: usize,
+    pub body_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
 }
+
+/// `server.body_timeout` when the policy does not set it.
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) fn compile_settings(
     cfg: &Path,
@@ -60,6 +64,12 @@ pub(super) fn compile_settings(
             .map_err(|m| problems.add(cfg, "server.drain_delay", m))
             .ok()
     });
+    let body_timeout = match config.server.body_timeout.as_deref() {
+        None => DEFAULT_BODY_TIMEOUT,
+        Some(t) => parse_duration(t)
+            .map_err(|m| problems.add(cfg, "server.body_timeout", m))
+            .unwrap_or(DEFAULT_BODY_TIMEOUT),
+    };
     let mock_provider = config.mock_provider.as_ref().and_then(|m| {
         let listen =
             parse_addr(&m.listen).map_err(|e| problems.add(cfg, "mock_provider.listen", e));
@@ -116,6 +126,7 @@ pub(super) fn compile_settings(
     Settings {
         startup,
         max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+        body_timeout,
         trusted_proxies,
     }
 }
