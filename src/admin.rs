@@ -6,7 +6,9 @@
 
 use crate::accounting::report;
 use crate::domain::{KeyStatus, Operation};
-use crate::keys::lifecycle::{Actor, IssuedKey, KeyFiles, LifecycleError, NewKey};
+use crate::keys::lifecycle::{
+    Actor, Applied, AuditError, IssuedKey, KeyFiles, LifecycleError, NewKey,
+};
 use crate::keys::store::StoreError;
 use crate::limits::LimitState;
 use crate::metrics::Metrics;
@@ -212,13 +214,13 @@ impl AdminApi {
                     "rotate" => self.rotate(id, &body, actor).await,
                     "pause" => {
                         self.write(id.clone(), move |files| {
-                            files.set_status(&id, KeyStatus::Paused, &actor).map(|_| ())
+                            files.set_status(&id, KeyStatus::Paused, &actor)
                         })
                         .await
                     }
                     "resume" => {
                         self.write(id.clone(), move |files| {
-                            files.set_status(&id, KeyStatus::Active, &actor).map(|_| ())
+                            files.set_status(&id, KeyStatus::Active, &actor)
                         })
                         .await
                     }
@@ -410,23 +412,25 @@ impl AdminApi {
         .await
     }
 
-    /// Runs a secret-issuing lifecycle call, reloads, and returns the secret once.
+    /// Runs a secret-issuing lifecycle call, reloads, and returns the secret once: also when the
+    /// audit line failed after the key file was written, since that secret is the key's now.
     async fn issue<F>(&self, id: String, op: F, status: StatusCode) -> Reply
     where
-        F: FnOnce(&KeyFiles) -> Result<IssuedKey, LifecycleError> + Send + 'static,
+        F: FnOnce(&KeyFiles) -> Result<Applied<IssuedKey>, LifecycleError> + Send + 'static,
     {
         match self.run(op).await {
-            Ok(issued) => {
+            Ok(Applied { outcome, unaudited }) => {
                 let reload = self.reload_after_write().await;
                 let mut v = json!({
                     "id": id,
-                    "secret": issued.secret.secret,
-                    "hint": issued.secret.hint,
+                    "secret": outcome.secret.secret,
+                    "hint": outcome.secret.hint,
                     "reload": reload,
                 });
-                if let Some(until) = issued.previous_valid_until {
+                if let Some(until) = outcome.previous_valid_until {
                     v["previous_secret_valid_until"] = json!(until.to_rfc3339());
                 }
+                warn_unaudited(&id, unaudited, &mut v);
                 (status, v)
             }
             Err(e) => lifecycle_error(&id, e),
@@ -434,19 +438,19 @@ impl AdminApi {
     }
 
     /// Runs a lifecycle call that issues no secret, reloads, and returns the key as now served.
-    async fn write<F>(&self, id: String, op: F) -> Reply
+    async fn write<T, F>(&self, id: String, op: F) -> Reply
     where
-        F: FnOnce(&KeyFiles) -> Result<(), LifecycleError> + Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&KeyFiles) -> Result<Applied<T>, LifecycleError> + Send + 'static,
     {
         match self.run(op).await {
-            Ok(()) => {
+            Ok(Applied { unaudited, .. }) => {
                 let reload = self.reload_after_write().await;
                 let policy = self.reloader.store().load_full();
                 let key = policy.keys_by_id.get(&id).map(|k| key_view(&policy, k));
-                (
-                    StatusCode::OK,
-                    json!({"id": id, "key": key, "reload": reload}),
-                )
+                let mut v = json!({"id": id, "key": key, "reload": reload});
+                warn_unaudited(&id, unaudited, &mut v);
+                (StatusCode::OK, v)
             }
             Err(e) => lifecycle_error(&id, e),
         }
@@ -496,6 +500,14 @@ fn outcome_json(outcome: &ReloadOutcome) -> Value {
     }
 }
 
+/// A change that stands without its audit line: said in the answer's `warning` and logged.
+fn warn_unaudited(id: &str, unaudited: Option<AuditError>, v: &mut Value) {
+    if let Some(e) = unaudited {
+        tracing::warn!(key = id, error = %e, "admin key change not audited");
+        v["warning"] = json!(e.to_string());
+    }
+}
+
 fn not_found(id: &str) -> Reply {
     error(
         StatusCode::NOT_FOUND,
@@ -523,6 +535,23 @@ fn lifecycle_error(id: &str, e: LifecycleError) -> Reply {
             "invalid_key_id",
             message,
         ),
+        LifecycleError::GraceTooLong(_)
+        | LifecycleError::ExpiryPast(_)
+        | LifecycleError::ExpiryTooFar(_) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            message,
+        ),
+        LifecycleError::AuditUnavailable { .. } => {
+            tracing::error!(key = id, error = %message, "admin key operation refused");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "audit_log_unavailable",
+                message,
+            )
+        }
         LifecycleError::Store(StoreError::NotFound(_)) => not_found(id),
         LifecycleError::Store(StoreError::Exists(_)) => error(
             StatusCode::CONFLICT,

@@ -231,12 +231,13 @@ async fn rotation_without_and_with_grace() {
             },
             &actor,
         )
-        .unwrap();
+        .unwrap()
+        .outcome;
     reloader.reload_blocking().unwrap();
     assert_eq!(status_of(&url, &old.secret.secret).await, 200);
 
     // no grace: the old secret stops at once
-    let new = files.rotate("r1", None, &actor).unwrap();
+    let new = files.rotate("r1", None, &actor).unwrap().outcome;
     reloader.reload_blocking().unwrap();
     assert_eq!(status_of(&url, &new.secret.secret).await, 200);
     assert_eq!(status_of(&url, &old.secret.secret).await, 401);
@@ -244,7 +245,8 @@ async fn rotation_without_and_with_grace() {
     // with grace: both work until the grace ends, then only the new one
     let newer = files
         .rotate("r1", Some(Duration::from_secs(2)), &actor)
-        .unwrap();
+        .unwrap()
+        .outcome;
     reloader.reload_blocking().unwrap();
     assert!(newer.previous_valid_until.is_some());
     assert_eq!(status_of(&url, &newer.secret.secret).await, 200);
