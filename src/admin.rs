@@ -1,8 +1,11 @@
 //! The admin listener: Prometheus `/metrics`, `/healthz` (alive), `/readyz` (serving: 503
 //! before the data plane listens and while draining for shutdown), and the key management API under
 //! `/admin/`, which writes the same files the CLI writes (so git stays the record) and reloads
-//! after each write, and reports usage and budgets per key and workload. The API is enabled only when `KEYGATE_ADMIN_TOKEN` is set; requests must
-//! carry it as a Bearer token, compared in constant time.
+//! after each write, and reports usage and budgets per key and workload.
+//!
+//! The API is enabled only when `KEYGATE_ADMIN_TOKEN` is set; requests must carry the token as a
+//! Bearer token, compared in constant time. A token too short to resist guessing, or one whose
+//! name part is unclear, stops keygate at start rather than serving a weak API.
 
 use crate::accounting::report;
 use crate::domain::{KeyStatus, Operation};
@@ -28,6 +31,33 @@ use subtle::ConstantTimeEq;
 /// Largest admin request body accepted.
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
 
+/// The shortest admin token accepted: 24 random characters are far beyond online guessing.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 24;
+
+/// Why `KEYGATE_ADMIN_TOKEN` cannot be used. No message quotes any part of the value, which may
+/// be the token itself.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("KEYGATE_ADMIN_TOKEN is not valid UTF-8")]
+    NotUnicode,
+    #[error(
+        "KEYGATE_ADMIN_TOKEN must be NAME:TOKEN or a bare TOKEN without `:`, and the text before \
+         its first `:` is not a NAME (letters, digits, `-` and `_`); a token that contains `:` is \
+         written with a name, e.g. admin:TOKEN"
+    )]
+    BadName,
+    #[error(
+        "KEYGATE_ADMIN_TOKEN: the token may hold only printable ASCII characters other than space, \
+         as clients send it in an Authorization header"
+    )]
+    BadCharacter,
+    #[error(
+        "KEYGATE_ADMIN_TOKEN: the token has {0} characters; at least {MIN_ADMIN_TOKEN_CHARS} are \
+         required (e.g. `openssl rand -hex 24`)"
+    )]
+    TooShort(usize),
+}
+
 /// An admin credential: the token and the name it is audited under.
 #[derive(Clone)]
 pub struct AdminToken {
@@ -36,35 +66,45 @@ pub struct AdminToken {
 }
 
 impl AdminToken {
-    /// Parses `KEYGATE_ADMIN_TOKEN`: `NAME:TOKEN` (audited as `admin:NAME`) or a bare token
-    /// (audited as `admin:admin`).
-    pub fn parse(value: &str) -> Option<AdminToken> {
+    /// Parses `KEYGATE_ADMIN_TOKEN` (surrounding whitespace ignored). With a `:`, the text before
+    /// the first one is always the name (audited as `admin:NAME`) and the rest is the token, which
+    /// may itself contain `:`; without one, the value is the token (audited as `admin:admin`).
+    /// The name part is never guessed from its characters, so a value means one thing only.
+    pub fn parse(value: &str) -> Result<AdminToken, AdminTokenError> {
         let value = value.trim();
-        if value.is_empty() {
-            return None;
-        }
         let (name, token) = match value.split_once(':') {
-            Some((n, t))
-                if !n.is_empty()
-                    && !t.is_empty()
-                    && n.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-            {
-                (n, t)
+            Some((name, token)) => {
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !valid {
+                    return Err(AdminTokenError::BadName);
+                }
+                (name, token)
             }
-            _ => ("admin", value),
+            None => ("admin", value),
         };
-        Some(AdminToken {
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AdminTokenError::BadCharacter);
+        }
+        if token.len() < MIN_ADMIN_TOKEN_CHARS {
+            return Err(AdminTokenError::TooShort(token.len()));
+        }
+        Ok(AdminToken {
             name: name.to_owned(),
             token: token.as_bytes().to_vec(),
         })
     }
 
-    pub fn from_env() -> Option<AdminToken> {
-        std::env::var("KEYGATE_ADMIN_TOKEN")
-            .ok()
-            .as_deref()
-            .and_then(Self::parse)
+    /// The token `KEYGATE_ADMIN_TOKEN` sets; unset or empty leaves the admin API disabled.
+    pub fn from_env() -> Result<Option<AdminToken>, AdminTokenError> {
+        match std::env::var("KEYGATE_ADMIN_TOKEN") {
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(AdminTokenError::NotUnicode),
+            Ok(value) if value.trim().is_empty() => Ok(None),
+            Ok(value) => Self::parse(&value).map(Some),
+        }
     }
 
     fn matches(&self, presented: &[u8]) -> bool {
@@ -138,7 +178,10 @@ impl ServeHttp for AdminApi {
             ));
         }
         let reply = match path.strip_prefix("/admin/") {
-            Some(rest) => self.admin(session, &method, rest).await,
+            Some(rest) => match self.login(session) {
+                Ok(token) => self.admin(session, &method, rest, token).await,
+                Err(reply) => reply,
+            },
             None => error(
                 StatusCode::NOT_FOUND,
                 "not_found_error",
@@ -151,14 +194,15 @@ impl ServeHttp for AdminApi {
 }
 
 impl AdminApi {
-    async fn admin(&self, session: &mut ServerSession, method: &Method, rest: &str) -> Reply {
+    /// The admin token, if the request presents it; otherwise the reply that refuses it.
+    fn login(&self, session: &ServerSession) -> Result<&AdminToken, Reply> {
         let Some(token) = &self.token else {
-            return error(
+            return Err(error(
                 StatusCode::NOT_FOUND,
                 "not_found_error",
                 "admin_disabled",
                 "The admin API is disabled: set KEYGATE_ADMIN_TOKEN to enable it.",
-            );
+            ));
         };
         let presented = session
             .req_header()
@@ -168,14 +212,24 @@ impl AdminApi {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .unwrap_or("");
-        if !token.matches(presented.as_bytes()) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "authentication_error",
-                "invalid_admin_token",
-                "Missing or incorrect admin token.",
-            );
+        if token.matches(presented.as_bytes()) {
+            return Ok(token);
         }
+        Err(error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid_admin_token",
+            "Missing or incorrect admin token.",
+        ))
+    }
+
+    async fn admin(
+        &self,
+        session: &mut ServerSession,
+        method: &Method,
+        rest: &str,
+        token: &AdminToken,
+    ) -> Reply {
         let body = match read_body(session).await {
             Ok(b) => b,
             Err(reply) => return reply,
@@ -659,13 +713,52 @@ mod tests {
 
     #[test]
     fn tokens_parse_with_and_without_names() {
-        let t = AdminToken::parse("ops-bot:s3cret").unwrap();
+        let t = AdminToken::parse("ops-bot:s3cret-0123456789abcdefghijkl").unwrap();
         assert_eq!(t.name, "ops-bot");
-        assert!(t.matches(b"s3cret") && !t.matches(b"ops-bot:s3cret") && !t.matches(b"s3cre"));
-        let t = AdminToken::parse("plain-token").unwrap();
+        assert!(t.matches(b"s3cret-0123456789abcdefghijkl"));
+        assert!(!t.matches(b"ops-bot:s3cret-0123456789abcdefghijkl"));
+        let t = AdminToken::parse("  plain-token-0123456789abcdefghij \n").unwrap();
         assert_eq!(t.name, "admin");
-        assert!(t.matches(b"plain-token"));
-        assert!(AdminToken::parse("  ").is_none());
+        assert!(t.matches(b"plain-token-0123456789abcdefghij"));
         assert!(!format!("{t:?}").contains("plain-token"));
+    }
+
+    #[test]
+    fn the_first_colon_always_ends_the_name() {
+        let t = AdminToken::parse("admin:a:b-0123456789abcdefghijklmn").unwrap();
+        assert_eq!(t.name, "admin");
+        assert!(t.matches(b"a:b-0123456789abcdefghijklmn"));
+        for value in [
+            "a.b:0123456789abcdefghijklmnop",
+            ":0123456789abcdefghijklmnop",
+            "x/y:0123456789abcdefghijklmnop",
+        ] {
+            assert!(
+                matches!(AdminToken::parse(value), Err(AdminTokenError::BadName)),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn weak_tokens_are_refused() {
+        let at_limit = "x".repeat(MIN_ADMIN_TOKEN_CHARS);
+        assert!(AdminToken::parse(&at_limit).is_ok());
+        assert!(matches!(
+            AdminToken::parse(&at_limit[1..]),
+            Err(AdminTokenError::TooShort(23))
+        ));
+        assert!(matches!(
+            AdminToken::parse("ops:"),
+            Err(AdminTokenError::TooShort(0))
+        ));
+        assert!(matches!(
+            AdminToken::parse("ops:0123456789 abcdefghijklmnop"),
+            Err(AdminTokenError::BadCharacter)
+        ));
+        assert!(matches!(
+            AdminToken::parse("ops:0123456789abcdefghijklmnopé"),
+            Err(AdminTokenError::BadCharacter)
+        ));
     }
 }

@@ -396,6 +396,7 @@ fn serve(
     {
         bail!("--pingora-conf file does not exist");
     }
+    let (server, handles) = keygate::server::build(&store, Some(opt))?;
     tracing::info!(
         listen = %policy.startup.listen,
         mock_provider = ?policy.startup.mock_provider.as_ref().map(|m| m.listen),
@@ -403,7 +404,6 @@ fn serve(
         digest = %policy.digest,
         "keygate starting"
     );
-    let (server, handles) = keygate::server::build(&store, Some(opt))?;
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(keygate::shutdown::DrainingSignals {
             drain: handles.drain.clone(),

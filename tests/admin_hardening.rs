@@ -1,5 +1,6 @@
 //! The admin surface against failures and hostile callers: a management audit log that cannot be
-//! written (no issued secret may be lost), and out-of-range grace periods and expiries.
+//! written (no issued secret may be lost), out-of-range grace periods and expiries, and weak or
+//! ambiguous admin tokens.
 
 mod common;
 
@@ -8,7 +9,8 @@ use common::{client, key_file, keygate_bin, TestGateway};
 use keygate::keys::secret::KeyDigest;
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// `NAME:TOKEN`, and the token alone as clients send it.
 const ADMIN_TOKEN: &str = "ops:hardening-admin-token-0123";
@@ -358,5 +360,86 @@ async fn admin_bounds_grace_and_expiry_with_a_clear_error() {
         .await;
         assert_eq!(status, 400, "{expires_at}: {body}");
         assert!(!gw.keys_dir().join("svc.yaml").exists());
+    }
+}
+
+/// Runs `keygate serve` with `KEYGATE_ADMIN_TOKEN=token`; returns its exit code and stderr, or
+/// None if it was still running after `within` (then it is killed).
+fn serve_with_token(token: &str, within: Duration) -> Option<(Option<i32>, String)> {
+    let gw = TestGateway::prepare(
+        &format!(
+            "admin_listen: 127.0.0.1:{}\n{}",
+            free_port(),
+            common::one_model_policy("http://127.0.0.1:9", "")
+        ),
+        &[],
+    );
+    let mut child = Command::new(keygate_bin())
+        .args(["serve", "--config"])
+        .arg(&gw.config_path)
+        .env("KEYGATE_ADMIN_TOKEN", token)
+        .env_remove("KEYGATE_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start keygate");
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            return Some((status.code(), text(&out.stderr)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
+}
+
+#[test]
+fn weak_or_ambiguous_admin_tokens_are_refused_at_start() {
+    for (value, says) in [
+        ("ops:short-token", "at least 24"),
+        ("0123456789abcdefghijklm", "at least 24"),
+        ("ops:", "at least 24"),
+        ("ops.team:0123456789abcdefghijklmnop", "NAME:TOKEN"),
+        (":0123456789abcdefghijklmnop", "NAME:TOKEN"),
+        ("ops:0123456789 abcdefghijklmnop", "printable"),
+    ] {
+        let Some((code, stderr)) = serve_with_token(value, Duration::from_secs(20)) else {
+            panic!("keygate served with KEYGATE_ADMIN_TOKEN={value:?}");
+        };
+        assert_eq!(code, Some(1), "{value:?}: {stderr}");
+        assert!(
+            stderr.contains("KEYGATE_ADMIN_TOKEN") && stderr.contains(says),
+            "{value:?}: {stderr}"
+        );
+        if let Some((_, token)) = value.split_once(':') {
+            assert!(
+                token.len() < 4 || !stderr.contains(token),
+                "the token is never printed: {stderr}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_containing_a_colon_is_written_with_its_name() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let gw = TestGateway::prepare(&policy(&up.url(), ""), &[])
+        .boot_with_admin(Some("admin:colon:in-the-token-0123456789"));
+    let base = admin_base(&gw);
+    for (token, status) in [
+        ("colon:in-the-token-0123456789", 200),
+        ("admin:colon:in-the-token-0123456789", 401),
+        ("in-the-token-0123456789", 401),
+    ] {
+        let resp = client()
+            .get(format!("{base}/admin/keys"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{token}");
     }
 }

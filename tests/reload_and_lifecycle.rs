@@ -331,16 +331,20 @@ impl Admin {
 async fn admin_api_manages_keys_and_audits_every_event() {
     use reqwest::Method;
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
-    let gw =
-        TestGateway::prepare(&policy(&up.url()), &[]).boot_with_admin(Some("ops:admin-token-123"));
+    let gw = TestGateway::prepare(&policy(&up.url()), &[])
+        .boot_with_admin(Some("ops:admin-token-0123456789abcdef"));
     let admin = Admin {
         base: format!("http://127.0.0.1:{}", admin_port(&gw)),
-        token: "admin-token-123",
+        token: "admin-token-0123456789abcdef",
     };
     let url = gw.url("/v1/chat/completions");
 
     // authentication
-    for token in [None, Some("wrong"), Some("ops:admin-token-123")] {
+    for token in [
+        None,
+        Some("wrong"),
+        Some("ops:admin-token-0123456789abcdef"),
+    ] {
         let (status, body) = admin
             .call_with(
                 Method::POST,
@@ -481,7 +485,7 @@ async fn admin_api_manages_keys_and_audits_every_event() {
         writes.push(tokio::spawn(async move {
             client()
                 .post(format!("{base}/admin/keys/svc/{action}"))
-                .bearer_auth("admin-token-123")
+                .bearer_auth("admin-token-0123456789abcdef")
                 .send()
                 .await
                 .unwrap()
