@@ -5,7 +5,10 @@
 //!
 //! The API is enabled only when `KEYGATE_ADMIN_TOKEN` is set; requests must carry the token as a
 //! Bearer token, compared in constant time. A token too short to resist guessing, or one whose
-//! name part is unclear, stops keygate at start rather than serving a weak API.
+//! name part is unclear, stops keygate at start rather than serving a weak API. Wrong tokens count
+//! against the client address in the policy's `auth_guard` limits, kept apart from the data
+//! plane's; past them the address gets 429 for wrong tokens, never for the right one, so a
+//! guessing neighbour cannot lock operators out.
 
 use crate::accounting::report;
 use crate::domain::{KeyStatus, Operation};
@@ -13,6 +16,7 @@ use crate::keys::lifecycle::{
     Actor, Applied, AuditError, IssuedKey, KeyFiles, LifecycleError, NewKey,
 };
 use crate::keys::store::StoreError;
+use crate::limits::guard::AuthGuard;
 use crate::limits::LimitState;
 use crate::metrics::Metrics;
 use crate::policy::{Key, Policy};
@@ -25,7 +29,9 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// Largest admin request body accepted.
@@ -126,6 +132,8 @@ pub struct AdminApi {
     pub reloader: Arc<Reloader>,
     pub metrics: Arc<Metrics>,
     pub token: Option<AdminToken>,
+    /// Wrong admin tokens per client address.
+    pub login_guard: AuthGuard,
     /// Live budget spend and reservations.
     pub limits: Arc<dyn LimitState>,
     pub drain: Arc<crate::shutdown::Drain>,
@@ -133,6 +141,13 @@ pub struct AdminApi {
 }
 
 type Reply = (StatusCode, Value);
+
+/// Why an admin request is not let in.
+enum Refused {
+    Reply(Reply),
+    /// Too many wrong tokens from the address; retry after this long.
+    Throttled(Duration),
+}
 
 fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Reply {
     (
@@ -180,7 +195,8 @@ impl ServeHttp for AdminApi {
         let reply = match path.strip_prefix("/admin/") {
             Some(rest) => match self.login(session) {
                 Ok(token) => self.admin(session, &method, rest, token).await,
-                Err(reply) => reply,
+                Err(Refused::Reply(reply)) => reply,
+                Err(Refused::Throttled(after)) => return throttled(after),
             },
             None => error(
                 StatusCode::NOT_FOUND,
@@ -194,15 +210,16 @@ impl ServeHttp for AdminApi {
 }
 
 impl AdminApi {
-    /// The admin token, if the request presents it; otherwise the reply that refuses it.
-    fn login(&self, session: &ServerSession) -> Result<&AdminToken, Reply> {
+    /// The admin token, if the request presents it; otherwise the response that refuses it. A
+    /// wrong token counts against the client address; a missing one guesses nothing and does not.
+    fn login(&self, session: &ServerSession) -> Result<&AdminToken, Refused> {
         let Some(token) = &self.token else {
-            return Err(error(
+            return Err(Refused::Reply(error(
                 StatusCode::NOT_FOUND,
                 "not_found_error",
                 "admin_disabled",
                 "The admin API is disabled: set KEYGATE_ADMIN_TOKEN to enable it.",
-            ));
+            )));
         };
         let presented = session
             .req_header()
@@ -215,12 +232,26 @@ impl AdminApi {
         if token.matches(presented.as_bytes()) {
             return Ok(token);
         }
-        Err(error(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "invalid_admin_token",
-            "Missing or incorrect admin token.",
-        ))
+        let unauthorized = || {
+            Refused::Reply(error(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_admin_token",
+                "Missing or incorrect admin token.",
+            ))
+        };
+        if presented.is_empty() {
+            return Err(unauthorized());
+        }
+        // The admin listener is TCP only, so the peer is always an internet address.
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        if let Some(after) = self.login_guard.record_failure(client) {
+            return Err(Refused::Throttled(after));
+        }
+        Err(unauthorized())
     }
 
     async fn admin(
@@ -560,6 +591,23 @@ fn warn_unaudited(id: &str, unaudited: Option<AuditError>, v: &mut Value) {
         tracing::warn!(key = id, error = %e, "admin key change not audited");
         v["warning"] = json!(e.to_string());
     }
+}
+
+/// 429 for an address past its limit of wrong tokens, with `retry-after` and `retry-after-ms`
+/// as the data plane's 429s carry them.
+fn throttled(after: Duration) -> Response<Vec<u8>> {
+    let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    let secs = ms.div_ceil(1000);
+    let mut response = json_response(error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        format!("Too many wrong admin tokens from this address; retry in {secs} s."),
+    ));
+    let headers = response.headers_mut();
+    headers.insert(http::header::RETRY_AFTER, secs.into());
+    headers.insert(http::HeaderName::from_static("retry-after-ms"), ms.into());
+    response
 }
 
 fn not_found(id: &str) -> Reply {

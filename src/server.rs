@@ -191,6 +191,10 @@ pub fn build_with(
             reloader: reloader.clone(),
             metrics: metrics.clone(),
             token: admin_token,
+            login_guard: crate::limits::guard::AuthGuard::new(
+                settings.auth_guard.0,
+                settings.auth_guard.1,
+            ),
             limits: limits.clone(),
             drain: drain.clone(),
             upstreams: upstreams.clone(),

@@ -1,6 +1,6 @@
 //! The admin surface against failures and hostile callers: a management audit log that cannot be
-//! written (no issued secret may be lost), out-of-range grace periods and expiries, and weak or
-//! ambiguous admin tokens.
+//! written (no issued secret may be lost), out-of-range grace periods and expiries, weak or
+//! ambiguous admin tokens, and guessed admin tokens.
 
 mod common;
 
@@ -8,6 +8,7 @@ use common::upstream::{free_port, MockUpstream, Reply};
 use common::{client, key_file, keygate_bin, TestGateway};
 use keygate::keys::secret::KeyDigest;
 use serde_json::{json, Value};
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -442,4 +443,62 @@ async fn a_token_containing_a_colon_is_written_with_its_name() {
             .unwrap();
         assert_eq!(resp.status().as_u16(), status, "{token}");
     }
+}
+
+async fn admin_get_from(base: &str, from: &str, token: Option<&str>) -> reqwest::Response {
+    let from: IpAddr = from.parse().unwrap();
+    let client = reqwest::Client::builder()
+        .local_address(from)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let mut req = client.get(format!("{base}/admin/keys"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_admin_logins_are_throttled_per_address() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let gw = TestGateway::prepare(
+        &policy(&up.url(), "auth_guard: {max_failures: 3, per: 1m}\n"),
+        &[],
+    )
+    .boot_with_admin(Some(ADMIN_TOKEN));
+    let base = admin_base(&gw);
+
+    // a missing token guesses nothing and is not counted
+    for token in [
+        Some("wrong-token"),
+        None,
+        Some("also-wrong"),
+        None,
+        Some("wrong"),
+    ] {
+        let resp = admin_get_from(&base, "127.0.0.1", token).await;
+        assert_eq!(resp.status().as_u16(), 401, "{token:?}");
+    }
+    let resp = admin_get_from(&base, "127.0.0.1", Some("wrong-again")).await;
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry_after: u64 = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after in seconds");
+    assert!(retry_after > 0);
+    let (status, kind, code) = common::error_of(resp).await;
+    assert_eq!(
+        (status, kind.as_str(), code.as_str()),
+        (429, "rate_limit_error", "rate_limit_exceeded")
+    );
+
+    // the right token is not throttled, even from the offending address
+    let resp = admin_get_from(&base, "127.0.0.1", Some(BEARER)).await;
+    assert_eq!(resp.status().as_u16(), 200);
+    // another address is not affected
+    let resp = admin_get_from(&base, "127.0.0.2", Some("wrong-token")).await;
+    assert_eq!(resp.status().as_u16(), 401);
 }
