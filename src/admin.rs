@@ -1,13 +1,22 @@
 //! The admin listener: Prometheus `/metrics`, `/healthz` (alive), `/readyz` (serving: 503
 //! before the data plane listens and while draining for shutdown), and the key management API under
 //! `/admin/`, which writes the same files the CLI writes (so git stays the record) and reloads
-//! after each write, and reports usage and budgets per key and workload. The API is enabled only when `KEYGATE_ADMIN_TOKEN` is set; requests must
-//! carry it as a Bearer token, compared in constant time.
+//! after each write, and reports usage and budgets per key and workload.
+//!
+//! The API is enabled only when `KEYGATE_ADMIN_TOKEN` is set; requests must carry the token as a
+//! Bearer token, compared in constant time. A token too short to resist guessing, or one whose
+//! name part is unclear, stops keygate at start rather than serving a weak API. Wrong tokens count
+//! against the client address in the policy's `auth_guard` limits, kept apart from the data
+//! plane's; past them the address gets 429 for wrong tokens, never for the right one, so a
+//! guessing neighbour cannot lock operators out.
 
 use crate::accounting::report;
 use crate::domain::{KeyStatus, Operation};
-use crate::keys::lifecycle::{Actor, IssuedKey, KeyFiles, LifecycleError, NewKey};
+use crate::keys::lifecycle::{
+    Actor, Applied, AuditError, IssuedKey, KeyFiles, LifecycleError, NewKey,
+};
 use crate::keys::store::StoreError;
+use crate::limits::guard::AuthGuard;
 use crate::limits::LimitState;
 use crate::metrics::Metrics;
 use crate::policy::{Key, Policy};
@@ -20,11 +29,40 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// Largest admin request body accepted.
 const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// The shortest admin token accepted: 24 random characters are far beyond online guessing.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 24;
+
+/// Why `KEYGATE_ADMIN_TOKEN` cannot be used. No message quotes any part of the value, which may
+/// be the token itself.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("KEYGATE_ADMIN_TOKEN is not valid UTF-8")]
+    NotUnicode,
+    #[error(
+        "KEYGATE_ADMIN_TOKEN must be NAME:TOKEN or a bare TOKEN without `:`, and the text before \
+         its first `:` is not a NAME (letters, digits, `-` and `_`); a token that contains `:` is \
+         written with a name, e.g. admin:TOKEN"
+    )]
+    BadName,
+    #[error(
+        "KEYGATE_ADMIN_TOKEN: the token may hold only printable ASCII characters other than space, \
+         as clients send it in an Authorization header"
+    )]
+    BadCharacter,
+    #[error(
+        "KEYGATE_ADMIN_TOKEN: the token has {0} characters; at least {MIN_ADMIN_TOKEN_CHARS} are \
+         required (e.g. `openssl rand -hex 24`)"
+    )]
+    TooShort(usize),
+}
 
 /// An admin credential: the token and the name it is audited under.
 #[derive(Clone)]
@@ -34,35 +72,45 @@ pub struct AdminToken {
 }
 
 impl AdminToken {
-    /// Parses `KEYGATE_ADMIN_TOKEN`: `NAME:TOKEN` (audited as `admin:NAME`) or a bare token
-    /// (audited as `admin:admin`).
-    pub fn parse(value: &str) -> Option<AdminToken> {
+    /// Parses `KEYGATE_ADMIN_TOKEN` (surrounding whitespace ignored). With a `:`, the text before
+    /// the first one is always the name (audited as `admin:NAME`) and the rest is the token, which
+    /// may itself contain `:`; without one, the value is the token (audited as `admin:admin`).
+    /// The name part is never guessed from its characters, so a value means one thing only.
+    pub fn parse(value: &str) -> Result<AdminToken, AdminTokenError> {
         let value = value.trim();
-        if value.is_empty() {
-            return None;
-        }
         let (name, token) = match value.split_once(':') {
-            Some((n, t))
-                if !n.is_empty()
-                    && !t.is_empty()
-                    && n.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-            {
-                (n, t)
+            Some((name, token)) => {
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if !valid {
+                    return Err(AdminTokenError::BadName);
+                }
+                (name, token)
             }
-            _ => ("admin", value),
+            None => ("admin", value),
         };
-        Some(AdminToken {
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(AdminTokenError::BadCharacter);
+        }
+        if token.len() < MIN_ADMIN_TOKEN_CHARS {
+            return Err(AdminTokenError::TooShort(token.len()));
+        }
+        Ok(AdminToken {
             name: name.to_owned(),
             token: token.as_bytes().to_vec(),
         })
     }
 
-    pub fn from_env() -> Option<AdminToken> {
-        std::env::var("KEYGATE_ADMIN_TOKEN")
-            .ok()
-            .as_deref()
-            .and_then(Self::parse)
+    /// The token `KEYGATE_ADMIN_TOKEN` sets; unset or empty leaves the admin API disabled.
+    pub fn from_env() -> Result<Option<AdminToken>, AdminTokenError> {
+        match std::env::var("KEYGATE_ADMIN_TOKEN") {
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => Err(AdminTokenError::NotUnicode),
+            Ok(value) if value.trim().is_empty() => Ok(None),
+            Ok(value) => Self::parse(&value).map(Some),
+        }
     }
 
     fn matches(&self, presented: &[u8]) -> bool {
@@ -84,6 +132,8 @@ pub struct AdminApi {
     pub reloader: Arc<Reloader>,
     pub metrics: Arc<Metrics>,
     pub token: Option<AdminToken>,
+    /// Wrong admin tokens per client address.
+    pub login_guard: AuthGuard,
     /// Live budget spend and reservations.
     pub limits: Arc<dyn LimitState>,
     pub drain: Arc<crate::shutdown::Drain>,
@@ -91,6 +141,13 @@ pub struct AdminApi {
 }
 
 type Reply = (StatusCode, Value);
+
+/// Why an admin request is not let in.
+enum Refused {
+    Reply(Reply),
+    /// Too many wrong tokens from the address; retry after this long.
+    Throttled(Duration),
+}
 
 fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Reply {
     (
@@ -136,7 +193,11 @@ impl ServeHttp for AdminApi {
             ));
         }
         let reply = match path.strip_prefix("/admin/") {
-            Some(rest) => self.admin(session, &method, rest).await,
+            Some(rest) => match self.login(session) {
+                Ok(token) => self.admin(session, &method, rest, token).await,
+                Err(Refused::Reply(reply)) => reply,
+                Err(Refused::Throttled(after)) => return throttled(after),
+            },
             None => error(
                 StatusCode::NOT_FOUND,
                 "not_found_error",
@@ -149,14 +210,16 @@ impl ServeHttp for AdminApi {
 }
 
 impl AdminApi {
-    async fn admin(&self, session: &mut ServerSession, method: &Method, rest: &str) -> Reply {
+    /// The admin token, if the request presents it; otherwise the response that refuses it. A
+    /// wrong token counts against the client address; a missing one guesses nothing and does not.
+    fn login(&self, session: &ServerSession) -> Result<&AdminToken, Refused> {
         let Some(token) = &self.token else {
-            return error(
+            return Err(Refused::Reply(error(
                 StatusCode::NOT_FOUND,
                 "not_found_error",
                 "admin_disabled",
                 "The admin API is disabled: set KEYGATE_ADMIN_TOKEN to enable it.",
-            );
+            )));
         };
         let presented = session
             .req_header()
@@ -166,14 +229,38 @@ impl AdminApi {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .unwrap_or("");
-        if !token.matches(presented.as_bytes()) {
-            return error(
+        if token.matches(presented.as_bytes()) {
+            return Ok(token);
+        }
+        let unauthorized = || {
+            Refused::Reply(error(
                 StatusCode::UNAUTHORIZED,
                 "authentication_error",
                 "invalid_admin_token",
                 "Missing or incorrect admin token.",
-            );
+            ))
+        };
+        if presented.is_empty() {
+            return Err(unauthorized());
         }
+        // The admin listener is TCP only, so the peer is always an internet address.
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        if let Some(after) = self.login_guard.record_failure(client) {
+            return Err(Refused::Throttled(after));
+        }
+        Err(unauthorized())
+    }
+
+    async fn admin(
+        &self,
+        session: &mut ServerSession,
+        method: &Method,
+        rest: &str,
+        token: &AdminToken,
+    ) -> Reply {
         let body = match read_body(session).await {
             Ok(b) => b,
             Err(reply) => return reply,
@@ -212,13 +299,13 @@ impl AdminApi {
                     "rotate" => self.rotate(id, &body, actor).await,
                     "pause" => {
                         self.write(id.clone(), move |files| {
-                            files.set_status(&id, KeyStatus::Paused, &actor).map(|_| ())
+                            files.set_status(&id, KeyStatus::Paused, &actor)
                         })
                         .await
                     }
                     "resume" => {
                         self.write(id.clone(), move |files| {
-                            files.set_status(&id, KeyStatus::Active, &actor).map(|_| ())
+                            files.set_status(&id, KeyStatus::Active, &actor)
                         })
                         .await
                     }
@@ -410,23 +497,25 @@ impl AdminApi {
         .await
     }
 
-    /// Runs a secret-issuing lifecycle call, reloads, and returns the secret once.
+    /// Runs a secret-issuing lifecycle call, reloads, and returns the secret once: also when the
+    /// audit line failed after the key file was written, since that secret is the key's now.
     async fn issue<F>(&self, id: String, op: F, status: StatusCode) -> Reply
     where
-        F: FnOnce(&KeyFiles) -> Result<IssuedKey, LifecycleError> + Send + 'static,
+        F: FnOnce(&KeyFiles) -> Result<Applied<IssuedKey>, LifecycleError> + Send + 'static,
     {
         match self.run(op).await {
-            Ok(issued) => {
+            Ok(Applied { outcome, unaudited }) => {
                 let reload = self.reload_after_write().await;
                 let mut v = json!({
                     "id": id,
-                    "secret": issued.secret.secret,
-                    "hint": issued.secret.hint,
+                    "secret": outcome.secret.secret,
+                    "hint": outcome.secret.hint,
                     "reload": reload,
                 });
-                if let Some(until) = issued.previous_valid_until {
+                if let Some(until) = outcome.previous_valid_until {
                     v["previous_secret_valid_until"] = json!(until.to_rfc3339());
                 }
+                warn_unaudited(&id, unaudited, &mut v);
                 (status, v)
             }
             Err(e) => lifecycle_error(&id, e),
@@ -434,19 +523,19 @@ impl AdminApi {
     }
 
     /// Runs a lifecycle call that issues no secret, reloads, and returns the key as now served.
-    async fn write<F>(&self, id: String, op: F) -> Reply
+    async fn write<T, F>(&self, id: String, op: F) -> Reply
     where
-        F: FnOnce(&KeyFiles) -> Result<(), LifecycleError> + Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&KeyFiles) -> Result<Applied<T>, LifecycleError> + Send + 'static,
     {
         match self.run(op).await {
-            Ok(()) => {
+            Ok(Applied { unaudited, .. }) => {
                 let reload = self.reload_after_write().await;
                 let policy = self.reloader.store().load_full();
                 let key = policy.keys_by_id.get(&id).map(|k| key_view(&policy, k));
-                (
-                    StatusCode::OK,
-                    json!({"id": id, "key": key, "reload": reload}),
-                )
+                let mut v = json!({"id": id, "key": key, "reload": reload});
+                warn_unaudited(&id, unaudited, &mut v);
+                (StatusCode::OK, v)
             }
             Err(e) => lifecycle_error(&id, e),
         }
@@ -496,6 +585,31 @@ fn outcome_json(outcome: &ReloadOutcome) -> Value {
     }
 }
 
+/// A change that stands without its audit line: said in the answer's `warning` and logged.
+fn warn_unaudited(id: &str, unaudited: Option<AuditError>, v: &mut Value) {
+    if let Some(e) = unaudited {
+        tracing::warn!(key = id, error = %e, "admin key change not audited");
+        v["warning"] = json!(e.to_string());
+    }
+}
+
+/// 429 for an address past its limit of wrong tokens, with `retry-after` and `retry-after-ms`
+/// as the data plane's 429s carry them.
+fn throttled(after: Duration) -> Response<Vec<u8>> {
+    let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    let secs = ms.div_ceil(1000);
+    let mut response = json_response(error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        format!("Too many wrong admin tokens from this address; retry in {secs} s."),
+    ));
+    let headers = response.headers_mut();
+    headers.insert(http::header::RETRY_AFTER, secs.into());
+    headers.insert(http::HeaderName::from_static("retry-after-ms"), ms.into());
+    response
+}
+
 fn not_found(id: &str) -> Reply {
     error(
         StatusCode::NOT_FOUND,
@@ -523,6 +637,23 @@ fn lifecycle_error(id: &str, e: LifecycleError) -> Reply {
             "invalid_key_id",
             message,
         ),
+        LifecycleError::GraceTooLong(_)
+        | LifecycleError::ExpiryPast(_)
+        | LifecycleError::ExpiryTooFar(_) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            message,
+        ),
+        LifecycleError::AuditUnavailable { .. } => {
+            tracing::error!(key = id, error = %message, "admin key operation refused");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "audit_log_unavailable",
+                message,
+            )
+        }
         LifecycleError::Store(StoreError::NotFound(_)) => not_found(id),
         LifecycleError::Store(StoreError::Exists(_)) => error(
             StatusCode::CONFLICT,
@@ -630,13 +761,52 @@ mod tests {
 
     #[test]
     fn tokens_parse_with_and_without_names() {
-        let t = AdminToken::parse("ops-bot:s3cret").unwrap();
+        let t = AdminToken::parse("ops-bot:s3cret-0123456789abcdefghijkl").unwrap();
         assert_eq!(t.name, "ops-bot");
-        assert!(t.matches(b"s3cret") && !t.matches(b"ops-bot:s3cret") && !t.matches(b"s3cre"));
-        let t = AdminToken::parse("plain-token").unwrap();
+        assert!(t.matches(b"s3cret-0123456789abcdefghijkl"));
+        assert!(!t.matches(b"ops-bot:s3cret-0123456789abcdefghijkl"));
+        let t = AdminToken::parse("  plain-token-0123456789abcdefghij \n").unwrap();
         assert_eq!(t.name, "admin");
-        assert!(t.matches(b"plain-token"));
-        assert!(AdminToken::parse("  ").is_none());
+        assert!(t.matches(b"plain-token-0123456789abcdefghij"));
         assert!(!format!("{t:?}").contains("plain-token"));
+    }
+
+    #[test]
+    fn the_first_colon_always_ends_the_name() {
+        let t = AdminToken::parse("admin:a:b-0123456789abcdefghijklmn").unwrap();
+        assert_eq!(t.name, "admin");
+        assert!(t.matches(b"a:b-0123456789abcdefghijklmn"));
+        for value in [
+            "a.b:0123456789abcdefghijklmnop",
+            ":0123456789abcdefghijklmnop",
+            "x/y:0123456789abcdefghijklmnop",
+        ] {
+            assert!(
+                matches!(AdminToken::parse(value), Err(AdminTokenError::BadName)),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn weak_tokens_are_refused() {
+        let at_limit = "x".repeat(MIN_ADMIN_TOKEN_CHARS);
+        assert!(AdminToken::parse(&at_limit).is_ok());
+        assert!(matches!(
+            AdminToken::parse(&at_limit[1..]),
+            Err(AdminTokenError::TooShort(23))
+        ));
+        assert!(matches!(
+            AdminToken::parse("ops:"),
+            Err(AdminTokenError::TooShort(0))
+        ));
+        assert!(matches!(
+            AdminToken::parse("ops:0123456789 abcdefghijklmnop"),
+            Err(AdminTokenError::BadCharacter)
+        ));
+        assert!(matches!(
+            AdminToken::parse("ops:0123456789abcdefghijklmnopé"),
+            Err(AdminTokenError::BadCharacter)
+        ));
     }
 }

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use keygate::config::{self, LoadOptions};
 use keygate::domain::KeyStatus;
 use keygate::domain::Operation;
-use keygate::keys::lifecycle::{Actor, KeyFiles, NewKey};
+use keygate::keys::lifecycle::{Actor, Applied, AuditError, KeyFiles, NewKey};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -120,7 +120,7 @@ enum KeysCommand {
         /// Comma-separated operations (chat, completions, embeddings, responses).
         #[arg(long, value_delimiter = ',')]
         operations: Option<Vec<String>>,
-        /// Expiry as RFC 3339, e.g. 2027-06-30T00:00:00Z.
+        /// Expiry as RFC 3339, e.g. 2027-06-30T00:00:00Z: in the future, before the year 9999.
         #[arg(long)]
         expires: Option<String>,
     },
@@ -131,7 +131,8 @@ enum KeysCommand {
     /// Issue a new secret with the same settings; prints it alone on stdout, once.
     Rotate {
         id: String,
-        /// Keep the old secret working this long (e.g. 1h, 7d) for a zero-downtime switch.
+        /// Keep the old secret working this long (e.g. 1h, 7d; at most 30d) for a zero-downtime
+        /// switch.
         #[arg(long)]
         grace: Option<String>,
     },
@@ -234,7 +235,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     operations,
                     expires_at,
                 };
-                let issued = KeyFiles::open(&config)?.create(&id, settings, &Actor::cli())?;
+                let Applied {
+                    outcome: issued,
+                    unaudited,
+                } = KeyFiles::open(&config)?.create(&id, settings, &Actor::cli())?;
                 eprintln!(
                     "created key `{}` ({}) in {}; the secret below is shown only once:",
                     issued.id,
@@ -242,6 +246,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     issued.file.display()
                 );
                 println!("{}", issued.secret.secret);
+                warn_unaudited(unaudited);
                 Ok(ExitCode::SUCCESS)
             }
             KeysCommand::Show { id } => {
@@ -257,31 +262,48 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         })
                     })
                     .transpose()?;
-                let issued = KeyFiles::open(&config)?.rotate(&id, grace, &Actor::cli())?;
+                let Applied {
+                    outcome: issued,
+                    unaudited,
+                } = KeyFiles::open(&config)?.rotate(&id, grace, &Actor::cli())?;
                 match issued.previous_valid_until {
                     Some(until) => eprintln!("rotated key `{id}`; the previous secret works until {}. New secret, shown only once:", until.to_rfc3339()),
                     None => eprintln!("rotated key `{id}`; the previous secret no longer works. New secret, shown only once:"),
                 }
                 println!("{}", issued.secret.secret);
+                warn_unaudited(unaudited);
                 Ok(ExitCode::SUCCESS)
             }
             KeysCommand::Pause { id } => {
-                KeyFiles::open(&config)?.set_status(&id, KeyStatus::Paused, &Actor::cli())?;
+                let applied =
+                    KeyFiles::open(&config)?.set_status(&id, KeyStatus::Paused, &Actor::cli())?;
                 eprintln!("paused key `{id}`");
+                warn_unaudited(applied.unaudited);
                 Ok(ExitCode::SUCCESS)
             }
             KeysCommand::Resume { id } => {
-                KeyFiles::open(&config)?.set_status(&id, KeyStatus::Active, &Actor::cli())?;
+                let applied =
+                    KeyFiles::open(&config)?.set_status(&id, KeyStatus::Active, &Actor::cli())?;
                 eprintln!("resumed key `{id}`");
+                warn_unaudited(applied.unaudited);
                 Ok(ExitCode::SUCCESS)
             }
             KeysCommand::Delete { id } => {
-                KeyFiles::open(&config)?.delete(&id, &Actor::cli())?;
+                let applied = KeyFiles::open(&config)?.delete(&id, &Actor::cli())?;
                 eprintln!("deleted key `{id}`");
+                warn_unaudited(applied.unaudited);
                 Ok(ExitCode::SUCCESS)
             }
             KeysCommand::List => list_keys(config),
         },
+    }
+}
+
+/// A change that stands without its audit line succeeds with a warning: failing would tell
+/// scripts it did not happen, and they would drop a secret that is already the key's.
+fn warn_unaudited(unaudited: Option<AuditError>) {
+    if let Some(e) = unaudited {
+        eprintln!("warning: {e}");
     }
 }
 
@@ -374,6 +396,7 @@ fn serve(
     {
         bail!("--pingora-conf file does not exist");
     }
+    let (server, handles) = keygate::server::build(&store, Some(opt))?;
     tracing::info!(
         listen = %policy.startup.listen,
         mock_provider = ?policy.startup.mock_provider.as_ref().map(|m| m.listen),
@@ -381,7 +404,6 @@ fn serve(
         digest = %policy.digest,
         "keygate starting"
     );
-    let (server, handles) = keygate::server::build(&store, Some(opt))?;
     server.run(pingora::server::RunArgs {
         shutdown_signal: Box::new(keygate::shutdown::DrainingSignals {
             drain: handles.drain.clone(),

@@ -5,7 +5,7 @@
 
 use crate::accounting::audit::AuditWriter;
 use crate::accounting::{self, Recorder};
-use crate::admin::{AdminApi, AdminToken};
+use crate::admin::{AdminApi, AdminToken, AdminTokenError};
 use crate::config::{self, LoadOptions, PolicyErrors};
 use crate::limits::{LimitState, MemoryLimits};
 use crate::metrics::Metrics;
@@ -41,6 +41,8 @@ pub enum ServeError {
     NotListening(SocketAddr, Duration),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    AdminToken(#[from] AdminTokenError),
     #[error("cannot open the audit log {target}: {source}")]
     AuditLog {
         target: String,
@@ -75,7 +77,7 @@ pub fn load_policy(config_path: &Path) -> Result<PolicyStore, PolicyErrors> {
 /// options (e.g. `--upgrade` for a zero-downtime binary upgrade).
 /// The process exits as soon as a graceful shutdown has drained.
 pub fn build(store: &PolicyStore, opt: Option<Opt>) -> Result<(Server, Handles), ServeError> {
-    build_with(store, opt, AdminToken::from_env(), Host::OwnProcess)
+    build_with(store, opt, AdminToken::from_env()?, Host::OwnProcess)
 }
 
 /// What a built server shares its process with.
@@ -189,6 +191,10 @@ pub fn build_with(
             reloader: reloader.clone(),
             metrics: metrics.clone(),
             token: admin_token,
+            login_guard: crate::limits::guard::AuthGuard::new(
+                settings.auth_guard.0,
+                settings.auth_guard.1,
+            ),
             limits: limits.clone(),
             drain: drain.clone(),
             upstreams: upstreams.clone(),

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ADMIN_TOKEN: &str = "ops:admin-secret-token";
+const ADMIN_TOKEN: &str = "ops:admin-secret-token-0123456789";
 
 /// One model `m1` at `upstream` priced $1000/Mtok in and out (a token costs $0.001), with usage
 /// persisted and audited under the test's directory.
@@ -64,7 +64,7 @@ async fn booked(gw: &TestGateway, n: usize) -> Vec<Value> {
 async fn admin_get(url: String) -> reqwest::Response {
     client()
         .get(url)
-        .bearer_auth("admin-secret-token")
+        .bearer_auth("admin-secret-token-0123456789")
         .send()
         .await
         .unwrap()

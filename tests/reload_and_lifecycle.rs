@@ -231,12 +231,13 @@ async fn rotation_without_and_with_grace() {
             },
             &actor,
         )
-        .unwrap();
+        .unwrap()
+        .outcome;
     reloader.reload_blocking().unwrap();
     assert_eq!(status_of(&url, &old.secret.secret).await, 200);
 
     // no grace: the old secret stops at once
-    let new = files.rotate("r1", None, &actor).unwrap();
+    let new = files.rotate("r1", None, &actor).unwrap().outcome;
     reloader.reload_blocking().unwrap();
     assert_eq!(status_of(&url, &new.secret.secret).await, 200);
     assert_eq!(status_of(&url, &old.secret.secret).await, 401);
@@ -244,7 +245,8 @@ async fn rotation_without_and_with_grace() {
     // with grace: both work until the grace ends, then only the new one
     let newer = files
         .rotate("r1", Some(Duration::from_secs(2)), &actor)
-        .unwrap();
+        .unwrap()
+        .outcome;
     reloader.reload_blocking().unwrap();
     assert!(newer.previous_valid_until.is_some());
     assert_eq!(status_of(&url, &newer.secret.secret).await, 200);
@@ -329,16 +331,20 @@ impl Admin {
 async fn admin_api_manages_keys_and_audits_every_event() {
     use reqwest::Method;
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
-    let gw =
-        TestGateway::prepare(&policy(&up.url()), &[]).boot_with_admin(Some("ops:admin-token-123"));
+    let gw = TestGateway::prepare(&policy(&up.url()), &[])
+        .boot_with_admin(Some("ops:admin-token-0123456789abcdef"));
     let admin = Admin {
         base: format!("http://127.0.0.1:{}", admin_port(&gw)),
-        token: "admin-token-123",
+        token: "admin-token-0123456789abcdef",
     };
     let url = gw.url("/v1/chat/completions");
 
     // authentication
-    for token in [None, Some("wrong"), Some("ops:admin-token-123")] {
+    for token in [
+        None,
+        Some("wrong"),
+        Some("ops:admin-token-0123456789abcdef"),
+    ] {
         let (status, body) = admin
             .call_with(
                 Method::POST,
@@ -479,7 +485,7 @@ async fn admin_api_manages_keys_and_audits_every_event() {
         writes.push(tokio::spawn(async move {
             client()
                 .post(format!("{base}/admin/keys/svc/{action}"))
-                .bearer_auth("admin-token-123")
+                .bearer_auth("admin-token-0123456789abcdef")
                 .send()
                 .await
                 .unwrap()

@@ -2,6 +2,11 @@
 //! resume, delete. Each edits only the key's own file, atomically and under a lock on the keys
 //! directory (so concurrent writers never interleave a read-modify-write), refuses to leave behind
 //! a policy that no longer validates, and appends one line to the management audit log.
+//!
+//! The audit log is opened before the key file is touched, so a log that cannot be opened refuses
+//! the change while nothing is written. The line itself can only be appended after the change: if
+//! that append fails, the change stands and the failure is returned beside it ([`Applied`]),
+//! because undoing it is not always possible and a caller must still get the secret it issued.
 
 use super::secret;
 use super::store::{self, StoreError};
@@ -9,12 +14,21 @@ use crate::config::schema::{KeyFile, PreviousHash};
 use crate::config::{self, LoadOptions, PolicyErrors, KEY_ID_RULE};
 use crate::domain::{KeyStatus, Operation};
 use crate::policy::Policy;
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Datelike, SubsecRound, Utc};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The longest grace period of a rotation, in days. The overlap exists for a switch without
+/// downtime; a longer one would keep a secret that is being retired working for no purpose.
+pub const MAX_GRACE_DAYS: u64 = 30;
+const MAX_GRACE: Duration = Duration::from_secs(MAX_GRACE_DAYS * 24 * 60 * 60);
+
+/// Expiries in this year or later are refused: they stand for "never" (omit the expiry instead),
+/// and RFC 3339, which key files and the CLI use, has no years past it.
+const EXPIRY_YEAR_LIMIT: i32 = 9999;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -32,8 +46,29 @@ pub enum LifecycleError {
     Random(String),
     #[error("cannot lock the keys directory: {0}")]
     Lock(std::io::Error),
-    #[error("cannot write the management audit log {0}: {1}")]
-    Audit(PathBuf, std::io::Error),
+    #[error("a grace period is at most {MAX_GRACE_DAYS} days, not {}", humantime::format_duration(*.0))]
+    GraceTooLong(Duration),
+    #[error("a key's expiry must be in the future, not {}", .0.to_rfc3339())]
+    ExpiryPast(DateTime<Utc>),
+    #[error("a key's expiry must be before the year {EXPIRY_YEAR_LIMIT}, not {}; omit it for a key that does not expire", .0.to_rfc3339())]
+    ExpiryTooFar(DateTime<Utc>),
+    #[error("cannot open the management audit log {}, so nothing was changed: {io}", path.display())]
+    AuditUnavailable { path: PathBuf, io: std::io::Error },
+}
+
+/// A change made whose management audit line could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("the change was made, but its line could not be written to the management audit log {}: {io}", path.display())]
+pub struct AuditError {
+    pub path: PathBuf,
+    pub io: std::io::Error,
+}
+
+/// A change that took effect, and the audit line it could not write, if any.
+#[derive(Debug)]
+pub struct Applied<T> {
+    pub outcome: T,
+    pub unaudited: Option<AuditError>,
 }
 
 /// Who performed a lifecycle action, for the management audit log.
@@ -140,9 +175,13 @@ impl KeyFiles {
         id: &str,
         settings: NewKey,
         actor: &Actor,
-    ) -> Result<IssuedKey, LifecycleError> {
+    ) -> Result<Applied<IssuedKey>, LifecycleError> {
         check_id(id)?;
+        if let Some(at) = settings.expires_at {
+            check_expiry(at, Utc::now())?;
+        }
         let _lock = self.lock()?;
+        let audit = self.open_audit()?;
         let new_secret = secret::generate().map_err(|e| LifecycleError::Random(e.to_string()))?;
         let file = KeyFile {
             id: None,
@@ -168,12 +207,14 @@ impl KeyFiles {
             let _ = std::fs::remove_file(&path);
             return Err(LifecycleError::Rejected(problems));
         }
-        self.audit("create", id, actor, None)?;
-        Ok(IssuedKey {
-            id: id.to_owned(),
-            secret: new_secret,
-            file: path,
-            previous_valid_until: None,
+        Ok(Applied {
+            unaudited: audit.append("create", id, actor, None).err(),
+            outcome: IssuedKey {
+                id: id.to_owned(),
+                secret: new_secret,
+                file: path,
+                previous_valid_until: None,
+            },
         })
     }
 
@@ -183,23 +224,33 @@ impl KeyFiles {
         self.read_own_file(id)
     }
 
-    /// Issues a new secret with the same settings. With a grace period the old secret keeps
-    /// working until it ends; without one it stops at once.
+    /// Issues a new secret with the same settings. With a grace period (at most [`MAX_GRACE_DAYS`])
+    /// the old secret keeps working until it ends; without one it stops at once.
     pub fn rotate(
         &self,
         id: &str,
         grace: Option<Duration>,
         actor: &Actor,
-    ) -> Result<IssuedKey, LifecycleError> {
+    ) -> Result<Applied<IssuedKey>, LifecycleError> {
         check_id(id)?;
+        let grace = grace
+            .filter(|g| !g.is_zero())
+            .map(|g| {
+                chrono::Duration::from_std(g)
+                    .ok()
+                    .filter(|_| g <= MAX_GRACE)
+                    .ok_or(LifecycleError::GraceTooLong(g))
+            })
+            .transpose()?;
         let _lock = self.lock()?;
         let mut key = self.read_own_file(id)?;
+        let audit = self.open_audit()?;
         let now = Utc::now().trunc_subsecs(0);
         let new_secret = secret::generate().map_err(|e| LifecycleError::Random(e.to_string()))?;
         // Secrets whose grace already ended are dropped so files do not grow forever.
         key.previous_hashes.retain(|p| p.valid_until > now);
-        let previous_valid_until = grace.filter(|g| !g.is_zero()).map(|g| {
-            let until = now + chrono::Duration::from_std(g).unwrap_or(chrono::Duration::MAX);
+        let previous_valid_until = grace.map(|g| {
+            let until = now + g;
             key.previous_hashes.push(PreviousHash {
                 hash: key.hash.clone(),
                 valid_until: until,
@@ -211,12 +262,14 @@ impl KeyFiles {
         let path = self.write_checked(id, &key)?;
         let detail =
             previous_valid_until.map(|u| format!("previous secret valid until {}", u.to_rfc3339()));
-        self.audit("rotate", id, actor, detail)?;
-        Ok(IssuedKey {
-            id: id.to_owned(),
-            secret: new_secret,
-            file: path,
-            previous_valid_until,
+        Ok(Applied {
+            unaudited: audit.append("rotate", id, actor, detail).err(),
+            outcome: IssuedKey {
+                id: id.to_owned(),
+                secret: new_secret,
+                file: path,
+                previous_valid_until,
+            },
         })
     }
 
@@ -226,29 +279,35 @@ impl KeyFiles {
         id: &str,
         status: KeyStatus,
         actor: &Actor,
-    ) -> Result<KeyFile, LifecycleError> {
+    ) -> Result<Applied<KeyFile>, LifecycleError> {
         check_id(id)?;
         let _lock = self.lock()?;
         let mut key = self.read_own_file(id)?;
+        let audit = self.open_audit()?;
         key.status = status;
         self.write_checked(id, &key)?;
         let action = match status {
             KeyStatus::Active => "resume",
             KeyStatus::Paused => "pause",
         };
-        self.audit(action, id, actor, None)?;
-        Ok(key)
+        Ok(Applied {
+            unaudited: audit.append(action, id, actor, None).err(),
+            outcome: key,
+        })
     }
 
     /// Deletes key `id`: its secret is refused as soon as the policy reloads.
-    pub fn delete(&self, id: &str, actor: &Actor) -> Result<(), LifecycleError> {
+    pub fn delete(&self, id: &str, actor: &Actor) -> Result<Applied<()>, LifecycleError> {
         check_id(id)?;
         let _lock = self.lock()?;
         self.read_own_file(id)?;
+        let audit = self.open_audit()?;
         let path = store::key_path(&self.keys_dir, id);
         std::fs::remove_file(&path).map_err(|source| StoreError::Io { path, source })?;
-        self.audit("delete", id, actor, None)?;
-        Ok(())
+        Ok(Applied {
+            unaudited: audit.append("delete", id, actor, None).err(),
+            outcome: (),
+        })
     }
 
     fn read_own_file(&self, id: &str) -> Result<KeyFile, LifecycleError> {
@@ -296,13 +355,41 @@ impl KeyFiles {
         Ok(file)
     }
 
-    fn audit(
-        &self,
+    /// The management audit log, open for appending (created with its directory if missing).
+    fn open_audit(&self) -> Result<AuditLog, LifecycleError> {
+        let unavailable = |io| LifecycleError::AuditUnavailable {
+            path: self.audit_file.clone(),
+            io,
+        };
+        if let Some(dir) = self.audit_file.parent() {
+            std::fs::create_dir_all(dir).map_err(unavailable)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.audit_file)
+            .map_err(unavailable)?;
+        Ok(AuditLog {
+            file,
+            path: self.audit_file.clone(),
+        })
+    }
+}
+
+/// The management audit log, opened before a change.
+struct AuditLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl AuditLog {
+    fn append(
+        mut self,
         action: &str,
         key_id: &str,
         actor: &Actor,
         detail: Option<String>,
-    ) -> Result<(), LifecycleError> {
+    ) -> Result<(), AuditError> {
         let line = AuditLine {
             ts: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             action,
@@ -312,17 +399,23 @@ impl KeyFiles {
         };
         let mut text = serde_json::to_string(&line).unwrap_or_default();
         text.push('\n');
-        let err = |e| LifecycleError::Audit(self.audit_file.clone(), e);
-        if let Some(dir) = self.audit_file.parent() {
-            std::fs::create_dir_all(dir).map_err(err)?;
-        }
         // One write of one line with O_APPEND: concurrent writers never interleave within a line.
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.audit_file)
-            .map_err(err)?;
-        f.write_all(text.as_bytes()).map_err(err)?;
+        self.file
+            .write_all(text.as_bytes())
+            .map_err(|io| AuditError {
+                path: self.path,
+                io,
+            })
+    }
+}
+
+/// Refuses an expiry at or before `now`, or in [`EXPIRY_YEAR_LIMIT`] or later.
+fn check_expiry(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), LifecycleError> {
+    if at <= now {
+        Err(LifecycleError::ExpiryPast(at))
+    } else if at.year() >= EXPIRY_YEAR_LIMIT {
+        Err(LifecycleError::ExpiryTooFar(at))
+    } else {
         Ok(())
     }
 }

@@ -52,7 +52,7 @@ impl TestGateway {
 
     /// Boots with the admin API enabled under `token` (`NAME:TOKEN` or a bare token).
     pub fn boot_with_admin(mut self, token: Option<&str>) -> TestGateway {
-        let token = token.and_then(keygate::admin::AdminToken::parse);
+        let token = token.map(|t| keygate::admin::AdminToken::parse(t).expect("admin token"));
         match RunningGateway::start(&self.config_path, token) {
             Ok(r) => self.running = Some(r),
             Err(e) => panic!("gateway failed to start: {e}"),
