@@ -81,6 +81,19 @@ pub struct ServerFile {
     /// How long a request body may take to arrive whole (default `30s`).
     #[serde(default)]
     pub body_timeout: Option<String>,
+    /// How long an idle keep-alive connection is kept for the client's next request (default
+    /// `60s`).
+    #[serde(default)]
+    pub keepalive_timeout: Option<String>,
+    /// How long a request head may take to arrive whole, counted from the connection's
+    /// acceptance or, on a kept-alive connection, from the next request's first byte (default
+    /// `10s`).
+    #[serde(default)]
+    pub header_timeout: Option<String>,
+    /// Open client connections on the data plane past which new ones are refused (default: half
+    /// the process's open-file limit, at most 10,000).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 /// The optional embedded OpenAI-compatible upstream, for trying keygate without a provider account.

@@ -41,6 +41,11 @@ pub struct ServerSettings {
     pub grace_period: Option<Duration>,
     #[serde(serialize_with = "as_debug")]
     pub drain_delay: Option<Duration>,
+    #[serde(serialize_with = "as_debug")]
+    pub keepalive_timeout: Option<Duration>,
+    #[serde(serialize_with = "as_debug")]
+    pub header_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +113,9 @@ mod tests {
                 work_stealing: None,
                 grace_period: Some(Duration::from_secs(30)),
                 drain_delay: None,
+                keepalive_timeout: None,
+                header_timeout: None,
+                max_connections: None,
             },
             auth_guard: (20, Duration::from_secs(60)),
             state_dir: Some(PathBuf::from("state")),

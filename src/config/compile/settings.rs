@@ -70,6 +70,19 @@ pub(super) fn compile_settings(
             .map_err(|m| problems.add(cfg, "server.body_timeout", m))
             .unwrap_or(DEFAULT_BODY_TIMEOUT),
     };
+    let keepalive_timeout = config.server.keepalive_timeout.as_deref().and_then(|t| {
+        parse_duration(t)
+            .map_err(|m| problems.add(cfg, "server.keepalive_timeout", m))
+            .ok()
+    });
+    let header_timeout = config.server.header_timeout.as_deref().and_then(|t| {
+        parse_duration(t)
+            .map_err(|m| problems.add(cfg, "server.header_timeout", m))
+            .ok()
+    });
+    if config.server.max_connections == Some(0) {
+        problems.add(cfg, "server.max_connections", "must be at least 1");
+    }
     let mock_provider = config.mock_provider.as_ref().and_then(|m| {
         let listen =
             parse_addr(&m.listen).map_err(|e| problems.add(cfg, "mock_provider.listen", e));
@@ -115,6 +128,9 @@ pub(super) fn compile_settings(
                 work_stealing: config.server.work_stealing,
                 grace_period,
                 drain_delay,
+                keepalive_timeout,
+                header_timeout,
+                max_connections: config.server.max_connections,
             },
             auth_guard,
             state_dir: config.state_dir.as_ref().map(|d| base.join(d)),
