@@ -17,6 +17,7 @@
 //! - [`reload`]: following the policy files live and swapping snapshots atomically;
 //! - [`admin`]: the admin listener — metrics, health, key management API;
 //! - [`metrics`]: the Prometheus registry;
+//! - [`listener`]: the data plane's client connections: their number, head and idle deadlines;
 //! - [`server`]: assembling the Pingora server, for the binary and for tests;
 //! - [`shutdown`]: readiness, draining on SIGTERM, graceful exit.
 
@@ -27,6 +28,7 @@ pub mod domain;
 pub(crate) mod json;
 pub mod keys;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod mock_provider;
 pub mod policy;

@@ -8,6 +8,7 @@ use crate::accounting::{self, Recorder};
 use crate::admin::{AdminApi, AdminToken, AdminTokenError};
 use crate::config::{self, LoadOptions, PolicyErrors};
 use crate::limits::{LimitState, MemoryLimits};
+use crate::listener::{ConnectionLimits, Connections};
 use crate::metrics::Metrics;
 use crate::mock_provider::{mock_provider_service, MockProviderConfig};
 use crate::policy::{Policy, PolicyStore};
@@ -159,7 +160,7 @@ pub fn build_with(
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+    let gateway = pingora::proxy::http_proxy(
         &server.configuration,
         Gateway::new(
             store.clone(),
@@ -169,7 +170,10 @@ pub fn build_with(
             drain.clone(),
         )
         .with_upstreams(upstreams.clone()),
-        "keygate data plane",
+    );
+    let mut proxy = Service::new(
+        "keygate data plane".to_owned(),
+        Connections::new(gateway, ConnectionLimits::from_settings(&settings.server)),
     );
     proxy.add_tcp(&settings.listen.to_string());
     server.add_service(proxy);

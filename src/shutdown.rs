@@ -116,7 +116,10 @@ impl BackgroundService for Lifecycle {
             tokio::select! {
                 _ = shutdown.changed() => break,
                 connected = tokio::net::TcpStream::connect(target) => {
-                    if connected.is_ok() {
+                    if let Ok(probe) = connected {
+                        // Held, it would take one of `server.max_connections` until its
+                        // header timeout.
+                        drop(probe);
                         self.drain.ready.store(true, Ordering::Relaxed);
                         tracing::info!(listen = %self.listen, "ready");
                         let _ = shutdown.changed().await;

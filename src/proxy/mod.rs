@@ -120,6 +120,16 @@ impl ProxyHttp for Gateway {
     /// would still build and consult; keygate passes bodies through as the provider encoded them.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
+    /// The head is read: its `server.header_timeout` no longer runs.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        crate::listener::head_received(session);
+        Ok(())
+    }
+
     /// Authenticate, authorize and limit; answer refusals and `/v1/models` directly.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.in_flight = Some(self.drain.track());

@@ -87,6 +87,9 @@ pub enum Refusal {
     UpstreamAuthFailed,
     #[error("The gateway failed to process the request.")]
     Internal,
+    /// The data plane has `server.max_connections` open: the connection is refused as a whole.
+    #[error("The gateway is at its limit of open connections; retry shortly.")]
+    ConnectionLimit,
 }
 
 impl Refusal {
@@ -136,6 +139,7 @@ impl Refusal {
             Refusal::Internal => 500,
             Refusal::UpstreamUnavailable | Refusal::UpstreamAuthFailed => 502,
             Refusal::UpstreamTimeout => 504,
+            Refusal::ConnectionLimit => 503,
         }
     }
 
@@ -163,6 +167,7 @@ impl Refusal {
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::UpstreamAuthFailed => "upstream_auth_failed",
             Refusal::Internal => "internal_error",
+            Refusal::ConnectionLimit => "connection_limit_exceeded",
         }
     }
 
@@ -186,6 +191,8 @@ impl Refusal {
             Refusal::RateLimited { retry_after, .. }
             | Refusal::ConcurrencyLimited { retry_after, .. }
             | Refusal::AuthGuard { retry_after } => Some(*retry_after),
+            // Connections close all the time; a place is usually free again within a second.
+            Refusal::ConnectionLimit => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -279,6 +286,34 @@ pub async fn respond(
         .await?;
     session.write_response_body(Some(body), true).await?;
     Ok(())
+}
+
+/// The whole HTTP/1.1 response, `Connection: close`, for a refusal made before a request was
+/// read: it carries no request id, as there is no request.
+pub fn closing_response(refusal: &Refusal) -> Bytes {
+    use std::fmt::Write;
+    let body = refusal.openai_body();
+    let status = refusal.status();
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or_default();
+    let mut head = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    if let Some(wait) = refusal.retry_after() {
+        let seconds = wait.as_millis().div_ceil(1000).max(1);
+        let _ = write!(
+            head,
+            "{RETRY_AFTER}: {seconds}\r\n{RETRY_AFTER_MS}: {}\r\n",
+            wait.as_millis()
+        );
+    }
+    head.push_str("\r\n");
+    let mut response = head.into_bytes();
+    response.extend_from_slice(&body);
+    Bytes::from(response)
 }
 
 #[cfg(test)]

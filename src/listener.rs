@@ -1,0 +1,428 @@
+//! The data plane's client connections: how many may be open at once, how long a request head
+//! may take to arrive, and how long a kept-alive connection may sit idle.
+//!
+//! Pingora times out each read of a connection's first request head separately, so a client
+//! that trickles a byte now and then is never cut, and it reads the next head of a kept-alive
+//! connection with no timeout at all. Either way a client holds a task, a buffer and a descriptor
+//! for as long as it likes without ever presenting a key. [`Connections`] therefore takes
+//! Pingora's place as the listener's application:
+//!
+//! - it admits at most `server.max_connections` connections at once; one past the limit is
+//!   answered 503 `connection_limit_exceeded` and closed at once, before anything is read from
+//!   it, so it neither waits in the accept queue nor holds a descriptor for long;
+//! - it runs each connection's HTTP/1.1 request loop, handing every request to the proxy: a
+//!   request head must arrive whole within `server.header_timeout` of the connection's
+//!   acceptance or, on a kept-alive connection, of the next request's first byte, and a
+//!   kept-alive connection whose next request does not start within `server.keepalive_timeout`
+//!   is closed.
+//!
+//! The proxy marks each request's head as read through the connection's stream, which this module
+//! wraps ([`ClientStream`], [`head_received`]); a head deadline that passes first drops the
+//! request unread, and the connection with it. Between requests a kept-alive connection holds its
+//! socket and this loop's state only: Pingora's session and its header buffer are made once the
+//! next request's first byte is in.
+//!
+//! The data plane listens on plain TCP, so the loop speaks HTTP/1.x only; Pingora's own loop would
+//! also look for h2c and TLS ALPN, which the data plane does not offer.
+
+use crate::policy::startup::ServerSettings;
+use crate::proxy::refusal::{self, Refusal};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default `max_connections` however many descriptors the process may open: each idle
+/// connection costs memory too.
+const DEFAULT_MAX_CONNECTIONS_CAP: usize = 10_000;
+/// How long writing the refusal to a connection past the limit may take.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often at most refused connections are logged: a flood of them must not become a flood of
+/// log lines.
+const REFUSAL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The connection settings of the policy's `server` section, defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub keepalive_timeout: Duration,
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    pub fn from_settings(server: &ServerSettings) -> ConnectionLimits {
+        ConnectionLimits {
+            keepalive_timeout: server
+                .keepalive_timeout
+                .unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
+            header_timeout: server.header_timeout.unwrap_or(DEFAULT_HEADER_TIMEOUT),
+            max_connections: server
+                .max_connections
+                .unwrap_or_else(default_max_connections),
+        }
+    }
+}
+
+/// Half the process's open-file limit, at most [`DEFAULT_MAX_CONNECTIONS_CAP`]: every proxied
+/// request needs a second descriptor for its provider connection, and the usage database and
+/// logs need theirs, so a full house of clients must not take them all.
+pub fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    if !read || limit.rlim_cur == libc::RLIM_INFINITY {
+        return DEFAULT_MAX_CONNECTIONS_CAP;
+    }
+    usize::try_from(limit.rlim_cur / 2)
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS_CAP)
+        .clamp(1, DEFAULT_MAX_CONNECTIONS_CAP)
+}
+
+/// The data plane listener's application: the HTTP application `A` (the proxy) behind the
+/// connection limits; see the module docs.
+pub struct Connections<A> {
+    app: Arc<A>,
+    limits: ConnectionLimits,
+    open: AtomicUsize,
+    /// The whole answer to a connection past the limit, rendered once.
+    refusal: Bytes,
+    refusals: RefusalLog,
+}
+
+impl<A> Connections<A> {
+    pub fn new(app: A, limits: ConnectionLimits) -> Connections<A> {
+        Connections {
+            app: Arc::new(app),
+            limits,
+            open: AtomicUsize::new(0),
+            refusal: refusal::closing_response(&Refusal::ConnectionLimit),
+            refusals: RefusalLog::new(),
+        }
+    }
+
+    fn admit(&self) -> Option<Slot<'_>> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.limits.max_connections {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(&self.open))
+    }
+
+    /// Answers a connection past the limit without reading from it (reading could take as long as
+    /// the client likes, holding the descriptor the limit protects) and closes it.
+    async fn refuse(&self, mut stream: Stream) {
+        self.refusals.count(self.limits.max_connections);
+        let answer = async {
+            stream.write_all(&self.refusal).await?;
+            AsyncWriteExt::shutdown(&mut stream).await
+        };
+        if let Err(e) = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, answer)
+            .await
+            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+        {
+            tracing::debug!(error = %e, "could not answer a connection past max_connections");
+        }
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
+    /// Serves one connection's requests until it closes, breaks, or overstays a deadline.
+    async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let shared = Arc::new(Shared::default());
+        let mut client = ClientStream::new(stream, shared.clone());
+        let mut head_deadline = Instant::now() + self.limits.header_timeout;
+        let mut persistent: Option<HttpPersistentSettings> = None;
+        let mut shutting_down = shutdown.clone();
+        loop {
+            shared.head_pending.store(true, Ordering::Relaxed);
+            let mut session = ServerSession::new_http1(client);
+            match persistent.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                // Kept alive with no timeout of Pingora's own: the head deadline below bounds the
+                // wait, and a longer `header_timeout` must not be cut short by Pingora's default.
+                None => session.set_keepalive(Some(0)),
+            }
+            let served = tokio::select! {
+                biased;
+                served = self.app.process_new_http(session, shutdown) => served,
+                () = head_overdue(&shared.head_pending, head_deadline) => return,
+            };
+            let Some(served) = served else { return };
+            let (stream, settings) = served.consume();
+            persistent = settings;
+            // This loop made the stream, so it gets back what it made.
+            let Ok(stream) = stream.into_any().downcast::<ClientStream>() else {
+                return;
+            };
+            client = stream;
+            let next = tokio::select! {
+                biased;
+                next = tokio::time::timeout(self.limits.keepalive_timeout, client.await_first_byte()) => next,
+                _ = shutting_down.wait_for(|down| *down) => return,
+            };
+            // Idle too long, closed by the client, or broken.
+            if !matches!(next, Ok(Ok(true))) {
+                return;
+            }
+            head_deadline = Instant::now() + self.limits.header_timeout;
+        }
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Connections<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Some(_slot) = self.admit() else {
+            self.refuse(stream).await;
+            return None;
+        };
+        self.serve(stream, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.app.http_cleanup().await;
+    }
+}
+
+/// Completes when `deadline` passes with the request head still unread, and never otherwise.
+async fn head_overdue(pending: &AtomicBool, deadline: Instant) {
+    tokio::time::sleep_until(deadline).await;
+    if !pending.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Ends the request head's deadline: called by the proxy as soon as Pingora has read the head.
+pub fn head_received(session: &ServerSession) {
+    if let Some(client) = client_stream(session) {
+        client.shared.head_pending.store(false, Ordering::Relaxed);
+    }
+}
+
+fn client_stream(session: &ServerSession) -> Option<&ClientStream> {
+    session
+        .stream()
+        .and_then(|stream| stream.as_ref().as_any().downcast_ref::<ClientStream>())
+}
+
+/// One admitted connection, counted until it drops.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Warns that connections are being refused, at most once per [`REFUSAL_WARNING_INTERVAL`], with
+/// how many were since the last warning.
+struct RefusalLog {
+    started: Instant,
+    refused: AtomicU64,
+    next_warning_ms: AtomicU64,
+}
+
+impl RefusalLog {
+    fn new() -> RefusalLog {
+        RefusalLog {
+            started: Instant::now(),
+            refused: AtomicU64::new(0),
+            next_warning_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self, max_connections: usize) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let due = self.next_warning_ms.load(Ordering::Relaxed);
+        let next = now_ms.saturating_add(REFUSAL_WARNING_INTERVAL.as_millis() as u64);
+        if now_ms >= due
+            && self
+                .next_warning_ms
+                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let refused = self.refused.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                max_connections,
+                refused,
+                "server.max_connections reached: new connections are answered 503 and closed"
+            );
+        }
+    }
+}
+
+/// What a connection's request loop shares with its stream, which the proxy reaches.
+#[derive(Debug, Default)]
+struct Shared {
+    /// The current request's head is not read yet: its deadline runs.
+    head_pending: AtomicBool,
+}
+
+/// A client connection's stream as Pingora sees it: the socket, plus what the request loop and
+/// the proxy share about the request on it.
+#[derive(Debug)]
+pub struct ClientStream {
+    inner: Stream,
+    /// The next request's first byte, read while waiting for it, not yet handed to Pingora.
+    first_byte: Option<u8>,
+    shared: Arc<Shared>,
+}
+
+impl ClientStream {
+    fn new(inner: Stream, shared: Arc<Shared>) -> Box<ClientStream> {
+        Box::new(ClientStream {
+            inner,
+            first_byte: None,
+            shared,
+        })
+    }
+
+    /// Waits for the next request's first byte and keeps it for the next read; false at the end
+    /// of the stream. Cancelling it loses nothing: a byte is either read and kept, or not read.
+    async fn await_first_byte(&mut self) -> io::Result<bool> {
+        let mut byte = [0u8; 1];
+        let read = self.inner.read(&mut byte).await?;
+        if read == 1 {
+            self.first_byte = Some(byte[0]);
+        }
+        Ok(read == 1)
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if buf.remaining() > 0 {
+            if let Some(byte) = this.first_byte.take() {
+                buf.put_slice(&[byte]);
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for ClientStream {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(self.inner.as_mut()).await;
+    }
+}
+
+impl UniqueID for ClientStream {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for ClientStream {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for ClientStream {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for ClientStream {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for ClientStream {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+/// Peeking is for telling HTTP/2 from HTTP/1, which this loop does not do; a peek would also have
+/// to account for a kept first byte.
+impl Peek for ClientStream {}
