@@ -22,6 +22,13 @@
 //! socket and this loop's state only: Pingora's session and its header buffer are made once the
 //! next request's first byte is in.
 //!
+//! After most upstream failures Pingora drops the request's session, and with it the connection,
+//! whatever the application says about reusing it, although keygate's answer went out whole and
+//! said `keep-alive`; the client's next request on it would then fail. So when keygate answers a
+//! failure itself on a connection that can carry the next request ([`can_carry_next`]), it marks
+//! the stream ([`keep_after_answer`]), whose drop then hands the socket back to the request loop
+//! instead of closing it.
+//!
 //! The data plane listens on plain TCP, so the loop speaks HTTP/1.x only; Pingora's own loop would
 //! also look for h2c and TLS ALPN, which the data plane does not offer.
 
@@ -39,9 +46,10 @@ use pingora::protocols::{
 };
 use pingora::server::ShutdownWatch;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -154,7 +162,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
         let mut persistent: Option<HttpPersistentSettings> = None;
         let mut shutting_down = shutdown.clone();
         loop {
+            client.handed = 0;
             shared.head_pending.store(true, Ordering::Relaxed);
+            shared.keep.store(false, Ordering::Relaxed);
             let mut session = ServerSession::new_http1(client);
             match persistent.take() {
                 Some(settings) => settings.apply_to_session(&mut session),
@@ -167,14 +177,21 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                 served = self.app.process_new_http(session, shutdown) => served,
                 () = head_overdue(&shared.head_pending, head_deadline) => return,
             };
-            let Some(served) = served else { return };
-            let (stream, settings) = served.consume();
-            persistent = settings;
-            // This loop made the stream, so it gets back what it made.
-            let Ok(stream) = stream.into_any().downcast::<ClientStream>() else {
-                return;
+            client = match served {
+                Some(served) => {
+                    let (stream, settings) = served.consume();
+                    persistent = settings;
+                    // This loop made the stream, so it gets back what it made.
+                    let Ok(client) = stream.into_any().downcast::<ClientStream>() else {
+                        return;
+                    };
+                    client
+                }
+                None => match shared.take_kept() {
+                    Some(stream) => ClientStream::new(stream, shared.clone()),
+                    None => return,
+                },
             };
-            client = stream;
             let next = tokio::select! {
                 biased;
                 next = tokio::time::timeout(self.limits.keepalive_timeout, client.await_first_byte()) => next,
@@ -221,6 +238,34 @@ async fn head_overdue(pending: &AtomicBool, deadline: Instant) {
 pub fn head_received(session: &ServerSession) {
     if let Some(client) = client_stream(session) {
         client.shared.head_pending.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Whether the connection can carry the client's next request once keygate has answered this
+/// one itself: neither side asked to close, the request was read to its end, and nothing past
+/// it was (a pipelined request read along with it would be lost with Pingora's session). A body
+/// sent chunked cannot be told from what follows it here, so it counts as not verifiable.
+pub fn can_carry_next(session: &mut ServerSession) -> bool {
+    if session.get_keepalive().is_none() || !session.is_body_done() {
+        return false;
+    }
+    let headers = &session.req_header().headers;
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return false;
+    }
+    let (Some(client), Some(h1)) = (client_stream(session), session.as_http1()) else {
+        return false;
+    };
+    let consumed = h1.get_headers_raw_bytes().len() + session.body_bytes_read();
+    client.handed == consumed as u64
+}
+
+/// Keeps the connection for the client's next request after keygate's own answer to this one,
+/// even where Pingora drops the session after a failure whatever the application says: call it
+/// once the answer is written whole, and only if [`can_carry_next`] said so before it was.
+pub fn keep_after_answer(session: &ServerSession) {
+    if let Some(client) = client_stream(session) {
+        client.shared.keep.store(true, Ordering::Relaxed);
     }
 }
 
@@ -282,23 +327,40 @@ impl RefusalLog {
 struct Shared {
     /// The current request's head is not read yet: its deadline runs.
     head_pending: AtomicBool,
+    /// The current request was answered whole and the socket outlives its session.
+    keep: AtomicBool,
+    /// Where a kept socket goes when Pingora drops the session holding it.
+    kept: Mutex<Option<Stream>>,
+}
+
+impl Shared {
+    fn take_kept(&self) -> Option<Stream> {
+        if !self.keep.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.kept.lock().ok()?.take()
+    }
 }
 
 /// A client connection's stream as Pingora sees it: the socket, plus what the request loop and
 /// the proxy share about the request on it.
 #[derive(Debug)]
 pub struct ClientStream {
-    inner: Stream,
+    /// Dropped with the stream, or moved to [`Shared::kept`] if the connection is kept.
+    inner: ManuallyDrop<Stream>,
     /// The next request's first byte, read while waiting for it, not yet handed to Pingora.
     first_byte: Option<u8>,
+    /// Bytes handed to Pingora since the current request began.
+    handed: u64,
     shared: Arc<Shared>,
 }
 
 impl ClientStream {
     fn new(inner: Stream, shared: Arc<Shared>) -> Box<ClientStream> {
         Box::new(ClientStream {
-            inner,
+            inner: ManuallyDrop::new(inner),
             first_byte: None,
+            handed: 0,
             shared,
         })
     }
@@ -315,6 +377,18 @@ impl ClientStream {
     }
 }
 
+impl Drop for ClientStream {
+    fn drop(&mut self) {
+        // SAFETY: `inner` is taken or dropped here only, once, and never used after.
+        let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
+        if self.shared.keep.load(Ordering::Relaxed) {
+            if let Ok(mut kept) = self.shared.kept.lock() {
+                *kept = Some(inner);
+            }
+        }
+    }
+}
+
 impl AsyncRead for ClientStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -325,10 +399,14 @@ impl AsyncRead for ClientStream {
         if buf.remaining() > 0 {
             if let Some(byte) = this.first_byte.take() {
                 buf.put_slice(&[byte]);
+                this.handed += 1;
                 return Poll::Ready(Ok(()));
             }
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        this.handed += (buf.filled().len() - before) as u64;
+        read
     }
 }
 
@@ -338,7 +416,7 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(&mut *self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -346,7 +424,7 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        Pin::new(&mut *self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -354,11 +432,11 @@ impl AsyncWrite for ClientStream {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(&mut *self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 

@@ -1,12 +1,13 @@
 //! The data plane's client connections: the `server.keepalive_timeout`, `server.header_timeout`
-//! and `server.max_connections` limits, and many idle connections at once.
+//! and `server.max_connections` limits, many idle connections at once, and connections kept
+//! usable (or closed with `Connection: close`) after an error.
 //!
 //! These tests speak HTTP/1.1 over raw sockets, so that they control exactly which connection each
 //! request uses and can see the moment the gateway closes one.
 
 mod common;
 
-use common::upstream::{MockUpstream, Reply};
+use common::upstream::{dead_port, MockUpstream, Reply};
 use common::{key_file, one_model_policy, TestGateway};
 use serde_json::json;
 use std::io;
@@ -146,6 +147,16 @@ impl Conn {
 fn get_models(secret: &str) -> Vec<u8> {
     format!("GET /v1/models HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {secret}\r\n\r\n")
         .into_bytes()
+}
+
+fn chat(secret: &str, model: &str) -> Vec<u8> {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {secret}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// A gateway with model `m1` at `upstream`, one key for it, and `server` as its server section.
@@ -432,4 +443,67 @@ async fn two_thousand_idle_connections_leave_the_gateway_serving_in_bounded_memo
         c.send(&get_models(&secret)).await.unwrap();
         assert_eq!(c.response().await.unwrap().status, 200);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_requests_on_one_connection_to_a_down_upstream_all_get_502() {
+    let _shared = MEMORY.read().await;
+    let down = format!("http://127.0.0.1:{}", dead_port());
+    let (gw, secret) = gateway(&down, "{}");
+    let mut c = Conn::open(gw.port).await;
+    for i in 1..=4 {
+        c.send(&chat(&secret, "m1"))
+            .await
+            .unwrap_or_else(|e| panic!("request {i} could not be sent: {e}"));
+        let r = c
+            .response()
+            .await
+            .unwrap_or_else(|e| panic!("request {i} on the kept-alive connection: {e}"));
+        assert_eq!(r.status, 502, "request {i}: {r:?}");
+        assert_eq!(r.error_code(), "upstream_unavailable", "request {i}");
+        assert_eq!(r.header("connection"), Some("keep-alive"), "request {i}");
+    }
+
+    // A chunked body cannot be told from bytes sent after it, so that connection is not kept;
+    // the answer says so.
+    let body = json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let chunked = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {secret}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    c.send(chunked.as_bytes()).await.unwrap();
+    let r = c
+        .response()
+        .await
+        .expect("an answer to the chunked request");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert!(
+        c.closed_within(CLOSE_WITHIN).await,
+        "the connection is closed as announced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_pipelined_behind_a_failed_one_is_not_left_waiting() {
+    let _shared = MEMORY.read().await;
+    let down = format!("http://127.0.0.1:{}", dead_port());
+    let (gw, secret) = gateway(&down, "{keepalive_timeout: 30s}");
+    let mut c = Conn::open(gw.port).await;
+    // Both requests in one write: the gateway reads the second with the first one's body.
+    let mut two = chat(&secret, "m1");
+    two.extend_from_slice(&chat(&secret, "m1"));
+    c.send(&two).await.unwrap();
+    let r = c.response().await.expect("an answer to the first request");
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "the second request was read with the first and cannot be answered"
+    );
+    assert!(
+        c.closed_within(CLOSE_WITHIN).await,
+        "the connection is closed as announced, not left waiting for keepalive_timeout"
+    );
 }

@@ -140,6 +140,7 @@ pub async fn failed(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> F
             e.etype(),
             ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed
         );
+    let mut keep = false;
     let code = if client_gone || session.response_written().is_some() {
         // Headers already went out (e.g. a stream cut mid-way): the connection is the only
         // signal left.
@@ -148,17 +149,28 @@ pub async fn failed(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> F
         if ctx.request_id.is_empty() {
             ctx.request_id = super::ctx::request_id(None);
         }
-        if let Err(write_error) =
-            refusal::respond(session, &failure, &ctx.request_id, ctx.rate.as_ref()).await
-        {
-            tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not send error response");
+        // After most failures Pingora drops the session whatever `can_reuse_downstream` says, so
+        // the listener keeps the connection itself; where it cannot, the answer says so.
+        let can_keep = crate::listener::can_carry_next(session);
+        if !can_keep {
+            session.set_keepalive(None);
+        }
+        match refusal::respond(session, &failure, &ctx.request_id, ctx.rate.as_ref()).await {
+            Ok(()) if can_keep => {
+                crate::listener::keep_after_answer(session);
+                keep = true;
+            }
+            Ok(()) => {}
+            Err(write_error) => {
+                tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not send error response");
+            }
         }
         failure.status()
     };
     ctx.failure = Some(failure);
     FailToProxy {
         error_code: code,
-        can_reuse_downstream: false,
+        can_reuse_downstream: keep,
     }
 }
 
