@@ -263,4 +263,98 @@ mod tests {
             }
         }
     }
+
+    /// Every split of the recorded streams gives the whole stream's answer, and mid-stream the
+    /// extractor knows exactly what a fresh one fed the same prefix in one piece knows: the
+    /// complete events so far, never a half-read one.
+    mod splits {
+        use super::*;
+        use crate::usage::fixtures::{CHAT, RESPONSES};
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+        use std::io::Write;
+
+        /// The fixtures with the other line ending, and with what real streams interleave:
+        /// comments, `id:` and `retry:` fields, `data:` without its space.
+        fn streams() -> Vec<(String, (Option<Usage>, u64))> {
+            let chat = (u(9, 4, 2), 8);
+            let responses = (u(12, 4, 5), 4);
+            let noisy = CHAT
+                .replace("data: {", ": keep-alive\nid: 7\nretry: 3000\ndata:{")
+                .replace("\n\n", "\n\n: ping\n\n");
+            vec![
+                (CHAT.to_owned(), chat),
+                (CHAT.replace('\n', "\r\n"), chat),
+                (noisy, chat),
+                (RESPONSES.to_owned(), responses),
+                (RESPONSES.replace("\r\n", "\n"), responses),
+            ]
+        }
+
+        fn prefix_answer(prefix: &[u8]) -> (Option<Usage>, u64) {
+            let mut x = UsageExtractor::new(BodyKind::Sse, ContentEncoding::Identity);
+            x.feed(prefix);
+            (x.usage(), x.streamed_text_chars())
+        }
+
+        fn cut(data: &[u8], cuts: &[Index]) -> Vec<usize> {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+            at.push(data.len());
+            at.sort_unstable();
+            at
+        }
+
+        #[test]
+        fn every_two_way_split() {
+            for (stream, want) in streams() {
+                let b = stream.as_bytes();
+                for k in 0..=b.len() {
+                    let mut x = UsageExtractor::new(BodyKind::Sse, ContentEncoding::Identity);
+                    x.feed(&b[..k]);
+                    assert_eq!((x.usage(), x.streamed_text_chars()), prefix_answer(&b[..k]));
+                    x.feed(&b[k..]);
+                    assert_eq!((x.finish(), x.streamed_text_chars()), want, "split at {k}");
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_split_same_answer_as_whole(
+                which in 0usize..5,
+                cuts in prop::collection::vec(any::<Index>(), 0..48),
+            ) {
+                let (stream, want) = &streams()[which];
+                let b = stream.as_bytes();
+                let mut x = UsageExtractor::new(BodyKind::Sse, ContentEncoding::Identity);
+                let mut from = 0;
+                for to in cut(b, &cuts) {
+                    x.feed(&b[from..to]);
+                    from = to;
+                    prop_assert_eq!((x.usage(), x.streamed_text_chars()), prefix_answer(&b[..to]), "at {}", to);
+                }
+                prop_assert_eq!(&(x.finish(), x.streamed_text_chars()), want);
+            }
+
+            #[test]
+            fn any_split_of_the_gzipped_stream_same_answer(
+                which in 0usize..5,
+                cuts in prop::collection::vec(any::<Index>(), 0..48),
+            ) {
+                let (stream, want) = &streams()[which];
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(stream.as_bytes()).unwrap();
+                let gz = gz.finish().unwrap();
+                let mut x = UsageExtractor::new(BodyKind::Sse, ContentEncoding::Gzip);
+                let mut from = 0;
+                for to in cut(&gz, &cuts) {
+                    x.feed(&gz[from..to]);
+                    from = to;
+                }
+                prop_assert_eq!(&(x.finish(), x.streamed_text_chars()), want);
+            }
+        }
+    }
 }
