@@ -10,6 +10,7 @@ mod common;
 use chaos::*;
 use common::error_of;
 use serde_json::Value;
+use std::io::Write;
 use std::time::Duration;
 
 const SSE_HEAD: &[&str] = &[
@@ -249,5 +250,51 @@ async fn a_slow_trickle_is_passed_on_and_charged() {
     assert_eq!(body_of(resp).await.unwrap(), stream.as_bytes());
     let line = the_line(&c).await;
     assert_eq!(charged(&line), (11, 3, false), "{line}");
+    still_serves(&c).await;
+}
+
+/// A gzip member holding `data`.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(data).unwrap();
+    gz.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_is_passed_on_and_decoded_within_bounds() {
+    // 320 MiB of spaces in members of 32 MiB (gzip allows members back to back): under 400 KiB
+    // on the wire. The usage event after them is read only if decoding has no bound.
+    let mut bomb = gzip(&vec![b' '; 32 << 20]).repeat(10);
+    bomb.extend(gzip(b"\n\n"));
+    bomb.extend(gzip(sse_usage(11, 3).as_bytes()));
+    assert!(bomb.len() < 400 << 10);
+    let up = RawUpstream::start(vec![
+        Step::Send(head(
+            200,
+            &[
+                "content-type: text/event-stream",
+                "content-encoding: gzip",
+                &format!("content-length: {}", bomb.len()),
+            ],
+        )),
+        Step::Send(bomb.clone()),
+    ])
+    .await;
+    let c = gateway(&up.url, "    retries: 0").await;
+    let mut body = chat("m1", true);
+    body["stream_options"] = serde_json::json!({"include_usage": true});
+    let resp = post_chat(&c, &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        body_of(resp).await.expect("the whole body"),
+        bomb,
+        "the client gets the provider's bytes, still compressed"
+    );
+    let line = the_line(&c).await;
+    let (prompt, _, estimated) = charged(&line);
+    assert!(
+        estimated && prompt > 0,
+        "decoding stopped at its bound: {line}"
+    );
     still_serves(&c).await;
 }
