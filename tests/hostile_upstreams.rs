@@ -298,3 +298,38 @@ async fn a_gzip_bomb_is_passed_on_and_decoded_within_bounds() {
     );
     still_serves(&c).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_refusing_the_gateways_credential_is_a_502() {
+    for status in [401, 403] {
+        let body = format!(
+            r#"{{"error":{{"message":"Incorrect API key provided: {}***789.","type":"invalid_request_error","code":"invalid_api_key"}}}}"#,
+            &PROVIDER_KEY[..12]
+        );
+        let up = RawUpstream::start(vec![
+            Step::Send(head(
+                status,
+                &[
+                    "content-type: application/json",
+                    &format!("content-length: {}", body.len()),
+                ],
+            )),
+            Step::Send(body.into_bytes()),
+        ])
+        .await;
+        let c = gateway(&up.url, FAST_TIMEOUTS).await;
+        let resp = post_chat(&c, &chat("m1", false)).await;
+        let text = format!("{:?}", resp.headers());
+        let (got, _, code) = error_of(resp).await;
+        assert_eq!(
+            (got, code.as_str()),
+            (502, "upstream_auth_failed"),
+            "provider {status}"
+        );
+        assert!(!text.contains(&PROVIDER_KEY[..12]));
+        let line = the_line(&c).await;
+        assert_eq!(line["status"], 502, "{line}");
+        assert_eq!(line["error"], "upstream_auth_failed", "{line}");
+        still_serves(&c).await;
+    }
+}
