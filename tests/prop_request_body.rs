@@ -636,3 +636,41 @@ fn deep_nesting_neither_overflows_nor_misleads() {
     let unclosed = format!(r#"{{"model":"m","messages":{}}}"#, "[".repeat(depth));
     assert!(inspect(unclosed.as_bytes()).is_err());
 }
+
+/// Go's encoding/json, used by Ollama-style upstreams, matches member names case-insensitively
+/// (with Unicode simple folding: `ſ` is an `s`, the Kelvin sign a `k`), so
+/// `{"model":"cheap","MODEL":"pricey"}` would be authorised as one model and run as another. A
+/// member whose name folds to a governed field's is refused (issue 24, item 5).
+#[test]
+fn names_that_fold_to_a_governed_field_are_refused() {
+    for body in [
+        r#"{"model":"cheap","MODEL":"pricey"}"#,
+        r#"{"Model":"pricey","model":"cheap"}"#,
+        r#"{"model":"m","Stream":true}"#,
+        r#"{"model":"m","stream":false,"STREAM":true}"#,
+        r#"{"model":"m","max_tokens":1,"Max_Tokens":100000}"#,
+        r#"{"model":"m","max_completion_tokens":1,"MAX_COMPLETION_TOKENS":100000}"#,
+        r#"{"model":"m","Max_Output_Tokens":100000}"#,
+        r#"{"model":"cheap","MOD\u0045L":"pricey"}"#,
+        "{\"model\":\"m\",\"\u{17f}tream\":true}",
+        "{\"model\":\"m\",\"max_to\u{212a}ens\":100000}",
+    ] {
+        let refusal = inspect(body.as_bytes()).err();
+        assert!(
+            refusal.is_some_and(|r| r.status() == 400),
+            "accepted: {body}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, max_global_rejects: 100_000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Any body serde reads with a member name that folds to a governed field's is refused.
+    #[test]
+    fn case_variants_are_refused(body in body()) {
+        let reference = reference(body.as_bytes());
+        prop_assume!(matches!(reference, Reference::CaseVariant(_)));
+        prop_assert!(inspect(body.as_bytes()).is_err(), "accepted: {}", body);
+    }
+}
