@@ -338,4 +338,150 @@ mod tests {
             assert!(out.len() < 1024);
         }
     }
+
+    /// Truncated and corrupt bodies in any chunking: never a panic, never a byte that is not
+    /// the body's (a truncated stream decodes to a prefix of it), and never more output than the
+    /// sink accepts plus one buffer, however much the input could inflate to.
+    mod damaged {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        /// A part of [`sample`], compressed every way, made once for all cases.
+        fn data() -> &'static [u8] {
+            static DATA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+            DATA.get_or_init(|| sample()[..20_000].to_vec())
+        }
+
+        fn compressed() -> &'static [(ContentEncoding, Vec<u8>)] {
+            static BODIES: std::sync::OnceLock<Vec<(ContentEncoding, Vec<u8>)>> =
+                std::sync::OnceLock::new();
+            BODIES.get_or_init(compress)
+        }
+
+        fn compress() -> Vec<(ContentEncoding, Vec<u8>)> {
+            let data = data();
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(data).unwrap();
+            let mut zl = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            zl.write_all(data).unwrap();
+            let mut raw =
+                flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+            raw.write_all(data).unwrap();
+            let mut br = Vec::new();
+            {
+                let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+                w.write_all(data).unwrap();
+            }
+            vec![
+                (ContentEncoding::Gzip, gz.finish().unwrap()),
+                (ContentEncoding::Deflate, zl.finish().unwrap()),
+                (ContentEncoding::Deflate, raw.finish().unwrap()),
+                (ContentEncoding::Br, br),
+            ]
+        }
+
+        /// Decodes `pieces`, stopping once `limit` bytes were taken; returns what was taken.
+        fn decode_limited(encoding: ContentEncoding, pieces: &[&[u8]], limit: usize) -> Vec<u8> {
+            let mut d = Decoder::new(encoding).unwrap();
+            let mut out = Vec::new();
+            for piece in pieces {
+                d.decode(piece, &mut |b| {
+                    out.extend_from_slice(b);
+                    out.len() < limit
+                });
+            }
+            out
+        }
+
+        fn pieces<'a>(data: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+            at.push(data.len());
+            at.sort_unstable();
+            let mut from = 0;
+            at.into_iter()
+                .map(|to| {
+                    let p = &data[from..to];
+                    from = to;
+                    p
+                })
+                .collect()
+        }
+
+        /// A gzip body of `members` copies of one member holding `each` zero bytes: a small body
+        /// that inflates to `members * each` bytes.
+        fn gzip_bomb(each: usize, members: usize) -> Vec<u8> {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            gz.write_all(&vec![0; each]).unwrap();
+            gz.finish().unwrap().repeat(members)
+        }
+
+        #[test]
+        fn a_bomb_stops_at_the_sinks_limit() {
+            let bomb = gzip_bomb(16 << 20, 64);
+            assert!(
+                bomb.len() < 2 << 20,
+                "{} bytes inflate to 1 GiB",
+                bomb.len()
+            );
+            for chunk in [bomb.len(), 4096] {
+                let pieces: Vec<&[u8]> = bomb.chunks(chunk).collect();
+                let out = decode_limited(ContentEncoding::Gzip, &pieces, 1 << 20);
+                assert!(
+                    out.len() <= (1 << 20) + OUT_BUF,
+                    "{} bytes decoded",
+                    out.len()
+                );
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn truncated_decodes_to_a_prefix(
+                which in 0usize..4,
+                keep in any::<Index>(),
+                cuts in prop::collection::vec(any::<Index>(), 0..12),
+            ) {
+                let (encoding, body) = &compressed()[which];
+                let body = &body[..keep.index(body.len() + 1)];
+                let out = decode_limited(*encoding, &pieces(body, &cuts), usize::MAX);
+                prop_assert!(data().starts_with(&out), "{} bytes, not a prefix", out.len());
+            }
+
+            #[test]
+            fn corrupt_input_is_bounded(
+                which in 0usize..4,
+                edits in prop::collection::vec((any::<Index>(), any::<u8>()), 1..16),
+                cuts in prop::collection::vec(any::<Index>(), 0..12),
+                limit in 1usize..200_000,
+            ) {
+                let (encoding, body) = &compressed()[which];
+                let (encoding, mut body) = (*encoding, body.clone());
+                for (at, b) in &edits {
+                    let i = at.index(body.len());
+                    body[i] = *b;
+                }
+                let pieces = pieces(&body, &cuts);
+                let out = decode_limited(encoding, &pieces, limit);
+                prop_assert!(out.len() < limit + OUT_BUF, "{} bytes past a limit of {}", out.len(), limit);
+                if encoding != ContentEncoding::Br {
+                    // Deflate cannot expand past 1032:1, damaged or not.
+                    let all = decode_limited(encoding, &pieces, usize::MAX);
+                    prop_assert!(all.len() <= body.len() * 1032, "{} from {}", all.len(), body.len());
+                }
+            }
+
+            #[test]
+            fn random_bytes_are_bounded(
+                encoding in prop::sample::select(vec![ContentEncoding::Gzip, ContentEncoding::Deflate, ContentEncoding::Br]),
+                body in prop::collection::vec(any::<u8>(), 0..4096),
+                cuts in prop::collection::vec(any::<Index>(), 0..12),
+            ) {
+                let out = decode_limited(encoding, &pieces(&body, &cuts), 64 * 1024);
+                prop_assert!(out.len() < 64 * 1024 + OUT_BUF);
+            }
+        }
+    }
 }

@@ -18,36 +18,43 @@ pub enum BodyKind {
     Sse,
 }
 
-/// Decoded JSON is scanned as it streams, so memory never grows with the body; this bound only
-/// caps the CPU a compressed body (a decompression bomb) can cost. It is generous because the
-/// `usage` of an embeddings response comes after its vectors, and a large float-format batch can
-/// legitimately decode to ~100 MiB. Identity bodies have no bound: the proxy receives those bytes
-/// anyway and scanning them costs less than receiving them.
+/// Decoded bodies are scanned as they stream, so memory never grows with the body; these bounds
+/// only cap the CPU a compressed body (a decompression bomb) can cost. Identity bodies have no
+/// bound: the proxy receives those bytes anyway and scanning them costs less than receiving them.
+///
+/// JSON's is generous because the `usage` of an embeddings response comes after its vectors, and
+/// a large float-format batch can legitimately decode to ~100 MiB.
 const MAX_DECODED_JSON: u64 = 256 << 20;
+/// An event stream grows with the text it generates, a few MiB for the longest outputs, and
+/// costs more per byte than JSON (every line ends a field, every blank line an event).
+const MAX_DECODED_SSE: u64 = 64 << 20;
 
 /// Incremental usage extractor for one response.
 pub struct UsageExtractor {
     decoder: Option<Decoder>,
     sink: Sink,
+    /// Bytes decoded so far, against the sink's bound.
+    decoded: u64,
     finished: bool,
 }
 
 enum Sink {
-    Json { scanner: Scanner, decoded: u64 },
+    Json(Scanner),
     Sse(SseParser),
 }
 
 impl Sink {
-    /// Consumes decoded bytes; returns whether more are worth decoding.
-    fn push(&mut self, bytes: &[u8], bounded: bool) -> bool {
+    fn max_decoded(&self) -> u64 {
         match self {
-            Sink::Json { scanner, decoded } => {
-                if bounded {
-                    *decoded = decoded.saturating_add(bytes.len() as u64);
-                    if *decoded > MAX_DECODED_JSON {
-                        return false;
-                    }
-                }
+            Sink::Json(_) => MAX_DECODED_JSON,
+            Sink::Sse(_) => MAX_DECODED_SSE,
+        }
+    }
+
+    /// Consumes body bytes; returns whether more are worth decoding.
+    fn push(&mut self, bytes: &[u8]) -> bool {
+        match self {
+            Sink::Json(scanner) => {
                 scanner.feed_complete(bytes);
                 !scanner.root_done()
             }
@@ -62,15 +69,13 @@ impl Sink {
 impl UsageExtractor {
     pub fn new(kind: BodyKind, encoding: ContentEncoding) -> Self {
         let sink = match kind {
-            BodyKind::Json => Sink::Json {
-                scanner: Scanner::new(false),
-                decoded: 0,
-            },
+            BodyKind::Json => Sink::Json(Scanner::new(false)),
             BodyKind::Sse => Sink::Sse(SseParser::new()),
         };
         UsageExtractor {
             decoder: Decoder::new(encoding),
             sink,
+            decoded: 0,
             finished: false,
         }
     }
@@ -82,11 +87,15 @@ impl UsageExtractor {
         }
         match &mut self.decoder {
             None => {
-                self.sink.push(chunk, false);
+                self.sink.push(chunk);
             }
             Some(decoder) => {
-                let sink = &mut self.sink;
-                decoder.decode(chunk, &mut |decoded| sink.push(decoded, true));
+                let (sink, decoded) = (&mut self.sink, &mut self.decoded);
+                let max = sink.max_decoded();
+                decoder.decode(chunk, &mut |bytes| {
+                    *decoded = decoded.saturating_add(bytes.len() as u64);
+                    *decoded <= max && sink.push(bytes)
+                });
             }
         }
     }
@@ -106,7 +115,7 @@ impl UsageExtractor {
     /// Usage seen so far (e.g. when a stream is cut). For SSE, only complete events count.
     pub fn usage(&self) -> Option<Usage> {
         match &self.sink {
-            Sink::Json { scanner, .. } => scanner.usage(),
+            Sink::Json(scanner) => scanner.usage(),
             Sink::Sse(parser) => parser.usage(),
         }
     }
@@ -116,7 +125,7 @@ impl UsageExtractor {
     /// of responses-API `response.output_text.delta` events. Always 0 for JSON bodies.
     pub fn streamed_text_chars(&self) -> u64 {
         match &self.sink {
-            Sink::Json { .. } => 0,
+            Sink::Json(_) => 0,
             Sink::Sse(parser) => parser.text_chars(),
         }
     }
@@ -260,6 +269,100 @@ mod tests {
                     x.feed(std::slice::from_ref(b));
                 }
                 x.finish();
+            }
+        }
+    }
+
+    /// Every split of the recorded streams gives the whole stream's answer, and mid-stream the
+    /// extractor knows exactly what a fresh one fed the same prefix in one piece knows: the
+    /// complete events so far, never a half-read one.
+    mod splits {
+        use super::*;
+        use crate::usage::fixtures::{CHAT, RESPONSES};
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+        use std::io::Write;
+
+        /// The fixtures with the other line ending, and with what real streams interleave:
+        /// comments, `id:` and `retry:` fields, `data:` without its space.
+        fn streams() -> Vec<(String, (Option<Usage>, u64))> {
+            let chat = (u(9, 4, 2), 8);
+            let responses = (u(12, 4, 5), 4);
+            let noisy = CHAT
+                .replace("data: {", ": keep-alive\nid: 7\nretry: 3000\ndata:{")
+                .replace("\n\n", "\n\n: ping\n\n");
+            vec![
+                (CHAT.to_owned(), chat),
+                (CHAT.replace('\n', "\r\n"), chat),
+                (noisy, chat),
+                (RESPONSES.to_owned(), responses),
+                (RESPONSES.replace("\r\n", "\n"), responses),
+            ]
+        }
+
+        fn prefix_answer(prefix: &[u8]) -> (Option<Usage>, u64) {
+            let mut x = UsageExtractor::new(BodyKind::Sse, ContentEncoding::Identity);
+            x.feed(prefix);
+            (x.usage(), x.streamed_text_chars())
+        }
+
+        fn cut(data: &[u8], cuts: &[Index]) -> Vec<usize> {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+            at.push(data.len());
+            at.sort_unstable();
+            at
+        }
+
+        #[test]
+        fn every_two_way_split() {
+            for (stream, want) in streams() {
+                let b = stream.as_bytes();
+                for k in 0..=b.len() {
+                    let mut x = UsageExtractor::new(BodyKind::Sse, ContentEncoding::Identity);
+                    x.feed(&b[..k]);
+                    assert_eq!((x.usage(), x.streamed_text_chars()), prefix_answer(&b[..k]));
+                    x.feed(&b[k..]);
+                    assert_eq!((x.finish(), x.streamed_text_chars()), want, "split at {k}");
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_split_same_answer_as_whole(
+                which in 0usize..5,
+                cuts in prop::collection::vec(any::<Index>(), 0..48),
+            ) {
+                let (stream, want) = &streams()[which];
+                let b = stream.as_bytes();
+                let mut x = UsageExtractor::new(BodyKind::Sse, ContentEncoding::Identity);
+                let mut from = 0;
+                for to in cut(b, &cuts) {
+                    x.feed(&b[from..to]);
+                    from = to;
+                    prop_assert_eq!((x.usage(), x.streamed_text_chars()), prefix_answer(&b[..to]), "at {}", to);
+                }
+                prop_assert_eq!(&(x.finish(), x.streamed_text_chars()), want);
+            }
+
+            #[test]
+            fn any_split_of_the_gzipped_stream_same_answer(
+                which in 0usize..5,
+                cuts in prop::collection::vec(any::<Index>(), 0..48),
+            ) {
+                let (stream, want) = &streams()[which];
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                gz.write_all(stream.as_bytes()).unwrap();
+                let gz = gz.finish().unwrap();
+                let mut x = UsageExtractor::new(BodyKind::Sse, ContentEncoding::Gzip);
+                let mut from = 0;
+                for to in cut(&gz, &cuts) {
+                    x.feed(&gz[from..to]);
+                    from = to;
+                }
+                prop_assert_eq!(&(x.finish(), x.streamed_text_chars()), want);
             }
         }
     }
