@@ -277,3 +277,24 @@ proptest! {
         }
     }
 }
+
+/// A main file whose first line is indented reads, to the YAML parser, as more than one
+/// document; the problem must still say where (today it names neither line nor field).
+#[test]
+fn a_second_document_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = format!(" {MAIN}");
+    let path = write_policy(
+        dir.path(),
+        main.as_bytes(),
+        FLAT_KEY.as_bytes(),
+        NESTED_KEY.as_bytes(),
+    );
+    let errors = load(&path).expect_err("an indented first line is an error");
+    for p in &errors.0 {
+        assert!(
+            !p.field.is_empty() || p.message.contains("line "),
+            "a problem says where: {p}"
+        );
+    }
+}

@@ -16,6 +16,14 @@ pub(super) fn read_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<
         let mut message = inner.to_string();
         if let Some(at) = inner.location().filter(|_| !message.contains("line ")) {
             message.push_str(&format!(" at line {} column {}", at.line(), at.column()));
+        } else if inner.location().is_none() {
+            // The parser gives no position for a second document; say where it begins.
+            if let Some(line) = second_document_line(text) {
+                message = format!(
+                    "the file holds more than one YAML document: the second begins at line {line} \
+                     (a top level must start at column 1, with no `---` after it)"
+                );
+            }
         }
         Problem {
             file: file.to_path_buf(),
@@ -23,6 +31,28 @@ pub(super) fn read_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<
             message,
         }
     })
+}
+
+/// The line where a second YAML document would begin: a `---` or `...` after the first content,
+/// or a line indented less than the first content line (an indented first line ends its
+/// document at the first line that is not).
+fn second_document_line(text: &str) -> Option<usize> {
+    let mut first_indent = None;
+    for (i, line) in text.lines().enumerate() {
+        let content = line.trim_start();
+        if content.is_empty() || content.starts_with('#') {
+            continue;
+        }
+        let indent = line.len() - content.len();
+        let marker = content.starts_with("---") || content.starts_with("...");
+        match first_indent {
+            None if marker => continue,
+            None => first_indent = Some(indent),
+            Some(first) if marker || indent < first => return Some(i + 1),
+            Some(_) => {}
+        }
+    }
+    None
 }
 
 /// Where a file is opened from: by its whole path, or by its name in a directory already open.
@@ -102,5 +132,17 @@ mod tests {
         std::fs::write(dir.path().join("bad.yaml"), [b'a', 0xff, b'b']).unwrap();
         let problem = read_text(&dir.path().join("bad.yaml")).unwrap_err();
         assert!(problem.message.contains("UTF-8"), "{problem:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::second_document_line;
+
+    #[test]
+    fn where_a_second_document_begins() {
+        assert_eq!(second_document_line(" listen: x\nproviders: {}\n"), Some(2));
+        assert_eq!(second_document_line("---\nlisten: x\n---\nb: 1\n"), Some(3));
+        assert_eq!(second_document_line("# c\nlisten: x\n  nested: 1\n"), None);
     }
 }
