@@ -133,11 +133,6 @@ mod tests {
         let problem = read_text(&dir.path().join("bad.yaml")).unwrap_err();
         assert!(problem.message.contains("UTF-8"), "{problem:?}");
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::second_document_line;
 
     #[test]
     fn where_a_second_document_begins() {
