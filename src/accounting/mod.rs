@@ -217,12 +217,16 @@ impl Booker {
                 model: model.name.as_str().into(),
             })
             .or_default();
-        row.requests += 1;
-        row.prompt_tokens += r.usage.prompt_tokens;
-        row.completion_tokens += r.usage.completion_tokens;
-        row.cached_tokens += r.usage.cached_tokens;
+        row.requests = row.requests.saturating_add(1);
+        row.prompt_tokens = row.prompt_tokens.saturating_add(r.usage.prompt_tokens);
+        row.completion_tokens = row
+            .completion_tokens
+            .saturating_add(r.usage.completion_tokens);
+        row.cached_tokens = row.cached_tokens.saturating_add(r.usage.cached_tokens);
         row.cost = row.cost.saturating_add(r.cost);
-        row.estimated_requests += u64::from(r.estimated);
+        row.estimated_requests = row
+            .estimated_requests
+            .saturating_add(u64::from(r.estimated));
     }
 
     fn flush(&mut self) {
