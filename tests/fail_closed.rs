@@ -6,11 +6,13 @@
 mod common;
 
 use common::upstream::{MockUpstream, Reply};
-use common::{key_file, keygate_bin, post_json, TestGateway};
+use common::{client, key_file, keygate_bin, post_json, TestGateway};
 use keygate::server::RunningGateway;
 use serde_json::{json, Value};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Models `m1` and `o3-mini` at `upstream`, priced $1000/Mtok in and out (a token costs $0.001),
 /// with usage persisted and audited under the test's directory.
@@ -61,6 +63,128 @@ async fn booked(gw: &TestGateway, n: usize) -> Vec<Value> {
 
 fn chat(content: &str) -> Value {
     json!({"model": "m1", "messages": [{"role": "user", "content": content}]})
+}
+
+/// The request heads an [`raw_upstream`] received, lower-cased.
+type Heads = Arc<Mutex<Vec<String>>>;
+
+/// An upstream that reads each request (head and Content-Length body) and answers with the
+/// bytes `answer` makes from the request head; one request per connection.
+async fn raw_upstream(answer: fn(&str) -> Vec<u8>) -> (String, Heads) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads: Heads = Arc::default();
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                let head = loop {
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
+                        if got.len() >= end + 4 + len {
+                            break head;
+                        }
+                    }
+                };
+                seen.lock().unwrap().push(head.clone());
+                let _ = sock.write_all(&answer(&head)).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    (format!("http://{addr}"), heads)
+}
+
+/// A 200 response head with `content-type` and `content-encoding` (none when empty) and `body`.
+fn response(content_type: &str, content_encoding: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    if !content_encoding.is_empty() {
+        out.push_str(&format!("content-encoding: {content_encoding}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+const USAGE_BODY: &str = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":7,"completion_tokens":5,"total_tokens":12}}"#;
+
+/// What a provider does with `Accept-Encoding`: the first coding it supports that the request
+/// accepts. This one speaks zstd, which keygate cannot read, and gzip.
+fn negotiating_provider(head: &str) -> Vec<u8> {
+    let accepted = head
+        .lines()
+        .find_map(|l| l.strip_prefix("accept-encoding:"))
+        .unwrap_or("");
+    if accepted.contains("zstd") {
+        // Not real zstd: nothing keygate could read either way.
+        response("application/json", "zstd", b"\x28\xb5\x2f\xfd opaque frame")
+    } else if accepted.contains("gzip") {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(USAGE_BODY.as_bytes()).unwrap();
+        response("application/json", "gzip", &gz.finish().unwrap())
+    } else {
+        response("application/json", "", USAGE_BODY.as_bytes())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_is_asked_only_for_encodings_keygate_reads() {
+    let (upstream, heads) = raw_upstream(negotiating_provider).await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(&priced_policy(&upstream), &[("k".into(), yaml)]);
+    let url = gw.url("/v1/chat/completions");
+    let cases = [
+        // (the client's Accept-Encoding, what the provider must be asked for)
+        (Some("zstd"), "identity"),
+        (Some("zstd, gzip;q=0.5, compress"), "gzip"),
+        (Some("br;q=0, gzip"), "gzip"),
+        (None, "identity"),
+    ];
+    for (i, (client_accepts, upstream_asked)) in cases.iter().enumerate() {
+        let mut req = client().post(&url).bearer_auth(&secret).json(&chat("hi"));
+        if let Some(value) = client_accepts {
+            req = req.header("accept-encoding", *value);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let head = heads.lock().unwrap()[i].clone();
+        let sent = head
+            .lines()
+            .find_map(|l| l.strip_prefix("accept-encoding:"))
+            .map(str::trim);
+        assert_eq!(
+            sent,
+            Some(*upstream_asked),
+            "client sent {client_accepts:?}"
+        );
+    }
+    let lines = booked(&gw, cases.len()).await;
+    assert_eq!(lines.len(), cases.len());
+    for line in &lines {
+        assert_eq!(
+            (&line["prompt_tokens"], &line["completion_tokens"]),
+            (&json!(7), &json!(5)),
+            "the provider's usage was read: {line}"
+        );
+        assert_eq!(line["estimated"], false);
+    }
 }
 
 /// A provider that reports 1.8e19 tokens.
