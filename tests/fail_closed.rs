@@ -65,6 +65,11 @@ fn chat(content: &str) -> Value {
     json!({"model": "m1", "messages": [{"role": "user", "content": content}]})
 }
 
+/// The prompt estimate keygate charges for `body` as reqwest sends it.
+fn prompt_estimate(body: &Value) -> u64 {
+    (serde_json::to_vec(body).unwrap().len() as u64).div_ceil(4)
+}
+
 /// The request heads an [`raw_upstream`] received, lower-cased.
 type Heads = Arc<Mutex<Vec<String>>>;
 
@@ -184,6 +189,56 @@ async fn the_provider_is_asked_only_for_encodings_keygate_reads() {
             "the provider's usage was read: {line}"
         );
         assert_eq!(line["estimated"], false);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_whose_usage_cannot_be_read_is_charged_the_estimate() {
+    fn unreadable(head: &str) -> Vec<u8> {
+        if head.contains("/v1/embeddings") {
+            // gzip magic, then garbage: a corrupt body
+            response("application/json", "gzip", b"\x1f\x8b\x08\x00garbage")
+        } else if head.contains("/v1/completions") {
+            // well-formed, without a usage object
+            response("application/json", "", br#"{"choices":[{"text":"hi"}]}"#)
+        } else {
+            response("application/json", "zstd", b"\x28\xb5\x2f\xfd opaque frame")
+        }
+    }
+    let (upstream, _) = raw_upstream(unreadable).await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(&priced_policy(&upstream), &[("k".into(), yaml)]);
+    let requests = [
+        (
+            "/v1/chat/completions",
+            chat("an encoding keygate cannot decode"),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "m1", "input": "a corrupt gzip body"}),
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "m1", "prompt": "a body without usage"}),
+        ),
+    ];
+    for (path, body) in &requests {
+        let resp = post_json(&gw.url(path), &secret, body).await;
+        assert_eq!(resp.status(), 200, "{path}");
+        let _ = resp.bytes().await;
+    }
+    let lines = booked(&gw, requests.len()).await;
+    assert_eq!(lines.len(), requests.len());
+    for (line, (path, body)) in lines.iter().zip(&requests) {
+        assert_eq!(line["estimated"], true, "{path}: {line}");
+        let prompt = line["prompt_tokens"].as_u64().unwrap();
+        assert_eq!(prompt, prompt_estimate(body), "{path}: {line}");
+        let completion = line["completion_tokens"].as_u64().unwrap();
+        let cost = line["cost_usd"].as_f64().unwrap();
+        assert!(
+            (cost - (prompt + completion) as f64 * 0.001).abs() < 1e-9,
+            "{path}: {line}"
+        );
     }
 }
 

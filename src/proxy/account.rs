@@ -10,7 +10,7 @@ use crate::accounting::{Recorder, RequestRecord};
 use crate::limits::{self, LimitState};
 use crate::metrics::{Metrics, RequestFigures};
 use crate::usage::cost::UsdNanos;
-use crate::usage::Usage;
+use crate::usage::{Usage, MAX_TOKENS};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::borrow::Cow;
@@ -125,9 +125,9 @@ pub fn account(
 }
 
 /// The request's token usage: the provider's own count when the response carried one; for a
-/// response cut before its usage (or without one), the prompt estimate plus the streamed text at
-/// about four characters a token, marked estimated. Requests without a successful response used
-/// nothing.
+/// response cut before its usage, without one, or unreadable, the prompt estimate plus the
+/// streamed text at about four characters a token, marked estimated. Requests without a
+/// successful response used nothing.
 fn measured_usage(ctx: &mut RequestCtx) -> (Usage, bool) {
     let (Some(extractor), Some(admitted)) = (ctx.response.usage.as_mut(), &ctx.admitted) else {
         return (Usage::default(), false);
@@ -137,7 +137,7 @@ fn measured_usage(ctx: &mut RequestCtx) -> (Usage, bool) {
         None => (
             Usage {
                 prompt_tokens: admitted.token_estimate,
-                completion_tokens: extractor.streamed_text_chars().div_ceil(4),
+                completion_tokens: extractor.streamed_text_chars().div_ceil(4).min(MAX_TOKENS),
                 cached_tokens: 0,
             },
             true,
