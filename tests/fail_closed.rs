@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::upstream::{MockUpstream, Reply};
+use common::upstream::{dead_port, MockUpstream, Reply};
 use common::{client, key_file, keygate_bin, post_json, TestGateway};
 use keygate::server::RunningGateway;
 use serde_json::{json, Value};
@@ -240,6 +240,67 @@ async fn a_response_whose_usage_cannot_be_read_is_charged_the_estimate() {
             "{path}: {line}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_before_the_response_is_charged_the_prompt() {
+    let slow = MockUpstream::start(
+        "slow",
+        Reply::Delayed {
+            delay: Duration::from_secs(3),
+            reply: Box::new(Reply::chat_ok()),
+        },
+    )
+    .await;
+    let (secret, yaml) = key_file("app", "budget: {daily_usd: 100}\n");
+    let gw = TestGateway::start(&priced_policy(&slow.url()), &[("k".into(), yaml)]);
+    let body = chat("a long question the provider reads and bills");
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&body)
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up before the response");
+    slow.wait_for_requests(1).await;
+
+    let lines = booked(&gw, 1).await;
+    assert_eq!(lines.len(), 1);
+    let line = &lines[0];
+    assert_eq!(line["status"], 0, "{line}");
+    assert_eq!(line["estimated"], true, "{line}");
+    let prompt = prompt_estimate(&body);
+    assert_eq!(line["prompt_tokens"], prompt, "{line}");
+    assert_eq!(line["completion_tokens"], 0, "{line}");
+    let cost = prompt as f64 * 0.001;
+    assert!((line["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-9);
+    let [daily, _] = gw
+        .handles()
+        .limits
+        .spend("key", "k", keygate::limits::now_ms());
+    assert!(
+        (daily.spent.as_usd() - cost).abs() < 1e-9,
+        "the budget is charged: {daily:?}"
+    );
+
+    // A request that never reached a provider costs nothing.
+    let (secret2, yaml2) = key_file("app", "");
+    drop(gw);
+    let dead = format!("http://127.0.0.1:{}", dead_port());
+    let gw = TestGateway::start(&priced_policy(&dead), &[("k2".into(), yaml2)]);
+    let resp = post_json(&gw.url("/v1/chat/completions"), &secret2, &body).await;
+    assert_eq!(resp.status(), 502);
+    let lines = booked(&gw, 1).await;
+    assert_eq!(
+        (&lines[0]["prompt_tokens"], &lines[0]["estimated"]),
+        (&json!(0), &json!(false)),
+        "{}",
+        lines[0]
+    );
 }
 
 /// A provider that reports 1.8e19 tokens.
