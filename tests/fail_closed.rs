@@ -334,6 +334,7 @@ async fn hostile_token_counts_are_clamped_and_the_database_still_opens() {
     gw.running =
         Some(RunningGateway::start(&gw.config_path, None).expect("the gateway starts again"));
     assert_eq!(post_json(&url, &secret, &chat("hi")).await.status(), 200);
+    assert_eq!(booked(&gw, 4).await.len(), 4);
     let out = Command::new(keygate_bin())
         .args(["usage", "--json", "--config"])
         .arg(&gw.config_path)
@@ -345,7 +346,7 @@ async fn hostile_token_counts_are_clamped_and_the_database_still_opens() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["total"]["requests"], 3);
-    assert_eq!(report["total"]["prompt_tokens"], 3_000_000_000u64);
-    assert_eq!(report["total"]["completion_tokens"], 3);
+    assert_eq!(report["total"]["requests"], 4);
+    assert_eq!(report["total"]["prompt_tokens"], 4_000_000_000u64);
+    assert_eq!(report["total"]["completion_tokens"], 4);
 }
