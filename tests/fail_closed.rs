@@ -6,7 +6,7 @@
 mod common;
 
 use common::upstream::{dead_port, MockUpstream, Reply};
-use common::{client, key_file, keygate_bin, post_json, TestGateway};
+use common::{client, error_of, key_file, keygate_bin, post_json, TestGateway};
 use keygate::server::RunningGateway;
 use serde_json::{json, Value};
 use std::process::Command;
@@ -301,6 +301,55 @@ async fn a_client_gone_before_the_response_is_charged_the_prompt() {
         "{}",
         lines[0]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_reservations_cover_every_choice_and_reasoning() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    // $5 a day: 5,000 tokens at $0.001.
+    let (secret, yaml) = key_file("app", "budget: {daily_usd: 5}\n");
+    let gw = TestGateway::start(&priced_policy(&up.url()), &[("k".into(), yaml)]);
+    let url = gw.url("/v1/chat/completions");
+    let completions = gw.url("/v1/completions");
+    let cases = [
+        // (url, body, admitted)
+        (
+            &url,
+            json!({"model": "m1", "max_tokens": 1000, "n": 2, "messages": []}),
+            true,
+        ),
+        (
+            &url,
+            json!({"model": "m1", "max_tokens": 1000, "n": 8, "messages": []}),
+            false,
+        ),
+        (
+            &completions,
+            json!({"model": "m1", "max_tokens": 1000, "best_of": 8, "prompt": "x"}),
+            false,
+        ),
+        (
+            &completions,
+            json!({"model": "m1", "max_tokens": 1000, "n": 1, "best_of": 3, "prompt": "x"}),
+            true,
+        ),
+        // No output bound: 4,096 tokens for a chat model, more for a reasoning model.
+        (&url, json!({"model": "m1", "messages": []}), true),
+        (&url, json!({"model": "o3-mini", "messages": []}), false),
+        (
+            &url,
+            json!({"model": "o3-mini", "max_completion_tokens": 2000, "messages": []}),
+            true,
+        ),
+    ];
+    for (url, body, admitted) in cases {
+        let resp = post_json(url, &secret, &body).await;
+        let expected = if admitted { 200 } else { 429 };
+        assert_eq!(resp.status(), expected, "{body}");
+        if !admitted {
+            assert_eq!(error_of(resp).await.2, "budget_exceeded", "{body}");
+        }
+    }
 }
 
 /// A provider that reports 1.8e19 tokens.
