@@ -241,14 +241,16 @@ impl UsageDb {
                 date(filter.until),
             ])
             .map_err(|e| self.error(e))?;
-        let totals = fold_groups(rows, |t: &mut DayUsage, r| {
+        let totals = fold_groups(rows, |total: &mut DayUsage, r| {
             let n = |i: usize| r.get_ref(i).map(stored);
-            t.requests = t.requests.saturating_add(n(1)?);
-            t.prompt_tokens = t.prompt_tokens.saturating_add(n(2)?);
-            t.completion_tokens = t.completion_tokens.saturating_add(n(3)?);
-            t.cached_tokens = t.cached_tokens.saturating_add(n(4)?);
-            t.cost = t.cost.saturating_add(UsdNanos(n(5)?));
-            t.estimated_requests = t.estimated_requests.saturating_add(n(6)?);
+            total.add(&DayUsage {
+                requests: n(1)?,
+                prompt_tokens: n(2)?,
+                completion_tokens: n(3)?,
+                cached_tokens: n(4)?,
+                cost: UsdNanos(n(5)?),
+                estimated_requests: n(6)?,
+            });
             Ok(())
         })
         .map_err(|e| self.error(e))?;
