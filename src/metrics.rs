@@ -82,6 +82,8 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     pub fallbacks: IntCounterVec,
     pub upstream_connections: IntCounterVec,
+    /// Audit lines lost to a full accounting queue (their usage is still counted).
+    pub audit_dropped: IntCounter,
     /// Refusals of requests that never identified a key.
     anonymous_refusals: [OnceLock<IntCounter>; REFUSAL_REASONS.len()],
 }
@@ -235,6 +237,14 @@ impl Metrics {
         registry
             .register(Box::new(cost_usd.clone()))
             .expect("unique metric");
+        let audit_dropped = IntCounter::new(
+            "keygate_audit_dropped_total",
+            "Audit lines dropped because the accounting queue or the audit sink was full; usage totals still count their requests.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(audit_dropped.clone()))
+            .expect("unique metric");
         Metrics {
             requests: int_counter(
                 "keygate_requests_total",
@@ -319,6 +329,7 @@ impl Metrics {
                 "Upstream connections used, by whether they were reused from the pool.",
                 &["provider", "reused"],
             ),
+            audit_dropped,
             anonymous_refusals: Default::default(),
             registry,
             policy_reloads,
@@ -492,6 +503,7 @@ impl Metrics {
             self.upstream_retries.desc(),
             self.fallbacks.desc(),
             self.upstream_connections.desc(),
+            self.audit_dropped.desc(),
         ]
         .into_iter()
         .flatten()

@@ -95,7 +95,10 @@ pub enum Host {
 
 /// Opens the accounting sinks the policy names and the live limit state, whose budgets start
 /// from the spend the usage database recorded.
-fn open_accounting(policy: &Policy) -> Result<(Arc<dyn LimitState>, Arc<Recorder>), ServeError> {
+fn open_accounting(
+    policy: &Policy,
+    metrics: &Metrics,
+) -> Result<(Arc<dyn LimitState>, Arc<Recorder>), ServeError> {
     let now_ms = crate::limits::now_ms();
     let (limits, db) = match &policy.startup.state_dir {
         Some(dir) => {
@@ -124,7 +127,8 @@ fn open_accounting(policy: &Policy) -> Result<(Arc<dyn LimitState>, Arc<Recorder
         None => None,
     };
     let limits: Arc<dyn LimitState> = Arc::new(limits);
-    Ok((limits, Arc::new(Recorder::start(db, audit))))
+    let recorder = Recorder::start(db, audit, metrics.audit_dropped.clone());
+    Ok((limits, Arc::new(recorder)))
 }
 
 /// [`build`] with an explicit admin token; also returns the handles, for callers that trigger
@@ -139,7 +143,7 @@ pub fn build_with(
     let upstreams = Arc::new(UpstreamRegistry::new());
     let metrics = Arc::new(Metrics::new());
     let drain = Arc::new(Drain::default());
-    let (limits, recorder) = open_accounting(&policy)?;
+    let (limits, recorder) = open_accounting(&policy, &metrics)?;
     let reloader = Arc::new(Reloader::new(
         &policy.config_path,
         store.clone(),

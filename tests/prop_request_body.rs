@@ -2,11 +2,11 @@
 //!
 //! Bodies are generated as JSON objects rendered with random whitespace and random escapes, then
 //! some are mutated byte by byte. The reference is serde_json reading the top level: the answer
-//! must be the same `model` (value and byte span), `stream` and output-token bound, or a refusal
-//! where serde refuses or the body is ambiguous (a governed field given twice). A body serde
-//! cannot read may still pass when the damage lies inside a member keygate does not act on (the
-//! inspector skips those by structure, leaving their validation to the provider); it must then
-//! give exactly the facts of the undamaged body.
+//! must be the same `model` (value and byte span), `stream`, output-token bound, `n` and
+//! `best_of`, or a refusal where serde refuses or the body is ambiguous (a governed field given
+//! twice). A body serde cannot read may still pass when the damage lies inside a member keygate
+//! does not act on (the inspector skips those by structure, leaving their validation to the
+//! provider); it must then give exactly the facts of the undamaged body.
 
 use keygate::proxy::body::{inspect, RequestFacts};
 use proptest::prelude::*;
@@ -16,12 +16,14 @@ use serde_json::value::RawValue;
 use std::fmt;
 
 /// The top-level fields keygate acts on.
-const GOVERNED: [&str; 5] = [
+const GOVERNED: [&str; 7] = [
     "model",
     "stream",
     "max_tokens",
     "max_completion_tokens",
     "max_output_tokens",
+    "n",
+    "best_of",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -111,18 +113,21 @@ fn facts_of(body: &[u8], members: &[(String, &RawValue)]) -> Result<RequestFacts
             .map_err(|_| ())?
             .unwrap_or(false),
     };
+    // A value that is not a u64 counts nothing; the provider judges it.
+    let count = |name: &str| -> Result<Option<u64>, ()> {
+        Ok(field(name)?.and_then(|raw| serde_json::from_str::<u64>(raw.get()).ok()))
+    };
     let mut bound = None;
-    for name in &GOVERNED[2..] {
-        if let Some(raw) = field(name)? {
-            // A value that is not a u64 bounds nothing; the provider judges it.
-            bound = bound.max(serde_json::from_str::<u64>(raw.get()).ok());
-        }
+    for name in &GOVERNED[2..5] {
+        bound = bound.max(count(name)?);
     }
     Ok(RequestFacts {
         model,
         model_span: (start, start + raw_model.get().len()),
         stream,
         max_output_tokens: bound,
+        n: count("n")?,
+        best_of: count("best_of")?,
     })
 }
 
@@ -323,6 +328,7 @@ const NAMES: &[&str] = &[
     "metadata",
     "stream_options",
     "n",
+    "best_of",
     "tools",
     "user",
     "models",
@@ -372,7 +378,7 @@ fn value_for(key: &JStr) -> BoxedStrategy<J> {
     let usual = match decoded.as_str() {
         "model" => jstr().prop_map(J::Str).boxed(),
         "stream" => prop_oneof![any::<bool>().prop_map(J::Bool), Just(J::Null)].boxed(),
-        "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
+        "max_tokens" | "max_completion_tokens" | "max_output_tokens" | "n" | "best_of" => {
             number().prop_map(J::Num).boxed()
         }
         _ => value().boxed(),

@@ -1,8 +1,9 @@
 //! The per-request audit log: one JSON object per line, to a file or stdout.
 //!
-//! Lines are formatted and written on the accounting thread, never on a request thread. Every
-//! field is present on every line (`null` when it does not apply) so that log pipelines can rely
-//! on the shape. No secret can reach it: a record carries the key's id, never what was presented.
+//! Lines are formatted and written on the audit thread (see the parent module), never on a
+//! request thread. Every field is present on every line (`null` when it does not apply) so that
+//! log pipelines can rely on the shape. No secret can reach it: a record carries the key's id,
+//! never what was presented.
 
 use super::RequestRecord;
 use chrono::{SecondsFormat, TimeZone, Utc};
@@ -67,7 +68,7 @@ impl AuditWriter {
 /// Appends the audit line of `r`, newline included. The field names are constants written as
 /// they are; only values go through serde_json (escaped strings, floats), so a line costs about
 /// half what a derived `Serialize` did, which escaped every field name too: every request is
-/// audited, and the accounting thread shares the CPUs with the request threads. The shape is
+/// audited, and the audit thread shares the CPUs with the request threads. The shape is
 /// fixed: every field, in this order, `null` when it does not apply (the test below holds it to
 /// a derived serializer's output).
 fn format_line(out: &mut Vec<u8>, r: &RequestRecord, timestamps: &mut Timestamps) {

@@ -1,10 +1,17 @@
 //! Booking finished requests, off the request path.
 //!
 //! The proxy hands each finished request to the [`Recorder`] as a [`RequestRecord`] (a channel
-//! send that wakes nobody; nothing is formatted or written on a Pingora thread). One background thread writes the
-//! audit line and folds the request into per-day usage totals, which it commits to the usage
-//! database in one transaction every [`FLUSH_EVERY`], so a `kill -9` loses at most that much
-//! accounting. Budgets do not wait for it: live spend is settled in the limit state at once.
+//! send that wakes nobody; nothing is formatted or written on a Pingora thread). One background
+//! thread folds the requests into per-day usage totals, which it commits to the usage database
+//! in one transaction every [`FLUSH_EVERY`], so a `kill -9` loses at most that much accounting,
+//! and passes each record on to a second thread that writes its audit line. Budgets do not wait
+//! for either: live spend is settled in the limit state at once.
+//!
+//! Both queues hold at most [`QUEUE_CAPACITY`] records, so a sink that stops taking lines (a
+//! stdout pipe nobody reads) cannot grow memory. What overflows is an audit line, never usage: a
+//! request that finds the first queue full has its usage folded into shared totals the booking
+//! thread picks up, and a full audit queue only costs the line. Every line lost is counted in
+//! `keygate_audit_dropped_total`.
 
 pub mod audit;
 pub mod report;
@@ -17,16 +24,25 @@ use crate::usage::cost::UsdNanos;
 use crate::usage::Usage;
 use audit::{AuditTarget, AuditWriter};
 use chrono::{DateTime, NaiveDate};
+use prometheus::IntCounter;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::mpsc::{self, TryRecvError};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How often usage is committed and the audit log flushed: the most accounting a crash can lose.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+/// Records each accounting queue holds: a round's worth of requests at tens of thousands a
+/// second, and a few megabytes at most.
+pub const QUEUE_CAPACITY: usize = 16_384;
+
+/// How long stopping waits for the audit thread to write what it holds, before leaving a stuck
+/// sink behind rather than hanging the shutdown.
+const AUDIT_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// One finished request, as booked.
 #[derive(Debug)]
@@ -73,28 +89,84 @@ impl RequestRecord {
 // Records are nearly every message, so their size is the enum's size anyway.
 #[allow(clippy::large_enum_variant)]
 enum Message {
-    /// Unboxed: the channel stores messages in blocks of a few dozen, so a record costs no
+    /// Unboxed: the channel stores messages in its own preallocated slots, so a record costs no
     /// allocation of its own, and no free on the other thread (where freeing is dearer).
     Record(RequestRecord),
     Flush(mpsc::SyncSender<()>),
 }
 
+/// Usage of requests that found the booking queue full, for the booking thread to pick up.
+type Spilled = Arc<Mutex<HashMap<DayKey, DayUsage>>>;
+
 /// The accounting thread's mailbox.
 pub struct Recorder {
-    tx: Mutex<Option<mpsc::Sender<Message>>>,
+    tx: Mutex<Option<mpsc::SyncSender<Message>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The thread to unpark for a flush; records never wake it (a wake-up per request would cost
     /// a context switch per request).
     booker: Option<std::thread::Thread>,
+    /// Present with a usage database.
+    spilled: Option<Spilled>,
+    /// Present with an audit log.
+    auditor: Option<Auditor>,
+}
+
+/// The audit thread, as the recorder sees it.
+struct Auditor {
+    dropped: IntCounter,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Disconnected once the thread has ended.
+    ended: Mutex<mpsc::Receiver<()>>,
 }
 
 impl Recorder {
-    /// Starts the accounting thread with its sinks (either may be absent).
-    pub fn start(db: Option<UsageDb>, audit: Option<(AuditTarget, AuditWriter)>) -> Recorder {
-        let (tx, rx) = mpsc::channel();
+    /// Starts the accounting threads with their sinks (either may be absent); audit lines lost to
+    /// a full queue are counted in `audit_dropped`.
+    pub fn start(
+        db: Option<UsageDb>,
+        audit: Option<(AuditTarget, AuditWriter)>,
+        audit_dropped: IntCounter,
+    ) -> Recorder {
+        let spilled = db.as_ref().map(|_| Spilled::default());
+        let (audit_queue, auditor) = match audit {
+            Some((target, writer)) => {
+                let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+                let (ended_tx, ended) = mpsc::channel::<()>();
+                let thread = std::thread::Builder::new()
+                    .name("keygate-audit".into())
+                    .spawn(move || {
+                        let _ended = ended_tx;
+                        write_audit(target, writer, rx);
+                    })
+                    .ok();
+                if thread.is_none() {
+                    tracing::error!("could not start the audit thread; no audit lines are written");
+                }
+                let queue = thread.as_ref().map(|t| AuditQueue {
+                    tx,
+                    thread: t.thread().clone(),
+                });
+                let auditor = Auditor {
+                    dropped: audit_dropped.clone(),
+                    thread: Mutex::new(thread),
+                    ended: Mutex::new(ended),
+                };
+                (queue, Some(auditor))
+            }
+            None => (None, None),
+        };
+        let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let booker = Booker {
+            db,
+            pending: HashMap::new(),
+            spilled: spilled.clone(),
+            audit: audit_queue,
+            audit_dropped,
+            db_failing: false,
+        };
         let thread = std::thread::Builder::new()
             .name("keygate-accounting".into())
-            .spawn(move || Booker::new(db, audit).run(rx))
+            .spawn(move || booker.run(rx))
             .ok();
         if thread.is_none() {
             tracing::error!("could not start the accounting thread; usage will not be persisted");
@@ -103,39 +175,85 @@ impl Recorder {
             tx: Mutex::new(Some(tx)),
             booker: thread.as_ref().map(|t| t.thread().clone()),
             thread: Mutex::new(thread),
+            spilled,
+            auditor,
         }
     }
 
-    /// Queues a finished request. Never blocks.
+    /// Queues a finished request. Never blocks: with the queue full, the request's usage is
+    /// kept in the spilled totals and only its audit line is lost.
     pub fn record(&self, record: RequestRecord) {
-        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = tx.as_ref() {
-            let _ = tx.send(Message::Record(record));
-        }
-    }
-
-    /// Waits until everything queued so far is written and committed (tests, shutdown).
-    pub fn flush(&self) {
-        let (ack, done) = mpsc::sync_channel(1);
         let sent = {
             let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-            tx.as_ref()
-                .is_some_and(|tx| tx.send(Message::Flush(ack)).is_ok())
+            match tx.as_ref() {
+                Some(tx) => tx.try_send(Message::Record(record)),
+                None => return,
+            }
         };
-        if sent {
+        if let Err(TrySendError::Full(Message::Record(record))) = sent {
+            if let Some(spilled) = &self.spilled {
+                fold(
+                    &mut spilled.lock().unwrap_or_else(|e| e.into_inner()),
+                    &record,
+                );
+            }
+            if let Some(auditor) = &self.auditor {
+                auditor.dropped.inc();
+            }
+            // A burst filled the queue while the booker slept: let it drain now.
             if let Some(t) = &self.booker {
                 t.unpark();
             }
+        }
+    }
+
+    /// Waits until everything queued so far is committed and its audit lines written (tests,
+    /// shutdown), for ten seconds at most: an audit sink may take nothing.
+    pub fn flush(&self) {
+        let (ack, done) = mpsc::sync_channel(1);
+        // A clone, so that request threads never wait on the lock while the queue is full.
+        let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+            return;
+        };
+        let wake = || {
+            if let Some(t) = &self.booker {
+                t.unpark();
+            }
+        };
+        // First to make room in a full queue, then to book at once.
+        wake();
+        if tx.send(Message::Flush(ack)).is_ok() {
+            wake();
             let _ = done.recv_timeout(Duration::from_secs(10));
         }
     }
 
-    /// Writes what is queued and stops the thread.
+    /// Commits what is queued, writes its audit lines, and stops the threads.
     pub fn stop(&self) {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
             thread.thread().unpark();
             let _ = thread.join();
+        }
+        let Some(auditor) = &self.auditor else {
+            return;
+        };
+        let Some(thread) = auditor
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let ended = auditor.ended.lock().unwrap_or_else(|e| e.into_inner());
+        match ended.recv_timeout(AUDIT_STOP_WAIT) {
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!("the audit log takes no more lines; its last lines are lost");
+            }
+            _ => {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -146,27 +264,59 @@ impl Drop for Recorder {
     }
 }
 
-/// The accounting thread's state.
+/// Adds `r` to the totals of its day, key, workload and model, if it is billable.
+fn fold(totals: &mut HashMap<DayKey, DayUsage>, r: &RequestRecord) {
+    let (Some(key), Some(model)) = (r.key.as_deref(), r.model.as_deref()) else {
+        return;
+    };
+    if !r.billable {
+        return;
+    }
+    totals
+        .entry(DayKey {
+            day: r.day(),
+            key_id: (&*key.id).into(),
+            workload: key.workload.name.as_str().into(),
+            model: model.name.as_str().into(),
+        })
+        .or_default()
+        .add(&DayUsage {
+            requests: 1,
+            prompt_tokens: r.usage.prompt_tokens,
+            completion_tokens: r.usage.completion_tokens,
+            cached_tokens: r.usage.cached_tokens,
+            cost: r.cost,
+            estimated_requests: u64::from(r.estimated),
+        });
+}
+
+/// What the audit thread is sent.
+// Records are nearly every message, as above.
+#[allow(clippy::large_enum_variant)]
+enum AuditMessage {
+    Line(RequestRecord),
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// The audit thread's mailbox, as the booking thread sees it.
+struct AuditQueue {
+    tx: mpsc::SyncSender<AuditMessage>,
+    /// Woken once a round, when the round's lines are queued.
+    thread: std::thread::Thread,
+}
+
+/// The booking thread's state.
 struct Booker {
     db: Option<UsageDb>,
-    audit: Option<(AuditTarget, AuditWriter)>,
     pending: HashMap<DayKey, DayUsage>,
+    spilled: Option<Spilled>,
+    audit: Option<AuditQueue>,
+    audit_dropped: IntCounter,
     /// Whether the last write failed, so a broken disk is reported once, not per batch.
     db_failing: bool,
-    audit_failing: bool,
 }
 
 impl Booker {
-    fn new(db: Option<UsageDb>, audit: Option<(AuditTarget, AuditWriter)>) -> Booker {
-        Booker {
-            db,
-            audit,
-            pending: HashMap::new(),
-            db_failing: false,
-            audit_failing: false,
-        }
-    }
-
     /// Sleeps until the next flush is due (or a flush is asked for), then books everything
     /// queued meanwhile in one go.
     fn run(mut self, rx: mpsc::Receiver<Message>) {
@@ -176,7 +326,7 @@ impl Booker {
             let mut acks = Vec::new();
             let disconnected = loop {
                 match rx.try_recv() {
-                    Ok(Message::Record(r)) => self.book(&r),
+                    Ok(Message::Record(r)) => self.book(r),
                     Ok(Message::Flush(ack)) => acks.push(ack),
                     Err(TryRecvError::Empty) => break false,
                     Err(TryRecvError::Disconnected) => break true,
@@ -187,50 +337,49 @@ impl Booker {
                 last_flush = Instant::now();
             }
             for ack in acks {
-                let _ = ack.send(());
+                // The audit thread acknowledges once the lines before it are written; when it
+                // cannot take the flush, it is not waited for.
+                let unsent = match &self.audit {
+                    Some(audit) => match audit.tx.try_send(AuditMessage::Flush(ack)) {
+                        Ok(()) => None,
+                        Err(TrySendError::Full(m) | TrySendError::Disconnected(m)) => Some(m),
+                    },
+                    None => Some(AuditMessage::Flush(ack)),
+                };
+                if let Some(AuditMessage::Flush(ack)) = unsent {
+                    let _ = ack.send(());
+                }
             }
             if disconnected {
+                // Dropping the queue tells the audit thread to finish.
+                if let Some(audit) = self.audit.take() {
+                    audit.thread.unpark();
+                }
                 return;
+            }
+            if let Some(audit) = &self.audit {
+                audit.thread.unpark();
             }
         }
     }
 
-    fn book(&mut self, r: &RequestRecord) {
-        if let Some((target, writer)) = &mut self.audit {
-            let written = writer.write(r);
-            report_failure(&mut self.audit_failing, written, || {
-                format!("cannot write the audit log {target}")
-            });
+    fn book(&mut self, r: RequestRecord) {
+        if self.db.is_some() {
+            fold(&mut self.pending, &r);
         }
-        if !r.billable || self.db.is_none() {
-            return;
+        if let Some(audit) = &self.audit {
+            if audit.tx.try_send(AuditMessage::Line(r)).is_err() {
+                self.audit_dropped.inc();
+            }
         }
-        let (Some(key), Some(model)) = (r.key.as_deref(), r.model.as_deref()) else {
-            return;
-        };
-        let row = self
-            .pending
-            .entry(DayKey {
-                day: r.day(),
-                key_id: (&*key.id).into(),
-                workload: key.workload.name.as_str().into(),
-                model: model.name.as_str().into(),
-            })
-            .or_default();
-        row.requests += 1;
-        row.prompt_tokens += r.usage.prompt_tokens;
-        row.completion_tokens += r.usage.completion_tokens;
-        row.cached_tokens += r.usage.cached_tokens;
-        row.cost = row.cost.saturating_add(r.cost);
-        row.estimated_requests += u64::from(r.estimated);
     }
 
     fn flush(&mut self) {
-        if let Some((target, writer)) = &mut self.audit {
-            let flushed = writer.flush();
-            report_failure(&mut self.audit_failing, flushed, || {
-                format!("cannot write the audit log {target}")
-            });
+        if let Some(spilled) = &self.spilled {
+            let spilled = std::mem::take(&mut *spilled.lock().unwrap_or_else(|e| e.into_inner()));
+            for (key, usage) in spilled {
+                self.pending.entry(key).or_default().add(&usage);
+            }
         }
         if self.pending.is_empty() {
             return;
@@ -244,6 +393,35 @@ impl Booker {
             report_failure(&mut self.db_failing, added, || {
                 "cannot persist usage (kept in memory, retrying)".to_owned()
             });
+        }
+    }
+}
+
+/// The audit thread: once a round (when the booking thread wakes it), writes the lines queued
+/// and flushes them, so the sink gets a round's lines in one write.
+fn write_audit(target: AuditTarget, mut writer: AuditWriter, rx: mpsc::Receiver<AuditMessage>) {
+    let mut failing = false;
+    let mut report = |result| {
+        report_failure(&mut failing, result, || {
+            format!("cannot write the audit log {target}")
+        })
+    };
+    loop {
+        std::thread::park_timeout(FLUSH_EVERY);
+        let ended = loop {
+            match rx.try_recv() {
+                Ok(AuditMessage::Line(r)) => report(writer.write(&r)),
+                Ok(AuditMessage::Flush(ack)) => {
+                    report(writer.flush());
+                    let _ = ack.send(());
+                }
+                Err(TryRecvError::Empty) => break false,
+                Err(TryRecvError::Disconnected) => break true,
+            }
+        };
+        report(writer.flush());
+        if ended {
+            return;
         }
     }
 }

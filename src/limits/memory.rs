@@ -79,6 +79,8 @@ pub struct Admission {
     /// The cost reserved in every scope with a budget, and when; zero once settled.
     reserved: UsdNanos,
     reserved_at: Calendar,
+    /// When the token estimate was charged, which picks the windows a refund goes back to.
+    charged_at_ms: u64,
 }
 
 impl Default for Admission {
@@ -89,6 +91,7 @@ impl Default for Admission {
             status: RateStatus::default(),
             reserved: UsdNanos::ZERO,
             reserved_at: Calendar { day: 0, month: 0 },
+            charged_at_ms: 0,
         }
     }
 }
@@ -280,6 +283,7 @@ impl LimitState for MemoryLimits {
         let mut refusal: Option<LimitRefusal> = None;
         let mut admission = Admission::default();
         admission.reserved_at = cal;
+        admission.charged_at_ms = now_ms;
         for ((scope_ref, scope), counters) in active.iter().zip(guards.iter_mut()) {
             let spec = scope_ref.spec;
             let mut charges_tokens = false;
@@ -397,9 +401,16 @@ impl LimitState for MemoryLimits {
             // Every token window of the scope: the ones the request counted in, unless a reload
             // changed a window's length meanwhile, when the new one takes the charge.
             for (kind, per_ms, counter) in &mut c.windows {
-                if *kind == LimitKind::Tokens {
-                    counter.roll(now_ms, *per_ms);
-                    counter.current = counter.current.saturating_add_signed(delta);
+                if *kind != LimitKind::Tokens {
+                    continue;
+                }
+                counter.roll(now_ms, *per_ms);
+                if delta > 0 {
+                    counter.current = counter.current.saturating_add(delta.unsigned_abs());
+                } else {
+                    // Taken from the current window, a refund would hand a later window tokens
+                    // it never counted.
+                    counter.refund(admission.charged_at_ms / *per_ms, delta.unsigned_abs());
                 }
             }
         }
@@ -635,6 +646,35 @@ mod tests {
         .unwrap_err();
         assert!(r.limit.contains("100 tokens"));
         assert_eq!(r.status.tokens.unwrap().remaining, 0);
+    }
+
+    #[test]
+    fn a_refund_lands_on_the_window_it_was_charged_to() {
+        let limits = MemoryLimits::new();
+        let key = spec(&[(LimitKind::Tokens, 1_000, 10)], None);
+        let scopes = one("key", "k", &key);
+        let demand = |tokens| Demand {
+            tokens,
+            cost: UsdNanos::ZERO,
+        };
+        let window = |t| admit(&limits, &scopes, demand(0), t).unwrap().status.tokens;
+        // Estimated at 400 tokens late in one window; it used 100, known in the next window,
+        // where another request has been charged 300 meanwhile.
+        let early = admit(&limits, &scopes, demand(400), 19_000).unwrap();
+        let _other = admit(&limits, &scopes, demand(300), 20_000).unwrap();
+        limits.charge_tokens(&early, 100 - 400, 25_000);
+        // half of the previous window's 100 still weighs, with the next window's 300
+        assert_eq!(window(25_000).unwrap().remaining, 1_000 - 50 - 300);
+        // A refund for a window gone altogether is dropped.
+        let late = admit(&limits, &scopes, demand(200), 35_000).unwrap();
+        let _now = admit(&limits, &scopes, demand(100), 50_000).unwrap();
+        limits.charge_tokens(&late, -200, 50_000);
+        assert_eq!(window(50_000).unwrap().remaining, 1_000 - 100);
+        // A charge above the estimate lands where the usage becomes known: the window of 110
+        // is the previous one by then, and weighs 90%.
+        let big = admit(&limits, &scopes, demand(10), 51_000).unwrap();
+        limits.charge_tokens(&big, 90, 61_000);
+        assert_eq!(window(61_000).unwrap().remaining, 1_000 - 90 - 99);
     }
 
     #[test]

@@ -180,7 +180,9 @@ pub trait LimitState: Send + Sync {
         slots: Slots,
         now_ms: u64,
     ) -> Result<Admission, LimitRefusal>;
-    /// Adds `delta` tokens (positive or negative) to the token windows of an admitted request.
+    /// Adds `delta` tokens to the token windows of an admitted request: more than its estimate
+    /// is charged to the current windows; less is refunded to the windows the estimate was
+    /// charged to, or dropped once those have passed.
     fn charge_tokens(&self, admission: &Admission, delta: i64, now_ms: u64);
     /// Replaces the admission's reservation by the real cost (once; later calls do nothing).
     /// Returns the budget alerts the spend crossed.

@@ -38,6 +38,16 @@ impl WindowCounter {
         self.index = index;
     }
 
+    /// Takes `tokens` back from the aligned window `index`, if it is still the current or the
+    /// previous one; a window already forgotten keeps nothing to take them from.
+    pub fn refund(&mut self, index: u64, tokens: u64) {
+        if index == self.index {
+            self.current = self.current.saturating_sub(tokens);
+        } else if index.checked_add(1) == Some(self.index) {
+            self.previous = self.previous.saturating_sub(tokens);
+        }
+    }
+
     /// Fraction of the current window already elapsed at `now_ms`.
     fn elapsed_fraction(&self, now_ms: u64, per_ms: u64) -> f64 {
         (now_ms.saturating_sub(self.index * per_ms)) as f64 / per_ms as f64

@@ -10,7 +10,7 @@ use crate::accounting::{Recorder, RequestRecord};
 use crate::limits::{self, LimitState};
 use crate::metrics::{Metrics, RequestFigures};
 use crate::usage::cost::UsdNanos;
-use crate::usage::Usage;
+use crate::usage::{Usage, MAX_TOKENS};
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use std::borrow::Cow;
@@ -26,18 +26,21 @@ pub fn account(
     ctx: &mut RequestCtx,
 ) {
     let now_ms = limits::now_ms();
-    let (usage, estimated) = measured_usage(ctx);
+    let measured = measured_usage(session, ctx);
+    let (usage, estimated) = measured.unwrap_or_default();
     let mut cost = UsdNanos::ZERO;
     if let Some(admitted) = ctx.admitted.as_mut() {
         cost = admitted
             .model
             .price
             .map_or(UsdNanos::ZERO, |p| p.cost(&usage));
-        // Tokens are charged only when a response was read; an admission without one keeps its
-        // prompt estimate, as the provider may have billed the prompt.
-        if ctx.response.usage.is_some() {
-            let actual = usage.prompt_tokens + usage.completion_tokens;
-            let delta = actual as i64 - admitted.token_estimate as i64;
+        // Without usage to settle to (an error status, a request never sent), the token
+        // windows keep the prompt estimate: the provider may have read the prompt, and an
+        // HTTP/2 upstream does not tell whether the request went out.
+        if measured.is_some() {
+            let actual = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+            let delta = i64::try_from(actual).unwrap_or(i64::MAX)
+                - i64::try_from(admitted.token_estimate).unwrap_or(i64::MAX);
             limits.charge_tokens(&admitted.admission, delta, now_ms);
         }
         for crossed in limits.settle_cost(&mut admitted.admission, cost, now_ms) {
@@ -124,23 +127,29 @@ pub fn account(
     });
 }
 
-/// The request's token usage: the provider's own count when the response carried one; for a
-/// response cut before its usage (or without one), the prompt estimate plus the streamed text at
-/// about four characters a token, marked estimated. Requests without a successful response used
-/// nothing.
-fn measured_usage(ctx: &mut RequestCtx) -> (Usage, bool) {
-    let (Some(extractor), Some(admitted)) = (ctx.response.usage.as_mut(), &ctx.admitted) else {
-        return (Usage::default(), false);
+/// The request's token usage, and whether it is estimated: the provider's own count when the
+/// response carried one. A response cut before its usage, without one, or unreadable is charged
+/// the prompt estimate plus the streamed text at about four characters a token. So is a request
+/// the provider read but never answered (the client left first, or the provider went silent):
+/// providers bill the prompt they read. `None` for requests that used nothing: refused, answered
+/// with an error, or never sent.
+fn measured_usage(session: &Session, ctx: &mut RequestCtx) -> Option<(Usage, bool)> {
+    let admitted = ctx.admitted.as_ref()?;
+    let estimate = |completion_tokens: u64| Usage {
+        prompt_tokens: admitted.token_estimate,
+        completion_tokens: completion_tokens.min(MAX_TOKENS),
+        cached_tokens: 0,
     };
-    match extractor.finish() {
-        Some(usage) => (usage, false),
-        None => (
-            Usage {
-                prompt_tokens: admitted.token_estimate,
-                completion_tokens: extractor.streamed_text_chars().div_ceil(4),
-                cached_tokens: 0,
-            },
-            true,
-        ),
+    match ctx.response.usage.as_mut() {
+        Some(extractor) => Some(match extractor.finish() {
+            Some(usage) => (usage, false),
+            None => (estimate(extractor.streamed_text_chars().div_ceil(4)), true),
+        }),
+        None if !ctx.upstream.got_header()
+            && session.upstream_body_bytes_sent().is_some_and(|n| n > 0) =>
+        {
+            Some((estimate(0), true))
+        }
+        None => None,
     }
 }

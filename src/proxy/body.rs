@@ -187,6 +187,10 @@ struct Head<'a> {
     max_completion_tokens: Option<&'a RawValue>,
     #[serde(borrow, default)]
     max_output_tokens: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    n: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    best_of: Option<&'a RawValue>,
 }
 
 /// What routing needs from the body.
@@ -199,15 +203,20 @@ pub struct RequestFacts {
     /// The largest of `max_tokens`, `max_completion_tokens` and `max_output_tokens`, when the
     /// request sets any (the budget reservation's output bound).
     pub max_output_tokens: Option<u64>,
+    /// `n` and `best_of`: how many completions the provider generates, and bills, each up to
+    /// the output bound.
+    pub n: Option<u64>,
+    pub best_of: Option<u64>,
 }
 
-/// Extracts `model`, `stream` and the output-token bound from a JSON object body.
+/// Extracts `model`, `stream`, the output-token bound and the number of choices from a JSON
+/// object body.
 ///
 /// A targeted scan reads the top-level members and skips the others (the messages, most of the
 /// body) by their structure alone: on a 900-byte chat request, 0.29 µs against 0.62 µs for the
 /// full parse below, and 0.35 µs for serde merely validating the JSON (`cargo bench --bench usage
 /// -- request`). Whatever it
-/// cannot vouch for (a malformed object, a duplicate or mistyped field of the five) goes to
+/// cannot vouch for (a malformed object, a duplicate or mistyped field of the seven) goes to
 /// serde, which decides and words the error. The scan does not validate what it skips: a body
 /// broken inside its messages goes to the provider, which refuses it with its own 400.
 ///
@@ -252,6 +261,8 @@ fn scan(body: &[u8]) -> Result<Option<RequestFacts>, Refusal> {
     let mut stream = None;
     // max_tokens, max_completion_tokens, max_output_tokens
     let mut bounds: [Option<&[u8]>; 3] = [None; 3];
+    // n, best_of
+    let mut choices: [Option<&[u8]>; 2] = [None; 2];
     let mut members = Members::new(body, open);
     for m in members.by_ref() {
         let value = &body[m.value.0..m.value.1];
@@ -270,6 +281,8 @@ fn scan(body: &[u8]) -> Result<Option<RequestFacts>, Refusal> {
             b"max_tokens" => bounds[0].replace(value).is_some(),
             b"max_completion_tokens" => bounds[1].replace(value).is_some(),
             b"max_output_tokens" => bounds[2].replace(value).is_some(),
+            b"n" => choices[0].replace(value).is_some(),
+            b"best_of" => choices[1].replace(value).is_some(),
             name => {
                 if let Some(field) = GOVERNED
                     .into_iter()
@@ -284,7 +297,7 @@ fn scan(body: &[u8]) -> Result<Option<RequestFacts>, Refusal> {
             return Ok(None);
         }
     }
-    Ok(facts(body, members.end(), model, stream, bounds))
+    Ok(facts(body, members.end(), model, stream, bounds, choices))
 }
 
 /// The facts of a scanned body, once its members are read; `None` for what only serde may judge.
@@ -294,6 +307,7 @@ fn facts(
     model: Option<(usize, usize)>,
     stream: Option<Option<bool>>,
     bounds: [Option<&[u8]>; 3],
+    [n, best_of]: [Option<&[u8]>; 2],
 ) -> Option<RequestFacts> {
     // Only whitespace may follow the object.
     if skip_ws(body, end?) != body.len() {
@@ -319,6 +333,8 @@ fn facts(
         model_span: span,
         stream: stream.flatten().unwrap_or(false),
         max_output_tokens: output_bound(bounds.into_iter().flatten()),
+        n: n.and_then(count),
+        best_of: best_of.and_then(count),
     })
 }
 
@@ -385,6 +401,8 @@ fn parse(body: &[u8]) -> Result<RequestFacts, Refusal> {
         model_span: (start, start + raw.get().len()),
         stream: head.stream.unwrap_or(false),
         max_output_tokens: output_bound(bounds.into_iter().flatten().map(|r| r.get().as_bytes())),
+        n: head.n.and_then(|r| count(r.get().as_bytes())),
+        best_of: head.best_of.and_then(|r| count(r.get().as_bytes())),
     })
 }
 
@@ -512,6 +530,16 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_number_of_choices() {
+        let f = inspect(br#"{"model":"m","n":4}"#).unwrap();
+        assert_eq!((f.n, f.best_of), (Some(4), None));
+        let f = inspect(br#"{"model":"m","best_of":5,"n":2}"#).unwrap();
+        assert_eq!((f.n, f.best_of), (Some(2), Some(5)));
+        let f = inspect(br#"{"model":"m","n":"4","best_of":null}"#).unwrap();
+        assert_eq!((f.n, f.best_of), (None, None));
+    }
+
+    #[test]
     fn nested_model_fields_are_not_the_model() {
         let body = br#"{"metadata":{"model":"nested"},"model":"top"}"#;
         assert_eq!(inspect(body).unwrap().model, "top");
@@ -536,7 +564,7 @@ mod tests {
 
     #[test]
     fn the_scan_and_the_full_parse_agree() {
-        let bodies: [&[u8]; 9] = [
+        let bodies: [&[u8]; 12] = [
             br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"say \"hi\" \\ {[\u00e9"}],"stream":false}"#,
             br#" { "messages" : [ {"role":"system","content":"x","model":"no"} ] , "model" : "m" , "stream" : true } "#,
             br#"{"model":"a\u002fb","stream":null,"max_tokens":12}"#,
@@ -546,6 +574,9 @@ mod tests {
             "{\"model\":\"模型\",\"messages\":[{\"content\":\"ü\"}]}".as_bytes(),
             b"{\n\t\"model\":\"m\"\r\n}\n",
             br#"{"model":"","max_tokens":18446744073709551615}"#,
+            br#"{"model":"m","n":3,"best_of":5,"max_tokens":10}"#,
+            br#"{"model":"m","n":"3","best_of":-1}"#,
+            br#"{"model":"m","n":1.5,"best_of":null}"#,
         ];
         for body in bodies {
             let text = String::from_utf8_lossy(body);
@@ -560,6 +591,8 @@ mod tests {
             &br#"{"model":"a","model":"b"}"#[..],
             br#"{"model":"a","stream":true,"stream":false}"#,
             br#"{"model":"a","max_tokens":1,"max_tokens":2}"#,
+            br#"{"model":"a","n":1,"n":2}"#,
+            br#"{"model":"a","best_of":1,"best_of":2}"#,
             br#"{"model":"a","stream":"yes"}"#,
             br#"{"model":["a"]}"#,
             br#"{"messages":[]}"#,

@@ -6,6 +6,7 @@
 use super::authenticate::OTHER_KEY_HEADERS;
 use super::ctx::RequestCtx;
 use super::head;
+use crate::usage::ContentEncoding;
 use bytes::Bytes;
 use http::HeaderValue;
 use pingora::http::RequestHeader;
@@ -62,12 +63,15 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
         headers.remove(http::header::EXPECT);
         let content_length = values.number(admitted.body.len() as u64)?;
         head::set(headers, http::header::CONTENT_LENGTH, content_length)?;
-        if admitted.added_include_usage {
+        let accept = if admitted.added_include_usage {
             // The usage chunk is removed from the stream on its way back, which needs plain
             // bytes.
-            let identity = HeaderValue::from_static("identity");
-            head::set(headers, http::header::ACCEPT_ENCODING, identity)?;
-        }
+            HeaderValue::from_static("identity")
+        } else {
+            let client = headers.get(http::header::ACCEPT_ENCODING);
+            ContentEncoding::upstream_accept(client.map(HeaderValue::as_bytes))
+        };
+        head::set(headers, http::header::ACCEPT_ENCODING, accept)?;
         if !endpoint.base_path.is_empty() {
             let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             parts.uri = format!("{}{}", endpoint.base_path, path_and_query)

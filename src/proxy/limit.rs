@@ -17,6 +17,10 @@ use std::sync::Arc;
 /// Output tokens reserved against a budget when neither the request nor the model bounds them.
 pub const DEFAULT_OUTPUT_RESERVE: u64 = 4096;
 
+/// [`DEFAULT_OUTPUT_RESERVE`] for a reasoning model, whose hidden reasoning is billed as output:
+/// OpenAI advises leaving room for at least 25,000 tokens of reasoning and output.
+pub const REASONING_OUTPUT_RESERVE: u64 = 32_768;
+
 /// A request counts against its key and the key's workload, both at once.
 fn scopes(key: &Key) -> [ScopeRef<'_>; 2] {
     [
@@ -78,10 +82,12 @@ pub fn admit(
     let demand = Demand {
         tokens: token_estimate,
         cost: match (&model.price, budgeted) {
-            (Some(price), true) => price.worst_case(
-                token_estimate,
-                output_reserve(operation, facts.max_output_tokens, &model),
-            ),
+            (Some(price), true) => {
+                // Each of `n` (or `best_of`) choices may run to the output bound, and is billed.
+                let choices = facts.n.max(facts.best_of).unwrap_or(1).max(1);
+                let output = output_reserve(operation, facts.max_output_tokens, &model);
+                price.worst_case(token_estimate, output.saturating_mul(choices))
+            }
             _ => UsdNanos::ZERO,
         },
     };
@@ -131,8 +137,12 @@ pub fn admit(
     })
 }
 
-/// Output tokens a request may produce, for its budget reservation: its own bound, capped by the
-/// model's, or the model's, or [`DEFAULT_OUTPUT_RESERVE`]. Embeddings produce none.
+/// Output tokens one choice of a request may produce, for its budget reservation: its own bound,
+/// capped by the model's, or the model's, or [`DEFAULT_OUTPUT_RESERVE`]
+/// ([`REASONING_OUTPUT_RESERVE`] for a reasoning model). Embeddings produce none.
+///
+/// The reasoning default bounds the reservation only, never a request: one that asks for more
+/// output is reserved at what it asks.
 fn output_reserve(operation: Operation, requested: Option<u64>, model: &Model) -> u64 {
     if operation == Operation::Embeddings {
         return 0;
@@ -140,6 +150,52 @@ fn output_reserve(operation: Operation, requested: Option<u64>, model: &Model) -
     match (requested, model.max_output_tokens) {
         (Some(r), Some(m)) => r.min(m),
         (Some(n), None) | (None, Some(n)) => n,
+        (None, None) if is_reasoning(model.upstream_name()) => REASONING_OUTPUT_RESERVE,
         (None, None) => DEFAULT_OUTPUT_RESERVE,
+    }
+}
+
+/// OpenAI's reasoning models by name: the o-series (`o1`, `o3-mini`, `o4-mini-2025-04-16`) and
+/// `gpt-5*`, after any provider prefix such as `openai/`.
+fn is_reasoning(name: &str) -> bool {
+    let name = name.rsplit('/').next().unwrap_or(name).as_bytes();
+    let starts = |prefix: &[u8]| {
+        name.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    let o_series = [b"o1", b"o3", b"o4"]
+        .iter()
+        .any(|p| starts(*p) && matches!(name.get(2), None | Some(b'-')));
+    o_series || starts(b"gpt-5")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasoning_models_by_name() {
+        for name in [
+            "o1",
+            "o3-mini",
+            "O4-mini-2025-04-16",
+            "openai/o3",
+            "gpt-5",
+            "gpt-5.1-mini",
+        ] {
+            assert!(is_reasoning(name), "{name}");
+        }
+        for name in [
+            "gpt-4o",
+            "o10",
+            "o3x",
+            "gpt-4.1",
+            "my-o3",
+            "",
+            "o",
+            "claude-opus-4",
+        ] {
+            assert!(!is_reasoning(name), "{name}");
+        }
     }
 }

@@ -43,18 +43,20 @@ pub fn response_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Res
             .get(http::header::CONTENT_ENCODING)
             .map(|v| v.as_bytes()),
     );
-    if let Some(encoding) = encoding {
-        let kind = if is_sse {
-            BodyKind::Sse
-        } else {
-            BodyKind::Json
-        };
-        ctx.response.usage = Some(UsageExtractor::new(kind, encoding));
-        if admitted.added_include_usage && is_sse && encoding == ContentEncoding::Identity {
-            ctx.response.stripper = Some(UsageChunkStripper::new());
-            // The client receives fewer bytes than the provider sent.
-            response.remove_header(&http::header::CONTENT_LENGTH);
-        }
+    let kind = if is_sse {
+        BodyKind::Sse
+    } else {
+        BodyKind::Json
+    };
+    ctx.response.usage = Some(match encoding {
+        Some(encoding) => UsageExtractor::new(kind, encoding),
+        // A coding keygate was not asked for: the response still counts, at its estimate.
+        None => UsageExtractor::unreadable(),
+    });
+    if admitted.added_include_usage && is_sse && encoding == Some(ContentEncoding::Identity) {
+        ctx.response.stripper = Some(UsageChunkStripper::new());
+        // The client receives fewer bytes than the provider sent.
+        response.remove_header(&http::header::CONTENT_LENGTH);
     }
     Ok(())
 }

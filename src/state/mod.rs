@@ -23,6 +23,22 @@ pub struct DayUsage {
     pub estimated_requests: u64,
 }
 
+impl DayUsage {
+    /// Adds `other`, each total saturating.
+    pub fn add(&mut self, other: &DayUsage) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
+        self.cost = self.cost.saturating_add(other.cost);
+        self.estimated_requests = self
+            .estimated_requests
+            .saturating_add(other.estimated_requests);
+    }
+}
+
 /// Which rows a report covers.
 #[derive(Debug, Clone, Default)]
 pub struct UsageFilter {

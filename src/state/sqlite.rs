@@ -6,12 +6,18 @@
 //! The database runs in WAL mode with `synchronous=NORMAL`: a committed batch survives the
 //! process being killed (only a power loss can drop the last commits), and readers such as
 //! `keygate usage` never block the writer.
+//!
+//! Totals saturate rather than overflow: SQLite turns an integer sum past `i64::MAX` into a REAL
+//! and its `SUM()` fails on one, and spend is read back at every start. So additions are capped
+//! at `i64::MAX` in SQL, and totals are summed here, saturating, from values read leniently (a
+//! REAL an older keygate stored reads as the cap), so that no stored value can stop a start.
 
 use super::{DayUsage, ReportRow, UsageFilter, UsageGroup};
 use crate::limits::{PersistedSpend, ScopeId};
 use crate::usage::cost::UsdNanos;
 use chrono::NaiveDate;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -145,20 +151,7 @@ impl UsageDb {
         };
         let tx = self.conn.transaction().map_err(err)?;
         {
-            let mut upsert = tx
-                .prepare_cached(
-                    "INSERT INTO usage_daily (day, key_id, workload, model, requests, prompt_tokens,
-                         completion_tokens, cached_tokens, cost_nanos, estimated_requests)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                     ON CONFLICT (day, key_id, workload, model) DO UPDATE SET
-                         requests = requests + excluded.requests,
-                         prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-                         completion_tokens = completion_tokens + excluded.completion_tokens,
-                         cached_tokens = cached_tokens + excluded.cached_tokens,
-                         cost_nanos = cost_nanos + excluded.cost_nanos,
-                         estimated_requests = estimated_requests + excluded.estimated_requests",
-                )
-                .map_err(err)?;
+            let mut upsert = tx.prepare_cached(UPSERT).map_err(err)?;
             for (k, u) in batch {
                 upsert
                     .execute(params![
@@ -192,31 +185,27 @@ impl UsageDb {
             let mut stmt = self
                 .conn
                 .prepare(&format!(
-                    "SELECT {column},
-                            SUM(CASE WHEN day = ?1 THEN cost_nanos ELSE 0 END),
-                            SUM(cost_nanos)
-                     FROM usage_daily WHERE day >= ?2 GROUP BY {column}"
+                    "SELECT {column}, day = ?1, cost_nanos FROM usage_daily WHERE day >= ?2
+                     ORDER BY 1"
                 ))
                 .map_err(|e| self.error(e))?;
             let rows = stmt
-                .query_map(params![today, month_start], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
+                .query(params![today, month_start])
                 .map_err(|e| self.error(e))?;
-            for row in rows {
-                let (name, day, month) = row.map_err(|e| self.error(e))?;
-                out.insert(
-                    (kind, name.into_boxed_str()),
-                    PersistedSpend {
-                        today: UsdNanos(day.max(0) as u64),
-                        this_month: UsdNanos(month.max(0) as u64),
-                    },
-                );
-            }
+            let totals = fold_groups(rows, |spend: &mut PersistedSpend, r| {
+                let cost = UsdNanos(stored(r.get_ref(2)?));
+                if r.get::<_, bool>(1)? {
+                    spend.today = spend.today.saturating_add(cost);
+                }
+                spend.this_month = spend.this_month.saturating_add(cost);
+                Ok(())
+            })
+            .map_err(|e| self.error(e))?;
+            out.extend(
+                totals
+                    .into_iter()
+                    .map(|(name, spend)| ((kind, name.into_boxed_str()), spend)),
+            );
         }
         Ok(out)
     }
@@ -235,44 +224,104 @@ impl UsageDb {
             None => "'total'",
         };
         let sql = format!(
-            "SELECT {column}, SUM(requests), SUM(prompt_tokens), SUM(completion_tokens),
-                    SUM(cached_tokens), SUM(cost_nanos), SUM(estimated_requests)
+            "SELECT {column}, requests, prompt_tokens, completion_tokens, cached_tokens,
+                    cost_nanos, estimated_requests
              FROM usage_daily
              WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR workload = ?2)
                AND (?3 IS NULL OR day >= ?3) AND (?4 IS NULL OR day <= ?4)
-             GROUP BY 1 HAVING COUNT(*) > 0 ORDER BY 1"
+             ORDER BY 1"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.error(e))?;
         let date = |d: Option<NaiveDate>| d.map(|d| d.format("%Y-%m-%d").to_string());
         let rows = stmt
-            .query_map(
-                params![
-                    filter.key.as_deref(),
-                    filter.workload.as_deref(),
-                    date(filter.since),
-                    date(filter.until),
-                ],
-                |r| {
-                    let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
-                    Ok(ReportRow {
-                        group: r.get(0)?,
-                        requests: n(1)?,
-                        prompt_tokens: n(2)?,
-                        completion_tokens: n(3)?,
-                        cached_tokens: n(4)?,
-                        cost: UsdNanos(n(5)?),
-                        estimated_requests: n(6)?,
-                    })
-                },
-            )
+            .query(params![
+                filter.key.as_deref(),
+                filter.workload.as_deref(),
+                date(filter.since),
+                date(filter.until),
+            ])
             .map_err(|e| self.error(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.error(e))
+        let totals = fold_groups(rows, |total: &mut DayUsage, r| {
+            let n = |i: usize| r.get_ref(i).map(stored);
+            total.add(&DayUsage {
+                requests: n(1)?,
+                prompt_tokens: n(2)?,
+                completion_tokens: n(3)?,
+                cached_tokens: n(4)?,
+                cost: UsdNanos(n(5)?),
+                estimated_requests: n(6)?,
+            });
+            Ok(())
+        })
+        .map_err(|e| self.error(e))?;
+        Ok(totals
+            .into_iter()
+            .map(|(group, t)| ReportRow {
+                group,
+                requests: t.requests,
+                prompt_tokens: t.prompt_tokens,
+                completion_tokens: t.completion_tokens,
+                cached_tokens: t.cached_tokens,
+                cost: t.cost,
+                estimated_requests: t.estimated_requests,
+            })
+            .collect())
     }
 }
 
-/// SQLite integers are signed; counts beyond `i64::MAX` cannot happen in practice but never wrap.
+/// Adds a batch to its rows; each total stops at `i64::MAX` instead of turning into a REAL.
+const UPSERT: &str = "INSERT INTO usage_daily (day, key_id, workload, model, requests,
+        prompt_tokens, completion_tokens, cached_tokens, cost_nanos, estimated_requests)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+    ON CONFLICT (day, key_id, workload, model) DO UPDATE SET
+        requests = CASE WHEN requests > 9223372036854775807 - excluded.requests
+            THEN 9223372036854775807 ELSE requests + excluded.requests END,
+        prompt_tokens = CASE WHEN prompt_tokens > 9223372036854775807 - excluded.prompt_tokens
+            THEN 9223372036854775807 ELSE prompt_tokens + excluded.prompt_tokens END,
+        completion_tokens =
+            CASE WHEN completion_tokens > 9223372036854775807 - excluded.completion_tokens
+            THEN 9223372036854775807 ELSE completion_tokens + excluded.completion_tokens END,
+        cached_tokens = CASE WHEN cached_tokens > 9223372036854775807 - excluded.cached_tokens
+            THEN 9223372036854775807 ELSE cached_tokens + excluded.cached_tokens END,
+        cost_nanos = CASE WHEN cost_nanos > 9223372036854775807 - excluded.cost_nanos
+            THEN 9223372036854775807 ELSE cost_nanos + excluded.cost_nanos END,
+        estimated_requests =
+            CASE WHEN estimated_requests > 9223372036854775807 - excluded.estimated_requests
+            THEN 9223372036854775807 ELSE estimated_requests + excluded.estimated_requests END";
+
+/// SQLite integers are signed: a value beyond `i64::MAX` is stored as that.
 fn sql_int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A stored total as a count: integers as they are (never below zero), a REAL (what SQLite made
+/// of an overflowing sum before additions were capped) up to `i64::MAX`, anything else zero.
+fn stored(value: ValueRef<'_>) -> u64 {
+    match value {
+        ValueRef::Integer(n) => n.max(0) as u64,
+        // `as` saturates, and takes NaN to zero
+        ValueRef::Real(f) => (f as u64).min(i64::MAX as u64),
+        _ => 0,
+    }
+}
+
+/// Folds rows ordered by their first column (the group's name) into one total per group, in
+/// that order; `add` adds one row to its group's total.
+fn fold_groups<T: Default>(
+    mut rows: rusqlite::Rows<'_>,
+    mut add: impl FnMut(&mut T, &Row<'_>) -> rusqlite::Result<()>,
+) -> rusqlite::Result<Vec<(String, T)>> {
+    let mut groups: Vec<(String, T)> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let name = row.get_ref(0)?.as_str()?;
+        if groups.last().is_none_or(|(last, _)| last != name) {
+            groups.push((name.to_owned(), T::default()));
+        }
+        if let Some((_, total)) = groups.last_mut() {
+            add(total, row)?;
+        }
+    }
+    Ok(groups)
 }
 
 /// The identity of one persisted row.
@@ -357,6 +406,74 @@ mod tests {
             .unwrap();
         assert_eq!(total[0].requests, 24);
         assert_eq!(total[0].prompt_tokens, 240);
+    }
+
+    #[test]
+    fn totals_saturate_and_no_stored_value_stops_a_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = UsageDb::open(dir.path()).unwrap();
+        let huge = DayUsage {
+            requests: 1,
+            prompt_tokens: u64::MAX,
+            completion_tokens: i64::MAX as u64,
+            cached_tokens: 0,
+            cost: UsdNanos(u64::MAX),
+            estimated_requests: 0,
+        };
+        let mut batch = HashMap::new();
+        batch.insert(row("2026-11-23", "a", "w", "m"), huge);
+        batch.insert(row("2026-11-24", "a", "w", "m"), huge);
+        for _ in 0..3 {
+            db.add(&batch).unwrap();
+        }
+        // A value an older keygate let overflow into a REAL, in the row of another key.
+        db.conn
+            .execute(
+                "INSERT INTO usage_daily VALUES ('2026-11-23', 'b', 'w', 'm', 1, 1.8e19, 5, 0, 3.6e19, 0)",
+                [],
+            )
+            .unwrap();
+        drop(db);
+
+        let mut db = UsageDb::open(dir.path()).unwrap();
+        // Each row holds at most i64::MAX; sums of rows saturate at u64::MAX.
+        let spend = db.spend(day("2026-11-24"), day("2026-11-01")).unwrap();
+        let max = UsdNanos(i64::MAX as u64);
+        let a = spend[&("key", "a".into())];
+        assert_eq!((a.today, a.this_month), (max, UsdNanos(u64::MAX - 1)));
+        assert_eq!(spend[&("key", "b".into())].this_month, max);
+        assert_eq!(
+            spend[&("workload", "w".into())].this_month,
+            UsdNanos(u64::MAX)
+        );
+        let total = &db.report(&UsageFilter::default(), None).unwrap()[0];
+        assert_eq!(
+            (total.requests, total.prompt_tokens, total.completion_tokens),
+            (7, u64::MAX, u64::MAX)
+        );
+        // The REAL row takes further batches as integers again.
+        batch.clear();
+        batch.insert(row("2026-11-23", "b", "w", "m"), usage(1, 1));
+        db.add(&batch).unwrap();
+        let b = &db
+            .report(
+                &UsageFilter {
+                    key: Some("b".into()),
+                    ..Default::default()
+                },
+                Some(UsageGroup::Key),
+            )
+            .unwrap()[0];
+        assert_eq!(
+            (
+                b.requests,
+                b.prompt_tokens,
+                b.completion_tokens,
+                b.cached_tokens,
+                b.cost
+            ),
+            (2, i64::MAX as u64, 10, 0, max)
+        );
     }
 
     #[test]

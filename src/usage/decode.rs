@@ -43,6 +43,65 @@ impl ContentEncoding {
     }
 }
 
+/// The codings keygate can ask a provider for, as bits of [`ContentEncoding::upstream_accept`].
+const GZIP: u8 = 1;
+const DEFLATE: u8 = 2;
+const BR: u8 = 4;
+
+impl ContentEncoding {
+    /// The `Accept-Encoding` to send upstream for a client's: the codings the client accepts
+    /// that keygate decodes, else `identity`. The client receives the provider's bytes as they
+    /// are, so it must accept them; and a coding keygate cannot decode (`zstd`, say) would leave
+    /// the response's usage unread. Preferences (`q` values) beyond refusal are the provider's
+    /// to weigh.
+    pub fn upstream_accept(client: Option<&[u8]>) -> http::HeaderValue {
+        // By the bits above: all eight combinations, so that no value is built per request.
+        const VALUES: [&str; 8] = [
+            "identity",
+            "gzip",
+            "deflate",
+            "gzip, deflate",
+            "br",
+            "gzip, br",
+            "deflate, br",
+            "gzip, deflate, br",
+        ];
+        let (mut accepted, mut named, mut wildcard) = (0u8, 0u8, false);
+        for element in client.unwrap_or_default().split(|&b| b == b',') {
+            let mut parts = element.split(|&b| b == b';');
+            let coding = parts.next().unwrap_or_default().trim_ascii();
+            let refused = parts.any(|param| {
+                let param = param.trim_ascii();
+                param.len() > 2
+                    && param[..2].eq_ignore_ascii_case(b"q=")
+                    && param[2..].iter().all(|&b| b == b'0' || b == b'.')
+            });
+            let bit =
+                if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
+                    GZIP
+                } else if coding.eq_ignore_ascii_case(b"deflate") {
+                    DEFLATE
+                } else if coding.eq_ignore_ascii_case(b"br") {
+                    BR
+                } else {
+                    if coding == b"*" {
+                        wildcard = !refused;
+                    }
+                    continue;
+                };
+            named |= bit;
+            if !refused {
+                accepted |= bit;
+            }
+        }
+        // `*` stands for every coding the client did not name.
+        if wildcard {
+            accepted |= (GZIP | DEFLATE | BR) & !named;
+        }
+        http::HeaderValue::from_static(VALUES[usize::from(accepted)])
+    }
+}
+
 /// Size of the buffer decoded output goes through. Big enough that a typical SSE chunk inflates
 /// in one round, small enough to stay in L1/L2.
 const OUT_BUF: usize = 16 * 1024;
@@ -270,6 +329,30 @@ mod tests {
         );
         assert_eq!(ContentEncoding::from_header(Some(b"zstd")), None);
         assert_eq!(ContentEncoding::from_header(Some(b"gzip, br")), None);
+    }
+
+    #[test]
+    fn the_provider_is_asked_for_what_the_client_accepts_and_keygate_decodes() {
+        for (client, upstream) in [
+            (None, "identity"),
+            (Some(&b""[..]), "identity"),
+            (Some(b"zstd"), "identity"),
+            (Some(b"gzip, deflate, br, zstd"), "gzip, deflate, br"),
+            (Some(b"zstd;q=1.0, BR;q=0.9, x-gzip ;q=0.1"), "gzip, br"),
+            (Some(b"br;q=0, gzip;q=0.000"), "identity"),
+            (Some(b"deflate;q=0.01"), "deflate"),
+            (Some(b"*"), "gzip, deflate, br"),
+            (Some(b"br;q=0, *;q=0.5"), "gzip, deflate"),
+            (Some(b"gzip, *;q=0"), "gzip"),
+            (Some(b";;,, ,q=0"), "identity"),
+        ] {
+            let got = ContentEncoding::upstream_accept(client);
+            assert_eq!(got, upstream, "{:?}", client.map(String::from_utf8_lossy));
+            // whatever the provider picks from it, keygate decodes
+            for coding in got.to_str().unwrap().split(", ") {
+                assert!(ContentEncoding::from_header(Some(coding.as_bytes())).is_some());
+            }
+        }
     }
 
     #[test]

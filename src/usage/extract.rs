@@ -41,6 +41,8 @@ pub struct UsageExtractor {
 enum Sink {
     Json(Scanner),
     Sse(SseParser),
+    /// A body in a coding keygate cannot decode: nothing to find in it.
+    Unreadable,
 }
 
 impl Sink {
@@ -48,6 +50,7 @@ impl Sink {
         match self {
             Sink::Json(_) => MAX_DECODED_JSON,
             Sink::Sse(_) => MAX_DECODED_SSE,
+            Sink::Unreadable => 0,
         }
     }
 
@@ -62,6 +65,7 @@ impl Sink {
                 parser.feed(bytes);
                 !parser.done()
             }
+            Sink::Unreadable => false,
         }
     }
 }
@@ -75,6 +79,17 @@ impl UsageExtractor {
         UsageExtractor {
             decoder: Decoder::new(encoding),
             sink,
+            decoded: 0,
+            finished: false,
+        }
+    }
+
+    /// An extractor for a body in a coding keygate cannot decode. It finds no usage, so the
+    /// response is charged its estimate rather than nothing.
+    pub fn unreadable() -> Self {
+        UsageExtractor {
+            decoder: None,
+            sink: Sink::Unreadable,
             decoded: 0,
             finished: false,
         }
@@ -117,15 +132,17 @@ impl UsageExtractor {
         match &self.sink {
             Sink::Json(scanner) => scanner.usage(),
             Sink::Sse(parser) => parser.usage(),
+            Sink::Unreadable => None,
         }
     }
 
     /// Characters (Unicode scalar values, escapes decoded) of generated text seen so far in an
     /// SSE stream: chat `choices[].delta.content`, completions `choices[].text`, and the `delta`
-    /// of responses-API `response.output_text.delta` events. Always 0 for JSON bodies.
+    /// of responses-API `response.output_text.delta` events. Always 0 for JSON bodies and for
+    /// bodies that cannot be read.
     pub fn streamed_text_chars(&self) -> u64 {
         match &self.sink {
-            Sink::Json(_) => 0,
+            Sink::Json(_) | Sink::Unreadable => 0,
             Sink::Sse(parser) => parser.text_chars(),
         }
     }

@@ -28,5 +28,5 @@ mod strip;
 
 pub use decode::ContentEncoding;
 pub use extract::{BodyKind, UsageExtractor};
-pub use object::Usage;
+pub use object::{Usage, MAX_TOKENS};
 pub use strip::UsageChunkStripper;

@@ -2,7 +2,12 @@
 
 use crate::json::{for_each_member, key_name, skip_value, skip_ws};
 
-/// Token counts from a provider's own response.
+/// The most tokens one count of one response is taken for. Real requests stay orders of
+/// magnitude below it; a broken or hostile provider's count is clamped here, so that sums of
+/// counts downstream (windows, metrics, the usage database) cannot overflow.
+pub const MAX_TOKENS: u64 = 1_000_000_000;
+
+/// Token counts from a provider's own response, each at most [`MAX_TOKENS`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: u64,
@@ -83,16 +88,23 @@ fn cached_tokens_at(s: &[u8], open: usize) -> (Option<u64>, Option<usize>) {
     (cached, end)
 }
 
-/// A JSON number that is a non-negative integer (`12`, `12.0`, `1.2e1`).
+/// A JSON number that is a non-negative integer (`12`, `12.0`, `1.2e1`), clamped to
+/// [`MAX_TOKENS`]: an absurd count is still a count, and dropping it would charge nothing.
 fn token_count(literal: &[u8]) -> Option<u64> {
-    if !literal.is_empty() && literal.len() <= 19 && literal.iter().all(u8::is_ascii_digit) {
-        return Some(literal.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')));
+    if !literal.is_empty() && literal.iter().all(u8::is_ascii_digit) {
+        let n = literal.iter().fold(0u64, |n, &d| {
+            n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+        });
+        return Some(n.min(MAX_TOKENS));
     }
     if !literal.first().is_some_and(u8::is_ascii_digit) {
         return None;
     }
     let v: f64 = std::str::from_utf8(literal).ok()?.parse().ok()?;
-    (v.is_finite() && v.fract() == 0.0 && v < u64::MAX as f64).then_some(v as u64)
+    // `1e999` parses as infinity; `as` saturates, and the clamp is far below where f64 loses
+    // whole numbers.
+    let integral = v.fract() == 0.0 || v == f64::INFINITY;
+    integral.then_some((v as u64).min(MAX_TOKENS))
 }
 
 #[cfg(test)]
@@ -108,10 +120,17 @@ mod tests {
         assert_eq!(token_count(b"-1"), None);
         assert_eq!(token_count(b"null"), None);
         assert_eq!(token_count(b"\"12\""), None);
-        assert_eq!(token_count(b"18446744073709551615"), None);
-        assert_eq!(
-            token_count(b"9999999999999999999"),
-            Some(9_999_999_999_999_999_999)
-        );
+        assert_eq!(token_count(b"999999999"), Some(999_999_999));
+        for huge in [
+            &b"1000000001"[..],
+            b"18000000000000000000",
+            b"18446744073709551616",
+            b"99999999999999999999999999",
+            b"1.8e19",
+            b"1e300",
+            b"1e999",
+        ] {
+            assert_eq!(token_count(huge), Some(MAX_TOKENS));
+        }
     }
 }
