@@ -333,3 +333,21 @@ async fn a_provider_refusing_the_gateways_credential_is_a_502() {
         still_serves(&c).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Cases that need the item 4 (accounting that fails closed); absurd token counts are in
+// `hostile_token_counts`.
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_before_the_head_is_charged_the_prompt_estimate() {
+    // The provider has the request and may be billing it: the usage is estimated, not lost.
+    let up = RawUpstream::start(vec![Step::Sleep(Duration::from_secs(30))]).await;
+    let c = gateway(&up.url, FAST_TIMEOUTS).await;
+    let resp = post_chat(&c, &chat("m1", false)).await;
+    assert_eq!(resp.status(), 504);
+    let line = the_line(&c).await;
+    let (prompt, _, estimated) = charged(&line);
+    assert!(estimated && prompt > 0, "{line}");
+    still_serves(&c).await;
+}
