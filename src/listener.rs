@@ -88,6 +88,32 @@ impl ConnectionLimits {
     }
 }
 
+/// Raises the process's soft open-file limit to its hard limit, as servers that hold thousands of
+/// connections do: distributions ship a soft limit of 1,024 for compatibility with `select`,
+/// which keygate does not use. Returns the soft limit in force afterwards.
+pub fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write only the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
 /// Half the process's open-file limit, at most [`DEFAULT_MAX_CONNECTIONS_CAP`]: every proxied
 /// request needs a second descriptor for its provider connection, and the usage database and
 /// logs need theirs, so a full house of clients must not take them all.
@@ -504,3 +530,26 @@ impl GetSocketDigest for ClientStream {
 /// Peeking is for telling HTTP/2 from HTTP/1, which this loop does not do; a peek would also have
 /// to account for a kept first byte.
 impl Peek for ClientStream {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: as in `raise_open_file_limit`.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            if limit.rlim_max > 1024 {
+                let lowered = libc::rlimit {
+                    rlim_cur: 1024,
+                    rlim_max: limit.rlim_max,
+                };
+                assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lowered), 0);
+            }
+        }
+        assert_eq!(super::raise_open_file_limit(), Some(limit.rlim_max));
+    }
+}

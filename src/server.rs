@@ -140,6 +140,9 @@ pub fn build_with(
     host: Host,
 ) -> Result<(Server, Handles), ServeError> {
     let policy = store.load_full();
+    if let Some(open_files) = crate::listener::raise_open_file_limit() {
+        tracing::debug!(open_files, "open-file limit");
+    }
     let upstreams = Arc::new(UpstreamRegistry::new());
     let metrics = Arc::new(Metrics::new());
     let drain = Arc::new(Drain::default());
