@@ -15,9 +15,11 @@ use crate::domain::{KeyStatus, Operation};
 use crate::keys::lifecycle::{
     Actor, Applied, AuditError, IssuedKey, KeyFiles, LifecycleError, NewKey,
 };
+use crate::keys::secret::KeyDigest;
 use crate::keys::store::StoreError;
+use crate::limits::fleet::revocation::{Action, Event};
 use crate::limits::guard::AuthGuard;
-use crate::limits::LimitState;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::policy::{Key, Policy};
 use crate::reload::{ReloadOutcome, Reloader};
@@ -135,7 +137,7 @@ pub struct AdminApi {
     /// Wrong admin tokens per client address.
     pub login_guard: AuthGuard,
     /// Live budget spend and reservations.
-    pub limits: Arc<dyn LimitState>,
+    pub limits: Arc<Limits>,
     pub drain: Arc<crate::shutdown::Drain>,
     pub upstreams: Arc<crate::upstream::state::UpstreamRegistry>,
 }
@@ -163,8 +165,7 @@ impl ServeHttp for AdminApi {
         let path = session.req_header().uri.path().to_owned();
         if method == Method::GET && path == "/metrics" {
             let policy = self.reloader.store().load();
-            self.metrics
-                .refresh_budgets(policy.budgets(), &*self.limits);
+            self.metrics.refresh_budgets(policy.budgets(), &self.limits);
             self.upstreams.publish(&self.metrics);
             return build(
                 StatusCode::OK,
@@ -176,7 +177,9 @@ impl ServeHttp for AdminApi {
             return json_response((StatusCode::OK, json!({"status": "ok"})));
         }
         if method == Method::GET && path == "/readyz" {
-            let status = if self.drain.is_ready() {
+            let status = if self.drain.is_ready() && !self.limits.ready() {
+                (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable")
+            } else if self.drain.is_ready() {
                 (StatusCode::OK, "ready")
             } else if self.drain.is_draining() {
                 (StatusCode::SERVICE_UNAVAILABLE, "draining")
@@ -298,24 +301,33 @@ impl AdminApi {
                 match *action {
                     "rotate" => self.rotate(id, &body, actor).await,
                     "pause" => {
-                        self.write(id.clone(), move |files| {
-                            files.set_status(&id, KeyStatus::Paused, &actor)
-                        })
-                        .await
+                        let event = revocation(Action::Pause, &id, None);
+                        let reply = self
+                            .write(id.clone(), move |files| {
+                                files.set_status(&id, KeyStatus::Paused, &actor)
+                            })
+                            .await;
+                        self.announce(reply, event).await
                     }
                     "resume" => {
-                        self.write(id.clone(), move |files| {
-                            files.set_status(&id, KeyStatus::Active, &actor)
-                        })
-                        .await
+                        let event = revocation(Action::Resume, &id, None);
+                        let reply = self
+                            .write(id.clone(), move |files| {
+                                files.set_status(&id, KeyStatus::Active, &actor)
+                            })
+                            .await;
+                        self.announce(reply, event).await
                     }
                     _ => unknown(method, rest),
                 }
             }
             (&Method::DELETE, ["keys", id]) => {
                 let id = (*id).to_owned();
-                self.write(id.clone(), move |files| files.delete(&id, &actor))
-                    .await
+                let event = revocation(Action::Delete, &id, None);
+                let reply = self
+                    .write(id.clone(), move |files| files.delete(&id, &actor))
+                    .await;
+                self.announce(reply, event).await
             }
             (&Method::POST, ["reload"]) => match self.reloader.reload().await {
                 Ok(outcome) => (StatusCode::OK, outcome_json(&outcome)),
@@ -489,12 +501,49 @@ impl AdminApi {
                 )
             }
         };
-        self.issue(
-            id.clone(),
-            move |files| files.rotate(&id, grace, &actor),
-            StatusCode::OK,
-        )
-        .await
+        // Without grace the old secret stops at once, on every instance of a fleet.
+        let retired = match grace {
+            Some(g) if !g.is_zero() => None,
+            _ => self
+                .reloader
+                .store()
+                .load()
+                .keys_by_id
+                .get(id.as_str())
+                .map(|k| revocation(Action::Rotate, &id, Some(k.digest))),
+        };
+        let reply = self
+            .issue(
+                id.clone(),
+                move |files| files.rotate(&id, grace, &actor),
+                StatusCode::OK,
+            )
+            .await;
+        match retired {
+            Some(event) => self.announce(reply, event).await,
+            None => reply,
+        }
+    }
+
+    /// In fleet mode, tells every instance about a successful pause, resume, delete or
+    /// rotation, so that they act on it before their own files show it.
+    async fn announce(&self, reply: Reply, event: Event) -> Reply {
+        let Some(fleet) = self.limits.fleet() else {
+            return reply;
+        };
+        let (status, mut body) = reply;
+        if status != StatusCode::OK {
+            return (status, body);
+        }
+        let published = match fleet.publish_revocation(&event).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(key = %event.key, error = %e, "could not publish a revocation to the fleet");
+                false
+            }
+        };
+        body["fleet_event_published"] = json!(published);
+        (status, body)
     }
 
     /// Runs a secret-issuing lifecycle call, reloads, and returns the secret once: also when the
@@ -626,6 +675,14 @@ fn unknown(method: &Method, rest: &str) -> Reply {
         "unknown_route",
         format!("Unknown admin route: {method} /admin/{rest}"),
     )
+}
+
+fn revocation(action: Action, key: &str, digest: Option<KeyDigest>) -> Event {
+    Event {
+        action,
+        key: key.to_owned(),
+        digest,
+    }
 }
 
 fn lifecycle_error(id: &str, e: LifecycleError) -> Reply {

@@ -11,7 +11,7 @@
 
 use crate::limits::budget::BudgetSpec;
 use crate::limits::budget::Period;
-use crate::limits::LimitState;
+use crate::limits::Limits;
 use prometheus::core::Collector;
 use prometheus::{
     Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
@@ -41,6 +41,11 @@ pub const REFUSAL_REASONS: [&str; 17] = [
     "rate_limit_exceeded",
     "concurrency_limit_exceeded",
     "budget_exceeded",
+];
+
+/// Latency buckets of calls to Redis, from 0.1 ms (loopback) to the longest a call may wait.
+const STATE_LATENCY_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.0,
 ];
 
 /// Response status classes; `none` when the client got no response (it left, or a stream was cut
@@ -84,6 +89,14 @@ pub struct Metrics {
     pub upstream_connections: IntCounterVec,
     /// Audit lines lost to a full accounting queue (their usage is still counted).
     pub audit_dropped: IntCounter,
+    /// Calls to the shared limit state (fleet mode), by operation and result.
+    pub state_operations: IntCounterVec,
+    /// Latency of calls to the shared limit state, by operation.
+    pub state_latency: HistogramVec,
+    /// 1 for the limit-state backend in use.
+    pub state_backend: IntGaugeVec,
+    /// 1 while the limit state answers (always, for the memory backend).
+    pub state_healthy: IntGauge,
     /// Refusals of requests that never identified a key.
     anonymous_refusals: [OnceLock<IntCounter>; REFUSAL_REASONS.len()],
 }
@@ -245,7 +258,39 @@ impl Metrics {
         registry
             .register(Box::new(audit_dropped.clone()))
             .expect("unique metric");
+        let state_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "keygate_state_latency_seconds",
+                "Latency of calls to the shared limit state (Redis), by operation.",
+            )
+            .buckets(STATE_LATENCY_BUCKETS.to_vec()),
+            &["op"],
+        )
+        .expect("valid metric");
+        let state_healthy = IntGauge::new(
+            "keygate_state_healthy",
+            "1 while the limit state answers; 0 while Redis cannot be reached.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(state_latency.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(state_healthy.clone()))
+            .expect("unique metric");
         Metrics {
+            state_operations: int_counter(
+                "keygate_state_operations_total",
+                "Calls to the shared limit state (Redis) by operation and result.",
+                &["op", "result"],
+            ),
+            state_latency,
+            state_backend: int_gauge(
+                "keygate_state_backend",
+                "1 for the limit-state backend in use: memory or redis.",
+                &["backend"],
+            ),
+            state_healthy,
             requests: int_counter(
                 "keygate_requests_total",
                 "Requests that named a key and a model, by response status class.",
@@ -456,7 +501,7 @@ impl Metrics {
     pub fn refresh_budgets<'p>(
         &self,
         scopes: impl Iterator<Item = (&'static str, &'p str, &'p BudgetSpec)>,
-        limits: &dyn LimitState,
+        limits: &Limits,
     ) {
         self.budget_spent.reset();
         self.budget_limit.reset();
@@ -504,6 +549,10 @@ impl Metrics {
             self.fallbacks.desc(),
             self.upstream_connections.desc(),
             self.audit_dropped.desc(),
+            self.state_operations.desc(),
+            self.state_latency.desc(),
+            self.state_backend.desc(),
+            self.state_healthy.desc(),
         ]
         .into_iter()
         .flatten()

@@ -7,7 +7,8 @@ use crate::accounting::audit::AuditWriter;
 use crate::accounting::{self, Recorder};
 use crate::admin::{AdminApi, AdminToken, AdminTokenError};
 use crate::config::{self, LoadOptions, PolicyErrors};
-use crate::limits::{LimitState, MemoryLimits};
+use crate::limits::fleet::FleetLimits;
+use crate::limits::{Limits, MemoryLimits};
 use crate::listener::{ConnectionLimits, Connections};
 use crate::metrics::Metrics;
 use crate::mock_provider::{mock_provider_service, MockProviderConfig};
@@ -44,6 +45,8 @@ pub enum ServeError {
     State(#[from] StateError),
     #[error(transparent)]
     AdminToken(#[from] AdminTokenError),
+    #[error("cannot start the runtime of the shared limit state: {0}")]
+    StateRuntime(std::io::Error),
     #[error("cannot open the audit log {target}: {source}")]
     AuditLog {
         target: String,
@@ -57,7 +60,7 @@ pub enum ServeError {
 pub struct Handles {
     pub reloader: Arc<Reloader>,
     pub recorder: Arc<Recorder>,
-    pub limits: Arc<dyn LimitState>,
+    pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
     pub drain: Arc<Drain>,
     /// Endpoint health, load and counters, kept across reloads.
@@ -94,11 +97,12 @@ pub enum Host {
 }
 
 /// Opens the accounting sinks the policy names and the live limit state, whose budgets start
-/// from the spend the usage database recorded.
+/// from the spend the usage database recorded (in fleet mode, the fallback's do; the fleet's
+/// spend is in Redis).
 fn open_accounting(
     policy: &Policy,
-    metrics: &Metrics,
-) -> Result<(Arc<dyn LimitState>, Arc<Recorder>), ServeError> {
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<Limits>, Arc<Recorder>), ServeError> {
     let now_ms = crate::limits::now_ms();
     let (limits, db) = match &policy.startup.state_dir {
         Some(dir) => {
@@ -126,9 +130,22 @@ fn open_accounting(
         }
         None => None,
     };
-    let limits: Arc<dyn LimitState> = Arc::new(limits);
+    let limits = match &policy.startup.state {
+        None => {
+            metrics.state_backend.with_label_values(&["memory"]).set(1);
+            metrics.state_healthy.set(1);
+            Limits::Memory(limits)
+        }
+        Some(fleet) => {
+            tracing::info!(redis = ?fleet.target, on_error = ?fleet.on_error, "limit state shared in Redis");
+            Limits::Fleet(
+                FleetLimits::start(fleet.clone(), limits, metrics.clone())
+                    .map_err(ServeError::StateRuntime)?,
+            )
+        }
+    };
     let recorder = Recorder::start(db, audit, metrics.audit_dropped.clone());
-    Ok((limits, Arc::new(recorder)))
+    Ok((Arc::new(limits), Arc::new(recorder)))
 }
 
 /// [`build`] with an explicit admin token; also returns the handles, for callers that trigger

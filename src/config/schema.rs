@@ -33,6 +33,9 @@ pub struct ConfigFile {
     /// usage and spend are kept in memory only and start from zero on every restart.
     #[serde(default)]
     pub state_dir: Option<String>,
+    /// Where limit state lives: this process (`memory`), or Redis shared by a fleet.
+    #[serde(default)]
+    pub state: Option<StateFile>,
     /// Where one JSON line per request is written: a path relative to this file, or `-` for stdout.
     #[serde(default)]
     pub audit_log: Option<String>,
@@ -58,6 +61,69 @@ fn default_management_audit_file() -> String {
 
 fn default_max_body_bytes() -> u64 {
     16 * 1024 * 1024
+}
+
+/// The `state` section: the backend of limit state and what to do when it fails.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    #[serde(default)]
+    pub backend: StateBackendFile,
+    #[serde(default)]
+    pub redis: Option<RedisFile>,
+    #[serde(default)]
+    pub on_error: OnErrorFile,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateBackendFile {
+    #[default]
+    Memory,
+    Redis,
+}
+
+/// What admission does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnErrorFile {
+    #[default]
+    FailOpen,
+    FailClosed,
+    Local,
+}
+
+/// `state.redis`: one of `url`, `cluster` or `sentinel`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// `redis://` or, for TLS, `rediss://`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Node URLs of a Redis Cluster.
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
+    #[serde(default)]
+    pub sentinel: Option<SentinelFile>,
+    /// Prepended to every Redis key, so that several gateways' fleets can share one Redis.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// The longest a request waits for Redis, e.g. `50ms`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// How long a concurrency slot or budget reservation outlives an instance that stopped
+    /// renewing it (one that crashed), e.g. `30s`.
+    #[serde(default)]
+    pub lease_ttl: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelFile {
+    /// The monitored master's name.
+    pub master: String,
+    /// Sentinel URLs.
+    pub nodes: Vec<String>,
 }
 
 /// Process-level settings of the Pingora server.

@@ -96,6 +96,14 @@ impl Default for Admission {
     }
 }
 
+impl Admission {
+    /// This admission, holding `slots` as well (fleet mode: the local pre-hold).
+    pub(super) fn holding(mut self, slots: Slots) -> Admission {
+        self.slots = slots;
+        self
+    }
+}
+
 /// What an admission holds in one scope.
 #[derive(Debug)]
 struct Held {

@@ -4,16 +4,17 @@
 //! Counting is exact per scope (one counter set per key id and per workload name), so no key is
 //! ever refused because of another key's traffic. The counters live outside the policy snapshot,
 //! keyed by id, so reloads and rotations keep them, and a changed limit applies at once to the
-//! running window. [`LimitState`] is the interface a shared store (Redis, for fleets) implements;
-//! [`MemoryLimits`] is the in-process implementation.
+//! running window. [`Limits`] is the limit state a gateway runs on: [`MemoryLimits`] in process
+//! (the [`LimitState`] interface), or [`fleet::FleetLimits`] in Redis, shared by a fleet.
 
 pub mod budget;
+pub mod fleet;
 pub mod guard;
 pub mod ip;
 mod memory;
 pub mod window;
 
-pub use memory::{Admission, MemoryLimits, Slots};
+pub use memory::{Admission as LocalAdmission, MemoryLimits, Slots};
 
 use crate::usage::cost::UsdNanos;
 use budget::{BudgetAlert, BudgetSpec, Period};
@@ -179,21 +180,157 @@ pub trait LimitState: Send + Sync {
         demand: Demand,
         slots: Slots,
         now_ms: u64,
-    ) -> Result<Admission, LimitRefusal>;
+    ) -> Result<LocalAdmission, LimitRefusal>;
     /// Adds `delta` tokens to the token windows of an admitted request: more than its estimate
     /// is charged to the current windows; less is refunded to the windows the estimate was
     /// charged to, or dropped once those have passed.
-    fn charge_tokens(&self, admission: &Admission, delta: i64, now_ms: u64);
+    fn charge_tokens(&self, admission: &LocalAdmission, delta: i64, now_ms: u64);
     /// Replaces the admission's reservation by the real cost (once; later calls do nothing).
     /// Returns the budget alerts the spend crossed.
     fn settle_cost(
         &self,
-        admission: &mut Admission,
+        admission: &mut LocalAdmission,
         actual: UsdNanos,
         now_ms: u64,
     ) -> SmallVec<[ScopedAlert; 1]>;
     /// Spend of a scope today and this month, including reservations of requests in flight.
     fn spend(&self, kind: &'static str, name: &str, now_ms: u64) -> [PeriodFigures; 2];
+}
+
+/// A request's hold on its limits, whatever the backend: its slots, its reservation and, in
+/// fleet mode, its leases in Redis. Dropping it gives back whatever it holds, on every path.
+#[derive(Debug, Default)]
+pub struct Admission {
+    pub status: RateStatus,
+    local: memory::Admission,
+    fleet: Option<fleet::Lease>,
+}
+
+impl Admission {
+    fn local(local: memory::Admission) -> Admission {
+        Admission {
+            status: local.status,
+            local,
+            fleet: None,
+        }
+    }
+}
+
+/// Why admission did not admit.
+#[derive(Debug)]
+pub enum AdmitError {
+    Refused(LimitRefusal),
+    /// Fleet mode under `on_error: fail_closed`, while Redis cannot be reached.
+    Unavailable,
+}
+
+/// The limit state a gateway runs on. An enum rather than a trait object, so that the memory
+/// backend's admission stays a plain call: only the fleet's awaits Redis.
+#[derive(Debug)]
+pub enum Limits {
+    Memory(MemoryLimits),
+    Fleet(fleet::FleetLimits),
+}
+
+impl Limits {
+    /// `memory` or `redis`, for metrics.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Limits::Memory(_) => "memory",
+            Limits::Fleet(_) => "redis",
+        }
+    }
+
+    /// This instance's own counters.
+    pub fn local(&self) -> &MemoryLimits {
+        match self {
+            Limits::Memory(m) => m,
+            Limits::Fleet(f) => f.local(),
+        }
+    }
+
+    /// See [`LimitState::hold_slots`]. In fleet mode these are this instance's pre-holds; the
+    /// fleet-wide slots are taken by [`Self::admit`].
+    pub fn hold_slots(&self, scopes: &[ScopeRef<'_>], now_ms: u64) -> Result<Slots, LimitRefusal> {
+        self.local().hold_slots(scopes, now_ms)
+    }
+
+    /// See [`LimitState::admit`].
+    pub async fn admit(
+        &self,
+        scopes: &[ScopeRef<'_>],
+        demand: Demand,
+        slots: Slots,
+        now_ms: u64,
+    ) -> Result<Admission, AdmitError> {
+        match self {
+            Limits::Memory(m) => m
+                .admit(scopes, demand, slots, now_ms)
+                .map(Admission::local)
+                .map_err(AdmitError::Refused),
+            Limits::Fleet(f) => f.admit(scopes, demand, slots, now_ms).await,
+        }
+    }
+
+    /// See [`LimitState::charge_tokens`]; in fleet mode the charge goes with the request's end.
+    pub fn charge_tokens(&self, admission: &mut Admission, delta: i64, now_ms: u64) {
+        match &mut admission.fleet {
+            Some(lease) => lease.charge_tokens(delta),
+            None => self.local().charge_tokens(&admission.local, delta, now_ms),
+        }
+    }
+
+    /// See [`LimitState::settle_cost`]. In fleet mode the cost is booked off the request path,
+    /// and the background task logs the alerts the fleet's spend crossed.
+    pub fn settle_cost(
+        &self,
+        admission: &mut Admission,
+        actual: UsdNanos,
+        now_ms: u64,
+    ) -> SmallVec<[ScopedAlert; 1]> {
+        match &mut admission.fleet {
+            Some(lease) => {
+                lease.settle(actual);
+                SmallVec::new()
+            }
+            None => self
+                .local()
+                .settle_cost(&mut admission.local, actual, now_ms),
+        }
+    }
+
+    /// See [`LimitState::spend`].
+    pub fn spend(&self, kind: &'static str, name: &str, now_ms: u64) -> [PeriodFigures; 2] {
+        match self {
+            Limits::Memory(m) => m.spend(kind, name, now_ms),
+            Limits::Fleet(f) => f.spend(kind, name, now_ms),
+        }
+    }
+
+    /// Whether the state lets the gateway serve: false only in fleet mode under
+    /// `on_error: fail_closed` while Redis is down.
+    pub fn ready(&self) -> bool {
+        match self {
+            Limits::Memory(_) => true,
+            Limits::Fleet(f) => f.ready(),
+        }
+    }
+
+    /// How to refuse `key` if another instance of the fleet revoked it.
+    pub fn revoked(&self, key: &crate::policy::Key) -> Option<fleet::revocation::Revoked> {
+        match self {
+            Limits::Memory(_) => None,
+            Limits::Fleet(f) => f.revocations().check(key),
+        }
+    }
+
+    /// The fleet's state, in fleet mode.
+    pub fn fleet(&self) -> Option<&fleet::FleetLimits> {
+        match self {
+            Limits::Memory(_) => None,
+            Limits::Fleet(f) => Some(f),
+        }
+    }
 }
 
 /// `("key", id)` or `("workload", name)`.

@@ -8,6 +8,7 @@
 //! in the YAML (`server.threads`) without a list of names to keep in step with the fields.
 
 use crate::accounting::audit::AuditTarget;
+use crate::limits::fleet::FleetSettings;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 use std::fmt::Debug;
@@ -30,6 +31,9 @@ pub struct StartupSettings {
     pub state_dir: Option<PathBuf>,
     #[serde(serialize_with = "as_debug")]
     pub audit_log: Option<AuditTarget>,
+    /// Where limit state lives; `None` is this process's memory.
+    #[serde(serialize_with = "as_debug")]
+    pub state: Option<FleetSettings>,
 }
 
 /// The policy's `server` section: how the Pingora server runs and stops.
@@ -119,6 +123,7 @@ mod tests {
             },
             auth_guard: (20, Duration::from_secs(60)),
             state_dir: Some(PathBuf::from("state")),
+            state: None,
             audit_log: None,
         }
     }

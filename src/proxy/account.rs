@@ -7,7 +7,7 @@ use super::ctx::RequestCtx;
 use super::paths;
 use super::respond::classify;
 use crate::accounting::{Recorder, RequestRecord};
-use crate::limits::{self, LimitState};
+use crate::limits::{self, Limits};
 use crate::metrics::{Metrics, RequestFigures};
 use crate::usage::cost::UsdNanos;
 use crate::usage::{Usage, MAX_TOKENS};
@@ -18,7 +18,7 @@ use std::time::Instant;
 
 /// Settles and records the finished request. `e` is the error that ended it, if one did.
 pub fn account(
-    limits: &dyn LimitState,
+    limits: &Limits,
     metrics: &Metrics,
     recorder: &Recorder,
     session: &Session,
@@ -41,7 +41,7 @@ pub fn account(
             let actual = usage.prompt_tokens.saturating_add(usage.completion_tokens);
             let delta = i64::try_from(actual).unwrap_or(i64::MAX)
                 - i64::try_from(admitted.token_estimate).unwrap_or(i64::MAX);
-            limits.charge_tokens(&admitted.admission, delta, now_ms);
+            limits.charge_tokens(&mut admitted.admission, delta, now_ms);
         }
         for crossed in limits.settle_cost(&mut admitted.admission, cost, now_ms) {
             tracing::warn!(

@@ -1,6 +1,6 @@
 //! Limit: admission of an authorized request against the request and token windows, the
 //! concurrency caps and the budgets of its key and of the key's workload, both at once, through
-//! the [`LimitState`] the gateway was built with. An admitted request leaves with its
+//! the [`Limits`] the gateway was built with. An admitted request leaves with its
 //! [`Admitted`] value; the body goes on rewritten for the upstream model and, on streams, asking
 //! for the usage that accounting needs.
 
@@ -9,7 +9,7 @@ use super::body::{self, request_with_include_usage};
 use super::ctx::Admitted;
 use super::refusal::Refusal;
 use crate::domain::Operation;
-use crate::limits::{self, Demand, LimitState, RateStatus, RefusalKind, ScopeRef, Slots};
+use crate::limits::{self, AdmitError, Demand, Limits, RateStatus, RefusalKind, ScopeRef, Slots};
 use crate::policy::{Key, Model};
 use crate::usage::cost::UsdNanos;
 use std::sync::Arc;
@@ -39,7 +39,7 @@ fn scopes(key: &Key) -> [ScopeRef<'_>; 2] {
 
 /// Takes the key's and the workload's concurrency slots, before the body is read.
 pub fn hold_slots(
-    limits: &dyn LimitState,
+    limits: &Limits,
     key: &Key,
     rate: &mut Option<RateStatus>,
 ) -> Result<Slots, Refusal> {
@@ -62,8 +62,8 @@ fn rate_limited(key: &Key) -> bool {
 
 /// Admits `request` for `key`, which holds `slots`, or refuses it. `rate` receives the figures
 /// for the `x-ratelimit-*` headers either way, for keys with rate limits.
-pub fn admit(
-    limits: &dyn LimitState,
+pub async fn admit(
+    limits: &Limits,
     key: Arc<Key>,
     request: Request,
     slots: Slots,
@@ -91,12 +91,13 @@ pub fn admit(
             _ => UsdNanos::ZERO,
         },
     };
-    let admission = match limits.admit(&scopes, demand, slots, limits::now_ms()) {
+    let admission = match limits.admit(&scopes, demand, slots, limits::now_ms()).await {
         Ok(admission) => {
             *rate = rate_limited.then_some(admission.status);
             admission
         }
-        Err(refusal) => {
+        Err(AdmitError::Unavailable) => return Err(Refusal::StateUnavailable),
+        Err(AdmitError::Refused(refusal)) => {
             *rate = rate_limited.then_some(refusal.status);
             return Err(match refusal.kind {
                 RefusalKind::Rate => Refusal::RateLimited {

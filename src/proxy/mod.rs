@@ -20,8 +20,9 @@ pub mod respond;
 pub mod route;
 
 use crate::accounting::Recorder;
+use crate::limits::fleet::revocation::Revoked;
 use crate::limits::guard::AuthGuard;
-use crate::limits::LimitState;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::policy::{Key, PolicyStore};
 use crate::shutdown::Drain;
@@ -40,7 +41,7 @@ use std::sync::Arc;
 /// The keygate proxy: the live policy and the state that outlives policy snapshots.
 pub struct Gateway {
     policy: PolicyStore,
-    limits: Arc<dyn LimitState>,
+    limits: Arc<Limits>,
     guard: AuthGuard,
     recorder: Arc<Recorder>,
     metrics: Arc<Metrics>,
@@ -51,7 +52,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(
         policy: PolicyStore,
-        limits: Arc<dyn LimitState>,
+        limits: Arc<Limits>,
         recorder: Arc<Recorder>,
         metrics: Arc<Metrics>,
         drain: Arc<Drain>,
@@ -83,14 +84,19 @@ impl Gateway {
         ctx.client_ip = Some(client_ip);
         let key = authenticate::authenticate(&self.guard, &ctx.policy, &header.headers, client_ip)?;
         ctx.named.key = Some(key.clone());
+        match self.limits.revoked(&key) {
+            None => {}
+            Some(Revoked::Paused) => return Err(Refusal::KeyPaused),
+            Some(Revoked::Invalid) => return Err(Refusal::InvalidKey),
+        }
         authorize::key(&key, client_ip)?;
         let Some(operation) = authorize::operation(&key, route)? else {
             return Ok(Admit::ListModels(key));
         };
-        let slots = limit::hold_slots(&*self.limits, &key, &mut ctx.rate)?;
+        let slots = limit::hold_slots(&self.limits, &key, &mut ctx.rate)?;
         let request =
             authorize::model(session, &ctx.policy, &key, operation, &mut ctx.named.model).await?;
-        let admitted = limit::admit(&*self.limits, key, request, slots, &mut ctx.rate)?;
+        let admitted = limit::admit(&self.limits, key, request, slots, &mut ctx.rate).await?;
         self.metrics
             .started(admitted.key.metrics_ref(), ctx.policy.models.len());
         ctx.named = Default::default();
@@ -287,13 +293,6 @@ impl ProxyHttp for Gateway {
         if let Some(e) = e {
             tracing::debug!(request_id = %ctx.request_id, error = %e, "request failed");
         }
-        account::account(
-            &*self.limits,
-            &self.metrics,
-            &self.recorder,
-            session,
-            e,
-            ctx,
-        );
+        account::account(&self.limits, &self.metrics, &self.recorder, session, e, ctx);
     }
 }

@@ -90,6 +90,9 @@ pub enum Refusal {
     /// The data plane has `server.max_connections` open: the connection is refused as a whole.
     #[error("The gateway is at its limit of open connections; retry shortly.")]
     ConnectionLimit,
+    /// Fleet mode with `on_error: fail_closed`: the shared limit state could not be reached.
+    #[error("The gateway cannot reach its shared limit state; retry shortly.")]
+    StateUnavailable,
 }
 
 impl Refusal {
@@ -140,6 +143,7 @@ impl Refusal {
             Refusal::UpstreamUnavailable | Refusal::UpstreamAuthFailed => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::ConnectionLimit => 503,
+            Refusal::StateUnavailable => 503,
         }
     }
 
@@ -168,6 +172,7 @@ impl Refusal {
             Refusal::UpstreamAuthFailed => "upstream_auth_failed",
             Refusal::Internal => "internal_error",
             Refusal::ConnectionLimit => "connection_limit_exceeded",
+            Refusal::StateUnavailable => "state_unavailable",
         }
     }
 
@@ -180,7 +185,8 @@ impl Refusal {
             Refusal::UpstreamUnavailable
             | Refusal::UpstreamTimeout
             | Refusal::UpstreamAuthFailed
-            | Refusal::Internal => None,
+            | Refusal::Internal
+            | Refusal::StateUnavailable => None,
             other => Some(other.code()),
         }
     }

@@ -5,7 +5,8 @@
 
 use super::{parse_cidr, parse_duration, Problems};
 use crate::accounting::audit::AuditTarget;
-use crate::config::schema::ConfigFile;
+use crate::config::schema::{ConfigFile, OnErrorFile, StateBackendFile};
+use crate::limits::fleet::{FleetSettings, OnError, RedisTarget};
 use crate::policy::startup::{MockProviderSettings, ServerSettings, StartupSettings};
 use ipnet::IpNet;
 use std::net::SocketAddr;
@@ -117,9 +118,12 @@ pub(super) fn compile_settings(
         max.zip(per)
     };
 
+    let state = compile_state(cfg, config, problems);
+
     let startup = listen
         .zip(auth_guard)
-        .map(|(listen, auth_guard)| StartupSettings {
+        .zip(state)
+        .map(|((listen, auth_guard), state)| StartupSettings {
             listen,
             admin_listen,
             mock_provider,
@@ -138,12 +142,123 @@ pub(super) fn compile_settings(
                 "-" => AuditTarget::Stdout,
                 path => AuditTarget::File(base.join(path)),
             }),
+            state,
         });
     Settings {
         startup,
         max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
         body_timeout,
         trusted_proxies,
+    }
+}
+
+/// The `state` section: `Some(None)` for the memory backend, `None` when it has a problem.
+fn compile_state(
+    cfg: &Path,
+    config: &ConfigFile,
+    problems: &mut Problems,
+) -> Option<Option<FleetSettings>> {
+    let Some(state) = &config.state else {
+        return Some(None);
+    };
+    let redis = match (state.backend, &state.redis) {
+        (StateBackendFile::Memory, None) => return Some(None),
+        (StateBackendFile::Memory, Some(_)) => {
+            problems.add(cfg, "state.redis", "is only read with `backend: redis`");
+            return None;
+        }
+        (StateBackendFile::Redis, None) => {
+            problems.add(cfg, "state.redis", "is required with `backend: redis`");
+            return None;
+        }
+        (StateBackendFile::Redis, Some(redis)) => redis,
+    };
+    let target = match (&redis.url, &redis.cluster, &redis.sentinel) {
+        (Some(url), None, None) => check_redis_url(url)
+            .map_err(|m| problems.add(cfg, "state.redis.url", m))
+            .ok()
+            .map(|()| RedisTarget::Url(url.clone())),
+        (None, Some(nodes), None) if !nodes.is_empty() => {
+            let mut ok = true;
+            for (i, node) in nodes.iter().enumerate() {
+                if let Err(m) = check_redis_url(node) {
+                    problems.add(cfg, format!("state.redis.cluster[{i}]"), m);
+                    ok = false;
+                }
+            }
+            ok.then(|| RedisTarget::Cluster(nodes.clone()))
+        }
+        (None, None, Some(s)) if !s.nodes.is_empty() && !s.master.is_empty() => {
+            let mut ok = true;
+            for (i, node) in s.nodes.iter().enumerate() {
+                if let Err(m) = check_redis_url(node) {
+                    problems.add(cfg, format!("state.redis.sentinel.nodes[{i}]"), m);
+                    ok = false;
+                }
+            }
+            ok.then(|| RedisTarget::Sentinel {
+                master: s.master.clone(),
+                nodes: s.nodes.clone(),
+            })
+        }
+        _ => {
+            problems.add(
+                cfg,
+                "state.redis",
+                "needs exactly one of `url`, a non-empty `cluster` list, or `sentinel` with a `master` and `nodes`",
+            );
+            None
+        }
+    };
+    let duration =
+        |field: &str, text: Option<&str>, default: Duration, problems: &mut Problems| match text {
+            None => Some(default),
+            Some(t) => parse_duration(t)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    problems.add(
+                        cfg,
+                        format!("state.redis.{field}"),
+                        format!("`{t}` is not a duration above zero like 50ms"),
+                    )
+                })
+                .ok(),
+        };
+    let timeout = duration(
+        "timeout",
+        redis.timeout.as_deref(),
+        Duration::from_millis(50),
+        problems,
+    );
+    let lease_ttl = duration(
+        "lease_ttl",
+        redis.lease_ttl.as_deref(),
+        Duration::from_secs(30),
+        problems,
+    );
+    let prefix = redis.prefix.clone().unwrap_or_else(|| "kg".to_owned());
+    if prefix.contains(['{', '}']) {
+        problems.add(cfg, "state.redis.prefix", "must not contain `{` or `}`");
+        return None;
+    }
+    Some(Some(FleetSettings {
+        target: target?,
+        prefix,
+        timeout: timeout?,
+        lease_ttl: lease_ttl?,
+        on_error: match state.on_error {
+            OnErrorFile::FailOpen => OnError::FailOpen,
+            OnErrorFile::FailClosed => OnError::FailClosed,
+            OnErrorFile::Local => OnError::Local,
+        },
+    }))
+}
+
+fn check_redis_url(text: &str) -> Result<(), String> {
+    match url::Url::parse(text) {
+        Ok(u) if matches!(u.scheme(), "redis" | "rediss") && u.host_str().is_some() => Ok(()),
+        _ => Err("must be a URL like redis://127.0.0.1:6379/0 (rediss:// for TLS)".to_owned()),
     }
 }
 

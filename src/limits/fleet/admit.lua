@@ -1,0 +1,126 @@
+-- Admission of one request against every scope it counts in: check all, then count all or nothing.
+-- Time is the server's, so instance clocks do not matter.
+-- KEYS, per scope: one hash per window, then the scope's lease set if it has a concurrency cap,
+--   then its budget hash and reservation set if it has a budget.
+-- ARGV: lease, lease ttl (ms), token estimate, cost reserved (nano-dollars), day, month, scopes,
+--   then per scope: windows, (kind 0 requests | 1 tokens, length ms, limit) per window,
+--   max concurrent (0 for none), budget (0 none, 1 enforce, 2 track), daily cap, monthly cap
+--   (-1 for none).
+-- Returns: refusal kind (0 none, 1 rate, 2 concurrency, 3 budget), its scope, its window or
+--   period (1 daily, 2 monthly), the wait in ms, then per window (remaining, reset ms), then per
+--   budgeted scope (spent today, spent this month, reserved).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease, ttl = ARGV[1], tonumber(ARGV[2])
+local tokens, cost = tonumber(ARGV[3]), ARGV[4]
+local day, month = ARGV[5], ARGV[6]
+local scopes = tonumber(ARGV[7])
+local a, k = 8, 1
+local wins, leases, budgets = {}, {}, {}
+local refusal = {0, 0, 0, 0}
+
+-- When one more fits under the sliding estimate, as src/limits/window.rs computes it.
+local function wait_for(c, p, idx, per, limit)
+  local est = p * (per - (now - idx * per)) / per + c
+  if est + 1 <= limit then return 0 end
+  local start = idx * per
+  local at
+  if c + 1 <= limit and p > 0 then
+    at = start + (1 - (limit - 1 - c) / p) * per
+  elseif c > 0 and 1 <= limit then
+    at = start + per + math.max(0, 1 - (limit - 1) / c) * per
+  else
+    at = now + per
+  end
+  return math.max(1, math.ceil(at) - now)
+end
+
+for s = 1, scopes do
+  local nwin = tonumber(ARGV[a]); a = a + 1
+  for w = 1, nwin do
+    local kind, per, limit = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    a = a + 3
+    local key = KEYS[k]; k = k + 1
+    local idx = math.floor(now / per)
+    local h = redis.call('HMGET', key, 'i', 'c', 'p')
+    local i, c, p = tonumber(h[1]) or idx, tonumber(h[2]) or 0, tonumber(h[3]) or 0
+    if i ~= idx then
+      if i == idx - 1 then p = c else p = 0 end
+      c = 0
+    end
+    local rest = per - (now - idx * per)
+    local est = p * rest / per + c
+    local fits
+    if kind == 0 then fits = est + 1 <= limit else fits = est < limit end
+    if not fits then
+      local wait = wait_for(c, p, idx, per, limit)
+      if refusal[1] ~= 1 or wait > refusal[4] then refusal = {1, s, w, wait} end
+    end
+    wins[#wins + 1] = {key, idx, c, p, kind, per, limit, rest}
+  end
+  local max = tonumber(ARGV[a]); a = a + 1
+  if max > 0 then
+    local key = KEYS[k]; k = k + 1
+    -- Leases whose holder stopped renewing them (it crashed) are given back.
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    if redis.call('ZCARD', key) >= max and refusal[1] == 0 then refusal = {2, s, 0, 1000} end
+    leases[#leases + 1] = key
+  end
+  local mode, dcap, mcap = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  if mode > 0 then
+    local bkey, rkey = KEYS[k], KEYS[k + 1]; k = k + 2
+    local gone = redis.call('ZRANGEBYSCORE', rkey, '-inf', now)
+    for _, m in ipairs(gone) do
+      local amount = redis.call('HGET', bkey, 'l:' .. m)
+      if amount then
+        redis.call('HINCRBY', bkey, 'r', '-' .. amount)
+        redis.call('HDEL', bkey, 'l:' .. m)
+      end
+      redis.call('ZREM', rkey, m)
+    end
+    local b = redis.call('HMGET', bkey, 'd:' .. day, 'm:' .. month, 'r')
+    local sd, sm, r = tonumber(b[1]) or 0, tonumber(b[2]) or 0, tonumber(b[3]) or 0
+    if mode == 1 and refusal[1] == 0 then
+      local need = r + tonumber(cost)
+      if dcap >= 0 and sd + need > dcap then refusal = {3, s, 1, 0}
+      elseif mcap >= 0 and sm + need > mcap then refusal = {3, s, 2, 0} end
+    end
+    budgets[#budgets + 1] = {bkey, rkey, sd, sm, r}
+  end
+end
+
+local admitted = refusal[1] == 0
+local out = {refusal[1], refusal[2], refusal[3], refusal[4]}
+for _, w in ipairs(wins) do
+  local key, idx, c, p, kind, per, limit, rest = w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
+  if admitted then
+    if kind == 0 then c = c + 1 else c = c + tokens end
+    redis.call('HSET', key, 'i', idx, 'c', c, 'p', p)
+    redis.call('PEXPIRE', key, 2 * per + 1000)
+  end
+  out[#out + 1] = math.max(0, limit - c - math.ceil(p * rest / per))
+  local reset = 0
+  if c > 0 then reset = (idx + 2) * per - now elseif p > 0 then reset = (idx + 1) * per - now end
+  out[#out + 1] = reset
+end
+if admitted then
+  for _, key in ipairs(leases) do
+    redis.call('ZADD', key, now + ttl, lease)
+    redis.call('PEXPIRE', key, 2 * ttl)
+  end
+end
+for _, b in ipairs(budgets) do
+  local r = b[5]
+  if admitted and cost ~= '0' then
+    r = redis.call('HINCRBY', b[1], 'r', cost)
+    redis.call('HSET', b[1], 'l:' .. lease, cost)
+    redis.call('ZADD', b[2], now + ttl, lease)
+    redis.call('PEXPIRE', b[2], 2 * ttl)
+  end
+  redis.call('PEXPIRE', b[1], 3024000000)
+  out[#out + 1] = b[3]
+  out[#out + 1] = b[4]
+  out[#out + 1] = r
+end
+return out

@@ -1,0 +1,50 @@
+-- The end of an admitted request: its real token count replaces the estimate in its token
+-- windows, its concurrency leases are given back, and its real cost replaces its reservation.
+-- A reservation that expired meanwhile was given back already; the cost is booked either way.
+-- KEYS: the token window hashes, the lease sets, then (budget hash, reservation set) pairs.
+-- ARGV: lease, token delta, token windows, lease sets, budgets, cost (nano-dollars), day, month,
+--   then the length in ms of each token window.
+-- Returns per budget: spent today and this month after booking.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease, delta = ARGV[1], tonumber(ARGV[2])
+local nt, nl, nb = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local cost, day, month = ARGV[6], ARGV[7], ARGV[8]
+local k = 1
+local out = {}
+for i = 1, nt do
+  local key, per = KEYS[k], tonumber(ARGV[8 + i]); k = k + 1
+  if delta ~= 0 then
+    local idx = math.floor(now / per)
+    local h = redis.call('HMGET', key, 'i', 'c', 'p')
+    local c, p = tonumber(h[2]) or 0, tonumber(h[3]) or 0
+    local at = tonumber(h[1]) or idx
+    if at ~= idx then
+      if at == idx - 1 then p = c else p = 0 end
+      c = 0
+    end
+    c = math.max(0, c + delta)
+    redis.call('HSET', key, 'i', idx, 'c', c, 'p', p)
+    redis.call('PEXPIRE', key, 2 * per + 1000)
+  end
+end
+for i = 1, nl do
+  redis.call('ZREM', KEYS[k], lease); k = k + 1
+end
+for i = 1, nb do
+  local bkey, rkey = KEYS[k], KEYS[k + 1]; k = k + 2
+  if redis.call('ZREM', rkey, lease) == 1 then
+    local amount = redis.call('HGET', bkey, 'l:' .. lease)
+    if amount then redis.call('HINCRBY', bkey, 'r', '-' .. amount) end
+  end
+  redis.call('HDEL', bkey, 'l:' .. lease)
+  if cost ~= '0' then
+    redis.call('HINCRBY', bkey, 'd:' .. day, cost)
+    redis.call('HINCRBY', bkey, 'm:' .. month, cost)
+    redis.call('PEXPIRE', bkey, 3024000000)
+  end
+  local b = redis.call('HMGET', bkey, 'd:' .. day, 'm:' .. month)
+  out[#out + 1] = tonumber(b[1]) or 0
+  out[#out + 1] = tonumber(b[2]) or 0
+end
+return out

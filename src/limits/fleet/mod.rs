@@ -1,0 +1,947 @@
+//! [`FleetLimits`]: limit state shared by every instance of a fleet through Redis.
+//!
+//! Admission of a request is one Lua script ([`admit.lua`](admit.lua)), called by its SHA (and
+//! loaded again if Redis lost it): it checks every window, concurrency cap and budget of the
+//! key and its workload against Redis's own clock and counts all of them, or none. The windows
+//! are the two epoch-aligned counters of [`super::window`] with the same estimate and bound.
+//! Concurrency slots and budget reservations are leases: members of a sorted set scored by their
+//! expiry, renewed by the instance holding them while the request runs, so a crashed instance's
+//! slots and reservations come back after one lease TTL and a reservation never leaks. The
+//! request's end (real tokens, real cost, slots given back) is one more script, sent from a
+//! background task, never on the request path.
+//!
+//! Concurrency is also held locally before the body is read (slow uploads count against this
+//! instance's share at once); the fleet-wide lease is taken by the admission script. A window
+//! found over its limit is refused locally until the time the script said it frees, without a
+//! round trip.
+//!
+//! Every Redis key of a request carries its workload in a `{hash tag}`, so that a key's and its
+//! workload's counters sit in one Cluster slot and one script can count both.
+//!
+//! When Redis cannot be reached within `timeout`, `on_error` decides: admit on this instance's
+//! own counters without refusing (`fail_open`), refuse with `state_unavailable`
+//! (`fail_closed`), or enforce every limit per instance (`local`), until Redis answers again.
+
+mod conn;
+pub mod revocation;
+
+use super::budget::{BudgetMode, BudgetSpec, Calendar, Period};
+use super::memory::{self, MemoryLimits};
+use super::*;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwapOption;
+use conn::Conn;
+use redis::Script;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// The `state` section for `backend: redis`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSettings {
+    pub target: RedisTarget,
+    pub prefix: String,
+    /// The longest a request waits for Redis.
+    pub timeout: Duration,
+    /// How long a slot or reservation outlives an instance that stopped renewing it.
+    pub lease_ttl: Duration,
+    pub on_error: OnError,
+}
+
+/// Which Redis deployment holds the state.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    Url(String),
+    Cluster(Vec<String>),
+    Sentinel { master: String, nodes: Vec<String> },
+}
+
+/// URLs may carry a password; what is printed never does.
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fn redacted(text: &str) -> String {
+            match url::Url::parse(text) {
+                Ok(mut u) => {
+                    if u.password().is_some() {
+                        let _ = u.set_password(Some("redacted"));
+                    }
+                    u.to_string()
+                }
+                Err(_) => "<invalid url>".to_owned(),
+            }
+        }
+        match self {
+            RedisTarget::Url(u) => write!(f, "Url({})", redacted(u)),
+            RedisTarget::Cluster(nodes) => f
+                .debug_list()
+                .entries(nodes.iter().map(|n| redacted(n)))
+                .finish(),
+            RedisTarget::Sentinel { master, nodes } => write!(
+                f,
+                "Sentinel({master}, {:?})",
+                nodes.iter().map(|n| redacted(n)).collect::<Vec<_>>()
+            ),
+        }
+    }
+}
+
+/// What admission does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnError {
+    /// Admit; count on this instance only, refusing nothing.
+    FailOpen,
+    /// Refuse with `state_unavailable`.
+    FailClosed,
+    /// Enforce every limit on this instance alone.
+    Local,
+}
+
+impl OnError {
+    fn as_str(self) -> &'static str {
+        match self {
+            OnError::FailOpen => "fail_open",
+            OnError::FailClosed => "fail_closed",
+            OnError::Local => "local",
+        }
+    }
+}
+
+/// A failed Redis call.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("not connected to Redis yet")]
+    NotConnected,
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("unexpected reply from the admission script")]
+    Reply,
+}
+
+impl StateError {
+    fn result(&self) -> &'static str {
+        match self {
+            StateError::Timeout(_) => "timeout",
+            _ => "error",
+        }
+    }
+}
+
+/// How long admission skips Redis after a failed call, before trying it again.
+const RETRY_AFTER_FAILURE_MS: u64 = 500;
+/// How long a background call (settlement, renewal, probe) may take.
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the request path and the background tasks share.
+struct Shared {
+    settings: FleetSettings,
+    conn: ArcSwapOption<Conn>,
+    admit: Script,
+    finish: Script,
+    renew: Script,
+    /// Leases of requests in flight, renewed until they end.
+    live: Mutex<HashMap<u64, Arc<LeaseKeys>>>,
+    next_lease: AtomicU64,
+    /// This process's part of every lease name, so that instances never collide.
+    instance: String,
+    /// Until when (local ms) admission does not try Redis, after a failure.
+    down_until_ms: AtomicU64,
+    finished: mpsc::UnboundedSender<Finished>,
+    metrics: Arc<Metrics>,
+    /// The fleet's spend per budgeted scope as Redis last reported it.
+    spend: Mutex<HashMap<ScopeId, SeenSpend>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SeenSpend {
+    at: Calendar,
+    today: u64,
+    month: u64,
+    reserved: u64,
+}
+
+impl Shared {
+    fn record(&self, op: &str, result: &str) {
+        self.metrics
+            .state_operations
+            .with_label_values(&[op, result])
+            .inc();
+    }
+
+    fn healthy(&self, yes: bool) {
+        self.metrics.state_healthy.set(i64::from(yes));
+    }
+
+    fn failed(&self, op: &str, e: &StateError) {
+        self.record(op, e.result());
+        self.healthy(false);
+        self.down_until_ms
+            .store(now_ms() + RETRY_AFTER_FAILURE_MS, Ordering::Relaxed);
+    }
+
+    fn conn(&self) -> Result<Conn, StateError> {
+        self.conn
+            .load()
+            .as_deref()
+            .cloned()
+            .ok_or(StateError::NotConnected)
+    }
+
+    /// Runs `script` within `limit`, timing it.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+        limit: Duration,
+    ) -> Result<T, StateError> {
+        let mut conn = self.conn()?;
+        let started = std::time::Instant::now();
+        let reply = tokio::time::timeout(limit, invocation.invoke_async(&mut conn)).await;
+        self.metrics
+            .state_latency
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        match reply {
+            Err(_) => Err(StateError::Timeout(limit)),
+            Ok(r) => Ok(r?),
+        }
+    }
+
+    fn remember_spend(&self, id: &ScopeId, at: Calendar, today: u64, month: u64, reserved: u64) {
+        let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = SeenSpend {
+            at,
+            today,
+            month,
+            reserved,
+        };
+        match spend.get_mut(id) {
+            Some(s) => *s = seen,
+            None => {
+                spend.insert(id.clone(), seen);
+            }
+        }
+    }
+}
+
+/// The Redis keys of one admitted request, for renewing and finishing it.
+#[derive(Debug)]
+struct LeaseKeys {
+    /// The member naming this request in lease and reservation sets.
+    member: String,
+    /// Token windows with their length in ms.
+    token_windows: Vec<(String, u64)>,
+    lease_sets: Vec<String>,
+    budgets: Vec<BudgetKeys>,
+}
+
+#[derive(Debug)]
+struct BudgetKeys {
+    hash: String,
+    reservations: String,
+    scope: ScopeId,
+    spec: Arc<BudgetSpec>,
+}
+
+impl LeaseKeys {
+    fn renewable(&self, reserved: bool) -> bool {
+        !self.lease_sets.is_empty() || (reserved && !self.budgets.is_empty())
+    }
+}
+
+/// A request's hold on the fleet's state: dropping it sends the request's end (tokens, cost,
+/// slots and reservation given back) to the background task.
+pub struct Lease {
+    id: u64,
+    keys: Arc<LeaseKeys>,
+    /// Whether Redis may have counted this request: set before the admission call, so that a
+    /// request cancelled while waiting for Redis still gives back what the script took.
+    armed: bool,
+    renewed: bool,
+    token_delta: i64,
+    cost: UsdNanos,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("member", &self.keys.member)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    pub(super) fn charge_tokens(&mut self, delta: i64) {
+        self.token_delta = self.token_delta.saturating_add(delta);
+    }
+
+    pub(super) fn settle(&mut self, actual: UsdNanos) {
+        self.cost = actual;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.renewed {
+            self.shared
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&self.id);
+        }
+        if !self.armed {
+            return;
+        }
+        let keys = &self.keys;
+        let nothing_to_do = keys.lease_sets.is_empty()
+            && keys.budgets.is_empty()
+            && (keys.token_windows.is_empty() || self.token_delta == 0);
+        if nothing_to_do {
+            return;
+        }
+        // The receiver lives as long as the state runtime; after shutdown the leases expire.
+        let _ = self.shared.finished.send(Finished {
+            keys: Arc::clone(&self.keys),
+            token_delta: self.token_delta,
+            cost: self.cost,
+            at_ms: now_ms(),
+        });
+    }
+}
+
+/// A finished request, on its way to Redis.
+struct Finished {
+    keys: Arc<LeaseKeys>,
+    token_delta: i64,
+    cost: UsdNanos,
+    at_ms: u64,
+}
+
+/// A rate refusal remembered until its window frees.
+struct CachedRefusal {
+    until_ms: u64,
+    refusal: LimitRefusal,
+}
+
+/// Limit state in Redis, shared by a fleet.
+pub struct FleetLimits {
+    /// Local pre-holds of concurrency slots, and every limit while Redis is unreachable.
+    local: MemoryLimits,
+    shared: Arc<Shared>,
+    refused: Mutex<HashMap<String, CachedRefusal>>,
+    revocations: Arc<revocation::Revocations>,
+    /// Drives the connection and the background tasks.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for FleetLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetLimits")
+            .field("settings", &self.shared.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FleetLimits {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Never blocks, so it is safe wherever the last reference drops.
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A budget cap for the script: `-1` for none.
+fn cap_arg(cap: Option<UsdNanos>) -> i64 {
+    cap.map_or(-1, |c| i64::try_from(c.0).unwrap_or(i64::MAX))
+}
+
+impl FleetLimits {
+    /// Starts the state runtime, which connects (and keeps reconnecting) in the background:
+    /// the gateway starts whether or not Redis is up, under `on_error` until it is.
+    pub fn start(
+        settings: FleetSettings,
+        local: MemoryLimits,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<FleetLimits> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("keygate-state")
+            .enable_all()
+            .build()?;
+        let (finished, queue) = mpsc::unbounded_channel();
+        let mut id = [0u8; 6];
+        getrandom::fill(&mut id).map_err(|e| std::io::Error::other(e.to_string()))?;
+        metrics.state_backend.with_label_values(&["redis"]).set(1);
+        metrics.state_healthy.set(0);
+        let shared = Arc::new(Shared {
+            settings,
+            conn: ArcSwapOption::empty(),
+            admit: Script::new(include_str!("admit.lua")),
+            finish: Script::new(include_str!("finish.lua")),
+            renew: Script::new(include_str!("renew.lua")),
+            live: Mutex::default(),
+            next_lease: AtomicU64::new(1),
+            instance: hex::encode(id),
+            down_until_ms: AtomicU64::new(0),
+            finished,
+            metrics,
+            spend: Mutex::default(),
+        });
+        let revocations = Arc::new(revocation::Revocations::default());
+        runtime.spawn(keep_connected(Arc::clone(&shared)));
+        runtime.spawn(finish_requests(Arc::clone(&shared), queue));
+        runtime.spawn(renew_leases(Arc::clone(&shared)));
+        runtime.spawn(revocation::follow(
+            Arc::clone(&shared),
+            Arc::clone(&revocations),
+        ));
+        Ok(FleetLimits {
+            local,
+            shared,
+            refused: Mutex::default(),
+            revocations,
+            runtime: Some(runtime),
+        })
+    }
+
+    /// This instance's own counters: concurrency pre-holds, and the fallback under `on_error`.
+    pub fn local(&self) -> &MemoryLimits {
+        &self.local
+    }
+
+    /// Keys revoked by events from other instances.
+    pub fn revocations(&self) -> &revocation::Revocations {
+        &self.revocations
+    }
+
+    /// Whether the gateway should report ready: not while Redis is down under `fail_closed`.
+    pub fn ready(&self) -> bool {
+        self.shared.settings.on_error != OnError::FailClosed
+            || self.shared.metrics.state_healthy.get() == 1
+    }
+
+    /// Publishes a revocation to every instance; see [`revocation`].
+    pub async fn publish_revocation(&self, event: &revocation::Event) -> Result<(), StateError> {
+        let shared = Arc::clone(&self.shared);
+        let fields = event.fields();
+        let stream = revocation::stream_key(&shared.settings.prefix);
+        // Run on the state runtime: the admin API's runtime does not drive this connection.
+        let task = self.runtime.as_ref().map(|rt| {
+            rt.spawn(async move {
+                let mut conn = shared.conn()?;
+                let keep_ms = revocation::KEEP.as_millis() as u64;
+                // Entries older than KEEP are trimmed, and the stream itself expires when idle.
+                let mut pipe = redis::pipe();
+                pipe.cmd("XADD")
+                    .arg(&stream)
+                    .arg("MINID")
+                    .arg("~")
+                    .arg(now_ms().saturating_sub(keep_ms))
+                    .arg("*")
+                    .arg(&fields)
+                    .cmd("PEXPIRE")
+                    .arg(&stream)
+                    .arg(keep_ms);
+                let call = pipe.query_async::<(String, i64)>(&mut conn);
+                match tokio::time::timeout(BACKGROUND_TIMEOUT, call).await {
+                    Err(_) => Err(StateError::Timeout(BACKGROUND_TIMEOUT)),
+                    Ok(r) => r.map(drop).map_err(StateError::from),
+                }
+            })
+        });
+        let result = match task {
+            Some(t) => t.await.unwrap_or(Err(StateError::NotConnected)),
+            None => Err(StateError::NotConnected),
+        };
+        match &result {
+            Ok(()) => self.shared.record("revoke", "ok"),
+            Err(e) => self.shared.record("revoke", e.result()),
+        }
+        result
+    }
+
+    /// Spend of a scope as Redis last reported it to this instance (admissions and settlements
+    /// of budgeted scopes report it), or this instance's own figures before it did.
+    pub fn spend(&self, kind: &'static str, name: &str, now_ms: u64) -> [PeriodFigures; 2] {
+        let cal = Calendar::at_ms(now_ms);
+        let seen = self
+            .shared
+            .spend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(kind, Box::<str>::from(name)))
+            .copied();
+        match seen {
+            Some(s) if s.at.month == cal.month => [
+                PeriodFigures {
+                    period: Period::Daily,
+                    spent: UsdNanos(if s.at.day == cal.day { s.today } else { 0 }),
+                    reserved: UsdNanos(s.reserved),
+                },
+                PeriodFigures {
+                    period: Period::Monthly,
+                    spent: UsdNanos(s.month),
+                    reserved: UsdNanos(s.reserved),
+                },
+            ],
+            _ => self.local.spend(kind, name, now_ms),
+        }
+    }
+
+    fn key(&self, tag: &str, scope: &ScopeRef<'_>, what: std::fmt::Arguments<'_>) -> String {
+        format!(
+            "{}:{{{tag}}}:{}:{}:{what}",
+            self.shared.settings.prefix, scope.kind, scope.name
+        )
+    }
+
+    /// Checks and counts `scopes` fleet-wide in one round trip.
+    pub async fn admit(
+        &self,
+        scopes: &[ScopeRef<'_>],
+        demand: Demand,
+        slots: Slots,
+        now_ms: u64,
+    ) -> Result<Admission, AdmitError> {
+        let active: SmallVec<[&ScopeRef<'_>; 2]> =
+            scopes.iter().filter(|s| s.spec.counts()).collect();
+        if active.is_empty() {
+            return Ok(Admission::local(
+                memory::Admission::default().holding(slots),
+            ));
+        }
+        if let Some(refusal) = self.refused_locally(&active, now_ms) {
+            self.shared.record("admit", "cached");
+            return Err(AdmitError::Refused(refusal));
+        }
+        if now_ms < self.shared.down_until_ms.load(Ordering::Relaxed) {
+            return self.on_error(scopes, demand, slots, now_ms);
+        }
+        let tag = scopes
+            .iter()
+            .find(|s| s.kind == "workload")
+            .map_or(active[0].name, |s| s.name);
+        let cal = Calendar::at_ms(now_ms);
+        let id = self.shared.next_lease.fetch_add(1, Ordering::Relaxed);
+        let member = format!("{}:{id}", self.shared.instance);
+        let ttl_ms = self.shared.settings.lease_ttl.as_millis() as u64;
+        let mut invocation = self.shared.admit.prepare_invoke();
+        invocation
+            .arg(&member)
+            .arg(ttl_ms)
+            .arg(demand.tokens)
+            .arg(demand.cost.0)
+            .arg(cal.day)
+            .arg(cal.month)
+            .arg(active.len());
+        let mut keys = LeaseKeys {
+            member,
+            token_windows: Vec::new(),
+            lease_sets: Vec::new(),
+            budgets: Vec::new(),
+        };
+        for scope in &active {
+            let spec = scope.spec;
+            invocation.arg(spec.windows.len());
+            for w in spec.windows.iter() {
+                let per_ms = w.per_ms();
+                let (kind, letter) = match w.kind {
+                    LimitKind::Requests => (0, 'r'),
+                    LimitKind::Tokens => (1, 't'),
+                };
+                let key = self.key(tag, scope, format_args!("{letter}{per_ms}"));
+                invocation.arg(kind).arg(per_ms).arg(w.limit).key(&key);
+                if w.kind == LimitKind::Tokens {
+                    keys.token_windows.push((key, per_ms));
+                }
+            }
+            match spec.max_concurrent {
+                Some(max) => {
+                    let key = self.key(tag, scope, format_args!("slots"));
+                    invocation.arg(max).key(&key);
+                    keys.lease_sets.push(key);
+                }
+                None => {
+                    invocation.arg(0);
+                }
+            }
+            match &spec.budget {
+                Some(budget) => {
+                    let mode = match budget.mode {
+                        BudgetMode::Enforce => 1,
+                        BudgetMode::Track => 2,
+                    };
+                    let hash = self.key(tag, scope, format_args!("budget"));
+                    let reservations = self.key(tag, scope, format_args!("reserved"));
+                    invocation
+                        .arg(mode)
+                        .arg(cap_arg(budget.daily))
+                        .arg(cap_arg(budget.monthly))
+                        .key(&hash)
+                        .key(&reservations);
+                    keys.budgets.push(BudgetKeys {
+                        hash,
+                        reservations,
+                        scope: (scope.kind, Box::from(scope.name)),
+                        spec: Arc::clone(budget),
+                    });
+                }
+                None => {
+                    invocation.arg(0).arg(-1).arg(-1);
+                }
+            }
+        }
+        let mut lease = Lease {
+            id,
+            keys: Arc::new(keys),
+            armed: true,
+            renewed: false,
+            token_delta: 0,
+            cost: UsdNanos::ZERO,
+            shared: Arc::clone(&self.shared),
+        };
+        let reply: Vec<i64> = match self
+            .shared
+            .invoke("admit", invocation, self.shared.settings.timeout)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::warn!(error = %e, on_error = self.shared.settings.on_error.as_str(), "fleet state unavailable at admission");
+                self.shared.failed("admit", &e);
+                // Whatever the script may have counted is given back by the lease's drop.
+                drop(lease);
+                return self.on_error(scopes, demand, slots, now_ms);
+            }
+        };
+        self.shared.healthy(true);
+        let outcome = self.read_admission(&active, &reply, cal, now_ms, &lease);
+        match outcome {
+            Ok(status) => {
+                self.shared.record("admit", "ok");
+                if lease.keys.renewable(demand.cost > UsdNanos::ZERO) {
+                    lease.renewed = true;
+                    self.shared
+                        .live
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, Arc::clone(&lease.keys));
+                }
+                Ok(Admission {
+                    status,
+                    local: memory::Admission::default().holding(slots),
+                    fleet: Some(lease),
+                })
+            }
+            Err(refusal) => {
+                self.shared.record("admit", "refused");
+                lease.armed = false;
+                Err(AdmitError::Refused(refusal))
+            }
+        }
+    }
+
+    /// The admission script's reply: the rate figures if admitted, else the refusal.
+    fn read_admission(
+        &self,
+        active: &[&ScopeRef<'_>],
+        reply: &[i64],
+        cal: Calendar,
+        now_ms: u64,
+        lease: &Lease,
+    ) -> Result<RateStatus, LimitRefusal> {
+        let mut figures = reply.iter().map(|&n| u64::try_from(n).unwrap_or(0));
+        let mut next = || figures.next().unwrap_or(0);
+        let (kind, at_scope, at, wait_ms) = (next(), next(), next(), next());
+        let mut status = RateStatus::default();
+        for scope in active {
+            for w in scope.spec.windows.iter() {
+                let (remaining, reset) = (next(), next());
+                status.consider(
+                    w.kind,
+                    WindowStatus {
+                        limit: w.limit,
+                        remaining,
+                        reset: Duration::from_millis(reset),
+                    },
+                );
+            }
+        }
+        for b in &lease.keys.budgets {
+            let (today, month, reserved) = (next(), next(), next());
+            self.shared
+                .remember_spend(&b.scope, cal, today, month, reserved);
+        }
+        let Some(scope) = usize::try_from(at_scope)
+            .ok()
+            .and_then(|s| s.checked_sub(1))
+            .and_then(|s| active.get(s))
+        else {
+            return Ok(status);
+        };
+        let refusal = match kind {
+            1 => {
+                let window = scope.spec.windows.get((at as usize).saturating_sub(1));
+                let refusal = LimitRefusal {
+                    kind: RefusalKind::Rate,
+                    limit: format!(
+                        "{} {}: {}",
+                        scope.kind,
+                        scope.name,
+                        window.map_or_else(String::new, |w| w.describe())
+                    ),
+                    retry_after: Duration::from_millis(wait_ms),
+                    status,
+                };
+                self.refused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        format!("{}:{}", scope.kind, scope.name),
+                        CachedRefusal {
+                            until_ms: now_ms + wait_ms,
+                            refusal: refusal.clone(),
+                        },
+                    );
+                refusal
+            }
+            2 => LimitRefusal {
+                kind: RefusalKind::Concurrency,
+                limit: format!(
+                    "{} {}: {} concurrent requests",
+                    scope.kind,
+                    scope.name,
+                    scope.spec.max_concurrent.unwrap_or(0)
+                ),
+                retry_after: Duration::from_millis(wait_ms),
+                status,
+            },
+            _ => {
+                let period = if at == 2 {
+                    Period::Monthly
+                } else {
+                    Period::Daily
+                };
+                let cap = scope.spec.budget.as_ref().and_then(|b| match period {
+                    Period::Daily => b.daily,
+                    Period::Monthly => b.monthly,
+                });
+                LimitRefusal {
+                    kind: RefusalKind::Budget,
+                    limit: format!(
+                        "{} {}: {} budget of ${}",
+                        scope.kind,
+                        scope.name,
+                        period.as_str(),
+                        cap.unwrap_or(UsdNanos::ZERO)
+                    ),
+                    retry_after: cal.until_end(period, now_ms),
+                    status,
+                }
+            }
+        };
+        Err(refusal)
+    }
+
+    /// A window this instance already saw refused, while it is still full.
+    fn refused_locally(&self, active: &[&ScopeRef<'_>], now_ms: u64) -> Option<LimitRefusal> {
+        let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused.is_empty() {
+            return None;
+        }
+        refused.retain(|_, c| c.until_ms > now_ms);
+        active.iter().find_map(|scope| {
+            let c = refused.get(&format!("{}:{}", scope.kind, scope.name))?;
+            let mut refusal = c.refusal.clone();
+            refusal.retry_after = Duration::from_millis(c.until_ms - now_ms);
+            Some(refusal)
+        })
+    }
+
+    /// Admission while Redis cannot be reached, as `on_error` says.
+    fn on_error(
+        &self,
+        scopes: &[ScopeRef<'_>],
+        demand: Demand,
+        slots: Slots,
+        now_ms: u64,
+    ) -> Result<Admission, AdmitError> {
+        let mode = self.shared.settings.on_error;
+        self.shared.record("admit", mode.as_str());
+        match mode {
+            OnError::FailClosed => Err(AdmitError::Unavailable),
+            OnError::Local => self
+                .local
+                .admit(scopes, demand, slots, now_ms)
+                .map(Admission::local)
+                .map_err(AdmitError::Refused),
+            OnError::FailOpen => Ok(Admission::local(
+                match self.local.admit(scopes, demand, Slots::default(), now_ms) {
+                    Ok(counted) => counted.holding(slots),
+                    Err(_) => memory::Admission::default().holding(slots),
+                },
+            )),
+        }
+    }
+}
+
+/// Connects, and keeps probing: a probe that fails marks the state unhealthy; one that answers
+/// marks it healthy, which lets admission try Redis again at once.
+async fn keep_connected(shared: Arc<Shared>) {
+    let mut failing_since: Option<std::time::Instant> = None;
+    loop {
+        let stale = matches!(shared.settings.target, RedisTarget::Sentinel { .. })
+            && failing_since.is_some_and(|t| t.elapsed() > Duration::from_secs(2));
+        if shared.conn.load().is_none() || stale {
+            match conn::connect(&shared.settings.target).await {
+                Ok(c) => {
+                    shared.conn.store(Some(Arc::new(c)));
+                    failing_since = None;
+                }
+                Err(e) => {
+                    shared.record("connect", "error");
+                    tracing::warn!(error = %e, "cannot connect to Redis; retrying");
+                }
+            }
+        }
+        if let Ok(mut c) = shared.conn() {
+            let ping = redis::cmd("PING");
+            let ping = ping.query_async::<String>(&mut c);
+            match tokio::time::timeout(BACKGROUND_TIMEOUT, ping).await {
+                Ok(Ok(_)) => {
+                    failing_since = None;
+                    shared.healthy(true);
+                    shared.down_until_ms.store(0, Ordering::Relaxed);
+                }
+                _ => {
+                    failing_since.get_or_insert_with(std::time::Instant::now);
+                    shared.healthy(false);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Sends each finished request's end to Redis. The calls are issued without waiting for one
+/// another, so the multiplexed connection pipelines them.
+async fn finish_requests(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Finished>) {
+    while let Some(done) = queue.recv().await {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let keys = &done.keys;
+            let cal = Calendar::at_ms(done.at_ms);
+            let mut invocation = shared.finish.prepare_invoke();
+            invocation
+                .arg(&keys.member)
+                .arg(done.token_delta)
+                .arg(keys.token_windows.len())
+                .arg(keys.lease_sets.len())
+                .arg(keys.budgets.len())
+                .arg(done.cost.0)
+                .arg(cal.day)
+                .arg(cal.month);
+            for (key, per_ms) in &keys.token_windows {
+                invocation.key(key).arg(*per_ms);
+            }
+            for key in &keys.lease_sets {
+                invocation.key(key);
+            }
+            for b in &keys.budgets {
+                invocation.key(&b.hash).key(&b.reservations);
+            }
+            match shared
+                .invoke::<Vec<i64>>("finish", invocation, BACKGROUND_TIMEOUT)
+                .await
+            {
+                Ok(spent) => {
+                    shared.record("finish", "ok");
+                    for (b, pair) in keys.budgets.iter().zip(spent.chunks(2)) {
+                        let today = pair.first().map_or(0, |&n| n.max(0) as u64);
+                        let month = pair.get(1).map_or(0, |&n| n.max(0) as u64);
+                        alert_crossings(b, done.cost, today, month);
+                        let reserved = shared
+                            .spend
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&b.scope)
+                            .map_or(0, |s| s.reserved);
+                        shared.remember_spend(&b.scope, cal, today, month, reserved);
+                    }
+                }
+                Err(e) => {
+                    // The lease expires by itself; only this request's real figures are lost.
+                    tracing::warn!(error = %e, "could not settle a request in Redis");
+                    shared.record("finish", e.result());
+                }
+            }
+        });
+    }
+}
+
+/// Logs the budget alerts a settlement crossed: the fleet's spend went from below a threshold to
+/// at or above it with this request, which happens on exactly one instance.
+fn alert_crossings(b: &BudgetKeys, cost: UsdNanos, today: u64, month: u64) {
+    for (period, cap, after) in [
+        (Period::Daily, b.spec.daily, today),
+        (Period::Monthly, b.spec.monthly, month),
+    ] {
+        let Some(cap) = cap.filter(|c| c.0 > 0) else {
+            continue;
+        };
+        let before = after.saturating_sub(cost.0);
+        for &permille in &b.spec.alert_at {
+            let threshold = (cap.0 as u128 * permille as u128 / 1000) as u64;
+            if before < threshold && after >= threshold {
+                tracing::warn!(
+                    scope = b.scope.0,
+                    name = %b.scope.1,
+                    period = period.as_str(),
+                    threshold = f64::from(permille) / 1000.0,
+                    spent_usd = %UsdNanos(after),
+                    budget_usd = %cap,
+                    "budget alert: fleet spend crossed a threshold"
+                );
+            }
+        }
+    }
+}
+
+/// Renews the leases of requests in flight, three times per lease TTL.
+async fn renew_leases(shared: Arc<Shared>) {
+    let every = shared.settings.lease_ttl / 3;
+    loop {
+        tokio::time::sleep(every).await;
+        let live: Vec<Arc<LeaseKeys>> = shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let ttl_ms = shared.settings.lease_ttl.as_millis() as u64;
+        for keys in live {
+            let shared = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let mut invocation = shared.renew.prepare_invoke();
+                invocation.arg(&keys.member).arg(ttl_ms);
+                for key in &keys.lease_sets {
+                    invocation.key(key);
+                }
+                for b in &keys.budgets {
+                    invocation.key(&b.reservations);
+                }
+                match shared
+                    .invoke::<i64>("renew", invocation, BACKGROUND_TIMEOUT)
+                    .await
+                {
+                    Ok(_) => shared.record("renew", "ok"),
+                    Err(e) => shared.record("renew", e.result()),
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! Fleet mode end to end: two gateway instances (each with its own copy of the keys directory)
+//! share their limits through a real redis-server that each test starts on a free loopback port
+//! with its own temporary directory, and stops.
+
+mod common;
+
+use common::upstream::{free_port, MockUpstream, Reply};
+use common::{client, error_of, key_file, keygate_bin, post_json, TestGateway};
+use redis::Commands;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A redis-server of this test's own.
+struct RedisServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut server = RedisServer {
+            child: Self::spawn(port, dir.path()),
+            port,
+            dir,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn spawn(port: u16, dir: &Path) -> Child {
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)")
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let url = self.url();
+        loop {
+            let pong = redis::Client::open(url.as_str())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if pong.is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url().as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A fresh, empty server on the same port, as after a crash without persistence.
+    fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.port, self.dir.path());
+        self.wait_ready();
+    }
+
+    /// Scripts run so far: EVALSHA and EVAL calls, less those that failed (the first EVALSHA
+    /// after a start answers NOSCRIPT, then the script is loaded and called again).
+    fn script_calls(&self) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.conn())
+            .unwrap();
+        let field = |line: &str, name: &str| -> u64 {
+            line.split([':', ','])
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        info.lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .map(|l| field(l, "calls") - field(l, "failed_calls"))
+            .sum()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The fleet `state` section, then the one-model policy.
+fn fleet_policy(upstream: &str, redis: &str, on_error: &str, head: &str, extra: &str) -> String {
+    format!(
+        "{head}state:\n  backend: redis\n  redis:\n    url: {redis}\n    prefix: kg\n    timeout: 1s\n    lease_ttl: 1500ms\n  on_error: {on_error}\n{}",
+        common::one_model_policy(upstream, extra)
+    )
+}
+
+fn chat() -> Value {
+    json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// Waits until the instance has connected to Redis.
+async fn connected(gw: &TestGateway) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.handles().metrics.state_healthy.get() != 1 {
+        assert!(Instant::now() < deadline, "the gateway never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sleeps until at least 60% of an epoch-aligned window of `per_ms` is left.
+async fn early_in_window(per_ms: u64) {
+    let into = keygate::limits::now_ms() % per_ms;
+    if into > per_ms * 4 / 10 {
+        tokio::time::sleep(Duration::from_millis(per_ms - into + 50)).await;
+    }
+}
+
+/// Polls `check` for up to ten seconds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_window_admits_its_limit_across_two_instances() {
+    let redis = RedisServer::start();
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "rate_limits:\n  - {requests: 20, per: 10s}\n");
+    let policy = fleet_policy(&up.url(), &redis.url(), "fail_closed", "", "");
+    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
+    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
+    connected(&a).await;
+    connected(&b).await;
+    early_in_window(10_000).await;
+    let before = redis.script_calls();
+    let mut admitted = [0u32; 2];
+    for i in 0..60 {
+        let gw = [&a, &b][i % 2];
+        let resp = post_json(&gw.url("/v1/chat/completions"), &secret, &chat()).await;
+        match resp.status().as_u16() {
+            200 => admitted[i % 2] += 1,
+            429 => {
+                assert_eq!(resp.headers()["x-ratelimit-limit-requests"], "20");
+                assert_eq!(resp.headers()["x-ratelimit-remaining-requests"], "0");
+                assert_eq!(error_of(resp).await.2, "rate_limit_exceeded");
+            }
+            s => panic!("unexpected status {s}: {}", resp.text().await.unwrap()),
+        }
+    }
+    println!("admitted per instance: {admitted:?}");
+    assert_eq!(admitted[0] + admitted[1], 20, "{admitted:?}");
+    assert_eq!(admitted, [10, 10], "alternated requests split evenly");
+    // One admission script per admitted request, none for the ones a refusal already answered
+    // locally (at most one per instance learns the window is full from Redis).
+    let calls = redis.script_calls() - before;
+    assert!((20..=22).contains(&calls), "{calls} script calls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_window_is_shared_and_charged_with_real_usage() {
+    let redis = RedisServer::start();
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "rate_limits:\n  - {tokens: 100, per: 1h}\n");
+    let policy = fleet_policy(&up.url(), &redis.url(), "fail_closed", "", "");
+    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
+    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
+    connected(&a).await;
+    connected(&b).await;
+    let window = "kg:{app}:key:k:t3600000";
+    let mut conn = redis.conn();
+    let mut admitted = 0u64;
+    for i in 0..20 {
+        let gw = [&a, &b][i % 2];
+        let resp = post_json(&gw.url("/v1/chat/completions"), &secret, &chat()).await;
+        if resp.status() == 429 {
+            assert_eq!(error_of(resp).await.2, "rate_limit_exceeded");
+            continue;
+        }
+        assert_eq!(resp.status(), 200);
+        admitted += 1;
+        // Each response used 7 + 5 tokens, which replace the estimate once settled.
+        eventually("the real usage in Redis", || {
+            conn.hget::<_, _, Option<u64>>(window, "c").unwrap() == Some(12 * admitted)
+        })
+        .await;
+    }
+    // Admitted while under 100: 12 × 8 = 96 lets a ninth in, 108 refuses the rest.
+    assert_eq!(admitted, 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn max_concurrent_holds_across_two_instances_with_slow_streams() {
+    let redis = RedisServer::start();
+    let slow = Reply::Sse {
+        events: (0..40)
+            .map(|i| format!("data: {{\"n\":{i}}}\n\n"))
+            .collect(),
+        interval: Duration::from_millis(100),
+    };
+    let up = MockUpstream::start("up", slow).await;
+    let (secret, yaml) = key_file("app", "max_concurrent: 2\n");
+    let policy = fleet_policy(&up.url(), &redis.url(), "fail_closed", "", "");
+    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
+    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
+    connected(&a).await;
+    connected(&b).await;
+    let url = |gw: &TestGateway| gw.url("/v1/chat/completions");
+    let first = post_json(&url(&a), &secret, &chat()).await;
+    assert_eq!(first.status(), 200);
+    let second = post_json(&url(&b), &secret, &chat()).await;
+    assert_eq!(second.status(), 200);
+    for gw in [&a, &b] {
+        let resp = post_json(&url(gw), &secret, &chat()).await;
+        assert_eq!(
+            error_of(resp).await,
+            (
+                429,
+                "rate_limit_error".to_owned(),
+                "concurrency_limit_exceeded".to_owned()
+            )
+        );
+    }
+    // The first stream ends: its slot comes back to the fleet, on the other instance too.
+    first.bytes().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let third = loop {
+        let resp = post_json(&url(&b), &secret, &chat()).await;
+        if resp.status() == 200 {
+            break resp;
+        }
+        assert_eq!(resp.status(), 429);
+        assert!(Instant::now() < deadline, "the slot never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    drop((second, third));
+    let mut conn = redis.conn();
+    eventually("every lease given back", || {
+        conn.zcard::<_, u64>("kg:{app}:key:k:slots").unwrap() == 0
+    })
+    .await;
+}
+
+/// A policy with a priced model: each chat costs (7 + 5) × $0.001 = $0.012.
+fn priced(upstream: &str, redis: &str, head: &str) -> String {
+    fleet_policy(upstream, redis, "fail_closed", head, "").replace(
+        "    provider: p1\n",
+        "    provider: p1\n    price: {input_per_mtok: 1000, output_per_mtok: 1000}\n",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_budget_holds_under_fifty_concurrent_requests_over_two_instances() {
+    let redis = RedisServer::start();
+    let up = MockUpstream::start(
+        "up",
+        Reply::Delayed {
+            delay: Duration::from_millis(50),
+            reply: Box::new(Reply::chat_ok()),
+        },
+    )
+    .await;
+    let (secret, yaml) = key_file("app", "budget: {daily_usd: 0.12}\n");
+    let policy = priced(&up.url(), &redis.url(), "");
+    let a = TestGateway::start(&policy, &[("capped".into(), yaml.clone())]);
+    let b = TestGateway::start(&policy, &[("capped".into(), yaml)]);
+    connected(&a).await;
+    connected(&b).await;
+    let body =
+        json!({"model": "m1", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let url = [&a, &b][i % 2].url("/v1/chat/completions");
+            let (secret, body) = (secret.clone(), body.clone());
+            tokio::spawn(async move { post_json(&url, &secret, &body).await })
+        })
+        .collect();
+    let mut admitted = 0u64;
+    for t in tasks {
+        let resp = t.await.unwrap();
+        if resp.status() == 200 {
+            admitted += 1;
+        } else {
+            assert_eq!(error_of(resp).await.2, "budget_exceeded");
+        }
+    }
+    assert!(admitted >= 1);
+    let day = keygate::limits::now_ms() / 86_400_000;
+    let hash = "kg:{app}:key:capped:budget";
+    let mut conn = redis.conn();
+    eventually("every request settled", || {
+        conn.hget::<_, _, Option<u64>>(hash, format!("d:{day}"))
+            .unwrap()
+            .unwrap_or(0)
+            == admitted * 12_000_000
+    })
+    .await;
+    let spent: u64 = conn.hget(hash, format!("d:{day}")).unwrap();
+    println!("admitted {admitted}, fleet spend {spent} nano-dollars of 120000000");
+    assert!(
+        spent <= 120_000_000 + 12_000_000,
+        "spend {spent} overshoots"
+    );
+    // No reservation is left behind.
+    let reserved: i64 = conn.hget(hash, "r").unwrap();
+    assert_eq!(reserved, 0);
+    let members: u64 = conn.zcard("kg:{app}:key:capped:reserved").unwrap();
+    assert_eq!(members, 0);
+    let fields: Vec<String> = conn.hkeys(hash).unwrap();
+    assert!(
+        fields.iter().all(|f| !f.starts_with("l:")),
+        "reservation amounts left: {fields:?}"
+    );
+    // Settled sequentially now, the cap is reached within one request.
+    loop {
+        let resp = post_json(&b.url("/v1/chat/completions"), &secret, &body).await;
+        if resp.status() != 200 {
+            assert_eq!(error_of(resp).await.2, "budget_exceeded");
+            break;
+        }
+        admitted += 1;
+        eventually("settled", || {
+            conn.hget::<_, _, u64>(hash, format!("d:{day}")).unwrap() == admitted * 12_000_000
+        })
+        .await;
+    }
+    let spent: u64 = conn.hget(hash, format!("d:{day}")).unwrap();
+    // A reservation is the prompt estimate plus max_tokens, under $0.03.
+    assert!(
+        spent <= 120_000_000 && spent + 30_000_000 > 120_000_000,
+        "stopped at {spent}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instances_slots_and_reservations_return_after_the_lease_ttl() {
+    let redis = RedisServer::start();
+    let slow = Reply::Sse {
+        events: (0..600)
+            .map(|i| format!("data: {{\"n\":{i}}}\n\n"))
+            .collect(),
+        interval: Duration::from_millis(100),
+    };
+    let up = MockUpstream::start("up", slow).await;
+    let (secret, yaml) = key_file("app", "max_concurrent: 1\nbudget: {daily_usd: 10}\n");
+    let policy = priced(&up.url(), &redis.url(), "");
+    // Instance A is a process of its own, killed with SIGKILL while it streams.
+    let a = TestGateway::prepare(&policy, &[("k".into(), yaml.clone())]);
+    let mut process = Command::new(keygate_bin())
+        .args(["serve", "--config"])
+        .arg(&a.config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", a.port)).is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
+    connected(&b).await;
+    let mut conn = redis.conn();
+    let stream = loop {
+        let resp = post_json(&a.url("/v1/chat/completions"), &secret, &chat()).await;
+        if resp.status() == 200 {
+            break resp;
+        }
+        // Until the process has reached Redis (`fail_closed`).
+        assert_eq!(error_of(resp).await.2, "state_unavailable");
+        assert!(Instant::now() < deadline, "instance A never admitted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(conn.zcard::<_, u64>("kg:{app}:key:k:slots").unwrap(), 1);
+    assert_eq!(conn.zcard::<_, u64>("kg:{app}:key:k:reserved").unwrap(), 1);
+    let url = b.url("/v1/chat/completions");
+    let resp = post_json(&url, &secret, &chat()).await;
+    assert_eq!(error_of(resp).await.2, "concurrency_limit_exceeded");
+    // While A runs, it renews its lease past the TTL.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let resp = post_json(&url, &secret, &chat()).await;
+    assert_eq!(
+        error_of(resp).await.2,
+        "concurrency_limit_exceeded",
+        "a live holder keeps its slot beyond one TTL"
+    );
+    process.kill().unwrap();
+    process.wait().unwrap();
+    drop(stream);
+    let killed = Instant::now();
+    let resp = loop {
+        let resp = post_json(&url, &secret, &chat()).await;
+        if resp.status() == 200 {
+            break resp;
+        }
+        assert_eq!(error_of(resp).await.2, "concurrency_limit_exceeded");
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the slot never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "slot back {:?} after kill -9 (lease TTL 1.5 s)",
+        killed.elapsed()
+    );
+    drop(resp);
+    // B's own request is over: nothing is held or reserved any more, the dead one's included.
+    eventually("no lease or reservation left", || {
+        conn.zcard::<_, u64>("kg:{app}:key:k:slots").unwrap() == 0
+            && conn.zcard::<_, u64>("kg:{app}:key:k:reserved").unwrap() == 0
+            && conn
+                .hget::<_, _, i64>("kg:{app}:key:k:budget", "r")
+                .unwrap()
+                == 0
+    })
+    .await;
+}
+
+/// Redis killed under traffic, then restarted, with `on_error: mode`. Returns what the requests
+/// answered while it was down.
+async fn redis_down(mode: &str) -> Vec<(u16, String)> {
+    let mut redis = RedisServer::start();
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "rate_limits:\n  - {requests: 3, per: 1h}\n");
+    let admin_port = free_port();
+    let policy = fleet_policy(
+        &up.url(),
+        &redis.url(),
+        mode,
+        &format!("admin_listen: 127.0.0.1:{admin_port}\n"),
+        "",
+    )
+    .replace("timeout: 1s", "timeout: 100ms");
+    let gw = TestGateway::start(&policy, &[("k".into(), yaml)]);
+    connected(&gw).await;
+    let url = gw.url("/v1/chat/completions");
+    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
+    assert_eq!(post_json(&url, &secret, &chat()).await.status(), 200);
+    let window = "kg:{app}:key:k:r3600000";
+    assert_eq!(redis.conn().hget::<_, _, u64>(window, "c").unwrap(), 1);
+
+    redis.kill();
+    let mut answers = Vec::new();
+    for _ in 0..5 {
+        let sent = Instant::now();
+        let resp = post_json(&url, &secret, &chat()).await;
+        // Bounded by the timeout (100 ms), with room for a loaded machine: never a hang.
+        assert!(
+            sent.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            sent.elapsed()
+        );
+        let status = resp.status().as_u16();
+        let code = if status == 200 {
+            String::new()
+        } else {
+            let (_, kind, code) = error_of(resp).await;
+            format!("{kind}/{code}")
+        };
+        answers.push((status, code));
+    }
+    eventually("the health gauge to fall", || {
+        gw.handles().metrics.state_healthy.get() == 0
+    })
+    .await;
+    let ready = client()
+        .get(&readyz)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(
+        ready,
+        if mode == "fail_closed" { 503 } else { 200 },
+        "{mode}"
+    );
+    let metrics = common::get_text(&format!("http://127.0.0.1:{admin_port}/metrics")).await;
+    assert!(
+        metrics.contains(&format!(
+            "keygate_state_operations_total{{op=\"admit\",result=\"{mode}\"}}"
+        )),
+        "{metrics}"
+    );
+
+    redis.restart();
+    connected(&gw).await;
+    eventually_async(|| async { post_json(&url, &secret, &chat()).await.status() == 200 }).await;
+    // Counting resumed in the fresh Redis.
+    assert_eq!(redis.conn().hget::<_, _, u64>(window, "c").unwrap(), 1);
+    assert_eq!(client().get(&readyz).send().await.unwrap().status(), 200);
+    answers
+}
+
+async fn eventually_async<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fail_open_admits_everything() {
+    let answers = redis_down("fail_open").await;
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fail_closed_refuses_with_state_unavailable() {
+    let answers = redis_down("fail_closed").await;
+    assert!(
+        answers
+            .iter()
+            .all(|(s, c)| *s == 503 && c == "api_error/state_unavailable"),
+        "{answers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_local_enforces_limits_per_instance() {
+    let answers = redis_down("local").await;
+    let statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    // The instance's own window is empty: its limit of 3 applies to it alone.
+    assert_eq!(statuses, [200, 200, 200, 429, 429], "{answers:?}");
+}
+
+const ADMIN_TOKEN: &str = "ops:fleet-admin-token";
+
+fn admin_port(gw: &TestGateway) -> u16 {
+    gw.running
+        .as_ref()
+        .unwrap()
+        .store
+        .load()
+        .startup
+        .admin_listen
+        .unwrap()
+        .port()
+}
+
+async fn admin_post(gw: &TestGateway, path: &str, body: Option<Value>) -> Value {
+    let mut req = client()
+        .post(format!("http://127.0.0.1:{}{path}", admin_port(gw)))
+        .bearer_auth("fleet-admin-token");
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+/// Instances with admin listeners, sharing `redis`.
+fn two_with_admin(
+    up: &MockUpstream,
+    redis: &RedisServer,
+    keys: &[(String, String)],
+    extra: &str,
+) -> (TestGateway, TestGateway) {
+    let start = || {
+        let head = format!("admin_listen: 127.0.0.1:{}\n", free_port());
+        let policy = fleet_policy(&up.url(), &redis.url(), "fail_closed", &head, extra);
+        TestGateway::prepare(&policy, keys).boot_with_admin(Some(ADMIN_TOKEN))
+    };
+    (start(), start())
+}
+
+/// Time from now until `url` refuses `secret` with `code`.
+async fn refused_within(url: &str, secret: &str, code: &str) -> Duration {
+    let start = Instant::now();
+    loop {
+        let resp = post_json(url, secret, &chat()).await;
+        if resp.status() != 200 {
+            assert_eq!(error_of(resp).await.2, code);
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_paused_or_rotated_on_one_instance_is_refused_by_the_other_within_a_second() {
+    let redis = RedisServer::start();
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (paused_secret, paused_yaml) = key_file("app", "");
+    let (rotated_secret, rotated_yaml) = key_file("app", "");
+    let (a, b) = two_with_admin(
+        &up,
+        &redis,
+        &[
+            ("paused".into(), paused_yaml.clone()),
+            ("rotated".into(), rotated_yaml),
+        ],
+        "",
+    );
+    connected(&a).await;
+    connected(&b).await;
+    let url_b = b.url("/v1/chat/completions");
+    for secret in [&paused_secret, &rotated_secret] {
+        assert_eq!(post_json(&url_b, secret, &chat()).await.status(), 200);
+    }
+
+    let reply = admin_post(&a, "/admin/keys/paused/pause", None).await;
+    assert_eq!(reply["fleet_event_published"], true, "{reply}");
+    let took = refused_within(&url_b, &paused_secret, "key_paused").await;
+    println!("paused on A → refused by B after {took:?}");
+    assert!(took < Duration::from_secs(1));
+
+    let reply = admin_post(&a, "/admin/keys/rotated/rotate", None).await;
+    assert_eq!(reply["fleet_event_published"], true, "{reply}");
+    let took = refused_within(&url_b, &rotated_secret, "invalid_api_key").await;
+    println!("rotated on A → old secret refused by B after {took:?}");
+    assert!(took < Duration::from_secs(1));
+    // B's own files still hold the old secret: only the event refuses it.
+    assert!(std::fs::read_to_string(b.keys_dir().join("paused.yaml"))
+        .unwrap()
+        .lines()
+        .all(|l| !l.starts_with("status")));
+
+    // An instance that starts later (or reconnects) reads the events it missed.
+    let (c, _) = two_with_admin(&up, &redis, &[("paused".into(), paused_yaml)], "");
+    connected(&c).await;
+    let url_c = c.url("/v1/chat/completions");
+    refused_within(&url_c, &paused_secret, "key_paused").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_and_rotation_keep_the_shared_counters() {
+    let redis = RedisServer::start();
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "rate_limits:\n  - {requests: 6, per: 1h}\n");
+    let (a, b) = two_with_admin(&up, &redis, &[("k".into(), yaml)], "");
+    connected(&a).await;
+    connected(&b).await;
+    for gw in [&a, &b, &a] {
+        let resp = post_json(&gw.url("/v1/chat/completions"), &secret, &chat()).await;
+        assert_eq!(resp.status(), 200);
+    }
+    // Rotation on A; B gets the new file as a GitOps sync would deliver it.
+    let rotated = admin_post(&a, "/admin/keys/k/rotate", Some(json!({"grace": "1h"}))).await;
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    std::fs::copy(a.keys_dir().join("k.yaml"), b.keys_dir().join("k.yaml")).unwrap();
+    b.handles().reloader.reload().await.unwrap();
+    a.handles().reloader.reload().await.unwrap();
+    let mut admitted = 0;
+    for i in 0..8 {
+        let gw = [&a, &b][i % 2];
+        let resp = post_json(&gw.url("/v1/chat/completions"), &new_secret, &chat()).await;
+        match resp.status().as_u16() {
+            200 => admitted += 1,
+            _ => assert_eq!(error_of(resp).await.2, "rate_limit_exceeded"),
+        }
+    }
+    assert_eq!(
+        admitted, 3,
+        "the 3 requests before the rotation still count"
+    );
+}
