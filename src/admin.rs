@@ -395,6 +395,18 @@ impl AdminApi {
         }
         let figures = self.limits.spend(scope, name, crate::limits::now_ms());
         let budget_view = report::budget_json(budget.as_deref(), &figures);
+        let fleet_usage = match self.limits.fleet() {
+            None => None,
+            Some(fleet) => {
+                let workloads = vec![workload.clone().unwrap_or_else(|| name.to_owned())];
+                Some(
+                    match fleet.usage_report(workloads, filter.clone(), by).await {
+                        Ok((rows, total)) => json!({"rows": rows, "total": total}),
+                        Err(e) => json!({"error": e.to_string()}),
+                    },
+                )
+            }
+        };
         let usage = match policy.startup.state_dir.clone() {
             None => json!(null),
             Some(dir) => {
@@ -426,16 +438,17 @@ impl AdminApi {
                 }
             }
         };
-        (
-            StatusCode::OK,
-            json!({
-                "scope": scope,
-                "name": name,
-                "workload": workload,
-                "budget": budget_view,
-                "usage": usage,
-            }),
-        )
+        let mut body = json!({
+            "scope": scope,
+            "name": name,
+            "workload": workload,
+            "budget": budget_view,
+            "usage": usage,
+        });
+        if let Some(fleet) = fleet_usage {
+            body["fleet_usage"] = fleet;
+        }
+        (StatusCode::OK, body)
     }
 
     async fn create(&self, body: &[u8], actor: Actor) -> Reply {

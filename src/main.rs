@@ -100,6 +100,10 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The whole fleet's usage of this month and last, from Redis (`state: backend: redis`)
+        /// instead of this instance's usage database.
+        #[arg(long)]
+        fleet: bool,
     },
 }
 
@@ -174,22 +178,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
             until,
             by,
             json,
+            fleet,
         } => {
             let policy = config::load(&config, LoadOptions { resolve_dns: false })
                 .map_err(|e| anyhow::anyhow!("the policy is invalid:\n{e}"))?;
-            let Some(state_dir) = &policy.startup.state_dir else {
-                bail!(
-                    "{} has no state_dir, so keygate persists no usage",
-                    config.display()
-                );
-            };
             let filter = keygate::state::UsageFilter {
                 key,
                 workload,
                 since,
                 until,
             };
-            let (rows, total) = keygate::accounting::report::query(state_dir, &filter, Some(by))?;
+            let (rows, total) = if fleet {
+                let Some(settings) = &policy.startup.state else {
+                    bail!(
+                        "{} keeps limit state in memory (no `state: backend: redis`), so there is no fleet usage",
+                        config.display()
+                    );
+                };
+                let workloads: Vec<String> = policy.workloads.keys().cloned().collect();
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(keygate::limits::fleet::usage::report_from(
+                        settings,
+                        &workloads,
+                        &filter,
+                        Some(by),
+                        keygate::limits::now_ms(),
+                    ))?
+            } else {
+                usage_from_database(&config, &policy, &filter, by)?
+            };
             if json {
                 println!("{}", serde_json::json!({"rows": rows, "total": total}));
             } else {
@@ -445,4 +464,24 @@ fn init_logging(format: LogFormat) {
     tracing_subscriber::registry()
         .with(layer.with_filter(filter.and(caps)))
         .init();
+}
+
+/// This instance's usage, from its usage database.
+fn usage_from_database(
+    config: &std::path::Path,
+    policy: &keygate::policy::Policy,
+    filter: &keygate::state::UsageFilter,
+    by: keygate::state::UsageGroup,
+) -> Result<(Vec<keygate::state::ReportRow>, keygate::state::ReportRow)> {
+    let Some(state_dir) = &policy.startup.state_dir else {
+        bail!(
+            "{} has no state_dir, so keygate persists no usage",
+            config.display()
+        );
+    };
+    Ok(keygate::accounting::report::query(
+        state_dir,
+        filter,
+        Some(by),
+    )?)
 }

@@ -299,6 +299,18 @@ impl Limits {
         }
     }
 
+    /// In fleet mode, adds the request to the fleet's usage view when it ends.
+    pub fn record_usage(
+        &self,
+        admission: &mut Admission,
+        model: &str,
+        usage: &crate::usage::Usage,
+    ) {
+        if let Some(lease) = &mut admission.fleet {
+            lease.record_usage(model, usage);
+        }
+    }
+
     /// See [`LimitState::spend`].
     pub fn spend(&self, kind: &'static str, name: &str, now_ms: u64) -> [PeriodFigures; 2] {
         match self {

@@ -43,6 +43,7 @@ pub fn account(
                 - i64::try_from(admitted.token_estimate).unwrap_or(i64::MAX);
             limits.charge_tokens(&mut admitted.admission, delta, now_ms);
         }
+        limits.record_usage(&mut admitted.admission, &admitted.model.name, &usage);
         for crossed in limits.settle_cost(&mut admitted.admission, cost, now_ms) {
             tracing::warn!(
                 request_id = %ctx.request_id,

@@ -1,9 +1,13 @@
 -- The end of an admitted request: its real token count replaces the estimate in its token
 -- windows, its concurrency leases are given back, and its real cost replaces its reservation.
 -- A reservation that expired meanwhile was given back already; the cost is booked either way.
--- KEYS: the token window hashes, the lease sets, then (budget hash, reservation set) pairs.
+-- The request also goes into the fleet's usage view: one hash per workload and month, with a
+-- counter per day, key, model and figure.
+-- KEYS: the token window hashes, the lease sets, then (budget hash, reservation set) pairs, then
+--   the usage hash.
 -- ARGV: lease, token delta, token windows, lease sets, budgets, cost (nano-dollars), day, month,
---   then the length in ms of each token window.
+--   then the length in ms of each token window, then the usage field prefix (`date|key|model|`),
+--   prompt, completion and cached tokens.
 -- Returns per budget: spent today and this month after booking.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,4 +51,13 @@ for i = 1, nb do
   out[#out + 1] = tonumber(b[1]) or 0
   out[#out + 1] = tonumber(b[2]) or 0
 end
+local u = 8 + nt
+local usage, prefix = KEYS[k], ARGV[u + 1]
+redis.call('HINCRBY', usage, prefix .. 'r', 1)
+for i, f in ipairs({'p', 'c', 'k'}) do
+  if ARGV[u + 1 + i] ~= '0' then redis.call('HINCRBY', usage, prefix .. f, ARGV[u + 1 + i]) end
+end
+if cost ~= '0' then redis.call('HINCRBY', usage, prefix .. 'n', cost) end
+-- The current and the previous month are read; a little more is kept for the month's end.
+redis.call('PEXPIRE', usage, 5616000000)
 return out

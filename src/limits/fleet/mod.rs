@@ -24,6 +24,7 @@
 
 mod conn;
 pub mod revocation;
+pub mod usage;
 
 use super::budget::{BudgetMode, BudgetSpec, Calendar, Period};
 use super::memory::{self, MemoryLimits};
@@ -230,6 +231,9 @@ impl Shared {
 struct LeaseKeys {
     /// The member naming this request in lease and reservation sets.
     member: String,
+    /// The workload, whose hash tag every key of the request carries.
+    tag: Box<str>,
+    key_id: Box<str>,
     /// Token windows with their length in ms.
     token_windows: Vec<(String, u64)>,
     lease_sets: Vec<String>,
@@ -261,6 +265,8 @@ pub struct Lease {
     renewed: bool,
     token_delta: i64,
     cost: UsdNanos,
+    /// The model and its usage (prompt, completion, cached tokens), for the fleet's usage view.
+    usage: Option<(Box<str>, [u64; 3])>,
     shared: Arc<Shared>,
 }
 
@@ -280,6 +286,17 @@ impl Lease {
     pub(super) fn settle(&mut self, actual: UsdNanos) {
         self.cost = actual;
     }
+
+    pub(super) fn record_usage(&mut self, model: &str, usage: &crate::usage::Usage) {
+        self.usage = Some((
+            model.into(),
+            [
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cached_tokens,
+            ],
+        ));
+    }
 }
 
 impl Drop for Lease {
@@ -294,18 +311,12 @@ impl Drop for Lease {
         if !self.armed {
             return;
         }
-        let keys = &self.keys;
-        let nothing_to_do = keys.lease_sets.is_empty()
-            && keys.budgets.is_empty()
-            && (keys.token_windows.is_empty() || self.token_delta == 0);
-        if nothing_to_do {
-            return;
-        }
         // The receiver lives as long as the state runtime; after shutdown the leases expire.
         let _ = self.shared.finished.send(Finished {
             keys: Arc::clone(&self.keys),
             token_delta: self.token_delta,
             cost: self.cost,
+            usage: self.usage.take(),
             at_ms: now_ms(),
         });
     }
@@ -316,6 +327,7 @@ struct Finished {
     keys: Arc<LeaseKeys>,
     token_delta: i64,
     cost: UsdNanos,
+    usage: Option<(Box<str>, [u64; 3])>,
     at_ms: u64,
 }
 
@@ -508,10 +520,24 @@ impl FleetLimits {
     ) -> Result<Admission, AdmitError> {
         let active: SmallVec<[&ScopeRef<'_>; 2]> =
             scopes.iter().filter(|s| s.spec.counts()).collect();
+        let name_of = |kind: &str| scopes.iter().find(|s| s.kind == kind).map(|s| s.name);
+        let tag = name_of("workload").unwrap_or_default();
+        let id = self.shared.next_lease.fetch_add(1, Ordering::Relaxed);
+        let mut keys = LeaseKeys {
+            member: format!("{}:{id}", self.shared.instance),
+            tag: tag.into(),
+            key_id: name_of("key").unwrap_or_default().into(),
+            token_windows: Vec::new(),
+            lease_sets: Vec::new(),
+            budgets: Vec::new(),
+        };
         if active.is_empty() {
-            return Ok(Admission::local(
-                memory::Admission::default().holding(slots),
-            ));
+            // Nothing to count, but the request still goes into the fleet's usage view.
+            return Ok(Admission {
+                status: RateStatus::default(),
+                local: memory::Admission::default().holding(slots),
+                fleet: Some(self.lease(id, keys)),
+            });
         }
         if let Some(refusal) = self.refused_locally(&active, now_ms) {
             self.shared.record("admit", "cached");
@@ -520,29 +546,17 @@ impl FleetLimits {
         if now_ms < self.shared.down_until_ms.load(Ordering::Relaxed) {
             return self.on_error(scopes, demand, slots, now_ms);
         }
-        let tag = scopes
-            .iter()
-            .find(|s| s.kind == "workload")
-            .map_or(active[0].name, |s| s.name);
         let cal = Calendar::at_ms(now_ms);
-        let id = self.shared.next_lease.fetch_add(1, Ordering::Relaxed);
-        let member = format!("{}:{id}", self.shared.instance);
         let ttl_ms = self.shared.settings.lease_ttl.as_millis() as u64;
         let mut invocation = self.shared.admit.prepare_invoke();
         invocation
-            .arg(&member)
+            .arg(&keys.member)
             .arg(ttl_ms)
             .arg(demand.tokens)
             .arg(demand.cost.0)
             .arg(cal.day)
             .arg(cal.month)
             .arg(active.len());
-        let mut keys = LeaseKeys {
-            member,
-            token_windows: Vec::new(),
-            lease_sets: Vec::new(),
-            budgets: Vec::new(),
-        };
         for scope in &active {
             let spec = scope.spec;
             invocation.arg(spec.windows.len());
@@ -594,15 +608,7 @@ impl FleetLimits {
                 }
             }
         }
-        let mut lease = Lease {
-            id,
-            keys: Arc::new(keys),
-            armed: true,
-            renewed: false,
-            token_delta: 0,
-            cost: UsdNanos::ZERO,
-            shared: Arc::clone(&self.shared),
-        };
+        let mut lease = self.lease(id, keys);
         let reply: Vec<i64> = match self
             .shared
             .invoke("admit", invocation, self.shared.settings.timeout)
@@ -641,6 +647,48 @@ impl FleetLimits {
                 lease.armed = false;
                 Err(AdmitError::Refused(refusal))
             }
+        }
+    }
+
+    /// A lease for `keys`, armed: its drop sends the request's end.
+    fn lease(&self, id: u64, keys: LeaseKeys) -> Lease {
+        Lease {
+            id,
+            keys: Arc::new(keys),
+            armed: true,
+            renewed: false,
+            token_delta: 0,
+            cost: UsdNanos::ZERO,
+            usage: None,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// The fleet's usage of `workloads` this month and last, as `filter` and `by` ask.
+    pub async fn usage_report(
+        &self,
+        workloads: Vec<String>,
+        filter: crate::state::UsageFilter,
+        by: Option<crate::state::UsageGroup>,
+    ) -> Result<(Vec<crate::state::ReportRow>, crate::state::ReportRow), StateError> {
+        let shared = Arc::clone(&self.shared);
+        let task = self.runtime.as_ref().map(|rt| {
+            rt.spawn(async move {
+                let mut conn = shared.conn()?;
+                usage::report(
+                    &mut conn,
+                    &shared.settings.prefix,
+                    &workloads,
+                    &filter,
+                    by,
+                    now_ms(),
+                )
+                .await
+            })
+        });
+        match task {
+            Some(t) => t.await.unwrap_or(Err(StateError::NotConnected)),
+            None => Err(StateError::NotConnected),
         }
     }
 
@@ -853,6 +901,17 @@ async fn finish_requests(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver
             for b in &keys.budgets {
                 invocation.key(&b.hash).key(&b.reservations);
             }
+            let (day, month) = usage::day_and_month(done.at_ms);
+            let (model, tokens) = done
+                .usage
+                .as_ref()
+                .map_or(("-", [0; 3]), |(m, t)| (&**m, *t));
+            invocation
+                .key(usage::hash_key(&shared.settings.prefix, &keys.tag, &month))
+                .arg(format!("{day}|{}|{model}|", keys.key_id))
+                .arg(tokens[0])
+                .arg(tokens[1])
+                .arg(tokens[2]);
             match shared
                 .invoke::<Vec<i64>>("finish", invocation, BACKGROUND_TIMEOUT)
                 .await
