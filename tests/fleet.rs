@@ -751,3 +751,44 @@ async fn the_usage_view_shows_the_whole_fleet() {
     assert_eq!(requests("limited").as_deref(), Some("2"), "{table}");
     assert_eq!(requests("total").as_deref(), Some("5"), "{table}");
 }
+
+#[test]
+fn check_names_every_problem_of_the_state_section() {
+    let cases = [
+        ("state: {backend: redis}\n", "state.redis"),
+        (
+            "state: {backend: redis, redis: {url: \"http://127.0.0.1:6379\"}}\n",
+            "state.redis.url",
+        ),
+        (
+            "state: {backend: redis, redis: {url: \"redis://127.0.0.1:6379\", cluster: [\"redis://127.0.0.1:7000\"]}}\n",
+            "state.redis",
+        ),
+        (
+            "state: {backend: redis, redis: {url: \"redis://127.0.0.1:6379\", timeout: soon}}\n",
+            "state.redis.timeout",
+        ),
+        (
+            "state: {backend: memory, redis: {url: \"redis://127.0.0.1:6379\"}}\n",
+            "state.redis",
+        ),
+        ("state: {backend: redis, on_error: maybe}\n", "on_error"),
+    ];
+    for (state, field) in cases {
+        let gw = TestGateway::prepare(
+            &format!(
+                "{state}{}",
+                common::one_model_policy("http://127.0.0.1:9", "")
+            ),
+            &[],
+        );
+        let out = Command::new(keygate_bin())
+            .args(["check", "--config"])
+            .arg(&gw.config_path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{state} was accepted");
+        assert!(stderr.contains(field), "{state}: {stderr}");
+    }
+}
