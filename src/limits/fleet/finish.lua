@@ -5,9 +5,11 @@
 -- counter per day, key, model and figure.
 -- KEYS: the token window hashes, the lease sets, then (budget hash, reservation set) pairs, then
 --   the usage hash.
+-- More tokens than estimated are charged to the current window; fewer are refunded to the window
+-- the estimate was charged to, or dropped once it has passed.
 -- ARGV: lease, token delta, token windows, lease sets, budgets, cost (nano-dollars), day, month,
 --   then the length in ms of each token window, then the usage field prefix (`date|key|model|`),
---   prompt, completion and cached tokens.
+--   prompt, completion and cached tokens, then when the request was admitted (ms).
 -- Returns per budget: spent today and this month after booking.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -27,7 +29,13 @@ for i = 1, nt do
       if at == idx - 1 then p = c else p = 0 end
       c = 0
     end
-    c = math.max(0, c + delta)
+    if delta > 0 then
+      c = c + delta
+    else
+      local charged = math.floor(tonumber(ARGV[8 + nt + 5]) / per)
+      if charged == idx then c = math.max(0, c + delta)
+      elseif charged == idx - 1 then p = math.max(0, p + delta) end
+    end
     redis.call('HSET', key, 'i', idx, 'c', c, 'p', p)
     redis.call('PEXPIRE', key, 2 * per + 1000)
   end

@@ -267,6 +267,7 @@ pub struct Lease {
     cost: UsdNanos,
     /// The model and its usage (prompt, completion, cached tokens), for the fleet's usage view.
     usage: Option<(Box<str>, [u64; 3])>,
+    admitted_at_ms: u64,
     shared: Arc<Shared>,
 }
 
@@ -317,6 +318,7 @@ impl Drop for Lease {
             token_delta: self.token_delta,
             cost: self.cost,
             usage: self.usage.take(),
+            admitted_at_ms: self.admitted_at_ms,
             at_ms: now_ms(),
         });
     }
@@ -328,6 +330,7 @@ struct Finished {
     token_delta: i64,
     cost: UsdNanos,
     usage: Option<(Box<str>, [u64; 3])>,
+    admitted_at_ms: u64,
     at_ms: u64,
 }
 
@@ -660,6 +663,7 @@ impl FleetLimits {
             token_delta: 0,
             cost: UsdNanos::ZERO,
             usage: None,
+            admitted_at_ms: now_ms(),
             shared: Arc::clone(&self.shared),
         }
     }
@@ -911,7 +915,8 @@ async fn finish_requests(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver
                 .arg(format!("{day}|{}|{model}|", keys.key_id))
                 .arg(tokens[0])
                 .arg(tokens[1])
-                .arg(tokens[2]);
+                .arg(tokens[2])
+                .arg(done.admitted_at_ms);
             match shared
                 .invoke::<Vec<i64>>("finish", invocation, BACKGROUND_TIMEOUT)
                 .await
