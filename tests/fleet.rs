@@ -551,7 +551,7 @@ async fn redis_down_local_enforces_limits_per_instance() {
     assert_eq!(statuses, [200, 200, 200, 429, 429], "{answers:?}");
 }
 
-const ADMIN_TOKEN: &str = "ops:fleet-admin-token";
+const ADMIN_TOKEN: &str = "ops:fleet-admin-token-0123456789abcdef";
 
 fn admin_port(gw: &TestGateway) -> u16 {
     gw.running
@@ -568,7 +568,7 @@ fn admin_port(gw: &TestGateway) -> u16 {
 async fn admin_post(gw: &TestGateway, path: &str, body: Option<Value>) -> Value {
     let mut req = client()
         .post(format!("http://127.0.0.1:{}{path}", admin_port(gw)))
-        .bearer_auth("fleet-admin-token");
+        .bearer_auth("fleet-admin-token-0123456789abcdef");
     if let Some(b) = body {
         req = req.json(&b);
     }
@@ -708,7 +708,7 @@ async fn the_usage_view_shows_the_whole_fleet() {
         async move {
             let resp = client()
                 .get(url)
-                .bearer_auth("fleet-admin-token")
+                .bearer_auth("fleet-admin-token-0123456789abcdef")
                 .send()
                 .await
                 .unwrap();
@@ -787,8 +787,12 @@ fn check_names_every_problem_of_the_state_section() {
             .arg(&gw.config_path)
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!out.status.success(), "{state} was accepted");
-        assert!(stderr.contains(field), "{state}: {stderr}");
+        assert!(said.contains(field), "{state}: {said}");
     }
 }
