@@ -796,3 +796,107 @@ fn check_names_every_problem_of_the_state_section() {
         assert!(said.contains(field), "{state}: {said}");
     }
 }
+
+/// Three cluster-enabled redis-servers joined into one Redis Cluster.
+struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let dir = tempfile::tempdir().unwrap();
+                let port = free_port();
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args([
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                    ])
+                    .args(["--save", "", "--appendonly", "no", "--dir"])
+                    .arg(dir.path())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let mut node = RedisServer { child, port, dir };
+                node.wait_ready();
+                node
+            })
+            .collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+            .arg("--cluster-yes")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("redis-cli is installed with redis-server");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for node in &nodes {
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut node.conn())
+                    .unwrap();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the cluster never formed");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_and_its_workload_are_counted_in_one_script_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "rate_limits:\n  - {requests: 5, per: 1h}\n");
+    let nodes: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("\"{}\"", n.url()))
+        .collect();
+    let policy = fleet_policy(&up.url(), "x", "fail_closed", "", "")
+        .replace("url: x", &format!("cluster: [{}]", nodes.join(", ")));
+    let policy = policy.replace(
+        "    models: [m1]\n",
+        "    models: [m1]\n    rate_limits: [{requests: 100, per: 1h}]\n",
+    );
+    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
+    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
+    connected(&a).await;
+    connected(&b).await;
+    let mut admitted = 0;
+    for i in 0..8 {
+        let gw = [&a, &b][i % 2];
+        let resp = post_json(&gw.url("/v1/chat/completions"), &secret, &chat()).await;
+        match resp.status().as_u16() {
+            200 => admitted += 1,
+            _ => assert_eq!(error_of(resp).await.2, "rate_limit_exceeded"),
+        }
+    }
+    assert_eq!(admitted, 5);
+    // The key's and the workload's counters share the workload's hash slot.
+    let holders: Vec<u16> = cluster
+        .nodes
+        .iter()
+        .filter(|n| {
+            redis::cmd("KEYS")
+                .arg("kg:*")
+                .query::<Vec<String>>(&mut n.conn())
+                .unwrap()
+                .len()
+                >= 2
+        })
+        .map(|n| n.port)
+        .collect();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+}
