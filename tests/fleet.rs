@@ -900,3 +900,47 @@ async fn a_key_and_its_workload_are_counted_in_one_script_on_a_redis_cluster() {
         .collect();
     assert_eq!(holders.len(), 1, "{holders:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_brute_force_guard_counts_failures_across_the_fleet() {
+    let redis = RedisServer::start();
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "");
+    let policy = fleet_policy(
+        &up.url(),
+        &redis.url(),
+        "fail_closed",
+        "auth_guard: {max_failures: 4, per: 1h}\n",
+        "",
+    );
+    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
+    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
+    connected(&a).await;
+    connected(&b).await;
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        let (wrong, _) = key_file("app", "");
+        let gw = [&a, &b][i % 2];
+        let resp = post_json(&gw.url("/v1/chat/completions"), &wrong, &chat()).await;
+        answers.push(error_of(resp).await);
+    }
+    let codes: Vec<(u16, &str)> = answers.iter().map(|(s, _, c)| (*s, c.as_str())).collect();
+    // Each instance alone has seen three failures, under its limit of four: only the fleet's
+    // count refuses the fifth.
+    assert_eq!(
+        codes,
+        [
+            (401, "invalid_api_key"),
+            (401, "invalid_api_key"),
+            (401, "invalid_api_key"),
+            (401, "invalid_api_key"),
+            (429, "rate_limit_exceeded"),
+            (429, "rate_limit_exceeded"),
+        ]
+    );
+    // The right key from the same address still passes.
+    for gw in [&a, &b] {
+        let resp = post_json(&gw.url("/v1/chat/completions"), &secret, &chat()).await;
+        assert_eq!(resp.status(), 200);
+    }
+}

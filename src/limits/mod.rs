@@ -336,6 +336,19 @@ impl Limits {
         }
     }
 
+    /// In fleet mode, counts a failed authentication from `ip` across the fleet (see
+    /// [`fleet::FleetLimits::auth_failure`]); the wait when the address is over the limit.
+    pub async fn shared_auth_failure(
+        &self,
+        ip: std::net::IpAddr,
+        (max, per): (u32, Duration),
+    ) -> Option<Duration> {
+        match self {
+            Limits::Memory(_) => None,
+            Limits::Fleet(f) => f.auth_failure(ip, max, per).await,
+        }
+    }
+
     /// The fleet's state, in fleet mode.
     pub fn fleet(&self) -> Option<&fleet::FleetLimits> {
         match self {

@@ -82,7 +82,24 @@ impl Gateway {
         ctx.route = Some(route);
         let client_ip = authenticate::client_ip(session, &ctx.policy);
         ctx.client_ip = Some(client_ip);
-        let key = authenticate::authenticate(&self.guard, &ctx.policy, &header.headers, client_ip)?;
+        let key = match authenticate::authenticate(
+            &self.guard,
+            &ctx.policy,
+            &header.headers,
+            client_ip,
+        ) {
+            // A wrong secret this instance let through counts against the fleet's guard too.
+            Err(Refusal::InvalidKey) => {
+                let guard = ctx.policy.startup.auth_guard;
+                return Err(
+                    match self.limits.shared_auth_failure(client_ip, guard).await {
+                        Some(retry_after) => Refusal::AuthGuard { retry_after },
+                        None => Refusal::InvalidKey,
+                    },
+                );
+            }
+            other => other?,
+        };
         ctx.named.key = Some(key.clone());
         match self.limits.revoked(&key) {
             None => {}

@@ -141,6 +141,7 @@ struct Shared {
     admit: Script,
     finish: Script,
     renew: Script,
+    guard: Script,
     /// Leases of requests in flight, renewed until they end.
     live: Mutex<HashMap<u64, Arc<LeaseKeys>>>,
     next_lease: AtomicU64,
@@ -397,6 +398,7 @@ impl FleetLimits {
             admit: Script::new(include_str!("admit.lua")),
             finish: Script::new(include_str!("finish.lua")),
             renew: Script::new(include_str!("renew.lua")),
+            guard: Script::new(include_str!("guard.lua")),
             live: Mutex::default(),
             next_lease: AtomicU64::new(1),
             instance: hex::encode(id),
@@ -476,6 +478,50 @@ impl FleetLimits {
             Err(e) => self.shared.record("revoke", e.result()),
         }
         result
+    }
+
+    /// Counts a failed authentication from `ip` fleet-wide; the wait until one more would be
+    /// counted when the address is over `max` failures per `per`. An address's IPv6 neighbours in
+    /// its /64 count as one, as in the per-instance guard. Without Redis, the per-instance guard
+    /// alone applies.
+    pub async fn auth_failure(
+        &self,
+        ip: std::net::IpAddr,
+        max: u32,
+        per: Duration,
+    ) -> Option<Duration> {
+        if now_ms() < self.shared.down_until_ms.load(Ordering::Relaxed) {
+            return None;
+        }
+        let origin = match ip {
+            std::net::IpAddr::V6(v6) => {
+                ipnet::Ipv6Net::new(v6, 64).map_or(ip, |net| std::net::IpAddr::V6(net.network()))
+            }
+            v4 => v4,
+        };
+        let mut invocation = self.shared.guard.prepare_invoke();
+        invocation
+            .key(format!("{}:guard:{origin}", self.shared.settings.prefix))
+            .arg(per.as_millis() as u64)
+            .arg(max);
+        match self
+            .shared
+            .invoke::<u64>("guard", invocation, self.shared.settings.timeout)
+            .await
+        {
+            Ok(0) => {
+                self.shared.record("guard", "ok");
+                None
+            }
+            Ok(wait_ms) => {
+                self.shared.record("guard", "refused");
+                Some(Duration::from_millis(wait_ms))
+            }
+            Err(e) => {
+                self.shared.failed("guard", &e);
+                None
+            }
+        }
     }
 
     /// Spend of a scope as Redis last reported it to this instance (admissions and settlements
