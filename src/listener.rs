@@ -220,7 +220,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             };
             let next = tokio::select! {
                 biased;
-                next = tokio::time::timeout(self.limits.keepalive_timeout, client.await_first_byte()) => next,
+                next = tokio::time::timeout(self.limits.keepalive_timeout, client.await_next_request()) => next,
                 _ = shutting_down.wait_for(|down| *down) => return,
             };
             // Idle too long, closed by the client, or broken.
@@ -374,8 +374,12 @@ impl Shared {
 pub struct ClientStream {
     /// Dropped with the stream, or moved to [`Shared::kept`] if the connection is kept.
     inner: ManuallyDrop<Stream>,
-    /// The next request's first byte, read while waiting for it, not yet handed to Pingora.
-    first_byte: Option<u8>,
+    /// The start of the next request, read while waiting for it and not yet handed to Pingora
+    /// (`ahead[ahead_from..ahead_to]`). Read in one piece, so that waiting for a kept-alive
+    /// request costs no read beyond the one Pingora would have made. Allocated on the first wait.
+    ahead: Box<[u8]>,
+    ahead_from: usize,
+    ahead_to: usize,
     /// Bytes handed to Pingora since the current request began.
     handed: u64,
     shared: Arc<Shared>,
@@ -385,23 +389,30 @@ impl ClientStream {
     fn new(inner: Stream, shared: Arc<Shared>) -> Box<ClientStream> {
         Box::new(ClientStream {
             inner: ManuallyDrop::new(inner),
-            first_byte: None,
+            ahead: Box::default(),
+            ahead_from: 0,
+            ahead_to: 0,
             handed: 0,
             shared,
         })
     }
 
-    /// Waits for the next request's first byte and keeps it for the next read; false at the end
-    /// of the stream. Cancelling it loses nothing: a byte is either read and kept, or not read.
-    async fn await_first_byte(&mut self) -> io::Result<bool> {
-        let mut byte = [0u8; 1];
-        let read = self.inner.read(&mut byte).await?;
-        if read == 1 {
-            self.first_byte = Some(byte[0]);
+    /// Waits for the next request and keeps what arrived for Pingora's next read; false at the
+    /// end of the stream. Cancelling it loses nothing: bytes are either read and kept, or not read.
+    async fn await_next_request(&mut self) -> io::Result<bool> {
+        if self.ahead.is_empty() {
+            self.ahead = vec![0; AHEAD_CAPACITY].into_boxed_slice();
         }
-        Ok(read == 1)
+        let read = self.inner.read(&mut self.ahead).await?;
+        self.ahead_from = 0;
+        self.ahead_to = read;
+        Ok(read > 0)
     }
 }
+
+/// What one read takes while waiting for a kept-alive connection's next request: a whole request
+/// head of ordinary size, as Pingora's own first read would.
+const AHEAD_CAPACITY: usize = 4 * 1024;
 
 impl Drop for ClientStream {
     fn drop(&mut self) {
@@ -422,12 +433,13 @@ impl AsyncRead for ClientStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if buf.remaining() > 0 {
-            if let Some(byte) = this.first_byte.take() {
-                buf.put_slice(&[byte]);
-                this.handed += 1;
-                return Poll::Ready(Ok(()));
-            }
+        let ahead = &this.ahead[this.ahead_from..this.ahead_to];
+        if buf.remaining() > 0 && !ahead.is_empty() {
+            let n = ahead.len().min(buf.remaining());
+            buf.put_slice(&ahead[..n]);
+            this.ahead_from += n;
+            this.handed += n as u64;
+            return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let read = Pin::new(&mut *this.inner).poll_read(cx, buf);

@@ -155,22 +155,21 @@ fn set_rate_limits(
 /// project it is, and its rate limits, which are the whole account's and not the tenant's (a
 /// tenant's are keygate's `x-ratelimit-*`, set after this).
 pub fn remove_provider_account(headers: &mut HeaderMap) {
-    for name in &PROVIDER_ACCOUNT {
-        headers.remove(name);
-    }
-    // A map cannot lose entries while it is walked, so the names are collected first: OpenAI's
-    // six fit inline, and a name parsed from the provider's head shares its bytes, so a clone is
-    // a reference count.
-    let limits: SmallVec<[HeaderName; 8]> = headers
+    // One pass finds them all (a lookup per name would cost more on the many responses with
+    // none). A map cannot lose entries while it is walked, so the names are collected first:
+    // OpenAI's eight fit inline, and a name parsed from the provider's head shares its bytes, so
+    // a clone is a reference count.
+    let found: SmallVec<[HeaderName; 8]> = headers
         .keys()
         .filter(|name| {
-            PROVIDER_LIMIT_PREFIXES
-                .iter()
-                .any(|prefix| name.as_str().starts_with(prefix))
+            PROVIDER_ACCOUNT.contains(name)
+                || PROVIDER_LIMIT_PREFIXES
+                    .iter()
+                    .any(|prefix| name.as_str().starts_with(prefix))
         })
         .cloned()
         .collect();
-    for name in &limits {
+    for name in &found {
         headers.remove(name);
     }
 }
