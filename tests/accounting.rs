@@ -39,27 +39,6 @@ workloads:
     )
 }
 
-fn audit_lines(gw: &TestGateway) -> Vec<Value> {
-    gw.handles().recorder.flush();
-    let text = std::fs::read_to_string(gw.dir.path().join("state/audit.jsonl")).unwrap_or_default();
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
-        .collect()
-}
-
-/// Waits until `n` requests are booked: a client has its response a moment before the gateway's
-/// `logging` phase hands the request to the accounting thread.
-async fn booked(gw: &TestGateway, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let lines = audit_lines(gw);
-        if lines.len() >= n || Instant::now() > deadline {
-            return lines;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// GET on the admin API with the test's admin token.
 async fn admin_get(url: String) -> reqwest::Response {
     client()
@@ -156,7 +135,7 @@ async fn streams_get_usage_upstream_and_the_client_sees_what_it_asked_for() {
         json!({"include_usage": true})
     );
 
-    let lines = booked(&gw, 2).await;
+    let lines = gw.booked(2).await;
     assert_eq!(lines.len(), 2);
     for line in &lines {
         assert_eq!(line["prompt_tokens"], 11);
@@ -234,7 +213,7 @@ async fn a_budget_holds_under_fifty_concurrent_requests() {
     );
 
     // Persisted spend is exactly what was admitted, and never over the cap.
-    assert_eq!(booked(&gw, 50).await.len(), 50);
+    assert_eq!(gw.booked(50).await.len(), 50);
     let admin = format!("http://127.0.0.1:{admin_port}/admin");
     let key_usage: Value = admin_get(format!("{admin}/keys/capped/usage?by=day"))
         .await
@@ -292,7 +271,7 @@ async fn a_budget_holds_under_fifty_concurrent_requests() {
     assert_eq!(cols[5], format!("{:.6}", admitted as f64 * 0.012));
 
     // Refusals are audited with their reason; admitted requests with their cost.
-    let lines = audit_lines(&gw);
+    let lines = gw.audit_lines();
     assert_eq!(lines.len(), 50);
     assert_eq!(
         lines
@@ -361,7 +340,7 @@ async fn a_cut_stream_is_charged_what_was_seen_and_marked_estimated() {
     assert_eq!(resp.status(), 200);
     assert!(resp.text().await.is_err(), "the client sees the stream cut");
 
-    let lines = booked(&gw, 1).await;
+    let lines = gw.booked(1).await;
     assert_eq!(lines.len(), 1);
     let line = &lines[0];
     assert_eq!(line["estimated"], true);

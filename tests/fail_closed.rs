@@ -11,7 +11,7 @@ use keygate::server::RunningGateway;
 use serde_json::{json, Value};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Models `m1` and `o3-mini` at `upstream`, priced $1000/Mtok in and out (a token costs $0.001),
@@ -38,27 +38,6 @@ workloads:
     models: [m1, o3-mini]
 "#
     )
-}
-
-fn audit_lines(gw: &TestGateway) -> Vec<Value> {
-    gw.handles().recorder.flush();
-    let text = std::fs::read_to_string(gw.dir.path().join("state/audit.jsonl")).unwrap_or_default();
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
-        .collect()
-}
-
-/// Waits until `n` requests are booked: the gateway's `logging` phase runs a moment after the
-/// client has its response (or has left).
-async fn booked(gw: &TestGateway, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let lines = audit_lines(gw);
-        if lines.len() >= n || Instant::now() > deadline {
-            return lines;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn chat(content: &str) -> Value {
@@ -180,7 +159,7 @@ async fn the_provider_is_asked_only_for_encodings_keygate_reads() {
             "client sent {client_accepts:?}"
         );
     }
-    let lines = booked(&gw, cases.len()).await;
+    let lines = gw.booked(cases.len()).await;
     assert_eq!(lines.len(), cases.len());
     for line in &lines {
         assert_eq!(
@@ -227,7 +206,7 @@ async fn a_response_whose_usage_cannot_be_read_is_charged_the_estimate() {
         assert_eq!(resp.status(), 200, "{path}");
         let _ = resp.bytes().await;
     }
-    let lines = booked(&gw, requests.len()).await;
+    let lines = gw.booked(requests.len()).await;
     assert_eq!(lines.len(), requests.len());
     for (line, (path, body)) in lines.iter().zip(&requests) {
         assert_eq!(line["estimated"], true, "{path}: {line}");
@@ -268,7 +247,7 @@ async fn a_client_gone_before_the_response_is_charged_the_prompt() {
     assert!(gone.is_err(), "the client gave up before the response");
     slow.wait_for_requests(1).await;
 
-    let lines = booked(&gw, 1).await;
+    let lines = gw.booked(1).await;
     assert_eq!(lines.len(), 1);
     let line = &lines[0];
     assert_eq!(line["status"], 0, "{line}");
@@ -294,7 +273,7 @@ async fn a_client_gone_before_the_response_is_charged_the_prompt() {
     let gw = TestGateway::start(&priced_policy(&dead), &[("k2".into(), yaml2)]);
     let resp = post_json(&gw.url("/v1/chat/completions"), &secret2, &body).await;
     assert_eq!(resp.status(), 502);
-    let lines = booked(&gw, 1).await;
+    let lines = gw.booked(1).await;
     assert_eq!(
         (&lines[0]["prompt_tokens"], &lines[0]["estimated"]),
         (&json!(0), &json!(false)),
@@ -373,9 +352,9 @@ async fn hostile_token_counts_are_clamped_and_the_database_still_opens() {
     for n in 1..=3 {
         assert_eq!(post_json(&url, &secret, &chat("hi")).await.status(), 200);
         // each in its own batch, so the database itself adds them up
-        assert_eq!(booked(&gw, n).await.len(), n);
+        assert_eq!(gw.booked(n).await.len(), n);
     }
-    let line = &audit_lines(&gw)[0];
+    let line = &gw.audit_lines()[0];
     assert_eq!(line["prompt_tokens"], 1_000_000_000u64, "clamped: {line}");
 
     // The next start reads the stored totals back.
@@ -383,7 +362,7 @@ async fn hostile_token_counts_are_clamped_and_the_database_still_opens() {
     gw.running =
         Some(RunningGateway::start(&gw.config_path, None).expect("the gateway starts again"));
     assert_eq!(post_json(&url, &secret, &chat("hi")).await.status(), 200);
-    assert_eq!(booked(&gw, 4).await.len(), 4);
+    assert_eq!(gw.booked(4).await.len(), 4);
     let out = Command::new(keygate_bin())
         .args(["usage", "--json", "--config"])
         .arg(&gw.config_path)

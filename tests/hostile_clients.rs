@@ -137,7 +137,7 @@ async fn half_closed_sockets() {
     assert!(closed, "the connection was left hanging");
     let got = statuses(&answer);
     assert!(got == [200] || answer.is_empty(), "{got:?}");
-    let lines = booked(&c.gw, 2).await;
+    let lines = c.gw.booked(2).await;
     assert_eq!(lines.len(), 2, "both requests are booked: {lines:?}");
     still_serves(&c).await;
 }
@@ -215,7 +215,7 @@ async fn a_client_that_stops_reading_a_stream() {
     // Reads nothing for a while, then goes away.
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(sock);
-    let lines = booked(&c.gw, 1).await;
+    let lines = c.gw.booked(1).await;
     assert_eq!(lines.len(), 1, "the request is booked");
     let line = &lines[0];
     assert_eq!(line["status"], 200);

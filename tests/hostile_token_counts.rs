@@ -52,7 +52,7 @@ async fn absurd_token_counts_are_clamped_and_the_database_still_opens() {
         assert_eq!(resp.status(), 200);
         body_of(resp).await;
     }
-    let lines = booked(&c.gw, 2).await;
+    let lines = c.gw.booked(2).await;
     assert_no_panics();
     assert_eq!(lines.len(), 2, "both requests are booked");
     for line in &lines {

@@ -34,7 +34,7 @@ async fn body_of(resp: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
 
 /// The one audit line the request left.
 async fn the_line(c: &Chaos) -> Value {
-    let lines = booked(&c.gw, 1).await;
+    let lines = c.gw.booked(1).await;
     assert_eq!(lines.len(), 1, "one request, one audit line: {lines:?}");
     lines[0].clone()
 }

@@ -8,7 +8,7 @@ use crate::common::{client, key_file, TestGateway};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -103,28 +103,6 @@ workloads:
 
 /// The provider credential the chaos gateways send upstream.
 pub const PROVIDER_KEY: &str = "sk-provider-secret-0123456789";
-
-/// The audit lines so far, after the accounting thread has written what it was handed.
-pub fn audit_lines(gw: &TestGateway) -> Vec<Value> {
-    gw.handles().recorder.flush();
-    let text = std::fs::read_to_string(gw.dir.path().join("state/audit.jsonl")).unwrap_or_default();
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
-        .collect()
-}
-
-/// Waits until `n` requests are booked: the gateway's `logging` phase runs a moment after the
-/// client has its answer (or has gone).
-pub async fn booked(gw: &TestGateway, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let lines = audit_lines(gw);
-        if lines.len() >= n || Instant::now() > deadline {
-            return lines;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A chat request body for `model`.
 pub fn chat(model: &str, stream: bool) -> Value {

@@ -16,6 +16,30 @@ pub struct TestGateway {
 }
 
 impl TestGateway {
+    /// The audit lines so far (`state/audit.jsonl`), after the accounting thread has written what
+    /// it was handed.
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        self.handles().recorder.flush();
+        let path = self.dir.path().join("state/audit.jsonl");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
+            .collect()
+    }
+
+    /// Waits until `n` requests are booked: the gateway's `logging` phase runs a moment after the
+    /// client has its answer (or has gone).
+    pub async fn booked(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let lines = self.audit_lines();
+            if lines.len() >= n || std::time::Instant::now() > deadline {
+                return lines;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Writes `config` (everything but `listen`/`keys_dir`, which are added) and `keys`
     /// (`(file stem, yaml)`), then starts the gateway.
     pub fn start(config: &str, keys: &[(String, String)]) -> TestGateway {
