@@ -577,7 +577,18 @@ pub fn free_port() -> u16 {
     ephemeral_port()
 }
 
+/// A port the kernel just gave out and this process has not handed out before: the kernel may
+/// give a released port again at once, and two tests running side by side must not both be told
+/// to listen on it.
 fn ephemeral_port() -> u16 {
-    let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = StdTcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
