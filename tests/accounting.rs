@@ -4,14 +4,14 @@
 
 mod common;
 
-use common::upstream::{free_port, MockUpstream, Reply};
+use common::upstream::{free_port, read_request, MockUpstream, Reply};
 use common::{client, error_of, key_file, keygate_bin, post_json, TestGateway};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const ADMIN_TOKEN: &str = "ops:admin-secret-token-0123456789";
 
@@ -289,25 +289,8 @@ async fn cutting_upstream() -> String {
     tokio::spawn(async move {
         while let Ok((mut sock, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut seen = Vec::new();
-                // read the request head and its Content-Length body
-                loop {
-                    let n = sock.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                        if seen.len() >= end + 4 + len {
-                            break;
-                        }
-                    }
+                if read_request(&mut sock, &mut Vec::new()).await.is_none() {
+                    return;
                 }
                 let mut out = Vec::new();
                 out.extend_from_slice(

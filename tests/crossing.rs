@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::upstream::{MockUpstream, Reply};
+use common::upstream::{read_request, MockUpstream, Reply};
 use common::{client, error_of, key_file, one_model_policy, post_json, TestGateway};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 fn chat_body() -> serde_json::Value {
     json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]})
@@ -123,34 +123,8 @@ async fn raw_provider(head: &'static str) -> String {
                 return;
             };
             tokio::spawn(async move {
-                // The head, then the body its Content-Length announces.
-                let mut request = Vec::new();
-                let mut buf = [0u8; 4096];
-                let body_start = loop {
-                    let Ok(n) = socket.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buf[..n]);
-                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break end + 4;
-                    }
-                };
-                let head_text = String::from_utf8_lossy(&request[..body_start]).to_lowercase();
-                let length: usize = head_text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                while request.len() < body_start + length {
-                    let Ok(n) = socket.read(&mut buf).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    request.extend_from_slice(&buf[..n]);
+                if read_request(&mut socket, &mut Vec::new()).await.is_none() {
+                    return;
                 }
                 let body = json!({
                     "id": "chatcmpl-raw", "object": "chat.completion", "model": "m1",

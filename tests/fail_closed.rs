@@ -5,14 +5,14 @@
 
 mod common;
 
-use common::upstream::{dead_port, MockUpstream, Reply};
+use common::upstream::{dead_port, read_request, MockUpstream, Reply};
 use common::{client, error_of, key_file, keygate_bin, post_json, TestGateway};
 use keygate::server::RunningGateway;
 use serde_json::{json, Value};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// Models `m1` and `o3-mini` at `upstream`, priced $1000/Mtok in and out (a token costs $0.001),
 /// with usage persisted and audited under the test's directory.
@@ -63,24 +63,8 @@ async fn raw_upstream(answer: fn(&str) -> Vec<u8>) -> (String, Heads) {
         while let Ok((mut sock, _)) = listener.accept().await {
             let seen = seen.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; 65536];
-                let mut got = Vec::new();
-                let head = loop {
-                    let n = sock.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    got.extend_from_slice(&buf[..n]);
-                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap_or(0));
-                        if got.len() >= end + 4 + len {
-                            break head;
-                        }
-                    }
+                let Some(head) = read_request(&mut sock, &mut Vec::new()).await else {
+                    return;
                 };
                 seen.lock().unwrap().push(head.clone());
                 let _ = sock.write_all(&answer(&head)).await;

@@ -8,11 +8,12 @@
 
 mod common;
 
+use common::upstream::read_request;
 use common::{client, error_of, key_file, one_model_policy, TestGateway};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 const ANSWER: &str = r#"{"id":"c","object":"chat.completion","model":"m1","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
@@ -77,39 +78,6 @@ async fn serve(mut stream: TcpStream, read: Arc<AtomicUsize>) {
             || stream.write_all(ANSWER.as_bytes()).await.is_err()
         {
             return;
-        }
-    }
-}
-
-/// Reads one request (head and Content-Length body) off `stream`; `buf` carries bytes read past
-/// it. `None` once the connection ends.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        fill(stream, buf).await?;
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + length {
-        fill(stream, buf).await?;
-    }
-    buf.drain(..head_end + length);
-    Some(())
-}
-
-async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
-    let mut chunk = [0u8; 16 * 1024];
-    match stream.read(&mut chunk).await {
-        Ok(0) | Err(_) => None,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Some(())
         }
     }
 }

@@ -592,3 +592,39 @@ fn ephemeral_port() -> u16 {
         }
     }
 }
+
+/// Reads one HTTP/1 request (its head and the body its Content-Length announces) off `stream`,
+/// for raw upstreams that script what the gateway sees. `buf` carries bytes read past it (a
+/// pipelined or retried request). The head comes back in lower case, without its blank line;
+/// `None` once the connection ends.
+pub async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        fill(stream, buf).await?;
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end - 4]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        fill(stream, buf).await?;
+    }
+    buf.drain(..head_end + length);
+    Some(head)
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 16 * 1024];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
