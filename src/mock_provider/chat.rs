@@ -5,7 +5,7 @@ use serde_json::{json, Map, Value};
 
 use super::request::{include_usage, is_stream, token_limit};
 use super::response::{invalid_request, Meta, MockResponse};
-use super::stream::{sse_data, sse_response, SSE_DONE};
+use super::stream::{completion_chunk, sse_response, SSE_DONE};
 use super::tokens::{approx_tokens, chat_prompt_bytes, Reply, Usage};
 
 pub(super) fn chat_completions(
@@ -81,18 +81,14 @@ fn chat_stream_events(
 ) -> Vec<Bytes> {
     let id = format!("chatcmpl-{}", meta.id);
     let chunk = |choices: Value, usage_value: Option<Value>| {
-        let mut c = json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": meta.created,
-            "model": model,
-            "system_fingerprint": null,
-            "choices": choices,
-        });
-        if let (Some(u), Some(obj)) = (usage_value, c.as_object_mut()) {
-            obj.insert("usage".to_string(), u);
-        }
-        sse_data(&c)
+        completion_chunk(
+            &id,
+            "chat.completion.chunk",
+            meta,
+            model,
+            choices,
+            usage_value,
+        )
     };
     let choice = |delta: Value, finish: Value| {
         json!([{

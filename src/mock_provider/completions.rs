@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 
 use super::request::{include_usage, is_stream, token_limit};
 use super::response::{Meta, MockResponse};
-use super::stream::{sse_data, sse_response, SSE_DONE};
+use super::stream::{completion_chunk, sse_response, SSE_DONE};
 use super::tokens::{approx_tokens, completion_prompt_bytes, Reply, Usage};
 
 pub(super) fn completions(
@@ -60,18 +60,7 @@ fn completion_stream_events(
 ) -> Vec<Bytes> {
     let id = format!("cmpl-{}", meta.id);
     let chunk = |choices: Value, usage_value: Option<Value>| {
-        let mut c = json!({
-            "id": id,
-            "object": "text_completion",
-            "created": meta.created,
-            "model": model,
-            "system_fingerprint": null,
-            "choices": choices,
-        });
-        if let (Some(u), Some(obj)) = (usage_value, c.as_object_mut()) {
-            obj.insert("usage".to_string(), u);
-        }
-        sse_data(&c)
+        completion_chunk(&id, "text_completion", meta, model, choices, usage_value)
     };
     let choice = |text: &str, finish: Value| {
         json!([{

@@ -4,6 +4,7 @@
 //! The pacing is why the mock drives the session itself: each event is its own chunked body
 //! write, which Pingora flushes at once.
 
+use super::response::Meta;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -57,6 +58,31 @@ pub(super) async fn write_response(
 /// One `data:` SSE event, as chat and completions streams use.
 pub(super) fn sse_data(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
+}
+
+/// One streamed chunk of a completion-style stream (`object` names which), as an SSE event. The
+/// usage member is present only when given: null on every chunk but the last when the client
+/// asked for usage, absent otherwise.
+pub(super) fn completion_chunk(
+    id: &str,
+    object: &str,
+    meta: &Meta,
+    model: &str,
+    choices: Value,
+    usage: Option<Value>,
+) -> Bytes {
+    let mut c = serde_json::json!({
+        "id": id,
+        "object": object,
+        "created": meta.created,
+        "model": model,
+        "system_fingerprint": null,
+        "choices": choices,
+    });
+    if let (Some(u), Some(obj)) = (usage, c.as_object_mut()) {
+        obj.insert("usage".to_string(), u);
+    }
+    sse_data(&c)
 }
 
 /// One named SSE event, as the Responses API streams use.
