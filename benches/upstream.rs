@@ -8,8 +8,8 @@ use keygate::domain::ProviderFormat;
 use keygate::upstream::balance::{self, Balance, Tried};
 use keygate::upstream::state::UpstreamRegistry;
 use keygate::upstream::{
-    EndpointSpec, Provider, ProviderSpec, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT,
+    EndpointSpec, PoolSpec, Provider, ProviderSpec, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_POOL_IDLE_TIMEOUT,
 };
 use std::hint::black_box;
 use std::time::Duration;
@@ -38,6 +38,10 @@ fn provider(n: usize, balance: Balance) -> Provider {
         balance,
         retries: 2,
         health_check: None,
+        pool: PoolSpec {
+            max_idle: None,
+            idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+        },
     })
     .expect("bench provider")
 }

@@ -258,6 +258,13 @@ fn warn_about_restart_only_settings(current: &Policy, next: &Policy) {
     if next.keys_dir != current.keys_dir {
         changed.push("keys_dir".to_owned());
     }
+    // The pool is sized once; each provider's `idle_timeout` applies from the next request.
+    let max_connections =
+        crate::listener::ConnectionLimits::from_settings(&current.startup.server).max_connections;
+    let pool = |p: &Policy| crate::upstream::pool_capacity(p.providers.values(), max_connections);
+    if pool(next) != pool(current) {
+        changed.push("providers.*.pool.max_idle".to_owned());
+    }
     for setting in &changed {
         tracing::warn!(
             setting = setting.as_str(),

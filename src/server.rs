@@ -174,9 +174,17 @@ pub fn build_with(
     let (threads, work_stealing) =
         data_plane_threads(settings.server.threads, settings.server.work_stealing);
     let work_stealing = work_stealing || host == Host::Shared;
+    let connection_limits = ConnectionLimits::from_settings(&settings.server);
+    let pool = crate::upstream::pool_capacity(
+        policy.providers.values(),
+        connection_limits.max_connections,
+    );
+    tracing::debug!(idle_connections = pool, "upstream keep-alive pool");
     let conf = ServerConf {
         threads,
         work_stealing,
+        // Pingora keeps one pool for all threads and sizes it at this times the thread count.
+        upstream_keepalive_pool_size: pool.div_ceil(threads.max(1)),
         grace_period_seconds: Some(grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(5),
         ..ServerConf::default()
@@ -197,7 +205,7 @@ pub fn build_with(
     );
     let mut proxy = Service::new(
         "keygate data plane".to_owned(),
-        Connections::new(gateway, ConnectionLimits::from_settings(&settings.server)),
+        Connections::new(gateway, connection_limits),
     );
     proxy.add_tcp(&settings.listen.to_string());
     server.add_service(proxy);

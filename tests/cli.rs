@@ -304,6 +304,32 @@ fn check_reports_every_bad_policy_case_with_file_and_field() {
             ],
         ),
         (
+            "zero pool max_idle",
+            with_provider_lines("    pool: {max_idle: 0}\n"),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "providers.p1.pool.max_idle",
+                "from 1 to 1000000",
+            ],
+        ),
+        (
+            "bad pool idle_timeout",
+            with_provider_lines("    pool: {idle_timeout: forever}\n"),
+            vec![],
+            vec![
+                "keygate.yaml",
+                "providers.p1.pool.idle_timeout",
+                "not a duration",
+            ],
+        ),
+        (
+            "pool unknown field",
+            with_provider_lines("    pool: {max_connections: 4}\n"),
+            vec![],
+            vec!["keygate.yaml", "pool", "unknown field `max_connections`"],
+        ),
+        (
             "zero total timeout",
             with_provider_lines("    timeouts: {total: 0s}\n"),
             vec![],
@@ -526,7 +552,7 @@ fn lifecycle_commands_edit_one_file_and_audit_the_cli_user() {
 #[test]
 fn check_accepts_every_upstream_selection_field() {
     let config = with_provider_lines(
-        "    balance: p2c_latency\n    retries: 3\n    health_check: {path: /health, interval: 5s, unhealthy_after: 3, healthy_after: 2}\n    timeouts: {connect: 2s, first_byte: 60s, idle: 30s, total: 600s}\n",
+        "    balance: p2c_latency\n    retries: 3\n    health_check: {path: /health, interval: 5s, unhealthy_after: 3, healthy_after: 2}\n    timeouts: {connect: 2s, first_byte: 60s, idle: 30s, total: 600s}\n    pool: {max_idle: 256, idle_timeout: 90s}\n",
     )
     .replace(
         "models:\n  m1:\n    provider: p1\n",

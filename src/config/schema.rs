@@ -192,6 +192,9 @@ pub struct ProviderFile {
     pub ca_file: Option<String>,
     #[serde(default)]
     pub timeouts: TimeoutsFile,
+    /// Idle upstream connections kept for reuse.
+    #[serde(default)]
+    pub pool: PoolFile,
     /// How requests are spread over the endpoints.
     #[serde(default)]
     pub balance: BalanceFile,
@@ -240,6 +243,18 @@ pub struct EndpointFile {
 
 fn default_weight() -> u32 {
     1
+}
+
+/// The keep-alive pool of a provider's connections.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolFile {
+    /// Idle connections kept for reuse; unset, as many as `server.max_connections`.
+    #[serde(default)]
+    pub max_idle: Option<i64>,
+    /// How long an idle connection is kept before keygate closes it, e.g. `90s`.
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -37,6 +37,18 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_RETRIES: u32 = 2;
+/// Long enough to carry a client's bursts over, short enough not to hold sockets the provider's
+/// side has probably closed already.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A provider's share of the upstream keep-alive pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// Idle connections kept for reuse; `None` follows the data plane's `max_connections`.
+    pub max_idle: Option<usize>,
+    /// How long an idle connection waits for reuse before keygate closes it.
+    pub idle_timeout: Duration,
+}
 
 /// Client headers that choose which provider account, project, subscription or deployment serves
 /// and bills a request. The gateway's choice is its credential, and a tenant must not override it:
@@ -88,6 +100,7 @@ pub struct Provider {
     pub idle_timeout: Duration,
     /// Deadline for the whole upstream exchange with this provider, retries included.
     pub total_timeout: Option<Duration>,
+    pub pool: PoolSpec,
 }
 
 impl std::fmt::Debug for Provider {
@@ -133,6 +146,7 @@ pub struct ProviderSpec {
     pub balance: Balance,
     pub retries: u32,
     pub health_check: Option<HealthCheckSpec>,
+    pub pool: PoolSpec,
 }
 
 pub struct EndpointSpec {
@@ -218,6 +232,7 @@ impl Provider {
             first_byte_timeout: spec.first_byte_timeout,
             idle_timeout: spec.idle_timeout,
             total_timeout: spec.total_timeout,
+            pool: spec.pool,
         })
     }
 
@@ -250,6 +265,7 @@ impl Provider {
         peer.options.total_connection_timeout = Some(cap(self.connect_timeout));
         peer.options.read_timeout = Some(cap(self.first_byte_timeout.max(self.idle_timeout)));
         peer.options.write_timeout = Some(cap(self.idle_timeout));
+        peer.options.idle_timeout = Some(self.pool.idle_timeout);
         if let Some(ca) = &self.ca {
             peer.options.ca = Some(ca.clone());
         }
@@ -346,6 +362,19 @@ impl Endpoint {
     }
 }
 
+/// How many idle connections the one upstream keep-alive pool holds: the sum of every provider's
+/// `max_idle`, where a provider that sets none may keep as many as the data plane has client
+/// connections, since no more requests than that can be in flight to it at once.
+pub fn pool_capacity<'a>(
+    providers: impl Iterator<Item = &'a Arc<Provider>>,
+    max_connections: usize,
+) -> usize {
+    providers
+        .map(|p| p.pool.max_idle.unwrap_or(max_connections))
+        .fold(0usize, usize::saturating_add)
+        .max(1)
+}
+
 /// Re-resolves the host names of every endpoint of `providers`, keeping the last good answer on
 /// failure. Run periodically from a background task so DNS changes are followed.
 pub async fn refresh_dns<'a>(providers: impl Iterator<Item = &'a Arc<Provider>>) {
@@ -415,8 +444,32 @@ pub(crate) mod tests {
             balance,
             retries: DEFAULT_RETRIES,
             health_check: None,
+            pool: PoolSpec {
+                max_idle: None,
+                idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            },
         })
         .expect("test provider")
+    }
+
+    #[test]
+    fn the_pool_holds_every_providers_max_idle_and_the_connection_limit_for_those_without() {
+        let with = |max_idle| {
+            let mut p = provider(&[1], Balance::RoundRobin);
+            p.pool.max_idle = max_idle;
+            Arc::new(p)
+        };
+        let providers = [with(Some(64)), with(None), with(Some(8))];
+        assert_eq!(pool_capacity(providers.iter(), 1000), 64 + 1000 + 8);
+        assert_eq!(pool_capacity(providers[..1].iter(), 1000), 64);
+        assert_eq!(pool_capacity([].iter(), 1000), 1);
+        // Each peer carries its provider's idle timeout to Pingora's pool.
+        let mut p = provider(&[1], Balance::RoundRobin);
+        p.pool.idle_timeout = Duration::from_secs(7);
+        assert_eq!(
+            p.peer(0, None).unwrap().options.idle_timeout,
+            Some(Duration::from_secs(7))
+        );
     }
 
     #[test]

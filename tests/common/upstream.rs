@@ -149,6 +149,8 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     recorded: Notify,
     connections: AtomicUsize,
+    /// Connections accepted and not yet closed by either side.
+    open: AtomicUsize,
 }
 
 impl Shared {
@@ -221,6 +223,7 @@ impl MockUpstream {
             requests: Mutex::new(Vec::new()),
             recorded: Notify::new(),
             connections: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
         });
         let accept_task = tokio::spawn(accept_loop(listener, tls, shared.clone()));
         MockUpstream {
@@ -255,6 +258,11 @@ impl MockUpstream {
     /// Number of TCP connections accepted so far (to observe keep-alive / pooling).
     pub fn connection_count(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Number of accepted TCP connections still open (to observe the gateway closing idle ones).
+    pub fn open_connections(&self) -> usize {
+        self.shared.open.load(Ordering::SeqCst)
     }
 
     /// Change the reply for requests that arrive from now on.
@@ -336,7 +344,18 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
     }
 }
 
+/// Counts a connection as open for as long as it lives, whether its task ends or is aborted.
+struct OpenConnection(Arc<Shared>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn serve_connection(stream: TcpStream, tls: Option<TlsAcceptor>, shared: Arc<Shared>) {
+    shared.open.fetch_add(1, Ordering::SeqCst);
+    let _open = OpenConnection(shared.clone());
     let _ = stream.set_nodelay(true);
     match tls {
         None => serve_http(TokioIo::new(stream), shared).await,

@@ -4,12 +4,13 @@
 
 use super::{parse_duration, Problems};
 use crate::config::env;
-use crate::config::schema::{BalanceFile, ConfigFile, HealthCheckFile};
+use crate::config::schema::{BalanceFile, ConfigFile, HealthCheckFile, PoolFile};
 use crate::config::LoadOptions;
 use crate::upstream::balance::Balance;
 use crate::upstream::{
-    EndpointSpec, HealthCheckSpec, Provider, ProviderSpec, ACCOUNT_HEADERS,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_RETRIES,
+    EndpointSpec, HealthCheckSpec, PoolSpec, Provider, ProviderSpec, ACCOUNT_HEADERS,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_POOL_IDLE_TIMEOUT, DEFAULT_RETRIES,
 };
 use http::HeaderName;
 use std::collections::BTreeMap;
@@ -24,6 +25,7 @@ const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 const MAX_CHECK_THRESHOLD: i64 = 100;
+const MAX_POOL_IDLE: i64 = 1_000_000;
 
 pub(super) fn compile_providers(
     cfg: &Path,
@@ -151,6 +153,7 @@ pub(super) fn compile_providers(
             .health_check
             .as_ref()
             .and_then(|h| compile_health_check(cfg, &path, h, problems));
+        let pool = compile_pool(cfg, &path, &p.pool, problems);
         if problems.list.len() != before {
             continue;
         }
@@ -172,6 +175,7 @@ pub(super) fn compile_providers(
             },
             retries,
             health_check,
+            pool,
         };
         match Provider::new(spec) {
             Ok(provider) => {
@@ -220,6 +224,33 @@ fn compile_forward_headers(
         }
     }
     headers
+}
+
+fn compile_pool(cfg: &Path, path: &str, pool: &PoolFile, problems: &mut Problems) -> PoolSpec {
+    let max_idle = pool.max_idle.and_then(|n| {
+        if (1..=MAX_POOL_IDLE).contains(&n) {
+            Some(n as usize)
+        } else {
+            problems.add(
+                cfg,
+                format!("{path}.pool.max_idle"),
+                format!("must be a whole number from 1 to {MAX_POOL_IDLE}"),
+            );
+            None
+        }
+    });
+    let idle_timeout = pool
+        .idle_timeout
+        .as_deref()
+        .map_or(DEFAULT_POOL_IDLE_TIMEOUT, |t| {
+            parse_duration(t)
+                .map_err(|m| problems.add(cfg, format!("{path}.pool.idle_timeout"), m))
+                .unwrap_or(DEFAULT_POOL_IDLE_TIMEOUT)
+        });
+    PoolSpec {
+        max_idle,
+        idle_timeout,
+    }
 }
 
 fn compile_health_check(
