@@ -151,6 +151,9 @@ struct Shared {
     connections: AtomicUsize,
     /// Connections accepted and not yet closed by either side.
     open: AtomicUsize,
+    /// TLS handshakes completed: full ones, and those that resumed an earlier session.
+    full_handshakes: AtomicUsize,
+    resumed_handshakes: AtomicUsize,
 }
 
 impl Shared {
@@ -224,6 +227,8 @@ impl MockUpstream {
             recorded: Notify::new(),
             connections: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
+            full_handshakes: AtomicUsize::new(0),
+            resumed_handshakes: AtomicUsize::new(0),
         });
         let accept_task = tokio::spawn(accept_loop(listener, tls, shared.clone()));
         MockUpstream {
@@ -263,6 +268,14 @@ impl MockUpstream {
     /// Number of accepted TCP connections still open (to observe the gateway closing idle ones).
     pub fn open_connections(&self) -> usize {
         self.shared.open.load(Ordering::SeqCst)
+    }
+
+    /// TLS handshakes so far: `(full, resumed)`.
+    pub fn tls_handshakes(&self) -> (usize, usize) {
+        (
+            self.shared.full_handshakes.load(Ordering::SeqCst),
+            self.shared.resumed_handshakes.load(Ordering::SeqCst),
+        )
     }
 
     /// Change the reply for requests that arrive from now on.
@@ -360,7 +373,14 @@ async fn serve_connection(stream: TcpStream, tls: Option<TlsAcceptor>, shared: A
     match tls {
         None => serve_http(TokioIo::new(stream), shared).await,
         Some(acceptor) => match acceptor.accept(stream).await {
-            Ok(tls_stream) => serve_http(TokioIo::new(tls_stream), shared).await,
+            Ok(tls_stream) => {
+                let counter = match tls_stream.get_ref().1.handshake_kind() {
+                    Some(rustls::HandshakeKind::Resumed) => &shared.resumed_handshakes,
+                    _ => &shared.full_handshakes,
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                serve_http(TokioIo::new(tls_stream), shared).await
+            }
             Err(e) => eprintln!("mock upstream '{}': TLS handshake failed: {e}", shared.name),
         },
     }
