@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Long streams at LLM concurrency: STREAMS concurrent paced SSE streams (one event every
+# INTERVAL_MS, EVENTS of them: 30 s by default) straight to a paced upstream, then the same through
+# one keygate. Reports for both: streams completed and failed, time to the first event and the
+# gaps between events (p50, p99, max); for keygate: resident memory idle and at its peak while the
+# streams are open, memory per open stream, and CPU per event.
+#
+# usage: benches/streams.sh BINARY POLICY SSE_LOAD
+#   BINARY: keygate (release); SSE_LOAD: examples/sse_load.rs built in release
+#   POLICY: a policy directory benches/e2e.sh wrote (OUT/policy-full: 1,000 keys, every feature)
+#   env: STREAMS (5000), INTERVAL_MS (100), EVENTS (300), GATEWAY_CPU (0), LOAD_CPU (1)
+#
+# The upstream listens on 127.0.0.1:18087 and keygate on 18173-18174; the upstream and the clients
+# share LOAD_CPU, keygate has GATEWAY_CPU to itself.
+set -euo pipefail
+
+[ $# -eq 3 ] || { sed -n '2,13p' "$0"; exit 2; }
+BINARY=$(realpath "$1") POLICY=$(realpath "$2") SSE_LOAD=$(realpath "$3")
+STREAMS=${STREAMS:-5000} INTERVAL_MS=${INTERVAL_MS:-100} EVENTS=${EVENTS:-300}
+GATEWAY_CPU=${GATEWAY_CPU:-0} LOAD_CPU=${LOAD_CPU:-1}
+# shellcheck source=benches/lib.sh
+. "$(dirname "$0")/lib.sh"
+UPSTREAM_PORT=18087 KEYGATE_PORT=18173
+ulimit -n "$(ulimit -Hn)"
+
+WORK=$(mktemp -d)
+PIDS=()
+trap 'kill -9 "${PIDS[@]}" 2>/dev/null; rm -rf "$WORK"' EXIT
+
+taskset -c "$LOAD_CPU" "$SSE_LOAD" upstream "127.0.0.1:$UPSTREAM_PORT" "$INTERVAL_MS" "$EVENTS" &
+PIDS+=($!)
+for _ in $(seq 50); do listening "$UPSTREAM_PORT" && break; sleep 0.1; done
+
+cp -r "$POLICY" "$WORK/keygate"
+sed -i -E -e "s/^listen: .*/listen: 127.0.0.1:$KEYGATE_PORT/" \
+  -e "s/^admin_listen: .*/admin_listen: 127.0.0.1:$((KEYGATE_PORT + 1))/" \
+  -e "s#- \{url: \"http://127.0.0.1:18080\"\}#- {url: \"http://127.0.0.1:$UPSTREAM_PORT\"}#" \
+  "$WORK/keygate/keygate.yaml"
+grep -q ":$UPSTREAM_PORT" "$WORK/keygate/keygate.yaml" || { echo "the policy has no provider at http://127.0.0.1:18080" >&2; exit 1; }
+(cd "$WORK/keygate" && exec taskset -c "$GATEWAY_CPU" "$BINARY" serve --config "$WORK/keygate/keygate.yaml" \
+  >"$WORK/keygate.log" 2>&1) &
+KEYGATE_PID=$!
+PIDS+=($KEYGATE_PID)
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$((KEYGATE_PORT + 1))/readyz" && break; sleep 0.1; done
+curl -sf -o /dev/null "http://127.0.0.1:$((KEYGATE_PORT + 1))/readyz" || { cat "$WORK/keygate.log" >&2; exit 1; }
+SECRET=$(cat "$WORK/keygate/secret")
+
+clients() { # PORT BEARER
+  taskset -c "$LOAD_CPU" "$SSE_LOAD" clients "127.0.0.1:$1" /v1/chat/completions "$STREAMS" "$2" gpt-4o-mini
+}
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$KEYGATE_PID/status"; }
+
+echo "direct: $STREAMS streams of $EVENTS events every ${INTERVAL_MS} ms" >&2
+direct=$(clients "$UPSTREAM_PORT" none)
+echo "$direct" >&2
+
+# A short round through keygate first, so that the idle figure is that of a warmed-up gateway.
+for _ in $(seq 10); do
+  curl -s -o /dev/null -m 0.5 -H "authorization: Bearer $SECRET" -H 'content-type: application/json' \
+    -d '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}' \
+    "http://127.0.0.1:$KEYGATE_PORT/v1/chat/completions" || true
+done
+sleep 1
+idle_rss=$(rss_kb)
+before=$(cpu_ticks "$KEYGATE_PID")
+echo "keygate: the same streams through it" >&2
+clients "$KEYGATE_PORT" "$SECRET" >"$WORK/through.json" &
+load=$!
+peak_rss=$idle_rss
+while kill -0 "$load" 2>/dev/null; do
+  rss=$(rss_kb); [ "$rss" -gt "$peak_rss" ] && peak_rss=$rss
+  sleep 0.5
+done
+wait "$load"
+after=$(cpu_ticks "$KEYGATE_PID")
+through=$(cat "$WORK/through.json")
+echo "$through" >&2
+
+python3 - "$direct" "$through" "$idle_rss" "$peak_rss" $((after - before)) "$(getconf CLK_TCK)" "$STREAMS" <<'PY'
+import json, sys
+direct, through = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+idle, peak, ticks, hz, streams = (int(a) for a in sys.argv[3:8])
+print("| | streams completed | failed | first event p50 ms | p99 ms | gap p50 ms | p99 ms | max ms |")
+print("|---|---|---|---|---|---|---|---|")
+for name, r in [("direct", direct), ("through keygate", through)]:
+    print(f"| {name} | {r['completed']} | {r['failed']} | {r['first_event_ms']['p50']:.2f} | "
+          f"{r['first_event_ms']['p99']:.2f} | {r['gap_ms']['p50']:.2f} | {r['gap_ms']['p99']:.2f} | "
+          f"{r['gap_ms']['max']:.2f} |")
+print()
+d = lambda f, q: through[f][q] - direct[f][q]
+print(f"keygate added: first event p50 {d('first_event_ms', 'p50'):+.2f} ms, p99 {d('first_event_ms', 'p99'):+.2f} ms; "
+      f"gap p50 {d('gap_ms', 'p50'):+.2f} ms, p99 {d('gap_ms', 'p99'):+.2f} ms.")
+print(f"keygate resident memory: {idle / 1024:.0f} MB idle, {peak / 1024:.0f} MB at most with the streams open "
+      f"({(peak - idle) / streams:.1f} KB per open stream); CPU {ticks / hz * 1e6 / max(through['events'], 1):.1f} µs per event "
+      f"({through['events']} events).")
+PY
