@@ -259,6 +259,14 @@ pub fn build_with(
             registry: upstreams.clone(),
         },
     ));
+    #[cfg(target_os = "linux")]
+    server.add_service(background_service(
+        "keygate retired endpoints",
+        crate::upstream::retire::RetiredEndpoints {
+            store: store.clone(),
+            registry: upstreams.clone(),
+        },
+    ));
     server.add_service(background_service(
         "keygate lifecycle",
         Lifecycle {

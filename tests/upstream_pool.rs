@@ -109,3 +109,35 @@ async fn idle_connections_are_closed_after_the_providers_idle_timeout() {
     burst(&http, &gw_short, &secret, 1).await;
     assert_eq!(short.connection_count(), before + 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_closes_the_idle_connections_to_an_endpoint_it_removed() {
+    let old = MockUpstream::start("old", Reply::chat_ok()).await;
+    let new = MockUpstream::start("new", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(&policy(&old.url(), ""), &[("k".into(), yaml)]);
+    let http = client();
+    burst(&http, &gw, &secret, 4).await;
+    let kept = old.open_connections();
+    assert!(kept > 0, "the pool keeps the old endpoint's connections");
+
+    std::fs::write(
+        &gw.config_path,
+        std::fs::read_to_string(&gw.config_path)
+            .unwrap()
+            .replace(&old.url(), &new.url()),
+    )
+    .unwrap();
+    gw.handles().reloader.reload_blocking().expect("reload");
+    burst(&http, &gw, &secret, 2).await;
+    assert_eq!(new.request_count(), 2);
+
+    // Well within the 90 s default idle_timeout, which would otherwise keep them.
+    assert!(
+        eventually(Duration::from_secs(5), || old.open_connections() == 0).await,
+        "{} of {kept} idle connections to the removed endpoint still open",
+        old.open_connections()
+    );
+    // The endpoint that stayed keeps its connections.
+    assert!(new.open_connections() > 0);
+}

@@ -10,6 +10,7 @@
 //! - [`attempt`]: one request's way through attempts, retries and fallbacks;
 //! - [`cork`]: sending a request's head and body in one TCP segment;
 //! - [`health`]: the active health-check background service;
+//! - [`retire`]: closing the idle connections to endpoints a reload removed;
 //! - [`watchdog`]: the per-attempt watchdog for the smaller of `first_byte` and `idle`.
 
 pub mod attempt;
@@ -17,6 +18,8 @@ pub mod balance;
 #[cfg(target_os = "linux")]
 pub mod cork;
 pub mod health;
+#[cfg(target_os = "linux")]
+pub mod retire;
 pub mod state;
 pub mod watchdog;
 
