@@ -10,8 +10,9 @@
 #
 # usage: benches/concurrency.sh BINARY POLICY
 #   POLICY: a policy directory benches/e2e.sh wrote (OUT/policy-full: 1,000 keys, every feature)
-#   env: CONNECTIONS ("32 256 1024 4096"), ROUNDS (3), SECONDS_PER_RUN (6), POOL (4096),
-#        GATEWAY_CPU (0), WRK_CPU (1)
+#   env: CONNECTIONS ("32 256 1024 4096"), ROUNDS (3), SECONDS_PER_RUN (6), POOL (4096; `none`
+#        leaves keygate's policy alone, for builds that predate `pool`, and gives nginx 128, the
+#        Pingora default those keep on one thread), GATEWAY_CPU (0), WRK_CPU (1)
 #
 # It starts its own mock upstream and nginx proxy on ports of their own (mock 18083 for nginx's
 # upstream connections, 18084 for keygate's, so that each proxy's connections are counted apart;
@@ -23,10 +24,12 @@
 # proxy-side ports listed after it and not before. TIME_WAIT and RSS are read near the run's end.
 set -euo pipefail
 
-[ $# -eq 2 ] || { sed -n '2,16p' "$0"; exit 2; }
+[ $# -eq 2 ] || { sed -n '2,18p' "$0"; exit 2; }
 BINARY=$(realpath "$1") POLICY=$(realpath "$2")
 CONNECTIONS=${CONNECTIONS:-32 256 1024 4096} ROUNDS=${ROUNDS:-3} SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
 POOL=${POOL:-4096} GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1}
+# A build that predates `pool` keeps Pingora's default: 128 idle connections per thread, one here.
+if [ "$POOL" = none ]; then NGINX_POOL=128; else NGINX_POOL=$POOL; fi
 [ "$SECONDS_PER_RUN" -ge 3 ] || { echo "SECONDS_PER_RUN must be at least 3" >&2; exit 2; }
 # shellcheck source=benches/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -56,7 +59,7 @@ sed -E -e "s/pid mock-nginx.pid;/pid mock.pid;\nworker_rlimit_nofile 65536;/" \
 sed -E -e "s/^worker_processes .*/worker_processes 1;\nworker_rlimit_nofile 65536;/" \
   -e "s/pid proxy-nginx.pid;/pid proxy.pid;/" \
   -e "s/worker_connections [0-9]+;/worker_connections 20000;/" \
-  -e "s/upstream mock_json .*/upstream mock_json { server 127.0.0.1:$MOCK_PORT_NGINX; keepalive $POOL; keepalive_requests 1000000; keepalive_timeout 90s; }/" \
+  -e "s/upstream mock_json .*/upstream mock_json { server 127.0.0.1:$MOCK_PORT_NGINX; keepalive $NGINX_POOL; keepalive_requests 1000000; keepalive_timeout 90s; }/" \
   -e "s/listen 127.0.0.1:18090 /listen 127.0.0.1:$NGINX_PORT /" \
   -e "/listen 127.0.0.1:1809[12] /d" \
   "$LOAD/proxy-nginx.conf" >"$WORK/proxy.conf"
@@ -69,9 +72,12 @@ NGINX_PID=$(cat "$WORK/proxy.pid")
 cp -r "$POLICY" "$WORK/keygate"
 sed -i -E -e "s/^listen: .*/listen: 127.0.0.1:$KEYGATE_PORT/" \
   -e "s/^admin_listen: .*/admin_listen: 127.0.0.1:$((KEYGATE_PORT + 1))/" \
-  -e "s#- \{url: \"http://127.0.0.1:18080\"\}#- {url: \"http://127.0.0.1:$MOCK_PORT_KEYGATE\"}\n    pool: {max_idle: $POOL, idle_timeout: 90s}#" \
+  -e "s#- \{url: \"http://127.0.0.1:18080\"\}#- {url: \"http://127.0.0.1:$MOCK_PORT_KEYGATE\"}#" \
   "$WORK/keygate/keygate.yaml"
-grep -q "max_idle: $POOL" "$WORK/keygate/keygate.yaml" || { echo "the policy has no provider at http://127.0.0.1:18080" >&2; exit 1; }
+grep -q ":$MOCK_PORT_KEYGATE" "$WORK/keygate/keygate.yaml" || { echo "the policy has no provider at http://127.0.0.1:18080" >&2; exit 1; }
+if [ "$POOL" != none ]; then
+  sed -i -E "s#- \{url: \"http://127.0.0.1:$MOCK_PORT_KEYGATE\"\}#&\n    pool: {max_idle: $POOL, idle_timeout: 90s}#" "$WORK/keygate/keygate.yaml"
+fi
 (cd "$WORK/keygate" && exec taskset -c "$GATEWAY_CPU" "$BINARY" serve --config "$WORK/keygate/keygate.yaml" \
   >"$WORK/keygate.log" 2>&1) &
 KEYGATE_PID=$!
@@ -132,7 +138,7 @@ run() {
     'BEGIN { printf "%.0f %.2f %.2f %.1f %.2f %d %.0f\n", r, p50, p99, t * 1e6 / hz / n, new * 1000 / (r * window), tw, rss / 1024 }'
 }
 
-echo "keygate $BINARY, policy $POLICY, pool $POOL, $ROUNDS rounds of ${SECONDS_PER_RUN}s per side and connection count" >&2
+echo "keygate $BINARY, policy $POLICY, pool $POOL (nginx keepalive $NGINX_POOL), $ROUNDS rounds of ${SECONDS_PER_RUN}s per side and connection count" >&2
 run nginx 32 >/dev/null
 run keygate 32 >/dev/null
 for conns in $CONNECTIONS; do

@@ -94,6 +94,6 @@ require_2xx keygate "$out"
 sleep 1
 awk -v binary="$BINARY" -v conns="$CONNECTIONS" -v pool="$POOL" '
   { requests++ } $1 == 1 { if ($2 == "r") resumed++; else full++ }
-  END { printf "%s: %d requests at %d connections, pool %d: per 10,000 requests %.0f handshakes, %.0f full and %.0f resumed\n",
+  END { printf "%s: %d requests at %d connections, pool %s: per 10,000 requests %.0f handshakes, %.0f full and %.0f resumed\n",
           binary, requests, conns, pool, (full + resumed) * 1e4 / requests, full * 1e4 / requests, resumed * 1e4 / requests }' \
   "$WORK/requests.log"
