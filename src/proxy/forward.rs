@@ -8,7 +8,9 @@ use super::ctx::RequestCtx;
 use super::head;
 use crate::usage::ContentEncoding;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue, Uri};
+
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::ALPN;
@@ -41,8 +43,8 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
         return not_routed();
     };
     let mut values = head::Values::with_capacity(head::VALUES_CAPACITY);
-    // the credential, host, request id, content length and accept-encoding
-    head::edit_request(upstream, 5, |parts| {
+    // the credential, host, request id, content length, accept-encoding and anthropic-version
+    head::edit_request(upstream, 6, |parts| {
         let headers = &mut parts.headers;
         // every header a virtual key can arrive in
         headers.remove(http::header::AUTHORIZATION);
@@ -62,6 +64,11 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
         if let Some((name, value)) = &provider.credential {
             head::set(headers, name.clone(), value.clone())?;
         }
+        if let Some(version) = &provider.anthropic_version {
+            if !headers.contains_key(ANTHROPIC_VERSION) {
+                head::set(headers, ANTHROPIC_VERSION, version.clone())?;
+            }
+        }
         head::set(headers, http::header::HOST, endpoint.authority.clone())?;
         head::set_request_id(headers, &mut values, &ctx.request_id)?;
         // The body is complete and framed by Content-Length: nothing is left to negotiate.
@@ -78,11 +85,25 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
             ContentEncoding::upstream_accept(client.map(HeaderValue::as_bytes))
         };
         head::set(headers, http::header::ACCEPT_ENCODING, accept)?;
-        if !endpoint.base_path.is_empty() {
-            let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            parts.uri = format!("{}{}", endpoint.base_path, path_and_query)
-                .parse()
-                .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream path"))?;
+        let azure_path = admitted
+            .model
+            .azure
+            .as_ref()
+            .and_then(|azure| azure.path(admitted.operation));
+        match azure_path {
+            // Prebuilt: the path costs a reference count, not a copy.
+            Some(path) if endpoint.base_path.is_empty() => parts.uri = Uri::from(path.clone()),
+            _ if endpoint.base_path.is_empty() => {}
+            path => {
+                let path_and_query = path
+                    .or(parts.uri.path_and_query())
+                    .map_or("/", |pq| pq.as_str());
+                parts.uri = format!("{}{}", endpoint.base_path, path_and_query)
+                    .parse()
+                    .map_err(|_| {
+                        Error::explain(ErrorType::InternalError, "invalid upstream path")
+                    })?;
+            }
         }
         Ok(())
     })
