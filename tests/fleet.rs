@@ -944,3 +944,59 @@ async fn the_brute_force_guard_counts_failures_across_the_fleet() {
         assert_eq!(resp.status(), 200);
     }
 }
+
+/// Redis forgetting its scripts (a restart with persistence, a failover, `SCRIPT FLUSH`) loses
+/// no settlement: the finishing scripts are loaded again and sent once, and the keys they write
+/// still expire by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_survive_redis_forgetting_its_scripts() {
+    let redis = RedisServer::start();
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file(
+        "app",
+        "budget: {daily_usd: 100}\nrate_limits: [{tokens: 1000000, per: 1m}]\nmax_concurrent: 4\n",
+    );
+    let gw = TestGateway::start(&priced(&up.url(), &redis.url(), ""), &[("k".into(), yaml)]);
+    connected(&gw).await;
+    let body =
+        json!({"model": "m1", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let url = gw.url("/v1/chat/completions");
+    assert_eq!(post_json(&url, &secret, &body).await.status(), 200);
+    let day = keygate::limits::now_ms() / 86_400_000;
+    let hash = "kg:{app}:key:k:budget";
+    let mut conn = redis.conn();
+    eventually("the first request settled", || {
+        conn.hget::<_, _, Option<u64>>(hash, format!("d:{day}"))
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let one: u64 = conn.hget(hash, format!("d:{day}")).unwrap();
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query::<()>(&mut conn)
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(post_json(&url, &secret, &body).await.status(), 200);
+    }
+    eventually("three more settled, each once", || {
+        conn.hget::<_, _, u64>(hash, format!("d:{day}")).unwrap() == 4 * one
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        conn.hget::<_, _, u64>(hash, format!("d:{day}")).unwrap(),
+        4 * one
+    );
+    assert_eq!(
+        conn.hget::<_, _, i64>(hash, "r").unwrap(),
+        0,
+        "a reservation leaked"
+    );
+    assert_eq!(conn.zcard::<_, u64>("kg:{app}:key:k:reserved").unwrap(), 0);
+    assert_eq!(conn.zcard::<_, u64>("kg:{app}:key:k:slots").unwrap(), 0);
+    for key in ["kg:{app}:key:k:budget", "kg:{app}:key:k:t60000"] {
+        let ttl: i64 = conn.pttl(key).unwrap();
+        assert!(ttl > 0, "{key} has no expiry ({ttl})");
+    }
+}

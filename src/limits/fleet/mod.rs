@@ -239,6 +239,9 @@ struct LeaseKeys {
     token_windows: Vec<(String, u64)>,
     lease_sets: Vec<String>,
     budgets: Vec<BudgetKeys>,
+    /// The cost reserved in each budget at admission (nano-dollars), which names the request's
+    /// member in reservation sets.
+    reserved: u64,
 }
 
 #[derive(Debug)]
@@ -579,6 +582,7 @@ impl FleetLimits {
             token_windows: Vec::new(),
             lease_sets: Vec::new(),
             budgets: Vec::new(),
+            reserved: demand.cost.0,
         };
         if active.is_empty() {
             // Nothing to count, but the request still goes into the fleet's usage view.
@@ -924,71 +928,210 @@ async fn keep_connected(shared: Arc<Shared>) {
     }
 }
 
-/// Sends each finished request's end to Redis. The calls are issued without waiting for one
-/// another, so the multiplexed connection pipelines them.
+/// The most finished requests sent to Redis in one pipeline.
+const FINISH_BATCH: usize = 256;
+/// How many pipelines of finished requests may be in flight at once.
+const FINISH_PIPELINES: usize = 8;
+
+/// Sends finished requests' ends to Redis in batches: whatever queued up while the previous
+/// batches were under way goes in one pipeline per workload (a pipeline's keys must share a
+/// hash slot on a cluster), with the batch's usage-view counters summed, so that a busy
+/// instance sends Redis a few large writes instead of many small ones.
 async fn finish_requests(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Finished>) {
-    while let Some(done) = queue.recv().await {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(FINISH_PIPELINES));
+    loop {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(FINISH_BATCH);
+        if queue.recv_many(&mut batch, FINISH_BATCH).await == 0 {
+            return;
+        }
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let keys = &done.keys;
-            let cal = Calendar::at_ms(done.at_ms);
-            let mut invocation = shared.finish.prepare_invoke();
-            invocation
-                .arg(&keys.member)
-                .arg(done.token_delta)
-                .arg(keys.token_windows.len())
-                .arg(keys.lease_sets.len())
-                .arg(keys.budgets.len())
-                .arg(done.cost.0)
-                .arg(cal.day)
-                .arg(cal.month);
-            for (key, per_ms) in &keys.token_windows {
-                invocation.key(key).arg(*per_ms);
+            batch.sort_unstable_by(|a, b| a.keys.tag.cmp(&b.keys.tag));
+            for group in batch.chunk_by(|a, b| a.keys.tag == b.keys.tag) {
+                finish_group(&shared, group).await;
             }
-            for key in &keys.lease_sets {
-                invocation.key(key);
-            }
-            for b in &keys.budgets {
-                invocation.key(&b.hash).key(&b.reservations);
-            }
-            let (day, month) = usage::day_and_month(done.at_ms);
-            let (model, tokens) = done
-                .usage
-                .as_ref()
-                .map_or(("-", [0; 3]), |(m, t)| (&**m, *t));
-            invocation
-                .key(usage::hash_key(&shared.settings.prefix, &keys.tag, &month))
-                .arg(format!("{day}|{}|{model}|", keys.key_id))
-                .arg(tokens[0])
-                .arg(tokens[1])
-                .arg(tokens[2])
-                .arg(done.admitted_at_ms);
-            match shared
-                .invoke::<Vec<i64>>("finish", invocation, BACKGROUND_TIMEOUT)
-                .await
-            {
-                Ok(spent) => {
-                    shared.record("finish", "ok");
-                    for (b, pair) in keys.budgets.iter().zip(spent.chunks(2)) {
-                        let today = pair.first().map_or(0, |&n| n.max(0) as u64);
-                        let month = pair.get(1).map_or(0, |&n| n.max(0) as u64);
-                        alert_crossings(b, done.cost, today, month);
-                        let reserved = shared
-                            .spend
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get(&b.scope)
-                            .map_or(0, |s| s.reserved);
-                        shared.remember_spend(&b.scope, cal, today, month, reserved);
-                    }
-                }
-                Err(e) => {
-                    // The lease expires by itself; only this request's real figures are lost.
-                    tracing::warn!(error = %e, "could not settle a request in Redis");
-                    shared.record("finish", e.result());
-                }
-            }
+            drop(permit);
         });
+    }
+}
+
+/// One pipeline: the finishing script of every request in `group` (all of one workload), then
+/// the group's usage-view counters.
+async fn finish_group(shared: &Shared, group: &[Finished]) {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    let sha = shared.finish.get_hash();
+    for done in group {
+        pipe.add_command(finish_command(sha, done));
+    }
+    let mut counters: HashMap<(String, String), [u64; 5]> = HashMap::new();
+    for done in group {
+        let (day, month) = usage::day_and_month(done.at_ms);
+        let (model, tokens) = done
+            .usage
+            .as_ref()
+            .map_or(("-", [0; 3]), |(m, t)| (&**m, *t));
+        let hash = usage::hash_key(&shared.settings.prefix, &done.keys.tag, &month);
+        let field = format!("{day}|{}|{model}|", done.keys.key_id);
+        let sums = counters.entry((hash, field)).or_default();
+        sums[0] += 1;
+        for (sum, n) in sums[1..4].iter_mut().zip(tokens) {
+            *sum += n;
+        }
+        sums[4] += done.cost.0;
+    }
+    let mut hashes: Vec<&str> = Vec::new();
+    for ((hash, field), sums) in &counters {
+        for (suffix, n) in ["r", "p", "c", "k", "n"].into_iter().zip(sums) {
+            if *n > 0 {
+                pipe.cmd("HINCRBY")
+                    .arg(hash)
+                    .arg(format!("{field}{suffix}"))
+                    .arg(*n)
+                    .ignore();
+            }
+        }
+        if !hashes.contains(&hash.as_str()) {
+            hashes.push(hash);
+        }
+    }
+    // The current and the previous month are read; a little more is kept for the month's end.
+    for hash in hashes {
+        pipe.cmd("PEXPIRE").arg(hash).arg(5_616_000_000u64).ignore();
+    }
+    let replies = match run_pipeline(shared, &pipe).await {
+        Ok(replies) => replies,
+        Err(e) => {
+            // The leases expire by themselves; only these requests' real figures are lost.
+            tracing::warn!(error = %e, requests = group.len(), "could not settle requests in Redis");
+            for _ in group {
+                shared.record("finish", e.result());
+            }
+            return;
+        }
+    };
+    let mut resend = redis::pipe();
+    resend.ignore_errors();
+    let mut resent = Vec::new();
+    for (done, reply) in group.iter().zip(replies) {
+        match reply {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                resend.add_command(finish_command(sha, done));
+                resent.push(done);
+            }
+            reply => settle_reply(shared, done, reply),
+        }
+    }
+    if resent.is_empty() {
+        return;
+    }
+    // Redis lost its scripts (a restart or a failover). Only the scripts it refused are sent
+    // again, once the script is loaded: everything else in the pipeline was applied already.
+    let retried = match shared.conn() {
+        Ok(mut conn) => match shared.finish.load_async(&mut conn).await {
+            Ok(_) => run_pipeline(shared, &resend).await,
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => Err(e),
+    };
+    match retried {
+        Ok(replies) => {
+            for (done, reply) in resent.into_iter().zip(replies) {
+                settle_reply(shared, done, reply);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, requests = resent.len(), "could not settle requests in Redis");
+            for _ in resent {
+                shared.record("finish", e.result());
+            }
+        }
+    }
+}
+
+/// One finishing script's reply: the budgets' spend after booking, or why it failed.
+fn settle_reply(shared: &Shared, done: &Finished, reply: redis::RedisResult<redis::Value>) {
+    match reply.and_then(|v| redis::from_redis_value::<Vec<i64>>(v).map_err(Into::into)) {
+        Ok(spent) => {
+            shared.record("finish", "ok");
+            settled(shared, done, &spent);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not settle a request in Redis");
+            shared.record("finish", "error");
+        }
+    }
+}
+
+/// The finishing script's call for one request (see finish.lua for its keys and arguments).
+fn finish_command(sha: &str, done: &Finished) -> redis::Cmd {
+    let keys = &done.keys;
+    let cal = Calendar::at_ms(done.at_ms);
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha)
+        .arg(keys.token_windows.len() + keys.lease_sets.len() + 2 * keys.budgets.len());
+    for (key, _) in &keys.token_windows {
+        cmd.arg(key);
+    }
+    for key in &keys.lease_sets {
+        cmd.arg(key);
+    }
+    for b in &keys.budgets {
+        cmd.arg(&b.hash).arg(&b.reservations);
+    }
+    cmd.arg(&keys.member)
+        .arg(done.token_delta)
+        .arg(keys.token_windows.len())
+        .arg(keys.lease_sets.len())
+        .arg(keys.budgets.len())
+        .arg(done.cost.0)
+        .arg(cal.day)
+        .arg(cal.month)
+        .arg(keys.reserved);
+    for (_, per_ms) in &keys.token_windows {
+        cmd.arg(*per_ms);
+    }
+    cmd.arg(done.admitted_at_ms);
+    cmd
+}
+
+/// Sends `pipe`, bounded by the background timeout, with each command's own result.
+async fn run_pipeline(
+    shared: &Shared,
+    pipe: &redis::Pipeline,
+) -> Result<Vec<redis::RedisResult<redis::Value>>, StateError> {
+    let mut conn = shared.conn()?;
+    let started = std::time::Instant::now();
+    let reply = tokio::time::timeout(BACKGROUND_TIMEOUT, pipe.query_async(&mut conn)).await;
+    shared
+        .metrics
+        .state_latency
+        .with_label_values(&["finish"])
+        .observe(started.elapsed().as_secs_f64());
+    match reply {
+        Err(_) => Err(StateError::Timeout(BACKGROUND_TIMEOUT)),
+        Ok(r) => Ok(r?),
+    }
+}
+
+/// What a settled request's budgets now show: alerts for the thresholds it crossed, and the
+/// fleet's spend for the admin API and metrics.
+fn settled(shared: &Shared, done: &Finished, spent: &[i64]) {
+    let cal = Calendar::at_ms(done.at_ms);
+    for (b, pair) in done.keys.budgets.iter().zip(spent.chunks(2)) {
+        let today = pair.first().map_or(0, |&n| n.max(0) as u64);
+        let month = pair.get(1).map_or(0, |&n| n.max(0) as u64);
+        alert_crossings(b, done.cost, today, month);
+        let reserved = shared
+            .spend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&b.scope)
+            .map_or(0, |s| s.reserved);
+        shared.remember_spend(&b.scope, cal, today, month, reserved);
     }
 }
 
@@ -1037,7 +1180,11 @@ async fn renew_leases(shared: Arc<Shared>) {
             let shared = Arc::clone(&shared);
             tokio::spawn(async move {
                 let mut invocation = shared.renew.prepare_invoke();
-                invocation.arg(&keys.member).arg(ttl_ms);
+                invocation
+                    .arg(&keys.member)
+                    .arg(ttl_ms)
+                    .arg(keys.lease_sets.len())
+                    .arg(keys.reserved);
                 for key in &keys.lease_sets {
                     invocation.key(key);
                 }
