@@ -30,7 +30,7 @@ use super::budget::{BudgetMode, BudgetSpec, Calendar, Period};
 use super::memory::{self, MemoryLimits};
 use super::*;
 use crate::metrics::Metrics;
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use conn::Conn;
 use redis::Script;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,7 +137,16 @@ const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the request path and the background tasks share.
 struct Shared {
     settings: FleetSettings,
+    /// The background tasks' connection, driven by the state runtime.
     conn: ArcSwapOption<Conn>,
+    /// The request path's connections, one per data-plane thread, each driven by that thread's
+    /// runtime: an admission's round trip then stays on the thread that waits for it, instead
+    /// of being handed to the state runtime's thread and back (two wakeups of another thread per
+    /// request, which cost more than the round trip on a busy core).
+    request_conns: ArcSwap<HashMap<std::thread::ThreadId, RequestConn>>,
+    /// Bumped when the background connection is replaced (a sentinel's master moved), so that
+    /// the request path's connections are opened again too.
+    generation: AtomicU64,
     admit: Script,
     finish: Script,
     renew: Script,
@@ -153,6 +162,13 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The fleet's spend per budgeted scope as Redis last reported it.
     spend: Mutex<HashMap<ScopeId, SeenSpend>>,
+}
+
+/// A data-plane thread's connection: ready, or being opened by a task on that thread's runtime.
+#[derive(Clone)]
+enum RequestConn {
+    Opening { generation: u64 },
+    Ready { generation: u64, conn: Conn },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -190,14 +206,60 @@ impl Shared {
             .ok_or(StateError::NotConnected)
     }
 
-    /// Runs `script` within `limit`, timing it.
-    async fn invoke<T: redis::FromRedisValue>(
+    /// This thread's own connection if it has one, else the background connection (while this
+    /// thread's is opened, on this thread's runtime).
+    fn request_conn(self: &Arc<Self>) -> Result<Conn, StateError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let thread = std::thread::current().id();
+        match self.request_conns.load().get(&thread) {
+            Some(RequestConn::Ready {
+                generation: g,
+                conn,
+            }) if *g == generation => return Ok(conn.clone()),
+            Some(RequestConn::Opening { generation: g }) if *g == generation => return self.conn(),
+            _ => {}
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.conn();
+        };
+        self.set_request_conn(thread, RequestConn::Opening { generation });
+        let shared = Arc::clone(self);
+        runtime.spawn(async move {
+            match conn::connect(&shared.settings.target).await {
+                Ok(conn) => {
+                    shared.set_request_conn(thread, RequestConn::Ready { generation, conn })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open a request-path connection to Redis");
+                    shared.record("connect", "error");
+                    // The next admission on this thread tries again.
+                    shared.request_conns.rcu(|conns| {
+                        let mut conns = HashMap::clone(conns);
+                        conns.remove(&thread);
+                        conns
+                    });
+                }
+            }
+        });
+        self.conn()
+    }
+
+    fn set_request_conn(&self, thread: std::thread::ThreadId, conn: RequestConn) {
+        self.request_conns.rcu(|conns| {
+            let mut conns = HashMap::clone(conns);
+            conns.insert(thread, conn.clone());
+            conns
+        });
+    }
+
+    /// Runs `script` within `limit` on `conn`, timing it.
+    async fn invoke_on<T: redis::FromRedisValue>(
         &self,
+        mut conn: Conn,
         op: &'static str,
         invocation: redis::ScriptInvocation<'_>,
         limit: Duration,
     ) -> Result<T, StateError> {
-        let mut conn = self.conn()?;
         let started = std::time::Instant::now();
         let reply = tokio::time::timeout(limit, invocation.invoke_async(&mut conn)).await;
         self.metrics
@@ -208,6 +270,28 @@ impl Shared {
             Err(_) => Err(StateError::Timeout(limit)),
             Ok(r) => Ok(r?),
         }
+    }
+
+    /// Runs `script` within `limit` on the request path: on this thread's connection.
+    async fn invoke_here<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        op: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+        limit: Duration,
+    ) -> Result<T, StateError> {
+        let conn = self.request_conn()?;
+        self.invoke_on(conn, op, invocation, limit).await
+    }
+
+    /// Runs `script` within `limit` on the background connection.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+        limit: Duration,
+    ) -> Result<T, StateError> {
+        let conn = self.conn()?;
+        self.invoke_on(conn, op, invocation, limit).await
     }
 
     fn remember_spend(&self, id: &ScopeId, at: Calendar, today: u64, month: u64, reserved: u64) {
@@ -398,6 +482,8 @@ impl FleetLimits {
         let shared = Arc::new(Shared {
             settings,
             conn: ArcSwapOption::empty(),
+            request_conns: ArcSwap::default(),
+            generation: AtomicU64::new(0),
             admit: Script::new(include_str!("admit.lua")),
             finish: Script::new(include_str!("finish.lua")),
             renew: Script::new(include_str!("renew.lua")),
@@ -509,7 +595,7 @@ impl FleetLimits {
             .arg(max);
         match self
             .shared
-            .invoke::<u64>("guard", invocation, self.shared.settings.timeout)
+            .invoke_here::<u64>("guard", invocation, self.shared.settings.timeout)
             .await
         {
             Ok(0) => {
@@ -664,7 +750,7 @@ impl FleetLimits {
         let mut lease = self.lease(id, keys);
         let reply: Vec<i64> = match self
             .shared
-            .invoke("admit", invocation, self.shared.settings.timeout)
+            .invoke_here("admit", invocation, self.shared.settings.timeout)
             .await
         {
             Ok(reply) => reply,
@@ -901,6 +987,7 @@ async fn keep_connected(shared: Arc<Shared>) {
             match conn::connect(&shared.settings.target).await {
                 Ok(c) => {
                     shared.conn.store(Some(Arc::new(c)));
+                    shared.generation.fetch_add(1, Ordering::AcqRel);
                     failing_since = None;
                 }
                 Err(e) => {
