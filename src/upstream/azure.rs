@@ -18,8 +18,6 @@ pub const V1: &str = "v1";
 pub struct AzureTarget {
     /// Also the body's `model` upstream, which the v1 API reads (the deployments API ignores it).
     pub deployment: String,
-    /// `None` for the v1 API.
-    pub api_version: Option<String>,
     /// By operation: chat, completions, embeddings, responses.
     paths: [PathAndQuery; 4],
 }
@@ -67,7 +65,6 @@ impl AzureTarget {
                 path(Operation::Embeddings),
                 path(Operation::Responses),
             ],
-            api_version,
         })
     }
 
@@ -123,7 +120,6 @@ mod tests {
     #[test]
     fn v1_api_paths() {
         let t = AzureTarget::new("gpt-4.1", Some("v1")).unwrap();
-        assert_eq!(t.api_version, None);
         assert_eq!(
             t.path(Operation::Chat).unwrap().as_str(),
             "/openai/v1/chat/completions"
