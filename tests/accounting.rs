@@ -508,6 +508,7 @@ async fn spend_survives_kill_9_and_the_budget_still_holds() {
         "prompt_tokens",
         "completion_tokens",
         "cached_tokens",
+        "cache_write_tokens",
         "cost_usd",
         "estimated",
         "latency_ms",

@@ -5,8 +5,10 @@
 //! half checked. A request refused before that keeps what it had learned in [`Named`], for the
 //! labels of its metrics and its audit line.
 
+use super::dialect::Dialect;
 use super::paths::Route;
 use super::refusal::Refusal;
+use crate::domain::Operation;
 use crate::limits::{Admission, RateStatus};
 use crate::policy::{Key, Model, Policy};
 use crate::upstream::attempt::UpstreamAttempts;
@@ -25,6 +27,8 @@ pub struct RequestCtx {
     /// The policy snapshot this request started on; it keeps using it even if a reload happens.
     pub policy: Arc<Policy>,
     pub route: Option<Route>,
+    /// The API dialect of keygate's own answers to this request.
+    pub dialect: Dialect,
     /// The client's address: the socket peer, or the client behind a trusted proxy.
     pub client_ip: Option<IpAddr>,
     /// What a request that was not admitted had named, for labels.
@@ -56,6 +60,7 @@ pub struct Named {
 /// A request that passed authentication, authorization and its limits.
 pub struct Admitted {
     pub key: Arc<Key>,
+    pub operation: Operation,
     /// The model being served: the one asked for, or the fallback the route switched to.
     pub model: Arc<Model>,
     pub stream: bool,
@@ -87,6 +92,7 @@ impl RequestCtx {
             request_id: String::new(),
             policy,
             route: None,
+            dialect: Dialect::Openai,
             client_ip: None,
             named: Named::default(),
             admitted: None,
