@@ -12,7 +12,12 @@
 #   POLICY: a policy directory benches/e2e.sh wrote (OUT/policy-full: 1,000 keys, every feature)
 #   env: CONNECTIONS ("32 256 1024 4096"), ROUNDS (3), SECONDS_PER_RUN (6), POOL (4096; `none`
 #        leaves keygate's policy alone, for builds that predate `pool`, and gives nginx 128, the
-#        Pingora default those keep on one thread), GATEWAY_CPU (0), WRK_CPU (1)
+#        Pingora default those keep on one thread), GATEWAY_CPU (0), WRK_CPU (1), RATE (unset:
+#        each connection sends its next request as soon as the last is answered; a number: wrk
+#        offers RATE requests per second in all, however many connections carry them, which
+#        compares the per-request cost at different connection counts under the same load),
+#        PERF (unset; a directory: `perf record -g` of keygate over each measured window, to
+#        PERF/keygate-CONNS-ROUND.data; perf's sampling adds to the CPU figures of those runs)
 #
 # It starts its own mock upstream and nginx proxy on ports of their own (mock 18083 for nginx's
 # upstream connections, 18084 for keygate's, so that each proxy's connections are counted apart;
@@ -24,10 +29,12 @@
 # proxy-side ports listed after it and not before. TIME_WAIT and RSS are read near the run's end.
 set -euo pipefail
 
-[ $# -eq 2 ] || { sed -n '2,18p' "$0"; exit 2; }
+[ $# -eq 2 ] || { sed -n '2,23p' "$0"; exit 2; }
 BINARY=$(realpath "$1") POLICY=$(realpath "$2")
 CONNECTIONS=${CONNECTIONS:-32 256 1024 4096} ROUNDS=${ROUNDS:-3} SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
-POOL=${POOL:-4096} GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1}
+POOL=${POOL:-4096} GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1} RATE=${RATE:-}
+PERF=${PERF:-}
+[ -z "$PERF" ] || mkdir -p "$PERF"
 # A build that predates `pool` keeps Pingora's default: 128 idle connections per thread, one here.
 if [ "$POOL" = none ]; then NGINX_POOL=128; else NGINX_POOL=$POOL; fi
 [ "$SECONDS_PER_RUN" -ge 3 ] || { echo "SECONDS_PER_RUN must be at least 3" >&2; exit 2; }
@@ -36,6 +43,8 @@ if [ "$POOL" = none ]; then NGINX_POOL=128; else NGINX_POOL=$POOL; fi
 NGINX=${NGINX:-/usr/sbin/nginx}
 MOCK_PORT_NGINX=18083 MOCK_PORT_KEYGATE=18084 NGINX_PORT=18093 KEYGATE_PORT=18171
 ulimit -n "$(ulimit -Hn)"
+WRK_SCRIPT=$CHAT_LUA
+[ -z "$RATE" ] || WRK_SCRIPT="$LOAD/paced.lua"
 
 WORK=$(mktemp -d)
 mkdir -p "$WORK/tmp"
@@ -115,12 +124,17 @@ run() {
   if [ "$side" = nginx ]; then port=$NGINX_PORT pid=$NGINX_PID mock=$MOCK_PORT_NGINX auth="Bearer none"
   else port=$KEYGATE_PORT pid=$KEYGATE_PID mock=$MOCK_PORT_KEYGATE auth="Bearer $KEYGATE_SECRET"; fi
   before_ticks=$(cpu_ticks "$pid")
-  BENCH_AUTH="$auth" taskset -c "$WRK_CPU" wrk -t2 -c"$conns" -d"${SECONDS_PER_RUN}s" --timeout 10s \
-    --latency -s "$CHAT_LUA" "http://127.0.0.1:$port/v1/chat/completions" >"$WORK/wrk.txt" 2>&1 &
+  BENCH_AUTH="$auth" CHAT_LUA="$CHAT_LUA" PACE_RPS="$RATE" PACE_THREADS=2 \
+    taskset -c "$WRK_CPU" wrk -t2 -c"$conns" -d"${SECONDS_PER_RUN}s" --timeout 10s \
+    --latency -s "$WRK_SCRIPT" "http://127.0.0.1:$port/v1/chat/completions" >"$WORK/wrk.txt" 2>&1 &
   local wrk_pid=$!
   sleep 1
   before_ports=$(upstream_ports "$mock"); t0=$(date +%s.%N)
-  sleep $((SECONDS_PER_RUN - 2))
+  if [ -n "$PERF" ] && [ "$side" = keygate ] && [ -n "${ROUND:-}" ]; then
+    perf record -q -F 499 -g -p "$pid" -o "$PERF/keygate-$conns-$ROUND.data" -- sleep $((SECONDS_PER_RUN - 2)) 2>/dev/null
+  else
+    sleep $((SECONDS_PER_RUN - 2))
+  fi
   after_ports=$(upstream_ports "$mock"); t1=$(date +%s.%N)
   tw=$(ss -tanH state time-wait "( dport = :$mock )" | grep -c . || true)
   rss=$(rss_kb "$pid")
@@ -138,7 +152,7 @@ run() {
     'BEGIN { printf "%.0f %.2f %.2f %.1f %.2f %d %.0f\n", r, p50, p99, t * 1e6 / hz / n, new * 1000 / (r * window), tw, rss / 1024 }'
 }
 
-echo "keygate $BINARY, policy $POLICY, pool $POOL (nginx keepalive $NGINX_POOL), $ROUNDS rounds of ${SECONDS_PER_RUN}s per side and connection count" >&2
+echo "keygate $BINARY, policy $POLICY, pool $POOL (nginx keepalive $NGINX_POOL), ${RATE:-unpaced} RPS offered, $ROUNDS rounds of ${SECONDS_PER_RUN}s per side and connection count" >&2
 run nginx 32 >/dev/null
 run keygate 32 >/dev/null
 for conns in $CONNECTIONS; do
@@ -148,7 +162,7 @@ for conns in $CONNECTIONS; do
   for round in $(seq "$ROUNDS"); do
     if ((round % 2)); then order="nginx keygate"; else order="keygate nginx"; fi
     for side in $order; do
-      echo "$conns $side $round $(run "$side" "$conns")"
+      echo "$conns $side $round $(ROUND=$round run "$side" "$conns")"
     done
   done
 done | tee "$WORK/runs.txt" >&2
