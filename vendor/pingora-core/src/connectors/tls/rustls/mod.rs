@@ -12,7 +12,7 @@
 // See the License for the specific language governing permissions and
 // limitations under the License.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use log::debug;
@@ -27,6 +27,12 @@ use pingora_rustls::{
     DigitallySignedStruct, KeyLogFile, PrivateKeyDer, RootCertStore, RusTlsError, ServerName,
     SignatureScheme, TlsConnector as RusTlsConnector, UnixTime, WebPkiServerVerifier,
 };
+
+// keygate patch: the session store below.
+use rustls::client::{
+    ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
+};
+use rustls::NamedGroup;
 
 // Uses custom certificate verification from rustls's 'danger' module.
 use pingora_rustls::{
@@ -117,6 +123,8 @@ impl TlsConnector {
                 config.key_log = Arc::new(KeyLogFile::new());
             }
         }
+        // keygate patch: enough TLS 1.3 tickets for a burst of reconnects to resume
+        config.resumption = TicketStore::resumption();
 
         Ok(Connector {
             ctx: Arc::new(TlsConnector {
@@ -325,10 +333,11 @@ fn peer_ca_config(ca_list: &Arc<CaType>) -> Result<Arc<PeerCaConfig>> {
         )?;
     }
     let roots = Arc::new(ca_store);
-    let config =
+    let mut config =
         RusTlsClientConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13])
             .with_root_certificates(Arc::clone(&roots))
             .with_no_client_auth();
+    config.resumption = TicketStore::resumption();
     let built = Arc::new(PeerCaConfig {
         _ca: Arc::clone(ca_list),
         roots,
@@ -344,6 +353,98 @@ fn peer_ca_config(ca_list: &Arc<CaType>) -> Result<Arc<PeerCaConfig>> {
     }
     map.insert(key, Arc::clone(&built));
     Ok(built)
+}
+
+/// keygate patch: the TLS session store of every client config.
+///
+/// rustls's default store keeps at most 8 TLS 1.3 tickets per server, and a ticket resumes one
+/// connection only. A proxy reopens connections to a provider in bursts (a pool refilling after
+/// the provider closed idle connections, a load spike), so past the 8th connection of a burst
+/// every handshake was a full one although the server had handed out a ticket for each. This
+/// store keeps up to `TICKETS_PER_SERVER` per server (newest used first, oldest dropped), for up
+/// to `TICKET_SERVERS_MAX` servers, with the one TLS 1.2 session and key-exchange hint rustls
+/// keeps per server.
+#[derive(Default)]
+struct TicketStore {
+    servers: Mutex<HashMap<ServerName<'static>, ServerSessions>>,
+}
+
+#[derive(Default)]
+struct ServerSessions {
+    kx_hint: Option<NamedGroup>,
+    tls12: Option<Tls12ClientSessionValue>,
+    tls13: VecDeque<Tls13ClientSessionValue>,
+}
+
+/// A ticket is a few hundred bytes: this bounds a server's at about a megabyte.
+const TICKETS_PER_SERVER: usize = 4096;
+/// Servers whose sessions are kept; past it the store starts again (providers are few).
+const TICKET_SERVERS_MAX: usize = 256;
+
+impl TicketStore {
+    fn resumption() -> Resumption {
+        Resumption::store(Arc::new(TicketStore::default()))
+    }
+
+    fn with<R>(
+        &self,
+        server: ServerName<'static>,
+        f: impl FnOnce(&mut ServerSessions) -> R,
+    ) -> R {
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        if servers.len() >= TICKET_SERVERS_MAX && !servers.contains_key(&server) {
+            servers.clear();
+        }
+        f(servers.entry(server).or_default())
+    }
+
+    fn get<R>(&self, server: &ServerName<'_>, f: impl FnOnce(&mut ServerSessions) -> R) -> Option<R> {
+        // The map's keys are 'static; a handshake's lookup may own a copy of its name.
+        let server = server.to_owned();
+        let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
+        servers.get_mut(&server).map(f)
+    }
+}
+
+impl std::fmt::Debug for TicketStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketStore").finish_non_exhaustive()
+    }
+}
+
+impl ClientSessionStore for TicketStore {
+    fn set_kx_hint(&self, server: ServerName<'static>, group: NamedGroup) {
+        self.with(server, |s| s.kx_hint = Some(group));
+    }
+
+    fn kx_hint(&self, server: &ServerName<'_>) -> Option<NamedGroup> {
+        self.get(server, |s| s.kx_hint).flatten()
+    }
+
+    fn set_tls12_session(&self, server: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.with(server, |s| s.tls12 = Some(value));
+    }
+
+    fn tls12_session(&self, server: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.get(server, |s| s.tls12.clone()).flatten()
+    }
+
+    fn remove_tls12_session(&self, server: &ServerName<'static>) {
+        self.get(server, |s| s.tls12 = None);
+    }
+
+    fn insert_tls13_ticket(&self, server: ServerName<'static>, value: Tls13ClientSessionValue) {
+        self.with(server, |s| {
+            if s.tls13.len() >= TICKETS_PER_SERVER {
+                s.tls13.pop_front();
+            }
+            s.tls13.push_back(value);
+        });
+    }
+
+    fn take_tls13_ticket(&self, server: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
+        self.get(server, |s| s.tls13.pop_back()).flatten()
+    }
 }
 
 #[allow(dead_code)]
