@@ -22,6 +22,7 @@ use crate::upstream::state::UpstreamRegistry;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -207,7 +208,17 @@ pub fn build_with(
         "keygate data plane".to_owned(),
         Connections::new(gateway, connection_limits),
     );
-    proxy.add_tcp(&settings.listen.to_string());
+    // No read buffer under client connections: Pingora's 64 KiB default is allocated when a
+    // connection is accepted and held until it closes, most of what an open stream or an idle
+    // kept-alive connection costs (docs/performance.md, Concurrency), while every read above it
+    // already goes into a buffer of its own (the request loop's, the session's head and body
+    // buffers). The write side keeps Pingora's one-segment buffer.
+    proxy.add_listener(ListenerConfig::tcp(settings.listen.to_string()).l4_buffer(
+        L4BufferSettings {
+            read: Some(0),
+            write: None,
+        },
+    ));
     server.add_service(proxy);
 
     if let Some(mock) = &settings.mock_provider {
