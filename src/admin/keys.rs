@@ -1,0 +1,301 @@
+//! Key management over the admin API: create, rotate, pause, resume and delete, each through
+//! the lifecycle calls the CLI uses (so git stays the record), followed by a reload, and in fleet
+//! mode announced to the other instances.
+
+use super::{error, not_found, parse_json, AdminApi, Reply};
+use crate::domain::{KeyStatus, Operation};
+use crate::keys::lifecycle::{
+    Actor, Applied, AuditError, IssuedKey, KeyFiles, LifecycleError, NewKey,
+};
+use crate::keys::secret::KeyDigest;
+use crate::keys::store::StoreError;
+use crate::limits::fleet::revocation::{Action, Event};
+use crate::policy::{Key, Policy};
+use crate::reload::ReloadOutcome;
+use chrono::{DateTime, Utc};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+impl AdminApi {
+    pub(super) async fn create(&self, body: &[u8], actor: Actor) -> Reply {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct CreateRequest {
+            id: String,
+            workload: String,
+            owner: Option<String>,
+            description: Option<String>,
+            models: Option<Vec<String>>,
+            operations: Option<Vec<Operation>>,
+            expires_at: Option<DateTime<Utc>>,
+        }
+        let request: CreateRequest = match parse_json(body) {
+            Ok(r) => r,
+            Err(reply) => return reply,
+        };
+        let id = request.id.clone();
+        let settings = NewKey {
+            workload: request.workload,
+            owner: request.owner,
+            description: request.description,
+            models: request.models,
+            operations: request.operations,
+            expires_at: request.expires_at,
+        };
+        self.issue(
+            id.clone(),
+            move |files| files.create(&id, settings, &actor),
+            StatusCode::CREATED,
+        )
+        .await
+    }
+
+    pub(super) async fn rotate(&self, id: String, body: &[u8], actor: Actor) -> Reply {
+        #[derive(Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        struct RotateRequest {
+            grace: Option<String>,
+        }
+        let request: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            RotateRequest::default()
+        } else {
+            match parse_json(body) {
+                Ok(r) => r,
+                Err(reply) => return reply,
+            }
+        };
+        let grace = match request
+            .grace
+            .as_deref()
+            .map(humantime::parse_duration)
+            .transpose()
+        {
+            Ok(g) => g,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_request",
+                    format!("`grace` is not a duration like 1h: {e}"),
+                )
+            }
+        };
+        // Without grace the old secret stops at once, on every instance of a fleet.
+        let retired = match grace {
+            Some(g) if !g.is_zero() => None,
+            _ => self
+                .reloader
+                .store()
+                .load()
+                .keys_by_id
+                .get(id.as_str())
+                .map(|k| revocation(Action::Rotate, &id, Some(k.digest))),
+        };
+        let reply = self
+            .issue(
+                id.clone(),
+                move |files| files.rotate(&id, grace, &actor),
+                StatusCode::OK,
+            )
+            .await;
+        match retired {
+            Some(event) => self.announce(reply, event).await,
+            None => reply,
+        }
+    }
+
+    /// In fleet mode, tells every instance about a successful pause, resume, delete or
+    /// rotation, so that they act on it before their own files show it.
+    pub(super) async fn announce(&self, reply: Reply, event: Event) -> Reply {
+        let Some(fleet) = self.limits.fleet() else {
+            return reply;
+        };
+        let (status, mut body) = reply;
+        if status != StatusCode::OK {
+            return (status, body);
+        }
+        let published = match fleet.publish_revocation(&event).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(key = %event.key, error = %e, "could not publish a revocation to the fleet");
+                false
+            }
+        };
+        body["fleet_event_published"] = json!(published);
+        (status, body)
+    }
+
+    /// Runs a secret-issuing lifecycle call, reloads, and returns the secret once: also when the
+    /// audit line failed after the key file was written, since that secret is the key's now.
+    async fn issue<F>(&self, id: String, op: F, status: StatusCode) -> Reply
+    where
+        F: FnOnce(&KeyFiles) -> Result<Applied<IssuedKey>, LifecycleError> + Send + 'static,
+    {
+        match self.run(op).await {
+            Ok(Applied { outcome, unaudited }) => {
+                let reload = self.reload_after_write().await;
+                let mut v = json!({
+                    "id": id,
+                    "secret": outcome.secret.secret,
+                    "hint": outcome.secret.hint,
+                    "reload": reload,
+                });
+                if let Some(until) = outcome.previous_valid_until {
+                    v["previous_secret_valid_until"] = json!(until.to_rfc3339());
+                }
+                warn_unaudited(&id, unaudited, &mut v);
+                (status, v)
+            }
+            Err(e) => lifecycle_error(&id, e),
+        }
+    }
+
+    /// Runs a lifecycle call that issues no secret, reloads, and returns the key as now served.
+    pub(super) async fn write<T, F>(&self, id: String, op: F) -> Reply
+    where
+        T: Send + 'static,
+        F: FnOnce(&KeyFiles) -> Result<Applied<T>, LifecycleError> + Send + 'static,
+    {
+        match self.run(op).await {
+            Ok(Applied { unaudited, .. }) => {
+                let reload = self.reload_after_write().await;
+                let policy = self.reloader.store().load_full();
+                let key = policy.keys_by_id.get(&id).map(|k| key_view(&policy, k));
+                let mut v = json!({"id": id, "key": key, "reload": reload});
+                warn_unaudited(&id, unaudited, &mut v);
+                (StatusCode::OK, v)
+            }
+            Err(e) => lifecycle_error(&id, e),
+        }
+    }
+
+    async fn run<T, F>(&self, op: F) -> Result<T, LifecycleError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&KeyFiles) -> Result<T, LifecycleError> + Send + 'static,
+    {
+        let serving = self.reloader.store().load_full();
+        tokio::task::spawn_blocking(move || op(&KeyFiles::open_beside(serving)?))
+            .await
+            .unwrap_or_else(|e| Err(LifecycleError::Lock(std::io::Error::other(e.to_string()))))
+    }
+
+    async fn reload_after_write(&self) -> Value {
+        match self.reloader.reload().await {
+            Ok(outcome) => outcome_json(&outcome),
+            Err(errors) => {
+                json!({"ok": false, "problems": errors.0.iter().map(|p| p.to_string()).collect::<Vec<_>>()})
+            }
+        }
+    }
+}
+
+pub(super) fn outcome_json(outcome: &ReloadOutcome) -> Value {
+    match outcome {
+        ReloadOutcome::Unchanged { digest } => {
+            json!({"ok": true, "changed": false, "digest": digest})
+        }
+        ReloadOutcome::Swapped { from, to } => {
+            json!({"ok": true, "changed": true, "previous_digest": from, "digest": to})
+        }
+    }
+}
+
+/// A change that stands without its audit line: said in the answer's `warning` and logged.
+fn warn_unaudited(id: &str, unaudited: Option<AuditError>, v: &mut Value) {
+    if let Some(e) = unaudited {
+        tracing::warn!(key = id, error = %e, "admin key change not audited");
+        v["warning"] = json!(e.to_string());
+    }
+}
+
+pub(super) fn revocation(action: Action, key: &str, digest: Option<KeyDigest>) -> Event {
+    Event {
+        action,
+        key: key.to_owned(),
+        digest,
+    }
+}
+
+fn lifecycle_error(id: &str, e: LifecycleError) -> Reply {
+    let message = e.to_string();
+    match e {
+        LifecycleError::InvalidId(_) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_key_id",
+            message,
+        ),
+        LifecycleError::GraceTooLong(_)
+        | LifecycleError::ExpiryPast(_)
+        | LifecycleError::ExpiryTooFar(_) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            message,
+        ),
+        LifecycleError::AuditUnavailable { .. } => {
+            tracing::error!(key = id, error = %message, "admin key operation refused");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "audit_log_unavailable",
+                message,
+            )
+        }
+        LifecycleError::Store(StoreError::NotFound(_)) => not_found(id),
+        LifecycleError::Store(StoreError::Exists(_)) => error(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "key_exists",
+            message,
+        ),
+        LifecycleError::InListFile(..) => error(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "key_in_list_file",
+            message,
+        ),
+        LifecycleError::Rejected(_) | LifecycleError::Policy(_) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            "invalid_policy",
+            message,
+        ),
+        _ => {
+            tracing::error!(key = id, error = %message, "admin key operation failed");
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "internal_error",
+                message,
+            )
+        }
+    }
+}
+
+/// A key as the admin API shows it: everything but the secret.
+pub(super) fn key_view(policy: &Policy, key: &Key) -> Value {
+    let models: Vec<&str> = key
+        .models
+        .iter()
+        .filter_map(|i| policy.models.get(i))
+        .map(|m| m.name.as_str())
+        .collect();
+    let operations: Vec<&str> = key.operations.iter().map(Operation::as_str).collect();
+    json!({
+        "id": key.id,
+        "hint": key.hint,
+        "workload": key.workload.name,
+        "owner": key.owner,
+        "description": key.description,
+        "models": models,
+        "operations": operations,
+        "status": match key.status { KeyStatus::Active => "active", KeyStatus::Paused => "paused" },
+        "expired": key.is_expired_at(Utc::now()),
+        "expires_at": key.expires_at,
+        "created_at": key.created_at,
+        "previous_secrets_valid_until": key.previous.iter().map(|(_, until)| until).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,286 @@
+//! The admin listener: Prometheus `/metrics`, `/healthz` (alive), `/readyz` (serving: 503
+//! before the data plane listens and while draining for shutdown), and the admin API under
+//! `/admin/`, routed here to the file of its concern: who may call it (`auth`), key management
+//! (`keys`), usage reports (`usage`).
+
+mod auth;
+mod keys;
+mod usage;
+
+pub use auth::{AdminToken, AdminTokenError, MIN_ADMIN_TOKEN_CHARS};
+
+use crate::domain::KeyStatus;
+use crate::keys::lifecycle::Actor;
+use crate::limits::fleet::revocation::Action;
+use crate::limits::guard::AuthGuard;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
+use async_trait::async_trait;
+use auth::Refused;
+use http::{Method, Response, StatusCode};
+use keys::{key_view, outcome_json, revocation};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest admin request body accepted.
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// The admin HTTP application.
+pub struct AdminApi {
+    pub reloader: Arc<Reloader>,
+    pub metrics: Arc<Metrics>,
+    pub token: Option<AdminToken>,
+    /// Wrong admin tokens per client address.
+    pub login_guard: AuthGuard,
+    /// Live budget spend and reservations.
+    pub limits: Arc<Limits>,
+    pub drain: Arc<crate::shutdown::Drain>,
+    pub upstreams: Arc<crate::upstream::state::UpstreamRegistry>,
+}
+
+type Reply = (StatusCode, Value);
+
+fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Reply {
+    (
+        status,
+        json!({"error": {"message": message.into(), "type": kind, "param": null, "code": code}}),
+    )
+}
+
+#[async_trait]
+impl ServeHttp for AdminApi {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_owned();
+        if method == Method::GET && path == "/metrics" {
+            let policy = self.reloader.store().load();
+            self.metrics.refresh_budgets(policy.budgets(), &self.limits);
+            self.upstreams.publish(&self.metrics);
+            return build(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                self.metrics.render(),
+            );
+        }
+        if method == Method::GET && path == "/healthz" {
+            return json_response((StatusCode::OK, json!({"status": "ok"})));
+        }
+        if method == Method::GET && path == "/readyz" {
+            let status = if self.drain.is_ready() && !self.limits.ready() {
+                (StatusCode::SERVICE_UNAVAILABLE, "state_unavailable")
+            } else if self.drain.is_ready() {
+                (StatusCode::OK, "ready")
+            } else if self.drain.is_draining() {
+                (StatusCode::SERVICE_UNAVAILABLE, "draining")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "starting")
+            };
+            return json_response((
+                status.0,
+                json!({
+                    "status": status.1,
+                    "policy_digest": self.reloader.store().load().digest,
+                    "in_flight": self.drain.in_flight(),
+                }),
+            ));
+        }
+        let reply = match path.strip_prefix("/admin/") {
+            Some(rest) => match self.login(session) {
+                Ok(token) => self.admin(session, &method, rest, token).await,
+                Err(Refused::Reply(reply)) => reply,
+                Err(Refused::Throttled(after)) => return throttled(after),
+            },
+            None => error(
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                "unknown_route",
+                format!("Unknown admin URL: {path}"),
+            ),
+        };
+        json_response(reply)
+    }
+}
+impl AdminApi {
+    async fn admin(
+        &self,
+        session: &mut ServerSession,
+        method: &Method,
+        rest: &str,
+        token: &AdminToken,
+    ) -> Reply {
+        let body = match read_body(session).await {
+            Ok(b) => b,
+            Err(reply) => return reply,
+        };
+        let actor = Actor(format!("admin:{}", token.name));
+        let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        match (method, segments.as_slice()) {
+            (&Method::GET, ["keys"]) => {
+                let policy = self.reloader.store().load_full();
+                let keys: Vec<Value> = policy
+                    .keys_by_id
+                    .values()
+                    .map(|k| key_view(&policy, k))
+                    .collect();
+                (StatusCode::OK, json!({"object": "list", "data": keys}))
+            }
+            (&Method::GET, ["keys", id]) => {
+                let policy = self.reloader.store().load_full();
+                match policy.keys_by_id.get(*id) {
+                    Some(k) => (StatusCode::OK, key_view(&policy, k)),
+                    None => not_found(id),
+                }
+            }
+            (&Method::GET, ["keys", id, "usage"]) => {
+                let query = session.req_header().uri.query().unwrap_or("").to_owned();
+                self.usage("key", id, &query).await
+            }
+            (&Method::GET, ["workloads", name, "usage"]) => {
+                let query = session.req_header().uri.query().unwrap_or("").to_owned();
+                self.usage("workload", name, &query).await
+            }
+            (&Method::POST, ["keys"]) => self.create(&body, actor).await,
+            (&Method::POST, ["keys", id, action]) => {
+                let id = (*id).to_owned();
+                match *action {
+                    "rotate" => self.rotate(id, &body, actor).await,
+                    "pause" => {
+                        let event = revocation(Action::Pause, &id, None);
+                        let reply = self
+                            .write(id.clone(), move |files| {
+                                files.set_status(&id, KeyStatus::Paused, &actor)
+                            })
+                            .await;
+                        self.announce(reply, event).await
+                    }
+                    "resume" => {
+                        let event = revocation(Action::Resume, &id, None);
+                        let reply = self
+                            .write(id.clone(), move |files| {
+                                files.set_status(&id, KeyStatus::Active, &actor)
+                            })
+                            .await;
+                        self.announce(reply, event).await
+                    }
+                    _ => unknown(method, rest),
+                }
+            }
+            (&Method::DELETE, ["keys", id]) => {
+                let id = (*id).to_owned();
+                let event = revocation(Action::Delete, &id, None);
+                let reply = self
+                    .write(id.clone(), move |files| files.delete(&id, &actor))
+                    .await;
+                self.announce(reply, event).await
+            }
+            (&Method::POST, ["reload"]) => match self.reloader.reload().await {
+                Ok(outcome) => (StatusCode::OK, outcome_json(&outcome)),
+                Err(errors) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({"error": {
+                        "message": "The policy is invalid; the previous policy keeps serving.",
+                        "type": "invalid_request_error", "param": null, "code": "invalid_policy",
+                        "problems": errors.0.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                    }}),
+                ),
+            },
+            _ => unknown(method, rest),
+        }
+    }
+}
+
+/// An admin request body, or the 400 that says why it is not one.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {
+    serde_json::from_slice(body).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+            format!("Invalid JSON body: {e}"),
+        )
+    })
+}
+
+/// 429 for an address past its limit of wrong tokens, with `retry-after` and `retry-after-ms`
+/// as the data plane's 429s carry them.
+fn throttled(after: Duration) -> Response<Vec<u8>> {
+    let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    let secs = ms.div_ceil(1000);
+    let mut response = json_response(error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        "rate_limit_exceeded",
+        format!("Too many wrong admin tokens from this address; retry in {secs} s."),
+    ));
+    let headers = response.headers_mut();
+    headers.insert(http::header::RETRY_AFTER, secs.into());
+    headers.insert(http::HeaderName::from_static("retry-after-ms"), ms.into());
+    response
+}
+
+fn not_found(id: &str) -> Reply {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        "key_not_found",
+        format!("No key `{id}`."),
+    )
+}
+
+fn unknown(method: &Method, rest: &str) -> Reply {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        "unknown_route",
+        format!("Unknown admin route: {method} /admin/{rest}"),
+    )
+}
+
+async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, Reply> {
+    let mut body = Vec::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ADMIN_BODY {
+                    return Err(error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "invalid_request_error",
+                        "request_too_large",
+                        "Admin request bodies are limited to 1 MiB.",
+                    ));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(_) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    "invalid_request",
+                    "The request body could not be read.",
+                ))
+            }
+        }
+    }
+}
+
+fn json_response((status, value): Reply) -> Response<Vec<u8>> {
+    build(
+        status,
+        "application/json",
+        serde_json::to_vec(&value).unwrap_or_default(),
+    )
+}
+
+fn build(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
