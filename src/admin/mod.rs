@@ -4,6 +4,7 @@
 //! (`keys`), usage reports (`usage`).
 
 mod auth;
+pub mod console;
 mod keys;
 mod usage;
 
