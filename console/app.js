@@ -66,7 +66,7 @@ async function render() {
 }
 
 /** Re-renders the current page in place (after a change made on it). */
-export function refresh() {
+function refresh() {
   return render();
 }
 

@@ -36,7 +36,7 @@ function figure(caption, svg, label) {
  * formats a value, `tickFmt` an axis tick.
  */
 export function barChart({ title, points, unit, fmt, tickFmt = fmt }) {
-  const W = 640;
+  const W = 480;
   const H = 220;
   const left = 64;
   const bottom = 40;
@@ -54,7 +54,7 @@ export function barChart({ title, points, unit, fmt, tickFmt = fmt }) {
   }
   svg.append(s('text', { x: 12, y: top + plotH / 2, class: 'axis-label', 'text-anchor': 'middle', transform: `rotate(-90 12 ${top + plotH / 2})` }, unit));
   const slot = plotW / Math.max(points.length, 1);
-  const every = Math.ceil(points.length / 8);
+  const every = Math.ceil(points.length / 6);
   points.forEach((p, i) => {
     const v = Number(p.value) || 0;
     const bh = (v / yTop) * plotH;
@@ -62,7 +62,8 @@ export function barChart({ title, points, unit, fmt, tickFmt = fmt }) {
     const bar = s('rect', { x, y: top + plotH - bh, width: Math.max(slot * 0.7, 1), height: Math.max(bh, v > 0 ? 1 : 0), class: 'bar' });
     bar.append(s('title', {}, `${p.label}: ${fmt(v)}`));
     svg.append(bar);
-    if (i % every === 0 || i === points.length - 1) {
+    // Counted back from the last point, so that the latest day is always labelled.
+    if ((points.length - 1 - i) % every === 0) {
       svg.append(s('text', { x: x + slot * 0.35, y: H - bottom + 16, class: 'tick', 'text-anchor': 'middle' }, p.short || p.label));
     }
   });
@@ -74,10 +75,10 @@ export function barChart({ title, points, unit, fmt, tickFmt = fmt }) {
 
 /** Horizontal bars, one per category, each labelled with its name and value. */
 export function hbarChart({ title, rows, unit, fmt }) {
-  const W = 640;
-  const rowH = 26;
-  const left = 150;
-  const right = 110;
+  const W = 480;
+  const rowH = 24;
+  const left = 130;
+  const right = 90;
   const H = Math.max(rows.length, 1) * rowH + 30;
   const max = Math.max(0, ...rows.map((r) => Number(r.value) || 0));
   const { top: xTop } = niceScale(max);

@@ -57,11 +57,11 @@ export function keyFields(catalog, key, { withIdentity }) {
   let idInput = null;
   let workloadInput = null;
   if (withIdentity) {
-    idInput = h('input', { type: 'text', name: 'id', required: true, autocomplete: 'off', spellcheck: false, pattern: '[A-Za-z0-9][A-Za-z0-9._-]*' });
+    idInput = h('input', { type: 'text', name: 'id', required: true, autocomplete: 'off', spellcheck: false, pattern: '[A-Za-z0-9_\\-][A-Za-z0-9._\\-]{0,63}', maxlength: 64 });
     const listId = uid('workloads');
     workloadInput = h('input', { type: 'text', name: 'workload', list: listId, required: true, autocomplete: 'off' });
     parts.push(h('fieldset', {}, h('legend', {}, 'Key'),
-      field('Id', idInput, 'Letters, digits, ".", "_" and "-"; it names the key\'s file.'),
+      field('Id', idInput, '1 to 64 letters, digits, ".", "_" and "-", not starting with "."; it names the key\'s file.'),
       field('Workload', workloadInput, 'Type to search the workloads.'),
       h('datalist', { id: listId }, (catalog.workloads || []).map((w) => h('option', { value: w.name })))));
   }
