@@ -107,6 +107,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum BudgetModeArg {
+    Enforce,
+    Track,
+}
+
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create a key; prints the secret alone on stdout, once.
@@ -127,6 +133,49 @@ enum KeysCommand {
         /// Expiry as RFC 3339, e.g. 2027-06-30T00:00:00Z: in the future, before the year 9999.
         #[arg(long)]
         expires: Option<String>,
+    },
+    /// Change a key's settings; only the flags given change. Checked like a reload: a change
+    /// the policy would reject writes nothing, and every problem is printed.
+    Update {
+        id: String,
+        /// Comma-separated models, narrowing the workload's list.
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Comma-separated operations (chat, completions, embeddings, responses).
+        #[arg(long, value_delimiter = ',')]
+        operations: Option<Vec<String>>,
+        /// A rate limit, `requests=N/WINDOW` or `tokens=N/WINDOW` (e.g. requests=600/1m);
+        /// repeat for several. Replaces the key's list.
+        #[arg(long = "rate-limit", value_name = "KIND=N/WINDOW")]
+        rate_limits: Vec<String>,
+        /// Remove the key's own rate limits (its workload's still apply).
+        #[arg(long, conflicts_with = "rate_limits")]
+        no_rate_limits: bool,
+        /// Requests of this key in flight at once.
+        #[arg(long, value_name = "N")]
+        max_concurrent: Option<i64>,
+        /// Comma-separated CIDRs the key may be used from.
+        #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+        allowed_ips: Option<Vec<String>>,
+        /// Daily spending cap in USD.
+        #[arg(long, value_name = "USD")]
+        budget_daily: Option<f64>,
+        /// Monthly spending cap in USD.
+        #[arg(long, value_name = "USD")]
+        budget_monthly: Option<f64>,
+        /// Refuse requests past a cap (`enforce`) or only count and alert (`track`).
+        #[arg(long, value_enum)]
+        budget_mode: Option<BudgetModeArg>,
+        /// Expiry as RFC 3339, e.g. 2027-06-30T00:00:00Z: in the future, before the year 9999.
+        #[arg(long, conflicts_with = "no_expiry")]
+        expires: Option<String>,
+        /// Remove the key's expiry.
+        #[arg(long)]
+        no_expiry: bool,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
     },
     /// List keys (never their secrets).
     List,
@@ -253,6 +302,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     models,
                     operations,
                     expires_at,
+                    ..NewKey::default()
                 };
                 let Applied {
                     outcome: issued,
@@ -313,6 +363,99 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 warn_unaudited(applied.unaudited);
                 Ok(ExitCode::SUCCESS)
             }
+            KeysCommand::Update {
+                id,
+                models,
+                operations,
+                rate_limits,
+                no_rate_limits,
+                max_concurrent,
+                allowed_ips,
+                budget_daily,
+                budget_monthly,
+                budget_mode,
+                expires,
+                no_expiry,
+                owner,
+                description,
+            } => {
+                let mut patch = serde_json::Map::new();
+                let mut set = |field: &str, value: serde_json::Value| {
+                    patch.insert(field.to_owned(), value);
+                };
+                if let Some(models) = models {
+                    set("models", models.into());
+                }
+                if let Some(operations) = operations {
+                    let ops = operations
+                        .iter()
+                        .map(|o| parse_operation(o).map(Operation::as_str))
+                        .collect::<Result<Vec<_>>>()?;
+                    set("operations", ops.into());
+                }
+                if no_rate_limits {
+                    set("rate_limits", serde_json::Value::Null);
+                } else if !rate_limits.is_empty() {
+                    let limits = rate_limits
+                        .iter()
+                        .map(|l| parse_rate_limit(l))
+                        .collect::<Result<Vec<_>>>()?;
+                    set("rate_limits", limits.into());
+                }
+                if let Some(n) = max_concurrent {
+                    set("max_concurrent", n.into());
+                }
+                if let Some(ips) = allowed_ips {
+                    set("allowed_ips", ips.into());
+                }
+                let mut budget = serde_json::Map::new();
+                if let Some(usd) = budget_daily {
+                    budget.insert("daily_usd".into(), usd.into());
+                }
+                if let Some(usd) = budget_monthly {
+                    budget.insert("monthly_usd".into(), usd.into());
+                }
+                if let Some(mode) = budget_mode {
+                    let mode = match mode {
+                        BudgetModeArg::Enforce => "enforce",
+                        BudgetModeArg::Track => "track",
+                    };
+                    budget.insert("mode".into(), mode.into());
+                }
+                if !budget.is_empty() {
+                    set("budget", budget.into());
+                }
+                if no_expiry {
+                    set("expires_at", serde_json::Value::Null);
+                } else if let Some(e) = expires {
+                    let at = chrono::DateTime::parse_from_rfc3339(&e)
+                        .with_context(|| format!("--expires `{e}` is not an RFC 3339 time"))?;
+                    set(
+                        "expires_at",
+                        at.with_timezone(&chrono::Utc).to_rfc3339().into(),
+                    );
+                }
+                if let Some(owner) = owner {
+                    set("owner", owner.into());
+                }
+                if let Some(description) = description {
+                    set("description", description.into());
+                }
+                if patch.is_empty() {
+                    bail!("nothing to change: give at least one setting (see keygate keys update --help)");
+                }
+                let Applied {
+                    outcome: (_, changed),
+                    unaudited,
+                } = KeyFiles::open(&config)?.update(&id, &patch.into(), &Actor::cli())?;
+                if changed.is_empty() {
+                    eprintln!("key `{id}` already has these settings; nothing written");
+                } else {
+                    eprintln!("updated key `{id}`: {}", changed.join(", "));
+                }
+                warn_unaudited(unaudited);
+                Ok(ExitCode::SUCCESS)
+            }
             KeysCommand::List => list_keys(config),
         },
     }
@@ -335,6 +478,23 @@ fn parse_operation(text: &str) -> Result<Operation> {
                 "unknown operation `{text}`; expected chat, completions, embeddings or responses"
             )
         })
+}
+
+/// `requests=600/1m` or `tokens=200000/1m` as a key file's rate limit entry.
+fn parse_rate_limit(text: &str) -> Result<serde_json::Value> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--rate-limit `{text}` is not KIND=N/WINDOW, e.g. requests=600/1m or tokens=200000/1m"
+        )
+    };
+    let (kind, rest) = text.split_once('=').ok_or_else(bad)?;
+    let (count, per) = rest.split_once('/').ok_or_else(bad)?;
+    let kind = kind.trim();
+    if kind != "requests" && kind != "tokens" {
+        return Err(bad());
+    }
+    let count: i64 = count.trim().parse().map_err(|_| bad())?;
+    Ok(serde_json::json!({ kind: count, "per": per.trim() }))
 }
 
 fn check(config: PathBuf) -> Result<ExitCode> {

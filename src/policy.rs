@@ -51,6 +51,8 @@ pub struct Policy {
     /// How long a request body may take to arrive whole.
     pub body_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    /// How long a console login lasts (`admin.session_ttl`); applies to logins after a reload.
+    pub session_ttl: Duration,
     pub providers: BTreeMap<String, Arc<Provider>>,
     /// Indexed by [`Model::index`].
     pub models: Vec<Arc<Model>>,
@@ -131,6 +133,8 @@ pub struct Key {
     pub status: KeyStatus,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: Option<DateTime<Utc>>,
+    /// When its file was last modified, as the load that compiled it saw.
+    pub updated_at: Option<DateTime<Utc>>,
     /// Rotated-out secrets still inside their grace period: `(digest, valid_until)`.
     pub previous: Box<[(KeyDigest, DateTime<Utc>)]>,
     /// This key's metric handles, resolved on its first request. Boxed: most keys of a large
@@ -259,6 +263,7 @@ pub(crate) struct PolicyParts {
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    pub session_ttl: Duration,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: Vec<Arc<Model>>,
     pub workloads: BTreeMap<String, Arc<Workload>>,
@@ -333,6 +338,7 @@ impl Policy {
             startup: parts.startup,
             max_body_bytes: parts.max_body_bytes,
             body_timeout: parts.body_timeout,
+            session_ttl: parts.session_ttl,
             trusted_proxies: parts.trusted_proxies,
             providers: parts.providers,
             models: parts.models,

@@ -3,6 +3,7 @@
 //! mode announced to the other instances.
 
 use super::{error, not_found, parse_json, AdminApi, Reply};
+use crate::config::schema::{BudgetFile, RateLimitFile};
 use crate::domain::{KeyStatus, Operation};
 use crate::keys::lifecycle::{
     Actor, Applied, AuditError, IssuedKey, KeyFiles, LifecycleError, NewKey,
@@ -29,6 +30,11 @@ impl AdminApi {
             models: Option<Vec<String>>,
             operations: Option<Vec<Operation>>,
             expires_at: Option<DateTime<Utc>>,
+            #[serde(default)]
+            rate_limits: Vec<RateLimitFile>,
+            max_concurrent: Option<i64>,
+            allowed_ips: Option<Vec<String>>,
+            budget: Option<BudgetFile>,
         }
         let request: CreateRequest = match parse_json(body) {
             Ok(r) => r,
@@ -42,6 +48,10 @@ impl AdminApi {
             models: request.models,
             operations: request.operations,
             expires_at: request.expires_at,
+            rate_limits: request.rate_limits,
+            max_concurrent: request.max_concurrent,
+            allowed_ips: request.allowed_ips,
+            budget: request.budget,
         };
         self.issue(
             id.clone(),
@@ -49,6 +59,16 @@ impl AdminApi {
             StatusCode::CREATED,
         )
         .await
+    }
+
+    /// `PATCH /admin/keys/{id}`: a JSON merge patch over the key file's editable fields.
+    pub(super) async fn update(&self, id: String, body: &[u8], actor: Actor) -> Reply {
+        let patch: Value = match parse_json(body) {
+            Ok(p) => p,
+            Err(reply) => return reply,
+        };
+        self.write(id.clone(), move |files| files.update(&id, &patch, &actor))
+            .await
     }
 
     pub(super) async fn rotate(&self, id: String, body: &[u8], actor: Actor) -> Reply {
@@ -257,10 +277,20 @@ fn lifecycle_error(id: &str, e: LifecycleError) -> Reply {
             "key_in_list_file",
             message,
         ),
-        LifecycleError::Rejected(_) | LifecycleError::Policy(_) => error(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        LifecycleError::Rejected(problems) | LifecycleError::Policy(problems) => {
+            let (status, mut body) = error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                "invalid_policy",
+                message,
+            );
+            body["error"]["problems"] = problems.0.iter().map(|p| p.to_string()).collect();
+            (status, body)
+        }
+        LifecycleError::NotEditable(_) | LifecycleError::UpdateNotAnObject(_) => error(
+            StatusCode::BAD_REQUEST,
             "invalid_request_error",
-            "invalid_policy",
+            "invalid_request",
             message,
         ),
         _ => {

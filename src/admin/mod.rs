@@ -6,9 +6,13 @@
 mod auth;
 pub mod console;
 mod keys;
+mod session;
 mod usage;
 
-pub use auth::{AdminToken, AdminTokenError, MIN_ADMIN_TOKEN_CHARS};
+pub use auth::{
+    AdminToken, AdminTokenError, AdminTokens, Role, TokenProblem, MIN_ADMIN_TOKEN_CHARS,
+};
+pub use session::Sessions;
 
 use crate::domain::KeyStatus;
 use crate::keys::lifecycle::Actor;
@@ -18,7 +22,7 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 use async_trait::async_trait;
-use auth::Refused;
+use auth::{is_write, Caller, Refused};
 use http::{Method, Response, StatusCode};
 use keys::{key_view, outcome_json, revocation};
 use pingora::apps::http_app::ServeHttp;
@@ -34,7 +38,9 @@ const MAX_ADMIN_BODY: usize = 1024 * 1024;
 pub struct AdminApi {
     pub reloader: Arc<Reloader>,
     pub metrics: Arc<Metrics>,
-    pub token: Option<AdminToken>,
+    pub tokens: AdminTokens,
+    /// Console logins.
+    pub sessions: Sessions,
     /// Wrong admin tokens per client address.
     pub login_guard: AuthGuard,
     /// Live budget spend and reservations.
@@ -89,20 +95,66 @@ impl ServeHttp for AdminApi {
                 }),
             ));
         }
-        let reply = match path.strip_prefix("/admin/") {
-            Some(rest) => match self.login(session) {
-                Ok(token) => self.admin(session, &method, rest, token).await,
-                Err(Refused::Reply(reply)) => reply,
-                Err(Refused::Throttled(after)) => return throttled(after),
-            },
-            None => error(
+        let Some(rest) = path.strip_prefix("/admin/") else {
+            return json_response(error(
                 StatusCode::NOT_FOUND,
                 "not_found_error",
                 "unknown_route",
                 format!("Unknown admin URL: {path}"),
-            ),
+            ));
         };
-        json_response(reply)
+        let started = std::time::Instant::now();
+        let mut response = self.admin_route(session, &method, rest).await;
+        // Server time, so that clients (and tests) tell keygate's work from the network's.
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        if let Ok(value) = http::HeaderValue::from_str(&format!("app;dur={ms:.1}")) {
+            response.headers_mut().insert("server-timing", value);
+        }
+        response
+    }
+}
+
+impl AdminApi {
+    /// `/admin/…`: who calls, whether they may, then the route.
+    async fn admin_route(
+        &self,
+        session: &mut ServerSession,
+        method: &Method,
+        rest: &str,
+    ) -> Response<Vec<u8>> {
+        if self.tokens.is_empty() {
+            return json_response(error(
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                "admin_disabled",
+                "The admin API is disabled: set KEYGATE_ADMIN_TOKENS or KEYGATE_ADMIN_TOKEN to enable it.",
+            ));
+        }
+        let rest = rest.trim_end_matches('/');
+        if rest == "session" && method == Method::POST {
+            return self.login(session).await;
+        }
+        let caller = match self.authenticate(session) {
+            Ok(caller) => caller,
+            Err(Refused::Reply(reply)) => return json_response(reply),
+            Err(Refused::Throttled(after)) => return throttled(after),
+        };
+        if rest == "session" {
+            return self.session_route(session, method, &caller);
+        }
+        if is_write(method) && caller.role != Role::Admin {
+            return json_response(error(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "forbidden",
+                format!(
+                    "`{}` is a {} token, which may read but not change anything.",
+                    caller.name,
+                    caller.role.as_str()
+                ),
+            ));
+        }
+        json_response(self.admin(session, method, rest, &caller).await)
     }
 }
 impl AdminApi {
@@ -111,13 +163,13 @@ impl AdminApi {
         session: &mut ServerSession,
         method: &Method,
         rest: &str,
-        token: &AdminToken,
+        caller: &Caller,
     ) -> Reply {
         let body = match read_body(session).await {
             Ok(b) => b,
             Err(reply) => return reply,
         };
-        let actor = Actor(format!("admin:{}", token.name));
+        let actor = Actor(format!("admin:{}", caller.name));
         let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
         match (method, segments.as_slice()) {
             (&Method::GET, ["keys"]) => {
@@ -145,6 +197,7 @@ impl AdminApi {
                 self.usage("workload", name, &query).await
             }
             (&Method::POST, ["keys"]) => self.create(&body, actor).await,
+            (&Method::PATCH, ["keys", id]) => self.update((*id).to_owned(), &body, actor).await,
             (&Method::POST, ["keys", id, action]) => {
                 let id = (*id).to_owned();
                 match *action {

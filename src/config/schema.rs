@@ -29,6 +29,9 @@ pub struct ConfigFile {
     pub management_audit_file: String,
     #[serde(default)]
     pub auth_guard: AuthGuardFile,
+    /// The admin listener's own settings.
+    #[serde(default)]
+    pub admin: AdminFile,
     /// Directory for persisted state (the usage database), relative to this file. Without it,
     /// usage and spend are kept in memory only and start from zero on every restart.
     #[serde(default)]
@@ -341,6 +344,15 @@ pub struct RateLimitFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<i64>,
     pub per: String,
+}
+
+/// The `admin` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// How long a console login lasts, e.g. `8h`.
+    #[serde(default)]
+    pub session_ttl: Option<String>,
 }
 
 /// Limits failed authentications per client IP, before any key lookup.

@@ -84,6 +84,17 @@ impl TestGateway {
         self
     }
 
+    /// Boots with the admin API enabled under these tokens, written as `KEYGATE_ADMIN_TOKENS`
+    /// (`NAME:ROLE:TOKEN,…`).
+    pub fn boot_with_admin_tokens(mut self, tokens: &str) -> TestGateway {
+        let tokens = keygate::admin::AdminTokens::parse(Some(tokens), None).expect("admin tokens");
+        match RunningGateway::start_with_tokens(&self.config_path, tokens) {
+            Ok(r) => self.running = Some(r),
+            Err(e) => panic!("gateway failed to start: {e}"),
+        }
+        self
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

@@ -189,7 +189,11 @@ fn read_key_file(file: &Path, from: OpenFrom<'_>, context: &KeyContext<'_>) -> F
         .and_then(|s| s.to_str())
         .unwrap_or_default()
         .to_owned();
-    let previous = context.previous(&stem, file);
+    let overlay = context
+        .overlay
+        .filter(|o| file.file_name() == Some(o.file_name));
+    // The file as a lifecycle change would write it is compiled, never the serving policy's key.
+    let previous = context.previous(&stem, file).filter(|_| overlay.is_none());
     if let Some(key) = previous {
         let known = key.stamp.load(Ordering::Relaxed);
         // A settled file the watcher saw no change to is what it was: no need to look.
@@ -203,13 +207,18 @@ fn read_key_file(file: &Path, from: OpenFrom<'_>, context: &KeyContext<'_>) -> F
         }
     }
     out.read = true;
-    let (text, stamp) = match read_text_stamped(file, from) {
+    let read = match overlay {
+        Some(o) => Ok((o.text.to_owned(), stamp::NONE, Some(SystemTime::now()))),
+        None => read_text_stamped(file, from),
+    };
+    let (text, stamp, modified) = match read {
         Ok(read) => read,
         Err(p) => {
             out.problems.list.push(p);
             return out;
         }
     };
+    let modified = modified.map(chrono::DateTime::<chrono::Utc>::from);
     out.text_hash = Sha256::digest(text.as_bytes()).into();
     if let Some(key) = previous.filter(|key| key.source_hash == Some(out.text_hash)) {
         // Same text under a newer stamp (touched, or read too soon after its last write).
@@ -226,7 +235,7 @@ fn read_key_file(file: &Path, from: OpenFrom<'_>, context: &KeyContext<'_>) -> F
                         Some(id) => out.keys.push(compile_key(
                             id,
                             // Keys of a list file are compiled again on every load.
-                            (file, None, stamp::NONE),
+                            (file, None, stamp::NONE, modified),
                             field_prefix,
                             key,
                             context,
@@ -257,7 +266,7 @@ fn read_key_file(file: &Path, from: OpenFrom<'_>, context: &KeyContext<'_>) -> F
                 }
                 out.keys.push(compile_key(
                     stem,
-                    (file, Some(out.text_hash), stamp),
+                    (file, Some(out.text_hash), stamp, modified),
                     String::new(),
                     key,
                     context,

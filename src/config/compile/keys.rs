@@ -5,8 +5,10 @@ use super::workloads::compile_limits;
 use super::{field, Problems};
 use crate::config::schema::KeyFile;
 use crate::config::stamp;
+use crate::config::KeyFileOverlay;
 use crate::keys::secret::KeyDigest;
 use crate::policy::{Key, ModelSet, OperationSet, Workload};
+use chrono::{DateTime, Utc};
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -33,6 +35,8 @@ pub(super) struct KeyContext<'a> {
     pub reusable: Option<&'a BTreeMap<String, Arc<Key>>>,
     /// When known, the only key files that may differ from the serving policy's.
     pub changed_key_files: Option<&'a HashSet<Vec<u8>>>,
+    /// One key file's text in place of what the directory holds (a change being checked).
+    pub overlay: Option<&'a KeyFileOverlay<'a>>,
 }
 
 impl KeyContext<'_> {
@@ -109,7 +113,12 @@ impl CompiledKey {
 /// any is returned as [`CompiledKey::Broken`], still taking part in the cross-file checks.
 pub(super) fn compile_key(
     id: String,
-    (file, source_hash, stamp): (&Path, Option<[u8; 32]>, stamp::Stamp),
+    (file, source_hash, stamp, modified): (
+        &Path,
+        Option<[u8; 32]>,
+        stamp::Stamp,
+        Option<DateTime<Utc>>,
+    ),
     field_prefix: String,
     src: KeyFile,
     context: &KeyContext<'_>,
@@ -216,6 +225,7 @@ pub(super) fn compile_key(
                 status: src.status,
                 expires_at: src.expires_at,
                 created_at: src.created_at,
+                updated_at: modified,
                 previous: previous.into_boxed_slice(),
                 file: file.into(),
                 source_hash,

@@ -14,7 +14,7 @@ mod source;
 mod workloads;
 
 use super::schema::ConfigFile;
-use super::{LoadOptions, PolicyErrors, Problem};
+use super::{KeyFileOverlay, LoadOptions, PolicyErrors, Problem};
 use crate::policy::{Policy, PolicyParts};
 use ipnet::IpNet;
 use keys::KeyContext;
@@ -59,6 +59,7 @@ pub(super) fn load(
     options: LoadOptions,
     previous: Option<&Policy>,
     changed_key_files: Option<&HashSet<Vec<u8>>>,
+    overlay: Option<&KeyFileOverlay<'_>>,
 ) -> Result<Policy, PolicyErrors> {
     let mut problems = Problems { list: Vec::new() };
     let mut hasher = Sha256::new();
@@ -79,7 +80,7 @@ pub(super) fn load(
         keys_dir,
         (config, config_hash),
         hasher,
-        (reusable, changed_key_files),
+        (reusable, changed_key_files, overlay),
         options,
         &mut problems,
     );
@@ -90,6 +91,14 @@ pub(super) fn load(
     }
 }
 
+/// What a load may take from the serving policy, which files it knows changed, and the one
+/// file whose text it is given rather than reads.
+type Reuse<'a> = (
+    Option<&'a Policy>,
+    Option<&'a HashSet<Vec<u8>>>,
+    Option<&'a KeyFileOverlay<'a>>,
+);
+
 #[allow(clippy::too_many_arguments)]
 fn compile(
     config_path: &Path,
@@ -97,7 +106,7 @@ fn compile(
     keys_dir: PathBuf,
     (config, config_hash): (ConfigFile, [u8; 32]),
     mut hasher: Sha256,
-    (reusable, changed_key_files): (Option<&Policy>, Option<&HashSet<Vec<u8>>>),
+    (reusable, changed_key_files, overlay): Reuse<'_>,
     options: LoadOptions,
     problems: &mut Problems,
 ) -> Option<Policy> {
@@ -119,6 +128,7 @@ fn compile(
         workloads: &workloads,
         reusable: reusable.map(|p| &p.keys_by_id),
         changed_key_files,
+        overlay,
     };
     let (keys, load_stats) = key_files::read_keys(&keys_dir, &context, problems, &mut hasher);
     let digest = hex::encode(&hasher.finalize()[..8]);
@@ -135,6 +145,7 @@ fn compile(
         startup: settings.startup?,
         max_body_bytes: settings.max_body_bytes,
         body_timeout: settings.body_timeout,
+        session_ttl: settings.session_ttl,
         trusted_proxies: settings.trusted_proxies,
         providers,
         models,
