@@ -1,10 +1,10 @@
 //! The admin listener: Prometheus `/metrics`, `/healthz` (alive), `/readyz` (serving: 503
 //! before the data plane listens and while draining for shutdown), and the admin API under
 //! `/admin/`, routed here to the file of its concern: who may call it (`auth`), key management
-//! (`keys`), usage reports (`usage`).
+//! (`keys`), usage reports (`usage`); and the web console under `/ui/` (`console`).
 
 mod auth;
-pub mod console;
+mod console;
 mod keys;
 mod session;
 mod usage;
@@ -72,6 +72,13 @@ impl ServeHttp for AdminApi {
                 "text/plain; version=0.0.4",
                 self.metrics.render(),
             );
+        }
+        if console::owns(&path) {
+            let headers = &session.req_header().headers;
+            return console::respond(&method, &path, headers, || {
+                session::cookie(headers)
+                    .is_some_and(|c| matches!(self.sessions.lookup(c), session::Lookup::Found(_)))
+            });
         }
         if method == Method::GET && path == "/healthz" {
             return json_response((StatusCode::OK, json!({"status": "ok"})));

@@ -1,0 +1,192 @@
+//! The web console at `/ui/`: its static side over HTTP (the login redirect, the security headers,
+//! content types, caching, unknown paths).
+
+mod common;
+
+use common::upstream::{free_port, MockUpstream, Reply};
+use common::{key_file, TestGateway};
+use std::time::Duration;
+
+const ADMIN: &str = "ops:console-admin-token-0123456789";
+const ADMIN_BEARER: &str = "console-admin-token-0123456789";
+
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+
+/// Two priced models and a workload that may use both; the admin listener on a free port.
+fn policy(upstream: &str) -> String {
+    format!(
+        r#"admin_listen: 127.0.0.1:{admin}
+state_dir: state
+providers:
+  p1:
+    format: openai
+    api_key: sk-real
+    endpoints:
+      - {{url: "{upstream}"}}
+models:
+  m1:
+    provider: p1
+    price: {{input_per_mtok: 1.0, output_per_mtok: 2.0}}
+  m2:
+    provider: p1
+    price: {{input_per_mtok: 3.0, output_per_mtok: 6.0}}
+workloads:
+  app:
+    description: the checkout service
+    models: [m1, m2]
+"#,
+        admin = free_port()
+    )
+}
+
+fn start(upstream: &str) -> TestGateway {
+    let (_, seed) = key_file("app", "owner: seed-team\n");
+    TestGateway::prepare(&policy(upstream), &[("seed".to_owned(), seed)])
+        .boot_with_admin(Some(ADMIN))
+}
+
+fn admin_base(gw: &TestGateway) -> String {
+    let listen = gw.handles().reloader.store().load().startup.admin_listen;
+    format!("http://{}", listen.expect("admin_listen"))
+}
+
+/// A client that shows redirects instead of following them.
+fn browser_like() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+fn header<'a>(resp: &'a reqwest::Response, name: &str) -> &'a str {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("{} has no {name} header", resp.url()))
+}
+
+/// Every console answer, whatever its status, carries the same protections.
+fn assert_protected(resp: &reqwest::Response) {
+    assert_eq!(
+        header(resp, "content-security-policy"),
+        CSP,
+        "{}",
+        resp.url()
+    );
+    assert_eq!(header(resp, "x-content-type-options"), "nosniff");
+    assert_eq!(header(resp, "referrer-policy"), "no-referrer");
+}
+
+/// The `kg_session` cookie of a fresh console session (`name=value` as a browser sends it back).
+async fn session_cookie(base: &str) -> String {
+    let resp = browser_like()
+        .post(format!("{base}/admin/session"))
+        .json(&serde_json::json!({"token": ADMIN_BEARER}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "login");
+    let cookie = header(&resp, "set-cookie");
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_pages_need_a_session_and_carry_strict_headers() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let gw = start(&up.url());
+    let base = admin_base(&gw);
+    let http = browser_like();
+    let get = |path: &str, cookie: Option<&str>| {
+        let mut req = http.get(format!("{base}{path}"));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.send()
+    };
+
+    // Signed out: the app redirects to the login page, which is served.
+    for cookie in [None, Some("kg_session=not-a-session-0123456789")] {
+        let resp = get("/ui/", cookie).await.unwrap();
+        assert_eq!(resp.status(), 303, "{cookie:?}");
+        assert_eq!(header(&resp, "location"), "/ui/login");
+        assert_eq!(header(&resp, "cache-control"), "no-store");
+        assert_protected(&resp);
+    }
+    let resp = get("/ui", None).await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), header(&resp, "location")),
+        (303, "/ui/")
+    );
+    let resp = get("/ui/login", None).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "content-type"), "text/html; charset=utf-8");
+    assert_eq!(header(&resp, "cache-control"), "no-store");
+    assert_protected(&resp);
+    let page = resp.text().await.unwrap();
+    assert!(page.contains(r#"<script type="module" src="/ui/assets/login.js"></script>"#));
+    assert!(page.contains(r#"<label for="token">Admin token</label>"#));
+
+    // Signed in: the app is served, and the login page sends the browser on to it.
+    let cookie = session_cookie(&base).await;
+    let resp = get("/ui/", Some(&cookie)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "cache-control"), "no-store");
+    assert_protected(&resp);
+    assert!(resp.text().await.unwrap().contains("/ui/assets/app.js"));
+    let resp = get("/ui/login", Some(&cookie)).await.unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), header(&resp, "location")),
+        (303, "/ui/")
+    );
+
+    // Assets: the right types, public (they hold no data), revalidated by entity tag.
+    for (path, content_type, needle) in [
+        (
+            "/ui/assets/app.js",
+            "text/javascript; charset=utf-8",
+            "import ",
+        ),
+        (
+            "/ui/assets/chart.js",
+            "text/javascript; charset=utf-8",
+            "createElementNS",
+        ),
+        (
+            "/ui/assets/style.css",
+            "text/css; charset=utf-8",
+            "focus-visible",
+        ),
+        ("/ui/assets/icon.svg", "image/svg+xml", "<svg"),
+    ] {
+        let resp = get(path, None).await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(header(&resp, "content-type"), content_type, "{path}");
+        assert_eq!(header(&resp, "cache-control"), "no-cache", "{path}");
+        assert_protected(&resp);
+        let etag = header(&resp, "etag").to_owned();
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(needle), "{path}: {needle}");
+        let again = http
+            .get(format!("{base}{path}"))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{path}");
+        assert_eq!(header(&again, "etag"), etag);
+    }
+
+    // Unknown paths get the console's own 404 page, with the same protections; other methods 405.
+    for path in ["/ui/nope", "/ui/assets/nope.js", "/ui/assets/../index.html"] {
+        let resp = get(path, Some(&cookie)).await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert_eq!(header(&resp, "content-type"), "text/html; charset=utf-8");
+        assert_protected(&resp);
+    }
+    let resp = http.post(format!("{base}/ui/")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(header(&resp, "allow"), "GET");
+    assert_protected(&resp);
+}
