@@ -7,8 +7,11 @@ use common::upstream::{free_port, MockUpstream, Reply};
 use common::{key_file, TestGateway};
 use std::time::Duration;
 
-const ADMIN: &str = "ops:console-admin-token-0123456789";
+/// An admin and a viewer, as `KEYGATE_ADMIN_TOKENS` names them.
+const TOKENS: &str =
+    "ops:admin:console-admin-token-0123456789,grafana:viewer:console-viewer-token-0123456789";
 const ADMIN_BEARER: &str = "console-admin-token-0123456789";
+const VIEWER_BEARER: &str = "console-viewer-token-0123456789";
 
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
@@ -43,7 +46,7 @@ workloads:
 fn start(upstream: &str) -> TestGateway {
     let (_, seed) = key_file("app", "owner: seed-team\n");
     TestGateway::prepare(&policy(upstream), &[("seed".to_owned(), seed)])
-        .boot_with_admin(Some(ADMIN))
+        .boot_with_admin_tokens(TOKENS)
 }
 
 fn admin_base(gw: &TestGateway) -> String {
@@ -80,10 +83,10 @@ fn assert_protected(resp: &reqwest::Response) {
 }
 
 /// The `kg_session` cookie of a fresh console session (`name=value` as a browser sends it back).
-async fn session_cookie(base: &str) -> String {
+async fn session_cookie(base: &str, token: &str) -> String {
     let resp = browser_like()
         .post(format!("{base}/admin/session"))
-        .json(&serde_json::json!({"token": ADMIN_BEARER}))
+        .json(&serde_json::json!({"token": token}))
         .send()
         .await
         .unwrap();
@@ -128,18 +131,45 @@ async fn console_pages_need_a_session_and_carry_strict_headers() {
     assert!(page.contains(r#"<script type="module" src="/ui/assets/login.js"></script>"#));
     assert!(page.contains(r#"<label for="token">Admin token</label>"#));
 
-    // Signed in: the app is served, and the login page sends the browser on to it.
-    let cookie = session_cookie(&base).await;
-    let resp = get("/ui/", Some(&cookie)).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(header(&resp, "cache-control"), "no-store");
-    assert_protected(&resp);
-    assert!(resp.text().await.unwrap().contains("/ui/assets/app.js"));
-    let resp = get("/ui/login", Some(&cookie)).await.unwrap();
-    assert_eq!(
-        (resp.status().as_u16(), header(&resp, "location")),
-        (303, "/ui/")
-    );
+    // Signed in, as an admin or a viewer: the app is served, and the login page sends the browser
+    // on to it. After logout the cookie no longer opens it.
+    for token in [VIEWER_BEARER, ADMIN_BEARER] {
+        let cookie = session_cookie(&base, token).await;
+        let resp = get("/ui/", Some(&cookie)).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "content-type"), "text/html; charset=utf-8");
+        assert_eq!(header(&resp, "cache-control"), "no-store");
+        assert_protected(&resp);
+        assert!(resp.text().await.unwrap().contains("/ui/assets/app.js"));
+        let resp = get("/ui/login", Some(&cookie)).await.unwrap();
+        assert_eq!(
+            (resp.status().as_u16(), header(&resp, "location")),
+            (303, "/ui/")
+        );
+        let csrf: serde_json::Value = http
+            .get(format!("{base}/admin/session"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let out = http
+            .delete(format!("{base}/admin/session"))
+            .header("cookie", &cookie)
+            .header("x-csrf-token", csrf["csrf_token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.status(), 200, "logout");
+        let resp = get("/ui/", Some(&cookie)).await.unwrap();
+        assert_eq!(
+            (resp.status().as_u16(), header(&resp, "location")),
+            (303, "/ui/login")
+        );
+    }
+    let cookie = session_cookie(&base, ADMIN_BEARER).await;
 
     // Assets: the right types, public (they hold no data), revalidated by entity tag.
     for (path, content_type, needle) in [
