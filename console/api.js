@@ -42,7 +42,7 @@ export async function api(method, path, body) {
     parsed = null;
   }
   if (res.status === 401 && path !== '/admin/session') {
-    window.location.assign('/ui/login');
+    window.location.assign('/ui/login#ended');
     throw new ApiError(401, parsed);
   }
   if (!res.ok) throw new ApiError(res.status, parsed);

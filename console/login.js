@@ -10,7 +10,10 @@ form.addEventListener('submit', async (event) => {
   const token = input.value.trim();
   if (!token) {
     error.textContent = 'Enter an admin token.';
-    input.focus();
+    if (window.location.hash === '#ended') {
+  error.textContent = 'Your session has ended. Sign in again.';
+}
+input.focus();
     return;
   }
   const button = form.querySelector('button');
@@ -45,4 +48,7 @@ form.addEventListener('submit', async (event) => {
   input.select();
 });
 
+if (window.location.hash === '#ended') {
+  error.textContent = 'Your session has ended. Sign in again.';
+}
 input.focus();
