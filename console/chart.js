@@ -11,13 +11,16 @@ function s(tag, attrs = {}, ...children) {
   return el;
 }
 
-/** A "nice" axis maximum and step (1, 2 or 5 times a power of ten) covering `max` in ~4 ticks. */
-export function niceScale(max) {
-  if (!(max > 0)) return { top: 1, step: 0.25 };
-  const raw = max / 4;
+/**
+ * A "nice" axis maximum and step (1, 2 or 5 times a power of ten) covering `max` in ~4 ticks;
+ * counts (`integer`) never get fractional ticks.
+ */
+export function niceScale(max, integer = false) {
+  const raw = max > 0 ? max / 4 : 0.25;
   const mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((m) => m * mag).find((v) => v >= raw);
-  return { top: Math.ceil(max / step) * step, step };
+  let step = [1, 2, 5, 10].map((m) => m * mag).find((v) => v >= raw);
+  if (integer) step = Math.max(step, 1);
+  return { top: Math.max(Math.ceil(max / step), 1) * step, step };
 }
 
 function figure(caption, svg, label) {
@@ -33,9 +36,9 @@ function figure(caption, svg, label) {
 
 /**
  * Vertical bars, one per point: `points` = [{label, value}], `unit` names the y axis, `fmt`
- * formats a value, `tickFmt` an axis tick.
+ * formats a value, `tickFmt` an axis tick, `integer` marks counts.
  */
-export function barChart({ title, points, unit, fmt, tickFmt = fmt }) {
+export function barChart({ title, points, unit, fmt, tickFmt = fmt, integer = false }) {
   const W = 480;
   const H = 220;
   const left = 64;
@@ -44,7 +47,7 @@ export function barChart({ title, points, unit, fmt, tickFmt = fmt }) {
   const plotW = W - left - 10;
   const plotH = H - top - bottom;
   const max = Math.max(0, ...points.map((p) => Number(p.value) || 0));
-  const { top: yTop, step } = niceScale(max);
+  const { top: yTop, step } = niceScale(max, integer);
   const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'bars', preserveAspectRatio: 'xMidYMid meet' });
   svg.append(s('title', {}, `${title} (${unit})`));
   for (let v = 0; v <= yTop + step / 2; v += step) {
@@ -74,14 +77,14 @@ export function barChart({ title, points, unit, fmt, tickFmt = fmt }) {
 }
 
 /** Horizontal bars, one per category, each labelled with its name and value. */
-export function hbarChart({ title, rows, unit, fmt }) {
+export function hbarChart({ title, rows, unit, fmt, integer = false }) {
   const W = 480;
   const rowH = 24;
   const left = 130;
   const right = 90;
   const H = Math.max(rows.length, 1) * rowH + 30;
   const max = Math.max(0, ...rows.map((r) => Number(r.value) || 0));
-  const { top: xTop } = niceScale(max);
+  const { top: xTop } = niceScale(max, integer);
   const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, class: 'hbars' });
   svg.append(s('title', {}, `${title} (${unit})`));
   rows.forEach((r, i) => {

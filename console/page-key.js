@@ -45,12 +45,12 @@ function charts(daily, models) {
   const byModel = (f) => models.map((m) => ({ label: m.model, value: f(m) }));
   return [
     h('div', { class: 'grid3' },
-      barChart({ title: 'Requests per day', points: points((d) => d.requests), unit: 'requests', fmt: num, tickFmt: num }),
-      barChart({ title: 'Tokens per day', points: points((d) => d.tokens), unit: 'tokens', fmt: num, tickFmt: num }),
+      barChart({ title: 'Requests per day', points: points((d) => d.requests), unit: 'requests', fmt: num, tickFmt: num, integer: true }),
+      barChart({ title: 'Tokens per day', points: points((d) => d.tokens), unit: 'tokens', fmt: num, tickFmt: num, integer: true }),
       barChart({ title: 'Cost per day', points: points((d) => d.cost_usd), unit: 'USD', fmt: usd, tickFmt: usd })),
     h('div', { class: 'grid3' },
-      hbarChart({ title: 'Requests by model', rows: byModel((m) => m.requests), unit: 'requests', fmt: num }),
-      hbarChart({ title: 'Tokens by model', rows: byModel((m) => m.tokens), unit: 'tokens', fmt: num }),
+      hbarChart({ title: 'Requests by model', rows: byModel((m) => m.requests), unit: 'requests', fmt: num, integer: true }),
+      hbarChart({ title: 'Tokens by model', rows: byModel((m) => m.tokens), unit: 'tokens', fmt: num, integer: true }),
       hbarChart({ title: 'Cost by model', rows: byModel((m) => m.cost_usd), unit: 'USD', fmt: usd })),
   ];
 }

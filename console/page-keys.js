@@ -17,7 +17,7 @@ const COLUMNS = [
   { key: 'last_used_at', label: 'Last used', sort: 'last_used_at' },
   { key: 'expires_at', label: 'Expires', sort: 'expires_at' },
   { key: 'requests_today', label: 'Requests today', sort: 'requests_today', num: true },
-  { key: 'spend_today', label: 'Spend today / daily budget', sort: 'spend_today', num: true },
+  { key: 'spend_today', label: 'Spend today of budget', sort: 'spend_today', num: true },
 ];
 
 function go(params) {
