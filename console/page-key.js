@@ -147,7 +147,8 @@ export async function keyPage({ parts }, ctx) {
     ctx.canWrite ? api('GET', '/admin/catalog') : null,
   ]);
   const page = [
-    h('div', { class: 'title-row' }, h('h1', {}, `Key ${k.id}`), statusBadge(k.status)),
+    h('div', { class: 'title-row' }, h('h1', {}, `Key ${k.id}`), statusBadge(k.status),
+      h('button', { type: 'button', class: 'secondary', 'data-focus': 'refresh', onclick: () => ctx.refresh() }, 'Refresh')),
     takeFlash(),
     h('div', { class: 'grid2' }, section('Settings', settingsList(k)), ctx.canWrite ? actions(k, ctx) : null),
     section('Budget', k.budget_state ? gauges(k.budget_state) : h('p', {}, 'No budget figures.')),

@@ -16,11 +16,12 @@ function period(title, p) {
     stat('Cost', usd(p.cost_usd))));
 }
 
-export async function overviewPage() {
+export async function overviewPage(route, ctx) {
   const o = await api('GET', '/admin/overview');
   const refusals = Object.entries(o.refusals || {}).sort((a, b) => b[1] - a[1]);
   return [
-    h('h1', {}, 'Overview'),
+    h('div', { class: 'title-row' }, h('h1', {}, 'Overview'),
+      h('button', { type: 'button', class: 'secondary', 'data-focus': 'refresh', onclick: () => ctx.refresh() }, 'Refresh')),
     h('div', { class: 'grid2' }, period('Today (UTC)', o.today), period('This month (UTC)', o.month)),
     section('Errors and latency today',
       h('dl', { class: 'stats' },
