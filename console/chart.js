@@ -77,7 +77,7 @@ export function barChart({ title, points, unit, fmt, tickFmt = fmt, integer = fa
 }
 
 /** Horizontal bars, one per category, each labelled with its name and value. */
-export function hbarChart({ title, rows, unit, fmt, integer = false }) {
+export function hbarChart({ title, rows, unit, fmt, integer = false, empty = 'No usage in this period.' }) {
   const W = 480;
   const rowH = 24;
   const left = 130;
@@ -99,8 +99,8 @@ export function hbarChart({ title, rows, unit, fmt, integer = false }) {
   });
   svg.append(s('line', { x1: left, x2: left, y1: 4, y2: H - 22, class: 'axis' }));
   svg.append(s('text', { x: left, y: H - 6, class: 'axis-label' }, `${unit}, 0 to ${fmt(xTop)}`));
-  if (!rows.length) svg.append(s('text', { x: left + 8, y: 22, class: 'tick' }, 'No usage in this period.'));
-  return figure(title, svg, `${title}: ${rows.map((r) => `${r.label} ${fmt(Number(r.value) || 0)}`).join(', ') || 'no usage'}`);
+  if (!rows.length) svg.append(s('text', { x: left + 8, y: 22, class: 'tick' }, empty));
+  return figure(title, svg, `${title}: ${rows.map((r) => `${r.label} ${fmt(Number(r.value) || 0)}`).join(', ') || empty}`);
 }
 
 /**

@@ -30,7 +30,7 @@ export async function overviewPage(route, ctx) {
         stat('Latency p95', ms(o.latency_ms && o.latency_ms.p95)))),
     h('div', { class: 'grid2' },
       section('Refusals today by reason',
-        hbarChart({ title: 'Refused requests by reason', rows: refusals.map(([reason, n]) => ({ label: reason, value: n })), unit: 'requests', fmt: num, integer: true }),
+        hbarChart({ title: 'Refused requests by reason', rows: refusals.map(([reason, n]) => ({ label: reason, value: n })), unit: 'requests', fmt: num, integer: true, empty: 'No refusals today.' }),
         table('Refusals by reason', [
           { label: 'Reason', cell: (r) => r[0] },
           { label: 'Requests', cell: (r) => num(r[1]), num: true },

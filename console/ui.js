@@ -49,7 +49,13 @@ const usdFmt = new Intl.NumberFormat('en-US', { style: 'currency', currency: 'US
 const numFmt = new Intl.NumberFormat('en-US');
 const compactFmt = new Intl.NumberFormat('en-US', { notation: 'compact', maximumFractionDigits: 1 });
 
-export const usd = (v) => (v === null || v === undefined ? '—' : usdFmt.format(Number(v)));
+// Requests often cost fractions of a cent: those keep three significant digits, not "$0.00".
+const smallUsdFmt = new Intl.NumberFormat('en-US', { style: 'currency', currency: 'USD', maximumSignificantDigits: 3 });
+export function usd(v) {
+  if (v === null || v === undefined) return '—';
+  const n = Number(v);
+  return n !== 0 && Math.abs(n) < 0.01 ? smallUsdFmt.format(n) : usdFmt.format(n);
+}
 export const num = (v) => (v === null || v === undefined ? '—' : numFmt.format(Number(v)));
 export const compact = (v) => compactFmt.format(Number(v));
 export const pct = (v) => (v === null || v === undefined ? '—' : `${(Number(v) * 100).toFixed(2)} %`);
