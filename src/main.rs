@@ -524,11 +524,20 @@ fn check(config: PathBuf) -> Result<ExitCode> {
 fn list_keys(config: PathBuf) -> Result<ExitCode> {
     let policy = config::load(&config, LoadOptions::default())
         .map_err(|e| anyhow::anyhow!("the policy is invalid:\n{e}"))?;
+    // Last uses are persisted with usage; without a usage database none is known.
+    let last_used = match &policy.startup.state_dir {
+        Some(dir) => match keygate::state::sqlite::UsageDb::open_read_only(dir) {
+            Ok(db) => db.last_used()?,
+            Err(keygate::state::sqlite::StateError::Missing(_)) => Default::default(),
+            Err(e) => return Err(e.into()),
+        },
+        None => Default::default(),
+    };
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<24} {:<12} {:<20} {:<20} {:<8} {:<20} EXPIRES",
-        "ID", "HINT", "WORKLOAD", "OWNER", "STATUS", "CREATED"
+        "{:<24} {:<12} {:<20} {:<20} {:<8} {:<20} {:<20} {:<20} EXPIRES",
+        "ID", "HINT", "WORKLOAD", "OWNER", "STATUS", "CREATED", "UPDATED", "LAST USED"
     )?;
     for key in policy.keys_by_id.values() {
         let status = match key.status {
@@ -541,15 +550,20 @@ fn list_keys(config: PathBuf) -> Result<ExitCode> {
                 t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             })
         };
+        let used = last_used
+            .get(&*key.id)
+            .and_then(|ms| chrono::DateTime::from_timestamp_millis(*ms as i64));
         writeln!(
             out,
-            "{:<24} {:<12} {:<20} {:<20} {:<8} {:<20} {}",
+            "{:<24} {:<12} {:<20} {:<20} {:<8} {:<20} {:<20} {:<20} {}",
             key.id,
             key.hint.as_deref().unwrap_or("-"),
             key.workload.name,
             key.owner.as_deref().unwrap_or("-"),
             status,
             time(key.created_at),
+            time(key.updated_at),
+            time(used),
             time(key.expires_at)
         )?;
     }

@@ -220,6 +220,8 @@ pub fn build_with(
             metrics: metrics.clone(),
             tokens: admin_tokens,
             sessions: Sessions::default(),
+            activity: recorder.activity().clone(),
+            search: Default::default(),
             login_guard: crate::limits::guard::AuthGuard::new(
                 settings.auth_guard.0,
                 settings.auth_guard.1,

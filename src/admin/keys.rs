@@ -3,6 +3,7 @@
 //! mode announced to the other instances.
 
 use super::{error, not_found, parse_json, AdminApi, Reply};
+use crate::accounting::activity::KeyFigures;
 use crate::config::schema::{BudgetFile, RateLimitFile};
 use crate::domain::{KeyStatus, Operation};
 use crate::keys::lifecycle::{
@@ -10,10 +11,13 @@ use crate::keys::lifecycle::{
 };
 use crate::keys::secret::KeyDigest;
 use crate::keys::store::StoreError;
+use crate::limits::budget::{BudgetMode, BudgetSpec, Period};
 use crate::limits::fleet::revocation::{Action, Event};
+use crate::limits::{LimitKind, PeriodFigures};
 use crate::policy::{Key, Policy};
 use crate::reload::ReloadOutcome;
-use chrono::{DateTime, Utc};
+use crate::usage::cost::UsdNanos;
+use chrono::{DateTime, SecondsFormat, Utc};
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -181,7 +185,12 @@ impl AdminApi {
             Ok(Applied { unaudited, .. }) => {
                 let reload = self.reload_after_write().await;
                 let policy = self.reloader.store().load_full();
-                let key = policy.keys_by_id.get(&id).map(|k| key_view(&policy, k));
+                let now_ms = crate::limits::now_ms();
+                let figures = self.activity.key(&id, now_ms);
+                let key = policy
+                    .keys_by_id
+                    .get(&id)
+                    .map(|k| key_view(&policy, k, &figures, Utc::now()));
                 let mut v = json!({"id": id, "key": key, "reload": reload});
                 warn_unaudited(&id, unaudited, &mut v);
                 (StatusCode::OK, v)
@@ -305,8 +314,29 @@ fn lifecycle_error(id: &str, e: LifecycleError) -> Reply {
     }
 }
 
-/// A key as the admin API shows it: everything but the secret.
-pub(super) fn key_view(policy: &Policy, key: &Key) -> Value {
+impl AdminApi {
+    /// `GET /admin/keys/{id}`: the key with its budget's state per period.
+    pub(super) fn key_detail(&self, id: &str) -> Reply {
+        let policy = self.reloader.store().load_full();
+        let Some(key) = policy.keys_by_id.get(id) else {
+            return not_found(id);
+        };
+        let now_ms = crate::limits::now_ms();
+        let figures = self.activity.key(id, now_ms);
+        let mut view = key_view(&policy, key, &figures, Utc::now());
+        let spend = self.limits.spend("key", id, now_ms);
+        view["budget_state"] = budget_state(key.limits.budget.as_deref(), &spend);
+        (StatusCode::OK, view)
+    }
+}
+
+/// A key as the admin API shows it: everything but the secret, with its recent use.
+pub(super) fn key_view(
+    policy: &Policy,
+    key: &Key,
+    figures: &KeyFigures,
+    now: DateTime<Utc>,
+) -> Value {
     let models: Vec<&str> = key
         .models
         .iter()
@@ -314,6 +344,30 @@ pub(super) fn key_view(policy: &Policy, key: &Key) -> Value {
         .map(|m| m.name.as_str())
         .collect();
     let operations: Vec<&str> = key.operations.iter().map(Operation::as_str).collect();
+    let limits = &key.limits;
+    let rate_limits: Vec<Value> = limits
+        .windows
+        .iter()
+        .map(|w| {
+            let kind = match w.kind {
+                LimitKind::Requests => "requests",
+                LimitKind::Tokens => "tokens",
+            };
+            json!({ kind: w.limit, "per": humantime::format_duration(w.per).to_string() })
+        })
+        .collect();
+    let budget = limits.budget.as_deref().map(|b| {
+        json!({
+            "daily_usd": b.daily.map(UsdNanos::as_usd),
+            "monthly_usd": b.monthly.map(UsdNanos::as_usd),
+            "mode": match b.mode { BudgetMode::Enforce => "enforce", BudgetMode::Track => "track" },
+            "alert_at": b.alert_at.iter().map(|p| f64::from(*p) / 1000.0).collect::<Vec<_>>(),
+        })
+    });
+    let time = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
+    let last_used = (figures.last_used_ms > 0)
+        .then(|| DateTime::from_timestamp_millis(figures.last_used_ms as i64))
+        .flatten();
     json!({
         "id": key.id,
         "hint": key.hint,
@@ -322,10 +376,49 @@ pub(super) fn key_view(policy: &Policy, key: &Key) -> Value {
         "description": key.description,
         "models": models,
         "operations": operations,
-        "status": match key.status { KeyStatus::Active => "active", KeyStatus::Paused => "paused" },
-        "expired": key.is_expired_at(Utc::now()),
-        "expires_at": key.expires_at,
-        "created_at": key.created_at,
+        "rate_limits": rate_limits,
+        "max_concurrent": limits.max_concurrent,
+        "allowed_ips": limits.allowed_ips.as_deref().map(|ips| ips.iter().map(ToString::to_string).collect::<Vec<_>>()),
+        "budget": budget,
+        "status": status_of(key, now),
+        "expired": key.is_expired_at(now),
+        "expires_at": time(key.expires_at),
+        "created_at": time(key.created_at),
+        "updated_at": time(key.updated_at),
+        "last_used_at": time(last_used),
+        "requests_today": figures.periods.today.requests,
+        "spend_today_usd": figures.periods.today.cost.as_usd(),
+        "budget_daily_usd": limits.budget.as_deref().and_then(|b| b.daily).map(UsdNanos::as_usd),
         "previous_secrets_valid_until": key.previous.iter().map(|(_, until)| until).collect::<Vec<_>>(),
     })
+}
+
+/// `active`, `paused` or `expired` (whatever the file says, once past its expiry).
+pub(super) fn status_of(key: &Key, now: DateTime<Utc>) -> &'static str {
+    match key.status {
+        _ if key.is_expired_at(now) => "expired",
+        KeyStatus::Active => "active",
+        KeyStatus::Paused => "paused",
+    }
+}
+
+/// A budget's state per period: cap, spent, reserved by requests in flight, and what remains.
+pub(super) fn budget_state(budget: Option<&BudgetSpec>, figures: &[PeriodFigures; 2]) -> Value {
+    let mut out = serde_json::Map::new();
+    for f in figures {
+        let (name, cap) = match f.period {
+            Period::Daily => ("day", budget.and_then(|b| b.daily)),
+            Period::Monthly => ("month", budget.and_then(|b| b.monthly)),
+        };
+        out.insert(
+            name.to_owned(),
+            json!({
+                "limit_usd": cap.map(UsdNanos::as_usd),
+                "spent_usd": f.spent.as_usd(),
+                "reserved_usd": f.reserved.as_usd(),
+                "remaining_usd": cap.map(|c| c.saturating_sub(f.spent).saturating_sub(f.reserved).as_usd()),
+            }),
+        );
+    }
+    Value::Object(out)
 }

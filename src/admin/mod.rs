@@ -5,7 +5,9 @@
 
 mod auth;
 mod console;
+mod key_list;
 mod keys;
+mod overview;
 mod session;
 mod usage;
 
@@ -24,7 +26,7 @@ use crate::reload::Reloader;
 use async_trait::async_trait;
 use auth::{is_write, Caller, Refused};
 use http::{Method, Response, StatusCode};
-use keys::{key_view, outcome_json, revocation};
+use keys::{outcome_json, revocation};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
@@ -41,6 +43,10 @@ pub struct AdminApi {
     pub tokens: AdminTokens,
     /// Console logins.
     pub sessions: Sessions,
+    /// Recent use, from the accounting thread.
+    pub activity: Arc<crate::accounting::activity::Activity>,
+    /// What key searches look in, per policy snapshot.
+    pub search: key_list::SearchCache,
     /// Wrong admin tokens per client address.
     pub login_guard: AuthGuard,
     /// Live budget spend and reservations.
@@ -177,30 +183,24 @@ impl AdminApi {
             Err(reply) => return reply,
         };
         let actor = Actor(format!("admin:{}", caller.name));
-        let segments: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+        let query = session.req_header().uri.query().unwrap_or("").to_owned();
+        let segments: Vec<&str> = rest.split('/').collect();
         match (method, segments.as_slice()) {
-            (&Method::GET, ["keys"]) => {
-                let policy = self.reloader.store().load_full();
-                let keys: Vec<Value> = policy
-                    .keys_by_id
-                    .values()
-                    .map(|k| key_view(&policy, k))
-                    .collect();
-                (StatusCode::OK, json!({"object": "list", "data": keys}))
+            (&Method::GET, ["overview"]) => self.overview(),
+            (&Method::GET, ["catalog"]) => self.catalog(),
+            (&Method::GET, ["keys"]) => self.list_keys(&query),
+            (&Method::GET, ["keys", id]) => self.key_detail(id),
+            (&Method::GET, ["keys", id, "usage"]) => self.usage("key", id, &query).await,
+            (&Method::GET, ["keys", id, "usage", "daily"]) => {
+                self.key_usage_daily(id, &query).await
             }
-            (&Method::GET, ["keys", id]) => {
-                let policy = self.reloader.store().load_full();
-                match policy.keys_by_id.get(*id) {
-                    Some(k) => (StatusCode::OK, key_view(&policy, k)),
-                    None => not_found(id),
-                }
+            (&Method::GET, ["keys", id, "usage", "models"]) => {
+                self.key_usage_models(id, &query).await
             }
-            (&Method::GET, ["keys", id, "usage"]) => {
-                let query = session.req_header().uri.query().unwrap_or("").to_owned();
-                self.usage("key", id, &query).await
-            }
+            (&Method::GET, ["keys", id, "requests"]) => self.key_requests(id, &query),
+            (&Method::GET, ["workloads"]) => self.workloads(),
+            (&Method::GET, ["workloads", name]) => self.workload(name),
             (&Method::GET, ["workloads", name, "usage"]) => {
-                let query = session.req_header().uri.query().unwrap_or("").to_owned();
                 self.usage("workload", name, &query).await
             }
             (&Method::POST, ["keys"]) => self.create(&body, actor).await,

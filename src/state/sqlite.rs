@@ -13,6 +13,7 @@
 //! REAL an older keygate stored reads as the cap), so that no stored value can stop a start.
 
 use super::{DayUsage, ReportRow, UsageFilter, UsageGroup};
+use crate::accounting::activity::{Periods, PeriodsByName, Totals};
 use crate::limits::{PersistedSpend, ScopeId};
 use crate::usage::cost::UsdNanos;
 use chrono::NaiveDate;
@@ -118,7 +119,11 @@ impl UsageDb {
                  estimated_requests INTEGER NOT NULL,
                  PRIMARY KEY (day, key_id, workload, model)
              ) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS usage_daily_by_workload ON usage_daily (workload, day);",
+             CREATE INDEX IF NOT EXISTS usage_daily_by_workload ON usage_daily (workload, day);
+             CREATE TABLE IF NOT EXISTS key_last_used (
+                 key_id TEXT PRIMARY KEY,
+                 last_used_ms INTEGER NOT NULL      -- Unix epoch milliseconds
+             ) WITHOUT ROWID;",
         )
     }
 
@@ -170,6 +175,105 @@ impl UsageDb {
             }
         }
         tx.commit().map_err(err)
+    }
+
+    /// Records when keys were last used; a time never moves back.
+    pub fn record_last_used(
+        &mut self,
+        last_used: &HashMap<Box<str>, u64>,
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let err = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO key_last_used (key_id, last_used_ms) VALUES (?1, ?2)
+                     ON CONFLICT (key_id) DO UPDATE
+                     SET last_used_ms = MAX(last_used_ms, excluded.last_used_ms)",
+                )
+                .map_err(err)?;
+            for (key, ms) in last_used {
+                upsert.execute(params![&**key, sql_int(*ms)]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// When each key was last used, in Unix epoch milliseconds.
+    pub fn last_used(&self) -> Result<HashMap<Box<str>, u64>, StateError> {
+        let mut stmt = match self
+            .conn
+            .prepare("SELECT key_id, last_used_ms FROM key_last_used")
+        {
+            Ok(stmt) => stmt,
+            // A database no gateway of this version has opened yet knows no last use.
+            Err(e) if e.to_string().contains("no such table") => return Ok(HashMap::new()),
+            Err(e) => return Err(self.error(e)),
+        };
+        let mut rows = stmt.query([]).map_err(|e| self.error(e))?;
+        let mut out = HashMap::new();
+        while let Some(row) = rows.next().map_err(|e| self.error(e))? {
+            let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?.into()));
+            let ms = row.get_ref(1).map(stored);
+            if let (Ok(id), Ok(ms)) = (id, ms) {
+                out.insert(id, ms);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Each key's and workload's billable requests, tokens and cost on `today` and in the month
+    /// starting `month_start`.
+    pub fn periods(
+        &self,
+        today: NaiveDate,
+        month_start: NaiveDate,
+    ) -> Result<(PeriodsByName, PeriodsByName), StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key_id, workload, day = ?1, requests, prompt_tokens, completion_tokens,
+                        cost_nanos
+                 FROM usage_daily WHERE day >= ?2",
+            )
+            .map_err(|e| self.error(e))?;
+        let mut rows = stmt
+            .query(params![
+                today.format("%Y-%m-%d").to_string(),
+                month_start.format("%Y-%m-%d").to_string()
+            ])
+            .map_err(|e| self.error(e))?;
+        let (mut keys, mut workloads) = (HashMap::new(), HashMap::new());
+        let add = |map: &mut HashMap<Box<str>, Periods>, name: &str, today: bool, t: Totals| {
+            let p: &mut Periods = map.entry(name.into()).or_default();
+            if today {
+                p.today = p.today.plus(t);
+            }
+            p.month = p.month.plus(t);
+        };
+        while let Some(row) = rows.next().map_err(|e| self.error(e))? {
+            let read = || -> rusqlite::Result<(String, String, bool, Totals)> {
+                let n = |i: usize| row.get_ref(i).map(stored);
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    Totals {
+                        requests: n(3)?,
+                        tokens: n(4)?.saturating_add(n(5)?),
+                        cost: UsdNanos(n(6)?),
+                    },
+                ))
+            };
+            let (key, workload, today, t) = read().map_err(|e| self.error(e))?;
+            add(&mut keys, &key, today, t);
+            add(&mut workloads, &workload, today, t);
+        }
+        Ok((keys, workloads))
     }
 
     /// What every key and workload spent on `today` and in the month starting `month_start`.

@@ -49,7 +49,19 @@ impl TestGateway {
 
     /// Like `start`, but does not boot: for tests that edit files first.
     pub fn prepare(config: &str, keys: &[(String, String)]) -> TestGateway {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::prepare_in(tempfile::tempdir().expect("tempdir"), config, keys)
+    }
+
+    /// Like `prepare`, in a temp directory in memory where the system has one (`/dev/shm`):
+    /// for policies of many key files, whose writing a loaded disk would make take minutes.
+    pub fn prepare_in_memory(config: &str, keys: &[(String, String)]) -> TestGateway {
+        let dir = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("tempdir");
+        Self::prepare_in(dir, config, keys)
+    }
+
+    fn prepare_in(dir: tempfile::TempDir, config: &str, keys: &[(String, String)]) -> TestGateway {
         let port = upstream::free_port();
         let keys_dir = dir.path().join("keys.d");
         std::fs::create_dir_all(&keys_dir).unwrap();

@@ -338,8 +338,8 @@ workloads:
 
     /// Loads with and without `previous`: both must give the same policy.
     fn reload(config: &Path, previous: &Policy) -> Policy {
-        let reused = load(config, LoadOptions::default(), Some(previous), None).unwrap();
-        let fresh = load(config, LoadOptions::default(), None, None).unwrap();
+        let reused = load(config, LoadOptions::default(), Some(previous), None, None).unwrap();
+        let fresh = load(config, LoadOptions::default(), None, None, None).unwrap();
         assert_eq!(reused.digest, fresh.digest);
         let summary = |p: &Policy| {
             p.keys_by_id
@@ -373,7 +373,7 @@ workloads:
             "06".repeat(32)
         );
         write(&keys, "pair.yaml", &pair);
-        let first = load(&config, LoadOptions::default(), None, None).unwrap();
+        let first = load(&config, LoadOptions::default(), None, None, None).unwrap();
         let same =
             |a: &Policy, b: &Policy, id: &str| Arc::ptr_eq(&a.keys_by_id[id], &b.keys_by_id[id]);
 
@@ -446,7 +446,7 @@ workloads:
 
         // A broken key file is refused as on a first load, whatever could be reused.
         write(&keys, "b.yaml", "hash: nope\nworkload: w1\n");
-        let errors = load(&config, LoadOptions::default(), Some(&fifth), None).unwrap_err();
+        let errors = load(&config, LoadOptions::default(), Some(&fifth), None, None).unwrap_err();
         assert!(errors.0.iter().any(|p| p.field == "hash"), "{errors:?}");
     }
 
@@ -463,7 +463,7 @@ workloads:
                 &format!("hash: \"sha256:{hash:064x}\"\nworkload: w1\n"),
             );
         }
-        let errors = load(&config, LoadOptions::default(), None, None).unwrap_err();
+        let errors = load(&config, LoadOptions::default(), None, None, None).unwrap_err();
         assert_eq!(errors.0.len(), 1, "{errors:?}");
         assert!(errors.0[0].file.ends_with("k1299.yaml"), "{errors:?}");
         assert!(errors.0[0].message.contains("`k0000`"), "{errors:?}");
@@ -473,12 +473,12 @@ workloads:
             "k1299.yaml",
             &format!("hash: \"sha256:{:064x}\"\nworkload: w1\n", n),
         );
-        let policy = load(&config, LoadOptions::default(), None, None).unwrap();
+        let policy = load(&config, LoadOptions::default(), None, None, None).unwrap();
         assert_eq!(policy.keys_by_id.len(), n);
         assert_eq!(policy.load_stats.key_files, n);
         assert_eq!(
             policy.digest,
-            load(&config, LoadOptions::default(), None, None)
+            load(&config, LoadOptions::default(), None, None, None)
                 .unwrap()
                 .digest
         );
@@ -491,7 +491,7 @@ workloads:
         write(&keys, "b.yaml", &key_text(2, ""));
         // Settled, so that their stamps are kept.
         std::thread::sleep(Duration::from_millis(1_100));
-        let first = load(&config, LoadOptions::default(), None, None).unwrap();
+        let first = load(&config, LoadOptions::default(), None, None, None).unwrap();
         let changed = |names: &[&str]| -> HashSet<Vec<u8>> {
             names.iter().map(|n| n.as_bytes().to_vec()).collect()
         };
@@ -501,6 +501,7 @@ workloads:
                 LoadOptions::default(),
                 Some(previous),
                 Some(&changed(names)),
+                None,
             )
             .unwrap()
         };
