@@ -148,7 +148,7 @@ fn bench(c: &mut Criterion) {
         let mut findings = Findings::new();
         sets[6].1.scan(&text, Side::Request, &mut findings);
         assert!(
-            findings.len() >= 1 + len / 4096 / 2,
+            findings.len() > len / 4096 / 2,
             "the bench prompt carries its hits"
         );
 
