@@ -24,10 +24,14 @@
 //!
 //! Detector semantics (what matches and, as important, what does not) are documented on each
 //! detector's module: [`keywords`], [`patterns`], [`pii`], [`secrets`], [`injection`].
+//!
+//! [`moderation`] is the one detector outside the scanner: an HTTP call to a moderation service,
+//! which the policy layer makes for the guardrails that name one.
 
 mod finding;
 pub mod injection;
 pub mod keywords;
+pub mod moderation;
 pub mod patterns;
 pub mod pii;
 mod redact;

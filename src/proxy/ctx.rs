@@ -8,6 +8,7 @@
 use super::paths::Route;
 use super::refusal::Refusal;
 use crate::limits::{Admission, RateStatus};
+use crate::policy::guardrails::Fired;
 use crate::policy::{Key, Model, Policy};
 use crate::upstream::attempt::UpstreamAttempts;
 use crate::upstream::watchdog::Watchdog;
@@ -33,6 +34,8 @@ pub struct RequestCtx {
     pub admitted: Option<Admitted>,
     /// Rate-limit figures for the `x-ratelimit-*` headers, for keys with rate limits.
     pub rate: Option<RateStatus>,
+    /// The guardrails that fired on the request, for its metrics and audit line.
+    pub guardrails: Vec<Fired>,
     /// What keygate answered instead of the provider, or in place of a failed forward.
     pub failure: Option<Refusal>,
     /// Endpoints tried, retries and fallbacks taken, the total deadline (see `upstream::attempt`).
@@ -91,6 +94,7 @@ impl RequestCtx {
             named: Named::default(),
             admitted: None,
             rate: None,
+            guardrails: Vec::new(),
             failure: None,
             upstream: UpstreamAttempts::default(),
             watchdog: None,

@@ -1,5 +1,6 @@
 //! The data plane: Pingora's [`ProxyHttp`] implemented as the request's journey through keygate,
-//! authenticate → authorize → limit → route → forward → respond → account.
+//! authenticate → authorize (then inspect, for keys with guardrails) → limit → route → forward →
+//! respond → account.
 //!
 //! This file holds only the hooks, in the order Pingora calls them; each delegates to the module
 //! of its step. Admission (the first three steps) yields one [`ctx::Admitted`] value, so every
@@ -13,11 +14,13 @@ pub mod body;
 pub mod ctx;
 pub mod forward;
 pub mod head;
+pub mod inspect;
 pub mod limit;
 pub mod paths;
 pub mod refusal;
 pub mod respond;
 pub mod route;
+pub mod texts;
 
 use crate::accounting::Recorder;
 use crate::limits::fleet::revocation::Revoked;
@@ -111,8 +114,12 @@ impl Gateway {
             return Ok(Admit::ListModels(key));
         };
         let slots = limit::hold_slots(&self.limits, &key, &mut ctx.rate)?;
-        let request =
+        let mut request =
             authorize::model(session, &ctx.policy, &key, operation, &mut ctx.named.model).await?;
+        if let Some(guardrails) = key.guardrails.as_deref().filter(|g| g.on_requests()) {
+            let shape = texts::Shape::of(operation);
+            inspect::request(guardrails, shape, &mut request, &mut ctx.guardrails).await?;
+        }
         let admitted = limit::admit(&self.limits, key, request, slots, &mut ctx.rate).await?;
         self.metrics
             .started(admitted.key.metrics_ref(), ctx.policy.models.len());

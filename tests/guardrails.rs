@@ -1,0 +1,538 @@
+//! Guardrails end to end: redaction seen in what the recording upstream received, a block seen
+//! through the official SDK, workload and key lists, hot reload of a rule, the moderation hook
+//! against a local service, and what metrics, audit and usage report.
+
+mod common;
+
+use common::upstream::{free_port, MockUpstream, Reply};
+use common::{error_of, get_text, key_file, keygate_bin, post_json, TestGateway};
+use serde_json::{json, Value};
+use std::process::Command;
+use std::time::Duration;
+
+const GUARDRAILS: &str = r#"guardrails:
+  pii-basic:    {pii: [email, phone, credit_card, iban, us_ssn], action: redact}
+  no-secrets:   {secrets: all, action: block}
+  banned-words: {keywords: [project-falcon, "internal only"], match: word, action: block}
+  ticket-ids:   {regex: ['TCK-\d{6}'], action: redact}
+  watch-words:  {keywords: [merger], action: log}
+"#;
+
+/// One model `m1` at `upstream` for workloads `app` (with `app_guardrails`) and `bare` (none of
+/// its own), audited and persisted under the test's directory.
+fn policy(upstream: &str, admin_port: u16, defaults: &str, app_guardrails: &str) -> String {
+    format!(
+        r#"admin_listen: 127.0.0.1:{admin_port}
+state_dir: state
+audit_log: state/audit.jsonl
+providers:
+  p1:
+    format: openai
+    api_key: sk-real
+    endpoints:
+      - {{url: "{upstream}"}}
+models:
+  m1:
+    provider: p1
+workloads:
+  app:
+    models: [m1]
+    guardrails: {app_guardrails}
+  bare:
+    models: [m1]
+{GUARDRAILS}guardrail_defaults: {defaults}
+"#
+    )
+}
+
+fn chat(text: &str) -> Value {
+    json!({"model": "m1", "messages": [{"role": "user", "content": text}]})
+}
+
+fn chat_url(gw: &TestGateway) -> String {
+    gw.url("/v1/chat/completions")
+}
+
+/// The `guardrails` field of an audit line, as `guardrail/rule/action` strings.
+fn fired(line: &Value) -> Vec<String> {
+    line["guardrails"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no guardrails field: {line}"))
+        .iter()
+        .map(|f| format!("{}/{}/{}", f["guardrail"], f["rule"], f["action"]).replace('"', ""))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redacted_text_never_reaches_the_provider() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let admin_port = free_port();
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &policy(&up.url(), admin_port, "[]", "[pii-basic, ticket-ids]"),
+        &[("k1".into(), yaml)],
+    );
+    let body = json!({
+        "model": "m1",
+        "temperature": 0.25,
+        "messages": [
+            {"role": "system", "content": "Escalate to ops@example.com when stuck."},
+            {"role": "user", "content": [
+                {"type": "text", "text": "I am jane.doe@example.org, ticket TCK-123456 \"quoted\"."},
+                {"type": "image_url", "image_url": {"url": "https://img.example.com/a.png"}}
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "owner: bob@example.net"}
+        ],
+        "metadata": {"note": "not scanned: carol@example.com"}
+    });
+    let resp = post_json(&chat_url(&gw), &secret, &body).await;
+    assert_eq!(resp.status(), 200);
+    let got = up.wait_for_requests(1).await.remove(0);
+    let text = String::from_utf8(got.body.to_vec()).unwrap();
+    for leaked in [
+        "ops@example.com",
+        "jane.doe@example.org",
+        "bob@example.net",
+        "TCK-123456",
+    ] {
+        assert!(
+            !text.contains(leaked),
+            "{leaked} reached the provider: {text}"
+        );
+    }
+    assert_eq!(
+        got.header("content-length"),
+        Some(got.body.len().to_string().as_str())
+    );
+    let sent = got.json();
+    assert_eq!(
+        sent["messages"][0]["content"],
+        "Escalate to [REDACTED:EMAIL] when stuck."
+    );
+    let part = sent["messages"][1]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        part.starts_with("I am [REDACTED:EMAIL], ticket [REDACTED:"),
+        "{part}"
+    );
+    assert!(part.ends_with(" \"quoted\"."), "{part}");
+    assert_eq!(sent["messages"][2]["content"], "owner: [REDACTED:EMAIL]");
+    // what is not prompt text is forwarded as it was
+    assert_eq!(
+        sent["messages"][1]["content"][1],
+        body["messages"][1]["content"][1]
+    );
+    assert_eq!(sent["metadata"], body["metadata"]);
+    assert_eq!(sent["temperature"], 0.25);
+
+    let lines = gw.booked(1).await;
+    let mut seen = fired(&lines[0]);
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["pii-basic/email/redact", "ticket-ids/regex[0]/redact"]
+    );
+    assert!(!lines[0].to_string().contains("example.org"));
+
+    let scrape = get_text(&format!("http://127.0.0.1:{admin_port}/metrics")).await;
+    assert!(
+        scrape
+            .lines()
+            .any(|l| l.starts_with("keygate_guardrail_actions_total{")
+                && l.contains(r#"action="redact""#)
+                && l.contains(r#"guardrail="pii-basic""#)
+                && l.contains(r#"key="k1""#)
+                && l.contains(r#"workload="app""#)
+                && l.ends_with(" 1")),
+        "{scrape}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_is_a_bad_request_error_in_the_official_sdk() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &policy(&up.url(), free_port(), "[]", "[banned-words]"),
+        &[("k1".into(), yaml)],
+    );
+    let base = gw.url("/v1");
+    let model = "m1";
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/sdk/guardrail_block.py"
+            ))
+            .env("KEYGATE_URL", base)
+            .env("KEYGATE_KEY", secret)
+            .env("KEYGATE_MODEL", model)
+            .env("KEYGATE_BLOCKED", "Status of Project-Falcon, please")
+            .env("KEYGATE_GUARDRAIL", "banned-words")
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(up.request_count(), 0, "a blocked request is not forwarded");
+    let lines = gw.booked(1).await;
+    assert_eq!(fired(&lines[0]), ["banned-words/keyword[0]/block"]);
+    assert_eq!(lines[0]["refusal"], "content_policy_violation");
+    assert_eq!(lines[0]["status"], 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defaults_workloads_and_keys_combine_and_switch_off() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (plain, plain_yaml) = key_file("bare", "");
+    let (adds, adds_yaml) = key_file("bare", "guardrails: [banned-words]\n");
+    let (off, off_yaml) = key_file("app", "guardrails_off: [no-secrets, banned-words]\n");
+    let (list_a, list_b) = (
+        keygate::keys::secret::generate().unwrap(),
+        keygate::keys::secret::generate().unwrap(),
+    );
+    let list = format!(
+        "- id: l1\n  hash: \"{}\"\n  workload: bare\n  guardrails: [watch-words]\n- id: l2\n  hash: \"{}\"\n  workload: app\n  guardrails_off: [banned-words]\n",
+        list_a.digest, list_b.digest
+    );
+    let gw = TestGateway::start(
+        &policy(&up.url(), free_port(), "[no-secrets]", "[banned-words]"),
+        &[
+            ("plain".into(), plain_yaml),
+            ("adds".into(), adds_yaml),
+            ("off".into(), off_yaml),
+            ("list".into(), list),
+        ],
+    );
+    let url = chat_url(&gw);
+    let secret_text = "here: ghp_0123456789abcdefghijABCDEFGHIJ012345";
+    let banned = "about project-falcon";
+    let status = |key: String, text: &'static str| {
+        let url = url.clone();
+        async move { post_json(&url, &key, &chat(text)).await.status().as_u16() }
+    };
+    // the default applies to a workload with none of its own
+    assert_eq!(status(plain.clone(), secret_text).await, 400);
+    assert_eq!(status(plain.clone(), banned).await, 200);
+    // a key adds to its workload's
+    assert_eq!(status(adds.clone(), banned).await, 400);
+    assert_eq!(status(adds.clone(), secret_text).await, 400);
+    // and switches off what its workload and the defaults apply
+    assert_eq!(status(off.clone(), banned).await, 200);
+    assert_eq!(status(off.clone(), secret_text).await, 200);
+    // in a list file too
+    assert_eq!(status(list_a.secret.clone(), "the merger is on").await, 200);
+    assert_eq!(status(list_b.secret.clone(), banned).await, 200);
+    assert_eq!(status(list_b.secret.clone(), secret_text).await, 400);
+
+    let lines = gw.booked(9).await;
+    let l1 = lines
+        .iter()
+        .find(|l| l["key_id"] == "l1")
+        .expect("l1's line");
+    assert_eq!(fired(l1), ["watch-words/keyword[0]/log"]);
+    let blocked = post_json(&url, &adds, &chat(banned)).await;
+    let (status, kind, code) = error_of(blocked).await;
+    assert_eq!(
+        (status, kind.as_str(), code.as_str()),
+        (400, "invalid_request_error", "content_policy_violation")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_rule_applies_after_a_reload() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "");
+    let admin_port = free_port();
+    let gw = TestGateway::start(
+        &policy(&up.url(), admin_port, "[]", "[banned-words]"),
+        &[("k1".into(), yaml)],
+    );
+    let url = chat_url(&gw);
+    assert_eq!(
+        post_json(&url, &secret, &chat("about zephyr"))
+            .await
+            .status(),
+        200
+    );
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(
+        &gw.config_path,
+        text.replace("[project-falcon, \"internal only\"]", "[zephyr]"),
+    )
+    .unwrap();
+    gw.handles().reloader.reload_blocking().unwrap();
+    assert_eq!(
+        post_json(&url, &secret, &chat("about zephyr"))
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        post_json(&url, &secret, &chat("about project-falcon"))
+            .await
+            .status(),
+        200
+    );
+    // A broken rule is refused and the last good policy keeps serving.
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    std::fs::write(&gw.config_path, text.replace("'TCK-\\d{6}'", "'(a)\\1'")).unwrap();
+    assert!(gw.handles().reloader.reload_blocking().is_err());
+    assert_eq!(
+        post_json(&url, &secret, &chat("about zephyr"))
+            .await
+            .status(),
+        400
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_requests_are_counted_per_key_in_the_usage_view() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &policy(&up.url(), free_port(), "[]", "[banned-words]"),
+        &[("k1".into(), yaml)],
+    );
+    let url = chat_url(&gw);
+    assert_eq!(post_json(&url, &secret, &chat("hello")).await.status(), 200);
+    for _ in 0..2 {
+        assert_eq!(
+            post_json(&url, &secret, &chat("internal only, sorry"))
+                .await
+                .status(),
+            400
+        );
+    }
+    gw.booked(3).await;
+    gw.handles().recorder.flush();
+    let out = Command::new(keygate_bin())
+        .args(["usage", "--json", "--by", "key", "--config"])
+        .arg(&gw.config_path)
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(report["total"]["requests"], 1, "{report}");
+    assert_eq!(report["total"]["blocked_requests"], 2, "{report}");
+    let table = Command::new(keygate_bin())
+        .args(["usage", "--by", "key", "--config"])
+        .arg(&gw.config_path)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.lines().next().unwrap().ends_with("BLOCKED"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("k1 ") && l.ends_with(" 2")),
+        "{table}"
+    );
+}
+
+/// A policy whose workload `app` applies one moderation guardrail at `service`.
+fn moderated(upstream: &str, service: &str, format: &str, on_error: &str, action: &str) -> String {
+    format!(
+        r#"state_dir: state
+audit_log: state/audit.jsonl
+providers:
+  p1:
+    format: openai
+    api_key: sk-real
+    endpoints:
+      - {{url: "{upstream}"}}
+models:
+  m1:
+    provider: p1
+workloads:
+  app:
+    models: [m1]
+    guardrails: [pii-basic, moderation]
+guardrails:
+  pii-basic: {{pii: [email], action: redact}}
+  moderation:
+    moderation: {{url: "{service}/v1/moderations", format: {format}, timeout: 300ms, on_error: {on_error}}}
+    action: {action}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_moderation_hook_allows_denies_and_handles_failures() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let verdict = |flagged: bool| Reply::Json {
+        status: 200,
+        body: json!({"id": "modr-1", "model": "omni-moderation-latest",
+                     "results": [{"flagged": flagged, "categories": {}}]}),
+    };
+    let service = MockUpstream::start("moderation", verdict(false)).await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &moderated(&up.url(), &service.url(), "openai", "allow", "block"),
+        &[("k1".into(), yaml)],
+    );
+    let url = chat_url(&gw);
+
+    // allowed: the service was asked about the text as it will be forwarded
+    let ok = post_json(&url, &secret, &chat("hello, I am x@example.com")).await;
+    assert_eq!(ok.status(), 200);
+    let asked = service.wait_for_requests(1).await.remove(0);
+    assert_eq!(asked.path, "/v1/moderations");
+    assert_eq!(
+        asked.json(),
+        json!({"input": "hello, I am [REDACTED:EMAIL]"})
+    );
+    assert_eq!(up.request_count(), 1);
+
+    // flagged: blocked, and never forwarded
+    service.set_reply(verdict(true));
+    let denied = post_json(&url, &secret, &chat("something awful")).await;
+    let (status, _, code) = error_of(denied).await;
+    assert_eq!((status, code.as_str()), (400, "content_policy_violation"));
+    assert_eq!(up.request_count(), 1);
+
+    // timeout and error, with on_error: allow: let through, and audited
+    service.set_reply(Reply::Delayed {
+        delay: Duration::from_secs(2),
+        reply: Box::new(verdict(true)),
+    });
+    assert_eq!(post_json(&url, &secret, &chat("slow")).await.status(), 200);
+    service.set_reply(Reply::Json {
+        status: 500,
+        body: json!({"error": "down"}),
+    });
+    assert_eq!(
+        post_json(&url, &secret, &chat("broken")).await.status(),
+        200
+    );
+    assert_eq!(up.request_count(), 3);
+    let lines = gw.booked(4).await;
+    assert_eq!(fired(&lines[1]), ["moderation/moderation/block"]);
+    assert_eq!(fired(&lines[2]), ["moderation/moderation_unavailable/log"]);
+    assert_eq!(fired(&lines[3]), ["moderation/moderation_unavailable/log"]);
+    assert!(!lines.iter().any(|l| l.to_string().contains("awful")));
+    drop(gw);
+
+    // on_error: block refuses while the service fails, with a retryable 503
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &moderated(&up.url(), &service.url(), "openai", "block", "block"),
+        &[("k1".into(), yaml)],
+    );
+    let refused = post_json(&chat_url(&gw), &secret, &chat("broken")).await;
+    let (status, _, code) = error_of(refused).await;
+    assert_eq!((status, code.as_str()), (503, "moderation_unavailable"));
+    assert_eq!(up.request_count(), 3);
+    drop(gw);
+
+    // the generic webhook: {"allow": bool}
+    let hook = MockUpstream::start(
+        "webhook",
+        Reply::Json {
+            status: 200,
+            body: json!({"allow": false}),
+        },
+    )
+    .await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &moderated(&up.url(), &hook.url(), "webhook", "block", "block"),
+        &[("k1".into(), yaml)],
+    );
+    let url = chat_url(&gw);
+    assert_eq!(post_json(&url, &secret, &chat("no")).await.status(), 400);
+    hook.set_reply(Reply::Json {
+        status: 200,
+        body: json!({"allow": true}),
+    });
+    assert_eq!(post_json(&url, &secret, &chat("yes")).await.status(), 200);
+    assert_eq!(
+        hook.wait_for_requests(2).await[1].json(),
+        json!({"input": "yes"})
+    );
+}
+
+#[test]
+fn check_refuses_patterns_the_regex_crate_cannot_run_and_unknown_names() {
+    let config = |guardrails: &str, workload: &str| {
+        format!(
+            r#"providers:
+  p1:
+    format: openai
+    endpoints:
+      - {{url: "http://127.0.0.1:9"}}
+models:
+  m1: {{provider: p1}}
+workloads:
+  w1: {{models: [m1], guardrails: {workload}}}
+guardrails:
+{guardrails}"#
+        )
+    };
+    let check = |config: String, key_extra: &str| {
+        let (_, yaml) = key_file("w1", key_extra);
+        let gw = TestGateway::prepare(&config, &[("k1".into(), yaml)]);
+        let out = Command::new(keygate_bin())
+            .args(["check", "--config"])
+            .arg(&gw.config_path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = check(
+        config("  echo: {regex: ['(\\w+) \\1'], action: block}\n", "[echo]"),
+        "",
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("keygate.yaml: guardrails.echo:"), "{out}");
+    assert!(out.contains("(\\w+) \\1"), "{out}");
+    assert!(out.to_lowercase().contains("backreference"), "{out}");
+
+    let (ok, out) = check(
+        config("  ok: {keywords: [x], action: log}\n", "[ok, nope]"),
+        "guardrails_off: [gone]\n",
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("workloads.w1.guardrails[1]: unknown guardrail `nope`"),
+        "{out}"
+    );
+    assert!(
+        out.contains("k1.yaml: guardrails_off[0]: unknown guardrail `gone`"),
+        "{out}"
+    );
+
+    let (ok, out) = check(
+        config(
+            "  two: {keywords: [x], regex: [y], action: log}\n  m: {moderation: {url: \"ftp://x\"}, action: redact, apply_to: [request, response]}\n",
+            "[]",
+        ),
+        "",
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("guardrails.two: needs exactly one detector"),
+        "{out}"
+    );
+    assert!(out.contains("guardrails.m.moderation.url"), "{out}");
+    assert!(out.contains("guardrails.m.action"), "{out}");
+    assert!(out.contains("guardrails.m.apply_to"), "{out}");
+
+    let (ok, out) = check(
+        config("  ok: {pii: [email], action: redact}\n", "[ok]"),
+        "guardrails: [ok]\n",
+    );
+    assert!(ok, "{out}");
+}
