@@ -23,7 +23,7 @@ use std::time::Duration;
 /// Refusal reasons, the `reason` label of `keygate_refusals_total`: the error codes of
 /// [`Refusal`](crate::proxy::refusal::Refusal::reason), so that a policy refusal
 /// (`model_not_allowed`) and a client's typo (`model_not_found`) are told apart.
-pub const REFUSAL_REASONS: [&str; 19] = [
+pub const REFUSAL_REASONS: [&str; 20] = [
     "missing_api_key",
     "invalid_api_key",
     "key_expired",
@@ -43,6 +43,7 @@ pub const REFUSAL_REASONS: [&str; 19] = [
     "budget_exceeded",
     "content_policy_violation",
     "moderation_unavailable",
+    "response_blocked",
 ];
 
 /// Latency buckets of calls to Redis, from 0.1 ms (loopback) to the longest a call may wait.

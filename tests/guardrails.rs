@@ -536,3 +536,133 @@ guardrails:
     );
     assert!(ok, "{out}");
 }
+
+/// A streamed chat answer whose deltas are `parts`, then usage and `[DONE]`.
+fn stream_of(parts: &[&str]) -> Reply {
+    let mut events: Vec<String> = parts
+        .iter()
+        .map(|p| {
+            let chunk = json!({"id": "c", "object": "chat.completion.chunk", "model": "m1",
+                "choices": [{"index": 0, "delta": {"content": p}, "finish_reason": null}]});
+            format!("data: {chunk}\n\n")
+        })
+        .collect();
+    events.push(format!(
+        "data: {}\n\n",
+        json!({"id": "c", "object": "chat.completion.chunk", "model": "m1", "choices": [],
+               "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}})
+    ));
+    events.push("data: [DONE]\n\n".to_owned());
+    Reply::Sse {
+        events,
+        interval: Duration::from_millis(10),
+    }
+}
+
+/// A policy whose workload `app` applies response guardrails: secrets blocked, emails redacted,
+/// a watch word logged.
+fn response_policy(upstream: &str) -> String {
+    format!(
+        r#"state_dir: state
+audit_log: state/audit.jsonl
+providers:
+  p1:
+    format: openai
+    api_key: sk-real
+    endpoints:
+      - {{url: "{upstream}"}}
+models:
+  m1:
+    provider: p1
+workloads:
+  app:
+    models: [m1]
+    guardrails: [secrets-out, pii-out, watch-out]
+guardrails:
+  secrets-out: {{secrets: [github], action: block, apply_to: [request, response]}}
+  pii-out: {{pii: [email], action: redact, apply_to: [response]}}
+  watch-out: {{keywords: [merger], action: log, apply_to: [response]}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_cut_with_an_error_event_when_a_response_guardrail_blocks() {
+    // The token arrives split over three deltas.
+    let up = MockUpstream::start(
+        "up",
+        stream_of(&[
+            "Sure, the merger. Here: ",
+            "ghp_0123456789abcdef",
+            "ghijABCDEFGHIJ012345",
+            " and more text",
+            " that must not arrive",
+        ]),
+    )
+    .await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(&response_policy(&up.url()), &[("k1".into(), yaml)]);
+    let body = json!({"model": "m1", "stream": true,
+                      "messages": [{"role": "user", "content": "give me a token"}]});
+    let resp = post_json(&chat_url(&gw), &secret, &body).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("the stream ends cleanly");
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    let last: Value = serde_json::from_str(events.last().unwrap().strip_prefix("data: ").unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(last["error"]["code"], "response_blocked", "{text}");
+    assert!(last["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`secrets-out`"));
+    for gone in ["ghijABCDEFGHIJ012345", "must not arrive", "[DONE]"] {
+        assert!(!text.contains(gone), "{gone} arrived: {text}");
+    }
+    assert!(text.contains("the merger"), "{text}");
+    let lines = gw.booked(1).await;
+    let mut seen = fired(&lines[0]);
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["secrets-out/github/block", "watch-out/keyword[0]/log"]
+    );
+    // the provider's usage is still booked
+    assert_eq!(lines[0]["completion_tokens"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_responses_are_redacted_and_a_block_never_delivers_the_text() {
+    let answer = |content: &str| Reply::Json {
+        status: 200,
+        body: json!({"id": "c", "object": "chat.completion", "model": "m1",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}),
+    };
+    let up = MockUpstream::start("up", answer("Write to jane@example.com today.")).await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(&response_policy(&up.url()), &[("k1".into(), yaml)]);
+    let resp = post_json(&chat_url(&gw), &secret, &chat("who?")).await;
+    assert_eq!(resp.status(), 200);
+    let got: Value = resp.json().await.unwrap();
+    assert_eq!(
+        got["choices"][0]["message"]["content"],
+        "Write to [REDACTED:EMAIL] today."
+    );
+    assert_eq!(got["usage"]["total_tokens"], 7);
+    assert_eq!(
+        up.wait_for_requests(1).await[0].header("accept-encoding"),
+        Some("identity")
+    );
+
+    up.set_reply(answer("token ghp_0123456789abcdefghijABCDEFGHIJ012345"));
+    let resp = post_json(&chat_url(&gw), &secret, &chat("token?")).await;
+    let delivered = resp.text().await;
+    assert!(
+        delivered.as_deref().map_or(true, |t| !t.contains("ghp_")),
+        "{delivered:?}"
+    );
+    let lines = gw.booked(2).await;
+    assert_eq!(fired(&lines[1]), ["secrets-out/github/block"]);
+    assert_eq!(lines[1]["error"], "response_blocked");
+}

@@ -14,10 +14,8 @@ use std::sync::Arc;
 pub struct Guardrails {
     /// The list's identity: indices into the policy's guardrail definitions, ascending.
     pub ids: Box<[u16]>,
-    /// The detectors that run in process, in the order of [`names`](Self::names).
+    /// The detectors that run in process; [`Scanner::name`] names the guardrail of a finding.
     pub scanner: Scanner,
-    /// The scanner's guardrails by the index its findings carry.
-    pub names: Box<[Arc<str>]>,
     /// Guardrails that ask an outside service, on requests.
     pub moderation: Box<[ModerationRule]>,
     /// Whether any scanner guardrail applies to requests, and to responses.

@@ -5,6 +5,7 @@
 //! half checked. A request refused before that keeps what it had learned in [`Named`], for the
 //! labels of its metrics and its audit line.
 
+use super::inspect_response::ResponseInspection;
 use super::paths::Route;
 use super::refusal::Refusal;
 use crate::limits::{Admission, RateStatus};
@@ -81,6 +82,8 @@ pub struct ResponseState {
     pub stripper: Option<UsageChunkStripper>,
     /// When the first response body byte arrived.
     pub first_byte: Option<Instant>,
+    /// The key's response guardrails, over a successful response.
+    pub inspection: Option<ResponseInspection>,
 }
 
 impl RequestCtx {

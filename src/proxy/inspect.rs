@@ -67,7 +67,7 @@ pub async fn request(
                 note(guardrails, &findings, fired);
                 if let Some(f) = findings.first_block() {
                     blocked = Some(Refusal::ContentPolicy {
-                        guardrail: guardrails.names[f.guardrail].clone(),
+                        guardrail: guardrails.scanner.name(f.guardrail).clone(),
                         rule: FiredRule::Scan(f.rule).name(),
                     });
                     return;
@@ -146,7 +146,7 @@ async fn moderate(
 fn note(guardrails: &Guardrails, findings: &Findings, fired: &mut Vec<Fired>) {
     for f in findings {
         let rule = FiredRule::Scan(f.rule);
-        let name = &guardrails.names[f.guardrail];
+        let name = guardrails.scanner.name(f.guardrail);
         if !fired
             .iter()
             .any(|x| x.rule == rule && x.action == f.action && Arc::ptr_eq(&x.guardrail, name))
@@ -161,7 +161,7 @@ fn note(guardrails: &Guardrails, findings: &Findings, fired: &mut Vec<Fired>) {
 }
 
 /// `body` with each `(start, end, replacement)` span replaced; spans in body order.
-fn splice(body: &[u8], replacements: &[(usize, usize, String)]) -> Bytes {
+pub(super) fn splice(body: &[u8], replacements: &[(usize, usize, String)]) -> Bytes {
     let grown: usize = replacements.iter().map(|(_, _, r)| r.len()).sum();
     let mut out = BytesMut::with_capacity(body.len() + grown);
     let mut at = 0;

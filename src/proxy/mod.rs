@@ -15,6 +15,7 @@ pub mod ctx;
 pub mod forward;
 pub mod head;
 pub mod inspect;
+pub mod inspect_response;
 pub mod limit;
 pub mod paths;
 pub mod refusal;
@@ -289,7 +290,8 @@ impl ProxyHttp for Gateway {
         respond::response_head(ctx, upstream_response)
     }
 
-    /// Respond: the body passes through while its usage is read.
+    /// Respond: the body passes through while its usage is read (and, for keys with response
+    /// guardrails, its text is inspected).
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -297,7 +299,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        respond::response_chunk(ctx, body, end_of_stream);
+        respond::response_chunk(ctx, body, end_of_stream)?;
         Ok(None)
     }
 

@@ -98,6 +98,13 @@ pub enum Refusal {
         guardrail: Arc<str>,
         rule: Cow<'static, str>,
     },
+    /// A guardrail with `apply_to: [.., response]` and `action: block` found something in the
+    /// provider's answer.
+    #[error("The response was blocked by guardrail `{guardrail}` (rule `{rule}`).")]
+    ResponseBlocked {
+        guardrail: Arc<str>,
+        rule: Cow<'static, str>,
+    },
     /// A moderation guardrail with `on_error: block` got no verdict from its service.
     #[error("The request could not be checked by guardrail `{0}`: its moderation service is unavailable; retry shortly.")]
     ModerationUnavailable(Arc<str>),
@@ -151,7 +158,9 @@ impl Refusal {
             | Refusal::BudgetExceeded { .. }
             | Refusal::AuthGuard { .. } => 429,
             Refusal::Internal => 500,
-            Refusal::UpstreamUnavailable | Refusal::UpstreamAuthFailed => 502,
+            Refusal::UpstreamUnavailable
+            | Refusal::UpstreamAuthFailed
+            | Refusal::ResponseBlocked { .. } => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::ConnectionLimit => 503,
             Refusal::StateUnavailable | Refusal::ModerationUnavailable(_) => 503,
@@ -186,6 +195,7 @@ impl Refusal {
             Refusal::StateUnavailable => "state_unavailable",
             Refusal::ContentPolicy { .. } => "content_policy_violation",
             Refusal::ModerationUnavailable(_) => "moderation_unavailable",
+            Refusal::ResponseBlocked { .. } => "response_blocked",
         }
     }
 
@@ -434,6 +444,10 @@ mod tests {
                 rule: "email".into(),
             },
             Refusal::ModerationUnavailable("g".into()),
+            Refusal::ResponseBlocked {
+                guardrail: "g".into(),
+                rule: "email".into(),
+            },
         ];
         let reasons: Vec<_> = every.iter().filter_map(Refusal::reason).collect();
         assert_eq!(reasons.len(), every.len());

@@ -1,12 +1,15 @@
-//! The text of a request body that the model will read, found for the guardrails: chat
+//! The text of a body that guardrails scan. In a request, the text the model will read: chat
 //! `messages` (string content and text parts, whatever the role, so system and tool messages
 //! too), `prompt`, embeddings `input`, responses `input` and `instructions`, and Anthropic
 //! `system` and `messages`. Field names, images, audio, tool schemas and tool-call arguments
-//! are not text the model reads as the prompt, and are not returned.
+//! are not text the model reads as the prompt, and are not returned. In a response, the text the
+//! model wrote: a chat message's content, a completion's text, a response's output text, and
+//! the deltas of their streams.
 //!
 //! Inside those fields every string is taken that sits directly in them, in an array of them, or
-//! under a `content`, `text` or `output` member of an object in them: a message's content, a
-//! content part's or block's text, a tool result, a function call's output. Each is returned as
+//! under a member of an object in them that holds text (for requests `content`, `text` or
+//! `output`: a message's content, a content part's or block's text, a tool result, a function
+//! call's output). Each is returned as
 //! the byte span of its JSON string in the body, so a redaction can replace it in place. A field
 //! name is matched whatever its letter case, as a lenient provider would match it, and a field
 //! given twice is scanned twice, so neither hides text from the scan. What cannot be read is an
@@ -24,6 +27,14 @@ pub enum Shape {
     Responses,
     /// Anthropic's Messages API.
     AnthropicMessages,
+    /// A chat completion, and a chunk of its stream.
+    ChatResponse,
+    /// A legacy completion, and a chunk of its stream.
+    CompletionsResponse,
+    /// A response of the Responses API.
+    ResponsesResponse,
+    /// An event of a Responses API stream: its text arrives as `delta`s.
+    ResponsesEvent,
 }
 
 impl Shape {
@@ -36,6 +47,18 @@ impl Shape {
         }
     }
 
+    /// The shape of a response to `operation`, or of an event of its stream; `None` for
+    /// embeddings, whose answer holds no text.
+    pub fn response_of(operation: Operation, stream: bool) -> Option<Shape> {
+        match operation {
+            Operation::Chat => Some(Shape::ChatResponse),
+            Operation::Completions => Some(Shape::CompletionsResponse),
+            Operation::Responses if stream => Some(Shape::ResponsesEvent),
+            Operation::Responses => Some(Shape::ResponsesResponse),
+            Operation::Embeddings => None,
+        }
+    }
+
     /// The top-level fields holding the text.
     fn fields(self) -> &'static [&'static str] {
         match self {
@@ -44,12 +67,23 @@ impl Shape {
             Shape::Embeddings => &["input"],
             Shape::Responses => &["input", "instructions"],
             Shape::AnthropicMessages => &["system", "messages"],
+            Shape::ChatResponse | Shape::CompletionsResponse => &["choices"],
+            Shape::ResponsesResponse => &["output"],
+            Shape::ResponsesEvent => &["delta"],
+        }
+    }
+
+    /// The members under which an object inside a text field keeps its text.
+    fn members(self) -> &'static [&'static str] {
+        match self {
+            Shape::ChatResponse => &["message", "delta", "content"],
+            Shape::CompletionsResponse => &["text"],
+            Shape::ResponsesResponse => &["content", "text"],
+            Shape::ResponsesEvent => &[],
+            _ => &["content", "text", "output"],
         }
     }
 }
-
-/// The members under which an object inside a text field keeps its text.
-const TEXT_MEMBERS: [&str; 3] = ["content", "text", "output"];
 
 /// Deeper nesting than this inside a text field is refused rather than walked.
 const MAX_DEPTH: u32 = 32;
@@ -97,7 +131,7 @@ pub fn for_each(body: &[u8], shape: Shape, mut found: impl FnMut(Text)) -> Resul
             .iter()
             .find(|f| name.eq_ignore_ascii_case(f.as_bytes()))
         {
-            walk(body, m.value.0, 0, &mut found)
+            walk(body, m.value.0, shape.members(), 0, &mut found)
                 .filter(|&end| end == m.value.1)
                 .ok_or(Unreadable(field))?;
         }
@@ -109,7 +143,13 @@ pub fn for_each(body: &[u8], shape: Shape, mut found: impl FnMut(Text)) -> Resul
 }
 
 /// Walks the value at `body[i]`, reporting its text; returns the index just past it.
-fn walk(body: &[u8], i: usize, depth: u32, found: &mut impl FnMut(Text)) -> Option<usize> {
+fn walk(
+    body: &[u8],
+    i: usize,
+    members: &[&str],
+    depth: u32,
+    found: &mut impl FnMut(Text),
+) -> Option<usize> {
     if depth > MAX_DEPTH {
         return None;
     }
@@ -129,7 +169,7 @@ fn walk(body: &[u8], i: usize, depth: u32, found: &mut impl FnMut(Text)) -> Opti
                 return Some(at + 1);
             }
             loop {
-                at = skip_ws(body, walk(body, at, depth + 1, found)?);
+                at = skip_ws(body, walk(body, at, members, depth + 1, found)?);
                 match *body.get(at)? {
                     b',' => at = skip_ws(body, at + 1),
                     b']' => return Some(at + 1),
@@ -138,11 +178,11 @@ fn walk(body: &[u8], i: usize, depth: u32, found: &mut impl FnMut(Text)) -> Opti
             }
         }
         b'{' => for_each_member(body, i, |key, v| {
-            if TEXT_MEMBERS
+            if members
                 .iter()
                 .any(|m| key.eq_ignore_ascii_case(m.as_bytes()))
             {
-                walk(body, v, depth + 1, found)
+                walk(body, v, members, depth + 1, found)
             } else {
                 skip_value(body, v)
             }
@@ -240,6 +280,27 @@ mod tests {
             texts(r#"{"system":"s","messages":[]}"#, Shape::AnthropicMessages).unwrap(),
             ["s"]
         );
+    }
+
+    #[test]
+    fn response_text_and_stream_deltas() {
+        let chat = r#"{"id":"c","object":"chat.completion","model":"m","choices":[{"index":0,
+            "message":{"role":"assistant","content":"answer","refusal":null,
+            "tool_calls":[{"function":{"name":"f","arguments":"{}"}}]},"finish_reason":"stop"}],
+            "usage":{"prompt_tokens":1}}"#;
+        assert_eq!(texts(chat, Shape::ChatResponse).unwrap(), ["answer"]);
+        let chunk = r#"{"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"par"}}]}"#;
+        assert_eq!(texts(chunk, Shape::ChatResponse).unwrap(), ["par"]);
+        let legacy = r#"{"object":"text_completion","choices":[{"text":"done","index":0}]}"#;
+        assert_eq!(texts(legacy, Shape::CompletionsResponse).unwrap(), ["done"]);
+        let response = r#"{"object":"response","instructions":"not output","output":[
+            {"type":"reasoning","summary":[]},
+            {"type":"message","role":"assistant","content":[{"type":"output_text","text":"out","annotations":[]}]}]}"#;
+        assert_eq!(texts(response, Shape::ResponsesResponse).unwrap(), ["out"]);
+        let event = r#"{"type":"response.output_text.delta","item_id":"i","delta":"de"}"#;
+        assert_eq!(texts(event, Shape::ResponsesEvent).unwrap(), ["de"]);
+        let done = r#"{"type":"response.completed","response":{"output":[]}}"#;
+        assert!(texts(done, Shape::ResponsesEvent).unwrap().is_empty());
     }
 
     #[test]

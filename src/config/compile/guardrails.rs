@@ -436,7 +436,6 @@ impl Catalog {
             ids: ids.into(),
             scans_requests: specs.iter().any(|s| s.apply_to.request),
             scans_responses: specs.iter().any(|s| s.apply_to.response),
-            names: specs.into_iter().map(|s| s.name).collect(),
             scanner,
             moderation: moderation.into_boxed_slice(),
         }))
