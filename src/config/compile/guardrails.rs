@@ -441,3 +441,71 @@ impl Catalog {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load, load_reusing, LoadOptions};
+    use std::sync::Arc;
+
+    const CONFIG: &str = "listen: 127.0.0.1:9
+providers:
+  p1:
+    format: openai
+    endpoints:
+      - {url: \"http://127.0.0.1:9\"}
+models:
+  m1: {provider: p1}
+workloads:
+  w1: {models: [m1], guardrails: [pii]}
+  w2: {models: [m1]}
+guardrails:
+  pii: {pii: [email], action: redact}
+  words: {keywords: [falcon], action: block}
+  secrets: {secrets: all, action: block}
+guardrail_defaults: [secrets]
+";
+
+    #[test]
+    fn each_distinct_list_is_compiled_once_and_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.d");
+        std::fs::create_dir(&keys).unwrap();
+        std::fs::write(dir.path().join("keygate.yaml"), CONFIG).unwrap();
+        let key = |n: u8, workload: &str, extra: &str| {
+            let text = format!(
+                "hash: \"sha256:{}\"\nworkload: {workload}\n{extra}",
+                format!("{n:02x}").repeat(32)
+            );
+            std::fs::write(keys.join(format!("k{n}.yaml")), text).unwrap();
+        };
+        key(1, "w1", "");
+        key(2, "w1", "guardrails: [words]\n");
+        key(3, "w1", "guardrails: [words]\n");
+        key(4, "w2", "guardrails: [pii, words]\n");
+        key(5, "w2", "guardrails_off: [secrets]\n");
+        key(6, "w1", "guardrails: [pii]\n");
+        let config = dir.path().join("keygate.yaml");
+        let policy = load(&config, LoadOptions::default()).unwrap();
+        let g = |id: &str| policy.keys_by_id[id].guardrails.clone();
+        let same = |a: &Option<Arc<_>>, b: &Option<Arc<_>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        let workload = policy.workloads["w1"].guardrails.clone();
+        assert!(same(&g("k1"), &workload));
+        // adding what the workload already applies changes nothing
+        assert!(same(&g("k6"), &workload));
+        assert!(same(&g("k2"), &g("k3")));
+        // the same list reached from another workload is the same value
+        assert!(same(&g("k2"), &g("k4")));
+        assert_eq!(g("k2").unwrap().scanner.len(), 3);
+        // switching off the only guardrail leaves none
+        assert!(g("k5").is_none());
+
+        // A reload with the same main file shares the lists of the keys it compiles anew.
+        key(7, "w1", "");
+        let reloaded = load_reusing(&config, LoadOptions::default(), &policy).unwrap();
+        let fresh = reloaded.keys_by_id["k7"].guardrails.clone();
+        assert!(same(&fresh, &workload));
+    }
+}
