@@ -19,7 +19,6 @@ use crate::guardrails::moderation::{OnError, Verdict};
 use crate::guardrails::{Action, Findings, Side};
 use crate::policy::guardrails::{Fired, FiredRule, Guardrails};
 use bytes::{Bytes, BytesMut};
-use std::borrow::Cow;
 use std::sync::Arc;
 
 /// Runs `guardrails` over `request`'s text; redactions rewrite its body. What fired is added to
@@ -57,7 +56,6 @@ pub async fn request(
                 }
             },
         };
-        let mut kept = Cow::Borrowed(content);
         if guardrails.scans_requests {
             findings.clear();
             guardrails
@@ -76,15 +74,15 @@ pub async fn request(
                     let redacted = guardrails.scanner.redact(content, &findings);
                     let encoded = serde_json::to_string(redacted.as_ref()).unwrap_or_default();
                     redactions.push((text.start, text.end, encoded));
-                    kept = Cow::Owned(redacted.into_owned());
+                    if moderated {
+                        append(&mut forwarded, &redacted);
+                    }
+                    return;
                 }
             }
         }
         if moderated {
-            if !forwarded.is_empty() {
-                forwarded.push_str("\n\n");
-            }
-            forwarded.push_str(&kept);
+            append(&mut forwarded, content);
         }
     });
     walked.map_err(|e| Refusal::invalid_param(e.0, e.to_string()))?;
@@ -101,6 +99,14 @@ pub async fn request(
         moderate(guardrails, &forwarded, fired).await?;
     }
     Ok(())
+}
+
+/// Adds one text to what the moderation services are asked about, a blank line apart.
+fn append(forwarded: &mut String, text: &str) {
+    if !forwarded.is_empty() {
+        forwarded.push_str("\n\n");
+    }
+    forwarded.push_str(text);
 }
 
 /// Asks each moderation service about `text`, in turn.
