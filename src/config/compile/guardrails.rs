@@ -205,8 +205,10 @@ fn define(
         apply_to,
     };
     // Compiled alone here so that a pattern's problem is reported at its own guardrail.
-    if let Err(e) = Scanner::compile(std::slice::from_ref(&spec)) {
-        problems.add(cfg, path, e.to_string());
+    if problems.list.len() == before {
+        if let Err(e) = Scanner::compile(std::slice::from_ref(&spec)) {
+            problems.add(cfg, path, e.to_string());
+        }
     }
     (problems.list.len() == before).then_some(Definition::Scan(spec))
 }
