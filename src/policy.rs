@@ -10,6 +10,7 @@
 //! What only takes effect when the gateway starts (listeners, threads, accounting sinks) is kept
 //! apart in [`startup`]: a reload carries it but nothing applies it.
 
+pub mod guardrails;
 pub mod startup;
 
 use crate::domain::{KeyStatus, Operation, ProviderFormat};
@@ -24,6 +25,7 @@ use crate::upstream::Provider;
 pub use crate::usage::cost::Price;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use guardrails::Guardrails;
 use ipnet::IpNet;
 use startup::StartupSettings;
 use std::collections::{BTreeMap, HashMap};
@@ -113,6 +115,8 @@ pub struct Workload {
     pub models: ModelSet,
     pub operations: OperationSet,
     pub limits: LimitSpec,
+    /// `guardrail_defaults` and the workload's own guardrails; `None` when there are none.
+    pub guardrails: Option<Arc<Guardrails>>,
 }
 
 /// A virtual key, with its workload's restrictions already folded in.
@@ -131,6 +135,9 @@ pub struct Key {
     pub operations: OperationSet,
     /// The key's own limits; its workload's apply as well.
     pub limits: LimitSpec,
+    /// Its workload's guardrails with the key's own additions and switch-offs; `None` when none
+    /// apply.
+    pub guardrails: Option<Arc<Guardrails>>,
     pub status: KeyStatus,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: Option<DateTime<Utc>>,

@@ -199,6 +199,8 @@ impl KeyFiles {
             rate_limits: Vec::new(),
             max_concurrent: None,
             allowed_ips: None,
+            guardrails: Vec::new(),
+            guardrails_off: Vec::new(),
             previous_hashes: Vec::new(),
         };
         let path = store::key_path(&self.keys_dir, id);

@@ -6,10 +6,12 @@
 //! labels of its metrics and its audit line.
 
 use super::dialect::Dialect;
+use super::inspect_response::ResponseInspection;
 use super::paths::Route;
 use super::refusal::Refusal;
 use crate::domain::Operation;
 use crate::limits::{Admission, RateStatus};
+use crate::policy::guardrails::Fired;
 use crate::policy::{Key, Model, Policy};
 use crate::upstream::attempt::UpstreamAttempts;
 use crate::upstream::watchdog::Watchdog;
@@ -37,6 +39,8 @@ pub struct RequestCtx {
     pub admitted: Option<Admitted>,
     /// Rate-limit figures for the `x-ratelimit-*` headers, for keys with rate limits.
     pub rate: Option<RateStatus>,
+    /// The guardrails that fired on the request, for its metrics and audit line.
+    pub guardrails: Vec<Fired>,
     /// What keygate answered instead of the provider, or in place of a failed forward.
     pub failure: Option<Refusal>,
     /// Endpoints tried, retries and fallbacks taken, the total deadline (see `upstream::attempt`).
@@ -83,6 +87,8 @@ pub struct ResponseState {
     pub stripper: Option<UsageChunkStripper>,
     /// When the first response body byte arrived.
     pub first_byte: Option<Instant>,
+    /// The key's response guardrails, over a successful response.
+    pub inspection: Option<ResponseInspection>,
 }
 
 impl RequestCtx {
@@ -97,6 +103,7 @@ impl RequestCtx {
             named: Named::default(),
             admitted: None,
             rate: None,
+            guardrails: Vec::new(),
             failure: None,
             upstream: UpstreamAttempts::default(),
             watchdog: None,

@@ -78,9 +78,14 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
         headers.remove(http::header::EXPECT);
         let content_length = values.number(admitted.body.len() as u64)?;
         head::set(headers, http::header::CONTENT_LENGTH, content_length)?;
-        let accept = if admitted.added_include_usage {
-            // The usage chunk is removed from the stream on its way back, which needs plain
-            // bytes.
+        let inspected = admitted
+            .key
+            .guardrails
+            .as_ref()
+            .is_some_and(|g| g.scans_responses);
+        let accept = if admitted.added_include_usage || inspected {
+            // The usage chunk is removed from the stream on its way back, and response
+            // guardrails read the text: both need plain bytes.
             HeaderValue::from_static("identity")
         } else {
             let client = headers.get(http::header::ACCEPT_ENCODING);

@@ -7,7 +7,10 @@
 use super::body;
 use super::ctx::RequestCtx;
 use super::dialect::Dialect;
+use super::inspect_response::ResponseInspection;
+use super::paths::Route;
 use super::refusal::{self, Refusal};
+use super::texts::Shape;
 use crate::domain::{Operation, WireFormat};
 use crate::policy::{Key, Policy};
 use crate::usage::{BodyKind, ContentEncoding, UsageChunkStripper, UsageExtractor};
@@ -61,12 +64,43 @@ pub fn response_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Res
         // The client receives fewer bytes than the provider sent.
         response.remove_header(&http::header::CONTENT_LENGTH);
     }
+    let guardrails = admitted
+        .key
+        .guardrails
+        .as_ref()
+        .filter(|g| g.scans_responses);
+    let shape = match ctx.route {
+        Some(Route::Proxy(operation)) => Shape::response_of(operation, is_sse),
+        _ => None,
+    };
+    // Asked for uncompressed (see `forward`); a coded answer cannot be read, so is not passed on.
+    if let (Some(guardrails), Some(shape)) = (guardrails, shape) {
+        if encoding != Some(ContentEncoding::Identity) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                "a response to inspect arrived compressed",
+            );
+        }
+        ctx.response.inspection = Some(ResponseInspection::new(
+            guardrails.clone(),
+            shape,
+            ctx.dialect,
+            is_sse,
+        ));
+        // Redactions change the length, and a cut stream ends early.
+        response.remove_header(&http::header::CONTENT_LENGTH);
+    }
     Ok(())
 }
 
 /// Counts tokens as the body passes; the chunk itself goes on untouched, unless it carries the
-/// usage chunk keygate asked for on the client's behalf.
-pub fn response_chunk(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
+/// usage chunk keygate asked for on the client's behalf, or the key's response guardrails hold,
+/// change or cut it. `Err` aborts a response a guardrail blocked after its head went out.
+pub fn response_chunk(
+    ctx: &mut RequestCtx,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+) -> Result<()> {
     let state = &mut ctx.response;
     if let Some(chunk) = body.as_ref() {
         if state.first_byte.is_none() && !chunk.is_empty() {
@@ -90,6 +124,26 @@ pub fn response_chunk(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_str
         // An empty chunk would read as the end of a chunked body: send nothing instead.
         *body = out.filter(|b| !b.is_empty());
     }
+    if let Some(inspection) = ctx.response.inspection.as_mut() {
+        match inspection.chunk(
+            body.take(),
+            end_of_stream,
+            &mut ctx.guardrails,
+            &ctx.request_id,
+        ) {
+            Ok(out) => {
+                *body = out.filter(|b| !b.is_empty());
+                if let Some(refusal) = inspection.take_blocked() {
+                    ctx.failure = Some(refusal);
+                }
+            }
+            Err(refusal) => {
+                ctx.failure = Some(refusal);
+                return Error::e_explain(ErrorType::InternalError, "response aborted by keygate");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Answers `refusal` in place of the provider, after reading what is left of the body so the
