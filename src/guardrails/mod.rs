@@ -258,6 +258,8 @@ pub enum GuardrailError {
     },
     #[error("guardrail `{guardrail}`: its patterns are too large to compile ({reason}); split or simplify them")]
     TooLarge { guardrail: Arc<str>, reason: String },
+    #[error("guardrail `{guardrail}`: a keyword is longer than {limit} bytes")]
+    KeywordTooLong { guardrail: Arc<str>, limit: usize },
     #[error("guardrail `{guardrail}`: keyword #{index} is empty")]
     EmptyKeyword { guardrail: Arc<str>, index: usize },
     #[error("guardrail `{guardrail}`: its {what} list is empty")]
