@@ -15,14 +15,15 @@
 //! one that also occurs in honest text (a pasted chat template, "you are now" in a story). A
 //! text's score is the sum of the weights of the distinct phrasings it contains. `threshold:
 //! low` fires from 1, `medium` from 2, `high` from 3. Matching ignores case and treats any run
-//! of whitespace as one space.
+//! of up to 16 whitespace characters as one space.
 //!
 //! What it cannot catch: paraphrases outside the list, other languages, obfuscation (leetspeak,
 //! homoglyphs, base64, words split by punctuation), instructions hidden in documents the model
 //! fetches itself, and attacks spread over several messages that each look harmless. It is a
 //! cheap first line; a model-based classifier behind the moderation hook is the second.
 
-use regex_automata::meta;
+use super::text::{folded_blocks, MAX_FOLDED_MATCH};
+use regex_automata::{meta, Input};
 use regex_syntax::hir::Hir;
 use std::sync::LazyLock;
 
@@ -53,7 +54,7 @@ static PHRASINGS: [(InjectionCategory, u8, &str); 24] = [
     (
         InstructionOverride,
         3,
-        r"\b(?:ignore|disregard|forget|skip|bypass) (?:all |any |the |your |these |those |every )*(?:previous|prior|above|preceding|earlier|foregoing|original|initial|system) (?:instructions|prompts?|directions|directives|rules|guidelines|messages|context)\b",
+        r"\b(?:ignore|disregard|forget|skip|bypass) (?:all |any |the |your |these |those |every ){0,3}(?:previous|prior|above|preceding|earlier|foregoing|original|initial|system) (?:instructions|prompts?|directions|directives|rules|guidelines|messages|context)\b",
     ),
     (
         InstructionOverride,
@@ -83,12 +84,12 @@ static PHRASINGS: [(InjectionCategory, u8, &str); 24] = [
     (
         RoleReassignment,
         3,
-        r"\byou are now (?:a |an |in |the )?(?:DAN|jailbroken|unrestricted|unfiltered|uncensored|evil|developer mode|god mode)\b",
+        r"\byou are now (?:a |an |in |the )?(?:dan|jailbroken|unrestricted|unfiltered|uncensored|evil|developer mode|god mode)\b",
     ),
     (
         RoleReassignment,
         3,
-        r"\b(?:developer|god|jailbreak|DAN|unrestricted) mode (?:is )?(?:enabled|activated|on|unlocked)\b",
+        r"\b(?:developer|god|jailbreak|dan|unrestricted) mode (?:is )?(?:enabled|activated|on|unlocked)\b",
     ),
     (
         RoleReassignment,
@@ -98,7 +99,7 @@ static PHRASINGS: [(InjectionCategory, u8, &str); 24] = [
     (
         RoleReassignment,
         2,
-        r"\bact as (?:an? )?(?:unrestricted|unfiltered|uncensored|jailbroken|DAN)\b",
+        r"\bact as (?:an? )?(?:unrestricted|unfiltered|uncensored|jailbroken|dan)\b",
     ),
     (RoleReassignment, 2, r"\bdo anything now\b"),
     (
@@ -132,7 +133,7 @@ static PHRASINGS: [(InjectionCategory, u8, &str); 24] = [
         2,
         r"<\|(?:im_start|im_end|system|endoftext|start_header_id|end_header_id|eot_id)\|>",
     ),
-    (DelimiterSmuggling, 2, r"\[/?INST\]|<</?SYS>>"),
+    (DelimiterSmuggling, 2, r"\[/?inst\]|<</?sys>>"),
     (
         DelimiterSmuggling,
         1,
@@ -159,17 +160,33 @@ static PHRASINGS: [(InjectionCategory, u8, &str); 24] = [
 /// Every phrasing's bit fits one word: a text's distinct phrasings are a `u32` mask.
 const _: () = assert!(PHRASINGS.len() <= 32);
 
-static AUTOMATON: LazyLock<meta::Regex> = LazyLock::new(|| {
+/// A space in a phrasing: up to this many whitespace characters. Bounded so that every
+/// phrasing has a longest match, which the lower-cased blocks overlap by.
+const GAP: &str = r"\s{1,16}";
+
+/// The phrasings in one automaton, matched against ASCII-lower-cased text (so the phrasings
+/// are written in lower case), and the longest match any can have.
+static AUTOMATON: LazyLock<(meta::Regex, usize)> = LazyLock::new(|| {
     let hirs: Vec<Hir> = PHRASINGS
         .iter()
         .map(|(_, _, p)| {
-            // ASCII classes and case folding keep the automaton small and fast; the phrasings
-            // are English.
-            let pattern = format!("(?i-u){}", p.replace(' ', r"\s+"));
+            // ASCII classes and boundaries keep the automaton small and fast on any text; the
+            // phrasings are English.
+            let pattern = format!("(?-u){}", p.replace(' ', GAP));
             regex_syntax::parse(&pattern).expect("built-in phrasing parses")
         })
         .collect();
-    super::patterns::build(&hirs).expect("built-in phrasings compile")
+    let longest = hirs
+        .iter()
+        .map(|h| h.properties().maximum_len().expect("phrasings are bounded"))
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest <= MAX_FOLDED_MATCH,
+        "phrasings fit the folded blocks' overlap"
+    );
+    let regex = super::patterns::build(&hirs).expect("built-in phrasings compile");
+    (regex, longest)
 });
 
 #[derive(Debug)]
@@ -192,9 +209,16 @@ impl Injection {
     /// Calls `found(phrasing, start, end)` for every match, whatever the score: the caller
     /// adds up the distinct phrasings (a stream does so across deltas).
     pub(crate) fn find(&self, text: &str, mut found: impl FnMut(u32, usize, usize)) {
-        for m in AUTOMATON.find_iter(text) {
-            found(m.pattern().as_u32(), m.start(), m.end());
-        }
+        let (regex, longest) = &*AUTOMATON;
+        folded_blocks(text, *longest, |block, base, from, until| {
+            let input = Input::new(block).span(from..block.len());
+            for m in regex.find_iter(input) {
+                if m.start() >= until {
+                    break;
+                }
+                found(m.pattern().as_u32(), base + m.start(), base + m.end());
+            }
+        });
     }
 }
 

@@ -1,26 +1,48 @@
-//! The `keywords` detector: literal words and phrases, case-insensitive, in one aho-corasick
-//! pass however long the list.
+//! The `keywords` detector: literal words and phrases, case-insensitive, in one pass however
+//! long the list.
 //!
+//! - The list is one automaton run over the text lower-cased in stack blocks, so that literal
+//!   search can skip ahead to candidates: up to 64 keywords, the regex engine's (SIMD Teddy,
+//!   with the word test inside the automaton); beyond, aho-corasick, whose build stays fast for
+//!   lists of any length (the regex engine's does not).
 //! - Case folding is ASCII's. A keyword with non-ASCII letters also matches its all-lowercase
 //!   and all-uppercase forms (`Über` matches `über` and `ÜBER`), not mixed-case ones.
 //! - `whole_word` (`match: word`) needs a non-word character (or the text's edge) before a
 //!   keyword that begins with a word character, and after one that ends with one, word
 //!   characters being letters, digits and `_` in any script: `falcon` matches in `falcon-7` and
-//!   `(falcon)` but not in `falconry`. Substring mode (`match: substring`) matches anywhere.
-//! - Matches may overlap (`project` and `project-falcon` both report in `project-falcon`), so
-//!   that a keyword failing the word test cannot hide another that passes it.
+//!   `(falcon)` but not in `falconry` or `falconé`. Substring mode (`match: substring`) matches
+//!   anywhere.
+//! - A keyword failing the word test does not hide another that passes it: `project` is found
+//!   in `project-falcons` when `project-falcon` is listed too.
+//! - A keyword may be at most 1,024 bytes long.
 
-use super::text::{char_after, char_before, is_word};
+use super::text::{char_after, char_before, folded_blocks, is_word, MAX_FOLDED_MATCH};
 use super::GuardrailError;
 use aho_corasick::{AhoCorasick, MatchKind};
+use regex_automata::{meta, Input};
+use regex_syntax::hir::Hir;
 use std::sync::Arc;
+
+/// Lists up to this many keyword forms compile to a regex automaton; longer ones to
+/// aho-corasick.
+const SHORT_LIST: usize = 64;
+
+#[derive(Debug)]
+enum Automaton {
+    /// Leftmost-first, the ASCII word test inside; the Unicode one checked after.
+    Regex(meta::Regex),
+    /// Overlapping, so that a keyword failing the word test hides no other.
+    AhoCorasick(AhoCorasick),
+}
 
 #[derive(Debug)]
 pub(crate) struct Keywords {
-    automaton: AhoCorasick,
+    automaton: Automaton,
     /// Automaton pattern -> keyword index: extra case forms of non-ASCII keywords map back.
     keyword_of: Vec<u32>,
     whole_word: bool,
+    /// Bytes in the longest pattern: how much the lower-cased blocks must overlap.
+    longest: usize,
 }
 
 impl Keywords {
@@ -35,8 +57,9 @@ impl Keywords {
                 what: "keywords",
             });
         }
-        let mut patterns = Vec::with_capacity(words.len());
+        let mut forms: Vec<String> = Vec::with_capacity(words.len());
         let mut keyword_of = Vec::with_capacity(words.len());
+        let mut longest = 0;
         for (index, word) in words.iter().enumerate() {
             if word.is_empty() {
                 return Err(GuardrailError::EmptyKeyword {
@@ -44,45 +67,103 @@ impl Keywords {
                     index,
                 });
             }
-            let first = patterns.len();
-            patterns.push(word.clone());
-            keyword_of.push(index as u32);
-            if !word.is_ascii() {
-                for form in [word.to_lowercase(), word.to_uppercase()] {
-                    if !patterns[first..]
-                        .iter()
-                        .any(|p| p.eq_ignore_ascii_case(&form))
-                    {
-                        patterns.push(form);
-                        keyword_of.push(index as u32);
-                    }
+            // The text is searched ASCII-lower-cased, so the keywords are too; a non-ASCII
+            // keyword adds its Unicode lower- and upper-case forms, lower-cased the same way.
+            let first = forms.len();
+            for form in [word.clone(), word.to_lowercase(), word.to_uppercase()] {
+                let form = form.to_ascii_lowercase();
+                if !forms[first..].contains(&form) {
+                    longest = longest.max(form.len());
+                    forms.push(form);
+                    keyword_of.push(index as u32);
                 }
             }
         }
-        let automaton = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .build(&patterns)
-            .map_err(|e| GuardrailError::TooLarge {
+        if longest > MAX_FOLDED_MATCH {
+            return Err(GuardrailError::KeywordTooLong {
                 guardrail: guardrail.clone(),
-                reason: e.to_string(),
-            })?;
+                limit: MAX_FOLDED_MATCH,
+            });
+        }
+        let too_large = |reason: String| GuardrailError::TooLarge {
+            guardrail: guardrail.clone(),
+            reason,
+        };
+        let automaton = if forms.len() <= SHORT_LIST {
+            let hirs: Vec<Hir> = forms.iter().map(|f| literal(f, whole_word)).collect();
+            Automaton::Regex(super::patterns::build(&hirs).map_err(too_large)?)
+        } else {
+            let built = AhoCorasick::builder()
+                .match_kind(MatchKind::Standard)
+                .build(&forms)
+                .map_err(|e| too_large(e.to_string()))?;
+            Automaton::AhoCorasick(built)
+        };
         Ok(Keywords {
             automaton,
             keyword_of,
             whole_word,
+            longest,
         })
     }
 
     /// Calls `found(keyword index, start, end)` for every match.
     pub(crate) fn find(&self, text: &str, mut found: impl FnMut(u32, usize, usize)) {
-        for m in self.automaton.find_overlapping_iter(text) {
-            if self.whole_word && !stands_alone(text, m.start(), m.end()) {
-                continue;
+        folded_blocks(text, self.longest, |block, base, from, until| {
+            match &self.automaton {
+                Automaton::Regex(regex) => {
+                    let mut at = from;
+                    while at < until {
+                        let input = Input::new(block).span(at..block.len());
+                        let Some(m) = regex.search(&input) else {
+                            return;
+                        };
+                        if m.start() >= until {
+                            return;
+                        }
+                        let (start, end) = (base + m.start(), base + m.end());
+                        if self.whole_word && !stands_alone(text, start, end) {
+                            // A non-ASCII letter beside it, which the automaton's ASCII boundary
+                            // cannot see: look again from the next byte.
+                            at = m.start() + 1;
+                            continue;
+                        }
+                        found(self.keyword_of[m.pattern().as_usize()], start, end);
+                        at = m.end();
+                    }
+                }
+                Automaton::AhoCorasick(ac) => {
+                    let input = aho_corasick::Input::new(block).span(from..block.len());
+                    for m in ac.find_overlapping_iter(input) {
+                        let (start, end) = (base + m.start(), base + m.end());
+                        if m.start() >= until
+                            || (self.whole_word && !stands_alone(text, start, end))
+                        {
+                            continue;
+                        }
+                        found(self.keyword_of[m.pattern().as_usize()], start, end);
+                    }
+                }
             }
-            found(self.keyword_of[m.pattern().as_usize()], m.start(), m.end());
-        }
+        });
     }
+}
+
+/// The keyword as a literal; for whole words, with an ASCII word boundary at each edge that is
+/// an ASCII word character (the Unicode test is [`stands_alone`]'s: a Unicode boundary would
+/// stop the fast automaton on non-ASCII text).
+fn literal(form: &str, whole_word: bool) -> Hir {
+    let boundary = || Hir::look(regex_syntax::hir::Look::WordAscii);
+    let ascii_word = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let mut parts = Vec::with_capacity(3);
+    if whole_word && ascii_word(form.chars().next()) {
+        parts.push(boundary());
+    }
+    parts.push(Hir::literal(form.as_bytes()));
+    if whole_word && ascii_word(form.chars().next_back()) {
+        parts.push(boundary());
+    }
+    Hir::concat(parts)
 }
 
 fn stands_alone(text: &str, start: usize, end: usize) -> bool {
@@ -133,6 +214,26 @@ mod tests {
     fn a_keyword_failing_the_word_test_does_not_hide_an_overlapping_one() {
         let found = hits(&["project-falcons", "project"], true, "project-falconsx");
         assert_eq!(found, vec![(1, "project".to_string())]);
+        let found = hits(&["falcon"], true, "falconé falcon");
+        assert_eq!(found, vec![(0, "falcon".to_string())]);
+    }
+
+    #[test]
+    fn matches_across_the_internal_blocks_are_found_once() {
+        let text = format!("{}PROJECT-FALCON{}", "x ".repeat(4090), " y".repeat(5000));
+        let found = hits(&["project-falcon"], true, &text);
+        assert_eq!(found, vec![(0, "PROJECT-FALCON".to_string())]);
+        let many = "falcon ".repeat(5000);
+        assert_eq!(hits(&["falcon"], true, &many).len(), 5000);
+    }
+
+    #[test]
+    fn overlong_keywords_are_refused() {
+        let long = "x".repeat(MAX_FOLDED_MATCH + 1);
+        assert!(matches!(
+            Keywords::compile(&Arc::from("k"), &[long], true),
+            Err(GuardrailError::KeywordTooLong { .. })
+        ));
     }
 
     #[test]

@@ -9,11 +9,13 @@
 //!   ([`ApplyTo`]) it runs on;
 //! - [`Scanner::compile`]: validates and compiles a list of specs; a [`GuardrailError`] names the
 //!   guardrail and the pattern at fault;
-//! - [`Scanner::scan`]: fills [`Findings`] for one text. Each guardrail is one pass over the text
-//!   with all of its patterns at once (one multi-pattern automaton, or one aho-corasick
-//!   automaton for keywords); candidates are then validated (Luhn, mod-97, SSN ranges, the `kg_`
-//!   checksum, JWT headers). A [`Finding`] carries the guardrail's index, a [`Rule`] and the byte
-//!   span — never the matched text;
+//! - [`Scanner::scan`]: fills [`Findings`] for one text. Each guardrail runs all of its patterns
+//!   at once, in one automaton that skips ahead by literal search (keywords, regexes, secrets,
+//!   injection phrasings); PII, whose numbers have no literal to skip to, runs an email pass, a
+//!   cheap scan for digit clusters and one for colon runs, and its automaton only inside those.
+//!   Candidates are then validated (Luhn, mod-97, SSN ranges, the `kg_` checksum, JWT headers).
+//!   A [`Finding`] carries the guardrail's index, a [`Rule`] and the byte span — never the
+//!   matched text;
 //! - [`Scanner::redact`]: the text with every `redact` finding replaced by a label;
 //! - [`StreamScanner`]: the same over a response arriving in deltas, with a bounded look-behind.
 //!
@@ -262,6 +264,8 @@ pub enum GuardrailError {
     },
     #[error("guardrail `{guardrail}`: its patterns are too large to compile ({reason}); split or simplify them")]
     TooLarge { guardrail: Arc<str>, reason: String },
+    #[error("guardrail `{guardrail}`: a keyword is longer than {limit} bytes")]
+    KeywordTooLong { guardrail: Arc<str>, limit: usize },
     #[error("guardrail `{guardrail}`: keyword #{index} is empty")]
     EmptyKeyword { guardrail: Arc<str>, index: usize },
     #[error("guardrail `{guardrail}`: its {what} list is empty")]

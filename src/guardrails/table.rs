@@ -8,6 +8,7 @@ use regex_automata::{meta, Anchored, Input, PatternID};
 use regex_syntax::hir::Hir;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::ops::Range;
 use std::sync::{LazyLock, Mutex};
 
 /// A validator gets the whole text and a candidate's span, and answers the span to report (a
@@ -65,19 +66,29 @@ impl<K: Copy + Eq + Hash + Send + Sync + 'static> Table<K> {
 
     /// Calls `found(kind, start, end)` for each validated match, left to right, not
     /// overlapping.
-    pub(crate) fn find(&self, text: &str, mut found: impl FnMut(K, usize, usize)) {
-        let mut at = 0;
-        while at <= text.len() {
-            let Some(m) = self.regex.search(&Input::new(text).range(at..)) else {
+    pub(crate) fn find(&self, text: &str, found: impl FnMut(K, usize, usize)) {
+        self.find_in(text, 0..text.len(), found)
+    }
+
+    /// The same for the matches inside `span`; the text around it is still seen by `\b` and
+    /// by the validators.
+    pub(crate) fn find_in(
+        &self,
+        text: &str,
+        span: Range<usize>,
+        mut found: impl FnMut(K, usize, usize),
+    ) {
+        let mut at = span.start;
+        while at <= span.end {
+            let Some(m) = self.regex.search(&Input::new(text).span(at..span.end)) else {
                 return;
             };
             let entry = self.entries[m.pattern().as_usize()];
-            if let Some(end) = (entry.validate)(text, m.start(), m.end()) {
-                found(entry.kind, m.start(), end);
-                at = end.max(next_boundary(text, m.start()));
-                continue;
-            }
-            match self.other_at(text, m.start(), m.pattern()) {
+            let valid = match (entry.validate)(text, m.start(), m.end()) {
+                Some(end) => Some((entry.kind, end)),
+                None => self.other_at(text, m.start(), span.end, m.pattern()),
+            };
+            match valid {
                 Some((kind, end)) => {
                     found(kind, m.start(), end);
                     at = end.max(next_boundary(text, m.start()));
@@ -88,14 +99,20 @@ impl<K: Copy + Eq + Hash + Send + Sync + 'static> Table<K> {
     }
 
     /// The first other pattern, in priority order, with a valid match starting at `start`.
-    fn other_at(&self, text: &str, start: usize, failed: PatternID) -> Option<(K, usize)> {
+    fn other_at(
+        &self,
+        text: &str,
+        start: usize,
+        end: usize,
+        failed: PatternID,
+    ) -> Option<(K, usize)> {
         for (i, entry) in self.entries.iter().enumerate() {
             let pid = PatternID::new_unchecked(i);
             if pid == failed {
                 continue;
             }
             let input = Input::new(text)
-                .range(start..)
+                .span(start..end)
                 .anchored(Anchored::Pattern(pid));
             if let Some(m) = self.regex.search(&input) {
                 if let Some(end) = (entry.validate)(text, m.start(), m.end()) {
