@@ -8,6 +8,7 @@
 //! - [`policy`]: the compiled, immutable snapshot the data plane reads;
 //! - [`keys`]: the virtual key format and key files;
 //! - [`limits`]: rate and concurrency limits, budgets, IP allowlists, the brute-force guard;
+//! - [`guardrails`]: detecting and redacting PII, secrets, prompt injection, keywords and patterns;
 //! - [`proxy`]: the Pingora proxy phases — authenticate, authorize, route, forward;
 //! - [`upstream`]: providers, endpoints and peer selection;
 //! - [`usage`]: token usage read from provider responses as they stream by, and its price;
@@ -25,6 +26,7 @@ pub mod accounting;
 pub mod admin;
 pub mod config;
 pub mod domain;
+pub mod guardrails;
 pub(crate) mod json;
 pub mod keys;
 pub mod limits;

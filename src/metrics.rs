@@ -23,7 +23,7 @@ use std::time::Duration;
 /// Refusal reasons, the `reason` label of `keygate_refusals_total`: the error codes of
 /// [`Refusal`](crate::proxy::refusal::Refusal::reason), so that a policy refusal
 /// (`model_not_allowed`) and a client's typo (`model_not_found`) are told apart.
-pub const REFUSAL_REASONS: [&str; 17] = [
+pub const REFUSAL_REASONS: [&str; 20] = [
     "missing_api_key",
     "invalid_api_key",
     "key_expired",
@@ -41,6 +41,9 @@ pub const REFUSAL_REASONS: [&str; 17] = [
     "rate_limit_exceeded",
     "concurrency_limit_exceeded",
     "budget_exceeded",
+    "content_policy_violation",
+    "moderation_unavailable",
+    "response_blocked",
 ];
 
 /// Latency buckets of calls to Redis, from 0.1 ms (loopback) to the longest a call may wait.
@@ -72,6 +75,7 @@ pub struct Metrics {
     prompt_tokens: IntCounterVec,
     completion_tokens: IntCounterVec,
     cached_tokens: IntCounterVec,
+    cache_write_tokens: IntCounterVec,
     cost_usd: CounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
@@ -87,6 +91,8 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     pub fallbacks: IntCounterVec,
     pub upstream_connections: IntCounterVec,
+    /// Guardrail findings acted on, by key, workload, guardrail and action.
+    guardrail_actions: IntCounterVec,
     /// Audit lines lost to a full accounting queue (their usage is still counted).
     pub audit_dropped: IntCounter,
     /// Calls to the shared limit state (fleet mode), by operation and result.
@@ -115,6 +121,7 @@ struct KeyModelHandles {
     prompt_tokens: IntCounter,
     completion_tokens: IntCounter,
     cached_tokens: IntCounter,
+    cache_write_tokens: IntCounter,
     cost_usd: Counter,
 }
 
@@ -168,6 +175,7 @@ pub struct RequestFigures {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
     pub cost_usd: f64,
     pub duration: Duration,
     pub upstream_duration: Option<Duration>,
@@ -316,6 +324,11 @@ impl Metrics {
                 "Prompt tokens the provider served from its cache.",
                 &usage_labels,
             ),
+            cache_write_tokens: int_counter(
+                "keygate_cache_write_tokens_total",
+                "Prompt tokens the provider wrote to its cache (Anthropic's prompt caching).",
+                &usage_labels,
+            ),
             cost_usd,
             request_duration: histogram(
                 "keygate_request_duration_seconds",
@@ -373,6 +386,11 @@ impl Metrics {
                 "keygate_upstream_connections_total",
                 "Upstream connections used, by whether they were reused from the pool.",
                 &["provider", "reused"],
+            ),
+            guardrail_actions: int_counter(
+                "keygate_guardrail_actions_total",
+                "Guardrails that fired on a request, by key, workload, guardrail and the action taken.",
+                &["key", "workload", "guardrail", "action"],
             ),
             audit_dropped,
             anonymous_refusals: Default::default(),
@@ -453,6 +471,7 @@ impl Metrics {
                     prompt_tokens: self.prompt_tokens.with_label_values(&labels),
                     completion_tokens: self.completion_tokens.with_label_values(&labels),
                     cached_tokens: self.cached_tokens.with_label_values(&labels),
+                    cache_write_tokens: self.cache_write_tokens.with_label_values(&labels),
                     cost_usd: self.cost_usd.with_label_values(&labels),
                 }
             });
@@ -475,6 +494,7 @@ impl Metrics {
                 km.prompt_tokens.inc_by(f.prompt_tokens);
                 km.completion_tokens.inc_by(f.completion_tokens);
                 km.cached_tokens.inc_by(f.cached_tokens);
+                km.cache_write_tokens.inc_by(f.cache_write_tokens);
                 km.cost_usd.inc_by(f.cost_usd);
             }
         }
@@ -493,6 +513,14 @@ impl Metrics {
     pub fn upstream_auth_failed(&self, provider: &str) {
         self.upstream_auth_failures
             .with_label_values(&[provider])
+            .inc();
+    }
+
+    /// A guardrail acted on a request of `key`. Guardrails fire on few requests, so the label
+    /// lookup on each is of no concern; a request where none fired costs nothing here.
+    pub fn guardrail_acted(&self, key: &str, workload: &str, guardrail: &str, action: &str) {
+        self.guardrail_actions
+            .with_label_values(&[key, workload, guardrail, action])
             .inc();
     }
 
@@ -535,6 +563,7 @@ impl Metrics {
             self.prompt_tokens.desc(),
             self.completion_tokens.desc(),
             self.cached_tokens.desc(),
+            self.cache_write_tokens.desc(),
             self.cost_usd.desc(),
             self.request_duration.desc(),
             self.upstream_duration.desc(),
@@ -548,6 +577,7 @@ impl Metrics {
             self.upstream_retries.desc(),
             self.fallbacks.desc(),
             self.upstream_connections.desc(),
+            self.guardrail_actions.desc(),
             self.audit_dropped.desc(),
             self.state_operations.desc(),
             self.state_latency.desc(),

@@ -10,6 +10,7 @@
 //! What only takes effect when the gateway starts (listeners, threads, accounting sinks) is kept
 //! apart in [`startup`]: a reload carries it but nothing applies it.
 
+pub mod guardrails;
 pub mod startup;
 
 use crate::domain::{KeyStatus, Operation, ProviderFormat};
@@ -19,10 +20,12 @@ use crate::limits::LimitSpec;
 use crate::metrics::{
     KeyCounts, KeyHandles, KeyRef as MetricsKey, ModelHandles, ModelRef as MetricsModel,
 };
+use crate::upstream::azure::AzureTarget;
 use crate::upstream::Provider;
 pub use crate::usage::cost::Price;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use guardrails::Guardrails;
 use ipnet::IpNet;
 use startup::StartupSettings;
 use std::collections::{BTreeMap, HashMap};
@@ -86,6 +89,8 @@ pub struct Model {
     pub metrics: OnceLock<ModelHandles>,
     /// Indices of the models tried, in order, when this one fails (see `upstream::attempt`).
     pub fallbacks: Vec<usize>,
+    /// Azure OpenAI: the deployment and its paths; set exactly when the provider is `azure`.
+    pub azure: Option<AzureTarget>,
 }
 
 impl Model {
@@ -112,6 +117,8 @@ pub struct Workload {
     pub models: ModelSet,
     pub operations: OperationSet,
     pub limits: LimitSpec,
+    /// `guardrail_defaults` and the workload's own guardrails; `None` when there are none.
+    pub guardrails: Option<Arc<Guardrails>>,
 }
 
 /// A virtual key, with its workload's restrictions already folded in.
@@ -130,6 +137,9 @@ pub struct Key {
     pub operations: OperationSet,
     /// The key's own limits; its workload's apply as well.
     pub limits: LimitSpec,
+    /// Its workload's guardrails with the key's own additions and switch-offs; `None` when none
+    /// apply.
+    pub guardrails: Option<Arc<Guardrails>>,
     pub status: KeyStatus,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: Option<DateTime<Utc>>,
@@ -417,6 +427,6 @@ mod tests {
         assert!(s.contains(Operation::Chat) && !s.contains(Operation::Responses));
         let t = s.intersection([Operation::Chat].into_iter().collect());
         assert_eq!(t.iter().collect::<Vec<_>>(), vec![Operation::Chat]);
-        assert_eq!(OperationSet::all().iter().count(), 4);
+        assert_eq!(OperationSet::all().iter().count(), Operation::ALL.len());
     }
 }

@@ -508,12 +508,14 @@ async fn spend_survives_kill_9_and_the_budget_still_holds() {
         "prompt_tokens",
         "completion_tokens",
         "cached_tokens",
+        "cache_write_tokens",
         "cost_usd",
         "estimated",
         "latency_ms",
         "ttfb_ms",
         "refusal",
         "error",
+        "guardrails",
     ];
     let mut lines = 0;
     for line in audit.lines() {

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod report;
 
 use crate::limits;
+use crate::policy::guardrails::Fired;
 use crate::policy::{Key, Model};
 use crate::state::sqlite::{DayKey, UsageDb};
 use crate::state::DayUsage;
@@ -37,6 +38,9 @@ use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// The refusal reason of a request a guardrail blocked, counted in the usage view.
+const BLOCKED: &str = "content_policy_violation";
 
 /// How often usage is committed and the audit log flushed: the most accounting a crash can lose.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -76,6 +80,8 @@ pub struct RequestRecord {
     pub refusal: Option<&'static str>,
     /// keygate's error code, when the request failed or was refused.
     pub error: Option<&'static str>,
+    /// The guardrails that fired on the request; empty when none did.
+    pub guardrails: Vec<Fired>,
 }
 
 impl RequestRecord {
@@ -289,12 +295,14 @@ impl Drop for Recorder {
     }
 }
 
-/// Adds `r` to the totals of its day, key, workload and model, if it is billable.
+/// Adds `r` to the totals of its day, key, workload and model, if it is billable or a guardrail
+/// blocked it.
 fn fold(totals: &mut HashMap<DayKey, DayUsage>, r: &RequestRecord) {
     let (Some(key), Some(model)) = (r.key.as_deref(), r.model.as_deref()) else {
         return;
     };
-    if !r.billable {
+    let blocked = r.refusal == Some(BLOCKED);
+    if !r.billable && !blocked {
         return;
     }
     totals
@@ -306,12 +314,13 @@ fn fold(totals: &mut HashMap<DayKey, DayUsage>, r: &RequestRecord) {
         })
         .or_default()
         .add(&DayUsage {
-            requests: 1,
+            requests: u64::from(r.billable),
             prompt_tokens: r.usage.prompt_tokens,
             completion_tokens: r.usage.completion_tokens,
             cached_tokens: r.usage.cached_tokens,
             cost: r.cost,
             estimated_requests: u64::from(r.estimated),
+            blocked_requests: u64::from(blocked),
         });
 }
 

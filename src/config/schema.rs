@@ -52,6 +52,12 @@ pub struct ConfigFile {
     pub models: BTreeMap<String, ModelFile>,
     #[serde(default)]
     pub workloads: BTreeMap<String, WorkloadFile>,
+    /// Named guardrails that workloads and keys apply by name.
+    #[serde(default)]
+    pub guardrails: BTreeMap<String, GuardrailFile>,
+    /// Guardrails applied to every workload; a key may switch one off with `guardrails_off`.
+    #[serde(default)]
+    pub guardrail_defaults: Vec<String>,
 }
 
 fn default_keys_dir() -> String {
@@ -165,7 +171,8 @@ pub struct ServerFile {
     pub max_connections: Option<usize>,
 }
 
-/// The optional embedded OpenAI-compatible upstream, for trying keygate without a provider account.
+/// The optional embedded OpenAI- and Anthropic-compatible upstream, for trying keygate without a
+/// provider account.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MockProviderFile {
@@ -185,6 +192,9 @@ pub struct ProviderFile {
     /// The real provider credential; `${VAR}` is read from the environment when the policy loads.
     #[serde(default)]
     pub api_key: Option<String>,
+    /// `format: anthropic` only: the `anthropic-version` sent when the client sends none.
+    #[serde(default)]
+    pub anthropic_version: Option<String>,
     /// Account-steering client headers (e.g. `OpenAI-Organization`) forwarded to this provider;
     /// the others are withheld.
     #[serde(default)]
@@ -279,6 +289,13 @@ pub struct ModelFile {
     /// Models tried in order when this one answers 429 or 5xx, times out, or cannot be reached.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// Azure OpenAI: the deployment that serves this model (default: the upstream model name).
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// Azure OpenAI: the `api-version` of the deployments API, or `v1` for the v1 API
+    /// (`/openai/v1/...`, no `api-version`).
+    #[serde(default)]
+    pub api_version: Option<String>,
 }
 
 /// USD per million tokens.
@@ -289,6 +306,9 @@ pub struct PriceFile {
     pub output_per_mtok: f64,
     #[serde(default)]
     pub cached_input_per_mtok: Option<f64>,
+    /// Prompt tokens written to a provider's cache (Anthropic's `cache_creation_input_tokens`).
+    #[serde(default)]
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,6 +328,107 @@ pub struct WorkloadFile {
     pub allowed_ips: Option<Vec<String>>,
     #[serde(default)]
     pub budget: Option<BudgetFile>,
+    /// Guardrails applied to this workload's keys, on top of `guardrail_defaults`.
+    #[serde(default)]
+    pub guardrails: Vec<String>,
+}
+
+/// One named guardrail: exactly one detector, an action and the sides it applies to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailFile {
+    #[serde(default)]
+    pub keywords: Option<Vec<String>>,
+    /// How `keywords` match: `word` (whole words, the default) or `substring`.
+    #[serde(default, rename = "match")]
+    pub match_: Option<KeywordMatchFile>,
+    #[serde(default)]
+    pub regex: Option<Vec<String>>,
+    #[serde(default)]
+    pub pii: Option<Vec<String>>,
+    /// `all`, or a list of secret kinds.
+    #[serde(default)]
+    pub secrets: Option<SecretsFile>,
+    #[serde(default)]
+    pub prompt_injection: Option<PromptInjectionFile>,
+    #[serde(default)]
+    pub moderation: Option<ModerationFile>,
+    pub action: GuardrailActionFile,
+    /// `[request]` (the default), `[response]` or `[request, response]`.
+    #[serde(default)]
+    pub apply_to: Option<Vec<GuardrailSideFile>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeywordMatchFile {
+    Word,
+    Substring,
+}
+
+/// `secrets: all` or `secrets: [aws_access_key, github, ...]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SecretsFile {
+    All(String),
+    Kinds(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptInjectionFile {
+    /// `low`, `medium` (the default) or `high`.
+    #[serde(default)]
+    pub threshold: Option<String>,
+}
+
+/// An outside moderation service: an OpenAI-compatible `/v1/moderations` endpoint, or a
+/// webhook answering `{"allow": bool}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModerationFile {
+    pub url: String,
+    /// `openai` (the default) or `webhook`.
+    #[serde(default)]
+    pub format: Option<ModerationFormatFile>,
+    /// Sent as `Authorization: Bearer …`; `${VAR}` is read from the environment.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// The longest wait for the service's answer (default `1s`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// What a request gets when the service fails or times out: `allow` or `block` (the default).
+    #[serde(default)]
+    pub on_error: Option<ModerationOnErrorFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModerationFormatFile {
+    Openai,
+    Webhook,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModerationOnErrorFile {
+    Allow,
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardrailActionFile {
+    Block,
+    Redact,
+    Log,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardrailSideFile {
+    Request,
+    Response,
 }
 
 /// Spending caps in USD per UTC calendar day and month.
@@ -407,6 +528,12 @@ pub struct KeyFile {
     pub allowed_ips: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetFile>,
+    /// Guardrails this key applies on top of its workload's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guardrails: Vec<String>,
+    /// Guardrails of its workload (or the defaults) this key does not apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guardrails_off: Vec<String>,
     /// Secrets replaced by a rotation that keep working until their grace period ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_hashes: Vec<PreviousHash>,

@@ -229,6 +229,8 @@ impl KeyFiles {
             rate_limits: settings.rate_limits,
             max_concurrent: settings.max_concurrent,
             allowed_ips: settings.allowed_ips,
+            guardrails: Vec::new(),
+            guardrails_off: Vec::new(),
             previous_hashes: Vec::new(),
         };
         let path = store::key_path(&self.keys_dir, id);

@@ -5,9 +5,13 @@
 //! half checked. A request refused before that keeps what it had learned in [`Named`], for the
 //! labels of its metrics and its audit line.
 
+use super::dialect::Dialect;
+use super::inspect_response::ResponseInspection;
 use super::paths::Route;
 use super::refusal::Refusal;
+use crate::domain::Operation;
 use crate::limits::{Admission, RateStatus};
+use crate::policy::guardrails::Fired;
 use crate::policy::{Key, Model, Policy};
 use crate::upstream::attempt::UpstreamAttempts;
 use crate::upstream::watchdog::Watchdog;
@@ -25,6 +29,8 @@ pub struct RequestCtx {
     /// The policy snapshot this request started on; it keeps using it even if a reload happens.
     pub policy: Arc<Policy>,
     pub route: Option<Route>,
+    /// The API dialect of keygate's own answers to this request.
+    pub dialect: Dialect,
     /// The client's address: the socket peer, or the client behind a trusted proxy.
     pub client_ip: Option<IpAddr>,
     /// What a request that was not admitted had named, for labels.
@@ -33,6 +39,8 @@ pub struct RequestCtx {
     pub admitted: Option<Admitted>,
     /// Rate-limit figures for the `x-ratelimit-*` headers, for keys with rate limits.
     pub rate: Option<RateStatus>,
+    /// The guardrails that fired on the request, for its metrics and audit line.
+    pub guardrails: Vec<Fired>,
     /// What keygate answered instead of the provider, or in place of a failed forward.
     pub failure: Option<Refusal>,
     /// Endpoints tried, retries and fallbacks taken, the total deadline (see `upstream::attempt`).
@@ -56,6 +64,7 @@ pub struct Named {
 /// A request that passed authentication, authorization and its limits.
 pub struct Admitted {
     pub key: Arc<Key>,
+    pub operation: Operation,
     /// The model being served: the one asked for, or the fallback the route switched to.
     pub model: Arc<Model>,
     pub stream: bool,
@@ -78,6 +87,8 @@ pub struct ResponseState {
     pub stripper: Option<UsageChunkStripper>,
     /// When the first response body byte arrived.
     pub first_byte: Option<Instant>,
+    /// The key's response guardrails, over a successful response.
+    pub inspection: Option<ResponseInspection>,
 }
 
 impl RequestCtx {
@@ -87,10 +98,12 @@ impl RequestCtx {
             request_id: String::new(),
             policy,
             route: None,
+            dialect: Dialect::Openai,
             client_ip: None,
             named: Named::default(),
             admitted: None,
             rate: None,
+            guardrails: Vec::new(),
             failure: None,
             upstream: UpstreamAttempts::default(),
             watchdog: None,

@@ -1,14 +1,18 @@
 //! Forward: the request as the provider receives it. The virtual key is swapped for the
-//! provider's credential, client headers that would choose another provider account are dropped
-//! (unless the provider forwards them), the endpoint is addressed, and the body keygate read (and
-//! may have rewritten) is sent whole, framed by its length.
+//! provider's credential (in its format's header), client headers that would choose another
+//! provider account are dropped (unless the provider forwards them), an Anthropic provider gets an
+//! `anthropic-version` when the client sent none, the endpoint is addressed (an Azure model at its
+//! deployment's path), and the body keygate read (and may have rewritten) is sent whole, framed by
+//! its length.
 
 use super::authenticate::OTHER_KEY_HEADERS;
 use super::ctx::RequestCtx;
 use super::head;
 use crate::usage::ContentEncoding;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue, Uri};
+
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::ALPN;
@@ -41,8 +45,8 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
         return not_routed();
     };
     let mut values = head::Values::with_capacity(head::VALUES_CAPACITY);
-    // the credential, host, request id, content length and accept-encoding
-    head::edit_request(upstream, 5, |parts| {
+    // the credential, host, request id, content length, accept-encoding and anthropic-version
+    head::edit_request(upstream, 6, |parts| {
         let headers = &mut parts.headers;
         // every header a virtual key can arrive in
         headers.remove(http::header::AUTHORIZATION);
@@ -62,6 +66,11 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
         if let Some((name, value)) = &provider.credential {
             head::set(headers, name.clone(), value.clone())?;
         }
+        if let Some(version) = &provider.anthropic_version {
+            if !headers.contains_key(ANTHROPIC_VERSION) {
+                head::set(headers, ANTHROPIC_VERSION, version.clone())?;
+            }
+        }
         head::set(headers, http::header::HOST, endpoint.authority.clone())?;
         head::set_request_id(headers, &mut values, &ctx.request_id)?;
         // The body is complete and framed by Content-Length: nothing is left to negotiate.
@@ -69,20 +78,39 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
         headers.remove(http::header::EXPECT);
         let content_length = values.number(admitted.body.len() as u64)?;
         head::set(headers, http::header::CONTENT_LENGTH, content_length)?;
-        let accept = if admitted.added_include_usage {
-            // The usage chunk is removed from the stream on its way back, which needs plain
-            // bytes.
+        let inspected = admitted
+            .key
+            .guardrails
+            .as_ref()
+            .is_some_and(|g| g.scans_responses);
+        let accept = if admitted.added_include_usage || inspected {
+            // The usage chunk is removed from the stream on its way back, and response
+            // guardrails read the text: both need plain bytes.
             HeaderValue::from_static("identity")
         } else {
             let client = headers.get(http::header::ACCEPT_ENCODING);
             ContentEncoding::upstream_accept(client.map(HeaderValue::as_bytes))
         };
         head::set(headers, http::header::ACCEPT_ENCODING, accept)?;
-        if !endpoint.base_path.is_empty() {
-            let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            parts.uri = format!("{}{}", endpoint.base_path, path_and_query)
-                .parse()
-                .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream path"))?;
+        let azure_path = admitted
+            .model
+            .azure
+            .as_ref()
+            .and_then(|azure| azure.path(admitted.operation));
+        match azure_path {
+            // Prebuilt: the path costs a reference count, not a copy.
+            Some(path) if endpoint.base_path.is_empty() => parts.uri = Uri::from(path.clone()),
+            _ if endpoint.base_path.is_empty() => {}
+            path => {
+                let path_and_query = path
+                    .or(parts.uri.path_and_query())
+                    .map_or("/", |pq| pq.as_str());
+                parts.uri = format!("{}{}", endpoint.base_path, path_and_query)
+                    .parse()
+                    .map_err(|_| {
+                        Error::explain(ErrorType::InternalError, "invalid upstream path")
+                    })?;
+            }
         }
         Ok(())
     })

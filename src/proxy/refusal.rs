@@ -4,10 +4,12 @@
 //! One enum holds them all, and everything a caller or an operator sees is derived from it: the
 //! HTTP status, the error type and code, the metrics `reason` and the audit field. Rendering is a
 //! function of the enum per API dialect, so a client library's error handling never depends on a
-//! string chosen at the call site. Today the dialect is OpenAI's
-//! (`{"error":{"message","type","param","code"}}`), which makes the official SDKs raise the right
-//! exception class (`AuthenticationError`, `PermissionDeniedError`, `RateLimitError`, …).
+//! string chosen at the call site: OpenAI's (`{"error":{"message","type","param","code"}}`), and
+//! Anthropic's (`{"type":"error","error":{"type","message"},"request_id"}`) on its Messages API.
+//! Either makes the official SDKs raise the right exception class (`AuthenticationError`,
+//! `PermissionDeniedError`, `RateLimitError`, …).
 
+use super::dialect::Dialect;
 use super::head;
 use crate::domain::Operation;
 use crate::limits::RateStatus;
@@ -17,6 +19,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde::Serialize;
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
@@ -58,7 +61,7 @@ pub enum Refusal {
     #[error("The request body did not arrive within {}.", humantime::format_duration(*.0))]
     RequestTimeout(Duration),
     /// The path as the client sent it, bounded (see [`Refusal::unknown_route`]).
-    #[error("Unknown request URL: {0}. keygate serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and GET /v1/models.")]
+    #[error("Unknown request URL: {0}. keygate serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages, /v1/messages/count_tokens and GET /v1/models.")]
     UnknownRoute(Box<str>),
     #[error("{method} is not allowed on {path}.")]
     MethodNotAllowed { method: Box<str>, path: Box<str> },
@@ -90,6 +93,23 @@ pub enum Refusal {
     /// The data plane has `server.max_connections` open: the connection is refused as a whole.
     #[error("The gateway is at its limit of open connections; retry shortly.")]
     ConnectionLimit,
+    /// A guardrail whose action is `block` found something in the request. The message names
+    /// the guardrail and its rule, never what matched.
+    #[error("The request was blocked by guardrail `{guardrail}` (rule `{rule}`).")]
+    ContentPolicy {
+        guardrail: Arc<str>,
+        rule: Cow<'static, str>,
+    },
+    /// A guardrail with `apply_to: [.., response]` and `action: block` found something in the
+    /// provider's answer.
+    #[error("The response was blocked by guardrail `{guardrail}` (rule `{rule}`).")]
+    ResponseBlocked {
+        guardrail: Arc<str>,
+        rule: Cow<'static, str>,
+    },
+    /// A moderation guardrail with `on_error: block` got no verdict from its service.
+    #[error("The request could not be checked by guardrail `{0}`: its moderation service is unavailable; retry shortly.")]
+    ModerationUnavailable(Arc<str>),
     /// Fleet mode with `on_error: fail_closed`: the shared limit state could not be reached.
     #[error("The gateway cannot reach its shared limit state; retry shortly.")]
     StateUnavailable,
@@ -132,7 +152,7 @@ impl Refusal {
             | Refusal::ModelNotAllowed(_) => 403,
             Refusal::ModelNotFound(_) | Refusal::UnknownRoute(_) => 404,
             Refusal::MethodNotAllowed { .. } => 405,
-            Refusal::InvalidRequest { .. } => 400,
+            Refusal::InvalidRequest { .. } | Refusal::ContentPolicy { .. } => 400,
             Refusal::RequestTimeout(_) => 408,
             Refusal::BodyTooLarge(_) | Refusal::ChunkedBodyTooLarge => 413,
             Refusal::RateLimited { .. }
@@ -140,10 +160,12 @@ impl Refusal {
             | Refusal::BudgetExceeded { .. }
             | Refusal::AuthGuard { .. } => 429,
             Refusal::Internal => 500,
-            Refusal::UpstreamUnavailable | Refusal::UpstreamAuthFailed => 502,
+            Refusal::UpstreamUnavailable
+            | Refusal::UpstreamAuthFailed
+            | Refusal::ResponseBlocked { .. } => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::ConnectionLimit => 503,
-            Refusal::StateUnavailable => 503,
+            Refusal::StateUnavailable | Refusal::ModerationUnavailable(_) => 503,
         }
     }
 
@@ -173,6 +195,9 @@ impl Refusal {
             Refusal::Internal => "internal_error",
             Refusal::ConnectionLimit => "connection_limit_exceeded",
             Refusal::StateUnavailable => "state_unavailable",
+            Refusal::ContentPolicy { .. } => "content_policy_violation",
+            Refusal::ModerationUnavailable(_) => "moderation_unavailable",
+            Refusal::ResponseBlocked { .. } => "response_blocked",
         }
     }
 
@@ -255,17 +280,64 @@ impl Refusal {
         };
         Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
     }
+
+    /// Anthropic's error type for the status, as its API documents them; its SDKs pick their
+    /// exception class by the status, and show the type.
+    fn anthropic_type(&self) -> &'static str {
+        match self.status() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            504 => "timeout_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The body in Anthropic's dialect. It has no field for keygate's code, which the message
+    /// words and the metrics and audit log carry.
+    pub fn anthropic_body(&self, request_id: &str) -> Bytes {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            error: Inner<'a>,
+            request_id: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            message: &'a str,
+        }
+        let message = self.to_string();
+        let envelope = Envelope {
+            kind: "error",
+            error: Inner {
+                kind: self.anthropic_type(),
+                message: &message,
+            },
+            request_id,
+        };
+        Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
+    }
 }
 
-/// Sends `refusal` as the whole response, with the request id and, for a rate-limited key, the
-/// `x-ratelimit-*` headers.
+/// Sends `refusal` as the whole response in the client's `dialect`, with the request id and, for
+/// a rate-limited key, the `x-ratelimit-*` headers.
 pub async fn respond(
     session: &mut Session,
     refusal: &Refusal,
+    dialect: Dialect,
     request_id: &str,
     rate: Option<&RateStatus>,
 ) -> pingora::Result<()> {
-    let body = refusal.openai_body();
+    let body = match dialect {
+        Dialect::Openai => refusal.openai_body(),
+        Dialect::Anthropic => refusal.anthropic_body(request_id),
+    };
     // Without a case map: `edit_response` adds the rest with `head::edit`, which would drop it.
     let mut header = ResponseHeader::build_no_case(refusal.status(), Some(10))?;
     header.insert_header("content-type", "application/json")?;
@@ -337,6 +409,51 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&Refusal::InvalidKey.openai_body()).unwrap();
         assert!(v["error"]["param"].is_null());
+        let blocked = Refusal::ContentPolicy {
+            guardrail: "banned-words".into(),
+            rule: "keyword[1]".into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&blocked.openai_body()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "content_policy_violation");
+        assert_eq!(
+            v["error"]["message"],
+            "The request was blocked by guardrail `banned-words` (rule `keyword[1]`)."
+        );
+        assert_eq!(blocked.status(), 400);
+    }
+
+    #[test]
+    fn body_has_anthropic_shape() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&Refusal::InvalidKey.anthropic_body("req_1")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "error", "request_id": "req_1", "error": {
+                "type": "authentication_error", "message": "Incorrect API key provided."}})
+        );
+        for (refusal, kind) in [
+            (Refusal::KeyPaused, "permission_error"),
+            (Refusal::ModelNotFound("m".into()), "not_found_error"),
+            (Refusal::BodyTooLarge(1), "request_too_large"),
+            (
+                Refusal::invalid_param("model", "x"),
+                "invalid_request_error",
+            ),
+            (
+                Refusal::BudgetExceeded {
+                    limit: "k".into(),
+                    resets_in: Duration::from_secs(1),
+                },
+                "rate_limit_error",
+            ),
+            (Refusal::UpstreamAuthFailed, "api_error"),
+            (Refusal::UpstreamTimeout, "timeout_error"),
+        ] {
+            let v: serde_json::Value =
+                serde_json::from_slice(&refusal.anthropic_body("r")).unwrap();
+            assert_eq!(v["error"]["type"], kind, "{refusal:?}");
+        }
     }
 
     #[test]
@@ -403,6 +520,15 @@ mod tests {
             },
             Refusal::AuthGuard {
                 retry_after: Duration::ZERO,
+            },
+            Refusal::ContentPolicy {
+                guardrail: "g".into(),
+                rule: "email".into(),
+            },
+            Refusal::ModerationUnavailable("g".into()),
+            Refusal::ResponseBlocked {
+                guardrail: "g".into(),
+                rule: "email".into(),
             },
         ];
         let reasons: Vec<_> = every.iter().filter_map(Refusal::reason).collect();

@@ -6,7 +6,12 @@
 
 use super::body;
 use super::ctx::RequestCtx;
+use super::dialect::Dialect;
+use super::inspect_response::ResponseInspection;
+use super::paths::Route;
 use super::refusal::{self, Refusal};
+use super::texts::Shape;
+use crate::domain::{Operation, WireFormat};
 use crate::policy::{Key, Policy};
 use crate::usage::{BodyKind, ContentEncoding, UsageChunkStripper, UsageExtractor};
 use bytes::Bytes;
@@ -31,7 +36,8 @@ pub fn response_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Res
     let Some(admitted) = &ctx.admitted else {
         return Ok(());
     };
-    if !response.status.is_success() {
+    // A token count is no usage: it is free, and its `input_tokens` were not consumed.
+    if !response.status.is_success() || admitted.operation == Operation::CountTokens {
         return Ok(());
     }
     let headers = &response.headers;
@@ -58,12 +64,43 @@ pub fn response_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Res
         // The client receives fewer bytes than the provider sent.
         response.remove_header(&http::header::CONTENT_LENGTH);
     }
+    let guardrails = admitted
+        .key
+        .guardrails
+        .as_ref()
+        .filter(|g| g.scans_responses);
+    let shape = match ctx.route {
+        Some(Route::Proxy(operation)) => Shape::response_of(operation, is_sse),
+        _ => None,
+    };
+    // Asked for uncompressed (see `forward`); a coded answer cannot be read, so is not passed on.
+    if let (Some(guardrails), Some(shape)) = (guardrails, shape) {
+        if encoding != Some(ContentEncoding::Identity) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                "a response to inspect arrived compressed",
+            );
+        }
+        ctx.response.inspection = Some(ResponseInspection::new(
+            guardrails.clone(),
+            shape,
+            ctx.dialect,
+            is_sse,
+        ));
+        // Redactions change the length, and a cut stream ends early.
+        response.remove_header(&http::header::CONTENT_LENGTH);
+    }
     Ok(())
 }
 
 /// Counts tokens as the body passes; the chunk itself goes on untouched, unless it carries the
-/// usage chunk keygate asked for on the client's behalf.
-pub fn response_chunk(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
+/// usage chunk keygate asked for on the client's behalf, or the key's response guardrails hold,
+/// change or cut it. `Err` aborts a response a guardrail blocked after its head went out.
+pub fn response_chunk(
+    ctx: &mut RequestCtx,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+) -> Result<()> {
     let state = &mut ctx.response;
     if let Some(chunk) = body.as_ref() {
         if state.first_byte.is_none() && !chunk.is_empty() {
@@ -87,6 +124,26 @@ pub fn response_chunk(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_str
         // An empty chunk would read as the end of a chunked body: send nothing instead.
         *body = out.filter(|b| !b.is_empty());
     }
+    if let Some(inspection) = ctx.response.inspection.as_mut() {
+        match inspection.chunk(
+            body.take(),
+            end_of_stream,
+            &mut ctx.guardrails,
+            &ctx.request_id,
+        ) {
+            Ok(out) => {
+                *body = out.filter(|b| !b.is_empty());
+                if let Some(refusal) = inspection.take_blocked() {
+                    ctx.failure = Some(refusal);
+                }
+            }
+            Err(refusal) => {
+                ctx.failure = Some(refusal);
+                return Error::e_explain(ErrorType::InternalError, "response aborted by keygate");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Answers `refusal` in place of the provider, after reading what is left of the body so the
@@ -96,14 +153,24 @@ pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: Refusa
     if !matches!(refusal, Refusal::RequestTimeout(_)) {
         body::discard_rest(session).await;
     }
-    refusal::respond(session, &refusal, &ctx.request_id, ctx.rate.as_ref()).await?;
+    refusal::respond(
+        session,
+        &refusal,
+        ctx.dialect,
+        &ctx.request_id,
+        ctx.rate.as_ref(),
+    )
+    .await?;
     ctx.failure = Some(refusal);
     Ok(())
 }
 
-/// `GET /v1/models`: the models the key may use.
+/// `GET /v1/models`: the models the key may use, in the client's dialect.
 pub async fn list_models(session: &mut Session, ctx: &RequestCtx, key: &Key) -> Result<()> {
-    let body = models_body(&ctx.policy, key);
+    let body = match ctx.dialect {
+        Dialect::Openai => models_body(&ctx.policy, key),
+        Dialect::Anthropic => anthropic_models_body(&ctx.policy, key),
+    };
     let mut h = ResponseHeader::build(200, Some(3))?;
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", body.len())?;
@@ -133,6 +200,38 @@ fn models_body(policy: &Policy, key: &Key) -> Bytes {
     )
 }
 
+/// Anthropic's model list: the key's models served through the Messages API. keygate knows no
+/// release date of a model; the epoch stands in for it, as `created: 0` does in OpenAI's list.
+fn anthropic_models_body(policy: &Policy, key: &Key) -> Bytes {
+    let names: Vec<&str> = key
+        .models
+        .iter()
+        .filter_map(|i| policy.models.get(i))
+        .filter(|m| m.provider.format.wire() == WireFormat::Anthropic)
+        .map(|m| m.name.as_str())
+        .collect();
+    let data: Vec<serde_json::Value> = names
+        .iter()
+        .map(|name| {
+            serde_json::json!({
+                "type": "model",
+                "id": name,
+                "display_name": name,
+                "created_at": "1970-01-01T00:00:00Z",
+            })
+        })
+        .collect();
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "data": data,
+            "has_more": false,
+            "first_id": names.first(),
+            "last_id": names.last(),
+        }))
+        .unwrap_or_default(),
+    )
+}
+
 /// A forward that failed after admission becomes an error in the client's dialect, if the
 /// client can still get one.
 pub async fn failed(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
@@ -157,7 +256,14 @@ pub async fn failed(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> F
         if !can_keep {
             session.set_keepalive(None);
         }
-        match refusal::respond(session, &failure, &ctx.request_id, ctx.rate.as_ref()).await {
+        let answer = refusal::respond(
+            session,
+            &failure,
+            ctx.dialect,
+            &ctx.request_id,
+            ctx.rate.as_ref(),
+        );
+        match answer.await {
             Ok(()) if can_keep => {
                 crate::listener::keep_after_answer(session);
                 keep = true;

@@ -117,6 +117,7 @@ impl UsageDb {
                  cached_tokens INTEGER NOT NULL,
                  cost_nanos INTEGER NOT NULL,       -- USD × 10^9
                  estimated_requests INTEGER NOT NULL,
+                 blocked_requests INTEGER NOT NULL DEFAULT 0,
                  PRIMARY KEY (day, key_id, workload, model)
              ) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS usage_daily_by_workload ON usage_daily (workload, day);
@@ -124,7 +125,23 @@ impl UsageDb {
                  key_id TEXT PRIMARY KEY,
                  last_used_ms INTEGER NOT NULL      -- Unix epoch milliseconds
              ) WITHOUT ROWID;",
-        )
+        )?;
+        // A database an older keygate created lacks the column; those keygates write rows
+        // without it, which the default keeps valid, so the schema version stays.
+        if !self.has_blocked_column()? {
+            self.conn.execute_batch(
+                "ALTER TABLE usage_daily ADD COLUMN blocked_requests INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn has_blocked_column(&self) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare(
+                "SELECT 1 FROM pragma_table_info('usage_daily') WHERE name = 'blocked_requests'",
+            )?
+            .exists([])
     }
 
     fn check_version(&self) -> Result<(), StateError> {
@@ -170,6 +187,7 @@ impl UsageDb {
                         sql_int(u.cached_tokens),
                         sql_int(u.cost.0),
                         sql_int(u.estimated_requests),
+                        sql_int(u.blocked_requests),
                     ])
                     .map_err(err)?;
             }
@@ -327,9 +345,15 @@ impl UsageDb {
             Some(UsageGroup::Workload) => "workload",
             None => "'total'",
         };
+        // Read-only, a database no keygate with guardrails has opened yet has no such column.
+        let blocked = if self.has_blocked_column().map_err(|e| self.error(e))? {
+            "blocked_requests"
+        } else {
+            "0"
+        };
         let sql = format!(
             "SELECT {column}, requests, prompt_tokens, completion_tokens, cached_tokens,
-                    cost_nanos, estimated_requests
+                    cost_nanos, estimated_requests, {blocked}
              FROM usage_daily
              WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR workload = ?2)
                AND (?3 IS NULL OR day >= ?3) AND (?4 IS NULL OR day <= ?4)
@@ -354,6 +378,7 @@ impl UsageDb {
                 cached_tokens: n(4)?,
                 cost: UsdNanos(n(5)?),
                 estimated_requests: n(6)?,
+                blocked_requests: n(7)?,
             });
             Ok(())
         })
@@ -368,6 +393,7 @@ impl UsageDb {
                 cached_tokens: t.cached_tokens,
                 cost: t.cost,
                 estimated_requests: t.estimated_requests,
+                blocked_requests: t.blocked_requests,
             })
             .collect())
     }
@@ -375,8 +401,9 @@ impl UsageDb {
 
 /// Adds a batch to its rows; each total stops at `i64::MAX` instead of turning into a REAL.
 const UPSERT: &str = "INSERT INTO usage_daily (day, key_id, workload, model, requests,
-        prompt_tokens, completion_tokens, cached_tokens, cost_nanos, estimated_requests)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+        prompt_tokens, completion_tokens, cached_tokens, cost_nanos, estimated_requests,
+        blocked_requests)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
     ON CONFLICT (day, key_id, workload, model) DO UPDATE SET
         requests = CASE WHEN requests > 9223372036854775807 - excluded.requests
             THEN 9223372036854775807 ELSE requests + excluded.requests END,
@@ -391,7 +418,10 @@ const UPSERT: &str = "INSERT INTO usage_daily (day, key_id, workload, model, req
             THEN 9223372036854775807 ELSE cost_nanos + excluded.cost_nanos END,
         estimated_requests =
             CASE WHEN estimated_requests > 9223372036854775807 - excluded.estimated_requests
-            THEN 9223372036854775807 ELSE estimated_requests + excluded.estimated_requests END";
+            THEN 9223372036854775807 ELSE estimated_requests + excluded.estimated_requests END,
+        blocked_requests =
+            CASE WHEN blocked_requests > 9223372036854775807 - excluded.blocked_requests
+            THEN 9223372036854775807 ELSE blocked_requests + excluded.blocked_requests END";
 
 /// SQLite integers are signed: a value beyond `i64::MAX` is stored as that.
 fn sql_int(n: u64) -> i64 {
@@ -462,6 +492,7 @@ mod tests {
             cached_tokens: 0,
             cost: UsdNanos(cost),
             estimated_requests: 0,
+            blocked_requests: requests % 2,
         }
     }
 
@@ -510,6 +541,38 @@ mod tests {
             .unwrap();
         assert_eq!(total[0].requests, 24);
         assert_eq!(total[0].prompt_tokens, 240);
+        // usage(2, _), usage(1, _) and usage(9, _), twice: one blocked each for 1 and 9
+        assert_eq!(total[0].blocked_requests, 4);
+    }
+
+    #[test]
+    fn a_database_without_the_blocked_column_gets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT INTO meta VALUES ('schema_version', 1);
+             CREATE TABLE usage_daily (day TEXT NOT NULL, key_id TEXT NOT NULL,
+                 workload TEXT NOT NULL, model TEXT NOT NULL, requests INTEGER NOT NULL,
+                 prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+                 cached_tokens INTEGER NOT NULL, cost_nanos INTEGER NOT NULL,
+                 estimated_requests INTEGER NOT NULL,
+                 PRIMARY KEY (day, key_id, workload, model)) WITHOUT ROWID;
+             INSERT INTO usage_daily VALUES ('2026-11-23', 'a', 'w', 'm', 3, 0, 0, 0, 7, 0);",
+        )
+        .unwrap();
+        drop(conn);
+        // Read-only, the old file reads as having blocked nothing.
+        let old = UsageDb::open_read_only(dir.path()).unwrap();
+        let total = &old.report(&UsageFilter::default(), None).unwrap()[0];
+        assert_eq!((total.requests, total.blocked_requests), (3, 0));
+        drop(old);
+        let mut db = UsageDb::open(dir.path()).unwrap();
+        let mut batch = HashMap::new();
+        batch.insert(row("2026-11-23", "a", "w", "m"), usage(1, 1));
+        db.add(&batch).unwrap();
+        let total = &db.report(&UsageFilter::default(), None).unwrap()[0];
+        assert_eq!((total.requests, total.blocked_requests), (4, 1));
     }
 
     #[test]
@@ -523,6 +586,7 @@ mod tests {
             cached_tokens: 0,
             cost: UsdNanos(u64::MAX),
             estimated_requests: 0,
+            blocked_requests: 0,
         };
         let mut batch = HashMap::new();
         batch.insert(row("2026-11-23", "a", "w", "m"), huge);
@@ -533,7 +597,9 @@ mod tests {
         // A value an older keygate let overflow into a REAL, in the row of another key.
         db.conn
             .execute(
-                "INSERT INTO usage_daily VALUES ('2026-11-23', 'b', 'w', 'm', 1, 1.8e19, 5, 0, 3.6e19, 0)",
+                "INSERT INTO usage_daily (day, key_id, workload, model, requests, prompt_tokens,
+                     completion_tokens, cached_tokens, cost_nanos, estimated_requests)
+                 VALUES ('2026-11-23', 'b', 'w', 'm', 1, 1.8e19, 5, 0, 3.6e19, 0)",
                 [],
             )
             .unwrap();

@@ -1,6 +1,7 @@
 //! One key, compiled against the rest of the policy: its id and digests checked, its workload
 //! found, and its own models, operations and limits narrowed to what the workload allows.
 
+use super::guardrails::Catalog;
 use super::workloads::compile_limits;
 use super::{field, Problems};
 use crate::config::schema::KeyFile;
@@ -31,6 +32,7 @@ pub fn valid_key_id(id: &str) -> bool {
 pub(super) struct KeyContext<'a> {
     pub model_index: &'a HashMap<&'a str, usize>,
     pub workloads: &'a BTreeMap<String, Arc<Workload>>,
+    pub guardrails: &'a Catalog,
     /// The serving policy's keys, when they were compiled against the same main file.
     pub reusable: Option<&'a BTreeMap<String, Arc<Key>>>,
     /// When known, the only key files that may differ from the serving policy's.
@@ -210,6 +212,13 @@ pub(super) fn compile_key(
         src.budget.as_ref(),
         problems,
     );
+    let guardrails = context.guardrails.for_key(
+        file,
+        p,
+        workload.and_then(|w| w.guardrails.as_ref()),
+        (&src.guardrails, &src.guardrails_off),
+        problems,
+    );
     match (digest, workload) {
         (Some(digest), Some(workload)) if problems.list.len() == before => CompiledKey::Ok {
             key: Arc::new(Key {
@@ -222,6 +231,7 @@ pub(super) fn compile_key(
                 models,
                 operations,
                 limits,
+                guardrails,
                 status: src.status,
                 expires_at: src.expires_at,
                 created_at: src.created_at,

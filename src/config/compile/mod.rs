@@ -2,9 +2,11 @@
 //! at the first. This module reads the main file and puts the policy together from its parts,
 //! each compiled by a module of its own, in the order their problems are reported:
 //! [`settings`] (listeners, the server section, the guard, the accounting sinks), [`providers`],
-//! [`models`], [`workloads`] (with the limits keys share), then the key files ([`key_files`],
+//! [`models`], [`guardrails`] (the definitions, and each distinct list compiled once), [`workloads`]
+//! (with the limits keys share), then the key files ([`key_files`],
 //! each key by [`keys`]). [`source`] reads files for all of them.
 
+mod guardrails;
 mod key_files;
 pub(super) mod keys;
 mod models;
@@ -116,16 +118,20 @@ fn compile(
     let models = models::compile_models(cfg, &config, &providers, problems);
     let model_index: HashMap<&str, usize> =
         models.iter().map(|m| (m.name.as_str(), m.index)).collect();
-    let mut workloads = workloads::compile_workloads(cfg, &config, &model_index, problems);
+    let catalog = guardrails::compile_catalog(cfg, &config, problems);
+    let mut workloads =
+        workloads::compile_workloads(cfg, &config, &model_index, &catalog, problems);
 
     if let Some(previous) = reusable {
         // The same main file compiled to these same workloads; the reused keys point at the
         // serving policy's, so the new policy must hold those very ones.
         workloads = previous.workloads.clone();
+        catalog.adopt(workloads.values().filter_map(|w| w.guardrails.clone()));
     }
     let context = KeyContext {
         model_index: &model_index,
         workloads: &workloads,
+        guardrails: &catalog,
         reusable: reusable.map(|p| &p.keys_by_id),
         changed_key_files,
         overlay,
