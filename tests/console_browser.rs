@@ -1,10 +1,13 @@
 //! The web console at `/ui/`: its static side over HTTP (the login redirect, the security headers,
-//! content types, caching, unknown paths).
+//! content types, caching, unknown paths), and the user journey in a real headless Chromium
+//! driven by `tests/console/journey.py` (selenium + chromedriver, and the openai SDK for the
+//! gateway calls), with screenshots of each page under `target/console-screenshots/`.
 
 mod common;
 
 use common::upstream::{free_port, MockUpstream, Reply};
 use common::{key_file, TestGateway};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// An admin and a viewer, as `KEYGATE_ADMIN_TOKENS` names them.
@@ -219,4 +222,103 @@ async fn console_pages_need_a_session_and_carry_strict_headers() {
     assert_eq!(resp.status(), 405);
     assert_eq!(header(&resp, "allow"), "GET");
     assert_protected(&resp);
+}
+
+/// The `target/` directory this test binary was built into.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<binary>
+    exe.ancestors()
+        .nth(3)
+        .expect("the test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// The browser and driver, or a failure that says how to install them: a journey that cannot run
+/// must not pass.
+fn browser_tools() -> (PathBuf, PathBuf) {
+    let find = |var: &str, default: &str| {
+        let path = PathBuf::from(std::env::var(var).unwrap_or_else(|_| default.to_owned()));
+        assert!(
+            path.is_file(),
+            "{} not found: the console journey needs headless Chromium and chromedriver \
+             (`apt-get install -y chromium chromium-driver`, or set {var})",
+            path.display()
+        );
+        path
+    };
+    let tools = (
+        find("CHROMIUM", "/usr/bin/chromium"),
+        find("CHROMEDRIVER", "/usr/bin/chromedriver"),
+    );
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import selenium, openai"])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        python.status.success(),
+        "the console journey needs the selenium and openai Python packages \
+         (`pip install selenium openai`): {}",
+        String::from_utf8_lossy(&python.stderr)
+    );
+    tools
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_journey_in_headless_chromium() {
+    let (chromium, chromedriver) = browser_tools();
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let gw = start(&up.url());
+    let shots = target_dir().join("console-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/console/journey.py");
+
+    let run = tokio::process::Command::new("python3")
+        .arg(&script)
+        .env("KEYGATE_CONSOLE", admin_base(&gw))
+        .env("KEYGATE_ADMIN_BEARER", ADMIN_BEARER)
+        .env("KEYGATE_VIEWER_BEARER", VIEWER_BEARER)
+        .env("KEYGATE_GATEWAY", gw.url("/v1"))
+        .env("KEYGATE_SCREENSHOTS", &shots)
+        .env("CHROMIUM", &chromium)
+        .env("CHROMEDRIVER", &chromedriver)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the browser journey finished within 4 minutes")
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the console journey failed (screenshots in {}):\n{stdout}\n{stderr}",
+        shots.display()
+    );
+
+    // What the browser did reached the gateway: the upstream saw the SDK's requests, and the key's
+    // files and audit trail show the journey's changes.
+    assert!(
+        up.request_count() >= 4,
+        "{} upstream requests",
+        up.request_count()
+    );
+    assert!(
+        !gw.keys_dir().join("journey-key.yaml").exists(),
+        "the key's file is gone after the delete"
+    );
+    let audit = std::fs::read_to_string(gw.dir.path().join("management-audit.jsonl")).unwrap();
+    for action in ["create", "update", "pause", "resume", "rotate", "delete"] {
+        assert!(
+            audit.contains(&format!("\"action\":\"{action}\"")),
+            "no {action} in the management audit log:\n{audit}"
+        );
+    }
+    assert!(
+        audit.contains("admin:ops"),
+        "changes are audited with the token's name"
+    );
+    let pages = std::fs::read_dir(&shots).unwrap().count();
+    assert!(pages >= 12, "{pages} screenshots");
 }
