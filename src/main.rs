@@ -51,6 +51,8 @@ struct PolicyArg {
     config: PathBuf,
 }
 
+// Parsed once per run: the size of the `keys update` variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
@@ -176,6 +178,20 @@ enum KeysCommand {
         owner: Option<String>,
         #[arg(long)]
         description: Option<String>,
+        /// Comma-separated guardrails the key applies on top of its workload's. Replaces the
+        /// key's list.
+        #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+        guardrails: Option<Vec<String>>,
+        /// Remove the key's own guardrails (its workload's and the defaults still apply).
+        #[arg(long, conflicts_with = "guardrails")]
+        no_guardrails: bool,
+        /// Comma-separated guardrails of its workload (or the defaults) the key does not apply.
+        /// Replaces the key's list.
+        #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+        guardrails_off: Option<Vec<String>>,
+        /// Remove the key's switch-offs: every guardrail of its workload applies again.
+        #[arg(long, conflicts_with = "guardrails_off")]
+        no_guardrails_off: bool,
     },
     /// List keys (never their secrets).
     List,
@@ -378,6 +394,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 no_expiry,
                 owner,
                 description,
+                guardrails,
+                no_guardrails,
+                guardrails_off,
+                no_guardrails_off,
             } => {
                 let mut patch = serde_json::Map::new();
                 let mut set = |field: &str, value: serde_json::Value| {
@@ -440,6 +460,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 if let Some(description) = description {
                     set("description", description.into());
+                }
+                for (field, list, clear) in [
+                    ("guardrails", guardrails, no_guardrails),
+                    ("guardrails_off", guardrails_off, no_guardrails_off),
+                ] {
+                    if clear {
+                        set(field, serde_json::Value::Null);
+                    } else if let Some(names) = list {
+                        // `--guardrails ""` reads as one empty name: no list at all.
+                        let names: Vec<String> =
+                            names.into_iter().filter(|n| !n.is_empty()).collect();
+                        set(
+                            field,
+                            if names.is_empty() {
+                                serde_json::Value::Null
+                            } else {
+                                names.into()
+                            },
+                        );
+                    }
                 }
                 if patch.is_empty() {
                     bail!("nothing to change: give at least one setting (see keygate keys update --help)");

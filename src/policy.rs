@@ -61,6 +61,8 @@ pub struct Policy {
     pub models: Vec<Arc<Model>>,
     models_by_name: HashMap<Box<str>, Arc<Model>>,
     pub workloads: BTreeMap<String, Arc<Workload>>,
+    /// The names of the guardrails defined, in name order: what a key may add or switch off.
+    pub guardrail_names: Vec<String>,
     keys_by_digest: HashMap<KeyDigest, KeyEntry, BuildHasherDefault<DigestHasher>>,
     pub keys_by_id: BTreeMap<String, Arc<Key>>,
     pub management_audit_file: PathBuf,
@@ -278,6 +280,7 @@ pub(crate) struct PolicyParts {
     pub models: Vec<Arc<Model>>,
     pub workloads: BTreeMap<String, Arc<Workload>>,
     pub keys: Vec<Arc<Key>>,
+    pub guardrail_names: Vec<String>,
     pub management_audit_file: PathBuf,
 }
 
@@ -354,6 +357,7 @@ impl Policy {
             models: parts.models,
             models_by_name,
             workloads: parts.workloads,
+            guardrail_names: parts.guardrail_names,
             keys_by_digest,
             keys_by_id,
             management_audit_file: parts.management_audit_file,

@@ -859,3 +859,131 @@ async fn the_keys_page_of_a_100000_key_policy_answers_in_under_200_ms() {
         KEYS + 1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn patch_sets_and_clears_guardrails_and_the_console_data_counts_their_blocks() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let extra = "guardrails:\n  no-secrets: {secrets: all, action: block}\n  pii: {pii: [email], action: redact}\nguardrail_defaults: [pii]\n";
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::prepare(&policy(&up.url(), extra), &[("k".into(), yaml)])
+        .boot_with_admin_tokens(&tokens());
+    let base = admin_base(&gw);
+    let path = gw.keys_dir().join("k.yaml");
+    let say = |text: &'static str| {
+        let url = gw.url("/v1/chat/completions");
+        let secret = secret.clone();
+        async move {
+            client()
+                .post(url)
+                .bearer_auth(secret)
+                .json(&json!({"model": "m1", "messages": [{"role": "user", "content": text}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+
+    let (_, catalog) = call(&base, GRAFANA, Method::GET, "/admin/catalog", None).await;
+    assert_eq!(catalog["guardrails"], json!(["no-secrets", "pii"]));
+    assert_eq!(catalog["workloads"][0]["guardrails"], json!(["pii"]));
+
+    // unknown names are refused with nothing written
+    let before = std::fs::read(&path).unwrap();
+    let (status, body) = call(
+        &base,
+        ALICE,
+        Method::PATCH,
+        "/admin/keys/k",
+        Some(json!({"guardrails": ["ghost"], "guardrails_off": ["spectre"]})),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    let problems = body["error"]["problems"].to_string();
+    assert!(
+        problems.contains("ghost") && problems.contains("spectre"),
+        "{problems}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    let (status, body) = call(
+        &base,
+        ALICE,
+        Method::PATCH,
+        "/admin/keys/k",
+        Some(json!({"guardrails": ["no-secrets"], "guardrails_off": ["pii"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["key"]["guardrails_effective"], json!(["no-secrets"]));
+    let (_, key) = call(&base, GRAFANA, Method::GET, "/admin/keys/k", None).await;
+    assert_eq!(
+        (&key["guardrails"], &key["guardrails_off"]),
+        (&json!(["no-secrets"]), &json!(["pii"]))
+    );
+
+    // one request blocked by the key's guardrail, one served
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while say("AKIAIOSFODNN7EXAMPLE is the key").await != 400 {
+        assert!(
+            Instant::now() < deadline,
+            "the guardrail applied within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(say("hello").await, 200);
+    gw.booked(2).await;
+    let (_, key) = call(&base, GRAFANA, Method::GET, "/admin/keys/k", None).await;
+    assert_eq!(
+        (&key["blocked_today"], &key["blocked_month"]),
+        (&json!(1), &json!(1))
+    );
+    assert_eq!(
+        key["requests_today"], 1,
+        "a blocked request is not a request served"
+    );
+    let (_, recent) = call(&base, GRAFANA, Method::GET, "/admin/keys/k/requests", None).await;
+    let blocked = &recent["requests"][1];
+    assert_eq!(blocked["refusal_reason"], "content_policy_violation");
+    assert_eq!(
+        blocked["guardrails"],
+        json!([{"guardrail": "no-secrets", "rule": "aws_access_key", "action": "block"}])
+    );
+    assert_eq!(recent["requests"][0]["guardrails"], json!([]));
+    let (_, daily) = call(
+        &base,
+        GRAFANA,
+        Method::GET,
+        "/admin/keys/k/usage/daily?days=2",
+        None,
+    )
+    .await;
+    assert_eq!(daily["days"][1]["blocked_requests"], 1, "{daily}");
+    let (_, overview) = call(&base, GRAFANA, Method::GET, "/admin/overview", None).await;
+    assert_eq!(overview["today"]["blocked_requests"], 1);
+    assert_eq!(overview["refusals"]["content_policy_violation"], 1);
+    let (_, workload) = call(&base, GRAFANA, Method::GET, "/admin/workloads/app", None).await;
+    assert_eq!(workload["blocked_today"], 1);
+    assert_eq!(workload["usage_by_key"][0]["month"]["blocked_requests"], 1);
+
+    // null clears a list: the defaults apply again
+    let (status, body) = call(
+        &base,
+        ALICE,
+        Method::PATCH,
+        "/admin/keys/k",
+        Some(json!({"guardrails": null, "guardrails_off": null})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["key"]["guardrails_effective"], json!(["pii"]));
+    assert!(!std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("guardrails"));
+    let (_, key) = call(&base, GRAFANA, Method::GET, "/admin/keys/k", None).await;
+    assert_eq!(
+        (&key["guardrails"], &key["guardrails_off"]),
+        (&json!([]), &json!([]))
+    );
+}

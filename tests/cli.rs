@@ -1,4 +1,5 @@
-//! The `keygate` command line: `check` on good and bad policies, `keys create` and `keys list`.
+//! The `keygate` command line: `check` on good and bad policies, `keys create`, `keys list` and
+//! `keys update`.
 
 mod common;
 
@@ -835,5 +836,133 @@ async fn keys_update_changes_every_setting_and_is_served_within_a_second() {
     assert_eq!(
         updates[0]["detail"],
         "changed models, operations, rate_limits, max_concurrent, allowed_ips, budget, expires_at, owner, description"
+    );
+}
+
+/// Polls until a chat request for `m1` saying `text` gets `status`, for at most a second.
+async fn text_served_within_a_second(url: &str, secret: &str, text: &str, status: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let got = client()
+            .post(url)
+            .bearer_auth(secret)
+            .json(&serde_json::json!({"model": "m1", "messages": [{"role": "user", "content": text}]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if got == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text:?}: still {got} a second after the change, not {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_update_adds_switches_off_and_clears_guardrails() {
+    const EMAIL: &str = "write to jane@example.com";
+    const AWS: &str = "the key is AKIAIOSFODNN7EXAMPLE";
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let config = format!(
+        "{}guardrails:\n  no-secrets: {{secrets: all, action: block}}\n  pii: {{pii: [email], action: block}}\nguardrail_defaults: [pii]\n",
+        two_models(&up.url())
+    );
+    let gw = TestGateway::prepare(&config, &[]);
+    let config = gw.config_path.clone();
+    let cmd = |args: &[&str]| {
+        Command::new(keygate_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("USER", "bob")
+            .output()
+            .unwrap()
+    };
+    let created = cmd(&["keys", "create", "k", "--workload", "w1"]);
+    assert!(created.status.success());
+    let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let path = gw.keys_dir().join("k.yaml");
+    let gw = gw.boot();
+    let chat = gw.url("/v1/chat/completions");
+    // the defaults apply: emails are blocked, secrets are not looked for
+    text_served_within_a_second(&chat, &secret, EMAIL, 400).await;
+    text_served_within_a_second(&chat, &secret, AWS, 200).await;
+
+    let out = cmd(&[
+        "keys",
+        "update",
+        "k",
+        "--guardrails",
+        "no-secrets",
+        "--guardrails-off",
+        "pii",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        file.contains("no-secrets") && file.contains("guardrails_off"),
+        "{file}"
+    );
+    text_served_within_a_second(&chat, &secret, AWS, 400).await;
+    text_served_within_a_second(&chat, &secret, EMAIL, 200).await;
+
+    // an unknown guardrail is refused with nothing written
+    let before = std::fs::read(&path).unwrap();
+    let out = cmd(&["keys", "update", "k", "--guardrails", "no-secrets,ghost"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown guardrail `ghost`"), "{stderr}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
+    let both = cmd(&[
+        "keys",
+        "update",
+        "k",
+        "--guardrails",
+        "pii",
+        "--no-guardrails",
+    ]);
+    assert!(!both.status.success(), "a list and its clearing at once");
+
+    // clearing both lists: the workload's (the defaults) apply again
+    let out = cmd(&[
+        "keys",
+        "update",
+        "k",
+        "--no-guardrails",
+        "--no-guardrails-off",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("guardrails"));
+    text_served_within_a_second(&chat, &secret, EMAIL, 400).await;
+    text_served_within_a_second(&chat, &secret, AWS, 200).await;
+
+    let audit = std::fs::read_to_string(gw.dir.path().join("management-audit.jsonl")).unwrap();
+    let details: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|a| a["action"] == "update" && a["actor"] == "cli:bob")
+        .map(|a| a["detail"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        details,
+        [
+            "changed guardrails, guardrails_off",
+            "changed guardrails, guardrails_off"
+        ]
     );
 }

@@ -1,16 +1,19 @@
 //! What the console and the admin API show of recent use, kept in memory by the accounting
 //! thread as it books each finished request (never on a request thread): when each key was last
 //! used, each key's latest requests, and this UTC day's and month's requests, tokens and cost per
-//! key, per workload and in all, and today's error rate, latency and refusals.
+//! key, per workload and in all (with the requests a guardrail blocked), and today's error rate,
+//! latency and refusals.
 //!
-//! The totals follow the usage database's rules (billable requests only) and are seeded from it
+//! The totals follow the usage database's rules (billable requests, and blocked ones counted
+//! apart) and are seeded from it
 //! at start, so a restart keeps them; last-used times are persisted beside usage. The latest
 //! requests are kept for the most recently used keys only ([`RECENT_KEYS`] of them, each with at
 //! most [`RECENT_PER_KEY`]), so that a policy of 100,000 busy keys cannot grow memory without
 //! bound.
 
-use super::RequestRecord;
+use super::{RequestRecord, BLOCKED};
 use crate::limits::budget::Calendar;
+use crate::policy::guardrails::Fired;
 use crate::usage::cost::UsdNanos;
 use hashlink::LruCache;
 use hdrhistogram::Histogram;
@@ -23,12 +26,13 @@ pub const RECENT_PER_KEY: usize = 100;
 /// Keys whose latest requests are kept; the least recently used one's go first.
 pub const RECENT_KEYS: usize = 4096;
 
-/// Requests, tokens and cost.
+/// Requests, tokens and cost; and requests a guardrail blocked, which are not among `requests`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
     pub requests: u64,
     pub tokens: u64,
     pub cost: UsdNanos,
+    pub blocked: u64,
 }
 
 impl Totals {
@@ -42,6 +46,7 @@ impl Totals {
             requests: self.requests.saturating_add(other.requests),
             tokens: self.tokens.saturating_add(other.tokens),
             cost: self.cost.saturating_add(other.cost),
+            blocked: self.blocked.saturating_add(other.blocked),
         }
     }
 }
@@ -73,6 +78,8 @@ pub struct Recent {
     /// The refusal's metrics reason, when keygate refused it.
     pub refusal: Option<&'static str>,
     pub error: Option<&'static str>,
+    /// The guardrails that fired on it, as its audit line lists them.
+    pub guardrails: Box<[Fired]>,
 }
 
 /// Totals per key id or workload name.
@@ -223,10 +230,13 @@ impl Activity {
             .usage
             .prompt_tokens
             .saturating_add(r.usage.completion_tokens);
-        let booked = (r.billable && r.model.is_some()).then_some(Totals {
-            requests: 1,
+        // As the usage database books them: billable requests, and blocked ones apart.
+        let blocked = r.refusal == Some(BLOCKED);
+        let booked = ((r.billable || blocked) && r.model.is_some()).then_some(Totals {
+            requests: u64::from(r.billable),
             tokens,
             cost: r.cost,
+            blocked: u64::from(blocked),
         });
         let figures = match state.keys.get_mut(&*key.id) {
             Some(f) => f,
@@ -255,6 +265,7 @@ impl Activity {
             latency_ms,
             refusal: r.refusal,
             error: r.error,
+            guardrails: r.guardrails.as_slice().into(),
         };
         let list = match state.recent.get_mut(&*key.id) {
             Some(list) => list,
@@ -374,6 +385,7 @@ mod tests {
             requests: 2,
             tokens: 30,
             cost: UsdNanos(5),
+            blocked: 1,
         };
         seed.keys.insert("k".into(), Periods { today: t, month: t });
         seed.last_used_ms.insert("k".into(), jan_30);

@@ -39,6 +39,10 @@ impl AdminApi {
             max_concurrent: Option<i64>,
             allowed_ips: Option<Vec<String>>,
             budget: Option<BudgetFile>,
+            #[serde(default)]
+            guardrails: Vec<String>,
+            #[serde(default)]
+            guardrails_off: Vec<String>,
         }
         let request: CreateRequest = match parse_json(body) {
             Ok(r) => r,
@@ -56,6 +60,8 @@ impl AdminApi {
             max_concurrent: request.max_concurrent,
             allowed_ips: request.allowed_ips,
             budget: request.budget,
+            guardrails: request.guardrails,
+            guardrails_off: request.guardrails_off,
         };
         self.issue(
             id.clone(),
@@ -324,6 +330,14 @@ impl AdminApi {
         let now_ms = crate::limits::now_ms();
         let figures = self.activity.key(id, now_ms);
         let mut view = key_view(&policy, key, &figures, Utc::now());
+        // The key's own guardrail settings are in its file only (the policy keeps the effective
+        // list); a key of a list file has no file of its own, and no settings to edit here.
+        let own = key
+            .file
+            .parent()
+            .and_then(|dir| crate::keys::store::read_key(dir, id).ok());
+        view["guardrails"] = json!(own.as_ref().map(|f| &f.guardrails));
+        view["guardrails_off"] = json!(own.as_ref().map(|f| &f.guardrails_off));
         let spend = self.limits.spend("key", id, now_ms);
         view["budget_state"] = budget_state(key.limits.budget.as_deref(), &spend);
         (StatusCode::OK, view)
@@ -386,7 +400,10 @@ pub(super) fn key_view(
         "created_at": time(key.created_at),
         "updated_at": time(key.updated_at),
         "last_used_at": time(last_used),
+        "guardrails_effective": key.guardrails.as_deref().map_or_else(Vec::new, |g| g.names().collect()),
         "requests_today": figures.periods.today.requests,
+        "blocked_today": figures.periods.today.blocked,
+        "blocked_month": figures.periods.month.blocked,
         "spend_today_usd": figures.periods.today.cost.as_usd(),
         "budget_daily_usd": limits.budget.as_deref().and_then(|b| b.daily).map(UsdNanos::as_usd),
         "previous_secrets_valid_until": key.previous.iter().map(|(_, until)| until).collect::<Vec<_>>(),

@@ -15,8 +15,16 @@ use serde_json::{json, Value};
 /// Keys the overview lists as top spenders.
 const TOP_KEYS: usize = 5;
 
+/// Keys a workload's page lists by usage: a workload may have 100,000 keys, most of them idle.
+const WORKLOAD_KEYS: usize = 100;
+
 fn totals_json(t: &Totals) -> Value {
-    json!({"requests": t.requests, "tokens": t.tokens, "cost_usd": t.cost.as_usd()})
+    json!({
+        "requests": t.requests,
+        "tokens": t.tokens,
+        "cost_usd": t.cost.as_usd(),
+        "blocked_requests": t.blocked,
+    })
 }
 
 impl AdminApi {
@@ -110,8 +118,10 @@ impl AdminApi {
             .iter()
             .zip(figures)
             .map(|(k, f)| (&*k.id, f.periods))
+            .filter(|(_, p)| p.month.requests > 0 || p.month.blocked > 0)
             .collect();
         by_key.sort_by(|a, b| b.1.month.cost.cmp(&a.1.month.cost).then(a.0.cmp(b.0)));
+        by_key.truncate(WORKLOAD_KEYS);
         let mut view = workload_view(
             &policy,
             workload,
@@ -139,6 +149,7 @@ impl AdminApi {
             .map(|m| json!({"name": m.name, "provider": m.provider.name}))
             .collect();
         let operations: Vec<&str> = Operation::ALL.iter().map(|o| o.as_str()).collect();
+        let guardrails: Vec<&str> = policy.guardrail_names.iter().map(String::as_str).collect();
         let workloads: Vec<Value> = policy
             .workloads
             .values()
@@ -148,12 +159,18 @@ impl AdminApi {
                     "description": w.description,
                     "models": model_names(&policy, w),
                     "operations": w.operations.iter().map(Operation::as_str).collect::<Vec<_>>(),
+                    "guardrails": guardrail_names(w),
                 })
             })
             .collect();
         (
             StatusCode::OK,
-            json!({"models": models, "operations": operations, "workloads": workloads}),
+            json!({
+                "models": models,
+                "operations": operations,
+                "guardrails": guardrails,
+                "workloads": workloads,
+            }),
         )
     }
 }
@@ -164,6 +181,12 @@ fn model_names<'p>(policy: &'p Policy, w: &Workload) -> Vec<&'p str> {
         .filter_map(|i| policy.models.get(i))
         .map(|m| m.name.as_str())
         .collect()
+}
+
+fn guardrail_names(w: &Workload) -> Vec<&str> {
+    w.guardrails
+        .as_deref()
+        .map_or_else(Vec::new, |g| g.names().collect())
 }
 
 fn keys_per_workload(policy: &Policy) -> std::collections::HashMap<&str, usize> {
@@ -190,7 +213,9 @@ fn workload_view(policy: &Policy, w: &Workload, keys: usize, spend: &Periods) ->
         "description": w.description,
         "models": model_names(policy, w),
         "operations": w.operations.iter().map(Operation::as_str).collect::<Vec<_>>(),
+        "guardrails": guardrail_names(w),
         "keys": keys,
+        "blocked_today": spend.today.blocked,
         "requests_today": spend.today.requests,
         "spend_today_usd": spend.today.cost.as_usd(),
         "spend_month_usd": spend.month.cost.as_usd(),

@@ -197,21 +197,27 @@ impl AdminApi {
             .map(|back| {
                 let day = today - chrono::Days::new(u64::from(back));
                 let name = day.format("%Y-%m-%d").to_string();
-                let (requests, tokens, cost) = if back == 0 {
-                    (live.requests, live.tokens, live.cost)
+                let (requests, tokens, cost, blocked) = if back == 0 {
+                    (live.requests, live.tokens, live.cost, live.blocked)
                 } else {
-                    rows.iter().find(|r| r.group == name).map_or(
-                        (0, 0, UsdNanos::ZERO),
-                        |r| {
+                    rows.iter()
+                        .find(|r| r.group == name)
+                        .map_or((0, 0, UsdNanos::ZERO, 0), |r| {
                             (
                                 r.requests,
                                 r.prompt_tokens.saturating_add(r.completion_tokens),
                                 r.cost,
+                                r.blocked_requests,
                             )
-                        },
-                    )
+                        })
                 };
-                json!({"day": name, "requests": requests, "tokens": tokens, "cost_usd": cost.as_usd()})
+                json!({
+                    "day": name,
+                    "requests": requests,
+                    "tokens": tokens,
+                    "cost_usd": cost.as_usd(),
+                    "blocked_requests": blocked,
+                })
             })
             .collect();
         (StatusCode::OK, json!({ "days": list }))
@@ -236,6 +242,7 @@ impl AdminApi {
                     "requests": r.requests,
                     "tokens": r.prompt_tokens.saturating_add(r.completion_tokens),
                     "cost_usd": r.cost.as_usd(),
+                    "blocked_requests": r.blocked_requests,
                 })
             })
             .collect();
@@ -267,6 +274,11 @@ impl AdminApi {
                     "latency_ms": r.latency_ms,
                     "refusal_reason": r.refusal,
                     "error": r.error,
+                    "guardrails": r.guardrails.iter().map(|f| json!({
+                        "guardrail": &*f.guardrail,
+                        "rule": f.rule.name(),
+                        "action": f.action.as_str(),
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();

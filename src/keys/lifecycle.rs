@@ -61,8 +61,7 @@ pub enum LifecycleError {
 }
 
 /// The fields of a key file an update changes: everything but its secret, status and workload.
-/// Guardrail settings join this list when key files carry them.
-pub const EDITABLE_FIELDS: [&str; 9] = [
+pub const EDITABLE_FIELDS: [&str; 11] = [
     "models",
     "operations",
     "rate_limits",
@@ -72,6 +71,8 @@ pub const EDITABLE_FIELDS: [&str; 9] = [
     "expires_at",
     "owner",
     "description",
+    "guardrails",
+    "guardrails_off",
 ];
 
 fn fields_list<S: AsRef<str>>(fields: &[S]) -> String {
@@ -124,6 +125,9 @@ pub struct NewKey {
     pub max_concurrent: Option<i64>,
     pub allowed_ips: Option<Vec<String>>,
     pub budget: Option<BudgetFile>,
+    /// Guardrails added to the workload's, and those of the workload's switched off.
+    pub guardrails: Vec<String>,
+    pub guardrails_off: Vec<String>,
 }
 
 /// A key just created or rotated. The secret exists only here: show it once, then drop it.
@@ -229,8 +233,8 @@ impl KeyFiles {
             rate_limits: settings.rate_limits,
             max_concurrent: settings.max_concurrent,
             allowed_ips: settings.allowed_ips,
-            guardrails: Vec::new(),
-            guardrails_off: Vec::new(),
+            guardrails: settings.guardrails,
+            guardrails_off: settings.guardrails_off,
             previous_hashes: Vec::new(),
         };
         let path = store::key_path(&self.keys_dir, id);

@@ -37,6 +37,13 @@ impl Guardrails {
     pub fn on_requests(&self) -> bool {
         self.scans_requests || !self.moderation.is_empty()
     }
+
+    /// The names of the guardrails in the list: the in-process ones, then the moderation hooks.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        (0..self.scanner.len())
+            .map(|i| &**self.scanner.name(i))
+            .chain(self.moderation.iter().map(|m| &*m.name))
+    }
 }
 
 /// One guardrail that fired on a request, and what was done.

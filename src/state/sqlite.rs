@@ -255,7 +255,7 @@ impl UsageDb {
             .conn
             .prepare(
                 "SELECT key_id, workload, day = ?1, requests, prompt_tokens, completion_tokens,
-                        cost_nanos
+                        cost_nanos, blocked_requests
                  FROM usage_daily WHERE day >= ?2",
             )
             .map_err(|e| self.error(e))?;
@@ -284,6 +284,7 @@ impl UsageDb {
                         requests: n(3)?,
                         tokens: n(4)?.saturating_add(n(5)?),
                         cost: UsdNanos(n(6)?),
+                        blocked: n(7)?,
                     },
                 ))
             };

@@ -157,6 +157,7 @@ fn compile(
         models,
         workloads,
         keys,
+        guardrail_names: config.guardrails.keys().cloned().collect(),
         management_audit_file: base.join(&config.management_audit_file),
     }))
 }
