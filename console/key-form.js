@@ -1,6 +1,6 @@
 // The form for a key's settings, shared by Create key and the key page's edit form: workload
 // (searchable), owner, description, models, operations, rate limits, concurrency, budget, IP
-// allowlist and expiry. `values()` reads it as key-file fields, `null` for a field left empty.
+// allowlist, expiry and guardrails (added to the workload's, or switched off). `values()` reads it as key-file fields, `null` for a field left empty.
 
 import { h, field, uid, listValue } from './ui.js';
 
@@ -103,6 +103,21 @@ export function keyFields(catalog, key, { withIdentity }) {
     field('Allowed IP addresses', ips, 'Comma-separated addresses or CIDR ranges, e.g. 10.0.0.0/8. Empty: any address.'),
     field('Expires', expires, 'Your local time. Empty: never.')));
 
+  // Offered only when the policy defines guardrails. Labels differ between the two lists, so
+  // that each checkbox's name says what it does.
+  const names = catalog.guardrails || [];
+  let addGuardrails = null;
+  let offGuardrails = null;
+  if (names.length) {
+    addGuardrails = checkboxGroup('Guardrails added', 'guardrails',
+      names.map((n) => ({ value: n, label: n })), k.guardrails || [],
+      'Applied on top of the workload\'s guardrails and the defaults.');
+    offGuardrails = checkboxGroup('Guardrails switched off', 'guardrails_off',
+      names.map((n) => ({ value: n, label: `Switch off ${n}` })), k.guardrails_off || [],
+      'The workload\'s or the default guardrails this key does not apply.');
+    parts.push(h('fieldset', {}, h('legend', {}, 'Guardrails'), addGuardrails, offGuardrails));
+  }
+
   const values = () => {
     const daily_usd = numberOrNull(daily);
     const monthly_usd = numberOrNull(monthly);
@@ -117,6 +132,10 @@ export function keyFields(catalog, key, { withIdentity }) {
       allowed_ips: listValue(ips.value),
       expires_at: expires.value ? new Date(expires.value).toISOString() : null,
     };
+    if (addGuardrails) {
+      v.guardrails = checked(addGuardrails);
+      v.guardrails_off = checked(offGuardrails);
+    }
     if (!v.rate_limits.length) v.rate_limits = null;
     if (withIdentity) {
       v.id = idInput.value.trim();

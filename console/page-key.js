@@ -1,5 +1,6 @@
 // Key detail: settings and the edit form (PATCH), pause and resume, rotate with a grace period,
-// delete confirmed by typing the id, budget gauges, usage charts and the recent requests.
+// delete confirmed by typing the id, budget gauges, usage charts, guardrail blocks and the recent
+// requests.
 
 import { api, seg } from './api.js';
 import { h, section, table, statusBadge, when, usd, num, ms, errorBox, secretPanel, mount, actionButton, field, setFlash, takeFlash, notice } from './ui.js';
@@ -19,6 +20,7 @@ function settingsList(k) {
     ['Concurrent requests', k.max_concurrent ?? 'no cap of its own'],
     ['Budget', k.budget ? [k.budget.daily_usd != null ? `${usd(k.budget.daily_usd)} a day` : null, k.budget.monthly_usd != null ? `${usd(k.budget.monthly_usd)} a month` : null, `mode ${k.budget.mode || 'enforce'}`].filter(Boolean).join(', ') : 'none of its own'],
     ['Allowed IPs', (k.allowed_ips || []).join(', ') || 'any'],
+    ['Guardrails', guardrailsText(k)],
     ['Expires', k.expires_at ? when(k.expires_at) : 'never'],
     ['Created', when(k.created_at)],
     ['Last updated', when(k.updated_at)],
@@ -26,6 +28,38 @@ function settingsList(k) {
   ];
   for (const until of k.previous_secrets_valid_until || []) rows.push(['Previous secret valid until', when(until)]);
   return h('dl', { class: 'settings' }, rows.map(([dt, dd]) => [h('dt', {}, dt), h('dd', {}, dd)]));
+}
+
+function guardrailsText(k) {
+  const effective = (k.guardrails_effective || []).join(', ') || 'none';
+  const own = [
+    (k.guardrails || []).length ? `added: ${k.guardrails.join(', ')}` : null,
+    (k.guardrails_off || []).length ? `switched off: ${k.guardrails_off.join(', ')}` : null,
+  ].filter(Boolean);
+  return own.length ? `${effective} (${own.join('; ')})` : effective;
+}
+
+/** What a request's guardrails did: "no-secrets (aws_access_key): block". */
+function firedText(r) {
+  return (r.guardrails || []).map((g) => `${g.guardrail} (${g.rule}): ${g.action}`).join('; ');
+}
+
+/** Requests a guardrail blocked: counts today, this month and per day, and the latest firings. */
+function guardrailBlocks(k, daily, requests) {
+  const fired = requests.filter((r) => (r.guardrails || []).length);
+  const blocked30 = daily.reduce((a, d) => a + (Number(d.blocked_requests) || 0), 0);
+  return [
+    h('dl', { class: 'stats' },
+      h('div', { class: 'stat' }, h('dt', {}, 'Blocked today'), h('dd', {}, num(k.blocked_today))),
+      h('div', { class: 'stat' }, h('dt', {}, 'Blocked this month'), h('dd', {}, num(k.blocked_month))),
+      h('div', { class: 'stat' }, h('dt', {}, 'Blocked, last 30 days'), h('dd', {}, num(blocked30)))),
+    table('Latest requests on which a guardrail fired, newest first', [
+      { label: 'Time', cell: (r) => when(r.time) },
+      { label: 'Model', cell: (r) => r.model || '—' },
+      { label: 'Outcome', cell: (r) => statusBadge(r.refusal_reason === 'content_policy_violation' || r.error === 'response_blocked' ? 'blocked' : r.status < 400 ? 'ok' : 'refused') },
+      { label: 'Guardrails', cell: firedText },
+    ], fired, 'No guardrail fired on the latest requests.'),
+  ];
 }
 
 function gauges(state) {
@@ -65,6 +99,7 @@ function recent(requests) {
     { label: 'Cost', cell: (r) => usd(r.cost_usd), num: true },
     { label: 'Latency', cell: (r) => ms(r.latency_ms), num: true },
     { label: 'Refusal reason', cell: (r) => r.refusal_reason || r.error || '—' },
+    { label: 'Guardrails', cell: (r) => firedText(r) || '—' },
   ], requests, 'No requests yet.');
 }
 
@@ -153,6 +188,7 @@ export async function keyPage({ parts }, ctx) {
     h('div', { class: 'grid2' }, section('Settings', settingsList(k)), ctx.canWrite ? actions(k, ctx) : null),
     section('Budget', k.budget_state ? gauges(k.budget_state) : h('p', {}, 'No budget figures.')),
     section('Usage, last 30 days', charts(daily.days || [], models.models || [])),
+    section('Guardrail blocks', guardrailBlocks(k, daily.days || [], requests.requests || [])),
     section('Recent requests', recent(requests.requests || [])),
   ];
   if (ctx.canWrite) {

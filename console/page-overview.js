@@ -13,7 +13,8 @@ function period(title, p) {
   return section(title, h('dl', { class: 'stats' },
     stat('Requests', num(p.requests)),
     stat('Tokens', num(p.tokens)),
-    stat('Cost', usd(p.cost_usd))));
+    stat('Cost', usd(p.cost_usd)),
+    stat('Blocked by guardrails', num(p.blocked_requests))));
 }
 
 export async function overviewPage(route, ctx) {

@@ -40,7 +40,7 @@ export function field(label, control, help) {
 
 /** A status as a word and a colour, never a colour alone. */
 export function statusBadge(status) {
-  const known = ['active', 'paused', 'expired', 'healthy', 'unhealthy', 'ok', 'refused', 'error'];
+  const known = ['active', 'paused', 'expired', 'healthy', 'unhealthy', 'ok', 'refused', 'blocked', 'error'];
   const cls = known.includes(status) ? status : 'other';
   return h('span', { class: `badge badge-${cls}` }, status || 'unknown');
 }

@@ -19,7 +19,8 @@ const VIEWER_BEARER: &str = "console-viewer-token-0123456789";
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/// Two priced models and a workload that may use both; the admin listener on a free port.
+/// Two priced models, a workload that may use both, two guardrails a key may add (the workload
+/// applies none); the admin listener on a free port.
 fn policy(upstream: &str) -> String {
     format!(
         r#"admin_listen: 127.0.0.1:{admin}
@@ -37,6 +38,9 @@ models:
   m2:
     provider: p1
     price: {{input_per_mtok: 3.0, output_per_mtok: 6.0}}
+guardrails:
+  no-secrets: {{secrets: all, action: block}}
+  pii-basic: {{pii: [email], action: redact}}
 workloads:
   app:
     description: the checkout service
@@ -309,6 +313,16 @@ async fn console_journey_in_headless_chromium() {
         "the key's file is gone after the delete"
     );
     let audit = std::fs::read_to_string(gw.dir.path().join("management-audit.jsonl")).unwrap();
+    let updates: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("\"action\":\"update\""))
+        .collect();
+    assert!(
+        updates
+            .iter()
+            .any(|l| l.contains("models") && l.contains("guardrails")),
+        "the edit changed the models and the guardrails: {updates:?}"
+    );
     for action in ["create", "update", "pause", "resume", "rotate", "delete"] {
         assert!(
             audit.contains(&format!("\"action\":\"{action}\"")),

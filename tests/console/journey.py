@@ -2,7 +2,8 @@
 
 Logs in with an admin token; creates a key and reads its secret once; calls the gateway with it
 through the official openai SDK; finds the request in the key's usage and recent requests; edits
-the key's models and sees a removed model refused; pauses the key and sees it refused; rotates it
+the key's models and guardrails and sees a removed model refused and a request blocked by the
+added guardrail, on the key page too; pauses the key and sees it refused; rotates it
 with a grace period; deletes it; logs out. Then logs in as a viewer, who sees the pages without any control
 that changes a key. Saves a screenshot of every page on the way.
 
@@ -219,15 +220,34 @@ def step_edit(secret):
     m2 = labelled("m2 (p1)")
     assert m2.is_selected(), "m2 should be checked: the key was created with it"
     m2.click()
+    no_secrets = labelled("no-secrets")
+    assert not no_secrets.is_selected(), "the key was created without guardrails of its own"
+    no_secrets.click()
     click_button("Save changes")
-    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "main"), "Saved: models"))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "main"), "Saved: models, guardrails"))
+    settings = driver.find_element(By.CSS_SELECTOR, "dl.settings").text
+    assert "no-secrets (added: no-secrets)" in settings, settings
     shot("key-edited")
     refused(secret, "m2", 403, "model_not_allowed")
     chat(secret, "m1")
+    try:
+        sdk(secret).chat.completions.create(model="m1", messages=[
+            {"role": "user", "content": "my key is AKIAIOSFODNN7EXAMPLE, keep it safe"}])
+        raise AssertionError("a request carrying an AWS key passed the no-secrets guardrail")
+    except openai.BadRequestError as e:
+        assert e.code == "content_policy_violation", e
 
     def refusal_listed():
         return "model_not_allowed" in main_text()
     until(refusal_listed, "the refused model in the recent requests")
+
+    def block_listed():
+        blocks = driver.find_element(By.XPATH, "//section[h2='Guardrail blocks']").text
+        return "no-secrets (aws_access_key): block" in blocks and "Blocked today\n1" in blocks
+    until(block_listed, "the guardrail block")
+    blocks = driver.find_element(By.XPATH, "//section[h2='Guardrail blocks']")
+    driver.execute_script("arguments[0].scrollIntoView()", blocks)
+    shot("key-guardrail-block")
 
 
 def step_pause(secret):
@@ -278,6 +298,8 @@ def step_workloads():
     shot("workloads")
     driver.find_element(By.CSS_SELECTOR, "main table a[href='#/workloads/app']").click()
     wait_heading("Workload app")
+    usage = driver.find_element(By.XPATH, "//section[h2='Usage by key this month']//tbody").text
+    assert KEY_ID in usage, f"the key's usage is not on its workload's page: {usage!r}"
     shot("workload")
 
 
@@ -326,8 +348,8 @@ def run():
     step_edit(secret)
     step_pause(secret)
     new_secret = step_rotate(secret)
-    step_delete(new_secret)
     step_workloads()
+    step_delete(new_secret)
     step_logout()
     step_viewer()
 
