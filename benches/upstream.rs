@@ -19,6 +19,7 @@ fn provider(n: usize, balance: Balance) -> Provider {
         name: "bench".into(),
         format: ProviderFormat::Openai,
         api_key: Some("sk-bench".into()),
+        anthropic_version: None,
         forward_headers: Vec::new(),
         endpoints: (0..n)
             .map(|i| EndpointSpec {

@@ -7,20 +7,26 @@ use serde::{Deserialize, Serialize};
 
 /// What a request does, from its path. `/v1/models` is always allowed and is not an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Operation {
     Chat,
     Completions,
     Embeddings,
     Responses,
+    /// Anthropic's Messages API, `POST /v1/messages`.
+    Messages,
+    /// Anthropic's `POST /v1/messages/count_tokens`: free upstream, so it books no tokens.
+    CountTokens,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 4] = [
+    pub const ALL: [Operation; 6] = [
         Operation::Chat,
         Operation::Completions,
         Operation::Embeddings,
         Operation::Responses,
+        Operation::Messages,
+        Operation::CountTokens,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -29,6 +35,16 @@ impl Operation {
             Operation::Completions => "completions",
             Operation::Embeddings => "embeddings",
             Operation::Responses => "responses",
+            Operation::Messages => "messages",
+            Operation::CountTokens => "count_tokens",
+        }
+    }
+
+    /// The wire format a provider must speak to serve this operation as the client sent it.
+    pub fn native_format(self) -> WireFormat {
+        match self {
+            Operation::Messages | Operation::CountTokens => WireFormat::Anthropic,
+            _ => WireFormat::Openai,
         }
     }
 }
@@ -41,8 +57,31 @@ pub enum KeyStatus {
     Paused,
 }
 
+/// What a provider speaks and how it is addressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderFormat {
+    /// OpenAI's API and every compatible server: the client's path, `Authorization: Bearer`.
     Openai,
+    /// Anthropic's Messages API: `x-api-key` and `anthropic-version`.
+    Anthropic,
+    /// Azure OpenAI: OpenAI's bodies, a deployment in the path, the `api-key` header.
+    Azure,
+}
+
+impl ProviderFormat {
+    /// The request and response bodies this provider reads and writes.
+    pub fn wire(self) -> WireFormat {
+        match self {
+            ProviderFormat::Openai | ProviderFormat::Azure => WireFormat::Openai,
+            ProviderFormat::Anthropic => WireFormat::Anthropic,
+        }
+    }
+}
+
+/// The body dialect of an API: Azure OpenAI's bodies are OpenAI's, so two formats share one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireFormat {
+    Openai,
+    Anthropic,
 }

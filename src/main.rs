@@ -332,7 +332,8 @@ fn parse_operation(text: &str) -> Result<Operation> {
         .find(|op| op.as_str() == text.trim())
         .with_context(|| {
             format!(
-                "unknown operation `{text}`; expected chat, completions, embeddings or responses"
+                "unknown operation `{text}`; expected chat, completions, embeddings, responses, \
+                 messages or count_tokens"
             )
         })
 }

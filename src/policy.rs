@@ -19,6 +19,7 @@ use crate::limits::LimitSpec;
 use crate::metrics::{
     KeyCounts, KeyHandles, KeyRef as MetricsKey, ModelHandles, ModelRef as MetricsModel,
 };
+use crate::upstream::azure::AzureTarget;
 use crate::upstream::Provider;
 pub use crate::usage::cost::Price;
 use arc_swap::ArcSwap;
@@ -84,6 +85,8 @@ pub struct Model {
     pub metrics: OnceLock<ModelHandles>,
     /// Indices of the models tried, in order, when this one fails (see `upstream::attempt`).
     pub fallbacks: Vec<usize>,
+    /// Azure OpenAI: the deployment and its paths; set exactly when the provider is `azure`.
+    pub azure: Option<AzureTarget>,
 }
 
 impl Model {
@@ -411,6 +414,6 @@ mod tests {
         assert!(s.contains(Operation::Chat) && !s.contains(Operation::Responses));
         let t = s.intersection([Operation::Chat].into_iter().collect());
         assert_eq!(t.iter().collect::<Vec<_>>(), vec![Operation::Chat]);
-        assert_eq!(OperationSet::all().iter().count(), 4);
+        assert_eq!(OperationSet::all().iter().count(), Operation::ALL.len());
     }
 }

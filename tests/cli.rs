@@ -352,6 +352,7 @@ fn check_reports_every_bad_policy_case_with_file_and_field() {
             vec!["keygate.yaml", "models.m1.fallbacks[0]", "its own fallback"],
         ),
     ];
+    let cases = cases.into_iter().chain(provider_format_cases());
     for (name, config, keys, expect) in cases {
         let keys: Vec<(&str, &str)> = keys.iter().map(|(a, b)| (*a, b.as_str())).collect();
         let (ok, out) = check(&config, &keys);
@@ -363,6 +364,92 @@ fn check_reports_every_bad_policy_case_with_file_and_field() {
             );
         }
     }
+}
+
+/// A second provider `p2` of `format` with model `m2`, beside BASE's OpenAI `p1`/`m1`.
+fn with_second_provider(format: &str, provider_lines: &str, model_lines: &str) -> String {
+    BASE.replace(
+        "models:\n",
+        &format!(
+            "  p2:\n    format: {format}\n    api_key: k\n    endpoints:\n      - {{url: \"http://127.0.0.1:9\"}}\n{provider_lines}models:\n  m2:\n    provider: p2\n{model_lines}"
+        ),
+    )
+}
+
+/// The fields of the `anthropic` and `azure` formats, where they do not belong or are malformed.
+fn provider_format_cases() -> Vec<(
+    &'static str,
+    String,
+    Vec<(&'static str, String)>,
+    Vec<&'static str>,
+)> {
+    vec![
+        (
+            "anthropic_version on an openai provider",
+            with_provider_lines("    anthropic_version: \"2023-06-01\"\n"),
+            vec![],
+            vec!["providers.p1.anthropic_version", "format: anthropic"],
+        ),
+        (
+            "deployment on an openai model",
+            BASE.replace(
+                "    provider: p1\n",
+                "    provider: p1\n    deployment: d\n",
+            ),
+            vec![],
+            vec!["models.m1.deployment", "format: azure"],
+        ),
+        (
+            "a deployment that would break the path",
+            with_second_provider("azure", "", "    deployment: a/b\n"),
+            vec![],
+            vec!["models.m2.deployment", "not a deployment name"],
+        ),
+        (
+            "an api_version that would break the query",
+            with_second_provider("azure", "", "    api_version: \"2024&x=1\"\n"),
+            vec![],
+            vec!["models.m2.api_version", "not an api-version"],
+        ),
+        (
+            "a fallback on another API",
+            with_second_provider("anthropic", "", "    fallbacks: [m1]\n"),
+            vec![],
+            vec!["models.m2.fallbacks[0]", "another API"],
+        ),
+        (
+            "an unknown format",
+            with_second_provider("gemini", "", ""),
+            vec![],
+            vec!["providers", "unknown variant `gemini`"],
+        ),
+    ]
+}
+
+#[test]
+fn check_accepts_anthropic_and_azure_providers() {
+    let config = with_second_provider(
+        "anthropic",
+        "    anthropic_version: \"2023-06-01\"\n",
+        "    price: {input_per_mtok: 3, output_per_mtok: 15, cached_input_per_mtok: 0.3, cache_write_per_mtok: 3.75}\n",
+    )
+    .replace("models: [m1]", "models: [m1, m2, m3]")
+    .replace(
+        "models:\n  m2:",
+        "models:\n  m3:\n    provider: p3\n    deployment: gpt4o-prod\n    api_version: v1\n  m2:",
+    )
+    .replace(
+        "models:\n",
+        "  p3:\n    format: azure\n    endpoints:\n      - {url: \"http://127.0.0.1:9\"}\nmodels:\n",
+    );
+    let (ok, out) = check(
+        &config,
+        &[(
+            "k1",
+            &key("w1", "operations: [messages, count_tokens, chat]\n"),
+        )],
+    );
+    assert!(ok, "{out}");
 }
 
 #[test]

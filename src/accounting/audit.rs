@@ -106,6 +106,8 @@ fn format_line(out: &mut Vec<u8>, r: &RequestRecord, timestamps: &mut Timestamps
     number(out, r.usage.completion_tokens);
     out.extend_from_slice(b",\"cached_tokens\":");
     number(out, r.usage.cached_tokens);
+    out.extend_from_slice(b",\"cache_write_tokens\":");
+    number(out, r.usage.cache_write_tokens);
     out.extend_from_slice(b",\"cost_usd\":");
     value(out, r.cost.as_usd());
     out.extend_from_slice(b",\"estimated\":");
@@ -198,6 +200,7 @@ mod tests {
         prompt_tokens: u64,
         completion_tokens: u64,
         cached_tokens: u64,
+        cache_write_tokens: u64,
         cost_usd: f64,
         estimated: bool,
         latency_ms: f64,
@@ -228,6 +231,7 @@ mod tests {
             prompt_tokens: r.usage.prompt_tokens,
             completion_tokens: r.usage.completion_tokens,
             cached_tokens: r.usage.cached_tokens,
+            cache_write_tokens: r.usage.cache_write_tokens,
             cost_usd: r.cost.as_usd(),
             estimated: r.estimated,
             latency_ms: millis(r.latency),
@@ -285,6 +289,7 @@ workloads:
                 prompt_tokens: 231,
                 completion_tokens: 19,
                 cached_tokens: 7,
+                cache_write_tokens: 3,
             },
             cost: UsdNanos::from_usd(0.1 + 0.2).unwrap(),
             estimated: true,

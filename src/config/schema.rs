@@ -182,6 +182,9 @@ pub struct ProviderFile {
     /// The real provider credential; `${VAR}` is read from the environment when the policy loads.
     #[serde(default)]
     pub api_key: Option<String>,
+    /// `format: anthropic` only: the `anthropic-version` sent when the client sends none.
+    #[serde(default)]
+    pub anthropic_version: Option<String>,
     /// Account-steering client headers (e.g. `OpenAI-Organization`) forwarded to this provider;
     /// the others are withheld.
     #[serde(default)]
@@ -276,6 +279,13 @@ pub struct ModelFile {
     /// Models tried in order when this one answers 429 or 5xx, times out, or cannot be reached.
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// Azure OpenAI: the deployment that serves this model (default: the upstream model name).
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// Azure OpenAI: the `api-version` of the deployments API, or `v1` for the v1 API
+    /// (`/openai/v1/...`, no `api-version`).
+    #[serde(default)]
+    pub api_version: Option<String>,
 }
 
 /// USD per million tokens.
@@ -286,6 +296,9 @@ pub struct PriceFile {
     pub output_per_mtok: f64,
     #[serde(default)]
     pub cached_input_per_mtok: Option<f64>,
+    /// Prompt tokens written to a provider's cache (Anthropic's `cache_creation_input_tokens`).
+    #[serde(default)]
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

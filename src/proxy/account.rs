@@ -140,6 +140,7 @@ fn measured_usage(session: &Session, ctx: &mut RequestCtx) -> Option<(Usage, boo
         prompt_tokens: admitted.token_estimate,
         completion_tokens: completion_tokens.min(MAX_TOKENS),
         cached_tokens: 0,
+        cache_write_tokens: 0,
     };
     match ctx.response.usage.as_mut() {
         Some(extractor) => Some(match extractor.finish() {

@@ -6,7 +6,7 @@
 use super::body::{self, RequestFacts};
 use super::paths::Route;
 use super::refusal::Refusal;
-use crate::domain::{KeyStatus, Operation};
+use crate::domain::{KeyStatus, Operation, WireFormat};
 use crate::limits::ip;
 use crate::policy::{Key, Model, Policy};
 use bytes::Bytes;
@@ -69,10 +69,26 @@ pub async fn model(
         return Err(Refusal::ModelNotAllowed(facts.model.as_str().into()));
     }
     *named = Some(model.clone());
+    if operation.native_format() != model.provider.format.wire() {
+        return Err(wrong_api(&facts.model, model.provider.format.wire()));
+    }
     Ok(Request {
         operation,
         model: model.clone(),
         body,
         facts,
     })
+}
+
+/// The model is served through the other API than the one the request came in on.
+fn wrong_api(model: &str, served: WireFormat) -> Refusal {
+    let message = match served {
+        WireFormat::Anthropic => format!(
+            "The model `{model}` is served through Anthropic's Messages API: send it to POST /v1/messages."
+        ),
+        WireFormat::Openai => format!(
+            "The model `{model}` is served through the OpenAI API (e.g. POST /v1/chat/completions), not Anthropic's Messages API."
+        ),
+    };
+    Refusal::invalid_param("model", message)
 }

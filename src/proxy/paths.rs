@@ -27,6 +27,8 @@ pub fn path_of(route: Route) -> &'static str {
         Route::Proxy(Operation::Completions) => "/v1/completions",
         Route::Proxy(Operation::Embeddings) => "/v1/embeddings",
         Route::Proxy(Operation::Responses) => "/v1/responses",
+        Route::Proxy(Operation::Messages) => "/v1/messages",
+        Route::Proxy(Operation::CountTokens) => "/v1/messages/count_tokens",
         Route::ListModels => "/v1/models",
     }
 }
@@ -48,6 +50,8 @@ pub fn route(method: &http::Method, path: &str) -> Result<Route, NoRoute> {
         "/v1/completions" => (Route::Proxy(Operation::Completions), http::Method::POST),
         "/v1/embeddings" => (Route::Proxy(Operation::Embeddings), http::Method::POST),
         "/v1/responses" => (Route::Proxy(Operation::Responses), http::Method::POST),
+        "/v1/messages" => (Route::Proxy(Operation::Messages), http::Method::POST),
+        "/v1/messages/count_tokens" => (Route::Proxy(Operation::CountTokens), http::Method::POST),
         "/v1/models" => (Route::ListModels, http::Method::GET),
         _ => return Err(NoRoute::UnknownPath),
     };
@@ -74,6 +78,14 @@ mod tests {
             Ok(Route::Proxy(Operation::Embeddings))
         );
         assert_eq!(route(&Method::GET, "/v1/models"), Ok(Route::ListModels));
+        assert_eq!(
+            route(&Method::POST, "/v1/messages"),
+            Ok(Route::Proxy(Operation::Messages))
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/messages/count_tokens?beta=true"),
+            Ok(Route::Proxy(Operation::CountTokens))
+        );
         assert_eq!(
             route(&Method::GET, "/v1/chat/completions"),
             Err(NoRoute::WrongMethod)

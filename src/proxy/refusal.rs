@@ -58,7 +58,7 @@ pub enum Refusal {
     #[error("The request body did not arrive within {}.", humantime::format_duration(*.0))]
     RequestTimeout(Duration),
     /// The path as the client sent it, bounded (see [`Refusal::unknown_route`]).
-    #[error("Unknown request URL: {0}. keygate serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and GET /v1/models.")]
+    #[error("Unknown request URL: {0}. keygate serves POST /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/messages, /v1/messages/count_tokens and GET /v1/models.")]
     UnknownRoute(Box<str>),
     #[error("{method} is not allowed on {path}.")]
     MethodNotAllowed { method: Box<str>, path: Box<str> },

@@ -6,6 +6,7 @@
 //! picking a peer for a request reads a few atomics and builds an `HttpPeer` from a socket address.
 //!
 //! - [`state`]: live per-endpoint state kept across reloads (ejection, load, latency, counters);
+//! - [`azure`]: the paths of Azure OpenAI deployments;
 //! - [`balance`]: choosing the endpoint of one attempt;
 //! - [`attempt`]: one request's way through attempts, retries and fallbacks;
 //! - [`cork`]: sending a request's head and body in one TCP segment;
@@ -13,6 +14,7 @@
 //! - [`watchdog`]: the per-attempt watchdog for the smaller of `first_byte` and `idle`.
 
 pub mod attempt;
+pub mod azure;
 pub mod balance;
 #[cfg(target_os = "linux")]
 pub mod cork;
@@ -37,6 +39,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_RETRIES: u32 = 2;
+/// The `anthropic-version` sent to a `format: anthropic` provider when neither the client nor
+/// the provider's `anthropic_version` names one: the Messages API's current version.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Client headers that choose which provider account, project, subscription or deployment serves
 /// and bills a request. The gateway's choice is its credential, and a tenant must not override it:
@@ -53,6 +58,9 @@ pub const ACCOUNT_HEADERS: [HeaderName; 5] = [
     HeaderName::from_static("x-goog-user-project"),
 ];
 
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const API_KEY: HeaderName = HeaderName::from_static("api-key");
+
 /// Active health checks of a provider's endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheckSpec {
@@ -68,6 +76,8 @@ pub struct Provider {
     pub format: ProviderFormat,
     /// The header that carries the credential upstream, with its value ready to insert.
     pub credential: Option<(http::HeaderName, HeaderValue)>,
+    /// `format: anthropic`: the `anthropic-version` sent when the client sends none.
+    pub anthropic_version: Option<HeaderValue>,
     /// The [`ACCOUNT_HEADERS`] removed from client requests: those `forward_headers` does not name.
     pub withheld_headers: Box<[HeaderName]>,
     pub endpoints: Vec<Endpoint>,
@@ -122,6 +132,8 @@ pub struct ProviderSpec {
     pub name: String,
     pub format: ProviderFormat,
     pub api_key: Option<String>,
+    /// `format: anthropic` only; [`DEFAULT_ANTHROPIC_VERSION`] when unset.
+    pub anthropic_version: Option<String>,
     /// The [`ACCOUNT_HEADERS`] forwarded from clients.
     pub forward_headers: Vec<HeaderName>,
     pub endpoints: Vec<EndpointSpec>,
@@ -148,6 +160,8 @@ pub struct EndpointSpec {
 pub enum ProviderError {
     #[error("the API key cannot be sent in an HTTP header")]
     InvalidCredential,
+    #[error("`anthropic_version` cannot be sent in an HTTP header")]
+    InvalidAnthropicVersion,
     #[error("host `{0}` cannot be sent in an HTTP header")]
     InvalidHost(String),
     #[error("cannot read the system CA certificates: {0}")]
@@ -158,12 +172,31 @@ impl Provider {
     pub fn new(spec: ProviderSpec) -> Result<Provider, ProviderError> {
         let credential = match &spec.api_key {
             Some(key) => {
-                let mut value = HeaderValue::try_from(format!("Bearer {key}"))
-                    .map_err(|_| ProviderError::InvalidCredential)?;
+                // Each API's own credential header, which its SDKs send.
+                let (name, text) = match spec.format {
+                    ProviderFormat::Openai => {
+                        (http::header::AUTHORIZATION, format!("Bearer {key}"))
+                    }
+                    ProviderFormat::Anthropic => (X_API_KEY, key.clone()),
+                    ProviderFormat::Azure => (API_KEY, key.clone()),
+                };
+                let mut value =
+                    HeaderValue::try_from(text).map_err(|_| ProviderError::InvalidCredential)?;
                 value.set_sensitive(true);
-                Some((http::header::AUTHORIZATION, value))
+                Some((name, value))
             }
             None => None,
+        };
+        let anthropic_version = match spec.format {
+            ProviderFormat::Anthropic => Some(
+                HeaderValue::try_from(
+                    spec.anthropic_version
+                        .as_deref()
+                        .unwrap_or(DEFAULT_ANTHROPIC_VERSION),
+                )
+                .map_err(|_| ProviderError::InvalidAnthropicVersion)?,
+            ),
+            _ => None,
         };
         let endpoints = spec
             .endpoints
@@ -204,6 +237,7 @@ impl Provider {
             name: spec.name,
             format: spec.format,
             credential,
+            anthropic_version,
             withheld_headers,
             endpoints,
             schedule,
@@ -394,6 +428,7 @@ pub(crate) mod tests {
             name: "p".into(),
             format: ProviderFormat::Openai,
             api_key: None,
+            anthropic_version: None,
             forward_headers: Vec::new(),
             endpoints: weights
                 .iter()

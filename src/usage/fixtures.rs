@@ -8,6 +8,7 @@ pub(super) fn u(p: u64, c: u64, cached: u64) -> Option<Usage> {
         prompt_tokens: p,
         completion_tokens: c,
         cached_tokens: cached,
+        cache_write_tokens: 0,
     })
 }
 

@@ -10,9 +10,13 @@ pub const MAX_TOKENS: u64 = 1_000_000_000;
 /// Token counts from a provider's own response, each at most [`MAX_TOKENS`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Every prompt token, read from a cache or written to one included.
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Prompt tokens read from the provider's cache.
     pub cached_tokens: u64,
+    /// Prompt tokens written to the provider's cache (Anthropic's prompt caching).
+    pub cache_write_tokens: u64,
 }
 
 /// Parses one `usage` object: `prompt_tokens`/`completion_tokens` (chat, completions,
@@ -71,6 +75,7 @@ pub(super) fn parse_usage_at(s: &[u8], open: usize) -> (Option<Usage>, Option<us
         prompt_tokens: prompt.unwrap_or(0),
         completion_tokens: completion.unwrap_or(0),
         cached_tokens: prompt_cached.or(input_cached).unwrap_or(0),
+        cache_write_tokens: 0,
     };
     (Some(usage), end)
 }

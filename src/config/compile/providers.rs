@@ -6,6 +6,7 @@ use super::{parse_duration, Problems};
 use crate::config::env;
 use crate::config::schema::{BalanceFile, ConfigFile, HealthCheckFile};
 use crate::config::LoadOptions;
+use crate::domain::ProviderFormat;
 use crate::upstream::balance::Balance;
 use crate::upstream::{
     EndpointSpec, HealthCheckSpec, Provider, ProviderSpec, ACCOUNT_HEADERS,
@@ -42,6 +43,27 @@ pub(super) fn compile_providers(
                 .map_err(|m| problems.add(cfg, format!("{path}.api_key"), m))
                 .ok()
         });
+        let anthropic_version = match (&p.anthropic_version, p.format) {
+            (None, _) => None,
+            (Some(v), ProviderFormat::Anthropic) => {
+                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                    problems.add(
+                        cfg,
+                        format!("{path}.anthropic_version"),
+                        format!("`{v}` is not a version such as `2023-06-01`"),
+                    );
+                }
+                Some(v.clone())
+            }
+            (Some(_), _) => {
+                problems.add(
+                    cfg,
+                    format!("{path}.anthropic_version"),
+                    "applies only to a provider with `format: anthropic`",
+                );
+                None
+            }
+        };
         let forward_headers = compile_forward_headers(cfg, &path, &p.forward_headers, problems);
         if p.endpoints.is_empty() {
             problems.add(
@@ -158,6 +180,7 @@ pub(super) fn compile_providers(
             name: name.clone(),
             format: p.format,
             api_key,
+            anthropic_version,
             forward_headers,
             endpoints,
             extra_ca_der,
