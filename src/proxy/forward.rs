@@ -1,19 +1,23 @@
 //! Forward: the request as the provider receives it. The virtual key is swapped for the
 //! provider's credential, client headers that would choose another provider account are dropped
-//! (unless the provider forwards them), the endpoint is addressed, and the body keygate read (and
-//! may have rewritten) is sent whole, framed by its length.
+//! (unless the provider forwards them), the endpoint is addressed (a translated chat completion at
+//! the Messages API), and the body keygate read (and may have rewritten) is sent whole, framed by
+//! its length.
 
 use super::authenticate::OTHER_KEY_HEADERS;
 use super::ctx::RequestCtx;
 use super::head;
+use crate::translate;
 use crate::usage::ContentEncoding;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
+
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 /// Sends the head and the body in one segment on a fresh h1 connection. A multiplexed (h2)
 /// connection carries other requests' frames, which a cork would delay.
@@ -41,8 +45,8 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
         return not_routed();
     };
     let mut values = head::Values::with_capacity(head::VALUES_CAPACITY);
-    // the credential, host, request id, content length and accept-encoding
-    head::edit_request(upstream, 5, |parts| {
+    // the credential, host, request id, content length, accept-encoding and anthropic-version
+    head::edit_request(upstream, 6, |parts| {
         let headers = &mut parts.headers;
         // every header a virtual key can arrive in
         headers.remove(http::header::AUTHORIZATION);
@@ -69,16 +73,27 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
         headers.remove(http::header::EXPECT);
         let content_length = values.number(admitted.body.len() as u64)?;
         head::set(headers, http::header::CONTENT_LENGTH, content_length)?;
-        let accept = if admitted.added_include_usage {
-            // The usage chunk is removed from the stream on its way back, which needs plain
-            // bytes.
+        let accept = if admitted.added_include_usage || admitted.translation.is_some() {
+            // The usage chunk is removed from the stream on its way back, and a translated
+            // response is rewritten whole: both need plain bytes.
             HeaderValue::from_static("identity")
         } else {
             let client = headers.get(http::header::ACCEPT_ENCODING);
             ContentEncoding::upstream_accept(client.map(HeaderValue::as_bytes))
         };
         head::set(headers, http::header::ACCEPT_ENCODING, accept)?;
-        if !endpoint.base_path.is_empty() {
+        if admitted.translation.is_some() {
+            // A chat completion asked of an Anthropic model goes to the Messages API, in the
+            // version the provider is configured for (the OpenAI client sends none).
+            if let Some(version) = &provider.anthropic_version {
+                if !headers.contains_key(&ANTHROPIC_VERSION) {
+                    head::set(headers, ANTHROPIC_VERSION, version.clone())?;
+                }
+            }
+            parts.uri = format!("{}{}", endpoint.base_path, translate::MESSAGES_PATH)
+                .parse()
+                .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream path"))?;
+        } else if !endpoint.base_path.is_empty() {
             let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
             parts.uri = format!("{}{}", endpoint.base_path, path_and_query)
                 .parse()

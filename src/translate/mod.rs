@@ -18,10 +18,37 @@ pub mod stream;
 
 pub use request::{chat_to_messages, Translated};
 
+use crate::domain::{Operation, ProviderFormat};
 use bytes::Bytes;
 
 /// The path a translated request is sent to, in place of `/v1/chat/completions`.
 pub const MESSAGES_PATH: &str = "/v1/messages";
+
+/// Whether a request for `operation` to a provider of `format` is translated: chat completions
+/// on an Anthropic model.
+pub fn translates(operation: Operation, format: ProviderFormat) -> bool {
+    operation == Operation::Chat && format == ProviderFormat::Anthropic
+}
+
+/// What the response side of a translated request must know of its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Translation {
+    /// The client asked for the usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+}
+
+impl Translation {
+    /// The translator for a response with `status`, an event stream or not.
+    pub fn response(self, status: u16, event_stream: bool) -> ResponseTranslator {
+        if !(200..300).contains(&status) {
+            ResponseTranslator::Error(error::ErrorResponse::new(status))
+        } else if event_stream {
+            ResponseTranslator::Stream(stream::StreamTranslator::new(self.include_usage))
+        } else {
+            ResponseTranslator::Json(response::JsonResponse::new())
+        }
+    }
+}
 
 /// Finish reasons: Messages' `stop_reason` as chat completions name it.
 pub(crate) fn finish_reason(stop_reason: &str) -> &'static str {
