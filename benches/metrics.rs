@@ -35,6 +35,7 @@ fn bench(c: &mut Criterion) {
         prompt_tokens: 231,
         completion_tokens: 19,
         cached_tokens: 0,
+        cache_write_tokens: 0,
         cost_usd: 0.0000462,
         duration: Duration::from_micros(850),
         upstream_duration: Some(Duration::from_micros(700)),

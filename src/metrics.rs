@@ -72,6 +72,7 @@ pub struct Metrics {
     prompt_tokens: IntCounterVec,
     completion_tokens: IntCounterVec,
     cached_tokens: IntCounterVec,
+    cache_write_tokens: IntCounterVec,
     cost_usd: CounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
@@ -115,6 +116,7 @@ struct KeyModelHandles {
     prompt_tokens: IntCounter,
     completion_tokens: IntCounter,
     cached_tokens: IntCounter,
+    cache_write_tokens: IntCounter,
     cost_usd: Counter,
 }
 
@@ -168,6 +170,7 @@ pub struct RequestFigures {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
     pub cost_usd: f64,
     pub duration: Duration,
     pub upstream_duration: Option<Duration>,
@@ -316,6 +319,11 @@ impl Metrics {
                 "Prompt tokens the provider served from its cache.",
                 &usage_labels,
             ),
+            cache_write_tokens: int_counter(
+                "keygate_cache_write_tokens_total",
+                "Prompt tokens the provider wrote to its cache (Anthropic's prompt caching).",
+                &usage_labels,
+            ),
             cost_usd,
             request_duration: histogram(
                 "keygate_request_duration_seconds",
@@ -453,6 +461,7 @@ impl Metrics {
                     prompt_tokens: self.prompt_tokens.with_label_values(&labels),
                     completion_tokens: self.completion_tokens.with_label_values(&labels),
                     cached_tokens: self.cached_tokens.with_label_values(&labels),
+                    cache_write_tokens: self.cache_write_tokens.with_label_values(&labels),
                     cost_usd: self.cost_usd.with_label_values(&labels),
                 }
             });
@@ -475,6 +484,7 @@ impl Metrics {
                 km.prompt_tokens.inc_by(f.prompt_tokens);
                 km.completion_tokens.inc_by(f.completion_tokens);
                 km.cached_tokens.inc_by(f.cached_tokens);
+                km.cache_write_tokens.inc_by(f.cache_write_tokens);
                 km.cost_usd.inc_by(f.cost_usd);
             }
         }
@@ -535,6 +545,7 @@ impl Metrics {
             self.prompt_tokens.desc(),
             self.completion_tokens.desc(),
             self.cached_tokens.desc(),
+            self.cache_write_tokens.desc(),
             self.cost_usd.desc(),
             self.request_duration.desc(),
             self.upstream_duration.desc(),

@@ -364,3 +364,46 @@ async fn a_json_response_has_a_right_length_without_the_sdk() {
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["choices"][0]["message"]["content"], "Hi");
 }
+
+#[tokio::test]
+async fn usage_and_cost_book_as_on_native_routes() {
+    let (upstream, gw, secret) = setup(message(
+        json!([{"type": "text", "text": "Hello!"}]),
+        "end_turn",
+        json!({"input_tokens": 20, "output_tokens": 5, "cache_creation_input_tokens": 4, "cache_read_input_tokens": 100}),
+    ))
+    .await;
+    sdk(&gw, &secret, "plain").await;
+    let line = &gw.booked(1).await[0];
+    assert_eq!(line["path"], "/v1/chat/completions");
+    assert_eq!(line["model"], "claude");
+    assert_eq!(
+        (&line["status"], &line["estimated"]),
+        (&json!(200), &json!(false))
+    );
+    assert_eq!(
+        [
+            &line["prompt_tokens"],
+            &line["completion_tokens"],
+            &line["cached_tokens"],
+            &line["cache_write_tokens"]
+        ],
+        [&json!(124), &json!(5), &json!(100), &json!(4)]
+    );
+    // 20 × $3 + 4 × $3.75 + 100 × $0.30 + 5 × $15, per million tokens
+    let cost = line["cost_usd"].as_f64().unwrap();
+    assert!((cost - 0.00018).abs() < 1e-12, "{cost}");
+
+    // A stream: input from message_start, output from the last (cumulative) message_delta.
+    upstream.set_reply(messages_stream(false));
+    sdk(&gw, &secret, "stream").await;
+    let line = &gw.booked(2).await[1];
+    assert_eq!(
+        (&line["stream"], &line["estimated"]),
+        (&json!(true), &json!(false))
+    );
+    assert_eq!(
+        [&line["prompt_tokens"], &line["completion_tokens"]],
+        [&json!(30), &json!(8)]
+    );
+}

@@ -88,6 +88,7 @@ pub fn account(
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             cached_tokens: usage.cached_tokens,
+            cache_write_tokens: usage.cache_write_tokens,
             cost_usd: cost.as_usd(),
             duration: finished.duration_since(ctx.started),
             upstream_duration: ctx.upstream_started.map(|t| finished.duration_since(t)),
@@ -130,7 +131,8 @@ pub fn account(
 
 /// The request's token usage, and whether it is estimated: the provider's own count when the
 /// response carried one. A response cut before its usage, without one, or unreadable is charged
-/// the prompt estimate plus the streamed text at about four characters a token. So is a request
+/// the prompt estimate (or, for an Anthropic stream cut after `message_start`, the prompt count
+/// that event gave) plus the streamed text at about four characters a token. So is a request
 /// the provider read but never answered (the client left first, or the provider went silent):
 /// providers bill the prompt they read. `None` for requests that used nothing: refused, answered
 /// with an error, or never sent.
@@ -143,10 +145,23 @@ fn measured_usage(session: &Session, ctx: &mut RequestCtx) -> Option<(Usage, boo
         cache_write_tokens: 0,
     };
     match ctx.response.usage.as_mut() {
-        Some(extractor) => Some(match extractor.finish() {
-            Some(usage) => (usage, false),
-            None => (estimate(extractor.streamed_text_chars().div_ceil(4)), true),
-        }),
+        Some(extractor) => {
+            let reported = extractor.finish();
+            let streamed = extractor.streamed_text_chars().div_ceil(4);
+            Some(match reported {
+                Some(usage) if extractor.usage_is_final() => (usage, false),
+                // An Anthropic stream cut between its first event and its last: the prompt is
+                // the provider's count, the output is estimated.
+                Some(start) => (
+                    Usage {
+                        completion_tokens: start.completion_tokens.max(streamed).min(MAX_TOKENS),
+                        ..start
+                    },
+                    true,
+                ),
+                None => (estimate(streamed), true),
+            })
+        }
         None if !ctx.upstream.got_header()
             && session.upstream_body_bytes_sent().is_some_and(|n| n > 0) =>
         {

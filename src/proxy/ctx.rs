@@ -5,6 +5,7 @@
 //! half checked. A request refused before that keeps what it had learned in [`Named`], for the
 //! labels of its metrics and its audit line.
 
+use super::dialect::Dialect;
 use super::paths::Route;
 use super::refusal::Refusal;
 use crate::domain::Operation;
@@ -27,6 +28,8 @@ pub struct RequestCtx {
     /// The policy snapshot this request started on; it keeps using it even if a reload happens.
     pub policy: Arc<Policy>,
     pub route: Option<Route>,
+    /// The API dialect of keygate's own answers to this request.
+    pub dialect: Dialect,
     /// The client's address: the socket peer, or the client behind a trusted proxy.
     pub client_ip: Option<IpAddr>,
     /// What a request that was not admitted had named, for labels.
@@ -58,9 +61,9 @@ pub struct Named {
 /// A request that passed authentication, authorization and its limits.
 pub struct Admitted {
     pub key: Arc<Key>,
+    pub operation: Operation,
     /// The model being served: the one asked for, or the fallback the route switched to.
     pub model: Arc<Model>,
-    pub operation: Operation,
     pub stream: bool,
     /// The body to send upstream (rewritten when the upstream model name differs, translated
     /// for a provider of another API).
@@ -99,6 +102,7 @@ impl RequestCtx {
             request_id: String::new(),
             policy,
             route: None,
+            dialect: Dialect::Openai,
             client_ip: None,
             named: Named::default(),
             admitted: None,

@@ -10,7 +10,7 @@ use super::head;
 use crate::translate;
 use crate::usage::ContentEncoding;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, Uri};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::ALPN;
@@ -66,6 +66,11 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
         if let Some((name, value)) = &provider.credential {
             head::set(headers, name.clone(), value.clone())?;
         }
+        if let Some(version) = &provider.anthropic_version {
+            if !headers.contains_key(ANTHROPIC_VERSION) {
+                head::set(headers, ANTHROPIC_VERSION, version.clone())?;
+            }
+        }
         head::set(headers, http::header::HOST, endpoint.authority.clone())?;
         head::set_request_id(headers, &mut values, &ctx.request_id)?;
         // The body is complete and framed by Content-Length: nothing is left to negotiate.
@@ -82,22 +87,33 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
             ContentEncoding::upstream_accept(client.map(HeaderValue::as_bytes))
         };
         head::set(headers, http::header::ACCEPT_ENCODING, accept)?;
-        if admitted.translation.is_some() {
-            // A chat completion asked of an Anthropic model goes to the Messages API, in the
-            // version the provider is configured for (the OpenAI client sends none).
-            if let Some(version) = &provider.anthropic_version {
-                if !headers.contains_key(&ANTHROPIC_VERSION) {
-                    head::set(headers, ANTHROPIC_VERSION, version.clone())?;
-                }
+        let azure_path = admitted
+            .model
+            .azure
+            .as_ref()
+            .and_then(|azure| azure.path(admitted.operation));
+        match azure_path {
+            // A chat completion asked of an Anthropic model goes to the Messages API.
+            _ if admitted.translation.is_some() => {
+                parts.uri = format!("{}{}", endpoint.base_path, translate::MESSAGES_PATH)
+                    .parse()
+                    .map_err(|_| {
+                        Error::explain(ErrorType::InternalError, "invalid upstream path")
+                    })?;
             }
-            parts.uri = format!("{}{}", endpoint.base_path, translate::MESSAGES_PATH)
-                .parse()
-                .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream path"))?;
-        } else if !endpoint.base_path.is_empty() {
-            let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            parts.uri = format!("{}{}", endpoint.base_path, path_and_query)
-                .parse()
-                .map_err(|_| Error::explain(ErrorType::InternalError, "invalid upstream path"))?;
+            // Prebuilt: the path costs a reference count, not a copy.
+            Some(path) if endpoint.base_path.is_empty() => parts.uri = Uri::from(path.clone()),
+            _ if endpoint.base_path.is_empty() => {}
+            path => {
+                let path_and_query = path
+                    .or(parts.uri.path_and_query())
+                    .map_or("/", |pq| pq.as_str());
+                parts.uri = format!("{}{}", endpoint.base_path, path_and_query)
+                    .parse()
+                    .map_err(|_| {
+                        Error::explain(ErrorType::InternalError, "invalid upstream path")
+                    })?;
+            }
         }
         Ok(())
     })

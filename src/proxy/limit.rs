@@ -80,12 +80,16 @@ pub async fn admit(
     let requested_output = upstream.max_output_tokens.or(facts.max_output_tokens);
     let scopes = scopes(&key);
     let rate_limited = rate_limited(&key);
-    let token_estimate = limits::estimate_prompt_tokens(body.len());
+    // Counting tokens is free upstream and generates nothing: it books a request, no tokens.
+    let token_estimate = match operation {
+        Operation::CountTokens => 0,
+        _ => limits::estimate_prompt_tokens(body.len()),
+    };
     let budgeted = key.limits.budget.is_some() || key.workload.limits.budget.is_some();
     let demand = Demand {
         tokens: token_estimate,
         cost: match (&model.price, budgeted) {
-            (Some(price), true) => {
+            (Some(price), true) if operation != Operation::CountTokens => {
                 // Each of `n` (or `best_of`) choices may run to the output bound, and is billed.
                 let choices = facts.n.max(facts.best_of).unwrap_or(1).max(1);
                 let output = output_reserve(operation, requested_output, &model);
@@ -120,8 +124,8 @@ pub async fn admit(
     };
     Ok(Admitted {
         key,
-        model,
         operation,
+        model,
         stream: facts.stream,
         body: upstream.body,
         client_body: body,

@@ -11,6 +11,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod body;
 pub mod ctx;
+pub mod dialect;
 pub mod forward;
 pub mod head;
 pub mod limit;
@@ -158,6 +159,7 @@ impl ProxyHttp for Gateway {
         ctx.in_flight = Some(self.drain.track());
         let client_id = session.req_header().headers.get(head::X_REQUEST_ID);
         ctx.request_id = ctx::request_id(client_id.map(|v| v.as_bytes()));
+        ctx.dialect = dialect::Dialect::of(session.req_header());
         match self.admit(session, ctx).await {
             Ok(Admit::Forward(admitted)) => {
                 ctx.admitted = Some(admitted);

@@ -4,10 +4,12 @@
 //! One enum holds them all, and everything a caller or an operator sees is derived from it: the
 //! HTTP status, the error type and code, the metrics `reason` and the audit field. Rendering is a
 //! function of the enum per API dialect, so a client library's error handling never depends on a
-//! string chosen at the call site. Today the dialect is OpenAI's
-//! (`{"error":{"message","type","param","code"}}`), which makes the official SDKs raise the right
-//! exception class (`AuthenticationError`, `PermissionDeniedError`, `RateLimitError`, …).
+//! string chosen at the call site: OpenAI's (`{"error":{"message","type","param","code"}}`), and
+//! Anthropic's (`{"type":"error","error":{"type","message"},"request_id"}`) on its Messages API.
+//! Either makes the official SDKs raise the right exception class (`AuthenticationError`,
+//! `PermissionDeniedError`, `RateLimitError`, …).
 
+use super::dialect::Dialect;
 use super::head;
 use crate::domain::Operation;
 use crate::limits::RateStatus;
@@ -255,17 +257,64 @@ impl Refusal {
         };
         Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
     }
+
+    /// Anthropic's error type for the status, as its API documents them; its SDKs pick their
+    /// exception class by the status, and show the type.
+    fn anthropic_type(&self) -> &'static str {
+        match self.status() {
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            504 => "timeout_error",
+            400..=499 => "invalid_request_error",
+            _ => "api_error",
+        }
+    }
+
+    /// The body in Anthropic's dialect. It has no field for keygate's code, which the message
+    /// words and the metrics and audit log carry.
+    pub fn anthropic_body(&self, request_id: &str) -> Bytes {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            error: Inner<'a>,
+            request_id: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            message: &'a str,
+        }
+        let message = self.to_string();
+        let envelope = Envelope {
+            kind: "error",
+            error: Inner {
+                kind: self.anthropic_type(),
+                message: &message,
+            },
+            request_id,
+        };
+        Bytes::from(serde_json::to_vec(&envelope).unwrap_or_default())
+    }
 }
 
-/// Sends `refusal` as the whole response, with the request id and, for a rate-limited key, the
-/// `x-ratelimit-*` headers.
+/// Sends `refusal` as the whole response in the client's `dialect`, with the request id and, for
+/// a rate-limited key, the `x-ratelimit-*` headers.
 pub async fn respond(
     session: &mut Session,
     refusal: &Refusal,
+    dialect: Dialect,
     request_id: &str,
     rate: Option<&RateStatus>,
 ) -> pingora::Result<()> {
-    let body = refusal.openai_body();
+    let body = match dialect {
+        Dialect::Openai => refusal.openai_body(),
+        Dialect::Anthropic => refusal.anthropic_body(request_id),
+    };
     // Without a case map: `edit_response` adds the rest with `head::edit`, which would drop it.
     let mut header = ResponseHeader::build_no_case(refusal.status(), Some(10))?;
     header.insert_header("content-type", "application/json")?;
@@ -337,6 +386,39 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&Refusal::InvalidKey.openai_body()).unwrap();
         assert!(v["error"]["param"].is_null());
+    }
+
+    #[test]
+    fn body_has_anthropic_shape() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&Refusal::InvalidKey.anthropic_body("req_1")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "error", "request_id": "req_1", "error": {
+                "type": "authentication_error", "message": "Incorrect API key provided."}})
+        );
+        for (refusal, kind) in [
+            (Refusal::KeyPaused, "permission_error"),
+            (Refusal::ModelNotFound("m".into()), "not_found_error"),
+            (Refusal::BodyTooLarge(1), "request_too_large"),
+            (
+                Refusal::invalid_param("model", "x"),
+                "invalid_request_error",
+            ),
+            (
+                Refusal::BudgetExceeded {
+                    limit: "k".into(),
+                    resets_in: Duration::from_secs(1),
+                },
+                "rate_limit_error",
+            ),
+            (Refusal::UpstreamAuthFailed, "api_error"),
+            (Refusal::UpstreamTimeout, "timeout_error"),
+        ] {
+            let v: serde_json::Value =
+                serde_json::from_slice(&refusal.anthropic_body("r")).unwrap();
+            assert_eq!(v["error"]["type"], kind, "{refusal:?}");
+        }
     }
 
     #[test]

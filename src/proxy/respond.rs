@@ -7,7 +7,9 @@
 
 use super::body;
 use super::ctx::RequestCtx;
+use super::dialect::Dialect;
 use super::refusal::{self, Refusal};
+use crate::domain::{Operation, WireFormat};
 use crate::policy::{Key, Policy};
 use crate::translate::ResponseTranslator;
 use crate::usage::{BodyKind, ContentEncoding, UsageChunkStripper, UsageExtractor};
@@ -34,7 +36,8 @@ pub fn response_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Res
     let Some(admitted) = &ctx.admitted else {
         return Ok(());
     };
-    if !response.status.is_success() {
+    // A token count is no usage: it is free, and its `input_tokens` were not consumed.
+    if !response.status.is_success() || admitted.operation == Operation::CountTokens {
         return Ok(());
     }
     let headers = &response.headers;
@@ -123,14 +126,24 @@ pub async fn refuse(session: &mut Session, ctx: &mut RequestCtx, refusal: Refusa
     if !matches!(refusal, Refusal::RequestTimeout(_)) {
         body::discard_rest(session).await;
     }
-    refusal::respond(session, &refusal, &ctx.request_id, ctx.rate.as_ref()).await?;
+    refusal::respond(
+        session,
+        &refusal,
+        ctx.dialect,
+        &ctx.request_id,
+        ctx.rate.as_ref(),
+    )
+    .await?;
     ctx.failure = Some(refusal);
     Ok(())
 }
 
-/// `GET /v1/models`: the models the key may use.
+/// `GET /v1/models`: the models the key may use, in the client's dialect.
 pub async fn list_models(session: &mut Session, ctx: &RequestCtx, key: &Key) -> Result<()> {
-    let body = models_body(&ctx.policy, key);
+    let body = match ctx.dialect {
+        Dialect::Openai => models_body(&ctx.policy, key),
+        Dialect::Anthropic => anthropic_models_body(&ctx.policy, key),
+    };
     let mut h = ResponseHeader::build(200, Some(3))?;
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", body.len())?;
@@ -160,6 +173,38 @@ fn models_body(policy: &Policy, key: &Key) -> Bytes {
     )
 }
 
+/// Anthropic's model list: the key's models served through the Messages API. keygate knows no
+/// release date of a model; the epoch stands in for it, as `created: 0` does in OpenAI's list.
+fn anthropic_models_body(policy: &Policy, key: &Key) -> Bytes {
+    let names: Vec<&str> = key
+        .models
+        .iter()
+        .filter_map(|i| policy.models.get(i))
+        .filter(|m| m.provider.format.wire() == WireFormat::Anthropic)
+        .map(|m| m.name.as_str())
+        .collect();
+    let data: Vec<serde_json::Value> = names
+        .iter()
+        .map(|name| {
+            serde_json::json!({
+                "type": "model",
+                "id": name,
+                "display_name": name,
+                "created_at": "1970-01-01T00:00:00Z",
+            })
+        })
+        .collect();
+    Bytes::from(
+        serde_json::to_vec(&serde_json::json!({
+            "data": data,
+            "has_more": false,
+            "first_id": names.first(),
+            "last_id": names.last(),
+        }))
+        .unwrap_or_default(),
+    )
+}
+
 /// A forward that failed after admission becomes an error in the client's dialect, if the
 /// client can still get one.
 pub async fn failed(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
@@ -184,7 +229,14 @@ pub async fn failed(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> F
         if !can_keep {
             session.set_keepalive(None);
         }
-        match refusal::respond(session, &failure, &ctx.request_id, ctx.rate.as_ref()).await {
+        let answer = refusal::respond(
+            session,
+            &failure,
+            ctx.dialect,
+            &ctx.request_id,
+            ctx.rate.as_ref(),
+        );
+        match answer.await {
             Ok(()) if can_keep => {
                 crate::listener::keep_after_answer(session);
                 keep = true;

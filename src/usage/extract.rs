@@ -134,12 +134,24 @@ impl UsageExtractor {
             Sink::Sse(parser) => parser.usage(),
             Sink::Unreadable => None,
         }
+        .and_then(|reported| reported.usage())
+    }
+
+    /// Whether [`usage`](Self::usage) is the response's final count. It is not when an
+    /// Anthropic stream was cut after `message_start`, which tells the input tokens, and before
+    /// the `message_delta` that tells the output: the output must then be estimated.
+    pub fn usage_is_final(&self) -> bool {
+        match &self.sink {
+            Sink::Sse(parser) => parser.usage_is_final(),
+            Sink::Json(_) | Sink::Unreadable => true,
+        }
     }
 
     /// Characters (Unicode scalar values, escapes decoded) of generated text seen so far in an
-    /// SSE stream: chat `choices[].delta.content`, completions `choices[].text`, and the `delta`
-    /// of responses-API `response.output_text.delta` events. Always 0 for JSON bodies and for
-    /// bodies that cannot be read.
+    /// SSE stream: chat `choices[].delta.content`, completions `choices[].text`, the `delta`
+    /// of responses-API `response.output_text.delta` events, and the `delta.text`,
+    /// `delta.partial_json` and `delta.thinking` of Anthropic `content_block_delta` events.
+    /// Always 0 for JSON bodies and for bodies that cannot be read.
     pub fn streamed_text_chars(&self) -> u64 {
         match &self.sink {
             Sink::Json(_) | Sink::Unreadable => 0,
@@ -151,7 +163,7 @@ impl UsageExtractor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::fixtures::u;
+    use crate::usage::fixtures::{u, ANTHROPIC, ANTHROPIC_USAGE};
 
     /// Feeds `body` whole (the one-shot path) and byte by byte (the resumable state machine),
     /// checks both agree, and returns the answer.
@@ -278,6 +290,56 @@ mod tests {
     }
 
     #[test]
+    fn anthropic_message_json() {
+        let body = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"see \"usage\":{\"input_tokens\":999}"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":7,"cache_creation_input_tokens":30,"cache_read_input_tokens":200,"output_tokens":12,"service_tier":"standard"}}"#;
+        let want = Usage {
+            prompt_tokens: 237,
+            completion_tokens: 12,
+            cached_tokens: 200,
+            cache_write_tokens: 30,
+        };
+        assert_eq!(json_usage(body), Some(want));
+        // count_tokens answers with a bare count, which is no usage: nothing was generated.
+        assert_eq!(json_usage(r#"{"input_tokens":2095}"#), None);
+    }
+
+    #[test]
+    fn anthropic_stream_takes_the_latest_cumulative_delta() {
+        let mut x = UsageExtractor::new(BodyKind::Sse, ContentEncoding::Identity);
+        x.feed(ANTHROPIC.as_bytes());
+        assert_eq!(
+            (x.finish(), x.streamed_text_chars()),
+            (Some(ANTHROPIC_USAGE.0), ANTHROPIC_USAGE.1)
+        );
+        assert!(x.usage_is_final());
+    }
+
+    #[test]
+    fn anthropic_stream_cut_before_message_delta_is_not_final() {
+        let cut = ANTHROPIC.find("event: message_delta").unwrap();
+        let mut x = UsageExtractor::new(BodyKind::Sse, ContentEncoding::Identity);
+        x.feed(&ANTHROPIC.as_bytes()[..cut]);
+        let usage = x.finish().unwrap();
+        assert!(!x.usage_is_final());
+        // The input is known from message_start; the output so far is text to estimate from.
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.cached_tokens,
+                usage.cache_write_tokens
+            ),
+            (125, 20, 100)
+        );
+        assert_eq!(x.streamed_text_chars(), ANTHROPIC_USAGE.1);
+        // Cut after the first of two deltas: its count is final, and not added to the second.
+        let second = ANTHROPIC.rfind("event: message_delta").unwrap();
+        let mut x = UsageExtractor::new(BodyKind::Sse, ContentEncoding::Identity);
+        x.feed(&ANTHROPIC.as_bytes()[..second]);
+        assert_eq!(x.finish().map(|u| u.completion_tokens), Some(9));
+        assert!(x.usage_is_final());
+    }
+
+    #[test]
     fn never_panics_on_garbage() {
         for input in crate::usage::fixtures::GARBAGE {
             for kind in [BodyKind::Json, BodyKind::Sse] {
@@ -305,6 +367,7 @@ mod tests {
         fn streams() -> Vec<(String, (Option<Usage>, u64))> {
             let chat = (u(9, 4, 2), 8);
             let responses = (u(12, 4, 5), 4);
+            let anthropic = (Some(ANTHROPIC_USAGE.0), ANTHROPIC_USAGE.1);
             let noisy = CHAT
                 .replace("data: {", ": keep-alive\nid: 7\nretry: 3000\ndata:{")
                 .replace("\n\n", "\n\n: ping\n\n");
@@ -314,6 +377,8 @@ mod tests {
                 (noisy, chat),
                 (RESPONSES.to_owned(), responses),
                 (RESPONSES.replace("\r\n", "\n"), responses),
+                (ANTHROPIC.to_owned(), anthropic),
+                (ANTHROPIC.replace('\n', "\r\n"), anthropic),
             ]
         }
 
@@ -349,7 +414,7 @@ mod tests {
 
             #[test]
             fn any_split_same_answer_as_whole(
-                which in 0usize..5,
+                which in 0usize..7,
                 cuts in prop::collection::vec(any::<Index>(), 0..48),
             ) {
                 let (stream, want) = &streams()[which];
@@ -366,7 +431,7 @@ mod tests {
 
             #[test]
             fn any_split_of_the_gzipped_stream_same_answer(
-                which in 0usize..5,
+                which in 0usize..7,
                 cuts in prop::collection::vec(any::<Index>(), 0..48),
             ) {
                 let (stream, want) = &streams()[which];

@@ -1,4 +1,5 @@
-//! The `usage` object a provider reports: [`Usage`] and its hand-rolled, lenient parser.
+//! The `usage` object a provider reports: [`Usage`], the counts as reported ([`Reported`]) and
+//! their hand-rolled, lenient parser.
 
 use crate::json::{for_each_member, key_name, skip_value, skip_ws};
 
@@ -19,16 +20,87 @@ pub struct Usage {
     pub cache_write_tokens: u64,
 }
 
+/// The token counts of one `usage` object as the provider reported them: a field it left out is
+/// `None`, so that reports a stream sends one after another can be merged (see [`Reported::then`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Reported {
+    prompt: Option<u64>,
+    completion: Option<u64>,
+    input: Option<u64>,
+    output: Option<u64>,
+    prompt_cached: Option<u64>,
+    input_cached: Option<u64>,
+    /// Anthropic's `cache_creation_input_tokens`.
+    cache_write: Option<u64>,
+    /// Anthropic's `cache_read_input_tokens`.
+    cache_read: Option<u64>,
+}
+
+impl Reported {
+    /// This report updated by a `later` one of the same response. Counts are cumulative (an
+    /// Anthropic stream's `message_delta` repeats the output so far, never an increment), so a
+    /// field `later` reports replaces this one's, and a field it leaves out keeps its value:
+    /// `message_start` gives the input and cache tokens, and a `message_delta` that reports only
+    /// `output_tokens` must not lose them.
+    pub(super) fn then(self, later: Reported) -> Reported {
+        Reported {
+            prompt: later.prompt.or(self.prompt),
+            completion: later.completion.or(self.completion),
+            input: later.input.or(self.input),
+            output: later.output.or(self.output),
+            prompt_cached: later.prompt_cached.or(self.prompt_cached),
+            input_cached: later.input_cached.or(self.input_cached),
+            cache_write: later.cache_write.or(self.cache_write),
+            cache_read: later.cache_read.or(self.cache_read),
+        }
+    }
+
+    /// The usage in keygate's terms: `prompt_tokens` counts every prompt token. OpenAI's
+    /// `prompt_tokens` and the responses API's `input_tokens` already include the cached ones;
+    /// Anthropic's `input_tokens` leaves out the tokens read from and written to the cache, which
+    /// its reports tell by carrying `cache_*_input_tokens`, so those are added back.
+    pub(super) fn usage(&self) -> Option<Usage> {
+        if [self.prompt, self.completion, self.input, self.output]
+            .iter()
+            .all(Option::is_none)
+        {
+            return None;
+        }
+        let anthropic = self.cache_write.is_some() || self.cache_read.is_some();
+        let cache_read = self.cache_read.unwrap_or(0);
+        let cache_write = self.cache_write.unwrap_or(0);
+        let prompt = match (self.prompt, self.input) {
+            (Some(prompt), _) => prompt,
+            (None, Some(input)) if anthropic => input
+                .saturating_add(cache_read)
+                .saturating_add(cache_write)
+                .min(MAX_TOKENS),
+            (None, input) => input.unwrap_or(0),
+        };
+        Some(Usage {
+            prompt_tokens: prompt,
+            completion_tokens: self.completion.or(self.output).unwrap_or(0),
+            cached_tokens: self
+                .prompt_cached
+                .or(self.input_cached)
+                .or(self.cache_read)
+                .unwrap_or(0),
+            cache_write_tokens: cache_write,
+        })
+    }
+}
+
 /// Parses one `usage` object: `prompt_tokens`/`completion_tokens` (chat, completions,
-/// embeddings) or `input_tokens`/`output_tokens` (responses API), and `cached_tokens` from
-/// `prompt_tokens_details` or `input_tokens_details`. `None` unless it holds at least one token
-/// count we know.
+/// embeddings) or `input_tokens`/`output_tokens` (responses API, Anthropic), `cached_tokens` from
+/// `prompt_tokens_details` or `input_tokens_details`, and Anthropic's
+/// `cache_creation_input_tokens` and `cache_read_input_tokens`. `None` unless it holds at least
+/// one token count we know.
 ///
 /// Hand-rolled over `for_each_member` rather than serde: it runs once per response on the hot
 /// path, and one pass with no visitor machinery is about twice as fast. It is also more lenient,
 /// on purpose: an odd value (`null`, a string, a negative number) loses that one field, not the
 /// whole usage; integral floats (`12.0`) count; on a duplicate key the last one wins.
-pub(super) fn parse_usage(object: &[u8]) -> Option<Usage> {
+pub(super) fn parse_reported(object: &[u8]) -> Option<Reported> {
     let open = skip_ws(object, 0);
     if object.get(open) != Some(&b'{') {
         return None;
@@ -36,25 +108,32 @@ pub(super) fn parse_usage(object: &[u8]) -> Option<Usage> {
     parse_usage_at(object, open).0
 }
 
-/// [`parse_usage`] of the object opening at `s[open]`, in one pass; also returns the index just
-/// past the object (`None` if it is malformed or incomplete).
-pub(super) fn parse_usage_at(s: &[u8], open: usize) -> (Option<Usage>, Option<usize>) {
-    let (mut prompt, mut completion, mut input, mut output) = (None, None, None, None);
-    let (mut prompt_cached, mut input_cached) = (None, None);
+/// [`parse_reported`], resolved.
+#[cfg(test)]
+pub(super) fn parse_usage(object: &[u8]) -> Option<Usage> {
+    parse_reported(object)?.usage()
+}
+
+/// [`parse_reported`] of the object opening at `s[open]`, in one pass; also returns the index
+/// just past the object (`None` if it is malformed or incomplete).
+pub(super) fn parse_usage_at(s: &[u8], open: usize) -> (Option<Reported>, Option<usize>) {
+    let mut r = Reported::default();
     let end = for_each_member(s, open, |key, v| {
         let slot = match key_name(key).as_ref() {
-            b"prompt_tokens" => &mut prompt,
-            b"completion_tokens" => &mut completion,
-            b"input_tokens" => &mut input,
-            b"output_tokens" => &mut output,
+            b"prompt_tokens" => &mut r.prompt,
+            b"completion_tokens" => &mut r.completion,
+            b"input_tokens" => &mut r.input,
+            b"output_tokens" => &mut r.output,
+            b"cache_creation_input_tokens" => &mut r.cache_write,
+            b"cache_read_input_tokens" => &mut r.cache_read,
             b"prompt_tokens_details" if s[v] == b'{' => {
                 let (cached, end) = cached_tokens_at(s, v);
-                prompt_cached = cached;
+                r.prompt_cached = cached;
                 return end;
             }
             b"input_tokens_details" if s[v] == b'{' => {
                 let (cached, end) = cached_tokens_at(s, v);
-                input_cached = cached;
+                r.input_cached = cached;
                 return end;
             }
             _ => return skip_value(s, v),
@@ -66,18 +145,8 @@ pub(super) fn parse_usage_at(s: &[u8], open: usize) -> (Option<Usage>, Option<us
     if end.is_none() {
         return (None, None);
     }
-    let prompt = prompt.or(input);
-    let completion = completion.or(output);
-    if prompt.is_none() && completion.is_none() {
-        return (None, end);
-    }
-    let usage = Usage {
-        prompt_tokens: prompt.unwrap_or(0),
-        completion_tokens: completion.unwrap_or(0),
-        cached_tokens: prompt_cached.or(input_cached).unwrap_or(0),
-        cache_write_tokens: 0,
-    };
-    (Some(usage), end)
+    let counted = r.usage().is_some();
+    (counted.then_some(r), end)
 }
 
 /// `cached_tokens` of the `*_tokens_details` object opening at `s[open]`, and its end.
@@ -137,5 +206,61 @@ mod tests {
         ] {
             assert_eq!(token_count(huge), Some(MAX_TOKENS));
         }
+    }
+}
+
+#[cfg(test)]
+mod anthropic_tests {
+    use super::*;
+
+    #[test]
+    fn anthropic_input_tokens_exclude_the_cache() {
+        let u = parse_usage(
+            br#"{"input_tokens":10,"cache_creation_input_tokens":200,"cache_read_input_tokens":3000,"output_tokens":5,"service_tier":"standard"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 3210,
+                completion_tokens: 5,
+                cached_tokens: 3000,
+                cache_write_tokens: 200,
+            }
+        );
+        // Null cache fields (no caching) still mark the report as Anthropic's; nothing to add.
+        let u = parse_usage(
+            br#"{"input_tokens":10,"cache_creation_input_tokens":null,"cache_read_input_tokens":null,"output_tokens":1}"#,
+        );
+        assert_eq!(u.map(|u| (u.prompt_tokens, u.cached_tokens)), Some((10, 0)));
+    }
+
+    #[test]
+    fn a_later_report_replaces_what_it_reports_and_keeps_the_rest() {
+        let start = parse_reported(
+            br#"{"input_tokens":10,"cache_creation_input_tokens":0,"cache_read_input_tokens":4,"output_tokens":1}"#,
+        )
+        .unwrap();
+        let delta = parse_reported(br#"{"output_tokens":15}"#).unwrap();
+        let last = parse_reported(br#"{"output_tokens":40}"#).unwrap();
+        let u = start.then(delta).then(last).usage().unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens, u.cached_tokens),
+            (14, 40, 4)
+        );
+    }
+
+    #[test]
+    fn prompt_tokens_given_with_cache_fields_are_the_total() {
+        // An OpenAI-shaped report that also names Anthropic's cache fields (as some proxies
+        // send): its prompt_tokens already counts them.
+        let u = parse_usage(
+            br#"{"prompt_tokens":100,"completion_tokens":2,"cache_read_input_tokens":60,"cache_creation_input_tokens":30}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (u.prompt_tokens, u.cached_tokens, u.cache_write_tokens),
+            (100, 60, 30)
+        );
     }
 }

@@ -9,7 +9,7 @@
 
 use memchr::memchr;
 
-use super::object::Usage;
+use super::object::Reported;
 use super::scan::Scanner;
 
 /// `memchr` for a byte that is usually near: SSE field names end within a few bytes, and the
@@ -61,7 +61,10 @@ pub(super) struct SseParser {
     /// The start of an event's data that a chunk boundary cut: held until the line ends, so the
     /// scanner can take the whole line in its fast one-shot path (see `data`).
     held: Vec<u8>,
-    usage: Option<Usage>,
+    usage: Option<Reported>,
+    /// The usage so far came from an Anthropic `message_start` only: the input is known, the
+    /// output is not (the final count comes with `message_delta`).
+    provisional: bool,
     text_chars: u64,
     /// `[DONE]` seen: the rest of the stream is ignored.
     done: bool,
@@ -87,6 +90,7 @@ impl SseParser {
             event_name: Vec::new(),
             held: Vec::new(),
             usage: None,
+            provisional: false,
             text_chars: 0,
             done: false,
         }
@@ -272,10 +276,16 @@ impl SseParser {
         } else {
             sc.event_type()
         };
-        self.text_chars += sc.text_chars(ty == b"response.output_text.delta");
-        // The last reported usage wins: some providers report cumulative usage repeatedly.
+        self.text_chars +=
+            sc.text_chars(ty == b"response.output_text.delta" || ty == b"content_block_delta");
+        // Reports are cumulative (some providers repeat them, Anthropic's come in two parts):
+        // each updates what the earlier ones said, and none is added to them.
         if let Some(usage) = sc.usage() {
-            self.usage = Some(usage);
+            self.usage = Some(match self.usage {
+                Some(earlier) => earlier.then(usage),
+                None => usage,
+            });
+            self.provisional = ty == b"message_start";
         }
     }
 
@@ -290,9 +300,15 @@ impl SseParser {
         self.done = true;
     }
 
-    /// The usage of the last complete event that reported one.
-    pub(super) fn usage(&self) -> Option<Usage> {
+    /// The usage the complete events so far reported, each updating the ones before.
+    pub(super) fn usage(&self) -> Option<Reported> {
         self.usage
+    }
+
+    /// Whether that usage is the response's final count, not just what a stream's first event
+    /// tells (Anthropic's `message_start`, before any output).
+    pub(super) fn usage_is_final(&self) -> bool {
+        !self.provisional
     }
 
     /// Characters of generated text in the complete events so far.
@@ -310,6 +326,7 @@ impl SseParser {
 mod tests {
     use super::*;
     use crate::usage::fixtures::{u, CHAT, RESPONSES};
+    use crate::usage::Usage;
 
     fn parse<'a>(pieces: impl Iterator<Item = &'a [u8]>) -> (Option<Usage>, u64) {
         let mut parser = SseParser::new();
@@ -317,7 +334,7 @@ mod tests {
             parser.feed(piece);
         }
         parser.finish();
-        (parser.usage(), parser.text_chars())
+        (parser.usage().and_then(|r| r.usage()), parser.text_chars())
     }
 
     /// Feeds `stream` whole (the scanner's one-shot path) and byte by byte (its resumable state

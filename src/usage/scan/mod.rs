@@ -17,7 +17,7 @@
 
 mod one_shot;
 
-use super::object::{parse_usage, Usage};
+use super::object::{parse_reported, Reported};
 use crate::json::{hex_val, is_delim, is_ws, skip_ws, string_stop, unescape_key};
 use one_shot::OneShot;
 
@@ -32,8 +32,11 @@ enum Ctx {
     Choice,
     /// `choices[].delta`.
     Delta,
-    /// `response` of a responses-API event.
+    /// `response` of a responses-API event, or `message` of an Anthropic `message_start`: the
+    /// object whose `usage` the event reports.
     Response,
+    /// The object `delta` of an Anthropic `content_block_delta` event.
+    BlockDelta,
 }
 
 /// Deepest chain of interesting containers: Root > Choices > Choice > Delta.
@@ -118,8 +121,8 @@ pub(super) struct Scanner {
     // Results of the current document.
     type_buf: Vec<u8>,
     counts: [u64; 3],
-    usage_top: Option<Usage>,
-    usage_resp: Option<Usage>,
+    usage_top: Option<Reported>,
+    usage_resp: Option<Reported>,
     root_done: bool,
     /// The bytes of the last one-shot document from its `{` up to its first tracked member:
     /// members the scan only skipped. A stream's events usually repeat them byte for byte
@@ -161,11 +164,13 @@ fn role_for_plain(sse: bool, ctx: Ctx, raw_key: &[u8]) -> Role {
         (Ctx::Root, b"choices") if sse => Role::Enter(Ctx::Choices),
         (Ctx::Root, b"type") if sse => Role::Type,
         (Ctx::Root, b"delta") if sse => Role::Count(DELTA),
-        (Ctx::Root, b"response") if sse => Role::Enter(Ctx::Response),
+        (Ctx::Root, b"response" | b"message") if sse => Role::Enter(Ctx::Response),
         (Ctx::Choice, b"delta") => Role::Enter(Ctx::Delta),
         (Ctx::Choice, b"text") => Role::Count(TEXT),
         (Ctx::Delta, b"content") => Role::Count(CONTENT),
         (Ctx::Response, b"usage") => Role::Usage(Slot::Response),
+        // Anthropic's text, tool input and thinking deltas, all billed as output.
+        (Ctx::BlockDelta, b"text" | b"partial_json" | b"thinking") => Role::Count(DELTA),
         _ => Role::Skip,
     }
 }
@@ -303,7 +308,7 @@ impl Scanner {
 
     /// The usage the document reports: its top-level `usage`, else (in SSE mode) the
     /// `response.usage` of a responses-API event.
-    pub(super) fn usage(&self) -> Option<Usage> {
+    pub(super) fn usage(&self) -> Option<Reported> {
         self.usage_top.or(self.usage_resp)
     }
 
@@ -314,8 +319,8 @@ impl Scanner {
     }
 
     /// Characters of generated text in the document (SSE mode): chat `choices[].delta.content`
-    /// and completions `choices[].text`, plus the top-level `delta` when `delta_is_text` (the
-    /// event's type says that `delta` is output text).
+    /// and completions `choices[].text`, plus the top-level `delta` (a string, or the text of
+    /// an object) when `delta_is_text` (the event's type says that `delta` is output text).
     pub(super) fn text_chars(&self, delta_is_text: bool) -> u64 {
         let mut chars = self.counts[CONTENT] + self.counts[TEXT];
         if delta_is_text {
@@ -410,6 +415,8 @@ impl Scanner {
             }
             b'{' => match self.role {
                 Role::Enter(ctx) if ctx != Ctx::Choices => self.push(ctx),
+                // The responses API's `delta` is a string, Anthropic's an object.
+                Role::Count(DELTA) => self.push(Ctx::BlockDelta),
                 Role::Usage(slot) => {
                     self.capture.clear();
                     self.capture.push(b'{');
@@ -644,7 +651,7 @@ impl Scanner {
         }
         if closed {
             if let Some(slot) = self.capturing.take() {
-                if let Some(usage) = parse_usage(&self.capture) {
+                if let Some(usage) = parse_reported(&self.capture) {
                     match slot {
                         Slot::Top => self.usage_top = Some(usage),
                         Slot::Response => self.usage_resp = Some(usage),
@@ -665,9 +672,9 @@ impl Scanner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::fixtures::{CHAT, RESPONSES};
+    use crate::usage::fixtures::{ANTHROPIC, CHAT, RESPONSES};
 
-    type Findings = ([u64; 3], Vec<u8>, Option<Usage>, Option<Usage>, bool);
+    type Findings = ([u64; 3], Vec<u8>, Option<Reported>, Option<Reported>, bool);
 
     fn findings(sc: &Scanner) -> Findings {
         let f = (sc.counts, sc.type_buf.clone(), sc.usage_top, sc.usage_resp);
@@ -678,7 +685,7 @@ mod tests {
     /// machine against it directly, at every split, on every event of the recorded streams.
     #[test]
     fn resumable_and_one_shot_agree() {
-        let mut docs: Vec<String> = [CHAT, RESPONSES]
+        let mut docs: Vec<String> = [CHAT, RESPONSES, ANTHROPIC]
             .iter()
             .flat_map(|s| s.split(['\r', '\n']))
             .filter_map(|l| l.strip_prefix("data: "))

@@ -1,11 +1,11 @@
 //! The scanner's fast path: the same walk as its resumable state machine, over a document known
 //! to sit whole in one slice, by recursive descent.
 
-use super::{count_chars, role_for, Ctx, Role, Slot, MAX_CAPTURE};
+use super::{count_chars, role_for, Ctx, Role, Slot, DELTA, MAX_CAPTURE};
 use crate::json::{
     hex_val, skip_string, skip_string_noting_escapes, skip_value, skip_ws, string_stop,
 };
-use crate::usage::object::{parse_usage_at, Usage};
+use crate::usage::object::{parse_usage_at, Reported};
 
 /// The one-shot counterpart of [`Scanner`](super::Scanner) over a complete slice: recursive
 /// descent along the tracked containers (at most [`MAX_CHAIN`](super::MAX_CHAIN) deep, so
@@ -20,8 +20,8 @@ pub(super) struct OneShot<'a> {
     pub(super) counts: [u64; 3],
     /// Where the `type` string's contents lie in the slice.
     pub(super) ty: Option<(usize, usize)>,
-    pub(super) usage_top: Option<Usage>,
-    pub(super) usage_resp: Option<Usage>,
+    pub(super) usage_top: Option<Reported>,
+    pub(super) usage_resp: Option<Reported>,
     /// Where the root's first tracked member starts (its key's quote), when members before it
     /// were skipped: the end of what
     /// [`Scanner::skipped_head`](super::Scanner::skipped_head) may remember.
@@ -141,6 +141,7 @@ impl<'a> OneShot<'a> {
                 self.i = end;
             }
             (b'{', Role::Enter(ctx)) if ctx != Ctx::Choices => self.object(ctx)?,
+            (b'{', Role::Count(DELTA)) => self.object(Ctx::BlockDelta)?,
             (b'[', Role::Enter(Ctx::Choices)) => self.choices()?,
             (b'{', Role::Usage(slot)) => {
                 let (usage, end) = parse_usage_at(self.s, start);
