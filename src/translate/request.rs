@@ -320,6 +320,9 @@ struct ChatMessage<'a> {
     audio: Option<&'a RawValue>,
     #[serde(borrow, default)]
     function_call: Option<&'a RawValue>,
+    /// An earlier answer's citations, as the SDK's message object carries them back.
+    #[serde(borrow, default)]
+    annotations: Option<&'a RawValue>,
 }
 
 /// A message's content: a string, or an array of parts.
@@ -509,10 +512,13 @@ fn conversation(raw: &[u8]) -> Result<(Option<TurnContent<'_>>, Vec<Turn<'_>>), 
         let at = |field: &str| format!("messages[{i}]{field}");
         let m: ChatMessage<'_> = serde_json::from_str(raw.get())
             .map_err(|e| invalid(&at(""), format!("Invalid message at `{}`: {e}.", at(""))))?;
+        // No citations to pass on is nothing dropped.
+        let annotations = m.annotations.filter(|a| a.get().trim() != "[]");
         for (field, value) in [
             ("name", m.name),
             ("audio", m.audio),
             ("function_call", m.function_call),
+            ("annotations", annotations),
         ] {
             if value.is_some() {
                 let param = at(&format!(".{field}"));
@@ -1092,7 +1098,7 @@ mod tests {
     fn an_assistant_turn_with_text_and_a_call() {
         let (v, _) = translate(json!({"model": "m", "messages": [
             {"role": "user", "content": "x"},
-            {"role": "assistant", "content": "Let me look.", "tool_calls": [
+            {"role": "assistant", "content": "Let me look.", "refusal": null, "annotations": [], "audio": null, "tool_calls": [
                 {"id": "t1", "type": "function", "function": {"name": "f", "arguments": ""}}]}
         ]}))
         .unwrap();

@@ -34,6 +34,12 @@ impl JsonResponse {
     }
 
     pub fn filter(&mut self, chunk: Option<&[u8]>, end_of_stream: bool) -> Option<Bytes> {
+        // A body that came in one piece is translated where it lies.
+        if let (true, true, Some(whole)) = (end_of_stream, self.body.is_empty(), chunk) {
+            if !self.overflowed && whole.len() <= MAX_JSON {
+                return Some(translated_or_error(to_chat_completion(whole)));
+            }
+        }
         if let Some(chunk) = chunk {
             if self.body.len() + chunk.len() > MAX_JSON {
                 self.overflowed = true;
@@ -48,12 +54,16 @@ impl JsonResponse {
         let translated = (!self.overflowed)
             .then(|| to_chat_completion(&self.body))
             .flatten();
-        Some(translated.unwrap_or_else(|| {
-            error::gateway_error(
-                "The model's provider sent a response the gateway could not translate.",
-            )
-        }))
+        Some(translated_or_error(translated))
     }
+}
+
+fn translated_or_error(translated: Option<Bytes>) -> Bytes {
+    translated.unwrap_or_else(|| {
+        error::gateway_error(
+            "The model's provider sent a response the gateway could not translate.",
+        )
+    })
 }
 
 #[derive(Deserialize)]
@@ -241,5 +251,19 @@ mod tests {
         let out = t.filter(Some(b"<html>oops"), true).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["error"]["type"], "api_error");
+    }
+
+    #[test]
+    fn a_body_in_one_piece_or_many_reads_the_same() {
+        let body = br#"{"id":"m","model":"c","content":[{"type":"text","text":"x"}],"stop_reason":"end_turn"}"#;
+        let mut whole = JsonResponse::new();
+        let one: Value = serde_json::from_slice(&whole.filter(Some(body), true).unwrap()).unwrap();
+        let mut pieces = JsonResponse::new();
+        for b in body.iter() {
+            assert_eq!(pieces.filter(Some(std::slice::from_ref(b)), false), None);
+        }
+        let many: Value = serde_json::from_slice(&pieces.filter(None, true).unwrap()).unwrap();
+        assert_eq!(one["choices"], many["choices"]);
+        assert_eq!(one["choices"][0]["message"]["content"], "x");
     }
 }

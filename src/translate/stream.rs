@@ -50,7 +50,8 @@ impl StreamTranslator {
 
     pub fn filter(&mut self, chunk: Option<&[u8]>, _end_of_stream: bool) -> Option<Bytes> {
         let chunk = chunk.filter(|c| !c.is_empty() && !self.done)?;
-        let mut out = BytesMut::new();
+        // Chunks come out about the size they went in.
+        let mut out = BytesMut::with_capacity(chunk.len() + 256);
         if self.carry.is_empty() {
             let used = self.events(chunk, &mut out);
             self.keep(&chunk[used..], &mut out);
