@@ -89,6 +89,7 @@ fn a_stalled_audit_sink_drops_lines_not_usage_and_memory_stays_bounded() {
                 prompt_tokens: 10,
                 completion_tokens: 5,
                 cached_tokens: 0,
+                cache_write_tokens: 0,
             },
             cost: UsdNanos(15),
             estimated: false,

@@ -71,10 +71,12 @@ fn check_accepts_a_good_policy_and_the_shipped_one() {
     );
 }
 
+/// A bad-policy case: its name, the main file, the key files, and what the report must say.
+type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, Vec<&'a str>);
+
 /// Each bad-policy case: what to write, and what the report must say (file, field, reason).
 #[test]
 fn check_reports_every_bad_policy_case_with_file_and_field() {
-    type Case<'a> = (&'a str, String, Vec<(&'a str, String)>, Vec<&'a str>);
     let cases: Vec<Case> = vec![
         (
             "unknown field",
@@ -377,12 +379,7 @@ fn with_second_provider(format: &str, provider_lines: &str, model_lines: &str) -
 }
 
 /// The fields of the `anthropic` and `azure` formats, where they do not belong or are malformed.
-fn provider_format_cases() -> Vec<(
-    &'static str,
-    String,
-    Vec<(&'static str, String)>,
-    Vec<&'static str>,
-)> {
+fn provider_format_cases() -> Vec<Case<'static>> {
     vec![
         (
             "anthropic_version on an openai provider",

@@ -145,6 +145,7 @@ fn usage(p: u64, c: u64, cached: u64) -> Usage {
         prompt_tokens: p,
         completion_tokens: c,
         cached_tokens: cached,
+        cache_write_tokens: 0,
     }
 }
 

@@ -1,7 +1,9 @@
 //! The API dialect a client speaks, which decides the shape of everything keygate answers itself:
 //! refusals, failures and the model list. A request on Anthropic's Messages API routes
-//! (`/v1/messages…`) speaks Anthropic's, and so does `GET /v1/models` from an Anthropic SDK (it
-//! sends `x-api-key` and `anthropic-version`); every other request speaks OpenAI's.
+//! (`/v1/messages…`) speaks Anthropic's, and so does `GET /v1/models` from an Anthropic SDK. Those
+//! send `anthropic-version` on every request, with the key in `x-api-key` or, in recent versions,
+//! as a Bearer token, so the version header alone tells them; OpenAI's clients never send it.
+//! Every other request speaks OpenAI's.
 //!
 //! The dialect is read from the request head alone, before the path is matched to a route, so
 //! that even a request to an unknown Messages path or without a key gets its error in the shape
@@ -11,7 +13,6 @@ use http::HeaderName;
 use pingora::http::RequestHeader;
 
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Dialect {
@@ -28,7 +29,6 @@ impl Dialect {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
         let anthropic_sdk = || {
             path.trim_end_matches('/') == "/v1/models"
-                && header.headers.contains_key(X_API_KEY)
                 && header.headers.contains_key(ANTHROPIC_VERSION)
         };
         if messages || anthropic_sdk() {
@@ -62,6 +62,7 @@ mod tests {
             ("/v1/chat/completions", &anthropic[..], Dialect::Openai),
             ("/v1/models", &anthropic, Dialect::Anthropic),
             ("/v1/models", &anthropic[..1], Dialect::Openai),
+            ("/v1/models", &anthropic[1..], Dialect::Anthropic),
             (
                 "/v1/models",
                 &[("authorization", "Bearer kg_x")],

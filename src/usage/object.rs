@@ -21,38 +21,59 @@ pub struct Usage {
 }
 
 /// The token counts of one `usage` object as the provider reported them: a field it left out is
-/// `None`, so that reports a stream sends one after another can be merged (see [`Reported::then`]).
+/// absent, so that reports a stream sends one after another can be merged (see
+/// [`Reported::then`]). Compact, as the scanner holds two and the SSE parser one: each count is at
+/// most [`MAX_TOKENS`], which fits 32 bits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Reported {
-    prompt: Option<u64>,
-    completion: Option<u64>,
-    input: Option<u64>,
-    output: Option<u64>,
-    prompt_cached: Option<u64>,
-    input_cached: Option<u64>,
-    /// Anthropic's `cache_creation_input_tokens`.
-    cache_write: Option<u64>,
-    /// Anthropic's `cache_read_input_tokens`.
-    cache_read: Option<u64>,
+    counts: [u32; FIELDS],
+    /// Bit `i` set: `counts[i]` was reported.
+    present: u8,
 }
 
+const FIELDS: usize = 8;
+const PROMPT: usize = 0;
+const COMPLETION: usize = 1;
+const INPUT: usize = 2;
+const OUTPUT: usize = 3;
+const PROMPT_CACHED: usize = 4;
+const INPUT_CACHED: usize = 5;
+/// Anthropic's `cache_creation_input_tokens`.
+const CACHE_WRITE: usize = 6;
+/// Anthropic's `cache_read_input_tokens`.
+const CACHE_READ: usize = 7;
+
 impl Reported {
+    fn get(&self, field: usize) -> Option<u64> {
+        (self.present & 1 << field != 0).then(|| u64::from(self.counts[field]))
+    }
+
+    /// Records `count` (at most [`MAX_TOKENS`]); `None` forgets the field, as a duplicate key
+    /// with an odd value does.
+    fn set(&mut self, field: usize, count: Option<u64>) {
+        match count {
+            Some(n) => {
+                self.counts[field] = u32::try_from(n.min(MAX_TOKENS)).unwrap_or(u32::MAX);
+                self.present |= 1 << field;
+            }
+            None => self.present &= !(1 << field),
+        }
+    }
+
     /// This report updated by a `later` one of the same response. Counts are cumulative (an
     /// Anthropic stream's `message_delta` repeats the output so far, never an increment), so a
     /// field `later` reports replaces this one's, and a field it leaves out keeps its value:
     /// `message_start` gives the input and cache tokens, and a `message_delta` that reports only
     /// `output_tokens` must not lose them.
     pub(super) fn then(self, later: Reported) -> Reported {
-        Reported {
-            prompt: later.prompt.or(self.prompt),
-            completion: later.completion.or(self.completion),
-            input: later.input.or(self.input),
-            output: later.output.or(self.output),
-            prompt_cached: later.prompt_cached.or(self.prompt_cached),
-            input_cached: later.input_cached.or(self.input_cached),
-            cache_write: later.cache_write.or(self.cache_write),
-            cache_read: later.cache_read.or(self.cache_read),
+        let mut merged = self;
+        for field in 0..FIELDS {
+            if later.present & 1 << field != 0 {
+                merged.counts[field] = later.counts[field];
+            }
         }
+        merged.present |= later.present;
+        merged
     }
 
     /// The usage in keygate's terms: `prompt_tokens` counts every prompt token. OpenAI's
@@ -60,32 +81,31 @@ impl Reported {
     /// Anthropic's `input_tokens` leaves out the tokens read from and written to the cache, which
     /// its reports tell by carrying `cache_*_input_tokens`, so those are added back.
     pub(super) fn usage(&self) -> Option<Usage> {
-        if [self.prompt, self.completion, self.input, self.output]
+        if [PROMPT, COMPLETION, INPUT, OUTPUT]
             .iter()
-            .all(Option::is_none)
+            .all(|&f| self.get(f).is_none())
         {
             return None;
         }
-        let anthropic = self.cache_write.is_some() || self.cache_read.is_some();
-        let cache_read = self.cache_read.unwrap_or(0);
-        let cache_write = self.cache_write.unwrap_or(0);
-        let prompt = match (self.prompt, self.input) {
+        let cache_write = self.get(CACHE_WRITE);
+        let cache_read = self.get(CACHE_READ);
+        let anthropic = cache_write.is_some() || cache_read.is_some();
+        let prompt = match (self.get(PROMPT), self.get(INPUT)) {
             (Some(prompt), _) => prompt,
-            (None, Some(input)) if anthropic => input
-                .saturating_add(cache_read)
-                .saturating_add(cache_write)
-                .min(MAX_TOKENS),
+            (None, Some(input)) if anthropic => {
+                (input + cache_read.unwrap_or(0) + cache_write.unwrap_or(0)).min(MAX_TOKENS)
+            }
             (None, input) => input.unwrap_or(0),
         };
         Some(Usage {
             prompt_tokens: prompt,
-            completion_tokens: self.completion.or(self.output).unwrap_or(0),
+            completion_tokens: self.get(COMPLETION).or(self.get(OUTPUT)).unwrap_or(0),
             cached_tokens: self
-                .prompt_cached
-                .or(self.input_cached)
-                .or(self.cache_read)
+                .get(PROMPT_CACHED)
+                .or(self.get(INPUT_CACHED))
+                .or(cache_read)
                 .unwrap_or(0),
-            cache_write_tokens: cache_write,
+            cache_write_tokens: cache_write.unwrap_or(0),
         })
     }
 }
@@ -119,27 +139,27 @@ pub(super) fn parse_usage(object: &[u8]) -> Option<Usage> {
 pub(super) fn parse_usage_at(s: &[u8], open: usize) -> (Option<Reported>, Option<usize>) {
     let mut r = Reported::default();
     let end = for_each_member(s, open, |key, v| {
-        let slot = match key_name(key).as_ref() {
-            b"prompt_tokens" => &mut r.prompt,
-            b"completion_tokens" => &mut r.completion,
-            b"input_tokens" => &mut r.input,
-            b"output_tokens" => &mut r.output,
-            b"cache_creation_input_tokens" => &mut r.cache_write,
-            b"cache_read_input_tokens" => &mut r.cache_read,
+        let field = match key_name(key).as_ref() {
+            b"prompt_tokens" => PROMPT,
+            b"completion_tokens" => COMPLETION,
+            b"input_tokens" => INPUT,
+            b"output_tokens" => OUTPUT,
+            b"cache_creation_input_tokens" => CACHE_WRITE,
+            b"cache_read_input_tokens" => CACHE_READ,
             b"prompt_tokens_details" if s[v] == b'{' => {
                 let (cached, end) = cached_tokens_at(s, v);
-                r.prompt_cached = cached;
+                r.set(PROMPT_CACHED, cached);
                 return end;
             }
             b"input_tokens_details" if s[v] == b'{' => {
                 let (cached, end) = cached_tokens_at(s, v);
-                r.input_cached = cached;
+                r.set(INPUT_CACHED, cached);
                 return end;
             }
             _ => return skip_value(s, v),
         };
         let end = skip_value(s, v)?;
-        *slot = token_count(&s[v..end]);
+        r.set(field, token_count(&s[v..end]));
         Some(end)
     });
     if end.is_none() {

@@ -92,6 +92,14 @@ pub enum Reply {
         events: Vec<String>,
         interval: Duration,
     },
+    /// `reply` with these extra response headers.
+    WithHeaders {
+        headers: Vec<(String, String)>,
+        reply: Box<Reply>,
+    },
+    /// The reply this function picks from the request's path (with its query) and JSON body
+    /// (`null` if the body is not JSON): for clients that mix calls, such as an SDK script.
+    Pick(fn(&str, &Value) -> Reply),
 }
 
 impl Reply {
@@ -374,11 +382,24 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
         body: body.clone(),
     };
     let mut reply = shared.reply().clone();
+    let pick_from = (
+        recorded.path.clone(),
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    );
     shared.requests().push(recorded);
     shared.recorded.notify_waiters();
 
-    loop {
+    let mut extra_headers = Vec::new();
+    let mut response = loop {
         match reply {
+            Reply::WithHeaders {
+                headers,
+                reply: next,
+            } => {
+                extra_headers.extend(headers);
+                reply = *next;
+            }
+            Reply::Pick(pick) => reply = pick(&pick_from.0, &pick_from.1),
             Reply::Delayed { delay, reply: next } => {
                 tokio::time::sleep(delay).await;
                 reply = *next;
@@ -390,22 +411,29 @@ async fn handle(req: Request<Incoming>, shared: Arc<Shared>) -> Result<Response<
                     "mock upstream: Reply::Reset",
                 ))
             }
-            Reply::Json { status, body } => return Ok(json_response(&shared.name, status, &body)),
+            Reply::Json { status, body } => break json_response(&shared.name, status, &body),
             Reply::ChatEcho => {
                 let model = serde_json::from_slice::<Value>(&body)
                     .ok()
                     .and_then(|v| v.get("model").cloned())
                     .unwrap_or(Value::Null);
-                return Ok(json_response(&shared.name, 200, &chat_completion(model)));
+                break json_response(&shared.name, 200, &chat_completion(model));
             }
             Reply::Sse { events, interval } => {
-                return Ok(sse_response(&shared.name, events, interval, false))
+                break sse_response(&shared.name, events, interval, false)
             }
             Reply::SseThenReset { events, interval } => {
-                return Ok(sse_response(&shared.name, events, interval, true))
+                break sse_response(&shared.name, events, interval, true)
             }
         }
+    };
+    for (name, value) in extra_headers {
+        response.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("mock upstream: header name"),
+            HeaderValue::from_str(&value).expect("mock upstream: header value"),
+        );
     }
+    Ok(response)
 }
 
 fn chat_completion(model: Value) -> Value {
