@@ -360,6 +360,8 @@ async fn a_json_response_has_a_right_length_without_the_sdk() {
         resp.headers().get("content-type").unwrap(),
         "application/json"
     );
+    assert!(resp.headers().get("content-length").is_none());
+    assert_eq!(resp.headers().get("transfer-encoding").unwrap(), "chunked");
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["choices"][0]["message"]["content"], "Hi");
@@ -405,5 +407,51 @@ async fn usage_and_cost_book_as_on_native_routes() {
     assert_eq!(
         [&line["prompt_tokens"], &line["completion_tokens"]],
         [&json!(30), &json!(8)]
+    );
+}
+
+#[tokio::test]
+async fn a_cut_stream_keeps_what_was_translated_and_is_estimated() {
+    let Reply::Sse { events, interval } = messages_stream(false) else {
+        unreachable!("messages_stream is an event stream")
+    };
+    let cut = events
+        .iter()
+        .position(|e| e.starts_with("event: message_delta"))
+        .unwrap();
+    let (_upstream, gw, secret) = setup(Reply::SseThenReset {
+        events: events[..cut].to_vec(),
+        interval,
+    })
+    .await;
+    let mut resp = common::post_json(
+        &gw.url("/v1/chat/completions"),
+        &secret,
+        &json!({"model": "claude", "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let mut received = Vec::new();
+    let cut_short = loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => received.extend_from_slice(&chunk),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    assert!(cut_short, "the client sees the stream end abnormally");
+    let text = String::from_utf8(received).unwrap();
+    assert!(text.contains(r#""content":" from Claude""#), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    let line = &gw.booked(1).await[0];
+    // The input from message_start; the output estimated from "Hello from Claude" (17 chars).
+    assert_eq!(
+        [
+            &line["prompt_tokens"],
+            &line["completion_tokens"],
+            &line["estimated"]
+        ],
+        [&json!(30), &json!(5), &json!(true)],
+        "{line}"
     );
 }
