@@ -606,3 +606,70 @@ async fn cut_anthropic_streams_are_estimated() {
         lines[1]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_mock_speaks_the_messages_api() {
+    let mock_port = common::upstream::free_port();
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(
+        &format!(
+            r#"audit_log: state/audit.jsonl
+mock_provider: {{listen: "127.0.0.1:{mock_port}", api_key: mock-secret, stream_delay: 1ms}}
+providers:
+  mock-anthropic:
+    format: anthropic
+    api_key: mock-secret
+    endpoints:
+      - {{url: "http://127.0.0.1:{mock_port}"}}
+models:
+  claude-mock:
+    provider: mock-anthropic
+workloads:
+  app:
+    models: [claude-mock]
+"#
+        ),
+        &[("k".into(), yaml)],
+    );
+    let post = |body: Value| {
+        client()
+            .post(gw.url("/v1/messages"))
+            .header("x-api-key", &secret)
+            .json(&body)
+            .send()
+    };
+    // "12345678": 2 prompt tokens; max_tokens 4: the mock's first 4 words.
+    let body = json!({"model": "claude-mock", "max_tokens": 4,
+                      "messages": [{"role": "user", "content": "12345678"}]});
+    let resp = post(body.clone()).await.unwrap();
+    assert_eq!(resp.status(), 200, "the mock took keygate's x-api-key");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (
+            &v["stop_reason"],
+            &v["usage"]["input_tokens"],
+            &v["usage"]["output_tokens"]
+        ),
+        (&json!("max_tokens"), &json!(2), &json!(4))
+    );
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let text = post(streamed).await.unwrap().text().await.unwrap();
+    assert!(text.starts_with("event: message_start\n"), "{text}");
+    assert!(
+        text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"),
+        "{text}"
+    );
+    let lines = gw.booked(2).await;
+    for line in &lines {
+        assert_eq!(
+            (
+                &line["prompt_tokens"],
+                &line["completion_tokens"],
+                &line["estimated"]
+            ),
+            (&json!(2), &json!(4), &json!(false)),
+            "{line}"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::upstream::{free_port, MockUpstream, Reply};
+use common::upstream::{free_port, MockUpstream, Reply, TestCa};
 use common::{client, error_of, key_file, keygate_bin, post_json, TestGateway};
 use redis::Commands;
 use serde_json::{json, Value};
@@ -943,4 +943,228 @@ async fn the_brute_force_guard_counts_failures_across_the_fleet() {
         let resp = post_json(&gw.url("/v1/chat/completions"), &secret, &chat()).await;
         assert_eq!(resp.status(), 200);
     }
+}
+
+/// Redis forgetting its scripts (a restart with persistence, a failover, `SCRIPT FLUSH`) loses
+/// no settlement: the finishing scripts are loaded again and sent once, and the keys they write
+/// still expire by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlements_survive_redis_forgetting_its_scripts() {
+    let redis = RedisServer::start();
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file(
+        "app",
+        "budget: {daily_usd: 100}\nrate_limits: [{tokens: 1000000, per: 1m}]\nmax_concurrent: 4\n",
+    );
+    let gw = TestGateway::start(&priced(&up.url(), &redis.url(), ""), &[("k".into(), yaml)]);
+    connected(&gw).await;
+    let body =
+        json!({"model": "m1", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    let url = gw.url("/v1/chat/completions");
+    assert_eq!(post_json(&url, &secret, &body).await.status(), 200);
+    let day = keygate::limits::now_ms() / 86_400_000;
+    let hash = "kg:{app}:key:k:budget";
+    let mut conn = redis.conn();
+    eventually("the first request settled", || {
+        conn.hget::<_, _, Option<u64>>(hash, format!("d:{day}"))
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let one: u64 = conn.hget(hash, format!("d:{day}")).unwrap();
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query::<()>(&mut conn)
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(post_json(&url, &secret, &body).await.status(), 200);
+    }
+    eventually("three more settled, each once", || {
+        conn.hget::<_, _, u64>(hash, format!("d:{day}")).unwrap() == 4 * one
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        conn.hget::<_, _, u64>(hash, format!("d:{day}")).unwrap(),
+        4 * one
+    );
+    assert_eq!(
+        conn.hget::<_, _, i64>(hash, "r").unwrap(),
+        0,
+        "a reservation leaked"
+    );
+    assert_eq!(conn.zcard::<_, u64>("kg:{app}:key:k:reserved").unwrap(), 0);
+    assert_eq!(conn.zcard::<_, u64>("kg:{app}:key:k:slots").unwrap(), 0);
+    for key in ["kg:{app}:key:k:budget", "kg:{app}:key:k:t60000"] {
+        let ttl: i64 = conn.pttl(key).unwrap();
+        assert!(ttl > 0, "{key} has no expiry ({ttl})");
+    }
+}
+
+/// A policy whose `state.redis` section is `redis_section` (indented by four spaces).
+fn fleet_policy_with(upstream: &str, redis_section: &str) -> String {
+    format!(
+        "state:\n  backend: redis\n  redis:\n{redis_section}    prefix: kg\n    timeout: 1s\n  on_error: fail_closed\n{}",
+        common::one_model_policy(upstream, "")
+    )
+}
+
+/// Sends `n` chats to each of `urls` in turn; the statuses, in order.
+async fn statuses(urls: &[String], secret: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        for url in urls {
+            out.push(post_json(url, secret, &chat()).await.status().as_u16());
+        }
+    }
+    out
+}
+
+/// `sentinel: {master, nodes}`: the instances find the master through a real Redis Sentinel and
+/// share its counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_find_the_master_through_a_sentinel() {
+    let master = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor kgmaster 127.0.0.1 {} 1\n",
+            dir.path().display(),
+            master.port
+        ),
+    )
+    .unwrap();
+    let mut sentinel = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (.ci/run installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the sentinel did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "rate_limits:\n  - {requests: 5, per: 10s}\n");
+    let policy = fleet_policy_with(
+        &up.url(),
+        &format!("    sentinel: {{master: kgmaster, nodes: [\"redis://127.0.0.1:{port}\"]}}\n"),
+    );
+    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
+    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
+    connected(&a).await;
+    connected(&b).await;
+    early_in_window(10_000).await;
+    let urls = [a.url("/v1/chat/completions"), b.url("/v1/chat/completions")];
+    let got = statuses(&urls, &secret, 4).await;
+    assert_eq!(got.iter().filter(|&&s| s == 200).count(), 5, "{got:?}");
+    assert!(got.iter().all(|&s| s == 200 || s == 429), "{got:?}");
+    let counted: u64 = master.conn().hget("kg:{app}:key:k:r10000", "c").unwrap();
+    assert_eq!(counted, 5, "the master behind the sentinel holds the count");
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+}
+
+/// `rediss://`: two instances (processes, trusting a test CA through SSL_CERT_FILE, as they
+/// would a system root) share their counters over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_counters_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ca_file = ca.write_pem(dir.path());
+    let (cert, key) = ca.issue_pem("127.0.0.1");
+    std::fs::write(dir.path().join("redis.crt"), cert).unwrap();
+    std::fs::write(dir.path().join("redis.key"), key).unwrap();
+    let port = free_port();
+    let mut server = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--tls-cert-file")
+        .arg(dir.path().join("redis.crt"))
+        .arg("--tls-key-file")
+        .arg(dir.path().join("redis.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(&ca_file)
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (.ci/run installs it)");
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "rate_limits:\n  - {requests: 5, per: 10s}\n");
+    let policy = fleet_policy_with(
+        &up.url(),
+        &format!("    url: rediss://127.0.0.1:{port}/0\n"),
+    );
+    let mut processes = Vec::new();
+    let mut urls = Vec::new();
+    let mut gateways = Vec::new();
+    for _ in 0..2 {
+        let gw = TestGateway::prepare(&policy, &[("k".into(), yaml.clone())]);
+        processes.push(
+            Command::new(keygate_bin())
+                .args(["serve", "--config"])
+                .arg(&gw.config_path)
+                .env("SSL_CERT_FILE", &ca_file)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        urls.push(gw.url("/v1/chat/completions"));
+        gateways.push(gw);
+    }
+    // Until both listen; then `fail_closed` refuses until each has reached Redis over TLS.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for gw in &gateways {
+        while std::net::TcpStream::connect(("127.0.0.1", gw.port)).is_err() {
+            assert!(Instant::now() < deadline, "a gateway did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    early_in_window(10_000).await;
+    let mut got = Vec::new();
+    while got.len() < 8 {
+        let url = &urls[got.len() % 2];
+        let resp = post_json(url, &secret, &chat()).await;
+        let status = resp.status().as_u16();
+        if status == 503 {
+            assert_eq!(error_of(resp).await.2, "state_unavailable");
+            assert!(
+                Instant::now() < deadline,
+                "a gateway never reached Redis over TLS"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        got.push(status);
+    }
+    assert_eq!(got.iter().filter(|&&s| s == 200).count(), 5, "{got:?}");
+    assert!(got.iter().all(|&s| s == 200 || s == 429), "{got:?}");
+    for mut p in processes {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+    let _ = server.kill();
+    let _ = server.wait();
 }

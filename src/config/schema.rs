@@ -162,7 +162,8 @@ pub struct ServerFile {
     pub max_connections: Option<usize>,
 }
 
-/// The optional embedded OpenAI-compatible upstream, for trying keygate without a provider account.
+/// The optional embedded OpenAI- and Anthropic-compatible upstream, for trying keygate without a
+/// provider account.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MockProviderFile {

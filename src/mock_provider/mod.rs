@@ -1,8 +1,9 @@
-//! Embedded, OpenAI-compatible mock upstream.
+//! Embedded mock upstream, OpenAI- and Anthropic-compatible.
 //!
 //! This module owns the `mock_provider` listener: a small HTTP server that runs inside the
 //! keygate process and answers like OpenAI does (`/v1/chat/completions`, `/v1/completions`,
-//! `/v1/embeddings`, `/v1/responses`, `/v1/models`, plus `/health`). It exists so that a new
+//! `/v1/embeddings`, `/v1/responses`, `/v1/models`, plus `/health`) and like Anthropic's Messages
+//! API does (`/v1/messages`, `/v1/messages/count_tokens`). It exists so that a new
 //! user can try the gateway end to end — virtual keys, limits, accounting, streaming — before
 //! they have a real provider key, and so that tests have a deterministic upstream.
 //!
@@ -18,7 +19,8 @@
 //!
 //! - `routes`: the route and the credential check, then dispatch to an endpoint;
 //! - `request`: the JSON body and the parameters several endpoints share;
-//! - `chat`, `completions`, `embeddings`, `responses_api`: one module per endpoint family;
+//! - `chat`, `completions`, `embeddings`, `responses_api`, `messages`: one module per endpoint
+//!   family;
 //! - `tokens`: the stand-in tokenizer, the reply and the usage objects;
 //! - `response`: the response values and OpenAI's error body;
 //! - `stream`: SSE framing, and the writer that paces events onto the wire.
@@ -26,6 +28,7 @@
 mod chat;
 mod completions;
 mod embeddings;
+mod messages;
 mod request;
 mod response;
 mod responses_api;
@@ -48,7 +51,7 @@ use pingora::services::listening::Service;
 use tracing::debug;
 
 use response::{error_response, Meta, MockResponse};
-use routes::{check_head, respond};
+use routes::{check_head, respond, Credentials};
 use stream::write_response;
 
 /// Request bodies above this are refused with 413: the mock buffers the whole body, and no
@@ -63,7 +66,8 @@ const MAX_DRAIN_ON_REJECT: u64 = 1024 * 1024;
 #[derive(Clone)]
 pub struct MockProviderConfig {
     /// When `Some`, requests must carry `Authorization: Bearer <key>` or `api-key: <key>`,
-    /// otherwise they get OpenAI's 401 `invalid_api_key` error.
+    /// otherwise they get OpenAI's 401 `invalid_api_key` error; Messages API requests must carry
+    /// `x-api-key: <key>`, otherwise they get Anthropic's 401 `authentication_error`.
     pub api_key: Option<String>,
     /// Pause between SSE events of a streamed reply (the first event is sent at once).
     pub stream_delay: Duration,
@@ -168,13 +172,13 @@ impl MockProvider {
     async fn handle(&self, session: &mut ServerSession) -> Option<MockResponse> {
         let head = {
             let req = session.req_header();
-            check_head(
-                &self.config,
-                &req.method,
-                req.uri.path(),
-                req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
-                req.headers.get("api-key").map(|v| v.as_bytes()),
-            )
+            let value = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+            let credentials = Credentials {
+                authorization: req.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+                api_key: value("api-key"),
+                x_api_key: value("x-api-key"),
+            };
+            check_head(&self.config, &req.method, req.uri.path(), credentials)
         };
         let route = match head {
             Ok(route) => route,

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::chat::chat_completions;
 use super::completions::completions;
 use super::embeddings::embeddings;
+use super::messages::{anthropic_error, count_tokens, messages};
 use super::request::with_request;
 use super::response::{error_response, Meta, MockResponse};
 use super::responses_api::responses;
@@ -27,6 +28,18 @@ pub(super) enum Route {
     Completions,
     Embeddings,
     Responses,
+    Messages,
+    CountTokens,
+}
+
+/// The credentials a request head carries, as sent.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Credentials<'a> {
+    pub(super) authorization: Option<&'a [u8]>,
+    /// Azure OpenAI's `api-key`.
+    pub(super) api_key: Option<&'a [u8]>,
+    /// Anthropic's `x-api-key`.
+    pub(super) x_api_key: Option<&'a [u8]>,
 }
 
 /// Picks the route and checks the credential; everything that can be decided from the
@@ -35,8 +48,7 @@ pub(super) fn check_head(
     config: &MockProviderConfig,
     method: &Method,
     path: &str,
-    authorization: Option<&[u8]>,
-    api_key: Option<&[u8]>,
+    credentials: Credentials<'_>,
 ) -> Result<Route, MockResponse> {
     let route = match (method, path) {
         (&Method::GET, "/health") => return Ok(Route::Health),
@@ -48,6 +60,8 @@ pub(super) fn check_head(
         (&Method::POST, "/v1/completions") => Route::Completions,
         (&Method::POST, "/v1/embeddings") => Route::Embeddings,
         (&Method::POST, "/v1/responses") => Route::Responses,
+        (&Method::POST, "/v1/messages") => Route::Messages,
+        (&Method::POST, "/v1/messages/count_tokens") => Route::CountTokens,
         _ => {
             return Err(error_response(
                 404,
@@ -59,7 +73,19 @@ pub(super) fn check_head(
         }
     };
     if let Some(expected) = config.api_key.as_deref() {
-        if !credential_matches(expected, authorization, api_key) {
+        // Anthropic's API takes its key in `x-api-key` only.
+        if matches!(route, Route::Messages | Route::CountTokens) {
+            let given = credentials.x_api_key.map(<[u8]>::trim_ascii);
+            if !given.is_some_and(|k| constant_time_eq(k, expected.as_bytes())) {
+                return Err(anthropic_error(
+                    401,
+                    "authentication_error",
+                    "invalid x-api-key",
+                ));
+            }
+            return Ok(route);
+        }
+        if !credential_matches(expected, credentials.authorization, credentials.api_key) {
             return Err(error_response(
                 401,
                 "Incorrect API key provided",
@@ -119,6 +145,8 @@ pub(super) fn respond(route: &Route, body: &[u8], meta: &Meta) -> MockResponse {
         Route::Completions => with_request(body, |req, model| completions(req, model, meta)),
         Route::Embeddings => with_request(body, embeddings),
         Route::Responses => with_request(body, |req, model| responses(req, model, meta)),
+        Route::Messages => messages(body, meta),
+        Route::CountTokens => count_tokens(body),
     }
 }
 
@@ -147,20 +175,20 @@ mod tests {
         let get = Method::GET;
 
         assert_eq!(
-            check_head(&open, &post, "/v1/chat/completions", None, None),
+            check_head(&open, &post, "/v1/chat/completions", none()),
             Ok(Route::ChatCompletions)
         );
         assert_eq!(
-            check_head(&open, &get, "/v1/models/mock", None, None),
+            check_head(&open, &get, "/v1/models/mock", none()),
             Ok(Route::Model("mock".to_string()))
         );
         // Health answers without a key so that probes need no secret.
         assert_eq!(
-            check_head(&locked, &get, "/health", None, None),
+            check_head(&locked, &get, "/health", none()),
             Ok(Route::Health)
         );
 
-        let not_found = check_head(&open, &get, "/v1/chat/completions", None, None).unwrap_err();
+        let not_found = check_head(&open, &get, "/v1/chat/completions", none()).unwrap_err();
         assert_eq!(not_found.status, 404);
         let err = body_json(&not_found);
         assert_eq!(err["error"]["type"], "not_found_error");
@@ -174,7 +202,8 @@ mod tests {
             (Some(&b"Bearer"[..]), None),
             (None, Some(&b"sk-moc"[..])),
         ] {
-            let denied = check_head(&locked, &post, "/v1/embeddings", auth, api_key).unwrap_err();
+            let denied =
+                check_head(&locked, &post, "/v1/embeddings", openai(auth, api_key)).unwrap_err();
             assert_eq!(denied.status, 401);
             assert_eq!(
                 body_json(&denied),
@@ -189,8 +218,60 @@ mod tests {
             (Some(&b"Bearer wrong"[..]), Some(&b"sk-mock"[..])),
         ] {
             assert_eq!(
-                check_head(&locked, &post, "/v1/embeddings", auth, api_key),
+                check_head(&locked, &post, "/v1/embeddings", openai(auth, api_key)),
                 Ok(Route::Embeddings)
+            );
+        }
+    }
+
+    fn none() -> Credentials<'static> {
+        Credentials::default()
+    }
+
+    fn openai<'a>(authorization: Option<&'a [u8]>, api_key: Option<&'a [u8]>) -> Credentials<'a> {
+        Credentials {
+            authorization,
+            api_key,
+            x_api_key: None,
+        }
+    }
+
+    #[test]
+    fn messages_take_the_key_in_x_api_key() {
+        let locked = MockProviderConfig {
+            api_key: Some("sk-mock".to_string()),
+            stream_delay: Duration::ZERO,
+        };
+        let post = Method::POST;
+        let with = |x_api_key: Option<&'static [u8]>, authorization| Credentials {
+            authorization,
+            api_key: None,
+            x_api_key,
+        };
+        assert_eq!(
+            check_head(&locked, &post, "/v1/messages", with(Some(b"sk-mock"), None)),
+            Ok(Route::Messages)
+        );
+        assert_eq!(
+            check_head(
+                &locked,
+                &post,
+                "/v1/messages/count_tokens",
+                with(Some(b"sk-mock"), None)
+            ),
+            Ok(Route::CountTokens)
+        );
+        for credentials in [
+            with(None, Some(b"Bearer sk-mock")),
+            with(Some(b"wrong"), None),
+            none(),
+        ] {
+            let denied = check_head(&locked, &post, "/v1/messages", credentials).unwrap_err();
+            assert_eq!(denied.status, 401);
+            assert_eq!(
+                body_json(&denied),
+                json!({"type": "error", "error": {"type": "authentication_error",
+                    "message": "invalid x-api-key"}})
             );
         }
     }

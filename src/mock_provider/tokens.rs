@@ -25,9 +25,9 @@ pub(super) fn approx_tokens(bytes: usize) -> u64 {
     bytes.div_ceil(4).max(1) as u64
 }
 
-/// Text bytes of a message `content`: a string, or an array of parts whose `text` counts
-/// (images and other non-text parts count nothing).
-fn content_text_bytes(content: &Value) -> usize {
+/// Text bytes of a message `content` (or an Anthropic `system`): a string, or an array of parts
+/// whose `text` counts (images and other non-text parts count nothing).
+pub(super) fn content_text_bytes(content: &Value) -> usize {
     match content {
         Value::String(s) => s.len(),
         Value::Array(parts) => parts

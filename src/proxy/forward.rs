@@ -1,7 +1,9 @@
 //! Forward: the request as the provider receives it. The virtual key is swapped for the
-//! provider's credential, client headers that would choose another provider account are dropped
-//! (unless the provider forwards them), the endpoint is addressed (a translated chat completion at
-//! the Messages API), and the body keygate read (and may have rewritten) is sent whole, framed by
+//! provider's credential (in its format's header), client headers that would choose another
+//! provider account are dropped (unless the provider forwards them), an Anthropic provider gets an
+//! `anthropic-version` when the client sent none, the endpoint is addressed (an Azure model at its
+//! deployment's path, a chat completion translated for an Anthropic model at the Messages API),
+//! and the body keygate read (and may have rewritten) is sent whole, framed by
 //! its length.
 
 use super::authenticate::OTHER_KEY_HEADERS;

@@ -53,7 +53,7 @@ def responses():
 
 
 def models():
-    assert [m.id for m in client.models.list()] == ["mock"]
+    assert [m.id for m in client.models.list()] == ["claude-mock", "mock"]
 
 
 def bad_key():

@@ -2,6 +2,7 @@
 -- Time is the server's, so instance clocks do not matter.
 -- KEYS, per scope: one hash per window, then the scope's lease set if it has a concurrency cap,
 --   then its budget hash and reservation set if it has a budget.
+-- A reservation's member is `lease:amount`, so that whoever removes it knows what to give back.
 -- ARGV: lease, lease ttl (ms), token estimate, cost reserved (nano-dollars), day, month, scopes,
 --   then per scope: windows, (kind 0 requests | 1 tokens, length ms, limit) per window,
 --   max concurrent (0 for none), budget (0 none, 1 enforce, 2 track), daily cap, monthly cap
@@ -44,6 +45,9 @@ for s = 1, scopes do
     local idx = math.floor(now / per)
     local h = redis.call('HMGET', key, 'i', 'c', 'p')
     local i, c, p = tonumber(h[1]) or idx, tonumber(h[2]) or 0, tonumber(h[3]) or 0
+    -- A window's hash outlives the next window (its count is that one's previous count); its
+    -- expiry is set once, when the window starts.
+    local fresh = not h[1] or i ~= idx
     if i ~= idx then
       if i == idx - 1 then p = c else p = 0 end
       c = 0
@@ -56,7 +60,7 @@ for s = 1, scopes do
       local wait = wait_for(c, p, idx, per, limit)
       if refusal[1] ~= 1 or wait > refusal[4] then refusal = {1, s, w, wait} end
     end
-    wins[#wins + 1] = {key, idx, c, p, kind, per, limit, rest}
+    wins[#wins + 1] = {key, idx, c, p, kind, per, limit, rest, fresh}
   end
   local max = tonumber(ARGV[a]); a = a + 1
   if max > 0 then
@@ -70,17 +74,18 @@ for s = 1, scopes do
   a = a + 3
   if mode > 0 then
     local bkey, rkey = KEYS[k], KEYS[k + 1]; k = k + 2
+    -- Reservations whose holder stopped renewing them (it crashed) are given back.
     local gone = redis.call('ZRANGEBYSCORE', rkey, '-inf', now)
-    for _, m in ipairs(gone) do
-      local amount = redis.call('HGET', bkey, 'l:' .. m)
-      if amount then
-        redis.call('HINCRBY', bkey, 'r', '-' .. amount)
-        redis.call('HDEL', bkey, 'l:' .. m)
-      end
-      redis.call('ZREM', rkey, m)
+    if #gone > 0 then
+      local back = 0
+      for _, m in ipairs(gone) do back = back + (tonumber(string.match(m, ':(%d+)$')) or 0) end
+      if back > 0 then redis.call('HINCRBY', bkey, 'r', -back) end
+      redis.call('ZREMRANGEBYSCORE', rkey, '-inf', now)
     end
     local b = redis.call('HMGET', bkey, 'd:' .. day, 'm:' .. month, 'r')
     local sd, sm, r = tonumber(b[1]) or 0, tonumber(b[2]) or 0, tonumber(b[3]) or 0
+    -- The spend hash lives a month past its last day of spending; refreshed once a day.
+    if not b[1] then redis.call('PEXPIRE', bkey, 3024000000) end
     if mode == 1 and refusal[1] == 0 then
       local need = r + tonumber(cost)
       if dcap >= 0 and sd + need > dcap then refusal = {3, s, 1, 0}
@@ -97,7 +102,7 @@ for _, w in ipairs(wins) do
   if admitted then
     if kind == 0 then c = c + 1 else c = c + tokens end
     redis.call('HSET', key, 'i', idx, 'c', c, 'p', p)
-    redis.call('PEXPIRE', key, 2 * per + 1000)
+    if w[9] then redis.call('PEXPIREAT', key, (idx + 2) * per + 1000) end
   end
   out[#out + 1] = math.max(0, limit - c - math.ceil(p * rest / per))
   local reset = 0
@@ -114,11 +119,9 @@ for _, b in ipairs(budgets) do
   local r = b[5]
   if admitted and cost ~= '0' then
     r = redis.call('HINCRBY', b[1], 'r', cost)
-    redis.call('HSET', b[1], 'l:' .. lease, cost)
-    redis.call('ZADD', b[2], now + ttl, lease)
+    redis.call('ZADD', b[2], now + ttl, lease .. ':' .. cost)
     redis.call('PEXPIRE', b[2], 2 * ttl)
   end
-  redis.call('PEXPIRE', b[1], 3024000000)
   out[#out + 1] = b[3]
   out[#out + 1] = b[4]
   out[#out + 1] = r

@@ -30,7 +30,7 @@ use super::budget::{BudgetMode, BudgetSpec, Calendar, Period};
 use super::memory::{self, MemoryLimits};
 use super::*;
 use crate::metrics::Metrics;
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use conn::Conn;
 use redis::Script;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,7 +137,16 @@ const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(2);
 /// What the request path and the background tasks share.
 struct Shared {
     settings: FleetSettings,
+    /// The background tasks' connection, driven by the state runtime.
     conn: ArcSwapOption<Conn>,
+    /// The request path's connections, one per data-plane thread, each driven by that thread's
+    /// runtime: an admission's round trip then stays on the thread that waits for it, instead
+    /// of being handed to the state runtime's thread and back (two wakeups of another thread per
+    /// request, which cost more than the round trip on a busy core).
+    request_conns: ArcSwap<HashMap<std::thread::ThreadId, RequestConn>>,
+    /// Bumped when the background connection is replaced (a sentinel's master moved), so that
+    /// the request path's connections are opened again too.
+    generation: AtomicU64,
     admit: Script,
     finish: Script,
     renew: Script,
@@ -153,6 +162,13 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// The fleet's spend per budgeted scope as Redis last reported it.
     spend: Mutex<HashMap<ScopeId, SeenSpend>>,
+}
+
+/// A data-plane thread's connection: ready, or being opened by a task on that thread's runtime.
+#[derive(Clone)]
+enum RequestConn {
+    Opening { generation: u64 },
+    Ready { generation: u64, conn: Conn },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -190,14 +206,60 @@ impl Shared {
             .ok_or(StateError::NotConnected)
     }
 
-    /// Runs `script` within `limit`, timing it.
-    async fn invoke<T: redis::FromRedisValue>(
+    /// This thread's own connection if it has one, else the background connection (while this
+    /// thread's is opened, on this thread's runtime).
+    fn request_conn(self: &Arc<Self>) -> Result<Conn, StateError> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let thread = std::thread::current().id();
+        match self.request_conns.load().get(&thread) {
+            Some(RequestConn::Ready {
+                generation: g,
+                conn,
+            }) if *g == generation => return Ok(conn.clone()),
+            Some(RequestConn::Opening { generation: g }) if *g == generation => return self.conn(),
+            _ => {}
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.conn();
+        };
+        self.set_request_conn(thread, RequestConn::Opening { generation });
+        let shared = Arc::clone(self);
+        runtime.spawn(async move {
+            match conn::connect(&shared.settings.target).await {
+                Ok(conn) => {
+                    shared.set_request_conn(thread, RequestConn::Ready { generation, conn })
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open a request-path connection to Redis");
+                    shared.record("connect", "error");
+                    // The next admission on this thread tries again.
+                    shared.request_conns.rcu(|conns| {
+                        let mut conns = HashMap::clone(conns);
+                        conns.remove(&thread);
+                        conns
+                    });
+                }
+            }
+        });
+        self.conn()
+    }
+
+    fn set_request_conn(&self, thread: std::thread::ThreadId, conn: RequestConn) {
+        self.request_conns.rcu(|conns| {
+            let mut conns = HashMap::clone(conns);
+            conns.insert(thread, conn.clone());
+            conns
+        });
+    }
+
+    /// Runs `script` within `limit` on `conn`, timing it.
+    async fn invoke_on<T: redis::FromRedisValue>(
         &self,
+        mut conn: Conn,
         op: &'static str,
         invocation: redis::ScriptInvocation<'_>,
         limit: Duration,
     ) -> Result<T, StateError> {
-        let mut conn = self.conn()?;
         let started = std::time::Instant::now();
         let reply = tokio::time::timeout(limit, invocation.invoke_async(&mut conn)).await;
         self.metrics
@@ -208,6 +270,28 @@ impl Shared {
             Err(_) => Err(StateError::Timeout(limit)),
             Ok(r) => Ok(r?),
         }
+    }
+
+    /// Runs `script` within `limit` on the request path: on this thread's connection.
+    async fn invoke_here<T: redis::FromRedisValue>(
+        self: &Arc<Self>,
+        op: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+        limit: Duration,
+    ) -> Result<T, StateError> {
+        let conn = self.request_conn()?;
+        self.invoke_on(conn, op, invocation, limit).await
+    }
+
+    /// Runs `script` within `limit` on the background connection.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+        limit: Duration,
+    ) -> Result<T, StateError> {
+        let conn = self.conn()?;
+        self.invoke_on(conn, op, invocation, limit).await
     }
 
     fn remember_spend(&self, id: &ScopeId, at: Calendar, today: u64, month: u64, reserved: u64) {
@@ -239,6 +323,9 @@ struct LeaseKeys {
     token_windows: Vec<(String, u64)>,
     lease_sets: Vec<String>,
     budgets: Vec<BudgetKeys>,
+    /// The cost reserved in each budget at admission (nano-dollars), which names the request's
+    /// member in reservation sets.
+    reserved: u64,
 }
 
 #[derive(Debug)]
@@ -395,6 +482,8 @@ impl FleetLimits {
         let shared = Arc::new(Shared {
             settings,
             conn: ArcSwapOption::empty(),
+            request_conns: ArcSwap::default(),
+            generation: AtomicU64::new(0),
             admit: Script::new(include_str!("admit.lua")),
             finish: Script::new(include_str!("finish.lua")),
             renew: Script::new(include_str!("renew.lua")),
@@ -506,7 +595,7 @@ impl FleetLimits {
             .arg(max);
         match self
             .shared
-            .invoke::<u64>("guard", invocation, self.shared.settings.timeout)
+            .invoke_here::<u64>("guard", invocation, self.shared.settings.timeout)
             .await
         {
             Ok(0) => {
@@ -579,6 +668,7 @@ impl FleetLimits {
             token_windows: Vec::new(),
             lease_sets: Vec::new(),
             budgets: Vec::new(),
+            reserved: demand.cost.0,
         };
         if active.is_empty() {
             // Nothing to count, but the request still goes into the fleet's usage view.
@@ -660,7 +750,7 @@ impl FleetLimits {
         let mut lease = self.lease(id, keys);
         let reply: Vec<i64> = match self
             .shared
-            .invoke("admit", invocation, self.shared.settings.timeout)
+            .invoke_here("admit", invocation, self.shared.settings.timeout)
             .await
         {
             Ok(reply) => reply,
@@ -897,6 +987,7 @@ async fn keep_connected(shared: Arc<Shared>) {
             match conn::connect(&shared.settings.target).await {
                 Ok(c) => {
                     shared.conn.store(Some(Arc::new(c)));
+                    shared.generation.fetch_add(1, Ordering::AcqRel);
                     failing_since = None;
                 }
                 Err(e) => {
@@ -924,71 +1015,210 @@ async fn keep_connected(shared: Arc<Shared>) {
     }
 }
 
-/// Sends each finished request's end to Redis. The calls are issued without waiting for one
-/// another, so the multiplexed connection pipelines them.
+/// The most finished requests sent to Redis in one pipeline.
+const FINISH_BATCH: usize = 256;
+/// How many pipelines of finished requests may be in flight at once.
+const FINISH_PIPELINES: usize = 8;
+
+/// Sends finished requests' ends to Redis in batches: whatever queued up while the previous
+/// batches were under way goes in one pipeline per workload (a pipeline's keys must share a
+/// hash slot on a cluster), with the batch's usage-view counters summed, so that a busy
+/// instance sends Redis a few large writes instead of many small ones.
 async fn finish_requests(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Finished>) {
-    while let Some(done) = queue.recv().await {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(FINISH_PIPELINES));
+    loop {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(FINISH_BATCH);
+        if queue.recv_many(&mut batch, FINISH_BATCH).await == 0 {
+            return;
+        }
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
-            let keys = &done.keys;
-            let cal = Calendar::at_ms(done.at_ms);
-            let mut invocation = shared.finish.prepare_invoke();
-            invocation
-                .arg(&keys.member)
-                .arg(done.token_delta)
-                .arg(keys.token_windows.len())
-                .arg(keys.lease_sets.len())
-                .arg(keys.budgets.len())
-                .arg(done.cost.0)
-                .arg(cal.day)
-                .arg(cal.month);
-            for (key, per_ms) in &keys.token_windows {
-                invocation.key(key).arg(*per_ms);
+            batch.sort_unstable_by(|a, b| a.keys.tag.cmp(&b.keys.tag));
+            for group in batch.chunk_by(|a, b| a.keys.tag == b.keys.tag) {
+                finish_group(&shared, group).await;
             }
-            for key in &keys.lease_sets {
-                invocation.key(key);
-            }
-            for b in &keys.budgets {
-                invocation.key(&b.hash).key(&b.reservations);
-            }
-            let (day, month) = usage::day_and_month(done.at_ms);
-            let (model, tokens) = done
-                .usage
-                .as_ref()
-                .map_or(("-", [0; 3]), |(m, t)| (&**m, *t));
-            invocation
-                .key(usage::hash_key(&shared.settings.prefix, &keys.tag, &month))
-                .arg(format!("{day}|{}|{model}|", keys.key_id))
-                .arg(tokens[0])
-                .arg(tokens[1])
-                .arg(tokens[2])
-                .arg(done.admitted_at_ms);
-            match shared
-                .invoke::<Vec<i64>>("finish", invocation, BACKGROUND_TIMEOUT)
-                .await
-            {
-                Ok(spent) => {
-                    shared.record("finish", "ok");
-                    for (b, pair) in keys.budgets.iter().zip(spent.chunks(2)) {
-                        let today = pair.first().map_or(0, |&n| n.max(0) as u64);
-                        let month = pair.get(1).map_or(0, |&n| n.max(0) as u64);
-                        alert_crossings(b, done.cost, today, month);
-                        let reserved = shared
-                            .spend
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get(&b.scope)
-                            .map_or(0, |s| s.reserved);
-                        shared.remember_spend(&b.scope, cal, today, month, reserved);
-                    }
-                }
-                Err(e) => {
-                    // The lease expires by itself; only this request's real figures are lost.
-                    tracing::warn!(error = %e, "could not settle a request in Redis");
-                    shared.record("finish", e.result());
-                }
-            }
+            drop(permit);
         });
+    }
+}
+
+/// One pipeline: the finishing script of every request in `group` (all of one workload), then
+/// the group's usage-view counters.
+async fn finish_group(shared: &Shared, group: &[Finished]) {
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    let sha = shared.finish.get_hash();
+    for done in group {
+        pipe.add_command(finish_command(sha, done));
+    }
+    let mut counters: HashMap<(String, String), [u64; 5]> = HashMap::new();
+    for done in group {
+        let (day, month) = usage::day_and_month(done.at_ms);
+        let (model, tokens) = done
+            .usage
+            .as_ref()
+            .map_or(("-", [0; 3]), |(m, t)| (&**m, *t));
+        let hash = usage::hash_key(&shared.settings.prefix, &done.keys.tag, &month);
+        let field = format!("{day}|{}|{model}|", done.keys.key_id);
+        let sums = counters.entry((hash, field)).or_default();
+        sums[0] += 1;
+        for (sum, n) in sums[1..4].iter_mut().zip(tokens) {
+            *sum += n;
+        }
+        sums[4] += done.cost.0;
+    }
+    let mut hashes: Vec<&str> = Vec::new();
+    for ((hash, field), sums) in &counters {
+        for (suffix, n) in ["r", "p", "c", "k", "n"].into_iter().zip(sums) {
+            if *n > 0 {
+                pipe.cmd("HINCRBY")
+                    .arg(hash)
+                    .arg(format!("{field}{suffix}"))
+                    .arg(*n)
+                    .ignore();
+            }
+        }
+        if !hashes.contains(&hash.as_str()) {
+            hashes.push(hash);
+        }
+    }
+    // The current and the previous month are read; a little more is kept for the month's end.
+    for hash in hashes {
+        pipe.cmd("PEXPIRE").arg(hash).arg(5_616_000_000u64).ignore();
+    }
+    let replies = match run_pipeline(shared, &pipe).await {
+        Ok(replies) => replies,
+        Err(e) => {
+            // The leases expire by themselves; only these requests' real figures are lost.
+            tracing::warn!(error = %e, requests = group.len(), "could not settle requests in Redis");
+            for _ in group {
+                shared.record("finish", e.result());
+            }
+            return;
+        }
+    };
+    let mut resend = redis::pipe();
+    resend.ignore_errors();
+    let mut resent = Vec::new();
+    for (done, reply) in group.iter().zip(replies) {
+        match reply {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                resend.add_command(finish_command(sha, done));
+                resent.push(done);
+            }
+            reply => settle_reply(shared, done, reply),
+        }
+    }
+    if resent.is_empty() {
+        return;
+    }
+    // Redis lost its scripts (a restart or a failover). Only the scripts it refused are sent
+    // again, once the script is loaded: everything else in the pipeline was applied already.
+    let retried = match shared.conn() {
+        Ok(mut conn) => match shared.finish.load_async(&mut conn).await {
+            Ok(_) => run_pipeline(shared, &resend).await,
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => Err(e),
+    };
+    match retried {
+        Ok(replies) => {
+            for (done, reply) in resent.into_iter().zip(replies) {
+                settle_reply(shared, done, reply);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, requests = resent.len(), "could not settle requests in Redis");
+            for _ in resent {
+                shared.record("finish", e.result());
+            }
+        }
+    }
+}
+
+/// One finishing script's reply: the budgets' spend after booking, or why it failed.
+fn settle_reply(shared: &Shared, done: &Finished, reply: redis::RedisResult<redis::Value>) {
+    match reply.and_then(|v| redis::from_redis_value::<Vec<i64>>(v).map_err(Into::into)) {
+        Ok(spent) => {
+            shared.record("finish", "ok");
+            settled(shared, done, &spent);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not settle a request in Redis");
+            shared.record("finish", "error");
+        }
+    }
+}
+
+/// The finishing script's call for one request (see finish.lua for its keys and arguments).
+fn finish_command(sha: &str, done: &Finished) -> redis::Cmd {
+    let keys = &done.keys;
+    let cal = Calendar::at_ms(done.at_ms);
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha)
+        .arg(keys.token_windows.len() + keys.lease_sets.len() + 2 * keys.budgets.len());
+    for (key, _) in &keys.token_windows {
+        cmd.arg(key);
+    }
+    for key in &keys.lease_sets {
+        cmd.arg(key);
+    }
+    for b in &keys.budgets {
+        cmd.arg(&b.hash).arg(&b.reservations);
+    }
+    cmd.arg(&keys.member)
+        .arg(done.token_delta)
+        .arg(keys.token_windows.len())
+        .arg(keys.lease_sets.len())
+        .arg(keys.budgets.len())
+        .arg(done.cost.0)
+        .arg(cal.day)
+        .arg(cal.month)
+        .arg(keys.reserved);
+    for (_, per_ms) in &keys.token_windows {
+        cmd.arg(*per_ms);
+    }
+    cmd.arg(done.admitted_at_ms);
+    cmd
+}
+
+/// Sends `pipe`, bounded by the background timeout, with each command's own result.
+async fn run_pipeline(
+    shared: &Shared,
+    pipe: &redis::Pipeline,
+) -> Result<Vec<redis::RedisResult<redis::Value>>, StateError> {
+    let mut conn = shared.conn()?;
+    let started = std::time::Instant::now();
+    let reply = tokio::time::timeout(BACKGROUND_TIMEOUT, pipe.query_async(&mut conn)).await;
+    shared
+        .metrics
+        .state_latency
+        .with_label_values(&["finish"])
+        .observe(started.elapsed().as_secs_f64());
+    match reply {
+        Err(_) => Err(StateError::Timeout(BACKGROUND_TIMEOUT)),
+        Ok(r) => Ok(r?),
+    }
+}
+
+/// What a settled request's budgets now show: alerts for the thresholds it crossed, and the
+/// fleet's spend for the admin API and metrics.
+fn settled(shared: &Shared, done: &Finished, spent: &[i64]) {
+    let cal = Calendar::at_ms(done.at_ms);
+    for (b, pair) in done.keys.budgets.iter().zip(spent.chunks(2)) {
+        let today = pair.first().map_or(0, |&n| n.max(0) as u64);
+        let month = pair.get(1).map_or(0, |&n| n.max(0) as u64);
+        alert_crossings(b, done.cost, today, month);
+        let reserved = shared
+            .spend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&b.scope)
+            .map_or(0, |s| s.reserved);
+        shared.remember_spend(&b.scope, cal, today, month, reserved);
     }
 }
 
@@ -1037,7 +1267,11 @@ async fn renew_leases(shared: Arc<Shared>) {
             let shared = Arc::clone(&shared);
             tokio::spawn(async move {
                 let mut invocation = shared.renew.prepare_invoke();
-                invocation.arg(&keys.member).arg(ttl_ms);
+                invocation
+                    .arg(&keys.member)
+                    .arg(ttl_ms)
+                    .arg(keys.lease_sets.len())
+                    .arg(keys.reserved);
                 for key in &keys.lease_sets {
                     invocation.key(key);
                 }
