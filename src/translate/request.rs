@@ -499,7 +499,7 @@ impl ImageSource<'_> {
 
 /// The system prompt and the turns of the conversation `raw` (the `messages` array).
 fn conversation(raw: &[u8]) -> Result<(Option<TurnContent<'_>>, Vec<Turn<'_>>), Refusal> {
-    let messages: Vec<&RawValue> = parse("messages", raw)?;
+    let messages = messages(raw)?;
     if messages.is_empty() {
         return Err(Refusal::invalid_param(
             "messages",
@@ -508,10 +508,8 @@ fn conversation(raw: &[u8]) -> Result<(Option<TurnContent<'_>>, Vec<Turn<'_>>), 
     }
     let mut system: Vec<Cow<'_, str>> = Vec::new();
     let mut turns: Vec<Turn<'_>> = Vec::with_capacity(messages.len());
-    for (i, raw) in messages.iter().enumerate() {
+    for (i, m) in messages.into_iter().enumerate() {
         let at = |field: &str| format!("messages[{i}]{field}");
-        let m: ChatMessage<'_> = serde_json::from_str(raw.get())
-            .map_err(|e| invalid(&at(""), format!("Invalid message at `{}`: {e}.", at(""))))?;
         // No citations to pass on is nothing dropped.
         let annotations = m.annotations.filter(|a| a.get().trim() != "[]");
         for (field, value) in [
@@ -597,6 +595,25 @@ fn conversation(raw: &[u8]) -> Result<(Option<TurnContent<'_>>, Vec<Turn<'_>>), 
         )),
     };
     Ok((system, turns))
+}
+
+/// The messages of the array `raw`, in one pass; only a broken one is looked for message by
+/// message, to name it.
+fn messages(raw: &[u8]) -> Result<Vec<ChatMessage<'_>>, Refusal> {
+    if let Ok(messages) = serde_json::from_slice(raw) {
+        return Ok(messages);
+    }
+    let each: Vec<&RawValue> = parse("messages", raw)?;
+    for (i, message) in each.iter().enumerate() {
+        if let Err(e) = serde_json::from_str::<ChatMessage<'_>>(message.get()) {
+            let at = format!("messages[{i}]");
+            return Err(invalid(&at, format!("Invalid message at `{at}`: {e}.")));
+        }
+    }
+    Err(Refusal::invalid_param(
+        "messages",
+        "Invalid value for `messages`.",
+    ))
 }
 
 fn missing_content(param: &str) -> Refusal {
