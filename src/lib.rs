@@ -12,6 +12,7 @@
 //! - [`proxy`]: the Pingora proxy phases — authenticate, authorize, route, forward;
 //! - [`upstream`]: providers, endpoints and peer selection;
 //! - [`usage`]: token usage read from provider responses as they stream by, and its price;
+//! - [`translate`]: chat completions requests and responses to and from Anthropic's Messages API;
 //! - [`accounting`]: booking each finished request — audit line, persisted usage — off the request path;
 //! - [`state`]: persisted usage and spend (SQLite);
 //! - [`mock_provider`]: the embedded OpenAI-compatible upstream for trying keygate locally;
@@ -39,5 +40,6 @@ pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod state;
+pub mod translate;
 pub mod upstream;
 pub mod usage;

@@ -692,6 +692,30 @@ workloads:
     )
 }
 
+/// A Messages stream whose text arrives as `parts`, one delta each.
+fn text_events(parts: &[&str]) -> Vec<String> {
+    let mut events = vec![format!(
+        "event: message_start\ndata: {}\n\n",
+        json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
+            "role": "assistant", "model": "claude", "content": [],
+            "usage": {"input_tokens": 9, "output_tokens": 1}}})
+    )];
+    for p in parts {
+        events.push(format!(
+            "event: content_block_delta\ndata: {}\n\n",
+            json!({"type": "content_block_delta", "index": 0,
+                   "delta": {"type": "text_delta", "text": p}})
+        ));
+    }
+    events.push(format!(
+        "event: message_delta\ndata: {}\n\n",
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+               "usage": {"output_tokens": 6}})
+    ));
+    events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_owned());
+    events
+}
+
 fn anthropic_post(gw: &TestGateway, secret: &str, body: &Value) -> reqwest::RequestBuilder {
     common::client()
         .post(gw.url("/v1/messages"))
@@ -702,28 +726,6 @@ fn anthropic_post(gw: &TestGateway, secret: &str, body: &Value) -> reqwest::Requ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_messages_are_redacted_blocked_and_cut_in_anthropic_shape() {
-    let text_events = |parts: &[&str]| -> Vec<String> {
-        let mut events = vec![format!(
-            "event: message_start\ndata: {}\n\n",
-            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message",
-                "role": "assistant", "model": "claude", "content": [],
-                "usage": {"input_tokens": 9, "output_tokens": 1}}})
-        )];
-        for p in parts {
-            events.push(format!(
-                "event: content_block_delta\ndata: {}\n\n",
-                json!({"type": "content_block_delta", "index": 0,
-                       "delta": {"type": "text_delta", "text": p}})
-            ));
-        }
-        events.push(format!(
-            "event: message_delta\ndata: {}\n\n",
-            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                   "usage": {"output_tokens": 6}})
-        ));
-        events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_owned());
-        events
-    };
     let up = MockUpstream::start(
         "up",
         Reply::Json {
@@ -811,4 +813,40 @@ async fn anthropic_messages_are_redacted_blocked_and_cut_in_anthropic_shape() {
     let lines = gw.booked(4).await;
     assert_eq!(fired(&lines[3]), ["secrets-out/github/block"]);
     assert_eq!(lines[3]["error"], "response_blocked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_completions_translated_for_an_anthropic_model_are_guarded_too() {
+    let up = MockUpstream::start(
+        "up",
+        Reply::Sse {
+            events: text_events(&[
+                "Your token: ghp_0123456789abcdefghij",
+                "ABCDEFGHIJ012345 ok",
+            ]),
+            interval: Duration::from_millis(10),
+        },
+    )
+    .await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(&anthropic_policy(&up.url()), &[("k1".into(), yaml)]);
+    let body = json!({"model": "claude", "stream": true,
+        "messages": [{"role": "system", "content": "Mail ops@example.com"},
+                     {"role": "user", "content": "a token please"}]});
+    let resp = post_json(&chat_url(&gw), &secret, &body).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("the stream ends cleanly");
+    // The provider got the Messages request, redacted.
+    let got = up.wait_for_requests(1).await.remove(0);
+    assert!(got.path.ends_with("/v1/messages"), "{}", got.path);
+    let sent = got.json();
+    assert_eq!(sent["system"], "Mail [REDACTED:EMAIL]", "{sent}");
+    // The client got translated chunks, then OpenAI's error event in place of the secret.
+    assert!(text.contains("chat.completion.chunk"), "{text}");
+    let last = text.split("\n\n").filter(|e| !e.is_empty()).last().unwrap();
+    let err: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(err["error"]["code"], "response_blocked", "{text}");
+    assert!(!text.contains("ABCDEFGHIJ012345"), "{text}");
+    let lines = gw.booked(1).await;
+    assert_eq!(lines[0]["error"], "response_blocked");
 }
