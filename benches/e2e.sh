@@ -17,7 +17,9 @@
 #      alternating short runs between them), since one-after-the-other runs on this kind of
 #      host differ by more than the few percent they measure;
 #   6. Pingora's floor (examples/pingora_baseline.rs), then keygate again;
-#   7. paired against nginx (benches/paired.sh with the nginx proxy as side A): keygate with
+#   7. the cost of guardrails: keys plus the shipped default guardrails (pii-basic, no-secrets,
+#      injection) on the workload, against keys only, paired as above;
+#   8. paired against nginx (benches/paired.sh with the nginx proxy as side A): keygate with
 #      every feature on, then the floor, pinned; the figure for the 0.5x target that a
 #      two-round pass cannot pin down on a host this noisy.
 # Peak RSS of keygate is sampled during every pass. Results go to $OUT (default
@@ -25,7 +27,7 @@
 # <!-- PERF:START --> and <!-- PERF:END -->.
 #
 # usage: benches/e2e.sh   env: DURATION (s, default 8) ROUNDS (2) KEYS (1000) WRITE_DOCS
-#                              PASSES ("chat stream latency governance limits floor nginx": rerun some into an existing OUT)
+#                              PASSES ("chat stream latency governance limits guardrails floor nginx": rerun some into an existing OUT)
 #                              PAIRED_ROUNDS (paired rounds of governance and limits, default 16)
 #                              LATENCY_ROUNDS (rounds of benches/latency.sh, default 5)
 #                              CARGO_TARGET_DIR (where the build goes and the binaries are taken from)
@@ -68,7 +70,8 @@ FLOOR_BIN="$PROFILE_DIR/examples/pingora_baseline"
 # ---- policies ---------------------------------------------------------------------------------
 # `full`: every governance feature on. `keys`: the same keys, nothing but authentication.
 # `limits`: keys plus rate limits, concurrency caps and IP allowlists, nothing else.
-write_policy() { # dir full|keys|limits
+# `guardrails`: keys plus conf/keygate.yaml's default guardrails on the workload, nothing else.
+write_policy() { # dir full|keys|limits|guardrails
   local dir="$1" mode="$2"
   mkdir -p "$dir/keys.d"
   local governance="" key_governance=""
@@ -115,6 +118,8 @@ workloads:
     models: [gpt-4o-mini, gpt-4o-mini-paced]
 $( [ "$mode" = full ] && printf '    rate_limits: [{requests: 100000000, per: 1m}]\n    budget: {monthly_usd: 10000000}\n' )
 $( [ "$mode" = limits ] && printf '    rate_limits: [{requests: 100000000, per: 1m}]\n' )
+$( [ "$mode" = guardrails ] && printf '    guardrails: [pii-basic, no-secrets, injection]\n' )
+$( [ "$mode" = guardrails ] && sed -n '/^guardrails:/,/^guardrail_defaults:/p' conf/keygate.yaml | grep -v '^guardrail_defaults:' )
 EOF
   sed 's#MOCK_ORIGIN#http://127.0.0.1:18080#' "$dir/keygate.template.yaml" > "$dir/keygate.yaml"
   # Filler keys: valid files with random digests (their secrets are never needed).
@@ -133,7 +138,7 @@ PY
   "$BIN" check --config "$dir/keygate.yaml" >/dev/null
 }
 
-for mode in full keys limits; do
+for mode in full keys limits guardrails; do
   rm -rf "$OUT/policy-$mode"
   write_policy "$OUT/policy-$mode" "$mode"
 done
@@ -209,7 +214,7 @@ paired() {
   bash "$LOAD/mock.sh" stop >/dev/null 2>&1
 }
 
-PASSES="${PASSES:-chat stream latency governance limits floor nginx}"
+PASSES="${PASSES:-chat stream latency governance limits guardrails floor nginx}"
 for p in $PASSES; do
   case "$p" in
     chat)     pass chat   chat   "$OUT/policy-full" "direct nginx gateway" "pinned unpinned" 32 ;;
@@ -219,6 +224,7 @@ for p in $PASSES; do
                 "$FLOOR_BIN" > "$OUT/latency.md" 2> "$OUT/latency.log" || { cat "$OUT/latency.log" >&2; exit 1; } ;;
     governance) paired governance "$OUT/policy-keys" "$OUT/policy-full" ;;
     limits)   paired limits "$OUT/policy-keys" "$OUT/policy-limits" ;;
+    guardrails) paired guardrails "$OUT/policy-keys" "$OUT/policy-guardrails" ;;
     floor)    pass floor chat floor "gateway" "pinned" 32
               pass full2 chat "$OUT/policy-full" "gateway" "pinned" 32 ;;
     nginx)    paired vs-nginx - "$OUT/policy-full" nginx "$BIN"
@@ -281,7 +287,10 @@ def paired(name):
     return summary[-1].strip().removeprefix("median of ").rstrip(".") if summary else None
 for name, what in [("governance", "Governance cost: keygate with every feature on (B) against keys only (A)"),
                    ("limits", "Limits cost: keys plus limits only (B: rate limits on key and workload, the key's "
-                              "concurrency cap and IP allowlist) against keys only (A)")]:
+                              "concurrency cap and IP allowlist) against keys only (A)"),
+                   ("guardrails", "Guardrails cost: keys plus the shipped default guardrails (B: pii-basic, "
+                                  "no-secrets and injection on every request's ~1 KB of chat text) against "
+                                  "keys only (A)")]:
     result = paired(name)
     if result:
         lines.append(f"- {what}, paired (benches/paired.sh, both up at once on one pinned core, wrk alternating "

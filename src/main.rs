@@ -51,6 +51,8 @@ struct PolicyArg {
     config: PathBuf,
 }
 
+// Parsed once per run: the size of the `keys update` variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway.
@@ -107,6 +109,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum BudgetModeArg {
+    Enforce,
+    Track,
+}
+
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Create a key; prints the secret alone on stdout, once.
@@ -127,6 +135,63 @@ enum KeysCommand {
         /// Expiry as RFC 3339, e.g. 2027-06-30T00:00:00Z: in the future, before the year 9999.
         #[arg(long)]
         expires: Option<String>,
+    },
+    /// Change a key's settings; only the flags given change. Checked like a reload: a change
+    /// the policy would reject writes nothing, and every problem is printed.
+    Update {
+        id: String,
+        /// Comma-separated models, narrowing the workload's list.
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Comma-separated operations (chat, completions, embeddings, responses).
+        #[arg(long, value_delimiter = ',')]
+        operations: Option<Vec<String>>,
+        /// A rate limit, `requests=N/WINDOW` or `tokens=N/WINDOW` (e.g. requests=600/1m);
+        /// repeat for several. Replaces the key's list.
+        #[arg(long = "rate-limit", value_name = "KIND=N/WINDOW")]
+        rate_limits: Vec<String>,
+        /// Remove the key's own rate limits (its workload's still apply).
+        #[arg(long, conflicts_with = "rate_limits")]
+        no_rate_limits: bool,
+        /// Requests of this key in flight at once.
+        #[arg(long, value_name = "N")]
+        max_concurrent: Option<i64>,
+        /// Comma-separated CIDRs the key may be used from.
+        #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
+        allowed_ips: Option<Vec<String>>,
+        /// Daily spending cap in USD.
+        #[arg(long, value_name = "USD")]
+        budget_daily: Option<f64>,
+        /// Monthly spending cap in USD.
+        #[arg(long, value_name = "USD")]
+        budget_monthly: Option<f64>,
+        /// Refuse requests past a cap (`enforce`) or only count and alert (`track`).
+        #[arg(long, value_enum)]
+        budget_mode: Option<BudgetModeArg>,
+        /// Expiry as RFC 3339, e.g. 2027-06-30T00:00:00Z: in the future, before the year 9999.
+        #[arg(long, conflicts_with = "no_expiry")]
+        expires: Option<String>,
+        /// Remove the key's expiry.
+        #[arg(long)]
+        no_expiry: bool,
+        #[arg(long)]
+        owner: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Comma-separated guardrails the key applies on top of its workload's. Replaces the
+        /// key's list.
+        #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+        guardrails: Option<Vec<String>>,
+        /// Remove the key's own guardrails (its workload's and the defaults still apply).
+        #[arg(long, conflicts_with = "guardrails")]
+        no_guardrails: bool,
+        /// Comma-separated guardrails of its workload (or the defaults) the key does not apply.
+        /// Replaces the key's list.
+        #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+        guardrails_off: Option<Vec<String>>,
+        /// Remove the key's switch-offs: every guardrail of its workload applies again.
+        #[arg(long, conflicts_with = "guardrails_off")]
+        no_guardrails_off: bool,
     },
     /// List keys (never their secrets).
     List,
@@ -253,6 +318,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     models,
                     operations,
                     expires_at,
+                    ..NewKey::default()
                 };
                 let Applied {
                     outcome: issued,
@@ -313,6 +379,123 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 warn_unaudited(applied.unaudited);
                 Ok(ExitCode::SUCCESS)
             }
+            KeysCommand::Update {
+                id,
+                models,
+                operations,
+                rate_limits,
+                no_rate_limits,
+                max_concurrent,
+                allowed_ips,
+                budget_daily,
+                budget_monthly,
+                budget_mode,
+                expires,
+                no_expiry,
+                owner,
+                description,
+                guardrails,
+                no_guardrails,
+                guardrails_off,
+                no_guardrails_off,
+            } => {
+                let mut patch = serde_json::Map::new();
+                let mut set = |field: &str, value: serde_json::Value| {
+                    patch.insert(field.to_owned(), value);
+                };
+                if let Some(models) = models {
+                    set("models", models.into());
+                }
+                if let Some(operations) = operations {
+                    let ops = operations
+                        .iter()
+                        .map(|o| parse_operation(o).map(Operation::as_str))
+                        .collect::<Result<Vec<_>>>()?;
+                    set("operations", ops.into());
+                }
+                if no_rate_limits {
+                    set("rate_limits", serde_json::Value::Null);
+                } else if !rate_limits.is_empty() {
+                    let limits = rate_limits
+                        .iter()
+                        .map(|l| parse_rate_limit(l))
+                        .collect::<Result<Vec<_>>>()?;
+                    set("rate_limits", limits.into());
+                }
+                if let Some(n) = max_concurrent {
+                    set("max_concurrent", n.into());
+                }
+                if let Some(ips) = allowed_ips {
+                    set("allowed_ips", ips.into());
+                }
+                let mut budget = serde_json::Map::new();
+                if let Some(usd) = budget_daily {
+                    budget.insert("daily_usd".into(), usd.into());
+                }
+                if let Some(usd) = budget_monthly {
+                    budget.insert("monthly_usd".into(), usd.into());
+                }
+                if let Some(mode) = budget_mode {
+                    let mode = match mode {
+                        BudgetModeArg::Enforce => "enforce",
+                        BudgetModeArg::Track => "track",
+                    };
+                    budget.insert("mode".into(), mode.into());
+                }
+                if !budget.is_empty() {
+                    set("budget", budget.into());
+                }
+                if no_expiry {
+                    set("expires_at", serde_json::Value::Null);
+                } else if let Some(e) = expires {
+                    let at = chrono::DateTime::parse_from_rfc3339(&e)
+                        .with_context(|| format!("--expires `{e}` is not an RFC 3339 time"))?;
+                    set(
+                        "expires_at",
+                        at.with_timezone(&chrono::Utc).to_rfc3339().into(),
+                    );
+                }
+                if let Some(owner) = owner {
+                    set("owner", owner.into());
+                }
+                if let Some(description) = description {
+                    set("description", description.into());
+                }
+                for (field, list, clear) in [
+                    ("guardrails", guardrails, no_guardrails),
+                    ("guardrails_off", guardrails_off, no_guardrails_off),
+                ] {
+                    if clear {
+                        set(field, serde_json::Value::Null);
+                    } else if let Some(names) = list {
+                        // `--guardrails ""` reads as one empty name: no list at all.
+                        let names: Vec<String> =
+                            names.into_iter().filter(|n| !n.is_empty()).collect();
+                        set(
+                            field,
+                            if names.is_empty() {
+                                serde_json::Value::Null
+                            } else {
+                                names.into()
+                            },
+                        );
+                    }
+                }
+                if patch.is_empty() {
+                    bail!("nothing to change: give at least one setting (see keygate keys update --help)");
+                }
+                let Applied {
+                    outcome: (_, changed),
+                    unaudited,
+                } = KeyFiles::open(&config)?.update(&id, &patch.into(), &Actor::cli())?;
+                if changed.is_empty() {
+                    eprintln!("key `{id}` already has these settings; nothing written");
+                } else {
+                    eprintln!("updated key `{id}`: {}", changed.join(", "));
+                }
+                warn_unaudited(unaudited);
+                Ok(ExitCode::SUCCESS)
+            }
             KeysCommand::List => list_keys(config),
         },
     }
@@ -336,6 +519,23 @@ fn parse_operation(text: &str) -> Result<Operation> {
                  messages or count_tokens"
             )
         })
+}
+
+/// `requests=600/1m` or `tokens=200000/1m` as a key file's rate limit entry.
+fn parse_rate_limit(text: &str) -> Result<serde_json::Value> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--rate-limit `{text}` is not KIND=N/WINDOW, e.g. requests=600/1m or tokens=200000/1m"
+        )
+    };
+    let (kind, rest) = text.split_once('=').ok_or_else(bad)?;
+    let (count, per) = rest.split_once('/').ok_or_else(bad)?;
+    let kind = kind.trim();
+    if kind != "requests" && kind != "tokens" {
+        return Err(bad());
+    }
+    let count: i64 = count.trim().parse().map_err(|_| bad())?;
+    Ok(serde_json::json!({ kind: count, "per": per.trim() }))
 }
 
 fn check(config: PathBuf) -> Result<ExitCode> {
@@ -365,11 +565,20 @@ fn check(config: PathBuf) -> Result<ExitCode> {
 fn list_keys(config: PathBuf) -> Result<ExitCode> {
     let policy = config::load(&config, LoadOptions::default())
         .map_err(|e| anyhow::anyhow!("the policy is invalid:\n{e}"))?;
+    // Last uses are persisted with usage; without a usage database none is known.
+    let last_used = match &policy.startup.state_dir {
+        Some(dir) => match keygate::state::sqlite::UsageDb::open_read_only(dir) {
+            Ok(db) => db.last_used()?,
+            Err(keygate::state::sqlite::StateError::Missing(_)) => Default::default(),
+            Err(e) => return Err(e.into()),
+        },
+        None => Default::default(),
+    };
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<24} {:<12} {:<20} {:<20} {:<8} {:<20} EXPIRES",
-        "ID", "HINT", "WORKLOAD", "OWNER", "STATUS", "CREATED"
+        "{:<24} {:<12} {:<20} {:<20} {:<8} {:<20} {:<20} {:<20} EXPIRES",
+        "ID", "HINT", "WORKLOAD", "OWNER", "STATUS", "CREATED", "UPDATED", "LAST USED"
     )?;
     for key in policy.keys_by_id.values() {
         let status = match key.status {
@@ -382,15 +591,20 @@ fn list_keys(config: PathBuf) -> Result<ExitCode> {
                 t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             })
         };
+        let used = last_used
+            .get(&*key.id)
+            .and_then(|ms| chrono::DateTime::from_timestamp_millis(*ms as i64));
         writeln!(
             out,
-            "{:<24} {:<12} {:<20} {:<20} {:<8} {:<20} {}",
+            "{:<24} {:<12} {:<20} {:<20} {:<8} {:<20} {:<20} {:<20} {}",
             key.id,
             key.hint.as_deref().unwrap_or("-"),
             key.workload.name,
             key.owner.as_deref().unwrap_or("-"),
             status,
             time(key.created_at),
+            time(key.updated_at),
+            time(used),
             time(key.expires_at)
         )?;
     }

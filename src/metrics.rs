@@ -23,7 +23,7 @@ use std::time::Duration;
 /// Refusal reasons, the `reason` label of `keygate_refusals_total`: the error codes of
 /// [`Refusal`](crate::proxy::refusal::Refusal::reason), so that a policy refusal
 /// (`model_not_allowed`) and a client's typo (`model_not_found`) are told apart.
-pub const REFUSAL_REASONS: [&str; 17] = [
+pub const REFUSAL_REASONS: [&str; 20] = [
     "missing_api_key",
     "invalid_api_key",
     "key_expired",
@@ -41,6 +41,9 @@ pub const REFUSAL_REASONS: [&str; 17] = [
     "rate_limit_exceeded",
     "concurrency_limit_exceeded",
     "budget_exceeded",
+    "content_policy_violation",
+    "moderation_unavailable",
+    "response_blocked",
 ];
 
 /// Latency buckets of calls to Redis, from 0.1 ms (loopback) to the longest a call may wait.
@@ -88,6 +91,8 @@ pub struct Metrics {
     pub upstream_retries: IntCounterVec,
     pub fallbacks: IntCounterVec,
     pub upstream_connections: IntCounterVec,
+    /// Guardrail findings acted on, by key, workload, guardrail and action.
+    guardrail_actions: IntCounterVec,
     /// Audit lines lost to a full accounting queue (their usage is still counted).
     pub audit_dropped: IntCounter,
     /// Calls to the shared limit state (fleet mode), by operation and result.
@@ -382,6 +387,11 @@ impl Metrics {
                 "Upstream connections used, by whether they were reused from the pool.",
                 &["provider", "reused"],
             ),
+            guardrail_actions: int_counter(
+                "keygate_guardrail_actions_total",
+                "Guardrails that fired on a request, by key, workload, guardrail and the action taken.",
+                &["key", "workload", "guardrail", "action"],
+            ),
             audit_dropped,
             anonymous_refusals: Default::default(),
             registry,
@@ -506,6 +516,14 @@ impl Metrics {
             .inc();
     }
 
+    /// A guardrail acted on a request of `key`. Guardrails fire on few requests, so the label
+    /// lookup on each is of no concern; a request where none fired costs nothing here.
+    pub fn guardrail_acted(&self, key: &str, workload: &str, guardrail: &str, action: &str) {
+        self.guardrail_actions
+            .with_label_values(&[key, workload, guardrail, action])
+            .inc();
+    }
+
     /// Publishes budget spend and caps of every key and workload with a budget (at scrape time,
     /// so the request path never touches these gauges).
     pub fn refresh_budgets<'p>(
@@ -559,6 +577,7 @@ impl Metrics {
             self.upstream_retries.desc(),
             self.fallbacks.desc(),
             self.upstream_connections.desc(),
+            self.guardrail_actions.desc(),
             self.audit_dropped.desc(),
             self.state_operations.desc(),
             self.state_latency.desc(),

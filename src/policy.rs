@@ -10,6 +10,7 @@
 //! What only takes effect when the gateway starts (listeners, threads, accounting sinks) is kept
 //! apart in [`startup`]: a reload carries it but nothing applies it.
 
+pub mod guardrails;
 pub mod startup;
 
 use crate::domain::{KeyStatus, Operation, ProviderFormat};
@@ -24,6 +25,7 @@ use crate::upstream::Provider;
 pub use crate::usage::cost::Price;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use guardrails::Guardrails;
 use ipnet::IpNet;
 use startup::StartupSettings;
 use std::collections::{BTreeMap, HashMap};
@@ -52,11 +54,15 @@ pub struct Policy {
     /// How long a request body may take to arrive whole.
     pub body_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    /// How long a console login lasts (`admin.session_ttl`); applies to logins after a reload.
+    pub session_ttl: Duration,
     pub providers: BTreeMap<String, Arc<Provider>>,
     /// Indexed by [`Model::index`].
     pub models: Vec<Arc<Model>>,
     models_by_name: HashMap<Box<str>, Arc<Model>>,
     pub workloads: BTreeMap<String, Arc<Workload>>,
+    /// The names of the guardrails defined, in name order: what a key may add or switch off.
+    pub guardrail_names: Vec<String>,
     keys_by_digest: HashMap<KeyDigest, KeyEntry, BuildHasherDefault<DigestHasher>>,
     pub keys_by_id: BTreeMap<String, Arc<Key>>,
     pub management_audit_file: PathBuf,
@@ -113,6 +119,8 @@ pub struct Workload {
     pub models: ModelSet,
     pub operations: OperationSet,
     pub limits: LimitSpec,
+    /// `guardrail_defaults` and the workload's own guardrails; `None` when there are none.
+    pub guardrails: Option<Arc<Guardrails>>,
 }
 
 /// A virtual key, with its workload's restrictions already folded in.
@@ -131,9 +139,14 @@ pub struct Key {
     pub operations: OperationSet,
     /// The key's own limits; its workload's apply as well.
     pub limits: LimitSpec,
+    /// Its workload's guardrails with the key's own additions and switch-offs; `None` when none
+    /// apply.
+    pub guardrails: Option<Arc<Guardrails>>,
     pub status: KeyStatus,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: Option<DateTime<Utc>>,
+    /// When its file was last modified, as the load that compiled it saw.
+    pub updated_at: Option<DateTime<Utc>>,
     /// Rotated-out secrets still inside their grace period: `(digest, valid_until)`.
     pub previous: Box<[(KeyDigest, DateTime<Utc>)]>,
     /// This key's metric handles, resolved on its first request. Boxed: most keys of a large
@@ -262,10 +275,12 @@ pub(crate) struct PolicyParts {
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    pub session_ttl: Duration,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: Vec<Arc<Model>>,
     pub workloads: BTreeMap<String, Arc<Workload>>,
     pub keys: Vec<Arc<Key>>,
+    pub guardrail_names: Vec<String>,
     pub management_audit_file: PathBuf,
 }
 
@@ -336,11 +351,13 @@ impl Policy {
             startup: parts.startup,
             max_body_bytes: parts.max_body_bytes,
             body_timeout: parts.body_timeout,
+            session_ttl: parts.session_ttl,
             trusted_proxies: parts.trusted_proxies,
             providers: parts.providers,
             models: parts.models,
             models_by_name,
             workloads: parts.workloads,
+            guardrail_names: parts.guardrail_names,
             keys_by_digest,
             keys_by_id,
             management_audit_file: parts.management_audit_file,

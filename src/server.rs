@@ -5,7 +5,7 @@
 
 use crate::accounting::audit::AuditWriter;
 use crate::accounting::{self, Recorder};
-use crate::admin::{AdminApi, AdminToken, AdminTokenError};
+use crate::admin::{AdminApi, AdminToken, AdminTokenError, AdminTokens, Sessions};
 use crate::config::{self, LoadOptions, PolicyErrors};
 use crate::limits::fleet::FleetLimits;
 use crate::limits::{Limits, MemoryLimits};
@@ -82,7 +82,7 @@ pub fn load_policy(config_path: &Path) -> Result<PolicyStore, PolicyErrors> {
 /// options (e.g. `--upgrade` for a zero-downtime binary upgrade).
 /// The process exits as soon as a graceful shutdown has drained.
 pub fn build(store: &PolicyStore, opt: Option<Opt>) -> Result<(Server, Handles), ServeError> {
-    build_with(store, opt, AdminToken::from_env()?, Host::OwnProcess)
+    build_with(store, opt, AdminTokens::from_env()?, Host::OwnProcess)
 }
 
 /// What a built server shares its process with.
@@ -149,12 +149,12 @@ fn open_accounting(
     Ok((Arc::new(limits), Arc::new(recorder)))
 }
 
-/// [`build`] with an explicit admin token; also returns the handles, for callers that trigger
+/// [`build`] with explicit admin tokens; also returns the handles, for callers that trigger
 /// reloads or read accounting themselves.
 pub fn build_with(
     store: &PolicyStore,
     opt: Option<Opt>,
-    admin_token: Option<AdminToken>,
+    admin_tokens: AdminTokens,
     host: Host,
 ) -> Result<(Server, Handles), ServeError> {
     let policy = store.load_full();
@@ -237,7 +237,10 @@ pub fn build_with(
         let app = AdminApi {
             reloader: reloader.clone(),
             metrics: metrics.clone(),
-            token: admin_token,
+            tokens: admin_tokens,
+            sessions: Sessions::default(),
+            activity: recorder.activity().clone(),
+            search: Default::default(),
             login_guard: crate::limits::guard::AuthGuard::new(
                 settings.auth_guard.0,
                 settings.auth_guard.1,
@@ -361,10 +364,18 @@ impl RunningGateway {
         config_path: &Path,
         admin_token: Option<AdminToken>,
     ) -> Result<RunningGateway, ServeError> {
+        Self::start_with_tokens(config_path, admin_token.into())
+    }
+
+    /// [`Self::start`] with any set of admin tokens (`KEYGATE_ADMIN_TOKENS`'s, say).
+    pub fn start_with_tokens(
+        config_path: &Path,
+        admin_tokens: AdminTokens,
+    ) -> Result<RunningGateway, ServeError> {
         let store = load_policy(config_path)?;
         let policy: Arc<Policy> = store.load_full();
         let listen = policy.startup.listen;
-        let (server, handles) = build_with(&store, None, admin_token, Host::Shared)?;
+        let (server, handles) = build_with(&store, None, admin_tokens, Host::Shared)?;
         let reloader = handles.reloader.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let signal = OneshotSignal(Mutex::new(Some(rx)));

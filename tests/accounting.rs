@@ -515,6 +515,7 @@ async fn spend_survives_kill_9_and_the_budget_still_holds() {
         "ttfb_ms",
         "refusal",
         "error",
+        "guardrails",
     ];
     let mut lines = 0;
     for line in audit.lines() {

@@ -98,6 +98,7 @@ fn a_stalled_audit_sink_drops_lines_not_usage_and_memory_stays_bounded() {
             ttfb: None,
             refusal: None,
             error: None,
+            guardrails: Vec::new(),
         });
     }
     let grown = resident().saturating_sub(before);

@@ -1,4 +1,5 @@
-//! The `keygate` command line: `check` on good and bad policies, `keys create` and `keys list`.
+//! The `keygate` command line: `check` on good and bad policies, `keys create`, `keys list` and
+//! `keys update`.
 
 mod common;
 
@@ -653,4 +654,341 @@ fn check_accepts_the_server_settings() {
     );
     let (ok, out) = check(&config, &[("k1", &key("w1", ""))]);
     assert!(ok, "{out}");
+}
+
+/// BASE with a second model `m2`, which workload `w1` may use too.
+fn two_models(upstream: &str) -> String {
+    BASE.replace("http://127.0.0.1:9", upstream)
+        .replace(
+            "models:\n  m1:\n    provider: p1\n",
+            "models:\n  m1:\n    provider: p1\n  m2:\n    provider: p1\n",
+        )
+        .replace("models: [m1]", "models: [m1, m2]")
+}
+
+/// Polls until a chat request for `model` with `secret` gets `status`, for at most a second.
+async fn served_within_a_second(url: &str, secret: &str, model: &str, status: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let resp = client()
+            .post(url)
+            .bearer_auth(secret)
+            .json(&serde_json::json!({"model": model, "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        if resp.status().as_u16() == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{model}: still {} a second after the change, not {status}",
+            resp.status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_update_changes_every_setting_and_is_served_within_a_second() {
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let gw = TestGateway::prepare(&two_models(&up.url()), &[]);
+    let config = gw.config_path.clone();
+    let cmd = |args: &[&str]| {
+        Command::new(keygate_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("USER", "bob")
+            .output()
+            .unwrap()
+    };
+    let created = cmd(&["keys", "create", "k", "--workload", "w1"]);
+    assert!(created.status.success());
+    let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let gw = gw.boot();
+    let chat = gw.url("/v1/chat/completions");
+    served_within_a_second(&chat, &secret, "m2", 200).await;
+
+    let out = cmd(&[
+        "keys",
+        "update",
+        "k",
+        "--models",
+        "m1",
+        "--operations",
+        "chat,embeddings",
+        "--rate-limit",
+        "requests=600/1m",
+        "--rate-limit",
+        "tokens=200000/1m",
+        "--max-concurrent",
+        "4",
+        "--allowed-ips",
+        "127.0.0.0/8,10.0.0.0/8",
+        "--budget-daily",
+        "5",
+        "--budget-monthly",
+        "100",
+        "--budget-mode",
+        "track",
+        "--expires",
+        "2099-01-01T00:00:00Z",
+        "--owner",
+        "team-x",
+        "--description",
+        "the new description",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    served_within_a_second(&chat, &secret, "m2", 403).await;
+    served_within_a_second(&chat, &secret, "m1", 200).await;
+    let path = gw.keys_dir().join("k.yaml");
+    let file: keygate::config::schema::KeyFile =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(file.models.as_deref(), Some(&["m1".to_owned()][..]));
+    let ops: Vec<&str> = file
+        .operations
+        .iter()
+        .flatten()
+        .map(|o| o.as_str())
+        .collect();
+    assert_eq!(ops, ["chat", "embeddings"]);
+    let limits: Vec<(Option<i64>, Option<i64>, &str)> = file
+        .rate_limits
+        .iter()
+        .map(|r| (r.requests, r.tokens, r.per.as_str()))
+        .collect();
+    assert_eq!(
+        limits,
+        [(Some(600), None, "1m"), (None, Some(200000), "1m")]
+    );
+    assert_eq!(file.max_concurrent, Some(4));
+    assert_eq!(
+        file.allowed_ips.as_deref(),
+        Some(&["127.0.0.0/8".to_owned(), "10.0.0.0/8".to_owned()][..])
+    );
+    let budget = file.budget.as_ref().unwrap();
+    assert_eq!(
+        (budget.daily_usd, budget.monthly_usd),
+        (Some(5.0), Some(100.0))
+    );
+    assert_eq!(budget.mode, keygate::config::schema::BudgetModeFile::Track);
+    assert_eq!(
+        file.expires_at.map(|t| t.to_rfc3339()),
+        Some("2099-01-01T00:00:00+00:00".to_owned())
+    );
+    assert_eq!(file.owner.as_deref(), Some("team-x"));
+    assert_eq!(file.description.as_deref(), Some("the new description"));
+
+    // an address outside the allowlist is refused as soon as the list changes
+    let out = cmd(&["keys", "update", "k", "--allowed-ips", "10.0.0.0/8"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    served_within_a_second(&chat, &secret, "m1", 403).await;
+
+    let out = cmd(&[
+        "keys",
+        "update",
+        "k",
+        "--no-rate-limits",
+        "--no-expiry",
+        "--allowed-ips",
+        "127.0.0.1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains("rate_limits") && !text.contains("expires_at"),
+        "{text}"
+    );
+    served_within_a_second(&chat, &secret, "m1", 200).await;
+
+    // a change the policy rejects writes nothing and names every problem
+    let before = std::fs::read(&path).unwrap();
+    let out = cmd(&[
+        "keys",
+        "update",
+        "k",
+        "--models",
+        "m1,ghost",
+        "--max-concurrent",
+        "0",
+        "--allowed-ips",
+        "banana",
+        "--budget-daily=-1",
+        "--rate-limit",
+        "requests=10/1y",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for says in [
+        "models[1]: unknown model `ghost`",
+        "max_concurrent",
+        "allowed_ips[0]",
+        "budget.daily_usd",
+        "rate_limits[0].per",
+    ] {
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+    let past = cmd(&["keys", "update", "k", "--expires", "2001-01-01T00:00:00Z"]);
+    assert!(!past.status.success());
+    assert!(String::from_utf8_lossy(&past.stderr).contains("in the future"));
+    let nothing = cmd(&["keys", "update", "k"]);
+    assert!(!nothing.status.success());
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
+    served_within_a_second(&chat, &secret, "m1", 200).await;
+
+    let audit = std::fs::read_to_string(gw.dir.path().join("management-audit.jsonl")).unwrap();
+    let updates: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|a| a["action"] == "update")
+        .collect();
+    assert_eq!(updates.len(), 3, "{audit}");
+    assert!(updates
+        .iter()
+        .all(|a| a["actor"] == "cli:bob" && a["key_id"] == "k"));
+    assert_eq!(
+        updates[0]["detail"],
+        "changed models, operations, rate_limits, max_concurrent, allowed_ips, budget, expires_at, owner, description"
+    );
+}
+
+/// Polls until a chat request for `m1` saying `text` gets `status`, for at most a second.
+async fn text_served_within_a_second(url: &str, secret: &str, text: &str, status: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let got = client()
+            .post(url)
+            .bearer_auth(secret)
+            .json(&serde_json::json!({"model": "m1", "messages": [{"role": "user", "content": text}]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if got == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{text:?}: still {got} a second after the change, not {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_update_adds_switches_off_and_clears_guardrails() {
+    const EMAIL: &str = "write to jane@example.com";
+    const AWS: &str = "the key is AKIAIOSFODNN7EXAMPLE";
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let config = format!(
+        "{}guardrails:\n  no-secrets: {{secrets: all, action: block}}\n  pii: {{pii: [email], action: block}}\nguardrail_defaults: [pii]\n",
+        two_models(&up.url())
+    );
+    let gw = TestGateway::prepare(&config, &[]);
+    let config = gw.config_path.clone();
+    let cmd = |args: &[&str]| {
+        Command::new(keygate_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("USER", "bob")
+            .output()
+            .unwrap()
+    };
+    let created = cmd(&["keys", "create", "k", "--workload", "w1"]);
+    assert!(created.status.success());
+    let secret = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let path = gw.keys_dir().join("k.yaml");
+    let gw = gw.boot();
+    let chat = gw.url("/v1/chat/completions");
+    // the defaults apply: emails are blocked, secrets are not looked for
+    text_served_within_a_second(&chat, &secret, EMAIL, 400).await;
+    text_served_within_a_second(&chat, &secret, AWS, 200).await;
+
+    let out = cmd(&[
+        "keys",
+        "update",
+        "k",
+        "--guardrails",
+        "no-secrets",
+        "--guardrails-off",
+        "pii",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        file.contains("no-secrets") && file.contains("guardrails_off"),
+        "{file}"
+    );
+    text_served_within_a_second(&chat, &secret, AWS, 400).await;
+    text_served_within_a_second(&chat, &secret, EMAIL, 200).await;
+
+    // an unknown guardrail is refused with nothing written
+    let before = std::fs::read(&path).unwrap();
+    let out = cmd(&["keys", "update", "k", "--guardrails", "no-secrets,ghost"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown guardrail `ghost`"), "{stderr}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing was written");
+    let both = cmd(&[
+        "keys",
+        "update",
+        "k",
+        "--guardrails",
+        "pii",
+        "--no-guardrails",
+    ]);
+    assert!(!both.status.success(), "a list and its clearing at once");
+
+    // clearing both lists: the workload's (the defaults) apply again
+    let out = cmd(&[
+        "keys",
+        "update",
+        "k",
+        "--no-guardrails",
+        "--no-guardrails-off",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!std::fs::read_to_string(&path)
+        .unwrap()
+        .contains("guardrails"));
+    text_served_within_a_second(&chat, &secret, EMAIL, 400).await;
+    text_served_within_a_second(&chat, &secret, AWS, 200).await;
+
+    let audit = std::fs::read_to_string(gw.dir.path().join("management-audit.jsonl")).unwrap();
+    let details: Vec<String> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|a| a["action"] == "update" && a["actor"] == "cli:bob")
+        .map(|a| a["detail"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        details,
+        [
+            "changed guardrails, guardrails_off",
+            "changed guardrails, guardrails_off"
+        ]
+    );
 }

@@ -120,7 +120,20 @@ fn format_line(out: &mut Vec<u8>, r: &RequestRecord, timestamps: &mut Timestamps
     value(out, r.refusal);
     out.extend_from_slice(b",\"error\":");
     value(out, r.error);
-    out.extend_from_slice(b"}\n");
+    out.extend_from_slice(b",\"guardrails\":[");
+    for (i, fired) in r.guardrails.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"guardrail\":");
+        value(out, &*fired.guardrail);
+        out.extend_from_slice(b",\"rule\":");
+        value(out, fired.rule.name());
+        out.extend_from_slice(b",\"action\":");
+        value(out, fired.action.as_str());
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}\n");
 }
 
 /// Milliseconds with microsecond precision.
@@ -175,6 +188,8 @@ impl Timestamps {
 mod tests {
     use super::*;
     use crate::config::{self, LoadOptions};
+    use crate::guardrails::{Action, PiiKind, Rule};
+    use crate::policy::guardrails::{Fired, FiredRule};
     use crate::usage::cost::UsdNanos;
     use crate::usage::Usage;
     use std::borrow::Cow;
@@ -207,6 +222,14 @@ mod tests {
         ttfb_ms: Option<f64>,
         refusal: Option<&'a str>,
         error: Option<&'a str>,
+        guardrails: Vec<OracleFired>,
+    }
+
+    #[derive(Serialize)]
+    struct OracleFired {
+        guardrail: String,
+        rule: String,
+        action: &'static str,
     }
 
     fn oracle(r: &RequestRecord) -> String {
@@ -238,6 +261,15 @@ mod tests {
             ttfb_ms: r.ttfb.map(millis),
             refusal: r.refusal,
             error: r.error,
+            guardrails: r
+                .guardrails
+                .iter()
+                .map(|f| OracleFired {
+                    guardrail: f.guardrail.to_string(),
+                    rule: f.rule.name().into_owned(),
+                    action: f.action.as_str(),
+                })
+                .collect(),
         };
         serde_json::to_string(&line).unwrap() + "\n"
     }
@@ -298,6 +330,23 @@ workloads:
             ttfb: Some(Duration::from_micros(89)),
             refusal: None,
             error: Some("stream_interrupted"),
+            guardrails: vec![
+                Fired {
+                    guardrail: "pii-\"basic\"".into(),
+                    rule: FiredRule::Scan(Rule::Pii(PiiKind::Email)),
+                    action: Action::Redact,
+                },
+                Fired {
+                    guardrail: "words".into(),
+                    rule: FiredRule::Scan(Rule::Keyword(2)),
+                    action: Action::Log,
+                },
+                Fired {
+                    guardrail: "mod".into(),
+                    rule: FiredRule::ModerationUnavailable,
+                    action: Action::Log,
+                },
+            ],
         };
         let bare = |finished_at_ms, client_ip: Option<IpAddr>| RequestRecord {
             finished_at_ms,
@@ -318,6 +367,7 @@ workloads:
             ttfb: None,
             refusal: Some("invalid_api_key"),
             error: Some("invalid_api_key"),
+            guardrails: Vec::new(),
         };
         let same_second = bare(1_764_000_000_999, Some("192.0.2.7".parse().unwrap()));
         // the next second, then back to the first: the cached prefix must follow the clock

@@ -12,16 +12,22 @@
 //! request that finds the first queue full has its usage folded into shared totals the booking
 //! thread picks up, and a full audit queue only costs the line. Every line lost is counted in
 //! `keygate_audit_dropped_total`.
+//!
+//! The booking thread also keeps the [`activity::Activity`] the admin API reads (last use, latest
+//! requests, today's figures), and persists when each key was last used beside its usage.
 
+pub mod activity;
 pub mod audit;
 pub mod report;
 
 use crate::limits;
+use crate::policy::guardrails::Fired;
 use crate::policy::{Key, Model};
 use crate::state::sqlite::{DayKey, UsageDb};
 use crate::state::DayUsage;
 use crate::usage::cost::UsdNanos;
 use crate::usage::Usage;
+use activity::Activity;
 use audit::{AuditTarget, AuditWriter};
 use chrono::{DateTime, NaiveDate};
 use prometheus::IntCounter;
@@ -32,6 +38,9 @@ use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// The refusal reason of a request a guardrail blocked, counted in the usage view.
+const BLOCKED: &str = "content_policy_violation";
 
 /// How often usage is committed and the audit log flushed: the most accounting a crash can lose.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -71,6 +80,8 @@ pub struct RequestRecord {
     pub refusal: Option<&'static str>,
     /// keygate's error code, when the request failed or was refused.
     pub error: Option<&'static str>,
+    /// The guardrails that fired on the request; empty when none did.
+    pub guardrails: Vec<Fired>,
 }
 
 impl RequestRecord {
@@ -109,6 +120,7 @@ pub struct Recorder {
     spilled: Option<Spilled>,
     /// Present with an audit log.
     auditor: Option<Auditor>,
+    activity: Arc<Activity>,
 }
 
 /// The audit thread, as the recorder sees it.
@@ -121,12 +133,23 @@ struct Auditor {
 
 impl Recorder {
     /// Starts the accounting threads with their sinks (either may be absent); audit lines lost to
-    /// a full queue are counted in `audit_dropped`.
+    /// a full queue are counted in `audit_dropped`. The activity figures start from what the
+    /// usage database holds.
     pub fn start(
         db: Option<UsageDb>,
         audit: Option<(AuditTarget, AuditWriter)>,
         audit_dropped: IntCounter,
     ) -> Recorder {
+        let now_ms = limits::now_ms();
+        let seed = match db.as_ref().map(|db| persisted_activity(db, now_ms)) {
+            Some(Ok(seed)) => seed,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot read today's usage and last uses; the admin API's figures start from zero");
+                activity::Seed::default()
+            }
+            None => activity::Seed::default(),
+        };
+        let activity = Arc::new(Activity::new(seed, now_ms));
         let spilled = db.as_ref().map(|_| Spilled::default());
         let (audit_queue, auditor) = match audit {
             Some((target, writer)) => {
@@ -159,6 +182,8 @@ impl Recorder {
         let booker = Booker {
             db,
             pending: HashMap::new(),
+            last_used: HashMap::new(),
+            activity: activity.clone(),
             spilled: spilled.clone(),
             audit: audit_queue,
             audit_dropped,
@@ -172,12 +197,18 @@ impl Recorder {
             tracing::error!("could not start the accounting thread; usage will not be persisted");
         }
         Recorder {
+            activity,
             tx: Mutex::new(Some(tx)),
             booker: thread.as_ref().map(|t| t.thread().clone()),
             thread: Mutex::new(thread),
             spilled,
             auditor,
         }
+    }
+
+    /// What the booking thread keeps of recent use, for the admin API.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
     }
 
     /// Queues a finished request. Never blocks: with the queue full, the request's usage is
@@ -264,12 +295,14 @@ impl Drop for Recorder {
     }
 }
 
-/// Adds `r` to the totals of its day, key, workload and model, if it is billable.
+/// Adds `r` to the totals of its day, key, workload and model, if it is billable or a guardrail
+/// blocked it.
 fn fold(totals: &mut HashMap<DayKey, DayUsage>, r: &RequestRecord) {
     let (Some(key), Some(model)) = (r.key.as_deref(), r.model.as_deref()) else {
         return;
     };
-    if !r.billable {
+    let blocked = r.refusal == Some(BLOCKED);
+    if !r.billable && !blocked {
         return;
     }
     totals
@@ -281,12 +314,13 @@ fn fold(totals: &mut HashMap<DayKey, DayUsage>, r: &RequestRecord) {
         })
         .or_default()
         .add(&DayUsage {
-            requests: 1,
+            requests: u64::from(r.billable),
             prompt_tokens: r.usage.prompt_tokens,
             completion_tokens: r.usage.completion_tokens,
             cached_tokens: r.usage.cached_tokens,
             cost: r.cost,
             estimated_requests: u64::from(r.estimated),
+            blocked_requests: u64::from(blocked),
         });
 }
 
@@ -309,6 +343,9 @@ struct AuditQueue {
 struct Booker {
     db: Option<UsageDb>,
     pending: HashMap<DayKey, DayUsage>,
+    /// Keys used since the last flush, and when last.
+    last_used: HashMap<Box<str>, u64>,
+    activity: Arc<Activity>,
     spilled: Option<Spilled>,
     audit: Option<AuditQueue>,
     audit_dropped: IntCounter,
@@ -364,8 +401,13 @@ impl Booker {
     }
 
     fn book(&mut self, r: RequestRecord) {
+        self.activity.note(&r);
         if self.db.is_some() {
             fold(&mut self.pending, &r);
+            if let Some(key) = &r.key {
+                let at = self.last_used.entry(key.id.clone()).or_default();
+                *at = (*at).max(r.finished_at_ms);
+            }
         }
         if let Some(audit) = &self.audit {
             if audit.tx.try_send(AuditMessage::Line(r)).is_err() {
@@ -379,6 +421,12 @@ impl Booker {
             let spilled = std::mem::take(&mut *spilled.lock().unwrap_or_else(|e| e.into_inner()));
             for (key, usage) in spilled {
                 self.pending.entry(key).or_default().add(&usage);
+            }
+        }
+        if let Some(db) = self.db.as_mut().filter(|_| !self.last_used.is_empty()) {
+            // Like usage, kept for the next round when the write fails.
+            if db.record_last_used(&self.last_used).is_ok() {
+                self.last_used.clear();
             }
         }
         if self.pending.is_empty() {
@@ -443,6 +491,27 @@ fn report_failure<E: std::fmt::Display>(
         }
         Ok(()) => {}
     }
+}
+
+/// What the usage database holds of this UTC day and month, and of the keys' last use, for the
+/// activity figures to start from.
+pub fn persisted_activity(
+    db: &UsageDb,
+    now_ms: u64,
+) -> Result<activity::Seed, crate::state::sqlite::StateError> {
+    let cal = limits::budget::Calendar::at_ms(now_ms);
+    let (keys, workloads) = db.periods(date_of(cal.day), date_of(cal.month_start_day()))?;
+    Ok(activity::Seed {
+        keys,
+        workloads,
+        last_used_ms: db.last_used()?,
+    })
+}
+
+fn date_of(day: u32) -> NaiveDate {
+    DateTime::from_timestamp(i64::from(day) * 86_400, 0)
+        .unwrap_or_default()
+        .date_naive()
 }
 
 /// The spend each key and workload persisted for today and this month, for budgets to start from.

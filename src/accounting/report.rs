@@ -37,6 +37,7 @@ fn empty_row(group: &str) -> ReportRow {
         cached_tokens: 0,
         cost: UsdNanos::ZERO,
         estimated_requests: 0,
+        blocked_requests: 0,
     }
 }
 
@@ -58,20 +59,21 @@ pub fn table(by: Option<UsageGroup>, rows: &[ReportRow], total: &ReportRow) -> S
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{title:<width$}  {:>10}  {:>14}  {:>14}  {:>12}  {:>14}  {:>9}",
-        "REQUESTS", "PROMPT", "COMPLETION", "CACHED", "COST_USD", "ESTIMATED"
+        "{title:<width$}  {:>10}  {:>14}  {:>14}  {:>12}  {:>14}  {:>9}  {:>9}",
+        "REQUESTS", "PROMPT", "COMPLETION", "CACHED", "COST_USD", "ESTIMATED", "BLOCKED"
     );
     for row in rows.iter().chain(std::iter::once(total)) {
         let _ = writeln!(
             out,
-            "{:<width$}  {:>10}  {:>14}  {:>14}  {:>12}  {:>14}  {:>9}",
+            "{:<width$}  {:>10}  {:>14}  {:>14}  {:>12}  {:>14}  {:>9}  {:>9}",
             row.group,
             row.requests,
             row.prompt_tokens,
             row.completion_tokens,
             row.cached_tokens,
             row.cost.to_string(),
-            row.estimated_requests
+            row.estimated_requests,
+            row.blocked_requests
         );
     }
     out

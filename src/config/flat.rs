@@ -8,10 +8,13 @@
 //! created_at: 2026-11-22T10:00:00Z
 //! ```
 //!
+//! and lists of such strings, in flow form (`guardrails: [pii-basic, no-secrets]`) or in block
+//! form (`guardrails:` then `- pii-basic` lines, as `keygate keys` renders them).
+//!
 //! Parsing such a file with the YAML parser costs about 11 µs, most of a cold load of 100,000
 //! keys. This reader takes only a narrow form whose meaning as YAML is plain to see, and says
-//! `None` for anything else (nesting, lists, comments after a value, escapes, numbers, values YAML
-//! reads as null or a boolean, any field that is not a string), which then goes through the YAML
+//! `None` for anything else (nesting, comments after a value, escapes, numbers, values YAML
+//! reads as null or a boolean, any field that is not a string or a list of them), which then goes through the YAML
 //! parser as before. So it never decides what a file means differently from YAML, and every error
 //! message still comes from the YAML path. A property test holds it to that against
 //! `serde_yaml_ng`.
@@ -19,22 +22,62 @@
 use serde::de::{self, DeserializeOwned, IntoDeserializer, Visitor};
 use smallvec::SmallVec;
 
-/// `text` read as a flat mapping of strings into `T`, or `None` when it is not in that form or
-/// `T` does not accept it.
+/// `text` read as a flat mapping of strings (and lists of strings) into `T`, or `None` when it
+/// is not in that form or `T` does not accept it.
 pub fn parse<T: DeserializeOwned>(text: &str) -> Option<T> {
-    let mut pairs: SmallVec<[(&str, Scalar<'_>); 16]> = SmallVec::new();
-    for line in text.split('\n') {
+    let mut pairs: SmallVec<[(&str, Value<'_>); 16]> = SmallVec::new();
+    let mut lines = text.split('\n').peekable();
+    while let Some(line) = lines.next() {
         if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_suffix(':') {
+            // A block list: `- item` lines at the name's own indentation, as YAML renders them.
+            if !is_name(name) {
+                return None;
+            }
+            let mut items = SmallVec::new();
+            while let Some(item) = lines.peek().and_then(|l| l.strip_prefix("- ")) {
+                items.push(string_value(item)?);
+                lines.next();
+            }
+            if items.is_empty() {
+                return None;
+            }
+            pairs.push((name, Value::List(items)));
             continue;
         }
         let (name, value) = line.split_once(": ")?;
         if !is_name(name) {
             return None;
         }
-        pairs.push((name, Scalar(string_value(value)?)));
+        let value = match value.strip_prefix('[') {
+            Some(flow) => Value::List(flow_list(flow)?),
+            None => Value::Scalar(string_value(value)?),
+        };
+        pairs.push((name, value));
     }
     let map = de::value::MapDeserializer::<_, de::value::Error>::new(pairs.into_iter());
     T::deserialize(map).ok()
+}
+
+/// The items of a flow list (what follows its `[`): strings separated by commas, each a plain
+/// scalar free of flow indicators or a double-quoted string, and nothing after the `]`.
+fn flow_list(flow: &str) -> Option<SmallVec<[&str; 4]>> {
+    let inner = flow.strip_suffix(']')?;
+    let mut items = SmallVec::new();
+    if inner.trim_matches(' ').is_empty() {
+        return inner.is_empty().then_some(items);
+    }
+    for item in inner.split(',') {
+        let item = item.trim_matches(' ');
+        let plain = !item.starts_with('"');
+        if plain && item.bytes().any(|b| b"[]{},".contains(&b)) {
+            return None;
+        }
+        items.push(string_value(item)?);
+    }
+    Some(items)
 }
 
 fn is_name(name: &str) -> bool {
@@ -118,6 +161,55 @@ fn might_not_be_a_string(value: &str) -> bool {
         || value
             .chars()
             .all(|c| c.is_ascii_hexdigit() || "+-._xXoO:".contains(c))
+}
+
+/// A value of the flat form: one string, or a list of them.
+enum Value<'a> {
+    Scalar(&'a str),
+    List(SmallVec<[&'a str; 4]>),
+}
+
+impl<'de> IntoDeserializer<'de, de::value::Error> for Value<'de> {
+    type Deserializer = Self;
+
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+impl<'de> de::Deserializer<'de> for Value<'de> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        match self {
+            Value::Scalar(s) => Scalar(s).deserialize_any(visitor),
+            Value::List(items) => visitor.visit_seq(de::value::SeqDeserializer::new(
+                items.into_iter().map(Scalar),
+            )),
+        }
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self {
+            Value::Scalar(s) => Scalar(s).deserialize_enum(name, variants, visitor),
+            list => list.deserialize_any(visitor),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier
+        ignored_any
+    }
 }
 
 /// One string value; also read as `Some(string)` and as a unit enum variant.
@@ -218,7 +310,14 @@ mod tests {
             "owner:\n",
             "owner: trailing \n",
             "max_concurrent: 20\n",
-            "models: [a, b]\n",
+            "models: [a, \"b\\tc\"]\n",
+            "models: [a, [b]]\n",
+            "models: [a, b] # comment\n",
+            "models: [a,, b]\n",
+            "models: [yes, b]\n",
+            "models:\n  - a\n",
+            "models:\n",
+            "models: a\n",
             "budget:\n  daily_usd: 5\n",
             "owner: a\r\n",
             "---\nowner: a\n",
@@ -229,6 +328,21 @@ mod tests {
         ] {
             let text = format!("{base}{extra}");
             assert!(parse::<KeyFile>(&text).is_none(), "took {text:?}");
+        }
+    }
+
+    #[test]
+    fn reads_lists_in_flow_and_block_form() {
+        let base = "hash: \"sha256:ab\"\nworkload: w\n";
+        for extra in [
+            "guardrails: [banned-words, \"internal only\"]\nguardrails_off: []\n",
+            "guardrails:\n- banned-words\n- pii-basic\nguardrails_off: [injection]\n",
+            "models: [gpt-4o,mini , big]\noperations: [chat]\n",
+        ] {
+            let text = format!("{base}{extra}");
+            let (fast, yaml) = both(&text);
+            assert!(fast.is_some(), "{text}");
+            assert_eq!(fast, yaml, "{text}");
         }
     }
 
@@ -264,8 +378,21 @@ mod tests {
             Just("max_concurrent"),
             Just("colour"),
         ];
+        let list_name = prop_oneof![
+            Just("models"),
+            Just("guardrails"),
+            Just("guardrails_off"),
+            Just("owner"),
+        ];
+        let items = || proptest::collection::vec(value(), 0..4);
         prop_oneof![
             (name, value()).prop_map(|(n, v)| format!("{n}: {v}")),
+            (list_name.clone(), items(), "[ ,]{0,3}")
+                .prop_map(|(n, v, sep)| format!("{n}: [{}]", v.join(&sep))),
+            (list_name, items()).prop_map(|(n, v)| {
+                let lines: String = v.iter().map(|i| format!("\n- {i}")).collect();
+                format!("{n}:{lines}")
+            }),
             Just("# a comment".to_owned()),
             Just(String::new()),
             Just("status: active".to_owned()),

@@ -69,7 +69,7 @@ pub struct LoadOptions {
 
 /// Reads, validates and compiles the policy rooted at `config_path`.
 pub fn load(config_path: &Path, options: LoadOptions) -> Result<Policy, PolicyErrors> {
-    compile::load(config_path, options, None, None)
+    compile::load(config_path, options, None, None, None)
 }
 
 /// [`load`] for a reload while `previous` serves: when the main file is unchanged, each key
@@ -81,7 +81,7 @@ pub fn load_reusing(
     options: LoadOptions,
     previous: &Policy,
 ) -> Result<Policy, PolicyErrors> {
-    compile::load(config_path, options, Some(previous), None)
+    compile::load(config_path, options, Some(previous), None, None)
 }
 
 /// [`load_reusing`], told which key files may have changed since `previous` read them (names in
@@ -99,7 +99,27 @@ pub fn load_reusing_all_but(
         options,
         Some(previous),
         Some(changed_key_files),
+        None,
     )
+}
+
+/// One key file's text standing in for the file of that name in the keys directory.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyFileOverlay<'a> {
+    pub file_name: &'a std::ffi::OsStr,
+    pub text: &'a str,
+}
+
+/// The policy as it would be with `overlay` written: a lifecycle change is checked by this
+/// before anything is written, so a change the policy rejects leaves the files untouched.
+/// `previous`, when given, is reused as [`load_reusing`] does, except for the overlaid file.
+pub fn load_with_key_file(
+    config_path: &Path,
+    options: LoadOptions,
+    previous: Option<&Policy>,
+    overlay: KeyFileOverlay<'_>,
+) -> Result<Policy, PolicyErrors> {
+    compile::load(config_path, options, previous, None, Some(&overlay))
 }
 
 /// Where the key files of the policy at `config_path` live, read from the config alone, so key

@@ -29,6 +29,9 @@ pub struct ConfigFile {
     pub management_audit_file: String,
     #[serde(default)]
     pub auth_guard: AuthGuardFile,
+    /// The admin listener's own settings.
+    #[serde(default)]
+    pub admin: AdminFile,
     /// Directory for persisted state (the usage database), relative to this file. Without it,
     /// usage and spend are kept in memory only and start from zero on every restart.
     #[serde(default)]
@@ -49,6 +52,12 @@ pub struct ConfigFile {
     pub models: BTreeMap<String, ModelFile>,
     #[serde(default)]
     pub workloads: BTreeMap<String, WorkloadFile>,
+    /// Named guardrails that workloads and keys apply by name.
+    #[serde(default)]
+    pub guardrails: BTreeMap<String, GuardrailFile>,
+    /// Guardrails applied to every workload; a key may switch one off with `guardrails_off`.
+    #[serde(default)]
+    pub guardrail_defaults: Vec<String>,
 }
 
 fn default_keys_dir() -> String {
@@ -334,6 +343,107 @@ pub struct WorkloadFile {
     pub allowed_ips: Option<Vec<String>>,
     #[serde(default)]
     pub budget: Option<BudgetFile>,
+    /// Guardrails applied to this workload's keys, on top of `guardrail_defaults`.
+    #[serde(default)]
+    pub guardrails: Vec<String>,
+}
+
+/// One named guardrail: exactly one detector, an action and the sides it applies to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailFile {
+    #[serde(default)]
+    pub keywords: Option<Vec<String>>,
+    /// How `keywords` match: `word` (whole words, the default) or `substring`.
+    #[serde(default, rename = "match")]
+    pub match_: Option<KeywordMatchFile>,
+    #[serde(default)]
+    pub regex: Option<Vec<String>>,
+    #[serde(default)]
+    pub pii: Option<Vec<String>>,
+    /// `all`, or a list of secret kinds.
+    #[serde(default)]
+    pub secrets: Option<SecretsFile>,
+    #[serde(default)]
+    pub prompt_injection: Option<PromptInjectionFile>,
+    #[serde(default)]
+    pub moderation: Option<ModerationFile>,
+    pub action: GuardrailActionFile,
+    /// `[request]` (the default), `[response]` or `[request, response]`.
+    #[serde(default)]
+    pub apply_to: Option<Vec<GuardrailSideFile>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeywordMatchFile {
+    Word,
+    Substring,
+}
+
+/// `secrets: all` or `secrets: [aws_access_key, github, ...]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SecretsFile {
+    All(String),
+    Kinds(Vec<String>),
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptInjectionFile {
+    /// `low`, `medium` (the default) or `high`.
+    #[serde(default)]
+    pub threshold: Option<String>,
+}
+
+/// An outside moderation service: an OpenAI-compatible `/v1/moderations` endpoint, or a
+/// webhook answering `{"allow": bool}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModerationFile {
+    pub url: String,
+    /// `openai` (the default) or `webhook`.
+    #[serde(default)]
+    pub format: Option<ModerationFormatFile>,
+    /// Sent as `Authorization: Bearer …`; `${VAR}` is read from the environment.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// The longest wait for the service's answer (default `1s`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// What a request gets when the service fails or times out: `allow` or `block` (the default).
+    #[serde(default)]
+    pub on_error: Option<ModerationOnErrorFile>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModerationFormatFile {
+    Openai,
+    Webhook,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModerationOnErrorFile {
+    Allow,
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardrailActionFile {
+    Block,
+    Redact,
+    Log,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuardrailSideFile {
+    Request,
+    Response,
 }
 
 /// Spending caps in USD per UTC calendar day and month.
@@ -370,6 +480,15 @@ pub struct RateLimitFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<i64>,
     pub per: String,
+}
+
+/// The `admin` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// How long a console login lasts, e.g. `8h`.
+    #[serde(default)]
+    pub session_ttl: Option<String>,
 }
 
 /// Limits failed authentications per client IP, before any key lookup.
@@ -424,6 +543,12 @@ pub struct KeyFile {
     pub allowed_ips: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetFile>,
+    /// Guardrails this key applies on top of its workload's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guardrails: Vec<String>,
+    /// Guardrails of its workload (or the defaults) this key does not apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guardrails_off: Vec<String>,
     /// Secrets replaced by a rotation that keep working until their grace period ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_hashes: Vec<PreviousHash>,

@@ -1,5 +1,5 @@
-//! Key lifecycle operations shared by the CLI and the admin API: create, show, rotate, pause,
-//! resume, delete. Each edits only the key's own file, atomically and under a lock on the keys
+//! Key lifecycle operations shared by the CLI and the admin API: create, show, update, rotate,
+//! pause, resume, delete. Each edits only the key's own file, atomically and under a lock on the keys
 //! directory (so concurrent writers never interleave a read-modify-write), refuses to leave behind
 //! a policy that no longer validates, and appends one line to the management audit log.
 //!
@@ -10,8 +10,8 @@
 
 use super::secret;
 use super::store::{self, StoreError};
-use crate::config::schema::{KeyFile, PreviousHash};
-use crate::config::{self, LoadOptions, PolicyErrors, KEY_ID_RULE};
+use crate::config::schema::{BudgetFile, KeyFile, PreviousHash, RateLimitFile};
+use crate::config::{self, KeyFileOverlay, LoadOptions, PolicyErrors, Problem, KEY_ID_RULE};
 use crate::domain::{KeyStatus, Operation};
 use crate::policy::Policy;
 use chrono::{DateTime, Datelike, SubsecRound, Utc};
@@ -54,6 +54,33 @@ pub enum LifecycleError {
     ExpiryTooFar(DateTime<Utc>),
     #[error("cannot open the management audit log {}, so nothing was changed: {io}", path.display())]
     AuditUnavailable { path: PathBuf, io: std::io::Error },
+    #[error("a key update is a JSON object of key-file fields, not {0}")]
+    UpdateNotAnObject(&'static str),
+    #[error("{} cannot be changed by an update (it changes {}); use rotate, pause or resume for the secret and the status", fields_list(.0), fields_list(&EDITABLE_FIELDS))]
+    NotEditable(Vec<String>),
+}
+
+/// The fields of a key file an update changes: everything but its secret, status and workload.
+pub const EDITABLE_FIELDS: [&str; 11] = [
+    "models",
+    "operations",
+    "rate_limits",
+    "max_concurrent",
+    "allowed_ips",
+    "budget",
+    "expires_at",
+    "owner",
+    "description",
+    "guardrails",
+    "guardrails_off",
+];
+
+fn fields_list<S: AsRef<str>>(fields: &[S]) -> String {
+    fields
+        .iter()
+        .map(|f| format!("`{}`", f.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A change made whose management audit line could not be written.
@@ -94,6 +121,13 @@ pub struct NewKey {
     pub models: Option<Vec<String>>,
     pub operations: Option<Vec<Operation>>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub rate_limits: Vec<RateLimitFile>,
+    pub max_concurrent: Option<i64>,
+    pub allowed_ips: Option<Vec<String>>,
+    pub budget: Option<BudgetFile>,
+    /// Guardrails added to the workload's, and those of the workload's switched off.
+    pub guardrails: Vec<String>,
+    pub guardrails_off: Vec<String>,
 }
 
 /// A key just created or rotated. The secret exists only here: show it once, then drop it.
@@ -194,11 +228,13 @@ impl KeyFiles {
             operations: settings.operations,
             status: KeyStatus::Active,
             expires_at: settings.expires_at,
-            budget: None,
+            budget: settings.budget,
             created_at: Some(Utc::now().trunc_subsecs(0)),
-            rate_limits: Vec::new(),
-            max_concurrent: None,
-            allowed_ips: None,
+            rate_limits: settings.rate_limits,
+            max_concurrent: settings.max_concurrent,
+            allowed_ips: settings.allowed_ips,
+            guardrails: settings.guardrails,
+            guardrails_off: settings.guardrails_off,
             previous_hashes: Vec::new(),
         };
         let path = store::key_path(&self.keys_dir, id);
@@ -222,6 +258,94 @@ impl KeyFiles {
     pub fn show(&self, id: &str) -> Result<KeyFile, LifecycleError> {
         check_id(id)?;
         self.read_own_file(id)
+    }
+
+    /// Changes key `id`'s settings by a JSON merge patch (RFC 7396) over its file's
+    /// [`EDITABLE_FIELDS`]: a `null` removes a field, an object merges into the field's object,
+    /// anything else replaces it. The changed file is checked as a reload would check it, with
+    /// the rest of the policy, before it is written: a change the policy rejects writes nothing
+    /// and returns every problem. A patch that changes nothing writes nothing and is not audited.
+    /// The outcome is the key's file as written, and the fields whose values changed.
+    pub fn update(
+        &self,
+        id: &str,
+        patch: &serde_json::Value,
+        actor: &Actor,
+    ) -> Result<Applied<(KeyFile, Vec<&'static str>)>, LifecycleError> {
+        check_id(id)?;
+        let fields = match patch {
+            serde_json::Value::Object(fields) => fields,
+            other => return Err(LifecycleError::UpdateNotAnObject(json_kind(other))),
+        };
+        let refused: Vec<String> = fields
+            .keys()
+            .filter(|f| !EDITABLE_FIELDS.contains(&f.as_str()))
+            .cloned()
+            .collect();
+        if !refused.is_empty() {
+            return Err(LifecycleError::NotEditable(refused));
+        }
+        let _lock = self.lock()?;
+        let current = self.read_own_file(id)?;
+        let audit = self.open_audit()?;
+        let path = store::key_path(&self.keys_dir, id);
+        let problem = |field: &str, message: String| Problem {
+            file: path.clone(),
+            field: field.to_owned(),
+            message,
+        };
+        let before = serde_json::to_value(&current).map_err(|e| StoreError::Format {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let mut after = before.clone();
+        json_patch::merge(&mut after, patch);
+        let changed: Vec<&'static str> = EDITABLE_FIELDS
+            .into_iter()
+            .filter(|f| before.get(f) != after.get(f))
+            .collect();
+        if changed.is_empty() {
+            return Ok(Applied {
+                outcome: (current, changed),
+                unaudited: None,
+            });
+        }
+        let key: KeyFile = serde_path_to_error::deserialize(after).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            LifecycleError::Rejected(PolicyErrors(vec![problem(
+                &field,
+                e.into_inner().to_string(),
+            )]))
+        })?;
+        let mut problems = Vec::new();
+        if let Some(at) = key.expires_at.filter(|_| changed.contains(&"expires_at")) {
+            if let Err(e) = check_expiry(at, Utc::now()) {
+                problems.push(problem("expires_at", e.to_string()));
+            }
+        }
+        let text = store::render(&key)?;
+        let overlay = KeyFileOverlay {
+            file_name: path.file_name().unwrap_or_default(),
+            text: &text,
+        };
+        if let Err(errors) = config::load_with_key_file(
+            &self.config_path,
+            LoadOptions::default(),
+            self.serving.as_deref(),
+            overlay,
+        ) {
+            problems.extend(errors.0);
+        }
+        if !problems.is_empty() {
+            return Err(LifecycleError::Rejected(PolicyErrors(problems)));
+        }
+        store::write_atomic(&path, &text, false)?;
+        let detail = format!("changed {}", changed.join(", "));
+        Ok(Applied {
+            unaudited: audit.append("update", id, actor, Some(detail)).err(),
+            outcome: (key, changed),
+        })
     }
 
     /// Issues a new secret with the same settings. With a grace period (at most [`MAX_GRACE_DAYS`])
@@ -417,6 +541,17 @@ fn check_expiry(at: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), LifecycleEr
         Err(LifecycleError::ExpiryTooFar(at))
     } else {
         Ok(())
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 

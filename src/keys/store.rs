@@ -119,6 +119,8 @@ mod tests {
             max_concurrent: None,
             allowed_ips: None,
             budget: None,
+            guardrails: Vec::new(),
+            guardrails_off: Vec::new(),
             previous_hashes: Vec::new(),
         }
     }

@@ -97,6 +97,16 @@ pub fn account(
                 .map(|t| t.duration_since(ctx.started)),
         },
     );
+    if let Some(key) = ctx.key() {
+        for fired in &ctx.guardrails {
+            metrics.guardrail_acted(
+                &key.id,
+                &key.workload.name,
+                &fired.guardrail,
+                fired.action.as_str(),
+            );
+        }
+    }
     tracing::debug!(
         request_id = %ctx.request_id,
         key = ctx.key().map_or("-", |k| &*k.id),
@@ -126,6 +136,7 @@ pub fn account(
         ttfb: first_byte.map(|t| t.duration_since(ctx.started)),
         refusal,
         error,
+        guardrails: std::mem::take(&mut ctx.guardrails),
     });
 }
 

@@ -9,6 +9,7 @@ use super::refusal::Refusal;
 use crate::domain::{KeyStatus, Operation, WireFormat};
 use crate::limits::ip;
 use crate::policy::{Key, Model, Policy};
+use crate::translate;
 use bytes::Bytes;
 use pingora::proxy::Session;
 use std::net::IpAddr;
@@ -69,7 +70,8 @@ pub async fn model(
         return Err(Refusal::ModelNotAllowed(facts.model.as_str().into()));
     }
     *named = Some(model.clone());
-    if operation.native_format() != model.provider.format.wire() {
+    let format = model.provider.format;
+    if operation.native_format() != format.wire() && !translate::translates(operation, format) {
         return Err(wrong_api(&facts.model, model.provider.format.wire()));
     }
     Ok(Request {
@@ -84,7 +86,7 @@ pub async fn model(
 fn wrong_api(model: &str, served: WireFormat) -> Refusal {
     let message = match served {
         WireFormat::Anthropic => format!(
-            "The model `{model}` is served through Anthropic's Messages API: send it to POST /v1/messages."
+            "The model `{model}` is served through Anthropic's Messages API: send it to POST /v1/messages, or POST /v1/chat/completions, which keygate translates."
         ),
         WireFormat::Openai => format!(
             "The model `{model}` is served through the OpenAI API (e.g. POST /v1/chat/completions), not Anthropic's Messages API."

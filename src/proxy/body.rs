@@ -1,6 +1,8 @@
 //! The request body: read whole before routing (the `model` field picks the provider), its top
 //! level inspected, rewritten where keygate must (the upstream model name; on streams, asking for
-//! the usage that accounting needs), then handed to Pingora for sending upstream.
+//! the usage that accounting needs; for an Anthropic model asked through chat completions, the
+//! whole body in the Messages API's terms, see `translate`), then handed to Pingora for sending
+//! upstream.
 //!
 //! Pingora forwards a pre-read body only through its 64 KiB retry buffer: reading the body
 //! consumes it, and what Pingora replays through `request_body_filter` is that buffer. So the
@@ -12,8 +14,12 @@
 //!
 //! The whole body must arrive within `server.body_timeout`, however it trickles in.
 
+use super::limit::DEFAULT_OUTPUT_RESERVE;
 use super::refusal::Refusal;
+use crate::domain::Operation;
 use crate::json::{key_is, key_name, skip_ws, Members};
+use crate::policy::Model;
+use crate::translate::{self, Translation};
 use bytes::{Bytes, BytesMut};
 use pingora::proxy::Session;
 use serde::Deserialize;
@@ -421,6 +427,59 @@ fn count(raw: &[u8]) -> Option<u64> {
             return None;
         }
         n.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+    })
+}
+
+/// A request body as one model's provider receives it.
+#[derive(Debug)]
+pub struct ForProvider {
+    pub body: Bytes,
+    /// keygate added `stream_options.include_usage`; the client did not ask for it.
+    pub added_include_usage: bool,
+    /// The body was translated to the Messages API; the response is translated back.
+    pub translation: Option<Translation>,
+    /// The output bound the provider is sent, when translation set one.
+    pub max_output_tokens: Option<u64>,
+}
+
+/// The client's `body` (with `facts`) for `operation` as `model`'s provider must receive it:
+/// translated for an Anthropic model asked through chat completions, otherwise with the
+/// upstream model name and, on streams, asking for the usage accounting needs.
+pub fn for_provider(
+    operation: Operation,
+    model: &Model,
+    body: &Bytes,
+    facts: &RequestFacts,
+) -> Result<ForProvider, Refusal> {
+    if translate::translates(operation, model.provider.format) {
+        let default_bound = model.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_RESERVE);
+        let t = translate::chat_to_messages(body, model.upstream_name(), default_bound)?;
+        return Ok(ForProvider {
+            body: t.body,
+            added_include_usage: false,
+            translation: Some(Translation {
+                include_usage: t.include_usage,
+            }),
+            max_output_tokens: Some(t.max_tokens),
+        });
+    }
+    let mut body = match &model.upstream_model {
+        Some(upstream) => rewrite_model(body, facts.model_span, upstream),
+        None => body.clone(),
+    };
+    // Usage must be counted on every stream; ask for it, and hide it from a client that didn't.
+    let mut added_include_usage = false;
+    if facts.stream && matches!(operation, Operation::Chat | Operation::Completions) {
+        if let Some(with_usage) = request_with_include_usage(&body) {
+            body = with_usage;
+            added_include_usage = true;
+        }
+    }
+    Ok(ForProvider {
+        body,
+        added_include_usage,
+        translation: None,
+        max_output_tokens: None,
     })
 }
 

@@ -6,11 +6,14 @@
 //! labels of its metrics and its audit line.
 
 use super::dialect::Dialect;
+use super::inspect_response::ResponseInspection;
 use super::paths::Route;
 use super::refusal::Refusal;
 use crate::domain::Operation;
 use crate::limits::{Admission, RateStatus};
+use crate::policy::guardrails::Fired;
 use crate::policy::{Key, Model, Policy};
+use crate::translate::{ResponseTranslator, Translation};
 use crate::upstream::attempt::UpstreamAttempts;
 use crate::upstream::watchdog::Watchdog;
 use crate::usage::{UsageChunkStripper, UsageExtractor};
@@ -37,6 +40,8 @@ pub struct RequestCtx {
     pub admitted: Option<Admitted>,
     /// Rate-limit figures for the `x-ratelimit-*` headers, for keys with rate limits.
     pub rate: Option<RateStatus>,
+    /// The guardrails that fired on the request, for its metrics and audit line.
+    pub guardrails: Vec<Fired>,
     /// What keygate answered instead of the provider, or in place of a failed forward.
     pub failure: Option<Refusal>,
     /// Endpoints tried, retries and fallbacks taken, the total deadline (see `upstream::attempt`).
@@ -64,14 +69,21 @@ pub struct Admitted {
     /// The model being served: the one asked for, or the fallback the route switched to.
     pub model: Arc<Model>,
     pub stream: bool,
-    /// The body to send upstream (rewritten when the upstream model name differs).
+    /// The body to send upstream (rewritten when the upstream model name differs, translated
+    /// for a provider of another API).
     pub body: Bytes,
+    /// The body as the client sent it, from which a fallback model's body is made.
+    pub client_body: Bytes,
+    /// Byte range of the `model` value in `client_body`.
+    pub model_span: (usize, usize),
     /// The request's hold on its limits; dropped with the context, which frees its slots.
     pub admission: Admission,
     /// Prompt tokens charged at admission, replaced by the real count when the response tells.
     pub token_estimate: u64,
     /// keygate added `stream_options.include_usage` upstream; the client did not ask for it.
     pub added_include_usage: bool,
+    /// The request was translated for its provider's API; the response is translated back.
+    pub translation: Option<Translation>,
 }
 
 /// What the response phases learn as the response passes.
@@ -81,8 +93,12 @@ pub struct ResponseState {
     pub usage: Option<UsageExtractor>,
     /// Removes the usage chunk the client did not ask for from a stream it receives.
     pub stripper: Option<UsageChunkStripper>,
+    /// Translates a translated request's response back to the client's API.
+    pub translator: Option<ResponseTranslator>,
     /// When the first response body byte arrived.
     pub first_byte: Option<Instant>,
+    /// The key's response guardrails, over a successful response.
+    pub inspection: Option<ResponseInspection>,
 }
 
 impl RequestCtx {
@@ -97,6 +113,7 @@ impl RequestCtx {
             named: Named::default(),
             admitted: None,
             rate: None,
+            guardrails: Vec::new(),
             failure: None,
             upstream: UpstreamAttempts::default(),
             watchdog: None,

@@ -2,22 +2,24 @@
 //! provider's credential (in its format's header), client headers that would choose another
 //! provider account are dropped (unless the provider forwards them), an Anthropic provider gets an
 //! `anthropic-version` when the client sent none, the endpoint is addressed (an Azure model at its
-//! deployment's path), and the body keygate read (and may have rewritten) is sent whole, framed by
+//! deployment's path, a chat completion translated for an Anthropic model at the Messages API),
+//! and the body keygate read (and may have rewritten) is sent whole, framed by
 //! its length.
 
 use super::authenticate::OTHER_KEY_HEADERS;
 use super::ctx::RequestCtx;
 use super::head;
+use crate::translate;
 use crate::usage::ContentEncoding;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Uri};
-
-const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
+
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 
 /// Sends the head and the body in one segment on a fresh h1 connection. A multiplexed (h2)
 /// connection carries other requests' frames, which a cork would delay.
@@ -78,9 +80,15 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
         headers.remove(http::header::EXPECT);
         let content_length = values.number(admitted.body.len() as u64)?;
         head::set(headers, http::header::CONTENT_LENGTH, content_length)?;
-        let accept = if admitted.added_include_usage {
-            // The usage chunk is removed from the stream on its way back, which needs plain
-            // bytes.
+        let inspected = admitted
+            .key
+            .guardrails
+            .as_ref()
+            .is_some_and(|g| g.scans_responses);
+        let accept = if admitted.added_include_usage || inspected || admitted.translation.is_some()
+        {
+            // The usage chunk is removed from the stream on its way back, response guardrails
+            // read the text, and a translated response is rewritten: all need plain bytes.
             HeaderValue::from_static("identity")
         } else {
             let client = headers.get(http::header::ACCEPT_ENCODING);
@@ -93,6 +101,14 @@ pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()
             .as_ref()
             .and_then(|azure| azure.path(admitted.operation));
         match azure_path {
+            // A chat completion asked of an Anthropic model goes to the Messages API.
+            _ if admitted.translation.is_some() => {
+                parts.uri = format!("{}{}", endpoint.base_path, translate::MESSAGES_PATH)
+                    .parse()
+                    .map_err(|_| {
+                        Error::explain(ErrorType::InternalError, "invalid upstream path")
+                    })?;
+            }
             // Prebuilt: the path costs a reference count, not a copy.
             Some(path) if endpoint.base_path.is_empty() => parts.uri = Uri::from(path.clone()),
             _ if endpoint.base_path.is_empty() => {}

@@ -1,11 +1,11 @@
 //! Limit: admission of an authorized request against the request and token windows, the
 //! concurrency caps and the budgets of its key and of the key's workload, both at once, through
 //! the [`Limits`] the gateway was built with. An admitted request leaves with its
-//! [`Admitted`] value; the body goes on rewritten for the upstream model and, on streams, asking
-//! for the usage that accounting needs.
+//! [`Admitted`] value; the body goes on as its provider must receive it (see
+//! [`body::for_provider`]).
 
 use super::authorize::Request;
-use super::body::{self, request_with_include_usage};
+use super::body;
 use super::ctx::Admitted;
 use super::refusal::Refusal;
 use crate::domain::Operation;
@@ -75,6 +75,9 @@ pub async fn admit(
         body,
         facts,
     } = request;
+    // A body the provider cannot take is refused before it counts against any limit.
+    let upstream = body::for_provider(operation, &model, &body, &facts)?;
+    let requested_output = upstream.max_output_tokens.or(facts.max_output_tokens);
     let scopes = scopes(&key);
     let rate_limited = rate_limited(&key);
     // Counting tokens is free upstream and generates nothing: it books a request, no tokens.
@@ -89,7 +92,7 @@ pub async fn admit(
             (Some(price), true) if operation != Operation::CountTokens => {
                 // Each of `n` (or `best_of`) choices may run to the output bound, and is billed.
                 let choices = facts.n.max(facts.best_of).unwrap_or(1).max(1);
-                let output = output_reserve(operation, facts.max_output_tokens, &model);
+                let output = output_reserve(operation, requested_output, &model);
                 price.worst_case(token_estimate, output.saturating_mul(choices))
             }
             _ => UsdNanos::ZERO,
@@ -119,27 +122,18 @@ pub async fn admit(
             });
         }
     };
-    let mut body = match &model.upstream_model {
-        Some(upstream) => body::rewrite_model(&body, facts.model_span, upstream),
-        None => body,
-    };
-    // Usage must be counted on every stream; ask for it, and hide it from a client that didn't.
-    let mut added_include_usage = false;
-    if facts.stream && matches!(operation, Operation::Chat | Operation::Completions) {
-        if let Some(with_usage) = request_with_include_usage(&body) {
-            body = with_usage;
-            added_include_usage = true;
-        }
-    }
     Ok(Admitted {
         key,
         operation,
         model,
         stream: facts.stream,
-        body,
+        body: upstream.body,
+        client_body: body,
+        model_span: facts.model_span,
         admission,
         token_estimate,
-        added_include_usage,
+        added_include_usage: upstream.added_include_usage,
+        translation: upstream.translation,
     })
 }
 

@@ -1,5 +1,6 @@
 //! The data plane: Pingora's [`ProxyHttp`] implemented as the request's journey through keygate,
-//! authenticate → authorize → limit → route → forward → respond → account.
+//! authenticate → authorize (then inspect, for keys with guardrails) → limit → route → forward →
+//! respond → account.
 //!
 //! This file holds only the hooks, in the order Pingora calls them; each delegates to the module
 //! of its step. Admission (the first three steps) yields one [`ctx::Admitted`] value, so every
@@ -14,11 +15,14 @@ pub mod ctx;
 pub mod dialect;
 pub mod forward;
 pub mod head;
+pub mod inspect;
+pub mod inspect_response;
 pub mod limit;
 pub mod paths;
 pub mod refusal;
 pub mod respond;
 pub mod route;
+pub mod texts;
 
 use crate::accounting::Recorder;
 use crate::limits::fleet::revocation::Revoked;
@@ -112,8 +116,12 @@ impl Gateway {
             return Ok(Admit::ListModels(key));
         };
         let slots = limit::hold_slots(&self.limits, &key, &mut ctx.rate)?;
-        let request =
+        let mut request =
             authorize::model(session, &ctx.policy, &key, operation, &mut ctx.named.model).await?;
+        if let Some(guardrails) = key.guardrails.as_deref().filter(|g| g.on_requests()) {
+            let shape = texts::Shape::of(operation);
+            inspect::request(guardrails, shape, &mut request, &mut ctx.guardrails).await?;
+        }
         let admitted = limit::admit(&self.limits, key, request, slots, &mut ctx.rate).await?;
         self.metrics
             .started(admitted.key.metrics_ref(), ctx.policy.models.len());
@@ -284,7 +292,8 @@ impl ProxyHttp for Gateway {
         respond::response_head(ctx, upstream_response)
     }
 
-    /// Respond: the body passes through while its usage is read.
+    /// Respond: the body passes through while its usage is read (and, for keys with response
+    /// guardrails, its text is inspected).
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -292,7 +301,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        respond::response_chunk(ctx, body, end_of_stream);
+        respond::response_chunk(ctx, body, end_of_stream)?;
         Ok(None)
     }
 

@@ -19,6 +19,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use serde::Serialize;
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::Duration;
 
 const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
@@ -92,6 +93,23 @@ pub enum Refusal {
     /// The data plane has `server.max_connections` open: the connection is refused as a whole.
     #[error("The gateway is at its limit of open connections; retry shortly.")]
     ConnectionLimit,
+    /// A guardrail whose action is `block` found something in the request. The message names
+    /// the guardrail and its rule, never what matched.
+    #[error("The request was blocked by guardrail `{guardrail}` (rule `{rule}`).")]
+    ContentPolicy {
+        guardrail: Arc<str>,
+        rule: Cow<'static, str>,
+    },
+    /// A guardrail with `apply_to: [.., response]` and `action: block` found something in the
+    /// provider's answer.
+    #[error("The response was blocked by guardrail `{guardrail}` (rule `{rule}`).")]
+    ResponseBlocked {
+        guardrail: Arc<str>,
+        rule: Cow<'static, str>,
+    },
+    /// A moderation guardrail with `on_error: block` got no verdict from its service.
+    #[error("The request could not be checked by guardrail `{0}`: its moderation service is unavailable; retry shortly.")]
+    ModerationUnavailable(Arc<str>),
     /// Fleet mode with `on_error: fail_closed`: the shared limit state could not be reached.
     #[error("The gateway cannot reach its shared limit state; retry shortly.")]
     StateUnavailable,
@@ -134,7 +152,7 @@ impl Refusal {
             | Refusal::ModelNotAllowed(_) => 403,
             Refusal::ModelNotFound(_) | Refusal::UnknownRoute(_) => 404,
             Refusal::MethodNotAllowed { .. } => 405,
-            Refusal::InvalidRequest { .. } => 400,
+            Refusal::InvalidRequest { .. } | Refusal::ContentPolicy { .. } => 400,
             Refusal::RequestTimeout(_) => 408,
             Refusal::BodyTooLarge(_) | Refusal::ChunkedBodyTooLarge => 413,
             Refusal::RateLimited { .. }
@@ -142,10 +160,12 @@ impl Refusal {
             | Refusal::BudgetExceeded { .. }
             | Refusal::AuthGuard { .. } => 429,
             Refusal::Internal => 500,
-            Refusal::UpstreamUnavailable | Refusal::UpstreamAuthFailed => 502,
+            Refusal::UpstreamUnavailable
+            | Refusal::UpstreamAuthFailed
+            | Refusal::ResponseBlocked { .. } => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::ConnectionLimit => 503,
-            Refusal::StateUnavailable => 503,
+            Refusal::StateUnavailable | Refusal::ModerationUnavailable(_) => 503,
         }
     }
 
@@ -175,6 +195,9 @@ impl Refusal {
             Refusal::Internal => "internal_error",
             Refusal::ConnectionLimit => "connection_limit_exceeded",
             Refusal::StateUnavailable => "state_unavailable",
+            Refusal::ContentPolicy { .. } => "content_policy_violation",
+            Refusal::ModerationUnavailable(_) => "moderation_unavailable",
+            Refusal::ResponseBlocked { .. } => "response_blocked",
         }
     }
 
@@ -386,6 +409,18 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_slice(&Refusal::InvalidKey.openai_body()).unwrap();
         assert!(v["error"]["param"].is_null());
+        let blocked = Refusal::ContentPolicy {
+            guardrail: "banned-words".into(),
+            rule: "keyword[1]".into(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&blocked.openai_body()).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "content_policy_violation");
+        assert_eq!(
+            v["error"]["message"],
+            "The request was blocked by guardrail `banned-words` (rule `keyword[1]`)."
+        );
+        assert_eq!(blocked.status(), 400);
     }
 
     #[test]
@@ -485,6 +520,15 @@ mod tests {
             },
             Refusal::AuthGuard {
                 retry_after: Duration::ZERO,
+            },
+            Refusal::ContentPolicy {
+                guardrail: "g".into(),
+                rule: "email".into(),
+            },
+            Refusal::ModerationUnavailable("g".into()),
+            Refusal::ResponseBlocked {
+                guardrail: "g".into(),
+                rule: "email".into(),
             },
         ];
         let reasons: Vec<_> = every.iter().filter_map(Refusal::reason).collect();

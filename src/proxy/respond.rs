@@ -1,15 +1,20 @@
 //! Respond: what the client receives. A provider's response passes through unbuffered, with the
 //! request id and a rate-limited key's `x-ratelimit-*` headers in place of the provider's account
 //! and rate-limit headers, while its token usage is read on the way (and a usage chunk the client
-//! did not ask for is taken out). Responses keygate gives itself — refusals, failures,
+//! did not ask for is taken out, and a translated request's response goes back in the client's
+//! API, see `translate`). Responses keygate gives itself — refusals, failures,
 //! `/v1/models` — are written here too.
 
 use super::body;
 use super::ctx::RequestCtx;
 use super::dialect::Dialect;
+use super::inspect_response::ResponseInspection;
+use super::paths::Route;
 use super::refusal::{self, Refusal};
+use super::texts::Shape;
 use crate::domain::{Operation, WireFormat};
 use crate::policy::{Key, Policy};
+use crate::translate::ResponseTranslator;
 use crate::usage::{BodyKind, ContentEncoding, UsageChunkStripper, UsageExtractor};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -20,6 +25,7 @@ use pingora::{ErrorSource, ErrorType};
 /// Puts keygate's headers on the provider's response head in place of what it tells of the
 /// gateway's account, and starts reading usage from a successful response of an admitted request.
 pub fn response_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Result<()> {
+    translate_head(ctx, response)?;
     super::head::edit_response(
         response,
         &ctx.request_id,
@@ -61,12 +67,64 @@ pub fn response_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Res
         // The client receives fewer bytes than the provider sent.
         response.remove_header(&http::header::CONTENT_LENGTH);
     }
+    let guardrails = admitted
+        .key
+        .guardrails
+        .as_ref()
+        .filter(|g| g.scans_responses);
+    let shape = match ctx.route {
+        Some(Route::Proxy(operation)) => Shape::response_of(operation, is_sse),
+        _ => None,
+    };
+    // Asked for uncompressed (see `forward`); a coded answer cannot be read, so is not passed on.
+    if let (Some(guardrails), Some(shape)) = (guardrails, shape) {
+        if encoding != Some(ContentEncoding::Identity) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                "a response to inspect arrived compressed",
+            );
+        }
+        ctx.response.inspection = Some(ResponseInspection::new(
+            guardrails.clone(),
+            shape,
+            ctx.dialect,
+            is_sse,
+        ));
+        // Redactions change the length, and a cut stream ends early.
+        response.remove_header(&http::header::CONTENT_LENGTH);
+    }
+    Ok(())
+}
+
+/// A translated request's response, success or error, goes back in the client's API: its
+/// length is unknown until it is written, so it goes chunked.
+fn translate_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Result<()> {
+    let Some(translation) = ctx.admitted.as_ref().and_then(|a| a.translation) else {
+        return Ok(());
+    };
+    let is_sse = response
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+    let translator = translation.response(response.status.as_u16(), is_sse);
+    if !matches!(translator, ResponseTranslator::Stream(_)) {
+        response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    }
+    response.remove_header(&http::header::CONTENT_LENGTH);
+    // Pingora decides the framing before this filter runs; a length it saw is gone now.
+    response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    ctx.response.translator = Some(translator);
     Ok(())
 }
 
 /// Counts tokens as the body passes; the chunk itself goes on untouched, unless it carries the
-/// usage chunk keygate asked for on the client's behalf.
-pub fn response_chunk(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_stream: bool) {
+/// usage chunk keygate asked for on the client's behalf, or the key's response guardrails hold,
+/// change or cut it. `Err` aborts a response a guardrail blocked after its head went out.
+pub fn response_chunk(
+    ctx: &mut RequestCtx,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+) -> Result<()> {
     let state = &mut ctx.response;
     if let Some(chunk) = body.as_ref() {
         if state.first_byte.is_none() && !chunk.is_empty() {
@@ -90,6 +148,29 @@ pub fn response_chunk(ctx: &mut RequestCtx, body: &mut Option<Bytes>, end_of_str
         // An empty chunk would read as the end of a chunked body: send nothing instead.
         *body = out.filter(|b| !b.is_empty());
     }
+    if let Some(translator) = state.translator.as_mut() {
+        *body = translator.filter(body.as_deref(), end_of_stream);
+    }
+    if let Some(inspection) = ctx.response.inspection.as_mut() {
+        match inspection.chunk(
+            body.take(),
+            end_of_stream,
+            &mut ctx.guardrails,
+            &ctx.request_id,
+        ) {
+            Ok(out) => {
+                *body = out.filter(|b| !b.is_empty());
+                if let Some(refusal) = inspection.take_blocked() {
+                    ctx.failure = Some(refusal);
+                }
+            }
+            Err(refusal) => {
+                ctx.failure = Some(refusal);
+                return Error::e_explain(ErrorType::InternalError, "response aborted by keygate");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Answers `refusal` in place of the provider, after reading what is left of the body so the

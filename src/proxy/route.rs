@@ -37,7 +37,7 @@ pub fn peer(upstreams: &UpstreamRegistry, ctx: &mut RequestCtx) -> Result<Box<Ht
             if let Some(primary) = attempts.primary() {
                 upstreams.record_fallback(&primary.name, &fallback.name);
             }
-            switch_model(admitted, fallback, &ctx.request_id)?;
+            switch_model(admitted, fallback, &ctx.request_id, &mut ctx.failure)?;
             attempts.start_model(&admitted.model, Instant::now());
         }
         let model = &admitted.model;
@@ -85,16 +85,38 @@ pub fn peer(upstreams: &UpstreamRegistry, ctx: &mut RequestCtx) -> Result<Box<Ht
     }
 }
 
-/// Routes the rest of the request to `fallback`: its provider and credential, its upstream
-/// model name in the body, and the accounting that reads the admitted model.
-fn switch_model(admitted: &mut Admitted, fallback: Arc<Model>, request_id: &str) -> Result<()> {
-    let facts = body::inspect(&admitted.body).map_err(|_| {
-        Error::explain(
-            ErrorType::InternalError,
-            "the forwarded body lost its model",
-        )
-    })?;
-    admitted.body = body::rewrite_model(&admitted.body, facts.model_span, fallback.upstream_name());
+/// Routes the rest of the request to `fallback`: its provider and credential, the body as its
+/// provider must receive it (made again from the client's body: the fallback may speak another
+/// API), and the accounting that reads the admitted model. A body the fallback's API cannot
+/// take ends the request with that refusal.
+fn switch_model(
+    admitted: &mut Admitted,
+    fallback: Arc<Model>,
+    request_id: &str,
+    failure: &mut Option<Refusal>,
+) -> Result<()> {
+    let facts = body::RequestFacts {
+        model: String::new(),
+        model_span: admitted.model_span,
+        stream: admitted.stream,
+        max_output_tokens: None,
+        n: None,
+        best_of: None,
+    };
+    let upstream =
+        match body::for_provider(admitted.operation, &fallback, &admitted.client_body, &facts) {
+            Ok(upstream) => upstream,
+            Err(refusal) => {
+                *failure = Some(refusal);
+                return Error::e_explain(
+                    ErrorType::InternalError,
+                    "the fallback's API cannot take the request",
+                );
+            }
+        };
+    admitted.body = upstream.body;
+    admitted.added_include_usage = upstream.added_include_usage;
+    admitted.translation = upstream.translation;
     tracing::info!(request_id, from = %admitted.model.name, to = %fallback.name, "falling back");
     admitted.model = fallback;
     Ok(())

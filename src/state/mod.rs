@@ -21,6 +21,8 @@ pub struct DayUsage {
     pub cost: UsdNanos,
     /// Requests whose token counts were estimated (cut streams without a usage report).
     pub estimated_requests: u64,
+    /// Requests a guardrail blocked (not among `requests`: they never reached the provider).
+    pub blocked_requests: u64,
 }
 
 impl DayUsage {
@@ -36,6 +38,7 @@ impl DayUsage {
         self.estimated_requests = self
             .estimated_requests
             .saturating_add(other.estimated_requests);
+        self.blocked_requests = self.blocked_requests.saturating_add(other.blocked_requests);
     }
 }
 
@@ -77,6 +80,7 @@ pub struct ReportRow {
     #[serde(rename = "cost_usd", serialize_with = "usd")]
     pub cost: UsdNanos,
     pub estimated_requests: u64,
+    pub blocked_requests: u64,
 }
 
 /// Dollars as a JSON number with the integer's precision (nano-dollars: nine decimals).

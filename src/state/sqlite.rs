@@ -13,6 +13,7 @@
 //! REAL an older keygate stored reads as the cap), so that no stored value can stop a start.
 
 use super::{DayUsage, ReportRow, UsageFilter, UsageGroup};
+use crate::accounting::activity::{Periods, PeriodsByName, Totals};
 use crate::limits::{PersistedSpend, ScopeId};
 use crate::usage::cost::UsdNanos;
 use chrono::NaiveDate;
@@ -116,10 +117,31 @@ impl UsageDb {
                  cached_tokens INTEGER NOT NULL,
                  cost_nanos INTEGER NOT NULL,       -- USD × 10^9
                  estimated_requests INTEGER NOT NULL,
+                 blocked_requests INTEGER NOT NULL DEFAULT 0,
                  PRIMARY KEY (day, key_id, workload, model)
              ) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS usage_daily_by_workload ON usage_daily (workload, day);",
-        )
+             CREATE INDEX IF NOT EXISTS usage_daily_by_workload ON usage_daily (workload, day);
+             CREATE TABLE IF NOT EXISTS key_last_used (
+                 key_id TEXT PRIMARY KEY,
+                 last_used_ms INTEGER NOT NULL      -- Unix epoch milliseconds
+             ) WITHOUT ROWID;",
+        )?;
+        // A database an older keygate created lacks the column; those keygates write rows
+        // without it, which the default keeps valid, so the schema version stays.
+        if !self.has_blocked_column()? {
+            self.conn.execute_batch(
+                "ALTER TABLE usage_daily ADD COLUMN blocked_requests INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn has_blocked_column(&self) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare(
+                "SELECT 1 FROM pragma_table_info('usage_daily') WHERE name = 'blocked_requests'",
+            )?
+            .exists([])
     }
 
     fn check_version(&self) -> Result<(), StateError> {
@@ -165,11 +187,112 @@ impl UsageDb {
                         sql_int(u.cached_tokens),
                         sql_int(u.cost.0),
                         sql_int(u.estimated_requests),
+                        sql_int(u.blocked_requests),
                     ])
                     .map_err(err)?;
             }
         }
         tx.commit().map_err(err)
+    }
+
+    /// Records when keys were last used; a time never moves back.
+    pub fn record_last_used(
+        &mut self,
+        last_used: &HashMap<Box<str>, u64>,
+    ) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let err = |source| StateError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut upsert = tx
+                .prepare_cached(
+                    "INSERT INTO key_last_used (key_id, last_used_ms) VALUES (?1, ?2)
+                     ON CONFLICT (key_id) DO UPDATE
+                     SET last_used_ms = MAX(last_used_ms, excluded.last_used_ms)",
+                )
+                .map_err(err)?;
+            for (key, ms) in last_used {
+                upsert.execute(params![&**key, sql_int(*ms)]).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// When each key was last used, in Unix epoch milliseconds.
+    pub fn last_used(&self) -> Result<HashMap<Box<str>, u64>, StateError> {
+        let mut stmt = match self
+            .conn
+            .prepare("SELECT key_id, last_used_ms FROM key_last_used")
+        {
+            Ok(stmt) => stmt,
+            // A database no gateway of this version has opened yet knows no last use.
+            Err(e) if e.to_string().contains("no such table") => return Ok(HashMap::new()),
+            Err(e) => return Err(self.error(e)),
+        };
+        let mut rows = stmt.query([]).map_err(|e| self.error(e))?;
+        let mut out = HashMap::new();
+        while let Some(row) = rows.next().map_err(|e| self.error(e))? {
+            let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?.into()));
+            let ms = row.get_ref(1).map(stored);
+            if let (Ok(id), Ok(ms)) = (id, ms) {
+                out.insert(id, ms);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Each key's and workload's billable requests, tokens and cost on `today` and in the month
+    /// starting `month_start`.
+    pub fn periods(
+        &self,
+        today: NaiveDate,
+        month_start: NaiveDate,
+    ) -> Result<(PeriodsByName, PeriodsByName), StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT key_id, workload, day = ?1, requests, prompt_tokens, completion_tokens,
+                        cost_nanos, blocked_requests
+                 FROM usage_daily WHERE day >= ?2",
+            )
+            .map_err(|e| self.error(e))?;
+        let mut rows = stmt
+            .query(params![
+                today.format("%Y-%m-%d").to_string(),
+                month_start.format("%Y-%m-%d").to_string()
+            ])
+            .map_err(|e| self.error(e))?;
+        let (mut keys, mut workloads) = (HashMap::new(), HashMap::new());
+        let add = |map: &mut HashMap<Box<str>, Periods>, name: &str, today: bool, t: Totals| {
+            let p: &mut Periods = map.entry(name.into()).or_default();
+            if today {
+                p.today = p.today.plus(t);
+            }
+            p.month = p.month.plus(t);
+        };
+        while let Some(row) = rows.next().map_err(|e| self.error(e))? {
+            let read = || -> rusqlite::Result<(String, String, bool, Totals)> {
+                let n = |i: usize| row.get_ref(i).map(stored);
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    Totals {
+                        requests: n(3)?,
+                        tokens: n(4)?.saturating_add(n(5)?),
+                        cost: UsdNanos(n(6)?),
+                        blocked: n(7)?,
+                    },
+                ))
+            };
+            let (key, workload, today, t) = read().map_err(|e| self.error(e))?;
+            add(&mut keys, &key, today, t);
+            add(&mut workloads, &workload, today, t);
+        }
+        Ok((keys, workloads))
     }
 
     /// What every key and workload spent on `today` and in the month starting `month_start`.
@@ -223,9 +346,15 @@ impl UsageDb {
             Some(UsageGroup::Workload) => "workload",
             None => "'total'",
         };
+        // Read-only, a database no keygate with guardrails has opened yet has no such column.
+        let blocked = if self.has_blocked_column().map_err(|e| self.error(e))? {
+            "blocked_requests"
+        } else {
+            "0"
+        };
         let sql = format!(
             "SELECT {column}, requests, prompt_tokens, completion_tokens, cached_tokens,
-                    cost_nanos, estimated_requests
+                    cost_nanos, estimated_requests, {blocked}
              FROM usage_daily
              WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR workload = ?2)
                AND (?3 IS NULL OR day >= ?3) AND (?4 IS NULL OR day <= ?4)
@@ -250,6 +379,7 @@ impl UsageDb {
                 cached_tokens: n(4)?,
                 cost: UsdNanos(n(5)?),
                 estimated_requests: n(6)?,
+                blocked_requests: n(7)?,
             });
             Ok(())
         })
@@ -264,6 +394,7 @@ impl UsageDb {
                 cached_tokens: t.cached_tokens,
                 cost: t.cost,
                 estimated_requests: t.estimated_requests,
+                blocked_requests: t.blocked_requests,
             })
             .collect())
     }
@@ -271,8 +402,9 @@ impl UsageDb {
 
 /// Adds a batch to its rows; each total stops at `i64::MAX` instead of turning into a REAL.
 const UPSERT: &str = "INSERT INTO usage_daily (day, key_id, workload, model, requests,
-        prompt_tokens, completion_tokens, cached_tokens, cost_nanos, estimated_requests)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+        prompt_tokens, completion_tokens, cached_tokens, cost_nanos, estimated_requests,
+        blocked_requests)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
     ON CONFLICT (day, key_id, workload, model) DO UPDATE SET
         requests = CASE WHEN requests > 9223372036854775807 - excluded.requests
             THEN 9223372036854775807 ELSE requests + excluded.requests END,
@@ -287,7 +419,10 @@ const UPSERT: &str = "INSERT INTO usage_daily (day, key_id, workload, model, req
             THEN 9223372036854775807 ELSE cost_nanos + excluded.cost_nanos END,
         estimated_requests =
             CASE WHEN estimated_requests > 9223372036854775807 - excluded.estimated_requests
-            THEN 9223372036854775807 ELSE estimated_requests + excluded.estimated_requests END";
+            THEN 9223372036854775807 ELSE estimated_requests + excluded.estimated_requests END,
+        blocked_requests =
+            CASE WHEN blocked_requests > 9223372036854775807 - excluded.blocked_requests
+            THEN 9223372036854775807 ELSE blocked_requests + excluded.blocked_requests END";
 
 /// SQLite integers are signed: a value beyond `i64::MAX` is stored as that.
 fn sql_int(n: u64) -> i64 {
@@ -358,6 +493,7 @@ mod tests {
             cached_tokens: 0,
             cost: UsdNanos(cost),
             estimated_requests: 0,
+            blocked_requests: requests % 2,
         }
     }
 
@@ -406,6 +542,38 @@ mod tests {
             .unwrap();
         assert_eq!(total[0].requests, 24);
         assert_eq!(total[0].prompt_tokens, 240);
+        // usage(2, _), usage(1, _) and usage(9, _), twice: one blocked each for 1 and 9
+        assert_eq!(total[0].blocked_requests, 4);
+    }
+
+    #[test]
+    fn a_database_without_the_blocked_column_gets_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT INTO meta VALUES ('schema_version', 1);
+             CREATE TABLE usage_daily (day TEXT NOT NULL, key_id TEXT NOT NULL,
+                 workload TEXT NOT NULL, model TEXT NOT NULL, requests INTEGER NOT NULL,
+                 prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+                 cached_tokens INTEGER NOT NULL, cost_nanos INTEGER NOT NULL,
+                 estimated_requests INTEGER NOT NULL,
+                 PRIMARY KEY (day, key_id, workload, model)) WITHOUT ROWID;
+             INSERT INTO usage_daily VALUES ('2026-11-23', 'a', 'w', 'm', 3, 0, 0, 0, 7, 0);",
+        )
+        .unwrap();
+        drop(conn);
+        // Read-only, the old file reads as having blocked nothing.
+        let old = UsageDb::open_read_only(dir.path()).unwrap();
+        let total = &old.report(&UsageFilter::default(), None).unwrap()[0];
+        assert_eq!((total.requests, total.blocked_requests), (3, 0));
+        drop(old);
+        let mut db = UsageDb::open(dir.path()).unwrap();
+        let mut batch = HashMap::new();
+        batch.insert(row("2026-11-23", "a", "w", "m"), usage(1, 1));
+        db.add(&batch).unwrap();
+        let total = &db.report(&UsageFilter::default(), None).unwrap()[0];
+        assert_eq!((total.requests, total.blocked_requests), (4, 1));
     }
 
     #[test]
@@ -419,6 +587,7 @@ mod tests {
             cached_tokens: 0,
             cost: UsdNanos(u64::MAX),
             estimated_requests: 0,
+            blocked_requests: 0,
         };
         let mut batch = HashMap::new();
         batch.insert(row("2026-11-23", "a", "w", "m"), huge);
@@ -429,7 +598,9 @@ mod tests {
         // A value an older keygate let overflow into a REAL, in the row of another key.
         db.conn
             .execute(
-                "INSERT INTO usage_daily VALUES ('2026-11-23', 'b', 'w', 'm', 1, 1.8e19, 5, 0, 3.6e19, 0)",
+                "INSERT INTO usage_daily (day, key_id, workload, model, requests, prompt_tokens,
+                     completion_tokens, cached_tokens, cost_nanos, estimated_requests)
+                 VALUES ('2026-11-23', 'b', 'w', 'm', 1, 1.8e19, 5, 0, 3.6e19, 0)",
                 [],
             )
             .unwrap();

@@ -49,7 +49,19 @@ impl TestGateway {
 
     /// Like `start`, but does not boot: for tests that edit files first.
     pub fn prepare(config: &str, keys: &[(String, String)]) -> TestGateway {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::prepare_in(tempfile::tempdir().expect("tempdir"), config, keys)
+    }
+
+    /// Like `prepare`, in a temp directory in memory where the system has one (`/dev/shm`):
+    /// for policies of many key files, whose writing a loaded disk would make take minutes.
+    pub fn prepare_in_memory(config: &str, keys: &[(String, String)]) -> TestGateway {
+        let dir = tempfile::tempdir_in("/dev/shm")
+            .or_else(|_| tempfile::tempdir())
+            .expect("tempdir");
+        Self::prepare_in(dir, config, keys)
+    }
+
+    fn prepare_in(dir: tempfile::TempDir, config: &str, keys: &[(String, String)]) -> TestGateway {
         let port = upstream::free_port();
         let keys_dir = dir.path().join("keys.d");
         std::fs::create_dir_all(&keys_dir).unwrap();
@@ -78,6 +90,17 @@ impl TestGateway {
     pub fn boot_with_admin(mut self, token: Option<&str>) -> TestGateway {
         let token = token.map(|t| keygate::admin::AdminToken::parse(t).expect("admin token"));
         match RunningGateway::start(&self.config_path, token) {
+            Ok(r) => self.running = Some(r),
+            Err(e) => panic!("gateway failed to start: {e}"),
+        }
+        self
+    }
+
+    /// Boots with the admin API enabled under these tokens, written as `KEYGATE_ADMIN_TOKENS`
+    /// (`NAME:ROLE:TOKEN,…`).
+    pub fn boot_with_admin_tokens(mut self, tokens: &str) -> TestGateway {
+        let tokens = keygate::admin::AdminTokens::parse(Some(tokens), None).expect("admin tokens");
+        match RunningGateway::start_with_tokens(&self.config_path, tokens) {
             Ok(r) => self.running = Some(r),
             Err(e) => panic!("gateway failed to start: {e}"),
         }

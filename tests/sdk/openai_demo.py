@@ -42,6 +42,22 @@ def stream():
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0, chunks[-1]
 
 
+def claude_completion():
+    # chat completions on an Anthropic model: translated to the Messages API and back
+    r = client.chat.completions.create(model="claude-mock", messages=[{"role": "user", "content": "Say hello"}])
+    assert r.choices[0].message.content and r.choices[0].finish_reason == "stop", r
+    assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0, r.usage
+
+
+def claude_stream():
+    chunks = list(client.chat.completions.create(
+        model="claude-mock", messages=[{"role": "user", "content": "Say hello"}], stream=True,
+        stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(text) > 0, chunks
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0, chunks[-1]
+
+
 def embeddings():
     r = client.embeddings.create(model="mock", input=["a", "b"])
     assert len(r.data) == 2 and len(r.data[0].embedding) > 0
@@ -75,7 +91,9 @@ def unknown_model():
     raise AssertionError("expected NotFoundError")
 
 
-for name, fn in [("chat completion", completion), ("chat stream", stream), ("embeddings", embeddings),
+for name, fn in [("chat completion", completion), ("chat stream", stream),
+                 ("chat completion on claude-mock", claude_completion), ("chat stream on claude-mock", claude_stream),
+                 ("embeddings", embeddings),
                  ("responses", responses), ("models list", models), ("bad key", bad_key),
                  ("unknown model", unknown_model)]:
     check(name, fn)

@@ -189,7 +189,11 @@ fn read_key_file(file: &Path, from: OpenFrom<'_>, context: &KeyContext<'_>) -> F
         .and_then(|s| s.to_str())
         .unwrap_or_default()
         .to_owned();
-    let previous = context.previous(&stem, file);
+    let overlay = context
+        .overlay
+        .filter(|o| file.file_name() == Some(o.file_name));
+    // The file as a lifecycle change would write it is compiled, never the serving policy's key.
+    let previous = context.previous(&stem, file).filter(|_| overlay.is_none());
     if let Some(key) = previous {
         let known = key.stamp.load(Ordering::Relaxed);
         // A settled file the watcher saw no change to is what it was: no need to look.
@@ -203,13 +207,18 @@ fn read_key_file(file: &Path, from: OpenFrom<'_>, context: &KeyContext<'_>) -> F
         }
     }
     out.read = true;
-    let (text, stamp) = match read_text_stamped(file, from) {
+    let read = match overlay {
+        Some(o) => Ok((o.text.to_owned(), stamp::NONE, Some(SystemTime::now()))),
+        None => read_text_stamped(file, from),
+    };
+    let (text, stamp, modified) = match read {
         Ok(read) => read,
         Err(p) => {
             out.problems.list.push(p);
             return out;
         }
     };
+    let modified = modified.map(chrono::DateTime::<chrono::Utc>::from);
     out.text_hash = Sha256::digest(text.as_bytes()).into();
     if let Some(key) = previous.filter(|key| key.source_hash == Some(out.text_hash)) {
         // Same text under a newer stamp (touched, or read too soon after its last write).
@@ -226,7 +235,7 @@ fn read_key_file(file: &Path, from: OpenFrom<'_>, context: &KeyContext<'_>) -> F
                         Some(id) => out.keys.push(compile_key(
                             id,
                             // Keys of a list file are compiled again on every load.
-                            (file, None, stamp::NONE),
+                            (file, None, stamp::NONE, modified),
                             field_prefix,
                             key,
                             context,
@@ -257,7 +266,7 @@ fn read_key_file(file: &Path, from: OpenFrom<'_>, context: &KeyContext<'_>) -> F
                 }
                 out.keys.push(compile_key(
                     stem,
-                    (file, Some(out.text_hash), stamp),
+                    (file, Some(out.text_hash), stamp, modified),
                     String::new(),
                     key,
                     context,
@@ -329,8 +338,8 @@ workloads:
 
     /// Loads with and without `previous`: both must give the same policy.
     fn reload(config: &Path, previous: &Policy) -> Policy {
-        let reused = load(config, LoadOptions::default(), Some(previous), None).unwrap();
-        let fresh = load(config, LoadOptions::default(), None, None).unwrap();
+        let reused = load(config, LoadOptions::default(), Some(previous), None, None).unwrap();
+        let fresh = load(config, LoadOptions::default(), None, None, None).unwrap();
         assert_eq!(reused.digest, fresh.digest);
         let summary = |p: &Policy| {
             p.keys_by_id
@@ -364,7 +373,7 @@ workloads:
             "06".repeat(32)
         );
         write(&keys, "pair.yaml", &pair);
-        let first = load(&config, LoadOptions::default(), None, None).unwrap();
+        let first = load(&config, LoadOptions::default(), None, None, None).unwrap();
         let same =
             |a: &Policy, b: &Policy, id: &str| Arc::ptr_eq(&a.keys_by_id[id], &b.keys_by_id[id]);
 
@@ -437,7 +446,7 @@ workloads:
 
         // A broken key file is refused as on a first load, whatever could be reused.
         write(&keys, "b.yaml", "hash: nope\nworkload: w1\n");
-        let errors = load(&config, LoadOptions::default(), Some(&fifth), None).unwrap_err();
+        let errors = load(&config, LoadOptions::default(), Some(&fifth), None, None).unwrap_err();
         assert!(errors.0.iter().any(|p| p.field == "hash"), "{errors:?}");
     }
 
@@ -454,7 +463,7 @@ workloads:
                 &format!("hash: \"sha256:{hash:064x}\"\nworkload: w1\n"),
             );
         }
-        let errors = load(&config, LoadOptions::default(), None, None).unwrap_err();
+        let errors = load(&config, LoadOptions::default(), None, None, None).unwrap_err();
         assert_eq!(errors.0.len(), 1, "{errors:?}");
         assert!(errors.0[0].file.ends_with("k1299.yaml"), "{errors:?}");
         assert!(errors.0[0].message.contains("`k0000`"), "{errors:?}");
@@ -464,12 +473,12 @@ workloads:
             "k1299.yaml",
             &format!("hash: \"sha256:{:064x}\"\nworkload: w1\n", n),
         );
-        let policy = load(&config, LoadOptions::default(), None, None).unwrap();
+        let policy = load(&config, LoadOptions::default(), None, None, None).unwrap();
         assert_eq!(policy.keys_by_id.len(), n);
         assert_eq!(policy.load_stats.key_files, n);
         assert_eq!(
             policy.digest,
-            load(&config, LoadOptions::default(), None, None)
+            load(&config, LoadOptions::default(), None, None, None)
                 .unwrap()
                 .digest
         );
@@ -482,7 +491,7 @@ workloads:
         write(&keys, "b.yaml", &key_text(2, ""));
         // Settled, so that their stamps are kept.
         std::thread::sleep(Duration::from_millis(1_100));
-        let first = load(&config, LoadOptions::default(), None, None).unwrap();
+        let first = load(&config, LoadOptions::default(), None, None, None).unwrap();
         let changed = |names: &[&str]| -> HashSet<Vec<u8>> {
             names.iter().map(|n| n.as_bytes().to_vec()).collect()
         };
@@ -492,6 +501,7 @@ workloads:
                 LoadOptions::default(),
                 Some(previous),
                 Some(&changed(names)),
+                None,
             )
             .unwrap()
         };

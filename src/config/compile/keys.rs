@@ -1,12 +1,15 @@
 //! One key, compiled against the rest of the policy: its id and digests checked, its workload
 //! found, and its own models, operations and limits narrowed to what the workload allows.
 
+use super::guardrails::Catalog;
 use super::workloads::compile_limits;
 use super::{field, Problems};
 use crate::config::schema::KeyFile;
 use crate::config::stamp;
+use crate::config::KeyFileOverlay;
 use crate::keys::secret::KeyDigest;
 use crate::policy::{Key, ModelSet, OperationSet, Workload};
+use chrono::{DateTime, Utc};
 use smallvec::SmallVec;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,10 +32,13 @@ pub fn valid_key_id(id: &str) -> bool {
 pub(super) struct KeyContext<'a> {
     pub model_index: &'a HashMap<&'a str, usize>,
     pub workloads: &'a BTreeMap<String, Arc<Workload>>,
+    pub guardrails: &'a Catalog,
     /// The serving policy's keys, when they were compiled against the same main file.
     pub reusable: Option<&'a BTreeMap<String, Arc<Key>>>,
     /// When known, the only key files that may differ from the serving policy's.
     pub changed_key_files: Option<&'a HashSet<Vec<u8>>>,
+    /// One key file's text in place of what the directory holds (a change being checked).
+    pub overlay: Option<&'a KeyFileOverlay<'a>>,
 }
 
 impl KeyContext<'_> {
@@ -109,7 +115,12 @@ impl CompiledKey {
 /// any is returned as [`CompiledKey::Broken`], still taking part in the cross-file checks.
 pub(super) fn compile_key(
     id: String,
-    (file, source_hash, stamp): (&Path, Option<[u8; 32]>, stamp::Stamp),
+    (file, source_hash, stamp, modified): (
+        &Path,
+        Option<[u8; 32]>,
+        stamp::Stamp,
+        Option<DateTime<Utc>>,
+    ),
     field_prefix: String,
     src: KeyFile,
     context: &KeyContext<'_>,
@@ -201,6 +212,13 @@ pub(super) fn compile_key(
         src.budget.as_ref(),
         problems,
     );
+    let guardrails = context.guardrails.for_key(
+        file,
+        p,
+        workload.and_then(|w| w.guardrails.as_ref()),
+        (&src.guardrails, &src.guardrails_off),
+        problems,
+    );
     match (digest, workload) {
         (Some(digest), Some(workload)) if problems.list.len() == before => CompiledKey::Ok {
             key: Arc::new(Key {
@@ -213,9 +231,11 @@ pub(super) fn compile_key(
                 models,
                 operations,
                 limits,
+                guardrails,
                 status: src.status,
                 expires_at: src.expires_at,
                 created_at: src.created_at,
+                updated_at: modified,
                 previous: previous.into_boxed_slice(),
                 file: file.into(),
                 source_hash,

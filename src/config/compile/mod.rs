@@ -2,9 +2,11 @@
 //! at the first. This module reads the main file and puts the policy together from its parts,
 //! each compiled by a module of its own, in the order their problems are reported:
 //! [`settings`] (listeners, the server section, the guard, the accounting sinks), [`providers`],
-//! [`models`], [`workloads`] (with the limits keys share), then the key files ([`key_files`],
+//! [`models`], [`guardrails`] (the definitions, and each distinct list compiled once), [`workloads`]
+//! (with the limits keys share), then the key files ([`key_files`],
 //! each key by [`keys`]). [`source`] reads files for all of them.
 
+mod guardrails;
 mod key_files;
 pub(super) mod keys;
 mod models;
@@ -14,7 +16,7 @@ mod source;
 mod workloads;
 
 use super::schema::ConfigFile;
-use super::{LoadOptions, PolicyErrors, Problem};
+use super::{KeyFileOverlay, LoadOptions, PolicyErrors, Problem};
 use crate::policy::{Policy, PolicyParts};
 use ipnet::IpNet;
 use keys::KeyContext;
@@ -59,6 +61,7 @@ pub(super) fn load(
     options: LoadOptions,
     previous: Option<&Policy>,
     changed_key_files: Option<&HashSet<Vec<u8>>>,
+    overlay: Option<&KeyFileOverlay<'_>>,
 ) -> Result<Policy, PolicyErrors> {
     let mut problems = Problems { list: Vec::new() };
     let mut hasher = Sha256::new();
@@ -79,7 +82,7 @@ pub(super) fn load(
         keys_dir,
         (config, config_hash),
         hasher,
-        (reusable, changed_key_files),
+        (reusable, changed_key_files, overlay),
         options,
         &mut problems,
     );
@@ -90,6 +93,14 @@ pub(super) fn load(
     }
 }
 
+/// What a load may take from the serving policy, which files it knows changed, and the one
+/// file whose text it is given rather than reads.
+type Reuse<'a> = (
+    Option<&'a Policy>,
+    Option<&'a HashSet<Vec<u8>>>,
+    Option<&'a KeyFileOverlay<'a>>,
+);
+
 #[allow(clippy::too_many_arguments)]
 fn compile(
     config_path: &Path,
@@ -97,7 +108,7 @@ fn compile(
     keys_dir: PathBuf,
     (config, config_hash): (ConfigFile, [u8; 32]),
     mut hasher: Sha256,
-    (reusable, changed_key_files): (Option<&Policy>, Option<&HashSet<Vec<u8>>>),
+    (reusable, changed_key_files, overlay): Reuse<'_>,
     options: LoadOptions,
     problems: &mut Problems,
 ) -> Option<Policy> {
@@ -107,18 +118,23 @@ fn compile(
     let models = models::compile_models(cfg, &config, &providers, problems);
     let model_index: HashMap<&str, usize> =
         models.iter().map(|m| (m.name.as_str(), m.index)).collect();
-    let mut workloads = workloads::compile_workloads(cfg, &config, &model_index, problems);
+    let catalog = guardrails::compile_catalog(cfg, &config, problems);
+    let mut workloads =
+        workloads::compile_workloads(cfg, &config, &model_index, &catalog, problems);
 
     if let Some(previous) = reusable {
         // The same main file compiled to these same workloads; the reused keys point at the
         // serving policy's, so the new policy must hold those very ones.
         workloads = previous.workloads.clone();
+        catalog.adopt(workloads.values().filter_map(|w| w.guardrails.clone()));
     }
     let context = KeyContext {
         model_index: &model_index,
         workloads: &workloads,
+        guardrails: &catalog,
         reusable: reusable.map(|p| &p.keys_by_id),
         changed_key_files,
+        overlay,
     };
     let (keys, load_stats) = key_files::read_keys(&keys_dir, &context, problems, &mut hasher);
     let digest = hex::encode(&hasher.finalize()[..8]);
@@ -135,11 +151,13 @@ fn compile(
         startup: settings.startup?,
         max_body_bytes: settings.max_body_bytes,
         body_timeout: settings.body_timeout,
+        session_ttl: settings.session_ttl,
         trusted_proxies: settings.trusted_proxies,
         providers,
         models,
         workloads,
         keys,
+        guardrail_names: config.guardrails.keys().cloned().collect(),
         management_audit_file: base.join(&config.management_audit_file),
     }))
 }

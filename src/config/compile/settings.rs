@@ -1,7 +1,8 @@
 //! The main file's own settings, as opposed to its providers, models and workloads: the
 //! listeners, the `server` section, the mock provider, the brute-force guard and the accounting
 //! sinks, which the server is built from once ([`StartupSettings`]); and those that requests
-//! read from the live policy, `max_body_bytes`, `server.body_timeout` and `trusted_proxies`.
+//! read from the live policy, `max_body_bytes`, `server.body_timeout`, `trusted_proxies` and
+//! `admin.session_ttl`.
 
 use super::{parse_cidr, parse_duration, Problems};
 use crate::accounting::audit::AuditTarget;
@@ -20,10 +21,17 @@ pub(super) struct Settings {
     pub max_body_bytes: usize,
     pub body_timeout: Duration,
     pub trusted_proxies: Vec<IpNet>,
+    pub session_ttl: Duration,
 }
 
 /// `server.body_timeout` when the policy does not set it.
 const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `admin.session_ttl` when the policy does not set it: a working day.
+const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(8 * 60 * 60);
+
+/// The longest console session: past it a lost laptop's cookie would stay good for too long.
+const MAX_SESSION_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 pub(super) fn compile_settings(
     cfg: &Path,
@@ -70,6 +78,19 @@ pub(super) fn compile_settings(
         Some(t) => parse_duration(t)
             .map_err(|m| problems.add(cfg, "server.body_timeout", m))
             .unwrap_or(DEFAULT_BODY_TIMEOUT),
+    };
+    let session_ttl = match config.admin.session_ttl.as_deref() {
+        None => DEFAULT_SESSION_TTL,
+        Some(t) => parse_duration(t)
+            .and_then(|d| {
+                if d > MAX_SESSION_TTL {
+                    Err("must be at most 7d".to_owned())
+                } else {
+                    Ok(d)
+                }
+            })
+            .map_err(|m| problems.add(cfg, "admin.session_ttl", m))
+            .unwrap_or(DEFAULT_SESSION_TTL),
     };
     let keepalive_timeout = config.server.keepalive_timeout.as_deref().and_then(|t| {
         parse_duration(t)
@@ -149,6 +170,7 @@ pub(super) fn compile_settings(
         max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
         body_timeout,
         trusted_proxies,
+        session_ttl,
     }
 }
 

@@ -69,7 +69,7 @@ pub(super) enum OpenFrom<'a> {
 pub(super) fn read_text_stamped(
     file: &Path,
     from: OpenFrom<'_>,
-) -> Result<(String, stamp::Stamp), Problem> {
+) -> Result<(String, stamp::Stamp, Option<SystemTime>), Problem> {
     let problem = |e: std::io::Error| Problem {
         file: file.to_path_buf(),
         field: String::new(),
@@ -89,6 +89,7 @@ pub(super) fn read_text_stamped(
     let stamp = meta
         .as_ref()
         .map_or(stamp::NONE, |m| stamp::of(m, SystemTime::now()));
+    let modified = meta.as_ref().ok().and_then(|m| m.modified().ok());
     // Sized from the metadata just taken. `File::read_to_string` would stat and seek again
     // first, and read once more to see the end: three more system calls per file in a load of
     // 100,000. One read that asks for a byte more than the file holds and gets exactly its size
@@ -109,11 +110,11 @@ pub(super) fn read_text_stamped(
             "stream did not contain valid UTF-8",
         ))
     })?;
-    Ok((text, stamp))
+    Ok((text, stamp, modified))
 }
 
 pub(super) fn read_text(file: &Path) -> Result<String, Problem> {
-    read_text_stamped(file, OpenFrom::Path).map(|(text, _)| text)
+    read_text_stamped(file, OpenFrom::Path).map(|(text, ..)| text)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The `workloads` section, and the limits a workload and a key both carry: rate windows,
 //! concurrency, IP allowlists and budgets.
 
+use super::guardrails::Catalog;
 use super::{field, parse_cidr, parse_duration, Problems};
 use crate::config::schema::{BudgetFile, BudgetModeFile, ConfigFile, RateLimitFile};
 use crate::limits::budget::{BudgetMode, BudgetSpec};
@@ -17,6 +18,7 @@ pub(super) fn compile_workloads(
     cfg: &Path,
     config: &ConfigFile,
     model_index: &HashMap<&str, usize>,
+    catalog: &Catalog,
     problems: &mut Problems,
 ) -> BTreeMap<String, Arc<Workload>> {
     let mut workloads: BTreeMap<String, Arc<Workload>> = BTreeMap::new();
@@ -47,6 +49,8 @@ pub(super) fn compile_workloads(
             w.budget.as_ref(),
             problems,
         );
+        let guardrails =
+            catalog.for_workload(cfg, &format!("{path}.guardrails"), &w.guardrails, problems);
         workloads.insert(
             name.clone(),
             Arc::new(Workload {
@@ -55,6 +59,7 @@ pub(super) fn compile_workloads(
                 models: set,
                 operations,
                 limits,
+                guardrails,
             }),
         );
     }

@@ -121,6 +121,8 @@ fn row(group: &str) -> ReportRow {
         cached_tokens: 0,
         cost: UsdNanos::ZERO,
         estimated_requests: 0,
+        // Blocked requests are booked in the usage database only.
+        blocked_requests: 0,
     }
 }
 

@@ -1,0 +1,560 @@
+//! A Messages event stream as chat completion chunks, event by event as the body passes: only
+//! an event a body chunk cut in two is carried until its end arrives.
+//!
+//! `message_start` gives the role chunk; `text_delta`s become content deltas; a `tool_use`
+//! block becomes a tool call (its id and name first, then its `input_json_delta`s as argument
+//! fragments), numbered from 0 in the order the calls come as OpenAI numbers them;
+//! `message_delta` gives the finish reason and the latest (cumulative) usage; `message_stop`
+//! ends the stream with the usage chunk, when the client asked for it with
+//! `stream_options.include_usage`, then `[DONE]`. An `error` event becomes a data event holding
+//! the error, which the OpenAI SDKs raise. Pings, thinking and block stops have no counterpart.
+
+use super::error::{self, Detail};
+use super::{finish_reason, unix_now, MessagesUsage, OpenAiUsage};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+
+/// The longest event carried across body chunks. Messages events are small (a delta each);
+/// past this the provider is misbehaving and the stream ends with an error.
+const MAX_EVENT: usize = 1 << 20;
+
+/// Translates one Messages event stream.
+pub struct StreamTranslator {
+    /// The start of an event a body chunk cut.
+    carry: Vec<u8>,
+    id: String,
+    model: String,
+    created: u64,
+    include_usage: bool,
+    usage: MessagesUsage,
+    /// Messages' block index of each tool call so far, by the call's OpenAI index.
+    tool_blocks: Vec<usize>,
+    /// `[DONE]` or an error was sent: nothing more is.
+    done: bool,
+}
+
+impl StreamTranslator {
+    pub fn new(include_usage: bool) -> Self {
+        StreamTranslator {
+            carry: Vec::new(),
+            id: String::new(),
+            model: String::new(),
+            created: unix_now(),
+            include_usage,
+            usage: MessagesUsage::default(),
+            tool_blocks: Vec::new(),
+            done: false,
+        }
+    }
+
+    pub fn filter(&mut self, chunk: Option<&[u8]>, _end_of_stream: bool) -> Option<Bytes> {
+        let chunk = chunk.filter(|c| !c.is_empty() && !self.done)?;
+        // Chunks come out about the size they went in.
+        let mut out = BytesMut::with_capacity(chunk.len() + 256);
+        if self.carry.is_empty() {
+            let used = self.events(chunk, &mut out);
+            self.keep(&chunk[used..], &mut out);
+        } else {
+            let mut buf = std::mem::take(&mut self.carry);
+            buf.extend_from_slice(chunk);
+            let used = self.events(&buf, &mut out);
+            buf.drain(..used);
+            self.carry = buf;
+            self.keep(&[], &mut out);
+        }
+        (!out.is_empty()).then(|| out.freeze())
+    }
+
+    /// Carries `rest`, the start of an unfinished event, within [`MAX_EVENT`].
+    fn keep(&mut self, rest: &[u8], out: &mut BytesMut) {
+        if self.carry.len() + rest.len() > MAX_EVENT {
+            self.carry = Vec::new();
+            self.fail(
+                &error::gateway_error("The model's provider sent an event too long to translate."),
+                out,
+            );
+            return;
+        }
+        self.carry.extend_from_slice(rest);
+    }
+
+    /// Translates the complete events at the start of `buf`; returns the bytes they took.
+    fn events(&mut self, buf: &[u8], out: &mut BytesMut) -> usize {
+        let mut event_start = 0;
+        let mut line_start = 0;
+        for nl in memchr::memchr_iter(b'\n', buf) {
+            let line = &buf[line_start..nl];
+            if line.is_empty() || line == b"\r" {
+                if line_start > event_start {
+                    self.event(&buf[event_start..line_start], out);
+                }
+                event_start = nl + 1;
+            }
+            line_start = nl + 1;
+            if self.done {
+                return buf.len();
+            }
+        }
+        event_start
+    }
+
+    /// One event's lines; its data (the `type` names the event, so `event:` is not needed).
+    fn event(&mut self, event: &[u8], out: &mut BytesMut) {
+        let mut data: Option<Cow<'_, [u8]>> = None;
+        for line in event.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(value) = line.strip_prefix(b"data:") else {
+                continue;
+            };
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            data = Some(match data {
+                None => Cow::Borrowed(value),
+                // Several data lines make one value, joined by newlines.
+                Some(before) => {
+                    let mut joined = before.into_owned();
+                    joined.push(b'\n');
+                    joined.extend_from_slice(value);
+                    Cow::Owned(joined)
+                }
+            });
+        }
+        let Some(data) = data else { return };
+        // An event that is not JSON (a provider's comment-like noise) carries nothing to send.
+        if let Ok(event) = serde_json::from_slice::<Event<'_>>(&data) {
+            self.translate(event, out);
+        }
+    }
+
+    fn translate(&mut self, event: Event<'_>, out: &mut BytesMut) {
+        match event.kind.as_ref() {
+            "message_start" => {
+                if let Some(message) = event.message {
+                    self.id = message.id.into_owned();
+                    self.model = message.model.into_owned();
+                    if let Some(usage) = &message.usage {
+                        self.usage.update(usage);
+                    }
+                }
+                self.chunk(
+                    DeltaOut {
+                        role: Some("assistant"),
+                        content: Some(""),
+                        tool_calls: None,
+                    },
+                    None,
+                    out,
+                );
+            }
+            "content_block_start" => {
+                let (Some(index), Some(block)) = (event.index, event.content_block) else {
+                    return;
+                };
+                match block.kind.as_ref() {
+                    "text" => {
+                        if let Some(text) = block.text.as_deref().filter(|t| !t.is_empty()) {
+                            self.text(text, out);
+                        }
+                    }
+                    "tool_use" => {
+                        let call = self.tool_blocks.len();
+                        self.tool_blocks.push(index);
+                        let delta = ToolCallDelta {
+                            index: call,
+                            id: Some(block.id.as_deref().unwrap_or("")),
+                            kind: Some("function"),
+                            function: FunctionDelta {
+                                name: Some(block.name.as_deref().unwrap_or("")),
+                                arguments: "",
+                            },
+                        };
+                        self.tool_delta(delta, out);
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_delta" => {
+                let (Some(index), Some(delta)) = (event.index, event.delta) else {
+                    return;
+                };
+                match delta.kind.as_deref() {
+                    Some("text_delta") => {
+                        if let Some(text) = delta.text.as_deref() {
+                            self.text(text, out);
+                        }
+                    }
+                    Some("input_json_delta") => {
+                        let call = self.tool_blocks.iter().position(|&b| b == index);
+                        if let (Some(call), Some(json)) = (call, delta.partial_json.as_deref()) {
+                            let delta = ToolCallDelta {
+                                index: call,
+                                id: None,
+                                kind: None,
+                                function: FunctionDelta {
+                                    name: None,
+                                    arguments: json,
+                                },
+                            };
+                            self.tool_delta(delta, out);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "message_delta" => {
+                if let Some(usage) = &event.usage {
+                    self.usage.update(usage);
+                }
+                let reason = event
+                    .delta
+                    .and_then(|d| d.stop_reason)
+                    .map(|r| finish_reason(&r));
+                if let Some(reason) = reason {
+                    self.chunk(DeltaOut::default(), Some(reason), out);
+                }
+            }
+            "message_stop" => {
+                if self.include_usage {
+                    let chunk = Chunk {
+                        id: &self.id,
+                        object: "chat.completion.chunk",
+                        created: self.created,
+                        model: &self.model,
+                        choices: &[],
+                        usage: Some(self.usage.to_openai()),
+                    };
+                    write_data(&chunk, out);
+                }
+                out.extend_from_slice(b"data: [DONE]\n\n");
+                self.done = true;
+            }
+            "error" => {
+                let detail = event.error.unwrap_or(Detail {
+                    kind: None,
+                    message: None,
+                });
+                self.fail(&error::stream_error(&detail), out);
+            }
+            // ping, content_block_stop, and events a newer API may add
+            _ => {}
+        }
+    }
+
+    fn text(&self, text: &str, out: &mut BytesMut) {
+        let delta = DeltaOut {
+            role: None,
+            content: Some(text),
+            tool_calls: None,
+        };
+        self.chunk(delta, None, out);
+    }
+
+    fn tool_delta(&self, call: ToolCallDelta<'_>, out: &mut BytesMut) {
+        let delta = DeltaOut {
+            role: None,
+            content: None,
+            tool_calls: Some([call]),
+        };
+        self.chunk(delta, None, out);
+    }
+
+    fn chunk(&self, delta: DeltaOut<'_>, finish: Option<&'static str>, out: &mut BytesMut) {
+        let chunk = Chunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: &[ChoiceOut {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: finish,
+            }],
+            usage: None,
+        };
+        write_data(&chunk, out);
+    }
+
+    /// Ends the stream with `error` (OpenAI-shaped) as its last event.
+    fn fail(&mut self, error: &[u8], out: &mut BytesMut) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(error);
+        out.extend_from_slice(b"\n\n");
+        self.done = true;
+    }
+}
+
+fn write_data<T: Serialize>(value: &T, out: &mut BytesMut) {
+    out.extend_from_slice(b"data: ");
+    // Serializing plain structs of strings and numbers into memory cannot fail.
+    let _ = serde_json::to_writer(out.writer(), value);
+    out.extend_from_slice(b"\n\n");
+}
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    message: Option<StartMessage<'a>>,
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(borrow, default)]
+    content_block: Option<StartBlock<'a>>,
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(default)]
+    usage: Option<MessagesUsage>,
+    #[serde(borrow, default)]
+    error: Option<Detail<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StartMessage<'a> {
+    #[serde(borrow, default)]
+    id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    model: Cow<'a, str>,
+    #[serde(default)]
+    usage: Option<MessagesUsage>,
+}
+
+#[derive(Deserialize)]
+struct StartBlock<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Serialize)]
+struct Chunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: &'a [ChoiceOut<'a>],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<OpenAiUsage>,
+}
+
+#[derive(Serialize)]
+struct ChoiceOut<'a> {
+    index: u32,
+    delta: DeltaOut<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize, Default)]
+struct DeltaOut<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<[ToolCallDelta<'a>; 1]>,
+}
+
+#[derive(Serialize)]
+struct ToolCallDelta<'a> {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    function: FunctionDelta<'a>,
+}
+
+#[derive(Serialize)]
+struct FunctionDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    arguments: &'a str,
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// A Messages stream as Anthropic sends it: text, then a tool call in two fragments.
+    pub(crate) const MESSAGES_SSE: &str = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":10,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello \\\"w\\u00f6rld\\\"\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_1\",\"name\":\"weather\",\"input\":{}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\": \"}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Paris\\\"}\"}}\n\n",
+        "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":7}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":9}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    /// The data of each event the client receives.
+    fn datas(out: &[u8]) -> Vec<String> {
+        let text = std::str::from_utf8(out).unwrap();
+        assert!(text.ends_with("\n\n"), "{text}");
+        text.split_terminator("\n\n")
+            .map(|e| {
+                e.strip_prefix("data: ")
+                    .expect("data events only")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    fn run(input: &str, include_usage: bool, split: impl Fn(&[u8]) -> Vec<&[u8]>) -> Vec<String> {
+        let mut t = StreamTranslator::new(include_usage);
+        let mut out = Vec::new();
+        for piece in split(input.as_bytes()) {
+            if let Some(b) = t.filter(Some(piece), false) {
+                out.extend_from_slice(&b);
+            }
+        }
+        assert_eq!(t.filter(None, true), None);
+        datas(&out)
+    }
+
+    fn whole(b: &[u8]) -> Vec<&[u8]> {
+        vec![b]
+    }
+
+    #[test]
+    fn text_and_a_tool_call() {
+        let events = run(MESSAGES_SSE, true, whole);
+        let v: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        for chunk in &v {
+            assert_eq!(chunk["id"], "msg_1");
+            assert_eq!(chunk["object"], "chat.completion.chunk");
+            assert_eq!(chunk["model"], "claude-sonnet-4-5");
+        }
+        let deltas: Vec<&Value> = v[..v.len() - 1]
+            .iter()
+            .map(|c| &c["choices"][0]["delta"])
+            .collect();
+        assert_eq!(
+            deltas,
+            [
+                &json!({"role": "assistant", "content": ""}),
+                &json!({"content": "Hello \"wörld\""}),
+                &json!({"tool_calls": [{"index": 0, "id": "toolu_1", "type": "function", "function": {"name": "weather", "arguments": ""}}]}),
+                &json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]}),
+                &json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"Paris\"}"}}]}),
+                &json!({}),
+            ]
+        );
+        assert_eq!(v[5]["choices"][0]["finish_reason"], "tool_calls");
+        let usage = &v[6];
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(
+            usage["usage"],
+            json!({"prompt_tokens": 35, "completion_tokens": 9, "total_tokens": 44,
+                   "prompt_tokens_details": {"cached_tokens": 10}})
+        );
+    }
+
+    #[test]
+    fn usage_only_when_asked() {
+        let events = run(MESSAGES_SSE, false, whole);
+        assert_eq!(events.len(), 7);
+        assert!(events.iter().all(|e| !e.contains("\"usage\"")));
+    }
+
+    #[test]
+    fn every_split_gives_the_same_stream() {
+        let want = run(MESSAGES_SSE, true, whole);
+        let crlf = MESSAGES_SSE.replace('\n', "\r\n");
+        for input in [MESSAGES_SSE, crlf.as_str()] {
+            let b = input.as_bytes();
+            for k in 0..=b.len() {
+                let got = run(input, true, |b| vec![&b[..k], &b[k..]]);
+                // `created` is the second the translator was made: compare without it.
+                let strip = |v: &[String]| -> Vec<Value> {
+                    v.iter()
+                        .map(|e| match serde_json::from_str::<Value>(e) {
+                            Ok(mut v) => {
+                                v["created"] = Value::Null;
+                                v
+                            }
+                            Err(_) => Value::String(e.clone()),
+                        })
+                        .collect()
+                };
+                assert_eq!(strip(&got), strip(&want), "split at {k}");
+            }
+            let bytewise = run(input, true, |b| b.chunks(1).collect());
+            assert_eq!(bytewise.len(), want.len());
+            let _ = b;
+        }
+    }
+
+    #[test]
+    fn an_error_event_ends_the_stream() {
+        let input = concat!(
+            "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"model\":\"c\",\"usage\":{\"input_tokens\":1}}}\n\n",
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+            "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+        );
+        let events = run(input, true, whole);
+        assert_eq!(events.len(), 2);
+        let e: Value = serde_json::from_str(&events[1]).unwrap();
+        assert_eq!(
+            e,
+            json!({"error": {"message": "Overloaded", "type": "api_error", "param": null, "code": "overloaded_error"}})
+        );
+    }
+
+    #[test]
+    fn an_endless_event_is_cut_with_an_error() {
+        let mut t = StreamTranslator::new(false);
+        let big = vec![b'x'; MAX_EVENT / 4];
+        let mut out = Vec::new();
+        out.extend_from_slice(
+            &t.filter(Some(b"data: {\"type\":\"message_start\"}\n\ndata: "), false)
+                .unwrap(),
+        );
+        for _ in 0..5 {
+            if let Some(b) = t.filter(Some(&big), false) {
+                out.extend_from_slice(&b);
+            }
+        }
+        let events = datas(&out);
+        assert!(events[1].contains("translation_failed"), "{events:?}");
+        assert_eq!(t.filter(Some(b"\n\n"), false), None);
+    }
+
+    #[test]
+    fn never_panics_on_garbage() {
+        for input in crate::usage::fixtures::GARBAGE {
+            let mut t = StreamTranslator::new(true);
+            for b in input.iter() {
+                let _ = t.filter(Some(std::slice::from_ref(b)), false);
+            }
+            let _ = t.filter(None, true);
+        }
+    }
+}
