@@ -48,20 +48,6 @@ workloads:
     )
 }
 
-fn admin_base(gw: &TestGateway) -> String {
-    let port = gw
-        .running
-        .as_ref()
-        .unwrap()
-        .store
-        .load()
-        .startup
-        .admin_listen
-        .unwrap()
-        .port();
-    format!("http://127.0.0.1:{port}")
-}
-
 /// An admin call with a Bearer token: (status, body).
 async fn call(
     base: &str,
@@ -115,7 +101,7 @@ async fn patch_changes_every_field_and_a_rejected_change_writes_nothing() {
     let (secret, yaml) = key_file("app", "owner: team-a\n");
     let gw = TestGateway::prepare(&policy(&up.url(), ""), &[("k".into(), yaml)])
         .boot_with_admin_tokens(&tokens());
-    let base = admin_base(&gw);
+    let base = gw.admin_base();
     let path = gw.keys_dir().join("k.yaml");
     assert_eq!(chat(&gw, &secret, "m2").await, 200);
 
@@ -291,7 +277,7 @@ async fn a_viewer_reads_everything_and_changes_nothing() {
     let (_, yaml) = key_file("app", "");
     let gw = TestGateway::prepare(&policy(&up.url(), ""), &[("k".into(), yaml)])
         .boot_with_admin_tokens(&tokens());
-    let base = admin_base(&gw);
+    let base = gw.admin_base();
     let path = gw.keys_dir().join("k.yaml");
     let before = std::fs::read(&path).unwrap();
     for read in [
@@ -389,7 +375,7 @@ async fn console_sessions_need_csrf_on_writes_and_end() {
         &[("k".into(), yaml)],
     )
     .boot_with_admin_tokens(&tokens());
-    let base = admin_base(&gw);
+    let base = gw.admin_base();
 
     let (status, body) = call(&base, "", Method::GET, "/admin/session", None).await;
     assert_eq!(
@@ -549,7 +535,7 @@ async fn logins_share_the_admin_throttle() {
         &[],
     )
     .boot_with_admin_tokens(&tokens());
-    let base = admin_base(&gw);
+    let base = gw.admin_base();
     for _ in 0..2 {
         let (status, _, _) = login(&base, "wrong-token-0123456789abcdefghij", &[]).await;
         assert_eq!(status, 401);
@@ -588,7 +574,7 @@ async fn usage_recent_requests_and_last_used_follow_requests_and_survive_a_resta
         &[("k".into(), yaml), ("idle".into(), idle)],
     )
     .boot_with_admin_tokens(&tokens());
-    let base = admin_base(&gw);
+    let base = gw.admin_base();
     let (_, key) = call(&base, GRAFANA, Method::GET, "/admin/keys/k", None).await;
     assert!(key["last_used_at"].is_null(), "{key}");
     assert!(key["updated_at"].is_string(), "{key}");
@@ -775,7 +761,7 @@ async fn usage_recent_requests_and_last_used_follow_requests_and_survive_a_resta
     let mut gw = gw;
     gw.running.take().unwrap().shutdown();
     let gw = gw.boot_with_admin_tokens(&tokens());
-    let base = admin_base(&gw);
+    let base = gw.admin_base();
     let (_, key) = call(&base, GRAFANA, Method::GET, "/admin/keys/k", None).await;
     let again: chrono::DateTime<chrono::Utc> =
         key["last_used_at"].as_str().unwrap().parse().unwrap();
@@ -826,7 +812,7 @@ async fn the_keys_page_of_a_100000_key_policy_answers_in_under_200_ms() {
     let (secret, yaml) = key_file("app", "");
     std::fs::write(dir.join("zz-used.yaml"), yaml).unwrap();
     let gw = gw.boot_with_admin_tokens(&tokens());
-    let base = admin_base(&gw);
+    let base = gw.admin_base();
     assert_eq!(chat(&gw, &secret, "m1").await, 200);
     gw.booked(1).await;
 
@@ -867,7 +853,7 @@ async fn patch_sets_and_clears_guardrails_and_the_console_data_counts_their_bloc
     let (secret, yaml) = key_file("app", "");
     let gw = TestGateway::prepare(&policy(&up.url(), extra), &[("k".into(), yaml)])
         .boot_with_admin_tokens(&tokens());
-    let base = admin_base(&gw);
+    let base = gw.admin_base();
     let path = gw.keys_dir().join("k.yaml");
     let say = |text: &'static str| {
         let url = gw.url("/v1/chat/completions");

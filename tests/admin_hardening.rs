@@ -26,20 +26,6 @@ fn policy(upstream: &str, extra: &str) -> String {
     )
 }
 
-fn admin_base(gw: &TestGateway) -> String {
-    let port = gw
-        .running
-        .as_ref()
-        .unwrap()
-        .store
-        .load()
-        .startup
-        .admin_listen
-        .unwrap()
-        .port();
-    format!("http://127.0.0.1:{port}")
-}
-
 async fn admin_call(
     gw: &TestGateway,
     method: reqwest::Method,
@@ -47,7 +33,7 @@ async fn admin_call(
     body: Option<Value>,
 ) -> (u16, Value) {
     let mut req = client()
-        .request(method, format!("{}{path}", admin_base(gw)))
+        .request(method, format!("{}{path}", gw.admin_base()))
         .bearer_auth(BEARER);
     if let Some(b) = body {
         req = req.json(&b);
@@ -429,7 +415,7 @@ async fn a_token_containing_a_colon_is_written_with_its_name() {
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
     let gw = TestGateway::prepare(&policy(&up.url(), ""), &[])
         .boot_with_admin(Some("admin:colon:in-the-token-0123456789"));
-    let base = admin_base(&gw);
+    let base = gw.admin_base();
     for (token, status) in [
         ("colon:in-the-token-0123456789", 200),
         ("admin:colon:in-the-token-0123456789", 401),
@@ -467,7 +453,7 @@ async fn failed_admin_logins_are_throttled_per_address() {
         &[],
     )
     .boot_with_admin(Some(ADMIN_TOKEN));
-    let base = admin_base(&gw);
+    let base = gw.admin_base();
 
     // a missing token guesses nothing and is not counted
     for token in [

@@ -56,11 +56,6 @@ fn start(upstream: &str) -> TestGateway {
         .boot_with_admin_tokens(TOKENS)
 }
 
-fn admin_base(gw: &TestGateway) -> String {
-    let listen = gw.handles().reloader.store().load().startup.admin_listen;
-    format!("http://{}", listen.expect("admin_listen"))
-}
-
 /// A client that shows redirects instead of following them.
 fn browser_like() -> reqwest::Client {
     reqwest::Client::builder()
@@ -106,7 +101,7 @@ async fn session_cookie(base: &str, token: &str) -> String {
 async fn console_pages_need_a_session_and_carry_strict_headers() {
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
     let gw = start(&up.url());
-    let base = admin_base(&gw);
+    let base = gw.admin_base();
     let http = browser_like();
     let get = |path: &str, cookie: Option<&str>| {
         let mut req = http.get(format!("{base}{path}"));
@@ -280,7 +275,7 @@ async fn console_journey_in_headless_chromium() {
 
     let run = tokio::process::Command::new("python3")
         .arg(&script)
-        .env("KEYGATE_CONSOLE", admin_base(&gw))
+        .env("KEYGATE_CONSOLE", gw.admin_base())
         .env("KEYGATE_ADMIN_BEARER", ADMIN_BEARER)
         .env("KEYGATE_VIEWER_BEARER", VIEWER_BEARER)
         .env("KEYGATE_GATEWAY", gw.url("/v1"))

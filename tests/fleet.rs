@@ -559,21 +559,9 @@ async fn redis_down_local_enforces_limits_per_instance() {
 
 const ADMIN_TOKEN: &str = "ops:fleet-admin-token-0123456789abcdef";
 
-fn admin_port(gw: &TestGateway) -> u16 {
-    gw.running
-        .as_ref()
-        .unwrap()
-        .store
-        .load()
-        .startup
-        .admin_listen
-        .unwrap()
-        .port()
-}
-
 async fn admin_post(gw: &TestGateway, path: &str, body: Option<Value>) -> Value {
     let mut req = client()
-        .post(format!("http://127.0.0.1:{}{path}", admin_port(gw)))
+        .post(format!("http://127.0.0.1:{}{path}", gw.admin_port()))
         .bearer_auth("fleet-admin-token-0123456789abcdef");
     if let Some(b) = body {
         req = req.json(&b);
@@ -709,7 +697,7 @@ async fn the_usage_view_shows_the_whole_fleet() {
     let usage_of = |key: &'static str| {
         let url = format!(
             "http://127.0.0.1:{}/admin/keys/{key}/usage?by=model",
-            admin_port(&a)
+            a.admin_port()
         );
         async move {
             let resp = client()

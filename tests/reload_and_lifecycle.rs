@@ -19,18 +19,6 @@ fn policy(upstream: &str) -> String {
     )
 }
 
-fn admin_port(gw: &TestGateway) -> u16 {
-    gw.running
-        .as_ref()
-        .unwrap()
-        .store
-        .load()
-        .startup
-        .admin_listen
-        .unwrap()
-        .port()
-}
-
 fn chat() -> Value {
     json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]})
 }
@@ -334,7 +322,7 @@ async fn admin_api_manages_keys_and_audits_every_event() {
     let gw = TestGateway::prepare(&policy(&up.url()), &[])
         .boot_with_admin(Some("ops:admin-token-0123456789abcdef"));
     let admin = Admin {
-        base: format!("http://127.0.0.1:{}", admin_port(&gw)),
+        base: format!("http://127.0.0.1:{}", gw.admin_port()),
         token: "admin-token-0123456789abcdef",
     };
     let url = gw.url("/v1/chat/completions");
@@ -565,7 +553,7 @@ async fn admin_api_is_off_without_a_token_but_metrics_and_health_answer() {
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
     let gw = TestGateway::prepare(&policy(&up.url()), &[]).boot();
     let admin = Admin {
-        base: format!("http://127.0.0.1:{}", admin_port(&gw)),
+        base: format!("http://127.0.0.1:{}", gw.admin_port()),
         token: "anything",
     };
     let (status, body) = admin.call(reqwest::Method::GET, "/admin/keys", None).await;
@@ -591,7 +579,7 @@ async fn a_reload_does_not_trigger_itself() {
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
     let (_a, a_yaml) = key_file("app", "");
     let gw = TestGateway::start(&policy(&up.url()), &[("a".into(), a_yaml.clone())]);
-    let metrics_url = format!("http://127.0.0.1:{}/metrics", admin_port(&gw));
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", gw.admin_port());
     // Written at once after the start, so it may land before the watches are armed: the
     // watcher's catch-up load must see it then.
     replace_file(
@@ -659,7 +647,7 @@ async fn a_change_made_beside_a_broken_file_applies_once_the_file_is_fixed() {
     std::thread::sleep(Duration::from_millis(1_100));
     let gw = gw.boot();
     let url = gw.url("/v1/chat/completions");
-    let metrics_url = format!("http://127.0.0.1:{}/metrics", admin_port(&gw));
+    let metrics_url = format!("http://127.0.0.1:{}/metrics", gw.admin_port());
     let wait_for = |done: fn(&ReloadCounts) -> bool, what: &'static str| {
         let metrics_url = metrics_url.clone();
         async move {

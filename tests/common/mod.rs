@@ -111,6 +111,18 @@ impl TestGateway {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The port of the admin listener the policy's `admin_listen` names.
+    pub fn admin_port(&self) -> u16 {
+        let running = self.running.as_ref().expect("a running gateway");
+        let listen = running.store.load().startup.admin_listen;
+        listen.expect("the policy sets admin_listen").port()
+    }
+
+    /// `http://127.0.0.1:PORT` of the admin listener.
+    pub fn admin_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port())
+    }
+
     pub fn keys_dir(&self) -> PathBuf {
         self.dir.path().join("keys.d")
     }
