@@ -5,7 +5,7 @@
 mod common;
 
 use common::upstream::{free_port, MockUpstream, Reply};
-use common::{error_of, get_text, key_file, keygate_bin, post_json, TestGateway};
+use common::{error_of, get_text, key_file, keygate_bin, one_model_policy, post_json, TestGateway};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
@@ -340,28 +340,19 @@ async fn blocked_requests_are_counted_per_key_in_the_usage_view() {
 
 /// A policy whose workload `app` applies one moderation guardrail at `service`.
 fn moderated(upstream: &str, service: &str, format: &str, on_error: &str, action: &str) -> String {
-    format!(
-        r#"state_dir: state
+    one_model_policy(
+        upstream,
+        &format!(
+            r#"    guardrails: [pii-basic, moderation]
+state_dir: state
 audit_log: state/audit.jsonl
-providers:
-  p1:
-    format: openai
-    api_key: sk-real
-    endpoints:
-      - {{url: "{upstream}"}}
-models:
-  m1:
-    provider: p1
-workloads:
-  app:
-    models: [m1]
-    guardrails: [pii-basic, moderation]
 guardrails:
   pii-basic: {{pii: [email], action: redact}}
   moderation:
     moderation: {{url: "{service}/v1/moderations", format: {format}, timeout: 300ms, on_error: {on_error}}}
     action: {action}
 "#
+        ),
     )
 }
 
@@ -562,27 +553,16 @@ fn stream_of(parts: &[&str]) -> Reply {
 /// A policy whose workload `app` applies response guardrails: secrets blocked, emails redacted,
 /// a watch word logged.
 fn response_policy(upstream: &str) -> String {
-    format!(
-        r#"state_dir: state
+    one_model_policy(
+        upstream,
+        r#"    guardrails: [secrets-out, pii-out, watch-out]
+state_dir: state
 audit_log: state/audit.jsonl
-providers:
-  p1:
-    format: openai
-    api_key: sk-real
-    endpoints:
-      - {{url: "{upstream}"}}
-models:
-  m1:
-    provider: p1
-workloads:
-  app:
-    models: [m1]
-    guardrails: [secrets-out, pii-out, watch-out]
 guardrails:
-  secrets-out: {{secrets: [github], action: block, apply_to: [request, response]}}
-  pii-out: {{pii: [email], action: redact, apply_to: [response]}}
-  watch-out: {{keywords: [merger], action: log, apply_to: [response]}}
-"#
+  secrets-out: {secrets: [github], action: block, apply_to: [request, response]}
+  pii-out: {pii: [email], action: redact, apply_to: [response]}
+  watch-out: {keywords: [merger], action: log, apply_to: [response]}
+"#,
     )
 }
 
