@@ -625,7 +625,16 @@ async fn whole_responses_are_redacted_and_a_block_never_delivers_the_text() {
     let gw = TestGateway::start(&response_policy(&up.url()), &[("k1".into(), yaml)]);
     let resp = post_json(&chat_url(&gw), &secret, &chat("who?")).await;
     assert_eq!(resp.status(), 200);
-    let got: Value = resp.json().await.unwrap();
+    // Held until scanned, then sent whole with its new length.
+    assert!(resp.headers().get("transfer-encoding").is_none());
+    let length: usize = resp.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let got = resp.bytes().await.unwrap();
+    assert_eq!(got.len(), length);
+    let got: Value = serde_json::from_slice(&got).unwrap();
     assert_eq!(
         got["choices"][0]["message"]["content"],
         "Write to [REDACTED:EMAIL] today."
@@ -636,16 +645,34 @@ async fn whole_responses_are_redacted_and_a_block_never_delivers_the_text() {
         Some("identity")
     );
 
+    // A block answers 502 response_blocked in place of the text, which the SDKs must not retry.
     up.set_reply(answer("token ghp_0123456789abcdefghijABCDEFGHIJ012345"));
     let resp = post_json(&chat_url(&gw), &secret, &chat("token?")).await;
-    let delivered = resp.text().await;
-    assert!(
-        delivered.as_deref().map_or(true, |t| !t.contains("ghp_")),
-        "{delivered:?}"
-    );
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-should-retry"], "false");
+    assert!(resp.headers().get("x-request-id").is_some());
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("ghp_"), "{text}");
+    let err: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(err["error"]["code"], "response_blocked", "{err}");
+    assert_eq!(err["error"]["type"], "api_error", "{err}");
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("`secrets-out`"));
     let lines = gw.booked(2).await;
     assert_eq!(fired(&lines[1]), ["secrets-out/github/block"]);
     assert_eq!(lines[1]["error"], "response_blocked");
+    assert_eq!(lines[1]["status"], 502);
+    // The provider's answer is still paid for.
+    assert_eq!(lines[1]["completion_tokens"], 4);
+
+    // The connection stays usable: the next answer arrives on it whole.
+    up.set_reply(answer("all clear"));
+    let resp = post_json(&chat_url(&gw), &secret, &chat("again?")).await;
+    assert_eq!(resp.status(), 200);
+    let got: Value = resp.json().await.unwrap();
+    assert_eq!(got["choices"][0]["message"]["content"], "all clear");
 }
 
 /// Model `claude` of a `format: anthropic` provider at `upstream`, for workload `app` with
@@ -762,6 +789,23 @@ async fn anthropic_messages_are_redacted_blocked_and_cut_in_anthropic_shape() {
         "a blocked request was forwarded"
     );
 
+    // A whole answer holding a secret is replaced by a 502 in Anthropic's shape.
+    up.set_reply(Reply::Json {
+        status: 200,
+        body: json!({"id": "msg_2", "type": "message", "role": "assistant", "model": "claude",
+            "content": [{"type": "text", "text": "ghp_0123456789abcdefghijABCDEFGHIJ012345"}],
+            "stop_reason": "end_turn", "usage": {"input_tokens": 9, "output_tokens": 20}}),
+    });
+    let body = json!({"model": "claude", "max_tokens": 64,
+        "messages": [{"role": "user", "content": "a token please"}]});
+    let resp = anthropic_post(&gw, &secret, &body).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let err: Value = resp.json().await.unwrap();
+    assert_eq!(err["type"], "error", "{err}");
+    assert_eq!(err["error"]["type"], "api_error", "{err}");
+    assert!(!err.to_string().contains("ghp_"), "{err}");
+    assert!(err["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+
     // A secret across text deltas cuts the stream with Anthropic's error event.
     up.set_reply(Reply::Sse {
         events: text_events(&[
@@ -790,9 +834,12 @@ async fn anthropic_messages_are_redacted_blocked_and_cut_in_anthropic_shape() {
     for gone in ["ghijABCDEFGHIJ012345", "never seen", "message_stop"] {
         assert!(!text.contains(gone), "{gone} arrived: {text}");
     }
-    let lines = gw.booked(4).await;
+    let lines = gw.booked(5).await;
     assert_eq!(fired(&lines[3]), ["secrets-out/github/block"]);
     assert_eq!(lines[3]["error"], "response_blocked");
+    assert_eq!(lines[3]["status"], 502);
+    assert_eq!(fired(&lines[4]), ["secrets-out/github/block"]);
+    assert_eq!(lines[4]["error"], "response_blocked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -360,9 +360,16 @@ async fn a_json_response_has_a_right_length_without_the_sdk() {
         resp.headers().get("content-type").unwrap(),
         "application/json"
     );
-    assert!(resp.headers().get("content-length").is_none());
-    assert_eq!(resp.headers().get("transfer-encoding").unwrap(), "chunked");
-    let v: Value = resp.json().await.unwrap();
+    // Held until translated, then sent with its own length, as a passthrough answer is.
+    assert!(resp.headers().get("transfer-encoding").is_none());
+    let length: usize = resp.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(body.len(), length);
+    let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["choices"][0]["message"]["content"], "Hi");
 }
@@ -454,4 +461,47 @@ async fn a_cut_stream_keeps_what_was_translated_and_is_estimated() {
         [&json!(30), &json!(5), &json!(true)],
         "{line}"
     );
+}
+
+/// An upstream that sends a Messages answer's head and part of its body, then drops the
+/// connection.
+async fn cut_json_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{\"id\":\"msg_1\",\"type\":\"message\",\"content\":[{\"type\":\"text\",\"text\":\"Hel",
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn an_answer_cut_mid_body_is_an_error_not_a_truncated_body() {
+    // The translated answer is held until complete, so a cut one can still become an error.
+    let upstream = cut_json_upstream().await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(&policy(&upstream), &[("k1".into(), yaml)]);
+    let resp = common::post_json(
+        &gw.url("/v1/chat/completions"),
+        &secret,
+        &json!({"model": "claude", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 502);
+    let err: Value = resp.json().await.expect("a whole error body");
+    assert_eq!(err["error"]["type"], "api_error", "{err}");
+    let lines = gw.booked(1).await;
+    assert_eq!(lines[0]["status"], 502);
+    assert_eq!(lines[0]["estimated"], true, "{}", lines[0]);
 }

@@ -99,6 +99,9 @@ pub struct ResponseState {
     pub first_byte: Option<Instant>,
     /// The key's response guardrails, over a successful response.
     pub inspection: Option<ResponseInspection>,
+    /// The response goes to the client only once its body is complete (see `respond::hold`),
+    /// so a refusal can still take its place.
+    pub held: bool,
 }
 
 impl RequestCtx {

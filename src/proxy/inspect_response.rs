@@ -10,10 +10,9 @@
 //! `response_blocked`, and the stream ends there. `log` findings are counted; `redact` is not
 //! applied to streams, and such a finding is counted as a `log`.
 //!
-//! A whole (non-streamed) body is held until it is complete, then scanned: `redact` findings are
-//! replaced in it, `log` findings counted. Its head has gone to the client by then, so a `block`
-//! finding cannot become an error status: the response is aborted instead, and the client gets
-//! a broken response in place of the text.
+//! A whole (non-streamed) body is held, head included (see `respond`), until it is complete, then
+//! scanned: `redact` findings are replaced in it, `log` findings counted, and a `block` finding
+//! answers 502 `response_blocked` in place of the response.
 
 use super::dialect::Dialect;
 use super::refusal::Refusal;

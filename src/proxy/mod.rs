@@ -285,23 +285,23 @@ impl ProxyHttp for Gateway {
     /// Respond: keygate's headers on the provider's response head.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        respond::response_head(ctx, upstream_response)
+        respond::response_head(session, ctx, upstream_response)
     }
 
     /// Respond: the body passes through while its usage is read (and, for keys with response
     /// guardrails, its text is inspected).
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        respond::response_chunk(ctx, body, end_of_stream)?;
+        respond::response_chunk(session, ctx, body, end_of_stream)?;
         Ok(None)
     }
 

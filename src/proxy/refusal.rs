@@ -231,7 +231,12 @@ impl Refusal {
     /// Sent as `x-should-retry`, which the OpenAI SDKs honour over the status code: a budget
     /// cannot recover before its period ends, so retrying it only wastes the client's time.
     pub fn should_retry(&self) -> Option<bool> {
-        matches!(self, Refusal::BudgetExceeded { .. }).then_some(false)
+        // A retried block would pay for another answer that is likely blocked again.
+        matches!(
+            self,
+            Refusal::BudgetExceeded { .. } | Refusal::ResponseBlocked { .. }
+        )
+        .then_some(false)
     }
 
     fn param(&self) -> Option<&str> {
@@ -334,6 +339,21 @@ pub async fn respond(
     request_id: &str,
     rate: Option<&RateStatus>,
 ) -> pingora::Result<()> {
+    let (header, body) = response(refusal, dialect, request_id, rate)?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(())
+}
+
+/// The head and body that answer `refusal` in the client's `dialect`.
+pub fn response(
+    refusal: &Refusal,
+    dialect: Dialect,
+    request_id: &str,
+    rate: Option<&RateStatus>,
+) -> pingora::Result<(ResponseHeader, Bytes)> {
     let body = match dialect {
         Dialect::Openai => refusal.openai_body(),
         Dialect::Anthropic => refusal.anthropic_body(request_id),
@@ -359,11 +379,7 @@ pub async fn respond(
         }
         Ok(())
     })?;
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(())
+    Ok((header, body))
 }
 
 /// The whole HTTP/1.1 response, `Connection: close`, for a refusal made before a request was

@@ -4,6 +4,11 @@
 //! did not ask for is taken out, and a translated request's response goes back in the client's
 //! API, see `translate`). Responses keygate gives itself — refusals, failures,
 //! `/v1/models` — are written here too.
+//!
+//! A non-streamed body that keygate rewrites whole (a translated answer, or one the key's
+//! response guardrails inspect) is held, head included, until it is complete: it then goes out
+//! with a `Content-Length` in one write, as a passthrough answer does, and a guardrail that blocks
+//! it can still answer with an error status in its place.
 
 use super::body;
 use super::ctx::RequestCtx;
@@ -24,8 +29,12 @@ use pingora::{ErrorSource, ErrorType};
 
 /// Puts keygate's headers on the provider's response head in place of what it tells of the
 /// gateway's account, and starts reading usage from a successful response of an admitted request.
-pub fn response_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Result<()> {
-    translate_head(ctx, response)?;
+pub fn response_head(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    response: &mut ResponseHeader,
+) -> Result<()> {
+    translate_head(session, ctx, response)?;
     super::head::edit_response(
         response,
         &ctx.request_id,
@@ -90,15 +99,37 @@ pub fn response_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Res
             ctx.dialect,
             is_sse,
         ));
-        // Redactions change the length, and a cut stream ends early.
-        response.remove_header(&http::header::CONTENT_LENGTH);
+        if is_sse {
+            // A cut stream ends early.
+            response.remove_header(&http::header::CONTENT_LENGTH);
+        } else {
+            hold(session, ctx)?;
+        }
     }
     Ok(())
 }
 
-/// A translated request's response, success or error, goes back in the client's API: its
-/// length is unknown until it is written, so it goes chunked.
-fn translate_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Result<()> {
+/// Holds the response until its body is complete (see the module doc). keygate's data plane
+/// speaks HTTP/1 only, where Pingora (as patched in `vendor/`) can hold one.
+fn hold(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    let Some(http1) = session.downstream_session.as_http1_mut() else {
+        return Error::e_explain(
+            ErrorType::InternalError,
+            "only an HTTP/1 response can be held",
+        );
+    };
+    http1.hold_response();
+    ctx.response.held = true;
+    Ok(())
+}
+
+/// A translated request's response, success or error, goes back in the client's API: a stream
+/// goes chunked, as its length is unknown until it ends; a whole body is held until translated.
+fn translate_head(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    response: &mut ResponseHeader,
+) -> Result<()> {
     let Some(translation) = ctx.admitted.as_ref().and_then(|a| a.translation) else {
         return Ok(());
     };
@@ -107,20 +138,24 @@ fn translate_head(ctx: &mut RequestCtx, response: &mut ResponseHeader) -> Result
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     let translator = translation.response(response.status.as_u16(), is_sse);
-    if !matches!(translator, ResponseTranslator::Stream(_)) {
+    if matches!(translator, ResponseTranslator::Stream(_)) {
+        response.remove_header(&http::header::CONTENT_LENGTH);
+        // Pingora decides the framing before this filter runs; a length it saw is gone now.
+        response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    } else {
         response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        hold(session, ctx)?;
     }
-    response.remove_header(&http::header::CONTENT_LENGTH);
-    // Pingora decides the framing before this filter runs; a length it saw is gone now.
-    response.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
     ctx.response.translator = Some(translator);
     Ok(())
 }
 
 /// Counts tokens as the body passes; the chunk itself goes on untouched, unless it carries the
 /// usage chunk keygate asked for on the client's behalf, or the key's response guardrails hold,
-/// change or cut it. `Err` aborts a response a guardrail blocked after its head went out.
+/// change or cut it. A held response a guardrail blocks is answered with the refusal instead;
+/// `Err` aborts a stream that cannot be inspected further.
 pub fn response_chunk(
+    session: &mut Session,
     ctx: &mut RequestCtx,
     body: &mut Option<Bytes>,
     end_of_stream: bool,
@@ -164,6 +199,10 @@ pub fn response_chunk(
                     ctx.failure = Some(refusal);
                 }
             }
+            Err(refusal) if ctx.response.held => {
+                *body = Some(replace_held(session, ctx, &refusal)?);
+                ctx.failure = Some(refusal);
+            }
             Err(refusal) => {
                 ctx.failure = Some(refusal);
                 return Error::e_explain(ErrorType::InternalError, "response aborted by keygate");
@@ -171,6 +210,20 @@ pub fn response_chunk(
         }
     }
     Ok(())
+}
+
+/// Puts the head of `refusal`'s answer in place of the held response's; returns its body.
+fn replace_held(session: &mut Session, ctx: &RequestCtx, refusal: &Refusal) -> Result<Bytes> {
+    let (answer, body) =
+        refusal::response(refusal, ctx.dialect, &ctx.request_id, ctx.rate.as_ref())?;
+    let replaced = session
+        .downstream_session
+        .as_http1_mut()
+        .is_some_and(|http1| http1.replace_held_response_header(answer));
+    if !replaced {
+        return Error::e_explain(ErrorType::InternalError, "no held response to replace");
+    }
+    Ok(body)
 }
 
 /// Answers `refusal` in place of the provider, after reading what is left of the body so the

@@ -718,6 +718,14 @@ impl Session {
         }
     }
 
+    /// keygate patch: the HTTP/1 session, to hold a response (`SessionV1::hold_response`).
+    pub fn as_http1_mut(&mut self) -> Option<&mut SessionV1> {
+        match self {
+            Self::H1(s) => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn as_http2(&self) -> Option<&SessionV2> {
         match self {
             Self::H1(_) => None,

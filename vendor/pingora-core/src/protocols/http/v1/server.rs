@@ -158,6 +158,17 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// keygate patch: a response held back whole until its body ends, see [`Self::hold_response`].
+    held: Option<HeldResponse>,
+}
+
+/// keygate patch: the head and body of a response the proxy passes on only once it is complete.
+#[derive(Default)]
+struct HeldResponse {
+    header: Option<Box<ResponseHeader>>,
+    /// Sent in place of `header`, see [`HttpSession::replace_held_response_header`].
+    replacement: Option<Box<ResponseHeader>>,
+    body: Vec<Bytes>,
 }
 
 impl HttpSession {
@@ -206,7 +217,91 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            held: None,
         }
+    }
+
+    /// keygate patch: hold the response that the proxy tasks (`response_duplex*`) write until its
+    /// body ends, then send it at once with a `Content-Length` for the body as it is then.
+    ///
+    /// For a response whose body a filter rewrites whole (so its length is known only at the
+    /// end), this replaces chunked encoding, and until the end the head can still be replaced
+    /// ([`Self::replace_held_response_header`]), for example by an error. A task that fails
+    /// drops what is held, and the response header is still unwritten for an error response.
+    /// Informational (1xx) heads pass through. Call it before the response header is written.
+    pub fn hold_response(&mut self) {
+        if self.response_written.is_none() {
+            self.held = Some(HeldResponse::default());
+        }
+    }
+
+    /// keygate patch: the head that goes out for a held response in place of the proxy's, which
+    /// may not have reached this session yet when a body filter decides; `false` if no response
+    /// is held.
+    pub fn replace_held_response_header(&mut self, header: ResponseHeader) -> bool {
+        let Some(held) = self.held.as_mut() else {
+            return false;
+        };
+        held.replacement = Some(Box::new(header));
+        true
+    }
+
+    /// keygate patch: takes the tasks of a held response; writes it when its body ends.
+    async fn hold_tasks(&mut self, tasks: impl IntoIterator<Item = HttpTask>) -> Result<bool> {
+        let mut end = false;
+        for task in tasks {
+            let Some(held) = self.held.as_mut() else {
+                break;
+            };
+            end = match task {
+                HttpTask::Header(header, end_stream) if header.status.is_informational() => {
+                    self.write_response_header(header)
+                        .await
+                        .map_err(|e| e.into_down())?;
+                    end_stream
+                }
+                HttpTask::Header(header, end_stream) => {
+                    held.header = Some(header);
+                    end_stream
+                }
+                HttpTask::Body(data, end_stream) | HttpTask::UpgradedBody(data, end_stream) => {
+                    held.body.extend(data.filter(|d| !d.is_empty()));
+                    end_stream
+                }
+                HttpTask::Trailer(_) | HttpTask::Done => true,
+                HttpTask::Failed(e) => {
+                    self.held = None;
+                    return Err(e);
+                }
+            };
+            if end {
+                break;
+            }
+        }
+        if !end {
+            return Ok(false);
+        }
+        let Some(HeldResponse {
+            header: Some(header),
+            replacement,
+            body,
+        }) = self.held.take()
+        else {
+            return Error::e_explain(InternalError, "held response ended without a header");
+        };
+        let mut header = replacement.unwrap_or(header);
+        let length: usize = body.iter().map(Bytes::len).sum();
+        header.remove_header(&header::TRANSFER_ENCODING);
+        header.insert_header(header::CONTENT_LENGTH, length)?;
+        self.write_response_header(header)
+            .await
+            .map_err(|e| e.into_down())?;
+        for chunk in body {
+            self.buffer_body_data(Some(chunk), false);
+        }
+        self.write_body_buf().await.map_err(|e| e.into_down())?;
+        self.finish_body().await.map_err(|e| e.into_down())?;
+        Ok(true)
     }
 
     async fn read_request_buf(
@@ -1506,6 +1601,10 @@ impl HttpSession {
     }
 
     async fn response_duplex(&mut self, task: HttpTask) -> Result<bool> {
+        if self.held.is_some() {
+            // keygate patch
+            return self.hold_tasks([task]).await;
+        }
         let end_stream = match task {
             HttpTask::Header(header, end_stream) => {
                 self.write_response_header(header)
@@ -1551,6 +1650,10 @@ impl HttpSession {
 
     // TODO: use vectored write to avoid copying
     pub async fn response_duplex_vec(&mut self, mut tasks: Vec<HttpTask>) -> Result<bool> {
+        if self.held.is_some() {
+            // keygate patch
+            return self.hold_tasks(tasks).await;
+        }
         let n_tasks = tasks.len();
         if n_tasks == 1 {
             // fallback to single operation to avoid copy
