@@ -1335,6 +1335,34 @@ impl BodyWriter {
         }
     }
 
+    /// keygate patch: whether the body goes out in chunked encoding, still open.
+    pub fn is_chunked(&self) -> bool {
+        matches!(self.body_mode, BM::ChunkedEncoding(_))
+    }
+
+    /// keygate patch: writes `buf` as the last chunk of a chunked body together with the
+    /// terminating chunk, unflushed, so that a body's end costs one write instead of two.
+    /// The caller flushes.
+    pub async fn write_last_chunk<S>(&mut self, stream: &mut S, buf: &[u8]) -> Result<usize>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        let BM::ChunkedEncoding(written) = self.body_mode else {
+            return Error::e_explain(InternalError, "the last chunk of a body not chunked");
+        };
+        let size = format!("{:X}\r\n", buf.len());
+        let mut out = Bytes::from(size)
+            .chain(buf)
+            .chain(&b"\r\n"[..])
+            .chain(&LAST_CHUNK[..]);
+        let res = stream.write_all_buf(&mut out).await;
+        self.body_mode = BM::Complete(written + buf.len());
+        match res {
+            Ok(()) => Ok(buf.len()),
+            Err(e) => Error::e_because(WriteError, "while writing body", e),
+        }
+    }
+
     pub fn finished(&self) -> bool {
         match self.body_mode {
             BM::Complete(_) => true,

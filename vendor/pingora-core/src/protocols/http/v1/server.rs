@@ -1612,6 +1612,12 @@ impl HttpSession {
                     .map_err(|e| e.into_down())?;
                 end_stream
             }
+            HttpTask::Body(data, true) if self.body_writer.is_chunked() => {
+                // keygate patch: the last chunk and the end of the body in one write
+                self.buffer_body_data(data, false);
+                self.finish_body_with_buf().await?;
+                return Ok(true);
+            }
             HttpTask::Body(data, end_stream) => {
                 self.write_non_empty_body(data, false).await?;
                 end_stream
@@ -1690,12 +1696,42 @@ impl HttpSession {
                 }
             }
         }
+        if end_stream && self.body_writer.is_chunked() && !self.body_write_buf.is_empty() {
+            // keygate patch: the last chunk and the end of the body in one write
+            self.finish_body_with_buf().await?;
+            return Ok(true);
+        }
         self.write_body_buf().await.map_err(|e| e.into_down())?;
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
         }
         Ok(end_stream || self.body_writer.finished())
+    }
+
+    /// keygate patch: writes the buffered body as the last chunk of a chunked body, with the
+    /// terminating chunk, in one flush, where 0.9.1 flushed each (two writes, two packets, for
+    /// every chunked response whose end arrives with its last data).
+    async fn finish_body_with_buf(&mut self) -> Result<()> {
+        if self.body_write_buf.is_empty() {
+            self.finish_body().await.map_err(|e| e.into_down())?;
+            return Ok(());
+        }
+        let limit = self.write_timeout(self.body_write_buf.len());
+        let last = self
+            .body_writer
+            .write_last_chunk(&mut self.underlying_stream, &self.body_write_buf);
+        let written = match limit {
+            Some(t) => match timeout(t, last).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
+            },
+            None => last.await,
+        };
+        self.body_write_buf.clear();
+        self.body_bytes_sent += written.map_err(|e| e.into_down())?;
+        self.finish_body().await.map_err(|e| e.into_down())?;
+        Ok(())
     }
 
     /// Queue a proxy task for cancel-safe writing with the current write_timeout.
