@@ -9,10 +9,11 @@
 #   env: ROUNDS (default 12), SECONDS_PER_RUN (4), TTFB_REQUESTS (1500), and paired.sh's
 # Prints paired.sh's rounds and medians for JSON and for SSE (RPS translated/passthrough, CPU per
 # request translated/passthrough), then the time to the first SSE `data:` line of each from a raw
-# socket (benches/ttfb_probe.py, requests alternating), with the median of paired differences.
+# socket (benches/ttfb_probe.py, requests alternating), with the median of paired differences,
+# and the write syscalls per request of each (strace).
 set -euo pipefail
 
-[ $# -eq 1 ] || { sed -n '8,12p' "$0"; exit 2; }
+[ $# -eq 1 ] || { sed -n '8,13p' "$0"; exit 2; }
 BIN=$(realpath "$1")
 HERE="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=benches/lib.sh
@@ -94,3 +95,32 @@ echo "|---|---|---|---|"
 taskset -c "${WRK_CPU:-1}" python3 "$HERE/ttfb_probe.py" "${TTFB_REQUESTS:-1500}" \
   passthrough 127.0.0.1:18160 bench "Bearer $(cat "$WORK/passthrough-sse/secret")" \
   translated 127.0.0.1:18170 bench "Bearer $(cat "$WORK/translated-sse/secret")"
+
+# writes PORT PID BENCH_STREAM: write syscalls per request of the gateway PID serving on PORT,
+# counted by strace over two seconds of keep-alive load (strace slows the gateway; counts hold).
+writes() {
+  local port=$1 pid=$2 out="$WORK/strace.$1"
+  strace -f -c -e trace=write,writev,sendto,sendmsg -p "$pid" -o "$out" 2>/dev/null &
+  local tracer=$!
+  sleep 0.5
+  local requests
+  requests=$(BENCH_STREAM=$3 BENCH_AUTH="Bearer $4" taskset -c "${WRK_CPU:-1}" \
+    wrk -t1 -c4 -d2s -s "$CHAT_LUA" "http://127.0.0.1:$port/v1/chat/completions" |
+    sed -n 's/.*RESULT.* requests=\([0-9]*\).*/\1/p')
+  kill -INT "$tracer"
+  wait "$tracer" 2>/dev/null || true
+  awk -v n="$requests" '$NF ~ /^(write|writev|sendto|sendmsg)$/ {calls += $4}
+    END {printf "%.2f", calls / n}' "$out"
+}
+serve passthrough-json 18180
+serve translated-json 18190
+echo
+echo "## write syscalls per request (strace), upstream and client sides together"
+echo "| | passthrough | translated |"
+echo "|---|---|---|"
+printf '| JSON | %s | %s |\n' \
+  "$(writes 18180 "${PIDS[-2]}" 0 "$(cat "$WORK/passthrough-json/secret")")" \
+  "$(writes 18190 "${PIDS[-1]}" 0 "$(cat "$WORK/translated-json/secret")")"
+printf '| SSE | %s | %s |\n' \
+  "$(writes 18160 "${PIDS[-4]}" 1 "$(cat "$WORK/passthrough-sse/secret")")" \
+  "$(writes 18170 "${PIDS[-3]}" 1 "$(cat "$WORK/translated-sse/secret")")"

@@ -10,7 +10,7 @@
 //! the error, which the OpenAI SDKs raise. Pings, thinking and block stops have no counterpart.
 
 use super::error::{self, Detail};
-use super::{finish_reason, unix_now, MessagesUsage, OpenAiUsage};
+use super::{finish_reason, unix_now, MessagesUsage};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -23,8 +23,10 @@ const MAX_EVENT: usize = 1 << 20;
 pub struct StreamTranslator {
     /// The start of an event a body chunk cut.
     carry: Vec<u8>,
-    id: String,
-    model: String,
+    /// `data: {"id":…,"object":"chat.completion.chunk","created":…,"model":…,`: the same in
+    /// every chunk of the stream, so rendered once (at `message_start`, which names the id and
+    /// the model) instead of escaped again for each delta.
+    head: Vec<u8>,
     created: u64,
     include_usage: bool,
     usage: MessagesUsage,
@@ -36,11 +38,11 @@ pub struct StreamTranslator {
 
 impl StreamTranslator {
     pub fn new(include_usage: bool) -> Self {
+        let created = unix_now();
         StreamTranslator {
             carry: Vec::new(),
-            id: String::new(),
-            model: String::new(),
-            created: unix_now(),
+            head: chunk_head("", "", created),
+            created,
             include_usage,
             usage: MessagesUsage::default(),
             tool_blocks: Vec::new(),
@@ -120,6 +122,13 @@ impl StreamTranslator {
             });
         }
         let Some(data) = data else { return };
+        // Events with no counterpart, as Anthropic writes them (`type` first), are not parsed;
+        // written otherwise, they are parsed and then ignored.
+        if data.starts_with(b"{\"type\":\"ping\"")
+            || data.starts_with(b"{\"type\":\"content_block_stop\"")
+        {
+            return;
+        }
         // An event that is not JSON (a provider's comment-like noise) carries nothing to send.
         if let Ok(event) = serde_json::from_slice::<Event<'_>>(&data) {
             self.translate(event, out);
@@ -130,8 +139,7 @@ impl StreamTranslator {
         match event.kind.as_ref() {
             "message_start" => {
                 if let Some(message) = event.message {
-                    self.id = message.id.into_owned();
-                    self.model = message.model.into_owned();
+                    self.head = chunk_head(&message.id, &message.model, self.created);
                     if let Some(usage) = &message.usage {
                         self.usage.update(usage);
                     }
@@ -215,15 +223,10 @@ impl StreamTranslator {
             }
             "message_stop" => {
                 if self.include_usage {
-                    let chunk = Chunk {
-                        id: &self.id,
-                        object: "chat.completion.chunk",
-                        created: self.created,
-                        model: &self.model,
-                        choices: &[],
-                        usage: Some(self.usage.to_openai()),
-                    };
-                    write_data(&chunk, out);
+                    out.extend_from_slice(&self.head);
+                    out.extend_from_slice(b"\"choices\":[],\"usage\":");
+                    let _ = serde_json::to_writer(out.writer(), &self.usage.to_openai());
+                    out.extend_from_slice(b"}\n\n");
                 }
                 out.extend_from_slice(b"data: [DONE]\n\n");
                 self.done = true;
@@ -259,20 +262,17 @@ impl StreamTranslator {
     }
 
     fn chunk(&self, delta: DeltaOut<'_>, finish: Option<&'static str>, out: &mut BytesMut) {
-        let chunk = Chunk {
-            id: &self.id,
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: &self.model,
-            choices: &[ChoiceOut {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason: finish,
-            }],
-            usage: None,
+        let choice = ChoiceOut {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason: finish,
         };
-        write_data(&chunk, out);
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(b"\"choices\":[");
+        // Serializing plain structs of strings and numbers into memory cannot fail.
+        let _ = serde_json::to_writer(out.writer(), &choice);
+        out.extend_from_slice(b"]}\n\n");
     }
 
     /// Ends the stream with `error` (OpenAI-shaped) as its last event.
@@ -284,11 +284,18 @@ impl StreamTranslator {
     }
 }
 
-fn write_data<T: Serialize>(value: &T, out: &mut BytesMut) {
-    out.extend_from_slice(b"data: ");
-    // Serializing plain structs of strings and numbers into memory cannot fail.
-    let _ = serde_json::to_writer(out.writer(), value);
-    out.extend_from_slice(b"\n\n");
+/// The start of every chunk of a stream, up to its `choices`.
+fn chunk_head(id: &str, model: &str, created: u64) -> Vec<u8> {
+    let mut head = Vec::with_capacity(id.len() + model.len() + 96);
+    head.extend_from_slice(b"data: {\"id\":");
+    // Serializing a string into memory cannot fail.
+    let _ = serde_json::to_writer(&mut head, id);
+    head.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+    head.extend_from_slice(created.to_string().as_bytes());
+    head.extend_from_slice(b",\"model\":");
+    let _ = serde_json::to_writer(&mut head, model);
+    head.push(b',');
+    head
 }
 
 #[derive(Deserialize)]
@@ -341,17 +348,6 @@ struct Delta<'a> {
     partial_json: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     stop_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Serialize)]
-struct Chunk<'a> {
-    id: &'a str,
-    object: &'static str,
-    created: u64,
-    model: &'a str,
-    choices: &'a [ChoiceOut<'a>],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    usage: Option<OpenAiUsage>,
 }
 
 #[derive(Serialize)]
