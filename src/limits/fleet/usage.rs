@@ -119,6 +119,7 @@ fn row(group: &str) -> ReportRow {
         prompt_tokens: 0,
         completion_tokens: 0,
         cached_tokens: 0,
+        cache_write_tokens: 0,
         cost: UsdNanos::ZERO,
         estimated_requests: 0,
         // Blocked requests are booked in the usage database only.
