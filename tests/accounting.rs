@@ -231,6 +231,7 @@ async fn a_budget_holds_under_fifty_concurrent_requests() {
     assert_eq!(daily["reserved_usd"], 0.0);
     assert!((daily["remaining_usd"].as_f64().unwrap() - (0.12 - spent)).abs() < 1e-9);
     assert_eq!(key_usage["usage"]["total"]["requests"], admitted);
+    assert_eq!(key_usage["usage"]["total"]["cache_write_tokens"], 0);
     assert!(
         (key_usage["usage"]["total"]["cost_usd"].as_f64().unwrap() - spent).abs() < 1e-9,
         "the database agrees with the live spend: {key_usage}"
@@ -268,7 +269,9 @@ async fn a_budget_holds_under_fifty_concurrent_requests() {
         .unwrap_or_else(|| panic!("no row for the key:\n{table}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cols[1], admitted.to_string());
-    assert_eq!(cols[5], format!("{:.6}", admitted as f64 * 0.012));
+    // CACHED and CACHE_WRITE: an OpenAI model writes no prompt cache.
+    assert_eq!(cols[4..6], ["0", "0"]);
+    assert_eq!(cols[6], format!("{:.6}", admitted as f64 * 0.012));
 
     // Refusals are audited with their reason; admitted requests with their cost.
     let lines = gw.audit_lines();

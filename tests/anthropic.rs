@@ -2,12 +2,13 @@
 //! and raw HTTP against keygate in front of a recording Anthropic-format upstream. What the
 //! upstream receives (its credential, never the virtual key; `anthropic-version`,
 //! `anthropic-beta`), what keygate books (cache tokens included, cumulative deltas not added up,
-//! cut streams estimated) and what clients see of keygate's own errors (Anthropic's shape).
+//! cut streams estimated), what `keygate usage` reads back, and what clients see of keygate's
+//! own errors (Anthropic's shape).
 
 mod common;
 
 use common::upstream::{MockUpstream, RecordedRequest, Reply};
-use common::{client, key_file, TestGateway};
+use common::{client, key_file, keygate_bin, TestGateway};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -21,7 +22,8 @@ const PRICE: (f64, f64, f64, f64) = (3.0, 15.0, 0.3, 3.75);
 fn policy(upstream: &str) -> String {
     let (input, output, read, write) = PRICE;
     format!(
-        r#"audit_log: state/audit.jsonl
+        r#"state_dir: state
+audit_log: state/audit.jsonl
 providers:
   claude:
     format: anthropic
@@ -316,6 +318,53 @@ async fn the_anthropic_sdk_through_keygate() {
         &create["cost_usd"],
         usd(7, input) + usd(200, read) + usd(30, write) + usd(12, output),
     );
+
+    // Persisted: per workload, each created message's 200 cache reads and 30 cache writes (app:
+    // the create and the beta create; limited: its two admitted creates), streams none.
+    let usage = |args: &[&str]| {
+        let out = std::process::Command::new(keygate_bin())
+            .arg("usage")
+            .args(args)
+            .arg("--config")
+            .arg(&s.gw.config_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let app_usage: Value = serde_json::from_str(&usage(&["--json", "--workload", "app"])).unwrap();
+    let total = &app_usage["total"];
+    assert_eq!(
+        (
+            &total["prompt_tokens"],
+            &total["cached_tokens"],
+            &total["cache_write_tokens"]
+        ),
+        (&json!(2 * 237 + 2 * 5), &json!(400), &json!(60)),
+        "{app_usage}"
+    );
+    let table = usage(&["--by", "workload"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let cell = |group: &str, column: &str| {
+        let at = header.iter().position(|h| *h == column).unwrap();
+        table
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols[0] == group)
+            .map(|cols| cols[at].to_owned())
+    };
+    for (group, written) in [("app", "60"), ("limited", "60"), ("total", "120")] {
+        assert_eq!(
+            cell(group, "CACHE_WRITE").as_deref(),
+            Some(written),
+            "{table}"
+        );
+    }
+    assert_eq!(cell("total", "CACHED").as_deref(), Some("800"), "{table}");
     let streams: Vec<_> = app.iter().filter(|l| l["stream"] == true).collect();
     assert_eq!(streams.len(), 2, "messages.stream and stream=True");
     for l in streams {

@@ -578,12 +578,51 @@ fn two_with_admin(
     keys: &[(String, String)],
     extra: &str,
 ) -> (TestGateway, TestGateway) {
+    two_with_admin_of(keys, |head| {
+        fleet_policy(&up.url(), &redis.url(), "fail_closed", head, extra)
+    })
+}
+
+/// Instances with admin listeners, each with the policy `policy` makes of its `admin_listen` line.
+fn two_with_admin_of(
+    keys: &[(String, String)],
+    policy: impl Fn(&str) -> String,
+) -> (TestGateway, TestGateway) {
     let start = || {
         let head = format!("admin_listen: 127.0.0.1:{}\n", free_port());
-        let policy = fleet_policy(&up.url(), &redis.url(), "fail_closed", &head, extra);
-        TestGateway::prepare(&policy, keys).boot_with_admin(Some(ADMIN_TOKEN))
+        TestGateway::prepare(&policy(&head), keys).boot_with_admin(Some(ADMIN_TOKEN))
     };
     (start(), start())
+}
+
+/// `policy` with an Anthropic model `c1` at `upstream` beside `m1`, in the workload `app`.
+fn with_claude(policy: &str, upstream: &str) -> String {
+    policy
+        .replace(
+            "models:\n  m1:\n",
+            &format!(
+                "  p2:\n    format: anthropic\n    api_key: sk-ant-real\n    endpoints:\n      - {{url: \"{upstream}\"}}\nmodels:\n  c1:\n    provider: p2\n  m1:\n"
+            ),
+        )
+        .replace("    models: [m1]\n", "    models: [m1, c1]\n")
+}
+
+/// The chat echo, or on the Messages API a message that wrote 30 prompt tokens to Anthropic's
+/// prompt cache and read 200 from it.
+fn chat_or_message(path: &str, _: &Value) -> Reply {
+    if !path.starts_with("/v1/messages") {
+        return Reply::ChatEcho;
+    }
+    Reply::Json {
+        status: 200,
+        body: json!({
+            "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [{"type": "text", "text": "Hello"}],
+            "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 7, "cache_creation_input_tokens": 30,
+                      "cache_read_input_tokens": 200, "output_tokens": 12}
+        }),
+    }
 }
 
 /// Time from now until `url` refuses `secret` with `code`.
@@ -682,16 +721,32 @@ async fn reloads_and_rotation_keep_the_shared_counters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_usage_view_shows_the_whole_fleet() {
     let redis = RedisServer::start();
-    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let up = MockUpstream::start("up", Reply::Pick(chat_or_message)).await;
     let (free, free_yaml) = key_file("app", "");
     let (limited, limited_yaml) = key_file("app", "rate_limits:\n  - {requests: 100, per: 1h}\n");
-    let keys = [("free".into(), free_yaml), ("limited".into(), limited_yaml)];
-    let (a, b) = two_with_admin(&up, &redis, &keys, "");
+    let (cached, cached_yaml) = key_file("app", "");
+    let keys = [
+        ("free".into(), free_yaml),
+        ("limited".into(), limited_yaml),
+        ("cached".into(), cached_yaml),
+    ];
+    // Each instance also keeps its own usage database, which the admin endpoint shows beside.
+    let (a, b) = two_with_admin_of(&keys, |head| {
+        let head = format!("{head}state_dir: state\n");
+        let policy = fleet_policy(&up.url(), &redis.url(), "fail_closed", &head, "");
+        with_claude(&policy, &up.url())
+    });
     connected(&a).await;
     connected(&b).await;
     for (i, secret) in [&free, &free, &free, &limited, &limited].iter().enumerate() {
         let gw = [&a, &b][i % 2];
         let resp = post_json(&gw.url("/v1/chat/completions"), secret, &chat()).await;
+        assert_eq!(resp.status(), 200);
+    }
+    let message = json!({"model": "c1", "max_tokens": 10,
+                         "messages": [{"role": "user", "content": "hi"}]});
+    for gw in [&a, &b] {
+        let resp = post_json(&gw.url("/v1/messages"), &cached, &message).await;
         assert_eq!(resp.status(), 200);
     }
     let usage_of = |key: &'static str| {
@@ -713,14 +768,43 @@ async fn the_usage_view_shows_the_whole_fleet() {
     loop {
         let free_usage = usage_of("free").await;
         let limited_usage = usage_of("limited").await;
+        let cached_usage = usage_of("cached").await;
         if free_usage["fleet_usage"]["total"]["requests"] == 3
             && limited_usage["fleet_usage"]["total"]["requests"] == 2
+            && cached_usage["fleet_usage"]["total"]["requests"] == 2
+            && cached_usage["usage"]["total"]["requests"] == 1
         {
             assert_eq!(free_usage["fleet_usage"]["total"]["prompt_tokens"], 21);
             assert_eq!(free_usage["fleet_usage"]["rows"][0]["group"], "m1");
+            // No cache-write field was written, as in a hash an older keygate wrote: zero.
+            assert_eq!(free_usage["fleet_usage"]["total"]["cache_write_tokens"], 0);
+            // Both instances' cache reads and writes in Redis; A's alone in its database.
+            let cache = |usage: &Value| {
+                (
+                    usage["total"]["cached_tokens"].clone(),
+                    usage["total"]["cache_write_tokens"].clone(),
+                )
+            };
+            assert_eq!(
+                cache(&cached_usage["fleet_usage"]),
+                (json!(400), json!(60)),
+                "{cached_usage}"
+            );
+            assert_eq!(
+                cached_usage["fleet_usage"]["rows"][0]["group"], "c1",
+                "{cached_usage}"
+            );
+            assert_eq!(
+                cache(&cached_usage["usage"]),
+                (json!(200), json!(30)),
+                "{cached_usage}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "{free_usage} {limited_usage}");
+        assert!(
+            Instant::now() < deadline,
+            "{free_usage} {limited_usage} {cached_usage}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let out = Command::new(keygate_bin())
@@ -734,16 +818,31 @@ async fn the_usage_view_shows_the_whole_fleet() {
         String::from_utf8_lossy(&out.stderr)
     );
     let table = String::from_utf8(out.stdout).unwrap();
-    let requests = |group: &str| {
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let cell = |group: &str, column: &str| {
+        let at = header.iter().position(|h| *h == column)?;
         table
             .lines()
             .find(|l| l.split_whitespace().next() == Some(group))
-            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|l| l.split_whitespace().nth(at))
             .map(str::to_owned)
     };
-    assert_eq!(requests("free").as_deref(), Some("3"), "{table}");
-    assert_eq!(requests("limited").as_deref(), Some("2"), "{table}");
-    assert_eq!(requests("total").as_deref(), Some("5"), "{table}");
+    assert_eq!(cell("free", "REQUESTS").as_deref(), Some("3"), "{table}");
+    assert_eq!(cell("limited", "REQUESTS").as_deref(), Some("2"), "{table}");
+    assert_eq!(cell("cached", "REQUESTS").as_deref(), Some("2"), "{table}");
+    assert_eq!(cell("total", "REQUESTS").as_deref(), Some("7"), "{table}");
+    assert_eq!(cell("free", "CACHE_WRITE").as_deref(), Some("0"), "{table}");
+    assert_eq!(cell("cached", "CACHED").as_deref(), Some("400"), "{table}");
+    assert_eq!(
+        cell("cached", "CACHE_WRITE").as_deref(),
+        Some("60"),
+        "{table}"
+    );
+    assert_eq!(
+        cell("total", "CACHE_WRITE").as_deref(),
+        Some("60"),
+        "{table}"
+    );
 }
 
 #[test]

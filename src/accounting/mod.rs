@@ -318,6 +318,7 @@ fn fold(totals: &mut HashMap<DayKey, DayUsage>, r: &RequestRecord) {
             prompt_tokens: r.usage.prompt_tokens,
             completion_tokens: r.usage.completion_tokens,
             cached_tokens: r.usage.cached_tokens,
+            cache_write_tokens: r.usage.cache_write_tokens,
             cost: r.cost,
             estimated_requests: u64::from(r.estimated),
             blocked_requests: u64::from(blocked),

@@ -35,6 +35,7 @@ fn empty_row(group: &str) -> ReportRow {
         prompt_tokens: 0,
         completion_tokens: 0,
         cached_tokens: 0,
+        cache_write_tokens: 0,
         cost: UsdNanos::ZERO,
         estimated_requests: 0,
         blocked_requests: 0,
@@ -59,18 +60,26 @@ pub fn table(by: Option<UsageGroup>, rows: &[ReportRow], total: &ReportRow) -> S
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{title:<width$}  {:>10}  {:>14}  {:>14}  {:>12}  {:>14}  {:>9}  {:>9}",
-        "REQUESTS", "PROMPT", "COMPLETION", "CACHED", "COST_USD", "ESTIMATED", "BLOCKED"
+        "{title:<width$}  {:>10}  {:>14}  {:>14}  {:>12}  {:>12}  {:>14}  {:>9}  {:>9}",
+        "REQUESTS",
+        "PROMPT",
+        "COMPLETION",
+        "CACHED",
+        "CACHE_WRITE",
+        "COST_USD",
+        "ESTIMATED",
+        "BLOCKED"
     );
     for row in rows.iter().chain(std::iter::once(total)) {
         let _ = writeln!(
             out,
-            "{:<width$}  {:>10}  {:>14}  {:>14}  {:>12}  {:>14}  {:>9}  {:>9}",
+            "{:<width$}  {:>10}  {:>14}  {:>14}  {:>12}  {:>12}  {:>14}  {:>9}  {:>9}",
             row.group,
             row.requests,
             row.prompt_tokens,
             row.completion_tokens,
             row.cached_tokens,
+            row.cache_write_tokens,
             row.cost.to_string(),
             row.estimated_requests,
             row.blocked_requests
@@ -146,6 +155,8 @@ mod tests {
     fn table_aligns_and_ends_with_the_total() {
         let mut row = empty_row("2026-11-23");
         row.requests = 3;
+        row.cached_tokens = 200;
+        row.cache_write_tokens = 30;
         row.cost = UsdNanos(1_500_000);
         let mut total = row.clone();
         total.group = "total".into();
@@ -153,7 +164,15 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("DAY"));
-        assert!(lines[1].contains("0.001500"));
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        let cols: Vec<&str> = lines[1].split_whitespace().collect();
+        let col = |name: &str| cols[header.iter().position(|h| *h == name).unwrap()];
+        assert_eq!(
+            (col("CACHED"), col("CACHE_WRITE"), col("COST_USD")),
+            ("200", "30", "0.001500")
+        );
+        // Every line is as wide as the header: the columns line up.
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{t}");
         assert!(lines[2].starts_with("total"));
     }
 }

@@ -18,6 +18,8 @@ pub struct DayUsage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_tokens: u64,
+    /// Prompt tokens written to the provider's cache (Anthropic's prompt caching).
+    pub cache_write_tokens: u64,
     pub cost: UsdNanos,
     /// Requests whose token counts were estimated (cut streams without a usage report).
     pub estimated_requests: u64,
@@ -34,6 +36,9 @@ impl DayUsage {
             .completion_tokens
             .saturating_add(other.completion_tokens);
         self.cached_tokens = self.cached_tokens.saturating_add(other.cached_tokens);
+        self.cache_write_tokens = self
+            .cache_write_tokens
+            .saturating_add(other.cache_write_tokens);
         self.cost = self.cost.saturating_add(other.cost);
         self.estimated_requests = self
             .estimated_requests
@@ -77,6 +82,7 @@ pub struct ReportRow {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
     #[serde(rename = "cost_usd", serialize_with = "usd")]
     pub cost: UsdNanos,
     pub estimated_requests: u64,

@@ -118,6 +118,7 @@ impl UsageDb {
                  cost_nanos INTEGER NOT NULL,       -- USD × 10^9
                  estimated_requests INTEGER NOT NULL,
                  blocked_requests INTEGER NOT NULL DEFAULT 0,
+                 cache_write_tokens INTEGER NOT NULL DEFAULT 0, -- last, where ALTER TABLE puts it
                  PRIMARY KEY (day, key_id, workload, model)
              ) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS usage_daily_by_workload ON usage_daily (workload, day);
@@ -126,22 +127,31 @@ impl UsageDb {
                  last_used_ms INTEGER NOT NULL      -- Unix epoch milliseconds
              ) WITHOUT ROWID;",
         )?;
-        // A database an older keygate created lacks the column; those keygates write rows
-        // without it, which the default keeps valid, so the schema version stays.
-        if !self.has_blocked_column()? {
-            self.conn.execute_batch(
-                "ALTER TABLE usage_daily ADD COLUMN blocked_requests INTEGER NOT NULL DEFAULT 0",
-            )?;
+        // A database an older keygate created lacks these columns; those keygates write rows
+        // without them, which the defaults keep valid, so the schema version stays.
+        for column in ADDED_COLUMNS {
+            if !self.has_column(column)? {
+                self.conn.execute_batch(&format!(
+                    "ALTER TABLE usage_daily ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0"
+                ))?;
+            }
         }
         Ok(())
     }
 
-    fn has_blocked_column(&self) -> rusqlite::Result<bool> {
+    fn has_column(&self, name: &str) -> rusqlite::Result<bool> {
         self.conn
-            .prepare(
-                "SELECT 1 FROM pragma_table_info('usage_daily') WHERE name = 'blocked_requests'",
-            )?
-            .exists([])
+            .prepare("SELECT 1 FROM pragma_table_info('usage_daily') WHERE name = ?1")?
+            .exists([name])
+    }
+
+    /// `column` if the table has it, else `0`: a database opened read-only is not migrated.
+    fn column_or_zero<'a>(&self, column: &'a str) -> Result<&'a str, StateError> {
+        match self.has_column(column) {
+            Ok(true) => Ok(column),
+            Ok(false) => Ok("0"),
+            Err(e) => Err(self.error(e)),
+        }
     }
 
     fn check_version(&self) -> Result<(), StateError> {
@@ -185,6 +195,7 @@ impl UsageDb {
                         sql_int(u.prompt_tokens),
                         sql_int(u.completion_tokens),
                         sql_int(u.cached_tokens),
+                        sql_int(u.cache_write_tokens),
                         sql_int(u.cost.0),
                         sql_int(u.estimated_requests),
                         sql_int(u.blocked_requests),
@@ -346,15 +357,11 @@ impl UsageDb {
             Some(UsageGroup::Workload) => "workload",
             None => "'total'",
         };
-        // Read-only, a database no keygate with guardrails has opened yet has no such column.
-        let blocked = if self.has_blocked_column().map_err(|e| self.error(e))? {
-            "blocked_requests"
-        } else {
-            "0"
-        };
+        let cache_write = self.column_or_zero("cache_write_tokens")?;
+        let blocked = self.column_or_zero("blocked_requests")?;
         let sql = format!(
             "SELECT {column}, requests, prompt_tokens, completion_tokens, cached_tokens,
-                    cost_nanos, estimated_requests, {blocked}
+                    {cache_write}, cost_nanos, estimated_requests, {blocked}
              FROM usage_daily
              WHERE (?1 IS NULL OR key_id = ?1) AND (?2 IS NULL OR workload = ?2)
                AND (?3 IS NULL OR day >= ?3) AND (?4 IS NULL OR day <= ?4)
@@ -377,9 +384,10 @@ impl UsageDb {
                 prompt_tokens: n(2)?,
                 completion_tokens: n(3)?,
                 cached_tokens: n(4)?,
-                cost: UsdNanos(n(5)?),
-                estimated_requests: n(6)?,
-                blocked_requests: n(7)?,
+                cache_write_tokens: n(5)?,
+                cost: UsdNanos(n(6)?),
+                estimated_requests: n(7)?,
+                blocked_requests: n(8)?,
             });
             Ok(())
         })
@@ -392,6 +400,7 @@ impl UsageDb {
                 prompt_tokens: t.prompt_tokens,
                 completion_tokens: t.completion_tokens,
                 cached_tokens: t.cached_tokens,
+                cache_write_tokens: t.cache_write_tokens,
                 cost: t.cost,
                 estimated_requests: t.estimated_requests,
                 blocked_requests: t.blocked_requests,
@@ -402,9 +411,9 @@ impl UsageDb {
 
 /// Adds a batch to its rows; each total stops at `i64::MAX` instead of turning into a REAL.
 const UPSERT: &str = "INSERT INTO usage_daily (day, key_id, workload, model, requests,
-        prompt_tokens, completion_tokens, cached_tokens, cost_nanos, estimated_requests,
-        blocked_requests)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+        prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, cost_nanos,
+        estimated_requests, blocked_requests)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
     ON CONFLICT (day, key_id, workload, model) DO UPDATE SET
         requests = CASE WHEN requests > 9223372036854775807 - excluded.requests
             THEN 9223372036854775807 ELSE requests + excluded.requests END,
@@ -415,6 +424,9 @@ const UPSERT: &str = "INSERT INTO usage_daily (day, key_id, workload, model, req
             THEN 9223372036854775807 ELSE completion_tokens + excluded.completion_tokens END,
         cached_tokens = CASE WHEN cached_tokens > 9223372036854775807 - excluded.cached_tokens
             THEN 9223372036854775807 ELSE cached_tokens + excluded.cached_tokens END,
+        cache_write_tokens =
+            CASE WHEN cache_write_tokens > 9223372036854775807 - excluded.cache_write_tokens
+            THEN 9223372036854775807 ELSE cache_write_tokens + excluded.cache_write_tokens END,
         cost_nanos = CASE WHEN cost_nanos > 9223372036854775807 - excluded.cost_nanos
             THEN 9223372036854775807 ELSE cost_nanos + excluded.cost_nanos END,
         estimated_requests =
@@ -423,6 +435,10 @@ const UPSERT: &str = "INSERT INTO usage_daily (day, key_id, workload, model, req
         blocked_requests =
             CASE WHEN blocked_requests > 9223372036854775807 - excluded.blocked_requests
             THEN 9223372036854775807 ELSE blocked_requests + excluded.blocked_requests END";
+
+/// Columns later keygates added to `usage_daily`, each an integer defaulting to 0; `init` adds
+/// those a database lacks.
+const ADDED_COLUMNS: [&str; 2] = ["blocked_requests", "cache_write_tokens"];
 
 /// SQLite integers are signed: a value beyond `i64::MAX` is stored as that.
 fn sql_int(n: u64) -> i64 {
@@ -491,6 +507,7 @@ mod tests {
             prompt_tokens: requests * 10,
             completion_tokens: requests * 5,
             cached_tokens: 0,
+            cache_write_tokens: requests * 3,
             cost: UsdNanos(cost),
             estimated_requests: 0,
             blocked_requests: requests % 2,
@@ -542,6 +559,7 @@ mod tests {
             .unwrap();
         assert_eq!(total[0].requests, 24);
         assert_eq!(total[0].prompt_tokens, 240);
+        assert_eq!(total[0].cache_write_tokens, 72);
         // usage(2, _), usage(1, _) and usage(9, _), twice: one blocked each for 1 and 9
         assert_eq!(total[0].blocked_requests, 4);
     }
@@ -573,7 +591,97 @@ mod tests {
         batch.insert(row("2026-11-23", "a", "w", "m"), usage(1, 1));
         db.add(&batch).unwrap();
         let total = &db.report(&UsageFilter::default(), None).unwrap()[0];
-        assert_eq!((total.requests, total.blocked_requests), (4, 1));
+        assert_eq!(
+            (
+                total.requests,
+                total.blocked_requests,
+                total.cache_write_tokens
+            ),
+            (4, 1, 3)
+        );
+    }
+
+    #[test]
+    fn a_database_without_the_cache_write_column_gets_it_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        // The schema keygate created before it persisted cache writes.
+        conn.execute_batch(
+            "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT INTO meta VALUES ('schema_version', 1);
+             CREATE TABLE usage_daily (
+                 day TEXT NOT NULL,
+                 key_id TEXT NOT NULL,
+                 workload TEXT NOT NULL,
+                 model TEXT NOT NULL,
+                 requests INTEGER NOT NULL,
+                 prompt_tokens INTEGER NOT NULL,
+                 completion_tokens INTEGER NOT NULL,
+                 cached_tokens INTEGER NOT NULL,
+                 cost_nanos INTEGER NOT NULL,
+                 estimated_requests INTEGER NOT NULL,
+                 blocked_requests INTEGER NOT NULL DEFAULT 0,
+                 PRIMARY KEY (day, key_id, workload, model)
+             ) WITHOUT ROWID;
+             CREATE INDEX usage_daily_by_workload ON usage_daily (workload, day);
+             CREATE TABLE key_last_used (key_id TEXT PRIMARY KEY, last_used_ms INTEGER NOT NULL)
+                 WITHOUT ROWID;
+             INSERT INTO usage_daily VALUES ('2026-11-23', 'a', 'w', 'm', 3, 30, 15, 20, 7, 1, 1);
+             INSERT INTO usage_daily VALUES ('2026-11-22', 'b', 'w', 'm', 2, 20, 10, 0, 5, 0, 0);
+             INSERT INTO key_last_used VALUES ('a', 1764000000000);",
+        )
+        .unwrap();
+        drop(conn);
+        // Read-only, the old file is not changed and reads as having written nothing to caches.
+        let old = UsageDb::open_read_only(dir.path()).unwrap();
+        let total = &old.report(&UsageFilter::default(), None).unwrap()[0];
+        assert_eq!((total.requests, total.cache_write_tokens), (5, 0));
+        assert!(!old.has_column("cache_write_tokens").unwrap());
+        drop(old);
+
+        let mut db = UsageDb::open(dir.path()).unwrap();
+        let mut batch = HashMap::new();
+        batch.insert(row("2026-11-23", "a", "w", "m"), usage(2, 4));
+        batch.insert(row("2026-11-24", "a", "w", "m"), usage(1, 1));
+        db.add(&batch).unwrap();
+        drop(db);
+        // A second open finds the column and leaves the table alone.
+        let mut db = UsageDb::open(dir.path()).unwrap();
+        db.add(&batch).unwrap();
+
+        let by_day = db
+            .report(&UsageFilter::default(), Some(UsageGroup::Day))
+            .unwrap();
+        let got: Vec<_> = by_day
+            .iter()
+            .map(|r| {
+                (
+                    r.group.as_str(),
+                    r.requests,
+                    r.prompt_tokens,
+                    r.cached_tokens,
+                    r.cache_write_tokens,
+                    r.cost,
+                    r.estimated_requests,
+                    r.blocked_requests,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("2026-11-22", 2, 20, 0, 0, UsdNanos(5), 0, 0),
+                // the old row, then usage(2, 4) twice: 2 × 3 tokens written each time
+                ("2026-11-23", 7, 70, 20, 12, UsdNanos(15), 1, 1),
+                ("2026-11-24", 2, 20, 0, 6, UsdNanos(2), 0, 2),
+            ]
+        );
+        assert_eq!(
+            db.last_used().unwrap()[&Box::<str>::from("a")],
+            1764000000000
+        );
+        let spend = db.spend(day("2026-11-24"), day("2026-11-01")).unwrap();
+        assert_eq!(spend[&("key", "b".into())].this_month, UsdNanos(5));
     }
 
     #[test]
@@ -585,6 +693,7 @@ mod tests {
             prompt_tokens: u64::MAX,
             completion_tokens: i64::MAX as u64,
             cached_tokens: 0,
+            cache_write_tokens: u64::MAX,
             cost: UsdNanos(u64::MAX),
             estimated_requests: 0,
             blocked_requests: 0,
@@ -622,6 +731,8 @@ mod tests {
             (total.requests, total.prompt_tokens, total.completion_tokens),
             (7, u64::MAX, u64::MAX)
         );
+        // Two rows at i64::MAX; the REAL row was written without the column.
+        assert_eq!(total.cache_write_tokens, u64::MAX - 1);
         // The REAL row takes further batches as integers again.
         batch.clear();
         batch.insert(row("2026-11-23", "b", "w", "m"), usage(1, 1));
@@ -641,9 +752,10 @@ mod tests {
                 b.prompt_tokens,
                 b.completion_tokens,
                 b.cached_tokens,
+                b.cache_write_tokens,
                 b.cost
             ),
-            (2, i64::MAX as u64, 10, 0, max)
+            (2, i64::MAX as u64, 10, 0, 3, max)
         );
     }
 

@@ -353,8 +353,9 @@ pub struct Lease {
     renewed: bool,
     token_delta: i64,
     cost: UsdNanos,
-    /// The model and its usage (prompt, completion, cached tokens), for the fleet's usage view.
-    usage: Option<(Box<str>, [u64; 3])>,
+    /// The model and its usage (prompt, completion, cached, cache-write tokens), for the fleet's
+    /// usage view.
+    usage: Option<(Box<str>, [u64; 4])>,
     admitted_at_ms: u64,
     shared: Arc<Shared>,
 }
@@ -383,6 +384,7 @@ impl Lease {
                 usage.prompt_tokens,
                 usage.completion_tokens,
                 usage.cached_tokens,
+                usage.cache_write_tokens,
             ],
         ));
     }
@@ -417,7 +419,7 @@ struct Finished {
     keys: Arc<LeaseKeys>,
     token_delta: i64,
     cost: UsdNanos,
-    usage: Option<(Box<str>, [u64; 3])>,
+    usage: Option<(Box<str>, [u64; 4])>,
     admitted_at_ms: u64,
     at_ms: u64,
 }
@@ -1054,25 +1056,25 @@ async fn finish_group(shared: &Shared, group: &[Finished]) {
     for done in group {
         pipe.add_command(finish_command(sha, done));
     }
-    let mut counters: HashMap<(String, String), [u64; 5]> = HashMap::new();
+    let mut counters: HashMap<(String, String), [u64; 6]> = HashMap::new();
     for done in group {
         let (day, month) = usage::day_and_month(done.at_ms);
         let (model, tokens) = done
             .usage
             .as_ref()
-            .map_or(("-", [0; 3]), |(m, t)| (&**m, *t));
+            .map_or(("-", [0; 4]), |(m, t)| (&**m, *t));
         let hash = usage::hash_key(&shared.settings.prefix, &done.keys.tag, &month);
         let field = format!("{day}|{}|{model}|", done.keys.key_id);
         let sums = counters.entry((hash, field)).or_default();
         sums[0] += 1;
-        for (sum, n) in sums[1..4].iter_mut().zip(tokens) {
+        for (sum, n) in sums[1..5].iter_mut().zip(tokens) {
             *sum += n;
         }
-        sums[4] += done.cost.0;
+        sums[5] += done.cost.0;
     }
     let mut hashes: Vec<&str> = Vec::new();
     for ((hash, field), sums) in &counters {
-        for (suffix, n) in ["r", "p", "c", "k", "n"].into_iter().zip(sums) {
+        for (suffix, n) in usage::FIGURES.into_iter().zip(sums) {
             if *n > 0 {
                 pipe.cmd("HINCRBY")
                     .arg(hash)

@@ -10,6 +10,11 @@ use crate::usage::cost::UsdNanos;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use std::collections::{BTreeMap, HashMap};
 
+/// The suffix of each figure's field (`2026-12-05|key|model|r`), in the order `finish_group`
+/// sums them: requests, prompt, completion, cached and cache-write tokens, cost (nano-dollars).
+/// Old hashes lack the fields of figures added since; a missing field adds nothing.
+pub const FIGURES: [&str; 6] = ["r", "p", "c", "k", "w", "n"];
+
 /// The hash of `workload`'s usage in `month` (`2026-12`), in the workload's hash slot.
 pub fn hash_key(prefix: &str, workload: &str, month: &str) -> String {
     format!("{prefix}:{{{workload}}}:usage:{month}")
@@ -119,6 +124,7 @@ fn row(group: &str) -> ReportRow {
         prompt_tokens: 0,
         completion_tokens: 0,
         cached_tokens: 0,
+        cache_write_tokens: 0,
         cost: UsdNanos::ZERO,
         estimated_requests: 0,
         // Blocked requests are booked in the usage database only.
@@ -132,6 +138,7 @@ fn add(row: &mut ReportRow, figure: char, value: u64) {
         'p' => row.prompt_tokens += value,
         'c' => row.completion_tokens += value,
         'k' => row.cached_tokens += value,
+        'w' => row.cache_write_tokens += value,
         'n' => row.cost = UsdNanos(row.cost.0 + value),
         _ => {}
     }
@@ -153,6 +160,12 @@ mod tests {
             ))
         );
         assert_eq!(parse_field("garbage"), None);
+        let mut total = row("total");
+        for (field, value) in [("k", 200), ("w", 30), ("w", 30), ("x", 5)] {
+            let (.., figure) = parse_field(&format!("2026-12-05|k|m|{field}")).unwrap();
+            add(&mut total, figure, value);
+        }
+        assert_eq!((total.cached_tokens, total.cache_write_tokens), (200, 60));
         // 2027-01-15 reads December too
         assert_eq!(months(1_800_000_000_000), ["2026-12", "2027-01"]);
     }
