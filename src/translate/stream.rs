@@ -129,6 +129,10 @@ impl StreamTranslator {
         {
             return;
         }
+        if let Some(text) = text_delta(&data) {
+            self.raw_text(text, out);
+            return;
+        }
         // An event that is not JSON (a provider's comment-like noise) carries nothing to send.
         if let Ok(event) = serde_json::from_slice::<Event<'_>>(&data) {
             self.translate(event, out);
@@ -252,6 +256,16 @@ impl StreamTranslator {
         self.chunk(delta, None, out);
     }
 
+    /// A content delta whose text is `string`, a JSON string token as the provider wrote it:
+    /// what serializing a [`ChoiceOut`] with that content gives, without unescaping and escaping
+    /// the text again.
+    fn raw_text(&self, string: &[u8], out: &mut BytesMut) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(b"\"choices\":[{\"index\":0,\"delta\":{\"content\":");
+        out.extend_from_slice(string);
+        out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+    }
+
     fn tool_delta(&self, call: ToolCallDelta<'_>, out: &mut BytesMut) {
         let delta = DeltaOut {
             role: None,
@@ -281,6 +295,40 @@ impl StreamTranslator {
         out.extend_from_slice(error);
         out.extend_from_slice(b"\n\n");
         self.done = true;
+    }
+}
+
+/// The text of a `text_delta` event written as Anthropic writes it, most of a stream's events:
+/// the JSON string token, checked but not decoded. `None` for anything else, which is parsed.
+fn text_delta(data: &[u8]) -> Option<&[u8]> {
+    let rest = data.strip_prefix(b"{\"type\":\"content_block_delta\",\"index\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let rest = rest[digits..].strip_prefix(b",\"delta\":{\"type\":\"text_delta\",\"text\":")?;
+    let len = json_string_len(rest)?;
+    let (string, tail) = rest.split_at(len);
+    (digits > 0 && tail == b"}}" && std::str::from_utf8(string).is_ok()).then_some(string)
+}
+
+/// The length of the well-formed JSON string token `buf` starts with, its quotes included.
+fn json_string_len(buf: &[u8]) -> Option<usize> {
+    if buf.first() != Some(&b'"') {
+        return None;
+    }
+    let mut i = 1;
+    loop {
+        let at = i + memchr::memchr3(b'"', b'\\', b'\n', &buf[i..])?;
+        if buf[i..at].iter().any(|&b| b < 0x20) {
+            return None;
+        }
+        match buf[at] {
+            b'"' => return Some(at + 1),
+            b'\\' => match buf.get(at + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i = at + 2,
+                b'u' if buf.get(at + 2..at + 6)?.iter().all(u8::is_ascii_hexdigit) => i = at + 6,
+                _ => return None,
+            },
+            _ => return None,
+        }
     }
 }
 
@@ -405,6 +453,49 @@ pub(crate) mod tests {
         "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{},\"usage\":{\"output_tokens\":9}}\n\n",
         "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
     );
+
+    #[test]
+    fn text_deltas_copied_raw_equal_parsed_ones() {
+        let texts = [
+            r#""Hello""#,
+            r#""""#,
+            r#""a \"q\" \\ \/ \n\t \u00e9 \ud83d\ude00 é 😀""#,
+        ];
+        for text in texts {
+            let raw = format!(
+                "data: {{\"type\":\"content_block_delta\",\"index\":3,\"delta\":{{\"type\":\"text_delta\",\"text\":{text}}}}}\n\n"
+            );
+            // The same event with its members in another order takes the parsed path.
+            let parsed = format!(
+                "data: {{\"index\":3,\"type\":\"content_block_delta\",\"delta\":{{\"text\":{text},\"type\":\"text_delta\"}}}}\n\n"
+            );
+            let fast = StreamTranslator::new(false).filter(Some(raw.as_bytes()), false);
+            let slow = StreamTranslator::new(false).filter(Some(parsed.as_bytes()), false);
+            let (fast, slow) = (fast.unwrap(), slow.unwrap());
+            assert!(
+                text_delta(&raw.as_bytes()[6..raw.len() - 2]).is_some(),
+                "{text}"
+            );
+            let value = |out: &[u8]| -> Value { serde_json::from_str(&datas(out)[0]).unwrap() };
+            let mut fast = value(&fast);
+            let mut slow = value(&slow);
+            // `created` is the time each translator started.
+            fast["created"] = Value::Null;
+            slow["created"] = Value::Null;
+            assert_eq!(fast, slow, "{text}");
+        }
+        for malformed in [
+            r#""bad \x escape""#,
+            r#""unterminated"#,
+            r#""\u12""#,
+            "\"raw\u{1}control\"",
+        ] {
+            let data = format!(
+                "{{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{malformed}}}}}"
+            );
+            assert_eq!(text_delta(data.as_bytes()), None, "{malformed}");
+        }
+    }
 
     /// The data of each event the client receives.
     fn datas(out: &[u8]) -> Vec<String> {
