@@ -357,21 +357,29 @@ async fn a_budget_holds_under_fifty_concurrent_requests_over_two_instances() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_instances_slots_and_reservations_return_after_the_lease_ttl() {
-    let redis = RedisServer::start();
-    let slow = Reply::Sse {
+/// An upstream whose streams run for a minute, so that a request holds its slot and reservation.
+fn slow_stream() -> Reply {
+    Reply::Sse {
         events: (0..600)
             .map(|i| format!("data: {{\"n\":{i}}}\n\n"))
             .collect(),
         interval: Duration::from_millis(100),
-    };
-    let up = MockUpstream::start("up", slow).await;
-    let (secret, yaml) = key_file("app", "max_concurrent: 1\nbudget: {daily_usd: 10}\n");
-    let policy = priced(&up.url(), &redis.url(), "");
-    // Instance A is a process of its own, killed with SIGKILL while it streams.
-    let a = TestGateway::prepare(&policy, &[("k".into(), yaml.clone())]);
-    let mut process = Command::new(keygate_bin())
+    }
+}
+
+/// Instance A as a process of its own (so that it can be killed with SIGKILL), its files (kept
+/// while it runs), and the stream it admitted for `secret`.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the caller kills and waits for the process; a failed assertion ends the test run"
+)]
+async fn instance_holding_a_stream(
+    policy: &str,
+    yaml: &str,
+    secret: &str,
+) -> (TestGateway, Child, reqwest::Response) {
+    let a = TestGateway::prepare(policy, &[("k".into(), yaml.to_string())]);
+    let process = Command::new(keygate_bin())
         .args(["serve", "--config"])
         .arg(&a.config_path)
         .stdout(Stdio::null())
@@ -383,19 +391,28 @@ async fn a_killed_instances_slots_and_reservations_return_after_the_lease_ttl() 
         assert!(Instant::now() < deadline, "the gateway did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
-    connected(&b).await;
-    let mut conn = redis.conn();
-    let stream = loop {
-        let resp = post_json(&a.url("/v1/chat/completions"), &secret, &chat()).await;
+    loop {
+        let resp = post_json(&a.url("/v1/chat/completions"), secret, &chat()).await;
         if resp.status() == 200 {
-            break resp;
+            return (a, process, resp);
         }
         // Until the process has reached Redis (`fail_closed`).
         assert_eq!(error_of(resp).await.2, "state_unavailable");
         assert!(Instant::now() < deadline, "instance A never admitted");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instances_slots_and_reservations_return_after_the_lease_ttl() {
+    let redis = RedisServer::start();
+    let up = MockUpstream::start("up", slow_stream()).await;
+    let (secret, yaml) = key_file("app", "max_concurrent: 1\nbudget: {daily_usd: 10}\n");
+    let policy = priced(&up.url(), &redis.url(), "");
+    let (_a, mut process, stream) = instance_holding_a_stream(&policy, &yaml, &secret).await;
+    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
+    connected(&b).await;
+    let mut conn = redis.conn();
     assert_eq!(conn.zcard::<_, u64>("kg:{app}:key:k:slots").unwrap(), 1);
     assert_eq!(conn.zcard::<_, u64>("kg:{app}:key:k:reserved").unwrap(), 1);
     let url = b.url("/v1/chat/completions");
@@ -438,6 +455,43 @@ async fn a_killed_instances_slots_and_reservations_return_after_the_lease_ttl() 
                 .hget::<_, _, i64>("kg:{app}:key:k:budget", "r")
                 .unwrap()
                 == 0
+    })
+    .await;
+}
+
+/// A crashed holder's reservation is given back however long nobody used the budget: it does not
+/// vanish with its set and stay counted in the reserved total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instances_reservation_is_given_back_after_a_quiet_spell() {
+    let redis = RedisServer::start();
+    let up = MockUpstream::start("up", slow_stream()).await;
+    let (secret, yaml) = key_file("app", "budget: {daily_usd: 10}\n");
+    let policy = priced(&up.url(), &redis.url(), "");
+    let (_a, mut process, stream) = instance_holding_a_stream(&policy, &yaml, &secret).await;
+    let mut conn = redis.conn();
+    let reserved = || {
+        redis
+            .conn()
+            .hget::<_, _, i64>("kg:{app}:key:k:budget", "r")
+            .unwrap()
+    };
+    assert!(reserved() > 0);
+    process.kill().unwrap();
+    process.wait().unwrap();
+    drop(stream);
+    // Longer than any expiry tied to the lease TTL (1.5 s), with no request on the budget.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert!(
+        reserved() > 0,
+        "nobody has given the dead reservation back yet"
+    );
+    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
+    connected(&b).await;
+    let resp = post_json(&b.url("/v1/chat/completions"), &secret, &chat()).await;
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    eventually("the dead reservation given back", || {
+        conn.zcard::<_, u64>("kg:{app}:key:k:reserved").unwrap() == 0 && reserved() == 0
     })
     .await;
 }

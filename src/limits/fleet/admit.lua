@@ -119,8 +119,9 @@ for _, b in ipairs(budgets) do
   local r = b[5]
   if admitted and cost ~= '0' then
     r = redis.call('HINCRBY', b[1], 'r', cost)
+    -- No expiry on a reservation set: one that expired with a crashed holder's member in it
+    -- would leave its amount in `r` for good. Redis deletes the set once it is empty.
     redis.call('ZADD', b[2], now + ttl, lease .. ':' .. cost)
-    redis.call('PEXPIRE', b[2], 2 * ttl)
   end
   out[#out + 1] = b[3]
   out[#out + 1] = b[4]

@@ -8,6 +8,7 @@ for i, key in ipairs(KEYS) do
   local member = ARGV[1]
   if i > nl then member = ARGV[1] .. ':' .. ARGV[4] end
   redis.call('ZADD', key, 'XX', now + ttl, member)
-  redis.call('PEXPIRE', key, 2 * ttl)
+  -- Reservation sets keep no expiry (see admit.lua).
+  if i <= nl then redis.call('PEXPIRE', key, 2 * ttl) end
 end
 return 0
