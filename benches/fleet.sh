@@ -8,19 +8,23 @@
 #   2. p50 at one connection: the same, wrk -c1; the median of fleet's p50 minus memory's;
 #   3. Redis round trips per request: EVALSHA calls counted by redis INFO commandstats over a
 #      run, split into admission (on the request path) and the finishing script (sent by a
-#      background task after the response);
+#      background task after the response); over one run of each side, the gateway's CPU per
+#      request and Redis's;
 #   4. admission accuracy: two fleet instances hammered at once (one wrk each) with a key of
 #      LIMIT requests per 60 s; admitted (2xx) against LIMIT.
 #
 # usage: benches/fleet.sh KEYGATE_BINARY
-#   env: ROUNDS (default 6), SECONDS_PER_RUN (3), LIMIT (2000), GATEWAY_CPU (0), WRK_CPU (1)
+#   env: ROUNDS (default 6), SECONDS_PER_RUN (3), LIMIT (2000), GATEWAY_CPU (0), WRK_CPU (1),
+#        REDIS_CPU (WRK_CPU; empty for unpinned)
+# Redis runs off the gateways' core, as a fleet's Redis runs on its own host: left unpinned, it
+# takes its CPU from the fleet gateway's core, and the ratio measures the host, not keygate.
 # Prints a Markdown summary on stdout. Needs redis-server and wrk.
 set -euo pipefail
 
-[ $# -eq 1 ] || { sed -n '15,17p' "$0"; exit 2; }
+[ $# -eq 1 ] || { sed -n '16,21p' "$0"; exit 2; }
 BIN=$(realpath "$1")
 ROUNDS=${ROUNDS:-6} SECONDS_PER_RUN=${SECONDS_PER_RUN:-3} LIMIT=${LIMIT:-2000}
-GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1}
+GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1} REDIS_CPU=${REDIS_CPU-${WRK_CPU:-1}}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=benches/lib.sh
 . "$ROOT/benches/lib.sh"
@@ -34,9 +38,12 @@ cleanup() {
 trap cleanup EXIT
 
 REDIS_PORT=16390
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" \
-  >/dev/null 2>&1 &
-PIDS+=($!)
+pin_redis=()
+[ -n "$REDIS_CPU" ] && pin_redis=(taskset -c "$REDIS_CPU")
+"${pin_redis[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$WORK" >/dev/null 2>&1 &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
 for _ in $(seq 100); do listening "$REDIS_PORT" && break; sleep 0.05; done
 redis() { redis-cli -p "$REDIS_PORT" "$@"; }
 
@@ -82,6 +89,7 @@ start() {
   port=$(grep -oE '^listen: 127.0.0.1:[0-9]+' "$dir/keygate.yaml" | grep -oE '[0-9]+$')
   (cd "$dir" && exec taskset -c "$GATEWAY_CPU" "$BIN" serve --config keygate.yaml >"$dir/log" 2>&1) &
   PIDS+=($!)
+  GATEWAY_PID[$1]=$!
   for _ in $(seq 200); do listening "$port" && break; sleep 0.05; done
   # Until the first request is admitted (a fleet instance connects to Redis in the background).
   for _ in $(seq 100); do
@@ -101,6 +109,7 @@ run() {
     "http://127.0.0.1:$port/v1/chat/completions" | grep '^RESULT'
 }
 field() { sed -E "s/.* $1=([^ ]+).*/\1/"; }
+declare -A GATEWAY_PID=()
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 fleet_state="state:
@@ -125,11 +134,24 @@ for r in $(seq "$ROUNDS"); do
   echo "round $r: rps memory ${rps[memory]} fleet ${rps[fleet]}; p50 ms memory ${p50[memory]} fleet ${p50[fleet]}" >&2
 done
 
-# Round trips: EVALSHA calls during a run, against the requests it completed.
+# us_per_request TICKS REQUESTS: CPU microseconds per request.
+us_per_request() {
+  awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}'
+}
+# CPU per request of the memory side over one run.
+before=$(cpu_ticks "${GATEWAY_PID[memory]}")
+line=$(run memory 16 "$SECONDS_PER_RUN")
+memory_cpu=$(us_per_request $(($(cpu_ticks "${GATEWAY_PID[memory]}") - before)) "$(field requests <<<"$line")")
+
+# Round trips: EVALSHA calls during a run, against the requests it completed; CPU per request of
+# the fleet side and of Redis over the same run.
 redis config resetstat >/dev/null
+before=$(cpu_ticks "${GATEWAY_PID[fleet]}") redis_before=$(cpu_ticks "$REDIS_PID")
 line=$(run fleet 16 "$SECONDS_PER_RUN")
 sleep 1   # the finishing scripts of the last requests, sent after their responses
 requests=$(field requests <<<"$line")
+fleet_cpu=$(us_per_request $(($(cpu_ticks "${GATEWAY_PID[fleet]}") - before)) "$requests")
+redis_cpu=$(us_per_request $(($(cpu_ticks "$REDIS_PID") - redis_before)) "$requests")
 evalsha=$(redis info commandstats | grep '^cmdstat_evalsha:' | sed -E 's/^cmdstat_evalsha:calls=([0-9]+).*/\1/')
 per_request=$(awk -v c="${evalsha:-0}" -v n="$requests" 'BEGIN {printf "%.2f", c / n}')
 
@@ -164,5 +186,7 @@ cat <<EOF
 | RPS, fleet / memory (paired, 16 connections, median of $ROUNDS rounds) | $(printf '%s\n' "${ratios[@]}" | median) |
 | added p50 at one connection, fleet - memory (ms, median of $ROUNDS rounds) | $(printf '%s\n' "${added[@]}" | median) |
 | Redis scripts per request (admission on the request path + finishing off it) | $per_request |
+| gateway CPU per request, memory / fleet (us, one run each) | $memory_cpu / $fleet_cpu |
+| Redis CPU per request (us, the fleet run; Redis pinned to CPU ${REDIS_CPU:-none}) | $redis_cpu |
 | admitted across 2 instances under load, limit $LIMIT per 60 s (2xx wrk saw complete) | $admitted ($answered) |
 EOF
