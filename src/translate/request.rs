@@ -10,11 +10,10 @@
 use crate::json::{key_name, skip_ws, Members};
 use crate::proxy::refusal::Refusal;
 use bytes::Bytes;
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::fmt;
 
 /// A translated request: the Messages body and what the response side must know.
 #[derive(Debug)]
@@ -327,36 +326,62 @@ struct ChatMessage<'a> {
 
 /// A message's content: a string, or an array of parts.
 enum Content<'a> {
-    Text(Cow<'a, str>),
+    Text(JsonText<'a>),
     Parts(Vec<Part<'a>>),
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Content<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Content<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or an array of content parts")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Borrowed(s)))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Owned(s.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
-                Ok(Content::Text(Cow::Owned(s)))
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut parts = Vec::with_capacity(seq.size_hint().unwrap_or(2));
-                while let Some(part) = seq.next_element()? {
-                    parts.push(part);
-                }
-                Ok(Content::Parts(parts))
-            }
+        let raw = <&'a RawValue>::deserialize(d)?;
+        match raw.get().as_bytes().first() {
+            Some(b'"') => Ok(Content::Text(JsonText(raw))),
+            Some(b'[') => serde_json::from_str(raw.get())
+                .map(Content::Parts)
+                .map_err(de::Error::custom),
+            _ => Err(de::Error::invalid_type(
+                unexpected(raw),
+                &"a string or an array of content parts",
+            )),
         }
-        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A JSON string as the client wrote it, escapes and all. Text goes into the Messages body as
+/// it came: unescaping it and escaping it again was most of the request translation's time.
+#[derive(Clone, Copy)]
+struct JsonText<'a>(&'a RawValue);
+
+impl JsonText<'_> {
+    fn is_empty(self) -> bool {
+        self.0.get() == "\"\""
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for JsonText<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <&'a RawValue>::deserialize(d)?;
+        if raw.get().starts_with('"') {
+            Ok(JsonText(raw))
+        } else {
+            Err(de::Error::invalid_type(unexpected(raw), &"a string"))
+        }
+    }
+}
+
+impl Serialize for JsonText<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+/// What a raw value that is not a string is, for the error that says so.
+fn unexpected(raw: &RawValue) -> de::Unexpected<'static> {
+    match raw.get().as_bytes().first() {
+        Some(b'[') => de::Unexpected::Seq,
+        Some(b'{') => de::Unexpected::Map,
+        Some(b'n') => de::Unexpected::Unit,
+        Some(b't' | b'f') => de::Unexpected::Other("a boolean"),
+        _ => de::Unexpected::Other("a number"),
     }
 }
 
@@ -366,11 +391,11 @@ struct Part<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    text: Option<JsonText<'a>>,
     #[serde(borrow, default)]
     image_url: Option<ImageUrl<'a>>,
     #[serde(borrow, default)]
-    refusal: Option<Cow<'a, str>>,
+    refusal: Option<JsonText<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -439,7 +464,7 @@ struct Turn<'a> {
 #[derive(Serialize)]
 #[serde(untagged)]
 enum TurnContent<'a> {
-    Text(Cow<'a, str>),
+    Text(JsonText<'a>),
     Blocks(Vec<Block<'a>>),
 }
 
@@ -456,7 +481,7 @@ impl<'a> TurnContent<'a> {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Block<'a> {
     Text {
-        text: Cow<'a, str>,
+        text: JsonText<'a>,
     },
     Image {
         source: ImageSource<'a>,
@@ -506,7 +531,7 @@ fn conversation(raw: &[u8]) -> Result<(Option<TurnContent<'_>>, Vec<Turn<'_>>), 
             "`messages` must hold at least one message.",
         ));
     }
-    let mut system: Vec<Cow<'_, str>> = Vec::new();
+    let mut system: Vec<JsonText<'_>> = Vec::new();
     let mut turns: Vec<Turn<'_>> = Vec::with_capacity(messages.len());
     for (i, m) in messages.into_iter().enumerate() {
         let at = |field: &str| format!("messages[{i}]{field}");
@@ -621,7 +646,7 @@ fn missing_content(param: &str) -> Refusal {
 }
 
 /// The texts of content that may hold only text (system prompts, tool results).
-fn texts<'a>(content: Content<'a>, param: &str) -> Result<Vec<Cow<'a, str>>, Refusal> {
+fn texts<'a>(content: Content<'a>, param: &str) -> Result<Vec<JsonText<'a>>, Refusal> {
     match content {
         Content::Text(text) => Ok(vec![text]),
         Content::Parts(parts) => parts
@@ -745,10 +770,8 @@ fn assistant_content<'a>(
     }
     // A refusal the model gave earlier is what it said in that turn.
     if blocks.is_empty() && tool_calls.is_none() {
-        if let Some(r) = refusal {
-            if let Ok(text) = serde_json::from_str::<Cow<'_, str>>(r.get()) {
-                return Ok(TurnContent::Text(Cow::Owned(text.into_owned())));
-            }
+        if let Some(r) = refusal.filter(|r| r.get().starts_with('"')) {
+            return Ok(TurnContent::Text(JsonText(r)));
         }
     }
     for (j, call) in tool_calls.into_iter().flatten().enumerate() {
@@ -1193,6 +1216,43 @@ mod tests {
             assert_eq!(p, param);
         }
         assert_eq!(refused(json!({"model": "m"})).0, "messages");
+    }
+
+    #[test]
+    fn text_goes_out_as_the_client_escaped_it() {
+        let body = br#"{"model":"m","messages":[
+            {"role":"system","content":"be \"terse\"\n"},
+            {"role":"user","content":[{"type":"text","text":"caf\u00e9 \ud83d\ude00 a\/b"}]},
+            {"role":"assistant","content":null,"refusal":"I can\u2019t"},
+            {"role":"user","content":"ok"}]}"#;
+        let t = chat_to_messages(body, "claude", 100).unwrap();
+        let out = std::str::from_utf8(&t.body).unwrap();
+        for raw in [
+            r#""system":"be \"terse\"\n""#,
+            r#"{"type":"text","text":"caf\u00e9 \ud83d\ude00 a\/b"}"#,
+            r#"{"role":"assistant","content":"I can\u2019t"}"#,
+        ] {
+            assert!(out.contains(raw), "{raw} in {out}");
+        }
+        let v: Value = serde_json::from_slice(&t.body).unwrap();
+        assert_eq!(v["messages"][0]["content"][0]["text"], "café \u{1F600} a/b");
+    }
+
+    #[test]
+    fn content_of_another_type_is_refused_naming_the_message() {
+        for content in [json!(5), json!(true), json!({"text": "x"})] {
+            let (param, message) =
+                refused(json!({"model": "m", "messages": [{"role": "user", "content": content}]}));
+            assert_eq!(param, "messages[0]");
+            assert!(
+                message.contains("expected a string or an array of content parts"),
+                "{message}"
+            );
+        }
+        let (param, message) = refused(json!({"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": 7}]}]}));
+        assert_eq!(param, "messages[0]");
+        assert!(message.contains("expected a string"), "{message}");
     }
 
     #[test]
