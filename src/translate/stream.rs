@@ -126,7 +126,12 @@ impl StreamTranslator {
         // written otherwise, they are parsed and then ignored.
         if data.starts_with(b"{\"type\":\"ping\"")
             || data.starts_with(b"{\"type\":\"content_block_stop\"")
+            || is_empty_text_block(&data)
         {
+            return;
+        }
+        if data.as_ref() == b"{\"type\":\"message_stop\"}" {
+            self.stop(out);
             return;
         }
         if let Some(text) = text_delta(&data) {
@@ -225,16 +230,7 @@ impl StreamTranslator {
                     self.chunk(DeltaOut::default(), Some(reason), out);
                 }
             }
-            "message_stop" => {
-                if self.include_usage {
-                    out.extend_from_slice(&self.head);
-                    out.extend_from_slice(b"\"choices\":[],\"usage\":");
-                    let _ = serde_json::to_writer(out.writer(), &self.usage.to_openai());
-                    out.extend_from_slice(b"}\n\n");
-                }
-                out.extend_from_slice(b"data: [DONE]\n\n");
-                self.done = true;
-            }
+            "message_stop" => self.stop(out),
             "error" => {
                 let detail = event.error.unwrap_or(Detail {
                     kind: None,
@@ -245,6 +241,18 @@ impl StreamTranslator {
             // ping, content_block_stop, and events a newer API may add
             _ => {}
         }
+    }
+
+    /// The end of the message: the usage chunk if the client asked for it, then `[DONE]`.
+    fn stop(&mut self, out: &mut BytesMut) {
+        if self.include_usage {
+            out.extend_from_slice(&self.head);
+            out.extend_from_slice(b"\"choices\":[],\"usage\":");
+            let _ = serde_json::to_writer(out.writer(), &self.usage.to_openai());
+            out.extend_from_slice(b"}\n\n");
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        self.done = true;
     }
 
     fn text(&self, text: &str, out: &mut BytesMut) {
@@ -296,6 +304,13 @@ impl StreamTranslator {
         out.extend_from_slice(b"\n\n");
         self.done = true;
     }
+}
+
+/// Whether `data` is the start of a text block with no text yet, as Anthropic writes every text
+/// block's start: nothing to send.
+fn is_empty_text_block(data: &[u8]) -> bool {
+    data.starts_with(b"{\"type\":\"content_block_start\",")
+        && data.ends_with(b",\"content_block\":{\"type\":\"text\",\"text\":\"\"}}")
 }
 
 /// The text of a `text_delta` event written as Anthropic writes it, most of a stream's events:
@@ -495,6 +510,42 @@ pub(crate) mod tests {
             );
             assert_eq!(text_delta(data.as_bytes()), None, "{malformed}");
         }
+    }
+
+    #[test]
+    fn events_skipped_or_ended_unparsed_equal_parsed_ones() {
+        let stream = |block_start: &str, stop: &str| {
+            let input = format!(
+                "data: {}\n\ndata: {block_start}\n\ndata: {stop}\n\n",
+                r#"{"type":"message_start","message":{"id":"msg_1","model":"m","usage":{"input_tokens":3}}}"#
+            );
+            let out = StreamTranslator::new(true).filter(Some(input.as_bytes()), true);
+            let mut events = datas(&out.unwrap());
+            // `created` is the time each translator started.
+            for e in &mut events {
+                if let Ok(mut v) = serde_json::from_str::<Value>(e) {
+                    v["created"] = Value::Null;
+                    *e = v.to_string();
+                }
+            }
+            events
+        };
+        let fast =
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#;
+        assert!(is_empty_text_block(fast.as_bytes()));
+        // The same events with their members in another order, or spaced, take the parsed path.
+        let parsed_start =
+            r#"{"index":0,"type":"content_block_start","content_block":{"text":"","type":"text"}}"#;
+        assert!(!is_empty_text_block(parsed_start.as_bytes()));
+        let a = stream(fast, r#"{"type":"message_stop"}"#);
+        let b = stream(parsed_start, r#"{ "type": "message_stop" }"#);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 3, "{a:?}");
+        assert_eq!(a[2], "[DONE]");
+        // A block that starts with text is not skipped.
+        let with_text = r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":"Hi"}}"#;
+        assert!(!is_empty_text_block(with_text.as_bytes()));
+        assert!(stream(with_text, r#"{"type":"message_stop"}"#)[1].contains("\"Hi\""));
     }
 
     /// The data of each event the client receives.
