@@ -5,7 +5,10 @@
 mod common;
 
 use common::upstream::{free_port, MockUpstream, Reply};
-use common::{error_of, get_text, key_file, keygate_bin, one_model_policy, post_json, TestGateway};
+use common::{
+    body_with_its_length, error_of, get_text, key_file, keygate_bin, one_model_policy, post_json,
+    TestGateway,
+};
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
@@ -626,15 +629,7 @@ async fn whole_responses_are_redacted_and_a_block_never_delivers_the_text() {
     let resp = post_json(&chat_url(&gw), &secret, &chat("who?")).await;
     assert_eq!(resp.status(), 200);
     // Held until scanned, then sent whole with its new length.
-    assert!(resp.headers().get("transfer-encoding").is_none());
-    let length: usize = resp.headers()["content-length"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let got = resp.bytes().await.unwrap();
-    assert_eq!(got.len(), length);
-    let got: Value = serde_json::from_slice(&got).unwrap();
+    let got: Value = serde_json::from_slice(&body_with_its_length(resp).await).unwrap();
     assert_eq!(
         got["choices"][0]["message"]["content"],
         "Write to [REDACTED:EMAIL] today."

@@ -224,6 +224,22 @@ workloads:
     )
 }
 
+/// The body of a response sent whole, not chunked, checked against its `Content-Length`.
+pub async fn body_with_its_length(resp: reqwest::Response) -> bytes::Bytes {
+    assert!(
+        resp.headers().get("transfer-encoding").is_none(),
+        "sent chunked"
+    );
+    let length: usize = resp.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(body.len(), length);
+    body
+}
+
 /// POSTs `body` as JSON to `url` with `secret` as the Bearer key.
 pub async fn post_json(url: &str, secret: &str, body: &serde_json::Value) -> reqwest::Response {
     client()
