@@ -11,8 +11,9 @@
 //!   guardrail and the pattern at fault;
 //! - [`Scanner::scan`]: fills [`Findings`] for one text. Each guardrail runs all of its patterns
 //!   at once, in one automaton that skips ahead by literal search (keywords, regexes, secrets;
-//!   injection phrasings start with words too common to skip to, so their automaton steps
-//!   through every byte); PII, whose numbers have no literal to skip to, runs an email pass, a
+//!   injection phrasings start with words too common to skip to, so a block of text runs their
+//!   automaton only if it holds one of the rarer words every phrasing contains); PII, whose
+//!   numbers have no literal to skip to, runs an email pass, a
 //!   cheap scan for digit clusters and one for colon runs, and its automaton only inside those.
 //!   Candidates are then validated (Luhn, mod-97, SSN ranges, the `kg_` checksum, JWT headers).
 //!   A [`Finding`] carries the guardrail's index, a [`Rule`] and the byte span — never the
