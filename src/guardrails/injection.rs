@@ -171,16 +171,16 @@ const OPTIONAL_GAP: &str = r"\s{0,16}";
 
 /// Words one of which every match of a phrasing contains, but for the line-start phrasings
 /// (`every_phrasing_but_the_line_start_ones_needs_a_trigger_word` proves it from the phrasings
-/// themselves). They are rare in ordinary prose, unlike the words the phrasings start with, so a
-/// block of text holding none of them is not stepped through byte by byte: only its line starts
-/// are tried.
-const TRIGGER_WORDS: [&str; 33] = [
+/// themselves). They are rarer in ordinary prose than the words the phrasings start with
+/// ("following", a common word in prompts, is left out for "rules" and "guideline"), so a block
+/// of text holding none of them is not stepped through byte by byte: only its line starts are
+/// tried.
+const TRIGGER_WORDS: [&str; 34] = [
     "ignore",
     "disregard",
     "forget",
     "skip",
     "bypass",
-    "follow",
     "override",
     "instruction",
     "now",
@@ -194,6 +194,8 @@ const TRIGGER_WORDS: [&str; 33] = [
     "jailbroken",
     "pretend",
     "imagine",
+    "rules",
+    "guideline",
     "restriction",
     "filters",
     "limitation",
