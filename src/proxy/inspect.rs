@@ -40,22 +40,13 @@ pub async fn request(
         if blocked.is_some() {
             return;
         }
-        let decoded;
-        let content = match text.raw(body) {
-            Some(raw) => raw,
-            None => match text.decode(body) {
-                Some(d) => {
-                    decoded = d;
-                    decoded.as_str()
-                }
-                None => {
-                    blocked = Some(Refusal::invalid_request(
-                        "A text field of the request body is not valid JSON.",
-                    ));
-                    return;
-                }
-            },
+        let Some(content) = text.content(body) else {
+            blocked = Some(Refusal::invalid_request(
+                "A text field of the request body is not valid JSON.",
+            ));
+            return;
         };
+        let content = &*content;
         if guardrails.scans_requests {
             findings.clear();
             guardrails

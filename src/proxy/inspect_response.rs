@@ -120,17 +120,10 @@ impl ResponseInspection {
         let findings = &mut self.findings;
         // A body that is not the JSON expected holds no text this inspection knows of.
         let _ = texts::for_each(&body, self.shape, |text| {
-            let decoded;
-            let content = match text.raw(&body) {
-                Some(raw) => raw,
-                None => match text.decode(&body) {
-                    Some(d) => {
-                        decoded = d;
-                        decoded.as_str()
-                    }
-                    None => return,
-                },
+            let Some(content) = text.content(&body) else {
+                return;
             };
+            let content = &*content;
             findings.clear();
             guardrails.scanner.scan(content, Side::Response, findings);
             if findings.is_empty() || blocked.is_some() {
@@ -186,17 +179,10 @@ impl ResponseInspection {
             let mut has_text = false;
             if let Some(data) = event_data(&event) {
                 let _ = texts::for_each(&data, self.shape, |text| {
-                    let decoded;
-                    let content = match text.raw(&data) {
-                        Some(raw) => raw,
-                        None => match text.decode(&data) {
-                            Some(d) => {
-                                decoded = d;
-                                decoded.as_str()
-                            }
-                            None => return,
-                        },
+                    let Some(content) = text.content(&data) else {
+                        return;
                     };
+                    let content = &*content;
                     has_text |= !content.is_empty();
                     scanner.push(&guardrails.scanner, content, findings);
                 });

@@ -122,6 +122,15 @@ impl Text {
     pub fn decode(&self, body: &[u8]) -> Option<String> {
         serde_json::from_slice(&body[self.start..self.end]).ok()
     }
+
+    /// The string's content: borrowed when it has no escape, decoded when it has one; `None`
+    /// when it is not a valid JSON string.
+    pub fn content<'b>(&self, body: &'b [u8]) -> Option<std::borrow::Cow<'b, str>> {
+        match self.raw(body) {
+            Some(raw) => Some(std::borrow::Cow::Borrowed(raw)),
+            None => self.decode(body).map(std::borrow::Cow::Owned),
+        }
+    }
 }
 
 /// A text field is not well-formed JSON.
