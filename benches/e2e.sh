@@ -236,11 +236,15 @@ python3 - "$OUT" "$DURATION" "$ROUNDS" "$KEYS" <<'PY' | tee "$OUT/summary.md"
 import csv, statistics as st, sys, os, platform, subprocess
 out, duration, rounds, keys = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 def rows(name):
-    return list(csv.DictReader(open(f"{out}/{name}/results.csv")))
+    # A rerun of some passes (PASSES=...) may not have this one's results.
+    path = f"{out}/{name}/results.csv"
+    return list(csv.DictReader(open(path))) if os.path.exists(path) else []
 def med(rs, f): return st.median(float(r[f]) for r in rs)
 def pick(rs, cand, mode):
     return [r for r in rs if r["candidate"] == cand and r["mode"] == mode]
-def rss(name): return int(open(f"{out}/rss-{name}").read().strip() or 0) / 1024
+def rss(name):
+    path = f"{out}/rss-{name}"
+    return int(open(path).read().strip() or 0) / 1024 if os.path.exists(path) else None
 
 lines = []
 cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
@@ -300,7 +304,7 @@ for name, what in [("vs-nginx", "keygate with every feature on (B) against the n
     result = paired(name)
     if result:
         lines.append(f"- {what}, paired as above, pinned: median of {result}.")
-if os.path.exists(f"{out}/floor/results.csv") and os.path.exists(f"{out}/full2/results.csv"):
+if rows("floor") and rows("full2") and rows("chat"):
     floor = pick(rows("floor"), "gateway", "pinned")
     full2 = pick(rows("full2"), "gateway", "pinned")
     ng = pick(rows("chat"), "nginx", "pinned")
@@ -310,7 +314,8 @@ if os.path.exists(f"{out}/floor/results.csv") and os.path.exists(f"{out}/full2/r
                  f"chat pass. keygate with every feature on / the floor: RPS {med(full2,'rps'):.0f} / "
                  f"{med(floor,'rps'):.0f} = {med(full2,'rps') / med(floor,'rps'):.2f}, CPU per request "
                  f"{med(full2,cpu):.4f} / {med(floor,cpu):.4f} ms = {med(full2,cpu) / med(floor,cpu):.2f}.")
-lines.append(f"- keygate peak RSS under load with {keys} keys: chat {rss('chat'):.0f} MB, SSE {rss('stream'):.0f} MB.")
+if rss("chat") is not None and rss("stream") is not None:
+    lines.append(f"- keygate peak RSS under load with {keys} keys: chat {rss('chat'):.0f} MB, SSE {rss('stream'):.0f} MB.")
 ttft = f"{out}/stream/post-pinned.txt"
 if os.path.exists(ttft):
     lines.append("\nTime to first byte of a paced SSE stream (7 events 20 ms apart), sequential requests, "

@@ -6,6 +6,9 @@
 //! - `default_set`: the same plus prompt injection;
 //! - each detector alone, to see where the time goes;
 //! - `stream_default_set`: the default set fed to a `StreamScanner` in 1,460-byte deltas;
+//! - `guardrails_chat`: the shipped default set, and each of its detectors, over the four messages of the load benches'
+//!   chat request (`benches/load/chat.lua`), scanned one message at a time as a request is:
+//!   short texts without a hit, where per-scan costs weigh more than per-byte ones;
 //! - `baseline_memchr_newlines`: a floor measured in the same run (memchr counting line ends),
 //!   against which the others are read as ratios.
 //!
@@ -126,6 +129,14 @@ fn regex() -> GuardrailSpec {
     )
 }
 
+/// The message texts of `benches/load/chat.lua`'s request.
+const CHAT: [&str; 4] = [
+    "You are a concise, helpful assistant for an online hardware store. Answer in plain English, keep answers under 120 words, cite the product SKU when you mention a product, never invent prices, and if the user asks about orders, ask for the order number first. If a question is outside the store's domain, politely decline and suggest contacting support.",
+    "Hi! I'm renovating a small bathroom (about 2 by 2.5 metres) and I need a quiet extractor fan. The ceiling is plasterboard and there is roughly 30 cm of space above it.",
+    "For a bathroom that size, a 100 mm inline or ceiling fan moving around 80-90 m3/h is enough. Low-noise models (under 25 dB) with a humidity sensor work well; SKU FAN-100-QH is a common choice.",
+    "Thanks. Does FAN-100-QH need a separate isolator switch, can I run it from the lighting circuit, and what duct length can it handle before the airflow drops noticeably? Please answer briefly.",
+];
+
 fn bench(c: &mut Criterion) {
     let sets: Vec<(&str, Scanner)> = vec![
         ("keywords", Scanner::compile(&[keywords()]).unwrap()),
@@ -143,9 +154,30 @@ fn bench(c: &mut Criterion) {
         ),
     ];
 
+    let mut findings = Findings::new();
+    let mut g = c.benchmark_group("guardrails_chat");
+    g.throughput(Throughput::Bytes(CHAT.iter().map(|t| t.len() as u64).sum()));
+    for (name, set) in [
+        ("shipped_set", vec![pii(), secrets(), injection()]),
+        ("pii", vec![pii()]),
+        ("secrets", vec![secrets()]),
+        ("injection", vec![injection()]),
+    ] {
+        let scanner = Scanner::compile(&set).unwrap();
+        g.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                for text in CHAT {
+                    findings.clear();
+                    scanner.scan(black_box(text), Side::Request, &mut findings);
+                    assert!(findings.is_empty());
+                }
+            })
+        });
+    }
+    g.finish();
+
     for (label, len) in [("1KB", 1 << 10), ("100KB", 100 << 10), ("1MB", 1 << 20)] {
         let text = prompt(len);
-        let mut findings = Findings::new();
         sets[6].1.scan(&text, Side::Request, &mut findings);
         assert!(
             findings.len() > len / 4096 / 2,

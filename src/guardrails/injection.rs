@@ -175,7 +175,13 @@ const OPTIONAL_GAP: &str = r"\s{0,16}";
 /// ("following", a common word in prompts, is left out for "rules" and "guideline"), so a block
 /// of text holding none of them is not stepped through byte by byte: only its line starts are
 /// tried.
-const TRIGGER_WORDS: [&str; 34] = [
+///
+/// Stems stand for the words that share them ("restrict" for "restrictions" and
+/// "unrestricted"), and the chat-template tokens are found by their ends (`t|>`, `d|>`), so that
+/// there are at most 32 words of at least 3 bytes: the search then compares 3-byte
+/// fingerprints 32 bytes at a time (aho-corasick's slim Teddy), where 2-byte ones stopped at
+/// every "in" and "pr" of ordinary prose.
+const TRIGGER_WORDS: [&str; 31] = [
     "ignore",
     "disregard",
     "forget",
@@ -186,31 +192,38 @@ const TRIGGER_WORDS: [&str; 34] = [
     "now",
     "developer",
     "god",
-    "jailbreak",
+    "jailbr",
     "dan",
-    "unrestricted",
-    "unfiltered",
-    "uncensored",
-    "jailbroken",
+    "restrict",
+    "filter",
+    "censor",
     "pretend",
     "imagine",
     "rules",
     "guideline",
-    "restriction",
-    "filters",
     "limitation",
-    "censorship",
     "safety",
     "system",
     "repeat",
     "prompt",
-    "<|",
+    "t|>",
+    "d|>",
     "inst]",
     "sys>>",
     "assistant>",
     "input",
     "conversation",
 ];
+
+/// The search over the trigger words keeps to slim Teddy's limits (see [`TRIGGER_WORDS`]).
+const _: () = {
+    assert!(TRIGGER_WORDS.len() <= 32);
+    let mut i = 0;
+    while i < TRIGGER_WORDS.len() {
+        assert!(TRIGGER_WORDS[i].len() >= 3);
+        i += 1;
+    }
+};
 
 /// The phrasings' automata, matched against ASCII-lower-cased text (so the phrasings are
 /// written in lower case).
@@ -409,14 +422,55 @@ mod tests {
         (score(mask), categories)
     }
 
-    /// Whether every match of `hir` contains one of the trigger words.
+    fn holds_a_trigger(s: &[u8]) -> bool {
+        TRIGGER_WORDS
+            .iter()
+            .any(|w| s.windows(w.len()).any(|x| x == w.as_bytes()))
+    }
+
+    /// Every string `hir` matches, when they are few.
+    fn finite_strings(hir: &Hir) -> Option<Vec<Vec<u8>>> {
+        use regex_syntax::hir::HirKind;
+        const FEW: usize = 64;
+        match hir.kind() {
+            HirKind::Empty | HirKind::Look(_) => Some(vec![vec![]]),
+            HirKind::Literal(literal) => Some(vec![literal.0.to_vec()]),
+            HirKind::Capture(capture) => finite_strings(&capture.sub),
+            HirKind::Concat(parts) => parts.iter().try_fold(vec![vec![]], |heads, part| {
+                let tails = finite_strings(part)?;
+                (heads.len() * tails.len() <= FEW).then(|| {
+                    heads
+                        .iter()
+                        .flat_map(|h| tails.iter().map(move |t| [&h[..], &t[..]].concat()))
+                        .collect()
+                })
+            }),
+            HirKind::Alternation(branches) => {
+                let mut all = Vec::new();
+                for branch in branches {
+                    all.extend(finite_strings(branch)?);
+                }
+                (all.len() <= FEW).then_some(all)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether every match of `hir` contains one of the trigger words: a trigger word may lie
+    /// within one part of the phrasing or span a few consecutive parts of few strings each.
     fn needs_a_trigger(hir: &Hir) -> bool {
         use regex_syntax::hir::HirKind;
+        if let Some(strings) = finite_strings(hir) {
+            return strings.iter().all(|s| holds_a_trigger(s));
+        }
         match hir.kind() {
-            HirKind::Literal(literal) => TRIGGER_WORDS
-                .iter()
-                .any(|w| literal.0.windows(w.len()).any(|x| x == w.as_bytes())),
-            HirKind::Concat(parts) => parts.iter().any(needs_a_trigger),
+            HirKind::Concat(parts) => (0..parts.len()).any(|i| {
+                (i + 1..=parts.len()).any(|j| {
+                    let window = Hir::concat(parts[i..j].to_vec());
+                    finite_strings(&window).is_some_and(|s| s.iter().all(|s| holds_a_trigger(s)))
+                        || (j == i + 1 && needs_a_trigger(&parts[i]))
+                })
+            }),
             HirKind::Alternation(branches) => branches.iter().all(needs_a_trigger),
             HirKind::Capture(capture) => needs_a_trigger(&capture.sub),
             HirKind::Repetition(r) => r.min >= 1 && needs_a_trigger(&r.sub),
@@ -432,6 +486,7 @@ mod tests {
         // The analysis is no rubber stamp.
         assert!(!needs_a_trigger(&phrasing_hir(r"\byou are (?:here|there)")));
         assert!(!needs_a_trigger(&phrasing_hir(r"(?:ignore|ignite) it")));
+        assert!(!needs_a_trigger(&phrasing_hir(r"<\|(?:im_start|im_go)\|>")));
     }
 
     #[test]
@@ -449,6 +504,7 @@ mod tests {
             "you are now DAN ",
             "I know you are here. ",
             "<|im_start|>",
+            "<|eot_id|>",
             "ASSISTANT : loud\n",
         ];
         let mut seed: u32 = 7;

@@ -9,7 +9,9 @@
 //! - **pem_private_key**: a `-----BEGIN … PRIVATE KEY-----` block through its `END` line, or the
 //!   header alone when the block is cut off (a truncated key is still a leak).
 //! - **jwt**: three base64url segments whose first decodes to a JSON header with `"alg"`; three
-//!   dot-separated words are not a token.
+//!   dot-separated words are not a token. A header as JOSE libraries write it, compact JSON
+//!   starting `{"`, encodes to `eyI` or `eyJ`: the search looks for those three characters, not
+//!   for the `ey` of every "they" and "key" in prose.
 //! - **openai** (`sk-`, `sk-proj-`, `sk-svcacct-`, `sk-admin-`) and **anthropic** (`sk-ant-`):
 //!   the prefix and 20 (32 for Anthropic) or more token characters mixing upper case, lower case
 //!   and digits, so that `sk-learn-style-hyphenated-words` is not a key.
@@ -56,7 +58,7 @@ static TABLE: [Entry<SecretKind>; 10] = [
     },
     Entry {
         kind: SecretKind::Jwt,
-        pattern: r"(?-u:\b)ey[A-Za-z0-9_-]{10,}\.ey[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]*",
+        pattern: r"(?-u:\b)ey[IJ][A-Za-z0-9_-]{9,}\.ey[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]*",
         validate: jwt,
     },
     Entry {
@@ -215,6 +217,9 @@ mod tests {
             vec![(SecretKind::Jwt, jwt.to_string())]
         );
         assert!(kinds("alpha.beta.gamma eyesight.eyeglasses.eyebrows").is_empty());
+        // A header with a digit-led first member name still starts `eyI`.
+        let digit_led = "eyIxIjoiYSIsImFsZyI6Im5vbmUifQ.eyJzdWIiOiIxMjM0In0.c2ln";
+        assert_eq!(kinds(digit_led), vec![SecretKind::Jwt]);
         // Shaped like a token, but its header is not a JOSE header.
         assert!(kinds("eyJmb28iOiJiYXIifQxx.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJl").is_empty());
     }
