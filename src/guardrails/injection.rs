@@ -181,38 +181,45 @@ const OPTIONAL_GAP: &str = r"\s{0,16}";
 /// there are at most 32 words of at least 3 bytes: the search then compares 3-byte
 /// fingerprints 32 bytes at a time (aho-corasick's slim Teddy), where 2-byte ones stopped at
 /// every "in" and "pr" of ordinary prose.
+///
+/// The order matters for speed only. Slim Teddy puts the word at index `i` into bucket
+/// `7 - i % 8` and tests a bucket's words together by the low and high halves of each of their
+/// first three bytes, so a bucket of words whose letters share few halves stops at fewer places
+/// of prose for nothing. This order was chosen by minimising those places over English text
+/// (`trigger_word_order_stops_less_often_than_alphabetical` models it); it halved the search's
+/// time on the load benches' chat.
 const TRIGGER_WORDS: [&str; 31] = [
-    "ignore",
-    "disregard",
     "forget",
-    "skip",
-    "bypass",
-    "override",
-    "instruction",
-    "now",
-    "developer",
-    "god",
-    "jailbr",
-    "dan",
-    "restrict",
-    "filter",
-    "censor",
-    "pretend",
-    "imagine",
-    "rules",
     "guideline",
-    "limitation",
-    "safety",
-    "system",
-    "repeat",
-    "prompt",
-    "t|>",
+    "disregard",
     "d|>",
+    "rules",
+    "dan",
+    "god",
+    "instruction",
+    "limitation",
+    "skip",
     "inst]",
+    "t|>",
+    "restrict",
+    "jailbr",
+    "pretend",
     "sys>>",
-    "assistant>",
-    "input",
     "conversation",
+    "system",
+    "bypass",
+    "developer",
+    "repeat",
+    "censor",
+    "safety",
+    "input",
+    "filter",
+    "now",
+    "imagine",
+    "assistant>",
+    "override",
+    "ignore",
+    "prompt",
 ];
 
 /// The search over the trigger words keeps to slim Teddy's limits (see [`TRIGGER_WORDS`]).
@@ -487,6 +494,55 @@ mod tests {
         assert!(!needs_a_trigger(&phrasing_hir(r"\byou are (?:here|there)")));
         assert!(!needs_a_trigger(&phrasing_hir(r"(?:ignore|ignite) it")));
         assert!(!needs_a_trigger(&phrasing_hir(r"<\|(?:im_start|im_go)\|>")));
+    }
+
+    /// Places where slim Teddy's fingerprint test passes for some bucket of `words` in `text`,
+    /// after aho-corasick 1.1's bucket rule (index `i` to bucket `7 - i % 8`, unless a word with
+    /// the same low halves of its first three bytes came first).
+    fn teddy_stops(words: &[&str], text: &[u8]) -> usize {
+        let mut buckets: Vec<Vec<&[u8]>> = vec![Vec::new(); 8];
+        let mut seen: Vec<([u8; 3], usize)> = Vec::new();
+        for (i, w) in words.iter().enumerate() {
+            let w = w.as_bytes();
+            let low = [w[0] & 15, w[1] & 15, w[2] & 15];
+            let bucket = match seen.iter().find(|(l, _)| *l == low) {
+                Some(&(_, b)) => b,
+                None => {
+                    seen.push((low, 7 - i % 8));
+                    7 - i % 8
+                }
+            };
+            buckets[bucket].push(w);
+        }
+        let passes = |bucket: &[&[u8]], at: &[u8]| {
+            (0..3).all(|k| {
+                let low = bucket.iter().any(|w| w[k] & 15 == at[k] & 15);
+                let high = bucket.iter().any(|w| w[k] >> 4 == at[k] >> 4);
+                low && high
+            })
+        };
+        text.windows(3)
+            .map(|at| buckets.iter().filter(|b| passes(b, at)).count())
+            .sum()
+    }
+
+    #[test]
+    fn trigger_word_order_stops_less_often_than_alphabetical() {
+        let prose = "You are a concise, helpful assistant for an online hardware store. Answer in \
+            plain English, keep answers under 120 words, cite the product SKU when you mention a \
+            product, never invent prices. Please summarise the attached meeting notes and list \
+            the action items by owner. Customer feedback mentions slow page loads on mobile, \
+            especially in the checkout flow. The committee will vote on the proposal at the next \
+            session. Write a short, friendly email declining the invitation."
+            .to_ascii_lowercase();
+        let mut sorted = TRIGGER_WORDS;
+        sorted.sort_unstable();
+        let chosen = teddy_stops(&TRIGGER_WORDS, prose.as_bytes());
+        let alphabetical = teddy_stops(&sorted, prose.as_bytes());
+        assert!(
+            chosen * 2 <= alphabetical,
+            "{chosen} against {alphabetical}"
+        );
     }
 
     #[test]

@@ -161,7 +161,10 @@ fn first_digit(bytes: &[u8]) -> Option<usize> {
             .iter()
             .fold(false, |any, &b| any | (b.wrapping_sub(b'0') < 10));
         if any {
-            return chunk.iter().position(u8::is_ascii_digit).map(|i| offset + i);
+            return chunk
+                .iter()
+                .position(u8::is_ascii_digit)
+                .map(|i| offset + i);
         }
         offset += CHUNK;
     }
