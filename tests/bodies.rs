@@ -1,6 +1,6 @@
 //! Request bodies as clients send them: chunked bodies of any size up to `max_body_bytes`,
 //! members that differ from a field keygate reads only in letter case, and bodies that arrive too
-//! slowly.
+//! slowly; and response bodies at any pace, from large bursts to a trickle of small events.
 
 mod common;
 
@@ -320,4 +320,70 @@ async fn a_body_that_trickles_in_is_cut_at_the_body_timeout() {
     // a body that arrives in time is unaffected
     let resp = post_chunked(&f.gw, &f.secret, &body_of(100_000), 4096).await;
     assert_eq!(resp.status(), 200);
+}
+
+/// A `chat.completion.chunk` event whose content is `size` copies of one letter.
+fn chunk_of(letter: u8, size: usize) -> String {
+    let content = char::from(letter).to_string().repeat(size);
+    let chunk = json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m1",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
+    format!("data: {chunk}\n\n")
+}
+
+/// keygate reads a provider's body in reads sized to what arrives (small while a stream trickles,
+/// growing while reads come back full): every pace and every switch between them passes whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn response_bodies_pass_whole_at_any_pace() {
+    let mut events: Vec<String> = Vec::new();
+    for i in 0..60u8 {
+        let size = match i {
+            0 => 300_000,
+            1..=29 => 1 + usize::from(i) * 7,
+            30..=34 => 70_000,
+            _ => 3 + usize::from(i),
+        };
+        events.push(chunk_of(b'a' + i % 26, size));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    let expected: String = events.concat();
+    let up = MockUpstream::start(
+        "up",
+        Reply::Sse {
+            events,
+            interval: Duration::from_millis(2),
+        },
+    )
+    .await;
+    let (secret, yaml) = key_file("app", "");
+    let gw = TestGateway::start(&one_model_policy(&up.url(), ""), &[("k".into(), yaml)]);
+    let streamed = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&json!({"model": "m1", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    let body = streamed.text().await.unwrap();
+    assert_eq!(body.len(), expected.len());
+    assert!(body == expected, "the stream arrived altered");
+
+    let content = "z".repeat(3 << 20);
+    up.set_reply(Reply::Json {
+        status: 200,
+        body: json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m1",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}),
+    });
+    let whole = client()
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&secret)
+        .json(&json!({"model": "m1", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whole.status(), 200);
+    let answer: Value = whole.json().await.unwrap();
+    assert!(answer["choices"][0]["message"]["content"] == content.as_str());
 }

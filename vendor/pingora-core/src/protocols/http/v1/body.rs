@@ -32,6 +32,11 @@ use crate::utils::BufRef;
 // request, so an open stream held two 64 KiB buffers (request and response body) and 5,000
 // streams 640 MiB for bodies of a few KiB; nginx buffers 16 KiB on 64-bit systems too.
 const BODY_BUFFER_SIZE: usize = 1024 * 16;
+// keygate patch: reads from the stream start at this size and grow towards BODY_BUFFER_SIZE only
+// while they come back full. A stream of small events (an LLM's SSE answer, an event every few
+// tens of ms for minutes) then holds a buffer of this size instead of BODY_BUFFER_SIZE between
+// events; a large body reaches full-size reads after three reads.
+const MIN_READ_SIZE: usize = 1024 * 2;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2
@@ -154,6 +159,8 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
+    // keygate patch: what the next read from the stream asks for (see MIN_READ_SIZE).
+    read_size: usize,
 }
 
 impl BodyReader {
@@ -165,7 +172,20 @@ impl BodyReader {
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
+            read_size: MIN_READ_SIZE,
         }
+    }
+
+    /// keygate patch: sizes the next read after one that asked for `asked` bytes and got `got`:
+    /// twice as much after a full read, down to twice what came (at least MIN_READ_SIZE) after
+    /// a short one.
+    fn note_read(&mut self, asked: usize, got: usize) {
+        self.read_size = if got >= asked {
+            asked.saturating_mul(2)
+        } else {
+            got.saturating_mul(2).next_power_of_two()
+        }
+        .clamp(MIN_READ_SIZE, self.body_buf_size.max(MIN_READ_SIZE));
     }
 
     pub fn need_init(&self) -> bool {
@@ -177,7 +197,8 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        // keygate patch: the first read sizes the buffer; see MIN_READ_SIZE.
+        let mut body_buf = BytesMut::with_capacity(self.read_size.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -205,8 +226,14 @@ impl BodyReader {
     /// behind by [`Self::do_read_chunked_body`]) must reuse the existing buffer instead.
     fn prepare_buf_for_io(&mut self, read_size: usize) -> &mut BytesMut {
         let body_buf = self.body_buf.get_or_insert_default();
-        body_buf.clear();
-        body_buf.reserve(read_size);
+        // keygate patch: a buffer grown for reads far larger than this one is given back, so a
+        // body that slowed down (a stream after its first burst) stops holding it.
+        if body_buf.capacity() > 4 * read_size {
+            *body_buf = BytesMut::with_capacity(read_size);
+        } else {
+            body_buf.clear();
+            body_buf.reserve(read_size);
+        }
         body_buf
     }
 
@@ -408,7 +435,8 @@ impl BodyReader {
         // is left of this body and leave anything past it on the stream
         let read_size = match self.body_state {
             PS::Partial(_, remaining) if !self.upstream => remaining.min(self.body_buf_size),
-            _ => self.body_buf_size,
+            // keygate patch: see MIN_READ_SIZE.
+            _ => self.read_size,
         };
         if n == 0 {
             /* Need to actually read */
@@ -418,6 +446,7 @@ impl BodyReader {
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.note_read(read_size, n); // keygate patch
         }
         match self.body_state {
             PS::Partial(read, to_read) => {
@@ -465,13 +494,14 @@ impl BodyReader {
         self.rewind_buf_len = 0; // we only need to read rewind data once
         if n == 0 {
             /* Need to actually read */
-            let read_size = self.body_buf_size;
+            let read_size = self.read_size; // keygate patch: see MIN_READ_SIZE
             let body_buf = self.prepare_buf_for_io(read_size);
             n = stream
                 .take(read_size as u64)
                 .read_buf(body_buf)
                 .await
                 .or_err(ReadError, "when reading body")?;
+            self.note_read(read_size, n); // keygate patch
         }
         match self.body_state {
             PS::UntilClose(read) => {
@@ -503,13 +533,14 @@ impl BodyReader {
                         existing_buf_end = self.rewind_buf_len;
                         self.rewind_buf_len = 0; // we only need to read rewind data once
                         if existing_buf_end == 0 {
-                            let read_size = self.body_buf_size;
+                            let read_size = self.read_size; // keygate patch: see MIN_READ_SIZE
                             let body_buf = self.prepare_buf_for_io(read_size);
                             existing_buf_end = stream
                                 .take(read_size as u64)
                                 .read_buf(body_buf)
                                 .await
                                 .or_err(ReadError, "when reading body")?;
+                            self.note_read(read_size, existing_buf_end); // keygate patch
                         }
                     } else {
                         /* existing_buf_end != 0 this is partial chunk head */
@@ -831,7 +862,7 @@ impl BodyReader {
                 } else {
                     // Every previously buffered byte has already been parsed by the loop below
                     // (it only exits once `start` reaches `n`), so the buffer can be reset.
-                    let read_size = self.body_buf_size;
+                    let read_size = self.read_size; // keygate patch: see MIN_READ_SIZE
                     let body_buf = self.prepare_buf_for_io(read_size);
                     stream
                         .take(read_size as u64)
