@@ -360,7 +360,9 @@ impl TransportConnector {
         if let Some(s) = reused_stream {
             Ok((s, true))
         } else {
-            let s = self.new_stream(peer).await?;
+            // keygate patch: boxed, so that a connection's proxy future, which holds this one
+            // across the request, is not sized for a TCP and TLS connect while it streams.
+            let s = Box::pin(self.new_stream(peer)).await?;
             Ok((s, false))
         }
     }
