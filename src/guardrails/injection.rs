@@ -471,13 +471,14 @@ mod tests {
             return strings.iter().all(|s| holds_a_trigger(s));
         }
         match hir.kind() {
-            HirKind::Concat(parts) => (0..parts.len()).any(|i| {
-                (i + 1..=parts.len()).any(|j| {
-                    let window = Hir::concat(parts[i..j].to_vec());
-                    finite_strings(&window).is_some_and(|s| s.iter().all(|s| holds_a_trigger(s)))
-                        || (j == i + 1 && needs_a_trigger(&parts[i]))
-                })
-            }),
+            HirKind::Concat(parts) => {
+                let spanned = |i: usize, j: usize| {
+                    finite_strings(&Hir::concat(parts[i..j].to_vec()))
+                        .is_some_and(|strings| strings.iter().all(|s| holds_a_trigger(s)))
+                };
+                parts.iter().any(needs_a_trigger)
+                    || (0..parts.len()).any(|i| (i + 2..=parts.len()).any(|j| spanned(i, j)))
+            }
             HirKind::Alternation(branches) => branches.iter().all(needs_a_trigger),
             HirKind::Capture(capture) => needs_a_trigger(&capture.sub),
             HirKind::Repetition(r) => r.min >= 1 && needs_a_trigger(&r.sub),

@@ -111,7 +111,7 @@ pub struct Text {
 
 impl Text {
     /// The string's content, when it has no escape to decode.
-    pub fn raw<'b>(&self, body: &'b [u8]) -> Option<&'b str> {
+    fn raw<'b>(&self, body: &'b [u8]) -> Option<&'b str> {
         if self.escaped {
             return None;
         }
@@ -119,7 +119,7 @@ impl Text {
     }
 
     /// The string's content, decoded.
-    pub fn decode(&self, body: &[u8]) -> Option<String> {
+    fn decode(&self, body: &[u8]) -> Option<String> {
         serde_json::from_slice(&body[self.start..self.end]).ok()
     }
 
