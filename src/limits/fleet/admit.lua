@@ -9,7 +9,8 @@
 --   (-1 for none).
 -- Returns: refusal kind (0 none, 1 rate, 2 concurrency, 3 budget), its scope, its window or
 --   period (1 daily, 2 monthly), the wait in ms, then per window (remaining, reset ms), then per
---   budgeted scope (spent today, spent this month, reserved).
+--   concurrency cap the slots held (with this request's, if admitted), then per budgeted scope
+--   (spent today, spent this month, reserved).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease, ttl = ARGV[1], tonumber(ARGV[2])
@@ -67,8 +68,9 @@ for s = 1, scopes do
     local key = KEYS[k]; k = k + 1
     -- Leases whose holder stopped renewing them (it crashed) are given back.
     redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-    if redis.call('ZCARD', key) >= max and refusal[1] == 0 then refusal = {2, s, 0, 1000} end
-    leases[#leases + 1] = key
+    local held = redis.call('ZCARD', key)
+    if held >= max and refusal[1] == 0 then refusal = {2, s, 0, 1000} end
+    leases[#leases + 1] = {key, held}
   end
   local mode, dcap, mcap = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   a = a + 3
@@ -109,11 +111,14 @@ for _, w in ipairs(wins) do
   if c > 0 then reset = (idx + 2) * per - now elseif p > 0 then reset = (idx + 1) * per - now end
   out[#out + 1] = reset
 end
-if admitted then
-  for _, key in ipairs(leases) do
-    redis.call('ZADD', key, now + ttl, lease)
-    redis.call('PEXPIRE', key, 2 * ttl)
+for _, l in ipairs(leases) do
+  local held = l[2]
+  if admitted then
+    redis.call('ZADD', l[1], now + ttl, lease)
+    redis.call('PEXPIRE', l[1], 2 * ttl)
+    held = held + 1
   end
+  out[#out + 1] = held
 end
 for _, b in ipairs(budgets) do
   local r = b[5]

@@ -7,8 +7,9 @@
 //! Concurrency slots and budget reservations are leases: members of a sorted set scored by their
 //! expiry, renewed by the instance holding them while the request runs, so a crashed instance's
 //! slots and reservations come back after one lease TTL and a reservation never leaks. The
-//! request's end (real tokens, real cost, slots given back) is one more script, sent from a
-//! background task, never on the request path.
+//! request's end (real tokens, real cost, slots given back) is settled from a background task,
+//! never on the request path, by one script ([`settle.lua`](settle.lua)) per batch of requests
+//! that ended together, summed per key.
 //!
 //! Concurrency is also held locally before the body is read (slow uploads count against this
 //! instance's share at once); the fleet-wide lease is taken by the admission script. A window
@@ -148,7 +149,7 @@ struct Shared {
     /// the request path's connections are opened again too.
     generation: AtomicU64,
     admit: Script,
-    finish: Script,
+    settle: Script,
     renew: Script,
     guard: Script,
     /// Leases of requests in flight, renewed until they end.
@@ -159,6 +160,8 @@ struct Shared {
     /// Until when (local ms) admission does not try Redis, after a failure.
     down_until_ms: AtomicU64,
     finished: mpsc::UnboundedSender<Finished>,
+    /// Ends a batch's wait for more finished requests: an urgent one is queued.
+    finish_now: tokio::sync::Notify,
     metrics: Arc<Metrics>,
     /// The fleet's spend per budgeted scope as Redis last reported it.
     spend: Mutex<HashMap<ScopeId, SeenSpend>>,
@@ -185,6 +188,13 @@ impl Shared {
             .state_operations
             .with_label_values(&[op, result])
             .inc();
+    }
+
+    fn record_n(&self, op: &str, result: &str, n: u64) {
+        self.metrics
+            .state_operations
+            .with_label_values(&[op, result])
+            .inc_by(n);
     }
 
     fn healthy(&self, yes: bool) {
@@ -351,6 +361,10 @@ pub struct Lease {
     /// request cancelled while waiting for Redis still gives back what the script took.
     armed: bool,
     renewed: bool,
+    /// Whether a scope of the request was more than half used at admission: then its end is
+    /// sent at once, since holding its slot, reservation or estimate a little longer could
+    /// refuse another request.
+    urgent: bool,
     token_delta: i64,
     cost: UsdNanos,
     /// The model and its usage (prompt, completion, cached, cache-write tokens), for the fleet's
@@ -410,7 +424,11 @@ impl Drop for Lease {
             usage: self.usage.take(),
             admitted_at_ms: self.admitted_at_ms,
             at_ms: now_ms(),
+            urgent: self.urgent,
         });
+        if self.urgent {
+            self.shared.finish_now.notify_one();
+        }
     }
 }
 
@@ -422,6 +440,7 @@ struct Finished {
     usage: Option<(Box<str>, [u64; 4])>,
     admitted_at_ms: u64,
     at_ms: u64,
+    urgent: bool,
 }
 
 /// A rate refusal remembered until its window frees.
@@ -487,7 +506,7 @@ impl FleetLimits {
             request_conns: ArcSwap::default(),
             generation: AtomicU64::new(0),
             admit: Script::new(include_str!("admit.lua")),
-            finish: Script::new(include_str!("finish.lua")),
+            settle: Script::new(include_str!("settle.lua")),
             renew: Script::new(include_str!("renew.lua")),
             guard: Script::new(include_str!("guard.lua")),
             live: Mutex::default(),
@@ -495,6 +514,7 @@ impl FleetLimits {
             instance: hex::encode(id),
             down_until_ms: AtomicU64::new(0),
             finished,
+            finish_now: tokio::sync::Notify::new(),
             metrics,
             spend: Mutex::default(),
         });
@@ -765,7 +785,7 @@ impl FleetLimits {
             }
         };
         self.shared.healthy(true);
-        let outcome = self.read_admission(&active, &reply, cal, now_ms, &lease);
+        let outcome = self.read_admission(&active, &reply, cal, now_ms, &mut lease);
         match outcome {
             Ok(status) => {
                 self.shared.record("admit", "ok");
@@ -798,6 +818,7 @@ impl FleetLimits {
             keys: Arc::new(keys),
             armed: true,
             renewed: false,
+            urgent: false,
             token_delta: 0,
             cost: UsdNanos::ZERO,
             usage: None,
@@ -841,15 +862,17 @@ impl FleetLimits {
         reply: &[i64],
         cal: Calendar,
         now_ms: u64,
-        lease: &Lease,
+        lease: &mut Lease,
     ) -> Result<RateStatus, LimitRefusal> {
         let mut figures = reply.iter().map(|&n| u64::try_from(n).unwrap_or(0));
         let mut next = || figures.next().unwrap_or(0);
         let (kind, at_scope, at, wait_ms) = (next(), next(), next(), next());
         let mut status = RateStatus::default();
+        let mut urgent = false;
         for scope in active {
             for w in scope.spec.windows.iter() {
                 let (remaining, reset) = (next(), next());
+                urgent |= remaining.saturating_mul(2) < w.limit;
                 status.consider(
                     w.kind,
                     WindowStatus {
@@ -860,11 +883,21 @@ impl FleetLimits {
                 );
             }
         }
+        for max in active.iter().filter_map(|s| s.spec.max_concurrent) {
+            urgent |= next().saturating_mul(2) > u64::from(max);
+        }
         for b in &lease.keys.budgets {
             let (today, month, reserved) = (next(), next(), next());
+            urgent |= b.spec.mode == BudgetMode::Enforce
+                && [(b.spec.daily, today), (b.spec.monthly, month)]
+                    .into_iter()
+                    .any(|(cap, spent)| {
+                        cap.is_some_and(|c| (spent + reserved).saturating_mul(2) > c.0)
+                    });
             self.shared
                 .remember_spend(&b.scope, cal, today, month, reserved);
         }
+        lease.urgent = urgent;
         let Some(scope) = usize::try_from(at_scope)
             .ok()
             .and_then(|s| s.checked_sub(1))
@@ -1022,10 +1055,17 @@ const FINISH_BATCH: usize = 256;
 /// How many pipelines of finished requests may be in flight at once.
 const FINISH_PIPELINES: usize = 8;
 
+/// How long the first finished request of a batch waits for others to join it, unless one of
+/// them is urgent (a scope it counts in is more than half used). The data plane then wakes the
+/// state thread once per batch instead of once per request, which on a shared core costs more
+/// than the settling itself.
+const FINISH_LINGER: Duration = Duration::from_millis(2);
+
 /// Sends finished requests' ends to Redis in batches: whatever queued up while the previous
-/// batches were under way goes in one pipeline per workload (a pipeline's keys must share a
-/// hash slot on a cluster), with the batch's usage-view counters summed, so that a busy
-/// instance sends Redis a few large writes instead of many small ones.
+/// batches were under way, or within [`FINISH_LINGER`] of the first, goes in one pipeline per
+/// workload (a pipeline's keys must share a hash slot on a cluster) as one settling script and
+/// the batch's usage-view counters, each summed per key, so that a busy instance sends Redis a
+/// few small writes per batch instead of a script per request.
 async fn finish_requests(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Finished>) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(FINISH_PIPELINES));
     loop {
@@ -1035,6 +1075,18 @@ async fn finish_requests(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver
         let mut batch = Vec::with_capacity(FINISH_BATCH);
         if queue.recv_many(&mut batch, FINISH_BATCH).await == 0 {
             return;
+        }
+        if batch.len() < FINISH_BATCH && !batch.iter().any(|done| done.urgent) {
+            tokio::select! {
+                _ = tokio::time::sleep(FINISH_LINGER) => {}
+                _ = shared.finish_now.notified() => {}
+            }
+            while batch.len() < FINISH_BATCH {
+                match queue.try_recv() {
+                    Ok(done) => batch.push(done),
+                    Err(_) => break,
+                }
+            }
         }
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -1047,23 +1099,33 @@ async fn finish_requests(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver
     }
 }
 
-/// One pipeline: the finishing script of every request in `group` (all of one workload), then
-/// the group's usage-view counters.
+/// One pipeline: the settling script of the requests in `group` (all of one workload), then the
+/// group's usage-view counters.
 async fn finish_group(shared: &Shared, group: &[Finished]) {
+    let settlement = Settlement::of(group);
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    let sha = shared.finish.get_hash();
-    for done in group {
-        pipe.add_command(finish_command(sha, done));
+    let sha = shared.settle.get_hash();
+    if let Some(cmd) = settlement.command(sha) {
+        pipe.add_command(cmd);
     }
     let mut counters: HashMap<(String, String), [u64; 6]> = HashMap::new();
+    let mut calendar: Option<(u64, (String, String))> = None;
     for done in group {
-        let (day, month) = usage::day_and_month(done.at_ms);
+        let at_day = done.at_ms / 86_400_000;
+        let (day, month) = match &calendar {
+            Some((d, names)) if *d == at_day => names,
+            _ => {
+                &calendar
+                    .insert((at_day, usage::day_and_month(done.at_ms)))
+                    .1
+            }
+        };
         let (model, tokens) = done
             .usage
             .as_ref()
             .map_or(("-", [0; 4]), |(m, t)| (&**m, *t));
-        let hash = usage::hash_key(&shared.settings.prefix, &done.keys.tag, &month);
+        let hash = usage::hash_key(&shared.settings.prefix, &done.keys.tag, month);
         let field = format!("{day}|{}|{model}|", done.keys.key_id);
         let sums = counters.entry((hash, field)).or_default();
         sums[0] += 1;
@@ -1091,100 +1153,198 @@ async fn finish_group(shared: &Shared, group: &[Finished]) {
     for hash in hashes {
         pipe.cmd("PEXPIRE").arg(hash).arg(5_616_000_000u64).ignore();
     }
-    let replies = match run_pipeline(shared, &pipe).await {
-        Ok(replies) => replies,
+    let requests = group.len() as u64;
+    let reply = match run_pipeline(shared, &pipe).await {
+        Ok(replies) => replies.into_iter().next(),
         Err(e) => {
             // The leases expire by themselves; only these requests' real figures are lost.
-            tracing::warn!(error = %e, requests = group.len(), "could not settle requests in Redis");
-            for _ in group {
-                shared.record("finish", e.result());
-            }
+            tracing::warn!(error = %e, requests, "could not settle requests in Redis");
+            shared.record_n("finish", e.result(), requests);
             return;
         }
     };
-    let mut resend = redis::pipe();
-    resend.ignore_errors();
-    let mut resent = Vec::new();
-    for (done, reply) in group.iter().zip(replies) {
-        match reply {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                resend.add_command(finish_command(sha, done));
-                resent.push(done);
+    let reply = match reply {
+        Some(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            // Redis lost its scripts (a restart or a failover). The usage counters beside the
+            // script were applied already; only the script is sent again, once it is loaded.
+            let mut resend = redis::pipe();
+            if let Some(cmd) = settlement.command(sha) {
+                resend.add_command(cmd);
             }
-            reply => settle_reply(shared, done, reply),
+            let retried = match shared.conn() {
+                Ok(mut conn) => match shared.settle.load_async(&mut conn).await {
+                    Ok(_) => run_pipeline(shared, &resend).await,
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e),
+            };
+            match retried {
+                Ok(replies) => replies.into_iter().next(),
+                Err(e) => {
+                    tracing::warn!(error = %e, requests, "could not settle requests in Redis");
+                    shared.record_n("finish", e.result(), requests);
+                    return;
+                }
+            }
         }
-    }
-    if resent.is_empty() {
-        return;
-    }
-    // Redis lost its scripts (a restart or a failover). Only the scripts it refused are sent
-    // again, once the script is loaded: everything else in the pipeline was applied already.
-    let retried = match shared.conn() {
-        Ok(mut conn) => match shared.finish.load_async(&mut conn).await {
-            Ok(_) => run_pipeline(shared, &resend).await,
-            Err(e) => Err(e.into()),
-        },
-        Err(e) => Err(e),
+        reply => reply,
     };
-    match retried {
-        Ok(replies) => {
-            for (done, reply) in resent.into_iter().zip(replies) {
-                settle_reply(shared, done, reply);
-            }
+    let spent = match reply
+        .map(|r| r.and_then(|v| redis::from_redis_value::<Vec<i64>>(v).map_err(Into::into)))
+    {
+        // Nothing to settle but the usage view.
+        None => Vec::new(),
+        Some(Ok(spent)) => spent,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, requests, "could not settle requests in Redis");
+            shared.record_n("finish", "error", requests);
+            return;
         }
-        Err(e) => {
-            tracing::warn!(error = %e, requests = resent.len(), "could not settle requests in Redis");
-            for _ in resent {
-                shared.record("finish", e.result());
-            }
-        }
-    }
+    };
+    shared.record_n("finish", "ok", requests);
+    settled(shared, &settlement.budgets, &spent);
 }
 
-/// One finishing script's reply: the budgets' spend after booking, or why it failed.
-fn settle_reply(shared: &Shared, done: &Finished, reply: redis::RedisResult<redis::Value>) {
-    match reply.and_then(|v| redis::from_redis_value::<Vec<i64>>(v).map_err(Into::into)) {
-        Ok(spent) => {
-            shared.record("finish", "ok");
-            settled(shared, done, &spent);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not settle a request in Redis");
-            shared.record("finish", "error");
-        }
-    }
+/// A batch of finished requests of one workload, summed per Redis key: the settling script's
+/// keys and arguments (see settle.lua).
+struct Settlement<'a> {
+    windows: Vec<WindowSettlement<'a>>,
+    leases: Vec<(&'a str, Vec<&'a str>)>,
+    budgets: Vec<BudgetSettlement<'a>>,
 }
 
-/// The finishing script's call for one request (see finish.lua for its keys and arguments).
-fn finish_command(sha: &str, done: &Finished) -> redis::Cmd {
-    let keys = &done.keys;
-    let cal = Calendar::at_ms(done.at_ms);
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(sha)
-        .arg(keys.token_windows.len() + keys.lease_sets.len() + 2 * keys.budgets.len());
-    for (key, _) in &keys.token_windows {
-        cmd.arg(key);
+struct WindowSettlement<'a> {
+    key: &'a str,
+    per_ms: u64,
+    /// Tokens beyond the estimates, charged to the current window.
+    more: u64,
+    /// Tokens below the estimates, per index of the window the estimate was charged to.
+    refunds: SmallVec<[(u64, u64); 2]>,
+}
+
+struct BudgetSettlement<'a> {
+    keys: &'a BudgetKeys,
+    at: Calendar,
+    cost: u64,
+    /// Reservation members and their amounts.
+    reservations: Vec<(String, u64)>,
+}
+
+impl<'a> Settlement<'a> {
+    fn of(group: &'a [Finished]) -> Settlement<'a> {
+        let mut s = Settlement {
+            windows: Vec::new(),
+            leases: Vec::new(),
+            budgets: Vec::new(),
+        };
+        for done in group {
+            let keys = &*done.keys;
+            if done.token_delta != 0 {
+                for (key, per_ms) in &keys.token_windows {
+                    let per_ms = (*per_ms).max(1);
+                    let w = match s.windows.iter_mut().position(|w| w.key == key) {
+                        Some(i) => &mut s.windows[i],
+                        None => {
+                            s.windows.push(WindowSettlement {
+                                key,
+                                per_ms,
+                                more: 0,
+                                refunds: SmallVec::new(),
+                            });
+                            s.windows.last_mut().expect("just pushed")
+                        }
+                    };
+                    let tokens = done.token_delta.unsigned_abs();
+                    if done.token_delta > 0 {
+                        w.more += tokens;
+                    } else {
+                        let charged = done.admitted_at_ms / per_ms;
+                        match w.refunds.iter_mut().find(|(i, _)| *i == charged) {
+                            Some((_, less)) => *less += tokens,
+                            None => w.refunds.push((charged, tokens)),
+                        }
+                    }
+                }
+            }
+            for key in &keys.lease_sets {
+                match s.leases.iter_mut().find(|(k, _)| *k == key.as_str()) {
+                    Some((_, members)) => members.push(&keys.member),
+                    None => s.leases.push((key, vec![&keys.member])),
+                }
+            }
+            let at = Calendar::at_ms(done.at_ms);
+            for b in &keys.budgets {
+                let same = |e: &BudgetSettlement<'_>| e.keys.hash == b.hash && e.at == at;
+                let i = match s.budgets.iter().position(same) {
+                    Some(i) => i,
+                    None => {
+                        s.budgets.push(BudgetSettlement {
+                            keys: b,
+                            at,
+                            cost: 0,
+                            reservations: Vec::new(),
+                        });
+                        s.budgets.len() - 1
+                    }
+                };
+                let entry = &mut s.budgets[i];
+                entry.cost += done.cost.0;
+                if keys.reserved > 0 {
+                    entry
+                        .reservations
+                        .push((format!("{}:{}", keys.member, keys.reserved), keys.reserved));
+                }
+            }
+        }
+        s
     }
-    for key in &keys.lease_sets {
-        cmd.arg(key);
+
+    /// The script's call, or none when the batch only adds to the usage view.
+    fn command(&self, sha: &str) -> Option<redis::Cmd> {
+        if self.windows.is_empty() && self.leases.is_empty() && self.budgets.is_empty() {
+            return None;
+        }
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sha)
+            .arg(self.windows.len() + self.leases.len() + 2 * self.budgets.len());
+        for w in &self.windows {
+            cmd.arg(w.key);
+        }
+        for (key, _) in &self.leases {
+            cmd.arg(*key);
+        }
+        for b in &self.budgets {
+            cmd.arg(&b.keys.hash).arg(&b.keys.reservations);
+        }
+        cmd.arg(self.windows.len())
+            .arg(self.leases.len())
+            .arg(self.budgets.len());
+        for w in &self.windows {
+            cmd.arg(w.per_ms).arg(w.more).arg(w.refunds.len());
+            for (charged, less) in &w.refunds {
+                cmd.arg(*charged).arg(*less);
+            }
+        }
+        for (_, members) in &self.leases {
+            cmd.arg(members.len());
+            for m in members {
+                cmd.arg(*m);
+            }
+        }
+        for b in &self.budgets {
+            cmd.arg(b.at.day)
+                .arg(b.at.month)
+                .arg(b.cost)
+                .arg(b.reservations.len());
+            for (member, _) in &b.reservations {
+                cmd.arg(member);
+            }
+            for (_, amount) in &b.reservations {
+                cmd.arg(*amount);
+            }
+        }
+        Some(cmd)
     }
-    for b in &keys.budgets {
-        cmd.arg(&b.hash).arg(&b.reservations);
-    }
-    cmd.arg(&keys.member)
-        .arg(done.token_delta)
-        .arg(keys.token_windows.len())
-        .arg(keys.lease_sets.len())
-        .arg(keys.budgets.len())
-        .arg(done.cost.0)
-        .arg(cal.day)
-        .arg(cal.month)
-        .arg(keys.reserved);
-    for (_, per_ms) in &keys.token_windows {
-        cmd.arg(*per_ms);
-    }
-    cmd.arg(done.admitted_at_ms);
-    cmd
 }
 
 /// Sends `pipe`, bounded by the background timeout, with each command's own result.
@@ -1206,26 +1366,25 @@ async fn run_pipeline(
     }
 }
 
-/// What a settled request's budgets now show: alerts for the thresholds it crossed, and the
+/// What a settled batch's budgets now show: alerts for the thresholds it crossed, and the
 /// fleet's spend for the admin API and metrics.
-fn settled(shared: &Shared, done: &Finished, spent: &[i64]) {
-    let cal = Calendar::at_ms(done.at_ms);
-    for (b, pair) in done.keys.budgets.iter().zip(spent.chunks(2)) {
+fn settled(shared: &Shared, budgets: &[BudgetSettlement<'_>], spent: &[i64]) {
+    for (b, pair) in budgets.iter().zip(spent.chunks(2)) {
         let today = pair.first().map_or(0, |&n| n.max(0) as u64);
         let month = pair.get(1).map_or(0, |&n| n.max(0) as u64);
-        alert_crossings(b, done.cost, today, month);
+        alert_crossings(b.keys, UsdNanos(b.cost), today, month);
         let reserved = shared
             .spend
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&b.scope)
+            .get(&b.keys.scope)
             .map_or(0, |s| s.reserved);
-        shared.remember_spend(&b.scope, cal, today, month, reserved);
+        shared.remember_spend(&b.keys.scope, b.at, today, month, reserved);
     }
 }
 
 /// Logs the budget alerts a settlement crossed: the fleet's spend went from below a threshold to
-/// at or above it with this request, which happens on exactly one instance.
+/// at or above it with this batch, which happens on exactly one instance.
 fn alert_crossings(b: &BudgetKeys, cost: UsdNanos, today: u64, month: u64) {
     for (period, cap, after) in [
         (Period::Daily, b.spec.daily, today),

@@ -1,5 +1,5 @@
 //! The fleet's usage view: every instance adds each finished request to a per-day counter of its
-//! key and model, in one Redis hash per workload and month (written by `finish.lua`), so that
+//! key and model, in one Redis hash per workload and month (written beside `settle.lua`), so that
 //! the admin usage endpoints and `keygate usage --fleet` show the whole fleet's current and
 //! previous month. Longer history stays in each instance's usage database and audit log.
 
