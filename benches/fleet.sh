@@ -7,9 +7,9 @@
 #      (the order flips every round), 16 connections; the median RPS ratio fleet / memory;
 #   2. p50 at one connection: the same, wrk -c1; the median of fleet's p50 minus memory's;
 #   3. Redis round trips per request: EVALSHA calls counted by redis INFO commandstats over a
-#      run, split into admission (on the request path) and the finishing script (sent by a
-#      background task after the response); over one run of each side, the gateway's CPU per
-#      request and Redis's;
+#      run: one admission per request (on the request path) and the settling scripts (one per
+#      batch of requests that ended together, sent by a background task after the responses);
+#      over one run of each side, the gateway's CPU per request and Redis's;
 #   4. admission accuracy: two fleet instances hammered at once (one wrk each) with a key of
 #      LIMIT requests per 60 s; admitted (2xx) against LIMIT.
 #
@@ -148,7 +148,7 @@ memory_cpu=$(us_per_request $(($(cpu_ticks "${GATEWAY_PID[memory]}") - before)) 
 redis config resetstat >/dev/null
 before=$(cpu_ticks "${GATEWAY_PID[fleet]}") redis_before=$(cpu_ticks "$REDIS_PID")
 line=$(run fleet 16 "$SECONDS_PER_RUN")
-sleep 1   # the finishing scripts of the last requests, sent after their responses
+sleep 1   # the settling scripts of the last requests, sent after their responses
 requests=$(field requests <<<"$line")
 fleet_cpu=$(us_per_request $(($(cpu_ticks "${GATEWAY_PID[fleet]}") - before)) "$requests")
 redis_cpu=$(us_per_request $(($(cpu_ticks "$REDIS_PID") - redis_before)) "$requests")
@@ -185,7 +185,7 @@ cat <<EOF
 |---|---|
 | RPS, fleet / memory (paired, 16 connections, median of $ROUNDS rounds) | $(printf '%s\n' "${ratios[@]}" | median) |
 | added p50 at one connection, fleet - memory (ms, median of $ROUNDS rounds) | $(printf '%s\n' "${added[@]}" | median) |
-| Redis scripts per request (admission on the request path + finishing off it) | $per_request |
+| Redis scripts per request (admission on the request path + settling off it, per batch) | $per_request |
 | gateway CPU per request, memory / fleet (us, one run each) | $memory_cpu / $fleet_cpu |
 | Redis CPU per request (us, the fleet run; Redis pinned to CPU ${REDIS_CPU:-none}) | $redis_cpu |
 | admitted across 2 instances under load, limit $LIMIT per 60 s (2xx wrk saw complete) | $admitted ($answered) |

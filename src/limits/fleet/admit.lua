@@ -13,8 +13,12 @@
 --   (spent today, spent this month, reserved).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Numbers handed to redis.call are formatted once, as integers: Lua's own conversion of a number
+-- to a string is a floating-point format, which costs more than the command it feeds.
+local function int(n) return string.format('%d', n) end
+local now_arg = int(now)
 local lease, ttl = ARGV[1], tonumber(ARGV[2])
-local tokens, cost = tonumber(ARGV[3]), ARGV[4]
+local cost = ARGV[4]
 local day, month = ARGV[5], ARGV[6]
 local scopes = tonumber(ARGV[7])
 local a, k = 8, 1
@@ -67,7 +71,7 @@ for s = 1, scopes do
   if max > 0 then
     local key = KEYS[k]; k = k + 1
     -- Leases whose holder stopped renewing them (it crashed) are given back.
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now_arg)
     local held = redis.call('ZCARD', key)
     if held >= max and refusal[1] == 0 then refusal = {2, s, 0, 1000} end
     leases[#leases + 1] = {key, held}
@@ -77,12 +81,12 @@ for s = 1, scopes do
   if mode > 0 then
     local bkey, rkey = KEYS[k], KEYS[k + 1]; k = k + 2
     -- Reservations whose holder stopped renewing them (it crashed) are given back.
-    local gone = redis.call('ZRANGEBYSCORE', rkey, '-inf', now)
+    local gone = redis.call('ZRANGEBYSCORE', rkey, '-inf', now_arg)
     if #gone > 0 then
       local back = 0
       for _, m in ipairs(gone) do back = back + (tonumber(string.match(m, ':(%d+)$')) or 0) end
-      if back > 0 then redis.call('HINCRBY', bkey, 'r', -back) end
-      redis.call('ZREMRANGEBYSCORE', rkey, '-inf', now)
+      if back > 0 then redis.call('HINCRBY', bkey, 'r', int(-back)) end
+      redis.call('ZREMRANGEBYSCORE', rkey, '-inf', now_arg)
     end
     local b = redis.call('HMGET', bkey, 'd:' .. day, 'm:' .. month, 'r')
     local sd, sm, r = tonumber(b[1]) or 0, tonumber(b[2]) or 0, tonumber(b[3]) or 0
@@ -98,13 +102,21 @@ for s = 1, scopes do
 end
 
 local admitted = refusal[1] == 0
+local expires = int(now + ttl)
 local out = {refusal[1], refusal[2], refusal[3], refusal[4]}
 for _, w in ipairs(wins) do
   local key, idx, c, p, kind, per, limit, rest = w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8]
   if admitted then
-    if kind == 0 then c = c + 1 else c = c + tokens end
-    redis.call('HSET', key, 'i', idx, 'c', c, 'p', p)
-    if w[9] then redis.call('PEXPIREAT', key, (idx + 2) * per + 1000) end
+    local by = '1'
+    if kind == 1 then by = ARGV[3] end
+    c = c + tonumber(by)
+    if w[9] then
+      redis.call('HSET', key, 'i', int(idx), 'c', int(c), 'p', int(p))
+      redis.call('PEXPIREAT', key, int((idx + 2) * per + 1000))
+    else
+      -- The window and its previous count are as stored; only the count moves.
+      redis.call('HINCRBY', key, 'c', by)
+    end
   end
   out[#out + 1] = math.max(0, limit - c - math.ceil(p * rest / per))
   local reset = 0
@@ -114,8 +126,8 @@ end
 for _, l in ipairs(leases) do
   local held = l[2]
   if admitted then
-    redis.call('ZADD', l[1], now + ttl, lease)
-    redis.call('PEXPIRE', l[1], 2 * ttl)
+    redis.call('ZADD', l[1], expires, lease)
+    redis.call('PEXPIRE', l[1], int(2 * ttl))
     held = held + 1
   end
   out[#out + 1] = held
@@ -126,7 +138,7 @@ for _, b in ipairs(budgets) do
     r = redis.call('HINCRBY', b[1], 'r', cost)
     -- No expiry on a reservation set: one that expired with a crashed holder's member in it
     -- would leave its amount in `r` for good. Redis deletes the set once it is empty.
-    redis.call('ZADD', b[2], now + ttl, lease .. ':' .. cost)
+    redis.call('ZADD', b[2], expires, lease .. ':' .. cost)
   end
   out[#out + 1] = b[3]
   out[#out + 1] = b[4]
