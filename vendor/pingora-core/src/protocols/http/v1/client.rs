@@ -305,7 +305,10 @@ impl HttpSession {
                             return self.fail_response_header_read(e);
                         }
 
-                        let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
+                        // keygate patch: the response keeps only the bytes read (its header and
+                        // the body read with it) for its life, not the 4 KiB read buffer.
+                        let buf = Bytes::copy_from_slice(&self.response_header_read_buf);
+                        self.response_header_read_buf = BytesMut::new();
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);

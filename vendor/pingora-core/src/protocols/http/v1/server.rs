@@ -475,7 +475,10 @@ impl HttpSession {
                             }
                             rest
                         };
-                        let buf = buf.freeze();
+                        // keygate patch: the header keeps only its own bytes for the request's
+                        // life, not the 4 KiB read buffer (shared with the body read ahead) that
+                        // every header value would otherwise hold on to.
+                        let buf = Bytes::copy_from_slice(&buf);
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
