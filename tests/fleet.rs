@@ -136,6 +136,12 @@ async fn early_in_window(per_ms: u64) {
     }
 }
 
+/// Requests whose end this instance has settled in Redis.
+fn settled(gw: &TestGateway) -> u64 {
+    let ops = &gw.handles().metrics.state_operations;
+    ops.with_label_values(&["finish", "ok"]).get()
+}
+
 /// Polls `check` for up to ten seconds.
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -178,10 +184,6 @@ async fn a_request_window_admits_its_limit_across_two_instances() {
     // most one per instance learns from Redis that the window is full). Off the request path,
     // every admitted request is settled, in batches: with no token window, concurrency cap or
     // budget to settle, a batch only adds to the usage view, without a script.
-    let settled = |gw: &TestGateway| {
-        let ops = &gw.handles().metrics.state_operations;
-        ops.with_label_values(&["finish", "ok"]).get()
-    };
     eventually("every request settled", || settled(&a) + settled(&b) == 20).await;
     let calls = redis.script_calls() - before;
     assert!((20..=22).contains(&calls), "{calls} script calls");
@@ -314,10 +316,6 @@ async fn requests_settled_in_one_batch_book_exactly_their_real_usage() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    let settled = |gw: &TestGateway| {
-        let ops = &gw.handles().metrics.state_operations;
-        ops.with_label_values(&["finish", "ok"]).get()
-    };
     eventually("every request settled", || settled(&a) + settled(&b) == 40).await;
     let mut conn = redis.conn();
     let day = keygate::limits::now_ms() / 86_400_000;
