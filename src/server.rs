@@ -288,6 +288,7 @@ pub fn build_with(
             listen: settings.listen,
             grace_period: grace,
             recorder: recorder.clone(),
+            limits: limits.clone(),
             exit_when_drained: host == Host::OwnProcess,
         },
     ));
@@ -426,6 +427,7 @@ impl RunningGateway {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        self.handles.limits.flush();
         self.handles.recorder.flush();
     }
 }

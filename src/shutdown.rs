@@ -4,11 +4,12 @@
 //! `server.drain_delay`, so load balancers stop sending new requests before anything is refused;
 //! then Pingora stops accepting and in-flight requests and streams get up to
 //! `server.grace_period` to finish. The moment the last one ends (or the grace period runs out)
-//! the accounting is flushed and the process exits, rather than sleeping out the whole grace
-//! period. SIGQUIT is Pingora's zero-downtime binary upgrade (listening sockets handed to a new
+//! the fleet's settlements and the accounting are flushed and the process exits, rather than
+//! sleeping out the whole grace period. SIGQUIT is Pingora's zero-downtime binary upgrade (listening sockets handed to a new
 //! process started with `--upgrade`); SIGINT shuts down at once.
 
 use crate::accounting::Recorder;
+use crate::limits::Limits;
 use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::BackgroundService;
@@ -100,6 +101,7 @@ pub struct Lifecycle {
     pub listen: SocketAddr,
     pub grace_period: Duration,
     pub recorder: Arc<Recorder>,
+    pub limits: Arc<Limits>,
     /// Exit the process once drained (the binary); in-process servers (tests) just return.
     pub exit_when_drained: bool,
 }
@@ -135,8 +137,12 @@ impl BackgroundService for Lifecycle {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let left = self.drain.in_flight();
-        let recorder = self.recorder.clone();
-        let _ = tokio::task::spawn_blocking(move || recorder.flush()).await;
+        let (recorder, limits) = (self.recorder.clone(), self.limits.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            limits.flush();
+            recorder.flush();
+        })
+        .await;
         if self.exit_when_drained {
             tracing::info!(
                 unfinished = left,

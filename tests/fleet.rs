@@ -380,6 +380,43 @@ async fn back_to_back_requests_under_a_cap_of_one_find_the_slot_given_back() {
     assert!(refused <= 40, "{refused} of 200 found the slot still held");
 }
 
+/// A shutdown settles the requests that already ended before it stops: their real cost is
+/// booked in the fleet's budget and their reservations given back, rather than the reservations
+/// merely expiring with the cost never booked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_settles_the_requests_that_ended_before_it() {
+    let redis = RedisServer::start();
+    let up = MockUpstream::start("up", Reply::chat_ok()).await;
+    let (secret, yaml) = key_file("app", "budget: {daily_usd: 100}\n");
+    let mut gw = TestGateway::start(&priced(&up.url(), &redis.url(), ""), &[("k".into(), yaml)]);
+    connected(&gw).await;
+    let body =
+        json!({"model": "m1", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..3 {
+        let resp = post_json(&gw.url("/v1/chat/completions"), &secret, &body).await;
+        assert_eq!(resp.status(), 200);
+    }
+    let running = gw.running.take().expect("running");
+    tokio::task::spawn_blocking(move || running.shutdown())
+        .await
+        .unwrap();
+    let mut conn = redis.conn();
+    let day = keygate::limits::now_ms() / 86_400_000;
+    let hash = "kg:{app}:key:k:budget";
+    assert_eq!(
+        conn.hget::<_, _, Option<u64>>(hash, format!("d:{day}"))
+            .unwrap(),
+        Some(3 * 12_000_000),
+        "the cost of every request is booked"
+    );
+    assert_eq!(
+        conn.hget::<_, _, i64>(hash, "r").unwrap(),
+        0,
+        "a reservation is left"
+    );
+    assert_eq!(conn.zcard::<_, u64>("kg:{app}:key:k:reserved").unwrap(), 0);
+}
+
 /// A policy with a priced model: each chat costs (7 + 5) × $0.001 = $0.012.
 fn priced(upstream: &str, redis: &str, head: &str) -> String {
     fleet_policy(upstream, redis, "fail_closed", head, "").replace(

@@ -24,6 +24,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+/// How long a shutdown waits for finished requests to be settled in the shared state.
+const SHUTDOWN_SETTLE_LIMIT: Duration = Duration::from_secs(3);
+
 /// What a window counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitKind {
@@ -350,6 +353,14 @@ impl Limits {
     }
 
     /// The fleet's state, in fleet mode.
+    /// Settles what finished requests still owe the shared state (fleet mode; the memory
+    /// backend has nothing pending). At shutdown, after the requests drained.
+    pub fn flush(&self) {
+        if let Some(fleet) = self.fleet() {
+            fleet.flush(SHUTDOWN_SETTLE_LIMIT);
+        }
+    }
+
     pub fn fleet(&self) -> Option<&fleet::FleetLimits> {
         match self {
             Limits::Memory(_) => None,

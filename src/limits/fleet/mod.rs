@@ -160,8 +160,10 @@ struct Shared {
     /// Until when (local ms) admission does not try Redis, after a failure.
     down_until_ms: AtomicU64,
     finished: mpsc::UnboundedSender<Finished>,
-    /// Ends a batch's wait for more finished requests: an urgent one is queued.
+    /// Ends a batch's wait for more finished requests: an urgent one is queued, or a flush.
     finish_now: tokio::sync::Notify,
+    /// Finished requests queued or being settled, for [`FleetLimits::flush`].
+    unsettled: AtomicU64,
     metrics: Arc<Metrics>,
     /// The fleet's spend per budgeted scope as Redis last reported it.
     spend: Mutex<HashMap<ScopeId, SeenSpend>>,
@@ -417,6 +419,7 @@ impl Drop for Lease {
             return;
         }
         // The receiver lives as long as the state runtime; after shutdown the leases expire.
+        self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
         let _ = self.shared.finished.send(Finished {
             keys: Arc::clone(&self.keys),
             token_delta: self.token_delta,
@@ -515,6 +518,7 @@ impl FleetLimits {
             down_until_ms: AtomicU64::new(0),
             finished,
             finish_now: tokio::sync::Notify::new(),
+            unsettled: AtomicU64::new(0),
             metrics,
             spend: Mutex::default(),
         });
@@ -533,6 +537,19 @@ impl FleetLimits {
             revocations,
             runtime: Some(runtime),
         })
+    }
+
+    /// Waits, up to `limit`, until the ends of the requests finished so far are settled in Redis
+    /// (or failed to be), without their batching wait: at shutdown, so that a request's real
+    /// cost is booked before its reservation would merely expire. Blocks the calling thread.
+    pub fn flush(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.shared.unsettled.load(Ordering::Acquire) > 0
+            && std::time::Instant::now() < deadline
+        {
+            self.shared.finish_now.notify_one();
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// This instance's own counters: concurrency pre-holds, and the fallback under `on_error`.
@@ -1094,6 +1111,10 @@ async fn finish_requests(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver
             for group in batch.chunk_by(|a, b| a.keys.tag == b.keys.tag) {
                 finish_group(&shared, group).await;
             }
+            // Settled or given up on: either way nothing is left to wait for.
+            shared
+                .unsettled
+                .fetch_sub(batch.len() as u64, Ordering::AcqRel);
             drop(permit);
         });
     }
