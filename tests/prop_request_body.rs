@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use std::fmt;
 
 /// The top-level fields keygate acts on.
-const GOVERNED: [&str; 7] = [
+const GOVERNED: [&str; 8] = [
     "model",
     "stream",
     "max_tokens",
@@ -24,6 +24,9 @@ const GOVERNED: [&str; 7] = [
     "max_output_tokens",
     "n",
     "best_of",
+    // Not a fact of the answer, but keygate rewrites it (`include_usage`), so a case variant
+    // of it is refused like the others'.
+    "stream_options",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -337,6 +340,7 @@ const NAMES: &[&str] = &[
     "MODEL",
     "Stream",
     "Max_Tokens",
+    "Stream_Options",
     "\u{17f}tream",
     "max_to\u{212a}ens",
 ];
@@ -660,6 +664,7 @@ fn names_that_fold_to_a_governed_field_are_refused() {
         r#"{"model":"cheap","MOD\u0045L":"pricey"}"#,
         "{\"model\":\"m\",\"\u{17f}tream\":true}",
         "{\"model\":\"m\",\"max_to\u{212a}ens\":100000}",
+        r#"{"model":"m","stream":true,"Stream_options":{"include_usage":false}}"#,
     ] {
         let refusal = inspect(body.as_bytes()).err();
         assert!(
