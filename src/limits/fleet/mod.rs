@@ -186,10 +186,7 @@ struct SeenSpend {
 
 impl Shared {
     fn record(&self, op: &str, result: &str) {
-        self.metrics
-            .state_operations
-            .with_label_values(&[op, result])
-            .inc();
+        self.record_n(op, result, 1);
     }
 
     fn record_n(&self, op: &str, result: &str, n: u64) {
@@ -420,7 +417,7 @@ impl Drop for Lease {
         }
         // The receiver lives as long as the state runtime; after shutdown the leases expire.
         self.shared.unsettled.fetch_add(1, Ordering::AcqRel);
-        let _ = self.shared.finished.send(Finished {
+        let sent = self.shared.finished.send(Finished {
             keys: Arc::clone(&self.keys),
             token_delta: self.token_delta,
             cost: self.cost,
@@ -429,7 +426,9 @@ impl Drop for Lease {
             at_ms: now_ms(),
             urgent: self.urgent,
         });
-        if self.urgent {
+        if sent.is_err() {
+            self.shared.unsettled.fetch_sub(1, Ordering::AcqRel);
+        } else if self.urgent {
             self.shared.finish_now.notify_one();
         }
     }
@@ -1258,23 +1257,25 @@ impl<'a> Settlement<'a> {
             leases: Vec::new(),
             budgets: Vec::new(),
         };
+        // Where each key's entry is: a batch may hold hundreds of keys of one workload.
+        let mut windows: HashMap<&str, usize> = HashMap::new();
+        let mut leases: HashMap<&str, usize> = HashMap::new();
+        let mut budgets: HashMap<(&str, u32), usize> = HashMap::new();
         for done in group {
             let keys = &*done.keys;
             if done.token_delta != 0 {
                 for (key, per_ms) in &keys.token_windows {
                     let per_ms = (*per_ms).max(1);
-                    let w = match s.windows.iter_mut().position(|w| w.key == key) {
-                        Some(i) => &mut s.windows[i],
-                        None => {
-                            s.windows.push(WindowSettlement {
-                                key,
-                                per_ms,
-                                more: 0,
-                                refunds: SmallVec::new(),
-                            });
-                            s.windows.last_mut().expect("just pushed")
-                        }
-                    };
+                    let i = *windows.entry(key).or_insert_with(|| {
+                        s.windows.push(WindowSettlement {
+                            key,
+                            per_ms,
+                            more: 0,
+                            refunds: SmallVec::new(),
+                        });
+                        s.windows.len() - 1
+                    });
+                    let w = &mut s.windows[i];
                     let tokens = done.token_delta.unsigned_abs();
                     if done.token_delta > 0 {
                         w.more += tokens;
@@ -1288,26 +1289,24 @@ impl<'a> Settlement<'a> {
                 }
             }
             for key in &keys.lease_sets {
-                match s.leases.iter_mut().find(|(k, _)| *k == key.as_str()) {
-                    Some((_, members)) => members.push(&keys.member),
-                    None => s.leases.push((key, vec![&keys.member])),
-                }
+                let i = *leases.entry(key).or_insert_with(|| {
+                    s.leases.push((key, Vec::new()));
+                    s.leases.len() - 1
+                });
+                s.leases[i].1.push(&keys.member);
             }
             let at = Calendar::at_ms(done.at_ms);
             for b in &keys.budgets {
-                let same = |e: &BudgetSettlement<'_>| e.keys.hash == b.hash && e.at == at;
-                let i = match s.budgets.iter().position(same) {
-                    Some(i) => i,
-                    None => {
-                        s.budgets.push(BudgetSettlement {
-                            keys: b,
-                            at,
-                            cost: 0,
-                            reservations: Vec::new(),
-                        });
-                        s.budgets.len() - 1
-                    }
-                };
+                // A day names its month too.
+                let i = *budgets.entry((&b.hash, at.day)).or_insert_with(|| {
+                    s.budgets.push(BudgetSettlement {
+                        keys: b,
+                        at,
+                        cost: 0,
+                        reservations: Vec::new(),
+                    });
+                    s.budgets.len() - 1
+                });
                 let entry = &mut s.budgets[i];
                 entry.cost += done.cost.0;
                 if keys.reserved > 0 {
