@@ -136,6 +136,15 @@ async fn early_in_window(per_ms: u64) {
     }
 }
 
+/// Two instances of `policy` with the key `id`, each connected to Redis.
+async fn two_connected(policy: &str, id: &str, key_yaml: String) -> (TestGateway, TestGateway) {
+    let a = TestGateway::start(policy, &[(id.into(), key_yaml.clone())]);
+    let b = TestGateway::start(policy, &[(id.into(), key_yaml)]);
+    connected(&a).await;
+    connected(&b).await;
+    (a, b)
+}
+
 /// Requests whose end this instance has settled in Redis.
 fn settled(gw: &TestGateway) -> u64 {
     let ops = &gw.handles().metrics.state_operations;
@@ -157,10 +166,7 @@ async fn a_request_window_admits_its_limit_across_two_instances() {
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
     let (secret, yaml) = key_file("app", "rate_limits:\n  - {requests: 20, per: 10s}\n");
     let policy = fleet_policy(&up.url(), &redis.url(), "fail_closed", "", "");
-    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
-    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
-    connected(&a).await;
-    connected(&b).await;
+    let (a, b) = two_connected(&policy, "k", yaml).await;
     early_in_window(10_000).await;
     let before = redis.script_calls();
     let mut admitted = [0u32; 2];
@@ -195,10 +201,7 @@ async fn a_token_window_is_shared_and_charged_with_real_usage() {
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
     let (secret, yaml) = key_file("app", "rate_limits:\n  - {tokens: 100, per: 1h}\n");
     let policy = fleet_policy(&up.url(), &redis.url(), "fail_closed", "", "");
-    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
-    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
-    connected(&a).await;
-    connected(&b).await;
+    let (a, b) = two_connected(&policy, "k", yaml).await;
     let window = "kg:{app}:key:k:t3600000";
     let mut conn = redis.conn();
     let mut admitted = 0u64;
@@ -233,10 +236,7 @@ async fn max_concurrent_holds_across_two_instances_with_slow_streams() {
     let up = MockUpstream::start("up", slow).await;
     let (secret, yaml) = key_file("app", "max_concurrent: 2\n");
     let policy = fleet_policy(&up.url(), &redis.url(), "fail_closed", "", "");
-    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
-    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
-    connected(&a).await;
-    connected(&b).await;
+    let (a, b) = two_connected(&policy, "k", yaml).await;
     let url = |gw: &TestGateway| gw.url("/v1/chat/completions");
     let first = post_json(&url(&a), &secret, &chat()).await;
     assert_eq!(first.status(), 200);
@@ -292,10 +292,7 @@ async fn requests_settled_in_one_batch_book_exactly_their_real_usage() {
         "budget: {daily_usd: 100}\nrate_limits: [{tokens: 1000000, per: 1h}]\nmax_concurrent: 64\n",
     );
     let policy = priced(&up.url(), &redis.url(), "");
-    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
-    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
-    connected(&a).await;
-    connected(&b).await;
+    let (a, b) = two_connected(&policy, "k", yaml).await;
     // Not within the hour's last half minute, so that the whole test falls in one window.
     let left = 3_600_000 - keygate::limits::now_ms() % 3_600_000;
     if left < 30_000 {
@@ -350,10 +347,7 @@ async fn back_to_back_requests_under_a_cap_of_one_find_the_slot_given_back() {
     let up = MockUpstream::start("up", Reply::chat_ok()).await;
     let (secret, yaml) = key_file("app", "max_concurrent: 1\n");
     let policy = fleet_policy(&up.url(), &redis.url(), "fail_closed", "", "");
-    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
-    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
-    connected(&a).await;
-    connected(&b).await;
+    let (a, b) = two_connected(&policy, "k", yaml).await;
     // Connections kept alive, so that the next request follows within a fraction of the wait
     // a finished request's end may otherwise have before it is sent to Redis.
     let client = common::client();
@@ -438,10 +432,7 @@ async fn a_budget_holds_under_fifty_concurrent_requests_over_two_instances() {
     .await;
     let (secret, yaml) = key_file("app", "budget: {daily_usd: 0.12}\n");
     let policy = priced(&up.url(), &redis.url(), "");
-    let a = TestGateway::start(&policy, &[("capped".into(), yaml.clone())]);
-    let b = TestGateway::start(&policy, &[("capped".into(), yaml)]);
-    connected(&a).await;
-    connected(&b).await;
+    let (a, b) = two_connected(&policy, "capped", yaml).await;
     let body =
         json!({"model": "m1", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
     let tasks: Vec<_> = (0..50)
@@ -1168,10 +1159,7 @@ async fn a_key_and_its_workload_are_counted_in_one_script_on_a_redis_cluster() {
         "    models: [m1]\n",
         "    models: [m1]\n    rate_limits: [{requests: 100, per: 1h}]\n",
     );
-    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
-    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
-    connected(&a).await;
-    connected(&b).await;
+    let (a, b) = two_connected(&policy, "k", yaml).await;
     let mut admitted = 0;
     for i in 0..8 {
         let gw = [&a, &b][i % 2];
@@ -1211,10 +1199,7 @@ async fn the_brute_force_guard_counts_failures_across_the_fleet() {
         "auth_guard: {max_failures: 4, per: 1h}\n",
         "",
     );
-    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
-    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
-    connected(&a).await;
-    connected(&b).await;
+    let (a, b) = two_connected(&policy, "k", yaml).await;
     let mut answers = Vec::new();
     for i in 0..6 {
         let (wrong, _) = key_file("app", "");
@@ -1353,10 +1338,7 @@ async fn instances_find_the_master_through_a_sentinel() {
         &up.url(),
         &format!("    sentinel: {{master: kgmaster, nodes: [\"redis://127.0.0.1:{port}\"]}}\n"),
     );
-    let a = TestGateway::start(&policy, &[("k".into(), yaml.clone())]);
-    let b = TestGateway::start(&policy, &[("k".into(), yaml)]);
-    connected(&a).await;
-    connected(&b).await;
+    let (a, b) = two_connected(&policy, "k", yaml).await;
     early_in_window(10_000).await;
     let urls = [a.url("/v1/chat/completions"), b.url("/v1/chat/completions")];
     let got = statuses(&urls, &secret, 4).await;
