@@ -387,6 +387,16 @@ impl BodyReader {
         }
     }
 
+    /// keygate patch: gives back the buffer of a body read to its end. A request's body often
+    /// arrives with its head, so its buffer is the rest of the head's 4 KiB read buffer, which
+    /// would otherwise stay allocated for as long as the request runs (a stream's whole life),
+    /// although every byte of the body has been handed out.
+    pub fn release_buf_if_done(&mut self) {
+        if self.body_done() {
+            self.body_buf = None;
+        }
+    }
+
     pub fn body_done(&self) -> bool {
         matches!(self.body_state, PS::Complete(_) | PS::Done(_))
     }
