@@ -141,11 +141,14 @@ enum Admit {
 
 #[async_trait]
 impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
+    /// Boxed: Pingora's future for a request keeps its context by value in several of its
+    /// states at once (an argument, and the locals it was moved into), and that future lives as
+    /// long as the request, a stream's whole life; boxed, the context is held once.
+    type CTX = Box<RequestCtx>;
 
     /// Every request starts on the policy snapshot current at its arrival, and keeps it.
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.policy.load_full())
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::new(RequestCtx::new(self.policy.load_full()))
     }
 
     /// None. Pingora's default is a response-compression module, disabled, that every request
@@ -156,14 +159,14 @@ impl ProxyHttp for Gateway {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        _ctx: &mut Self::CTX,
     ) -> Result<()> {
         crate::listener::head_received(session);
         Ok(())
     }
 
     /// Authenticate, authorize and limit; answer refusals and `/v1/models` directly.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         ctx.in_flight = Some(self.drain.track());
         let client_id = session.req_header().headers.get(head::X_REQUEST_ID);
         ctx.request_id = ctx::request_id(client_id.map(|v| v.as_bytes()));
@@ -183,7 +186,7 @@ impl ProxyHttp for Gateway {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         route::peer(&self.upstreams, ctx)
     }
@@ -193,7 +196,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         e: Box<Error>,
     ) -> Box<Error> {
         route::connect_failed(ctx, e)
@@ -208,7 +211,7 @@ impl ProxyHttp for Gateway {
         #[cfg(unix)] fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
         _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         #[cfg(target_os = "linux")]
         forward::cork(ctx, peer, fd);
@@ -227,7 +230,7 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         forward::request_head(ctx, upstream)
     }
@@ -238,7 +241,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         forward::request_body(ctx, body, end_of_stream);
         Ok(())
@@ -251,7 +254,7 @@ impl ProxyHttp for Gateway {
         _peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
         let response_written = session.response_written().is_some();
@@ -264,7 +267,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let response_written = session.response_written().is_some();
         route::response_header(ctx, upstream_response, response_written, &self.metrics)
@@ -276,7 +279,7 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         _body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
         route::response_chunk(ctx, end_of_stream)?;
         Ok(None)
@@ -287,7 +290,7 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         respond::response_head(session, ctx, upstream_response)
     }
@@ -299,7 +302,7 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<std::time::Duration>> {
         respond::response_chunk(session, ctx, body, end_of_stream)?;
         Ok(None)
@@ -310,13 +313,13 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy {
         respond::failed(session, e, ctx).await
     }
 
     /// Account: settle tokens and cost (a cut stream is charged what was seen) and book the request.
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
         ctx.watchdog = None;
         if let Some(e) = e {
             tracing::debug!(request_id = %ctx.request_id, error = %e, "request failed");
