@@ -8,7 +8,8 @@
 # usage: benches/streams.sh BINARY POLICY SSE_LOAD
 #   BINARY: keygate (release); SSE_LOAD: examples/sse_load.rs built in release
 #   POLICY: a policy directory benches/e2e.sh wrote (OUT/policy-full: 1,000 keys, every feature)
-#   env: STREAMS (5000), INTERVAL_MS (100), EVENTS (300), GATEWAY_CPU (0), LOAD_CPU (1)
+#   env: STREAMS (5000), INTERVAL_MS (100), EVENTS (300), GATEWAY_CPU (0), LOAD_CPU (1),
+#        OPEN_OVER_MS (0: every stream opens at once; else they open evenly over that time)
 #
 # The upstream listens on 127.0.0.1:18087 and keygate on 18173-18174; the upstream and the clients
 # share LOAD_CPU, keygate has GATEWAY_CPU to itself.
@@ -17,7 +18,7 @@ set -euo pipefail
 [ $# -eq 3 ] || { sed -n '2,13p' "$0"; exit 2; }
 BINARY=$(realpath "$1") POLICY=$(realpath "$2") SSE_LOAD=$(realpath "$3")
 STREAMS=${STREAMS:-5000} INTERVAL_MS=${INTERVAL_MS:-100} EVENTS=${EVENTS:-300}
-GATEWAY_CPU=${GATEWAY_CPU:-0} LOAD_CPU=${LOAD_CPU:-1}
+GATEWAY_CPU=${GATEWAY_CPU:-0} LOAD_CPU=${LOAD_CPU:-1} OPEN_OVER_MS=${OPEN_OVER_MS:-0}
 # shellcheck source=benches/lib.sh
 . "$(dirname "$0")/lib.sh"
 UPSTREAM_PORT=18087 KEYGATE_PORT=18173
@@ -46,11 +47,11 @@ curl -sf -o /dev/null "http://127.0.0.1:$((KEYGATE_PORT + 1))/readyz" || { cat "
 SECRET=$(cat "$WORK/keygate/secret")
 
 clients() { # PORT BEARER
-  taskset -c "$LOAD_CPU" "$SSE_LOAD" clients "127.0.0.1:$1" /v1/chat/completions "$STREAMS" "$2" gpt-4o-mini
+  taskset -c "$LOAD_CPU" "$SSE_LOAD" clients "127.0.0.1:$1" /v1/chat/completions "$STREAMS" "$2" gpt-4o-mini "$OPEN_OVER_MS"
 }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$KEYGATE_PID/status"; }
 
-echo "direct: $STREAMS streams of $EVENTS events every ${INTERVAL_MS} ms" >&2
+echo "direct: $STREAMS streams of $EVENTS events every ${INTERVAL_MS} ms, opened over ${OPEN_OVER_MS} ms" >&2
 direct=$(clients "$UPSTREAM_PORT" none)
 echo "$direct" >&2
 

@@ -4,8 +4,9 @@
 //! - `sse_load upstream ADDR INTERVAL_MS EVENTS`: answers every POST with an OpenAI-style chat
 //!   stream of EVENTS chunks, one every INTERVAL_MS (the first at once), then a usage chunk and
 //!   `[DONE]`; keep-alive, chunked framing, each event its own write.
-//! - `sse_load clients ADDR PATH STREAMS BEARER MODEL`: opens STREAMS connections at once, each
-//!   sends one streaming chat request, and reads its stream to the end. Prints one JSON line:
+//! - `sse_load clients ADDR PATH STREAMS BEARER MODEL [OPEN_OVER_MS]`: opens STREAMS connections,
+//!   all at once or spread evenly over OPEN_OVER_MS; each sends one streaming chat request and
+//!   reads its stream to the end. Prints one JSON line:
 //!   streams completed and failed, events, time to the first event (p50, p99) and the gaps
 //!   between events (p50, p99, max), in ms.
 //!
@@ -30,16 +31,17 @@ fn main() {
             Duration::from_millis(args[3].parse().expect("INTERVAL_MS")),
             args[4].parse().expect("EVENTS"),
         )),
-        Some("clients") if args.len() == 7 => runtime.block_on(clients(
+        Some("clients") if args.len() == 7 || args.len() == 8 => runtime.block_on(clients(
             args[2].parse().expect("ADDR"),
             &args[3],
             args[4].parse().expect("STREAMS"),
             &args[5],
             &args[6],
+            Duration::from_millis(args.get(7).map_or(0, |a| a.parse().expect("OPEN_OVER_MS"))),
         )),
         _ => {
             eprintln!(
-                "usage: sse_load upstream ADDR INTERVAL_MS EVENTS\n       sse_load clients ADDR PATH STREAMS BEARER MODEL"
+                "usage: sse_load upstream ADDR INTERVAL_MS EVENTS\n       sse_load clients ADDR PATH STREAMS BEARER MODEL [OPEN_OVER_MS]"
             );
             std::process::exit(2);
         }
@@ -147,6 +149,7 @@ async fn clients(
     streams: usize,
     bearer: &str,
     model: &str,
+    open_over: Duration,
 ) -> std::io::Result<()> {
     let body = format!(
         r#"{{"model":"{model}","stream":true,"stream_options":{{"include_usage":true}},"messages":[{{"role":"user","content":"Tell me a long story."}}]}}"#
@@ -157,10 +160,15 @@ async fn clients(
     )
     .into_bytes()
     .into();
+    let start = tokio::time::Instant::now();
     let tasks: Vec<_> = (0..streams)
-        .map(|_| {
+        .map(|i| {
             let request = request.clone();
-            tokio::spawn(async move { one_stream(addr, &request).await.unwrap_or_default() })
+            let opens_at = start + open_over.mul_f64(i as f64 / streams as f64);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(opens_at).await;
+                one_stream(addr, &request).await.unwrap_or_default()
+            })
         })
         .collect();
     let mut seen = Vec::with_capacity(streams);
