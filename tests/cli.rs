@@ -992,3 +992,43 @@ async fn keys_update_adds_switches_off_and_clears_guardrails() {
         ]
     );
 }
+
+/// `THP_enabled` of a `keygate serve` process started with `thp_env` (None: unset), read once
+/// it listens.
+fn serve_thp_enabled(thp_env: Option<&str>) -> String {
+    let gw = TestGateway::prepare(BASE, &[]);
+    let mut command = Command::new(keygate_bin());
+    command
+        .args(["serve", "--config"])
+        .arg(&gw.config_path)
+        .env_remove("MIMALLOC_ALLOW_THP")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(value) = thp_env {
+        command.env("MIMALLOC_ALLOW_THP", value);
+    }
+    let mut child = command.spawn().expect("start keygate serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", gw.port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .expect("the kernel reports THP_enabled")
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn serve_keeps_off_transparent_huge_pages_unless_mimalloc_is_told_otherwise() {
+    assert_eq!(serve_thp_enabled(None), "0");
+    assert_eq!(serve_thp_enabled(Some("1")), "1");
+}
