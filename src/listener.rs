@@ -114,6 +114,51 @@ pub fn raise_open_file_limit() -> Option<u64> {
     Some(limit.rlim_cur)
 }
 
+/// Descriptors kept beside two per connection: the usage database, logs, the admin API's
+/// connections, Redis.
+const DESCRIPTOR_HEADROOM: usize = 256;
+
+/// Grows the process's descriptor table at once to hold every descriptor `max_connections` can
+/// need: a client's and a provider's per connection, and [`DESCRIPTOR_HEADROOM`]. Linux grows the
+/// table as descriptors are opened, doubling it, and in a process of several threads each growth
+/// waits for an RCU grace period inside the `accept` or `connect` that needed it: the data plane's
+/// thread served nothing for 10 to 30 ms each time the open streams doubled (docs/performance.md,
+/// Concurrency). A table never shrinks, so after this it does not grow again. Returns the highest
+/// descriptor the table now holds.
+pub fn reserve_descriptor_table(max_connections: usize) -> io::Result<usize> {
+    let wanted = max_connections
+        .saturating_mul(2)
+        .saturating_add(DESCRIPTOR_HEADROOM);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let allowed = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    let highest = wanted.min(allowed).saturating_sub(1);
+    let Ok(highest_fd) = libc::c_int::try_from(highest) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    let file = std::fs::File::open("/dev/null")?;
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a descriptor this function owns onto the lowest free
+    // number at or above `highest_fd`; the duplicate is closed at once and never used.
+    unsafe {
+        let duplicate = libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::F_DUPFD_CLOEXEC,
+            highest_fd,
+        );
+        if duplicate < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::close(duplicate);
+    }
+    Ok(highest)
+}
+
 /// Half the process's open-file limit, at most [`DEFAULT_MAX_CONNECTIONS_CAP`]: every proxied
 /// request needs a second descriptor for its provider connection, and the usage database and
 /// logs need theirs, so a full house of clients must not take them all.
@@ -563,5 +608,34 @@ mod tests {
             }
         }
         assert_eq!(super::raise_open_file_limit(), Some(limit.rlim_max));
+    }
+
+    /// The size of this process's descriptor table, as the kernel reports it.
+    fn descriptor_table_size() -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_descriptor_table_is_grown_for_two_descriptors_a_connection() {
+        super::raise_open_file_limit();
+        let max_connections = 3_000;
+        assert!(descriptor_table_size() < 2 * max_connections);
+        let highest = super::reserve_descriptor_table(max_connections).unwrap();
+        assert_eq!(
+            highest,
+            2 * max_connections + super::DESCRIPTOR_HEADROOM - 1
+        );
+        assert!(
+            descriptor_table_size() > highest,
+            "{}",
+            descriptor_table_size()
+        );
     }
 }

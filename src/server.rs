@@ -176,6 +176,12 @@ pub fn build_with(
         data_plane_threads(settings.server.threads, settings.server.work_stealing);
     let work_stealing = work_stealing || host == Host::Shared;
     let connection_limits = ConnectionLimits::from_settings(&settings.server);
+    match crate::listener::reserve_descriptor_table(connection_limits.max_connections) {
+        Ok(highest) => tracing::debug!(highest, "descriptor table grown"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not grow the descriptor table ahead; it grows as connections open, pausing the data plane each time it doubles")
+        }
+    }
     let pool = crate::upstream::pool_capacity(
         policy.providers.values(),
         connection_limits.max_connections,

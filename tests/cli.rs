@@ -993,9 +993,9 @@ async fn keys_update_adds_switches_off_and_clears_guardrails() {
     );
 }
 
-/// `THP_enabled` of a `keygate serve` process started with `thp_env` (None: unset), read once
-/// it listens.
-fn serve_thp_enabled(thp_env: Option<&str>) -> String {
+/// `/proc/PID/status` of a `keygate serve` process started with `thp_env` (None: unset) as its
+/// `MIMALLOC_ALLOW_THP`, read once it listens.
+fn serve_status(thp_env: Option<&str>) -> String {
     let gw = TestGateway::prepare(BASE, &[]);
     let mut command = Command::new(keygate_bin());
     command
@@ -1020,15 +1020,36 @@ fn serve_thp_enabled(thp_env: Option<&str>) -> String {
     let _ = child.kill();
     let _ = child.wait();
     status
+}
+
+fn status_field<'a>(status: &'a str, field: &str) -> &'a str {
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("THP_enabled:"))
-        .expect("the kernel reports THP_enabled")
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("the kernel reports {field}"))
         .trim()
-        .to_owned()
 }
 
 #[test]
 fn serve_keeps_off_transparent_huge_pages_unless_mimalloc_is_told_otherwise() {
-    assert_eq!(serve_thp_enabled(None), "0");
-    assert_eq!(serve_thp_enabled(Some("1")), "1");
+    assert_eq!(status_field(&serve_status(None), "THP_enabled"), "0");
+    assert_eq!(status_field(&serve_status(Some("1")), "THP_enabled"), "1");
+}
+
+/// The default `max_connections` is at most 10,000, and at most half the open-file limit, so the
+/// table holds two descriptors for each of them before the first client connects.
+#[test]
+fn serve_grows_its_descriptor_table_for_max_connections_before_any_connects() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    let max_connections = (limit.rlim_max / 2).min(10_000) as usize;
+    let table: usize = status_field(&serve_status(None), "FDSize").parse().unwrap();
+    assert!(table >= 2 * max_connections, "{table} descriptors");
 }
