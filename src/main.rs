@@ -612,9 +612,10 @@ fn list_keys(config: PathBuf) -> Result<ExitCode> {
 }
 
 /// Transparent huge pages off for the gateway, unless `MIMALLOC_ALLOW_THP` decides: mimalloc asks
-/// for them on its arenas, and each 2 MiB region touched is then resident whole. That was 18 MB of
-/// an idle gateway's 45 MB, for no throughput gained (docs/performance.md, Concurrency). Faults
-/// from here on follow the flag; almost nothing is allocated before `main`.
+/// for them on its arenas, and each 2 MiB region touched is then resident whole: 18 MB of an idle
+/// gateway's 45 MB, and 20 MB at 5,000 open streams, for no throughput gained at 32 connections
+/// and a few percent of CPU per streamed event (docs/performance.md, Concurrency). Faults from
+/// here on follow the flag; almost nothing is allocated before `main`.
 fn keep_off_transparent_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
         // SAFETY: PR_SET_THP_DISABLE takes plain integers and sets one flag of this process.
