@@ -92,26 +92,28 @@ impl ConnectionLimits {
 /// connections do: distributions ship a soft limit of 1,024 for compatibility with `select`,
 /// which keygate does not use. Returns the soft limit in force afterwards.
 pub fn raise_open_file_limit() -> Option<u64> {
+    let mut limit = open_file_limit()?;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads only the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
+/// The process's open-file limit, soft and hard, if it can be read.
+fn open_file_limit() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit and setrlimit read or write only the struct they are given.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return None;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-    }
-    Some(limit.rlim_cur)
+    // SAFETY: getrlimit writes only the struct it is given.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
 }
 
 /// Descriptors kept beside two per connection: the usage database, logs, the admin API's
@@ -129,14 +131,7 @@ pub fn reserve_descriptor_table(max_connections: usize) -> io::Result<usize> {
     let wanted = max_connections
         .saturating_mul(2)
         .saturating_add(DESCRIPTOR_HEADROOM);
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes only the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let limit = open_file_limit().ok_or_else(io::Error::last_os_error)?;
     let allowed = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
     let highest = wanted.min(allowed).saturating_sub(1);
     let Ok(highest_fd) = libc::c_int::try_from(highest) else {
@@ -163,15 +158,9 @@ pub fn reserve_descriptor_table(max_connections: usize) -> io::Result<usize> {
 /// request needs a second descriptor for its provider connection, and the usage database and
 /// logs need theirs, so a full house of clients must not take them all.
 pub fn default_max_connections() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes only the struct it is given.
-    let read = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    if !read || limit.rlim_cur == libc::RLIM_INFINITY {
+    let Some(limit) = open_file_limit().filter(|l| l.rlim_cur != libc::RLIM_INFINITY) else {
         return DEFAULT_MAX_CONNECTIONS_CAP;
-    }
+    };
     usize::try_from(limit.rlim_cur / 2)
         .unwrap_or(DEFAULT_MAX_CONNECTIONS_CAP)
         .clamp(1, DEFAULT_MAX_CONNECTIONS_CAP)
