@@ -339,8 +339,9 @@ async fn requests_settled_in_one_batch_book_exactly_their_real_usage() {
 /// A slot is given back as soon as its request ends when its cap is nearly reached, not after
 /// the wait that batches other requests' ends. One request at a time under `max_concurrent: 1`,
 /// each sent the moment the previous one answered, alternately through two instances: a few
-/// still find the slot held, since it is given back after the response (off the request path);
-/// held for the batching wait, most would (about 3 in 4 here).
+/// still find the slot held, since it is given back after the response (off the request path):
+/// 3 to 44 of 200 measured, more when the other tests run beside it; held for the batching wait,
+/// most would (154 to 156).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn back_to_back_requests_under_a_cap_of_one_find_the_slot_given_back() {
     let redis = RedisServer::start();
@@ -371,7 +372,7 @@ async fn back_to_back_requests_under_a_cap_of_one_find_the_slot_given_back() {
         }
     }
     println!("refused {refused} of 200");
-    assert!(refused <= 40, "{refused} of 200 found the slot still held");
+    assert!(refused <= 80, "{refused} of 200 found the slot still held");
 }
 
 /// A shutdown settles the requests that already ended before it stops: their real cost is
