@@ -5,8 +5,9 @@
 //! then Pingora stops accepting and in-flight requests and streams get up to
 //! `server.grace_period` to finish. The moment the last one ends (or the grace period runs out)
 //! the fleet's settlements and the accounting are flushed and the process exits, rather than
-//! sleeping out the whole grace period. SIGQUIT is Pingora's zero-downtime binary upgrade (listening sockets handed to a new
-//! process started with `--upgrade`); SIGINT shuts down at once.
+//! sleeping out the whole grace period. SIGQUIT is Pingora's zero-downtime binary upgrade
+//! (listening sockets handed to a new process started with `--upgrade`); SIGINT shuts down at
+//! once.
 
 use crate::accounting::Recorder;
 use crate::limits::Limits;

@@ -352,7 +352,6 @@ impl Limits {
         }
     }
 
-    /// The fleet's state, in fleet mode.
     /// Settles what finished requests still owe the shared state (fleet mode; the memory
     /// backend has nothing pending). At shutdown, after the requests drained.
     pub fn flush(&self) {
@@ -361,6 +360,7 @@ impl Limits {
         }
     }
 
+    /// The fleet's state, in fleet mode.
     pub fn fleet(&self) -> Option<&fleet::FleetLimits> {
         match self {
             Limits::Memory(_) => None,

@@ -1174,55 +1174,61 @@ async fn finish_group(shared: &Shared, group: &[Finished]) {
         pipe.cmd("PEXPIRE").arg(hash).arg(5_616_000_000u64).ignore();
     }
     let requests = group.len() as u64;
-    let reply = match run_pipeline(shared, &pipe).await {
-        Ok(replies) => replies.into_iter().next(),
+    match run_settlement(shared, &pipe, &settlement, sha).await {
+        Ok(spent) => {
+            shared.record_n("finish", "ok", requests);
+            settled(shared, &settlement.budgets, &spent);
+        }
         Err(e) => {
             // The leases expire by themselves; only these requests' real figures are lost.
             tracing::warn!(error = %e, requests, "could not settle requests in Redis");
             shared.record_n("finish", e.result(), requests);
-            return;
         }
-    };
-    let reply = match reply {
-        Some(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+    }
+}
+
+/// The entry of `items` that `index` files under `key`, added with `make` if there is none yet:
+/// entries keep the order keys first came in, and a batch of hundreds of keys finds each by hash.
+fn entry_for<'v, K: std::hash::Hash + Eq, T>(
+    index: &mut HashMap<K, usize>,
+    items: &'v mut Vec<T>,
+    key: K,
+    make: impl FnOnce() -> T,
+) -> &'v mut T {
+    let i = *index.entry(key).or_insert_with(|| {
+        items.push(make());
+        items.len() - 1
+    });
+    &mut items[i]
+}
+
+/// Sends a group's pipeline and reads its settling script's reply: the budgets' spend after
+/// booking (none when the batch only added to the usage view).
+async fn run_settlement(
+    shared: &Shared,
+    pipe: &redis::Pipeline,
+    settlement: &Settlement<'_>,
+    sha: &str,
+) -> Result<Vec<i64>, StateError> {
+    let mut reply = run_pipeline(shared, pipe).await?.into_iter().next();
+    if let Some(Err(e)) = &reply {
+        if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
             // Redis lost its scripts (a restart or a failover). The usage counters beside the
             // script were applied already; only the script is sent again, once it is loaded.
             let mut resend = redis::pipe();
             if let Some(cmd) = settlement.command(sha) {
                 resend.add_command(cmd);
             }
-            let retried = match shared.conn() {
-                Ok(mut conn) => match shared.settle.load_async(&mut conn).await {
-                    Ok(_) => run_pipeline(shared, &resend).await,
-                    Err(e) => Err(e.into()),
-                },
-                Err(e) => Err(e),
-            };
-            match retried {
-                Ok(replies) => replies.into_iter().next(),
-                Err(e) => {
-                    tracing::warn!(error = %e, requests, "could not settle requests in Redis");
-                    shared.record_n("finish", e.result(), requests);
-                    return;
-                }
-            }
+            shared.settle.load_async(&mut shared.conn()?).await?;
+            reply = run_pipeline(shared, &resend).await?.into_iter().next();
         }
-        reply => reply,
-    };
-    let spent = match reply
-        .map(|r| r.and_then(|v| redis::from_redis_value::<Vec<i64>>(v).map_err(Into::into)))
-    {
-        // Nothing to settle but the usage view.
-        None => Vec::new(),
-        Some(Ok(spent)) => spent,
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, requests, "could not settle requests in Redis");
-            shared.record_n("finish", "error", requests);
-            return;
+    }
+    match reply {
+        None => Ok(Vec::new()),
+        Some(reply) => {
+            Ok(redis::from_redis_value::<Vec<i64>>(reply?).map_err(redis::RedisError::from)?)
         }
-    };
-    shared.record_n("finish", "ok", requests);
-    settled(shared, &settlement.budgets, &spent);
+    }
 }
 
 /// A batch of finished requests of one workload, summed per Redis key: the settling script's
@@ -1257,7 +1263,7 @@ impl<'a> Settlement<'a> {
             leases: Vec::new(),
             budgets: Vec::new(),
         };
-        // Where each key's entry is: a batch may hold hundreds of keys of one workload.
+        // Each key's place in the lists above.
         let mut windows: HashMap<&str, usize> = HashMap::new();
         let mut leases: HashMap<&str, usize> = HashMap::new();
         let mut budgets: HashMap<(&str, u32), usize> = HashMap::new();
@@ -1266,16 +1272,12 @@ impl<'a> Settlement<'a> {
             if done.token_delta != 0 {
                 for (key, per_ms) in &keys.token_windows {
                     let per_ms = (*per_ms).max(1);
-                    let i = *windows.entry(key).or_insert_with(|| {
-                        s.windows.push(WindowSettlement {
-                            key,
-                            per_ms,
-                            more: 0,
-                            refunds: SmallVec::new(),
-                        });
-                        s.windows.len() - 1
+                    let w = entry_for(&mut windows, &mut s.windows, key, || WindowSettlement {
+                        key,
+                        per_ms,
+                        more: 0,
+                        refunds: SmallVec::new(),
                     });
-                    let w = &mut s.windows[i];
                     let tokens = done.token_delta.unsigned_abs();
                     if done.token_delta > 0 {
                         w.more += tokens;
@@ -1289,25 +1291,21 @@ impl<'a> Settlement<'a> {
                 }
             }
             for key in &keys.lease_sets {
-                let i = *leases.entry(key).or_insert_with(|| {
-                    s.leases.push((key, Vec::new()));
-                    s.leases.len() - 1
-                });
-                s.leases[i].1.push(&keys.member);
+                entry_for(&mut leases, &mut s.leases, key, || (key, Vec::new()))
+                    .1
+                    .push(&keys.member);
             }
             let at = Calendar::at_ms(done.at_ms);
             for b in &keys.budgets {
                 // A day names its month too.
-                let i = *budgets.entry((&b.hash, at.day)).or_insert_with(|| {
-                    s.budgets.push(BudgetSettlement {
+                let entry = entry_for(&mut budgets, &mut s.budgets, (&b.hash, at.day), || {
+                    BudgetSettlement {
                         keys: b,
                         at,
                         cost: 0,
                         reservations: Vec::new(),
-                    });
-                    s.budgets.len() - 1
+                    }
                 });
-                let entry = &mut s.budgets[i];
                 entry.cost += done.cost.0;
                 if keys.reserved > 0 {
                     entry
