@@ -18,6 +18,7 @@
 
 pub mod activity;
 pub mod audit;
+mod queue;
 pub mod report;
 
 use crate::limits;
@@ -100,8 +101,9 @@ impl RequestRecord {
 // Records are nearly every message, so their size is the enum's size anyway.
 #[allow(clippy::large_enum_variant)]
 enum Message {
-    /// Unboxed: the channel stores messages in its own preallocated slots, so a record costs no
-    /// allocation of its own, and no free on the other thread (where freeing is dearer).
+    /// Unboxed: the channel stores messages in its own slots, allocated a block at a time, so a
+    /// record costs no allocation of its own, and no free on the other thread (where freeing is
+    /// dearer).
     Record(RequestRecord),
     Flush(mpsc::SyncSender<()>),
 }
@@ -111,7 +113,7 @@ type Spilled = Arc<Mutex<HashMap<DayKey, DayUsage>>>;
 
 /// The accounting thread's mailbox.
 pub struct Recorder {
-    tx: Mutex<Option<mpsc::SyncSender<Message>>>,
+    tx: Mutex<Option<queue::Sender<Message>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The thread to unpark for a flush; records never wake it (a wake-up per request would cost
     /// a context switch per request).
@@ -153,7 +155,7 @@ impl Recorder {
         let spilled = db.as_ref().map(|_| Spilled::default());
         let (audit_queue, auditor) = match audit {
             Some((target, writer)) => {
-                let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+                let (tx, rx) = queue::bounded(QUEUE_CAPACITY);
                 let (ended_tx, ended) = mpsc::channel::<()>();
                 let thread = std::thread::Builder::new()
                     .name("keygate-audit".into())
@@ -178,7 +180,7 @@ impl Recorder {
             }
             None => (None, None),
         };
-        let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let (tx, rx) = queue::bounded(QUEUE_CAPACITY);
         let booker = Booker {
             db,
             pending: HashMap::new(),
@@ -242,19 +244,15 @@ impl Recorder {
     /// shutdown), for ten seconds at most: an audit sink may take nothing.
     pub fn flush(&self) {
         let (ack, done) = mpsc::sync_channel(1);
-        // A clone, so that request threads never wait on the lock while the queue is full.
-        let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-            return;
+        // Past the bound: a full queue must not lose the flush, and the booker drains it at once.
+        let sent = match self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(tx) => tx.send_past_the_bound(Message::Flush(ack)).is_ok(),
+            None => false,
         };
-        let wake = || {
+        if sent {
             if let Some(t) = &self.booker {
                 t.unpark();
             }
-        };
-        // First to make room in a full queue, then to book at once.
-        wake();
-        if tx.send(Message::Flush(ack)).is_ok() {
-            wake();
             let _ = done.recv_timeout(Duration::from_secs(10));
         }
     }
@@ -335,7 +333,7 @@ enum AuditMessage {
 
 /// The audit thread's mailbox, as the booking thread sees it.
 struct AuditQueue {
-    tx: mpsc::SyncSender<AuditMessage>,
+    tx: queue::Sender<AuditMessage>,
     /// Woken once a round, when the round's lines are queued.
     thread: std::thread::Thread,
 }
@@ -357,7 +355,7 @@ struct Booker {
 impl Booker {
     /// Sleeps until the next flush is due (or a flush is asked for), then books everything
     /// queued meanwhile in one go.
-    fn run(mut self, rx: mpsc::Receiver<Message>) {
+    fn run(mut self, rx: queue::Receiver<Message>) {
         let mut last_flush = Instant::now();
         loop {
             std::thread::park_timeout(FLUSH_EVERY.saturating_sub(last_flush.elapsed()));
@@ -448,7 +446,7 @@ impl Booker {
 
 /// The audit thread: once a round (when the booking thread wakes it), writes the lines queued
 /// and flushes them, so the sink gets a round's lines in one write.
-fn write_audit(target: AuditTarget, mut writer: AuditWriter, rx: mpsc::Receiver<AuditMessage>) {
+fn write_audit(target: AuditTarget, mut writer: AuditWriter, rx: queue::Receiver<AuditMessage>) {
     let mut failing = false;
     let mut report = |result| {
         report_failure(&mut failing, result, || {
