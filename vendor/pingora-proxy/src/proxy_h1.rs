@@ -46,7 +46,9 @@ where
 
         // phase 2 send to upstream
 
-        let mut req = session.req_header().clone();
+        // keygate patch: boxed from the start, not when it is written, so that the request's
+        // future does not keep the moved-from header (352 bytes) for the whole request
+        let mut req = Box::new(session.req_header().clone());
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);
@@ -120,7 +122,7 @@ where
 
         debug!("Sending header to upstream {:?}", req);
 
-        match client_session.write_request_header(Box::new(req)).await {
+        match client_session.write_request_header(req).await {
             Ok(_) => { /* Continue */ }
             Err(e) => {
                 return (false, false, Some(e.into_up()));
