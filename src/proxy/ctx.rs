@@ -87,6 +87,9 @@ pub struct Admitted {
 }
 
 /// What the response phases learn as the response passes.
+///
+/// The translator and the inspection are boxed: most requests have neither, and every open
+/// request holds its context.
 #[derive(Default)]
 pub struct ResponseState {
     /// Reads usage from a successful response body as it streams past.
@@ -94,11 +97,11 @@ pub struct ResponseState {
     /// Removes the usage chunk the client did not ask for from a stream it receives.
     pub stripper: Option<UsageChunkStripper>,
     /// Translates a translated request's response back to the client's API.
-    pub translator: Option<ResponseTranslator>,
+    pub translator: Option<Box<ResponseTranslator>>,
     /// When the first response body byte arrived.
     pub first_byte: Option<Instant>,
     /// The key's response guardrails, over a successful response.
-    pub inspection: Option<ResponseInspection>,
+    pub inspection: Option<Box<ResponseInspection>>,
     /// The response goes to the client only once its body is complete (see `respond::hold`),
     /// so a refusal can still take its place.
     pub held: bool,

@@ -93,12 +93,12 @@ pub fn response_head(
                 "a response to inspect arrived compressed",
             );
         }
-        ctx.response.inspection = Some(ResponseInspection::new(
+        ctx.response.inspection = Some(Box::new(ResponseInspection::new(
             guardrails.clone(),
             shape,
             ctx.dialect,
             is_sse,
-        ));
+        )));
         if is_sse {
             // A cut stream ends early.
             response.remove_header(&http::header::CONTENT_LENGTH);
@@ -146,7 +146,7 @@ fn translate_head(
         response.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         hold(session, ctx)?;
     }
-    ctx.response.translator = Some(translator);
+    ctx.response.translator = Some(Box::new(translator));
     Ok(())
 }
 
