@@ -35,8 +35,9 @@ const BODY_BUFFER_SIZE: usize = 1024 * 16;
 // keygate patch: reads from the stream start at this size and grow towards BODY_BUFFER_SIZE only
 // while they come back full. A stream of small events (an LLM's SSE answer, an event every few
 // tens of ms for minutes) then holds a buffer of this size instead of BODY_BUFFER_SIZE between
-// events; a large body reaches full-size reads after three reads.
-const MIN_READ_SIZE: usize = 1024 * 2;
+// events (an event of a few hundred bytes fits several times); a large body reaches full-size
+// reads after four reads.
+const MIN_READ_SIZE: usize = 1024;
 // limit how much incomplete chunk-size and chunk-ext to buffer
 const PARTIAL_CHUNK_HEAD_LIMIT: usize = 1024 * 8;
 // Trailers: https://datatracker.ietf.org/doc/html/rfc9112#section-7.1.2
