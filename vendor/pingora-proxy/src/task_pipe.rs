@@ -67,8 +67,9 @@ fn park(slot: &mut Option<Waker>, cx: &Context<'_>) {
     }
 }
 
-fn wake(slot: &mut Option<Waker>) {
-    if let Some(waker) = slot.take() {
+/// Wakes a parked end once the lock is released, so the woken task never waits on it.
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
         waker.wake();
     }
 }
@@ -149,9 +150,12 @@ impl<T> Sender<T> {
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let mut state = self.shared.lock();
-        state.sender_alive = false;
-        wake(&mut state.receiver_waker);
+        let parked = {
+            let mut state = self.shared.lock();
+            state.sender_alive = false;
+            state.receiver_waker.take()
+        };
+        wake(parked);
     }
 }
 
@@ -159,27 +163,34 @@ impl<T> Permit<'_, T> {
     /// Sends `task` in the reserved slot. A task sent after the receiver is gone is dropped, as
     /// tokio's permits do.
     pub(crate) fn send(self, task: T) {
-        let mut state = self.sender.shared.lock();
-        state.reserved -= 1;
-        if state.receiver_alive {
-            if state.queue.capacity() == 0 {
-                let bound = state.bound;
-                state.queue.reserve_exact(bound);
+        let parked = {
+            let mut state = self.sender.shared.lock();
+            state.reserved -= 1;
+            if state.receiver_alive {
+                if state.queue.capacity() == 0 {
+                    let bound = state.bound;
+                    state.queue.reserve_exact(bound);
+                }
+                state.queue.push_back(task);
+                state.receiver_waker.take()
+            } else {
+                None
             }
-            state.queue.push_back(task);
-            wake(&mut state.receiver_waker);
-        }
-        drop(state);
+        };
         // The slot now holds the task: nothing to give back.
         std::mem::forget(self);
+        wake(parked);
     }
 }
 
 impl<T> Drop for Permit<'_, T> {
     fn drop(&mut self) {
-        let mut state = self.sender.shared.lock();
-        state.reserved -= 1;
-        wake(&mut state.sender_waker);
+        let parked = {
+            let mut state = self.sender.shared.lock();
+            state.reserved -= 1;
+            state.sender_waker.take()
+        };
+        wake(parked);
     }
 }
 
@@ -189,7 +200,9 @@ impl<T> Receiver<T> {
         poll_fn(|cx| {
             let mut state = self.shared.lock();
             if let Some(task) = state.queue.pop_front() {
-                wake(&mut state.sender_waker);
+                let parked = state.sender_waker.take();
+                drop(state);
+                wake(parked);
                 return Poll::Ready(Some(task));
             }
             if !state.sender_alive {
@@ -204,13 +217,14 @@ impl<T> Receiver<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        let mut state = self.shared.lock();
-        state.receiver_alive = false;
-        // Tasks still queued go now, not when the sender goes.
-        let queued = std::mem::take(&mut state.queue);
-        wake(&mut state.sender_waker);
-        drop(state);
+        let (queued, parked) = {
+            let mut state = self.shared.lock();
+            state.receiver_alive = false;
+            // Tasks still queued go now, not when the sender goes.
+            (std::mem::take(&mut state.queue), state.sender_waker.take())
+        };
         drop(queued);
+        wake(parked);
     }
 }
 
