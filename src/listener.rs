@@ -36,7 +36,7 @@ use crate::policy::startup::ServerSettings;
 use crate::proxy::refusal::{self, Refusal};
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::TlsRef;
@@ -45,6 +45,7 @@ use pingora::protocols::{
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use pingora::server::ShutdownWatch;
+use std::future::Future;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::pin::Pin;
@@ -225,16 +226,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             client.handed = 0;
             shared.head_pending.store(true, Ordering::Relaxed);
             shared.keep.store(false, Ordering::Relaxed);
-            let mut session = ServerSession::new_http1(client);
-            match persistent.take() {
-                Some(settings) => settings.apply_to_session(&mut session),
-                // Kept alive with no timeout of Pingora's own: the head deadline below bounds the
-                // wait, and a longer `header_timeout` must not be cut short by Pingora's default.
-                None => session.set_keepalive(Some(0)),
-            }
+            let request = self.next_request(client, persistent.take(), shutdown);
             let served = tokio::select! {
                 biased;
-                served = self.app.process_new_http(session, shutdown) => served,
+                served = request => served,
                 () = head_overdue(&shared.head_pending, head_deadline) => return,
             };
             client = match served {
@@ -263,6 +258,25 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
             }
             head_deadline = Instant::now() + self.limits.header_timeout;
         }
+    }
+
+    /// The proxy's future for the connection's next request. Not async: the session is made here
+    /// and moved into the proxy's own future, so the connection's future, which lives as long as
+    /// the connection, keeps no copy of it.
+    fn next_request<'a>(
+        &'a self,
+        client: Box<ClientStream>,
+        persistent: Option<HttpPersistentSettings>,
+        shutdown: &'a ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
+        let mut session = ServerSession::new_http1(client);
+        match persistent {
+            Some(settings) => settings.apply_to_session(&mut session),
+            // Kept alive with no timeout of Pingora's own: the loop's head deadline bounds the
+            // wait, and a longer `header_timeout` must not be cut short by Pingora's default.
+            None => session.set_keepalive(Some(0)),
+        }
+        self.app.process_new_http(session, shutdown)
     }
 }
 
@@ -410,7 +424,8 @@ pub struct ClientStream {
     inner: ManuallyDrop<Stream>,
     /// The start of the next request, read while waiting for it and not yet handed to Pingora
     /// (`ahead[ahead_from..ahead_to]`). Read in one piece, so that waiting for a kept-alive
-    /// request costs no read beyond the one Pingora would have made. Allocated on the first wait.
+    /// request costs no read beyond the one Pingora would have made. Allocated for each wait and
+    /// given back once handed whole, so that a connection does not keep it for its whole life.
     ahead: Box<[u8]>,
     ahead_from: usize,
     ahead_to: usize,
@@ -473,6 +488,11 @@ impl AsyncRead for ClientStream {
             buf.put_slice(&ahead[..n]);
             this.ahead_from += n;
             this.handed += n as u64;
+            if this.ahead_from == this.ahead_to {
+                this.ahead = Box::default();
+                this.ahead_from = 0;
+                this.ahead_to = 0;
+            }
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -579,6 +599,37 @@ impl Peek for ClientStream {}
 
 #[cfg(test)]
 mod tests {
+    use super::{ClientStream, Shared};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn the_next_request_read_ahead_gives_its_buffer_back_once_handed_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, _) = listener.accept().await.unwrap();
+        let stream = pingora::protocols::l4::stream::Stream::from(socket);
+        let mut stream = ClientStream::new(Box::new(stream), Arc::new(Shared::default()));
+        let request = b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n";
+        client.write_all(request).await.unwrap();
+        assert!(stream.await_next_request().await.unwrap());
+        let mut head = [0; 16];
+        stream.read_exact(&mut head).await.unwrap();
+        assert!(!stream.ahead.is_empty(), "a part is still to hand over");
+        let mut rest = vec![0; request.len() - head.len()];
+        stream.read_exact(&mut rest).await.unwrap();
+        assert_eq!([&head[..], &rest[..]].concat(), request);
+        assert!(stream.ahead.is_empty());
+        // Reads after it come from the socket.
+        client.write_all(b"body").await.unwrap();
+        let mut body = [0; 4];
+        stream.read_exact(&mut body).await.unwrap();
+        assert_eq!(&body, b"body");
+        assert_eq!(stream.handed, request.len() as u64 + 4);
+    }
+
     #[test]
     fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
         let mut limit = libc::rlimit {
