@@ -423,12 +423,11 @@ pub struct ClientStream {
     /// Dropped with the stream, or moved to [`Shared::kept`] if the connection is kept.
     inner: ManuallyDrop<Stream>,
     /// The start of the next request, read while waiting for it and not yet handed to Pingora
-    /// (`ahead[ahead_from..ahead_to]`). Read in one piece, so that waiting for a kept-alive
-    /// request costs no read beyond the one Pingora would have made. Allocated for each wait and
-    /// given back once handed whole, so that a connection does not keep it for its whole life.
-    ahead: Box<[u8]>,
+    /// (`ahead[ahead_from..]`). Read in one piece, so that waiting for a kept-alive request costs
+    /// no read beyond the one Pingora would have made. Allocated for each wait and given back
+    /// once handed whole, so that a connection does not keep it for its whole life.
+    ahead: Vec<u8>,
     ahead_from: usize,
-    ahead_to: usize,
     /// Bytes handed to Pingora since the current request began.
     handed: u64,
     shared: Arc<Shared>,
@@ -438,9 +437,8 @@ impl ClientStream {
     fn new(inner: Stream, shared: Arc<Shared>) -> Box<ClientStream> {
         Box::new(ClientStream {
             inner: ManuallyDrop::new(inner),
-            ahead: Box::default(),
+            ahead: Vec::new(),
             ahead_from: 0,
-            ahead_to: 0,
             handed: 0,
             shared,
         })
@@ -449,12 +447,11 @@ impl ClientStream {
     /// Waits for the next request and keeps what arrived for Pingora's next read; false at the
     /// end of the stream. Cancelling it loses nothing: bytes are either read and kept, or not read.
     async fn await_next_request(&mut self) -> io::Result<bool> {
-        if self.ahead.is_empty() {
-            self.ahead = vec![0; AHEAD_CAPACITY].into_boxed_slice();
-        }
-        let read = self.inner.read(&mut self.ahead).await?;
+        self.ahead.clear();
+        self.ahead.reserve_exact(AHEAD_CAPACITY);
         self.ahead_from = 0;
-        self.ahead_to = read;
+        // Into the spare capacity: nothing to zero first.
+        let read = self.inner.read_buf(&mut self.ahead).await?;
         Ok(read > 0)
     }
 }
@@ -482,16 +479,15 @@ impl AsyncRead for ClientStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let ahead = &this.ahead[this.ahead_from..this.ahead_to];
+        let ahead = &this.ahead[this.ahead_from..];
         if buf.remaining() > 0 && !ahead.is_empty() {
             let n = ahead.len().min(buf.remaining());
             buf.put_slice(&ahead[..n]);
             this.ahead_from += n;
             this.handed += n as u64;
-            if this.ahead_from == this.ahead_to {
-                this.ahead = Box::default();
+            if this.ahead_from == this.ahead.len() {
+                this.ahead = Vec::new();
                 this.ahead_from = 0;
-                this.ahead_to = 0;
             }
             return Poll::Ready(Ok(()));
         }
@@ -621,7 +617,7 @@ mod tests {
         let mut rest = vec![0; request.len() - head.len()];
         stream.read_exact(&mut rest).await.unwrap();
         assert_eq!([&head[..], &rest[..]].concat(), request);
-        assert!(stream.ahead.is_empty());
+        assert_eq!(stream.ahead.capacity(), 0, "the buffer is given back");
         // Reads after it come from the socket.
         client.write_all(b"body").await.unwrap();
         let mut body = [0; 4];
