@@ -379,11 +379,7 @@ impl Process {
             let mut rest = String::new();
             let _ = pipe.read_to_string(&mut rest);
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the gateway did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_until_listening(port);
         Process { child, stderr }
     }
 

@@ -1008,14 +1008,7 @@ fn serve_status(thp_env: Option<&str>) -> String {
         command.env("MIMALLOC_ALLOW_THP", value);
     }
     let mut child = command.spawn().expect("start keygate serve");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", gw.port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the gateway did not start"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    common::wait_until_listening(gw.port);
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let _ = child.kill();
     let _ = child.wait();

@@ -32,11 +32,7 @@ impl Gateway {
             .spawn()
             .unwrap();
         let gateway = Gateway(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the gateway did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait_until_listening(port);
         gateway
     }
 

@@ -160,6 +160,19 @@ pub fn keygate_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_keygate"))
 }
 
+/// Waits, 20 s at most, until a `keygate serve` process the test started accepts connections on
+/// `port`.
+pub fn wait_until_listening(port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A reqwest client that never pools (each test controls its own connections).
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
