@@ -15,21 +15,9 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Uri};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
-use pingora::protocols::ALPN;
-use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
-
-/// Sends the head and the body in one segment on a fresh h1 connection. A multiplexed (h2)
-/// connection carries other requests' frames, which a cork would delay.
-#[cfg(target_os = "linux")]
-pub fn cork(ctx: &RequestCtx, peer: &HttpPeer, fd: std::os::unix::io::RawFd) {
-    let has_body = ctx.admitted.as_ref().is_some_and(|a| !a.body.is_empty());
-    if has_body && peer.options.alpn == ALPN::H1 {
-        crate::upstream::cork::join_head_and_body(fd);
-    }
-}
 
 /// Swaps the virtual key for the provider credential and addresses the endpoint.
 pub fn request_head(ctx: &RequestCtx, upstream: &mut RequestHeader) -> Result<()> {

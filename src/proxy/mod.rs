@@ -202,7 +202,7 @@ impl ProxyHttp for Gateway {
         route::connect_failed(ctx, e)
     }
 
-    /// Route and forward: count the connection, arm the attempt's watchdog, cork the send.
+    /// Route: count the connection and arm the attempt's watchdog.
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
@@ -213,8 +213,6 @@ impl ProxyHttp for Gateway {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        #[cfg(target_os = "linux")]
-        forward::cork(ctx, peer, fd);
         route::connected(
             ctx,
             reused,

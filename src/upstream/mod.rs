@@ -9,7 +9,6 @@
 //! - [`azure`]: the paths of Azure OpenAI deployments;
 //! - [`balance`]: choosing the endpoint of one attempt;
 //! - [`attempt`]: one request's way through attempts, retries and fallbacks;
-//! - [`cork`]: sending a request's head and body in one TCP segment;
 //! - [`health`]: the active health-check background service;
 //! - [`retire`]: closing the idle connections to endpoints a reload removed;
 //! - [`watchdog`]: the per-attempt watchdog for the smaller of `first_byte` and `idle`.
@@ -17,8 +16,6 @@
 pub mod attempt;
 pub mod azure;
 pub mod balance;
-#[cfg(target_os = "linux")]
-pub mod cork;
 pub mod health;
 #[cfg(target_os = "linux")]
 pub mod retire;

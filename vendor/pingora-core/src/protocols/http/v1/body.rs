@@ -1377,6 +1377,41 @@ impl BodyWriter {
         }
     }
 
+    /// keygate patch: whether a body of a known length has bytes still to go.
+    pub fn has_body_to_write(&self) -> bool {
+        matches!(self.body_mode, BM::ContentLength(total, written) if written < total)
+    }
+
+    /// keygate patch: writes `head` (a request head held back) and then `buf`, the body's first
+    /// bytes, in one write where the stream takes them whole. Only for a body of a known length.
+    pub async fn write_body_after<S>(
+        &mut self,
+        stream: &mut S,
+        head: BytesMut,
+        buf: &[u8],
+    ) -> Result<Option<usize>>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        let BM::ContentLength(total, written) = self.body_mode else {
+            return Error::e_explain(InternalError, "a request head held back for a body of no length");
+        };
+        let to_write = buf.len().min(total.saturating_sub(written));
+        if to_write < buf.len() {
+            warn!("Trying to write data over content-length: {total}");
+        }
+        let mut out = head.chain(&buf[..to_write]);
+        stream
+            .write_all_buf(&mut out)
+            .await
+            .or_err(WriteError, "while writing request headers and body")?;
+        self.body_mode = BM::ContentLength(total, written + to_write);
+        if self.finished() {
+            stream.flush().await.or_err(WriteError, "flushing body")?;
+        }
+        Ok(Some(to_write))
+    }
+
     /// keygate patch: whether the body goes out in chunked encoding, still open.
     pub fn is_chunked(&self) -> bool {
         matches!(self.body_mode, BM::ChunkedEncoding(_))

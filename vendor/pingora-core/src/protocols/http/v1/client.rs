@@ -54,6 +54,8 @@ pub struct HttpSession {
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
     request_written: Option<Box<RequestHeader>>,
+    // keygate patch: a request head held back to go out with its body's first bytes
+    unsent_head: Option<BytesMut>,
     bytes_sent: usize,
     /// Total response body payload bytes received from upstream
     body_recv: usize,
@@ -91,6 +93,7 @@ impl HttpSession {
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
             request_written: None,
+            unsent_head: None, // keygate patch
             read_timeout: None,
             write_timeout: None,
             digest,
@@ -130,6 +133,20 @@ impl HttpSession {
         })?;
         trace!("Writing request header: {to_wire:?}");
 
+        // keygate patch: a head whose body has a length goes out with the body's first bytes
+        // (`do_write_body`), in one write and so one segment, rather than in a write of its own.
+        // Not when the server may answer before it reads the body: the client waits for
+        // `100 Continue`, or asks to upgrade the connection.
+        if self.body_writer.has_body_to_write()
+            && !req.headers.contains_key(header::EXPECT)
+            && !req.headers.contains_key(header::UPGRADE)
+        {
+            let len = to_wire.len();
+            self.unsent_head = Some(to_wire);
+            self.request_written = Some(req);
+            return Ok(len);
+        }
+
         let write_fut = self.underlying_stream.write_all(to_wire.as_ref());
         match self.write_timeout {
             Some(t) => match timeout(t, write_fut).await {
@@ -156,10 +173,19 @@ impl HttpSession {
     }
 
     async fn do_write_body(&mut self, buf: &[u8]) -> Result<Option<usize>> {
-        let written = self
-            .body_writer
-            .write_body(&mut self.underlying_stream, buf)
-            .await;
+        // keygate patch: see `write_request_header`
+        let written = match self.unsent_head.take() {
+            Some(head) => {
+                self.body_writer
+                    .write_body_after(&mut self.underlying_stream, head, buf)
+                    .await
+            }
+            None => {
+                self.body_writer
+                    .write_body(&mut self.underlying_stream, buf)
+                    .await
+            }
+        };
 
         if let Ok(Some(num_bytes)) = written {
             self.bytes_sent += num_bytes;
@@ -191,6 +217,13 @@ impl HttpSession {
     /// Flush local buffer and notify the server by sending the last chunk if chunked encoding is
     /// used.
     pub async fn finish_body(&mut self) -> Result<Option<usize>> {
+        // keygate patch: a body that ends before its first bytes still needs its head sent
+        if let Some(head) = self.unsent_head.take() {
+            self.underlying_stream
+                .write_all(&head)
+                .await
+                .or_err(WriteError, "while writing request headers")?;
+        }
         let res = self.body_writer.finish(&mut self.underlying_stream).await?;
         self.underlying_stream
             .flush()
@@ -1644,6 +1677,71 @@ mod tests_stream {
         assert_eq!(http_stream.body_bytes_sent(), 2);
         http_stream.write_body(b"cde").await.unwrap();
         assert_eq!(http_stream.body_bytes_sent(), 5);
+    }
+
+    // keygate patch: the tests of a request head held back for its body (`write_request_header`)
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_request_head_goes_out_with_its_body_in_one_segment() {
+        use std::os::fd::AsRawFd;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        client.set_nodelay(true).unwrap();
+        let fd = client.as_raw_fd();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let stream = crate::protocols::l4::stream::Stream::from(client);
+        let mut http_stream = HttpSession::new(Box::new(stream));
+
+        let mut request = RequestHeader::build("POST", b"/test", None).unwrap();
+        request.insert_header("Content-Length", "5").unwrap();
+        http_stream
+            .write_request_header(Box::new(request))
+            .await
+            .unwrap();
+        assert_eq!(http_stream.write_body(b"hello").await.unwrap(), Some(5));
+        http_stream.finish_body().await.unwrap();
+        assert_eq!(http_stream.body_bytes_sent(), 5);
+
+        let segments = crate::protocols::l4::ext::get_tcp_info(fd)
+            .unwrap()
+            .tcpi_data_segs_out;
+        assert_eq!(segments, 1);
+        let expected = b"POST /test HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let mut received = vec![0; expected.len()];
+        server.read_exact(&mut received).await.unwrap();
+        assert_eq!(&received[..], &expected[..]);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_expects_100_continue_sends_its_head_at_once() {
+        let header = b"POST /test HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n";
+        // the mock fails when dropped with a write it expected still unmade
+        let mock_io = Builder::new().write(&header[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let mut request = RequestHeader::build("POST", b"/test", None).unwrap();
+        request.insert_header("Content-Length", "5").unwrap();
+        request.insert_header("Expect", "100-continue").unwrap();
+        http_stream
+            .write_request_header(Box::new(request))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_body_that_ends_before_its_first_bytes_still_sends_the_head() {
+        let header = b"POST /test HTTP/1.1\r\nContent-Length: 5\r\n\r\n";
+        let mock_io = Builder::new().write(&header[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let mut request = RequestHeader::build("POST", b"/test", None).unwrap();
+        request.insert_header("Content-Length", "5").unwrap();
+        http_stream
+            .write_request_header(Box::new(request))
+            .await
+            .unwrap();
+        let err = http_stream.finish_body().await.unwrap_err();
+        assert_eq!(err.etype(), &super::super::body::PREMATURE_BODY_END);
     }
 
     #[tokio::test]
