@@ -81,25 +81,28 @@ pub async fn read_whole(
         return Err(Refusal::RequestTimeout(timeout));
     };
     let (body, tail_buffered) = read?;
-    // Asked without `get_retry_buffer`, which would copy the buffer.
+    // Asked without `get_retry_buffer`, which copies a body that came in several chunks.
     if !body.is_empty() && (!tail_buffered || session.retry_buffer_truncated()) {
         replay_stand_in(session).await?;
     }
-    Ok(body.freeze())
+    Ok(body)
 }
 
 /// The body, and whether Pingora's retry buffer holds its tail (some chunk arrived after
-/// buffering began).
+/// buffering began). A body that arrives in one chunk, as most do, is that chunk, shared with the
+/// retry buffer rather than copied.
 async fn read_all(
     session: &mut Session,
     declared: Option<usize>,
     max_bytes: usize,
-) -> Result<(BytesMut, bool), Refusal> {
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(4096).min(max_bytes));
+) -> Result<(Bytes, bool), Refusal> {
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
     let mut buffering = false;
     let mut tail_buffered = false;
     loop {
-        let remaining = declared.map_or(0, |n| n.saturating_sub(body.len()));
+        let read = first.as_ref().map_or(rest.len(), Bytes::len);
+        let remaining = declared.map_or(0, |n| n.saturating_sub(read));
         if !buffering && (declared.is_none() || remaining <= REPLAY_WINDOW) {
             session.enable_retry_buffering();
             buffering = true;
@@ -109,13 +112,22 @@ async fn read_all(
             .await
             .map_err(|_| Refusal::invalid_request("The request body could not be read."))?;
         let Some(chunk) = chunk else { break };
-        if body.len() + chunk.len() > max_bytes {
+        if read + chunk.len() > max_bytes {
             return Err(Refusal::BodyTooLarge(max_bytes));
         }
-        body.extend_from_slice(&chunk);
         tail_buffered |= buffering && !chunk.is_empty();
+        match first.take() {
+            None if rest.is_empty() => first = Some(chunk),
+            Some(first) => {
+                let expected = declared.unwrap_or(0).min(max_bytes);
+                rest.reserve(expected.max(first.len() + chunk.len()));
+                rest.extend_from_slice(&first);
+                rest.extend_from_slice(&chunk);
+            }
+            None => rest.extend_from_slice(&chunk),
+        }
     }
-    Ok((body, tail_buffered))
+    Ok((first.unwrap_or_else(|| rest.freeze()), tail_buffered))
 }
 
 /// A request whose one-byte body stands in for a body read whole that Pingora cannot replay.

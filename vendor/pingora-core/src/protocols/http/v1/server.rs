@@ -683,7 +683,7 @@ impl HttpSession {
     /// Read the request body. `Ok(None)` when there is no (more) body to read.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
         let read = self.read_body().await?;
-        Ok(read.map(|b| {
+        let read = read.map(|b| {
             let bytes = Bytes::copy_from_slice(self.get_body(&b));
             // keygate patch
             self.body_reader.release_buf_if_done();
@@ -692,7 +692,12 @@ impl HttpSession {
                 buffer.write_to_buffer(&bytes);
             }
             bytes
-        }))
+        });
+        // keygate patch: see `FixedBuffer::seal`
+        if let Some(buffer) = self.retry_buffer.as_mut().filter(|_| self.body_reader.body_done()) {
+            buffer.seal();
+        }
+        Ok(read)
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -2088,6 +2093,27 @@ mod tests_stream {
         assert_eq!(res, b"abc".as_slice());
         assert!(http_stream.body_reader.body_buf.is_none());
         assert!(http_stream.read_body_bytes().await.unwrap().is_none());
+    }
+
+    // keygate patch: `FixedBuffer::seal` once the body is read to its end
+    #[tokio::test]
+    async fn a_chunked_body_read_to_its_end_is_replayed_without_copies() {
+        init_log();
+        let head = b"POST / HTTP/1.1\r\nHost: pingora.org\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mock_io = Builder::new()
+            .read(&head[..])
+            .read(b"2\r\nab\r\n")
+            .read(b"2\r\ncd\r\n")
+            .read(b"0\r\n\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        http_stream.enable_retry_buffering();
+        while http_stream.read_body_bytes().await.unwrap().is_some() {}
+        let first = http_stream.get_retry_buffer().unwrap();
+        let second = http_stream.get_retry_buffer().unwrap();
+        assert_eq!(first, b"abcd".as_slice());
+        assert_eq!(first.as_ptr(), second.as_ptr());
     }
 
     #[tokio::test]
