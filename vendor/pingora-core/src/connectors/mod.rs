@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if peer.matches_stream(&stream) // keygate patch
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -670,6 +670,65 @@ mod tests {
         drop(stream);
         let _ = shutdown_tx.send(());
         server_handle.await.unwrap();
+    }
+
+    // keygate patch: `Peer::matches_stream` on reuse
+    #[tokio::test]
+    async fn a_pooled_connection_is_reused_only_for_its_own_address() {
+        let listener_a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener_b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer_a = BasicPeer::new(&listener_a.local_addr().unwrap().to_string());
+        let peer_b = BasicPeer::new(&listener_b.local_addr().unwrap().to_string());
+        let connector = TransportConnector::new(None);
+
+        let stream = connector.new_stream(&peer_a).await.unwrap();
+        // filed under b's key, as a collision of the two keys would file it
+        connector.release_stream(stream, peer_b.reuse_hash(), None);
+        let (_, reused) = connector.get_stream(&peer_b).await.unwrap();
+        assert!(!reused);
+
+        let stream = connector.new_stream(&peer_a).await.unwrap();
+        connector.release_stream(stream, peer_a.reuse_hash(), None);
+        let (_, reused) = connector.get_stream(&peer_a).await.unwrap();
+        assert!(reused);
+    }
+
+    // keygate patch: a peer's own `matches_fd` still decides for peers that do not override
+    // `matches_stream`
+    #[tokio::test]
+    async fn a_peer_that_rejects_every_descriptor_gets_no_pooled_connection() {
+        use std::os::unix::io::AsRawFd;
+        #[derive(Clone, Debug)]
+        struct Picky(BasicPeer);
+        impl std::fmt::Display for Picky {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+        impl Peer for Picky {
+            fn address(&self) -> &crate::protocols::l4::socket::SocketAddr {
+                self.0.address()
+            }
+            fn tls(&self) -> bool {
+                false
+            }
+            fn sni(&self) -> &str {
+                ""
+            }
+            fn reuse_hash(&self) -> u64 {
+                self.0.reuse_hash()
+            }
+            fn matches_fd<V: AsRawFd>(&self, _fd: V) -> bool {
+                false
+            }
+        }
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = Picky(BasicPeer::new(&listener.local_addr().unwrap().to_string()));
+        let connector = TransportConnector::new(None);
+        let stream = connector.new_stream(&peer).await.unwrap();
+        connector.release_stream(stream, peer.reuse_hash(), None);
+        let (_, reused) = connector.get_stream(&peer).await.unwrap();
+        assert!(!reused);
     }
 
     // 192.0.2.1 is TEST-NET-1 (RFC 5737) — SYN packets are silently

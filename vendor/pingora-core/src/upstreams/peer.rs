@@ -261,6 +261,15 @@ pub trait Peer: Display + Clone {
         self.address().check_fd_match(fd)
     }
 
+    /// keygate patch: whether the pooled `stream` is connected to this peer, asked each time the
+    /// pool hands it out. By default [`Self::matches_fd`] on its descriptor, a `getpeername` per
+    /// reuse; the built-in peers compare the address the stream's socket digest keeps instead,
+    /// which is looked up once per connection.
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &crate::protocols::Stream) -> bool {
+        self.matches_fd(stream.id())
+    }
+
     #[cfg(windows)]
     fn matches_sock<V: AsRawSocket>(&self, sock: V) -> bool {
         use crate::protocols::ConnSockReusable;
@@ -373,6 +382,28 @@ impl Peer for BasicPeer {
     fn get_peer_options(&self) -> Option<&PeerOptions> {
         Some(&self.options)
     }
+
+    // keygate patch
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &crate::protocols::Stream) -> bool {
+        kept_address_matches(self.address(), stream).unwrap_or_else(|| self.matches_fd(stream.id()))
+    }
+}
+
+/// keygate patch: whether `stream`'s socket digest has it connected to `address`, as
+/// `check_fd_match` decides from `getpeername`; `None` when that is not known without a lookup
+/// (no digest, or not an Internet address).
+#[cfg(unix)]
+fn kept_address_matches(address: &SocketAddr, stream: &crate::protocols::Stream) -> Option<bool> {
+    let SocketAddr::Inet(wanted) = address else {
+        return None;
+    };
+    let digest = stream.get_socket_digest()?;
+    let SocketAddr::Inet(connected) = digest.peer_addr()? else {
+        return None;
+    };
+    // as `check_fd_match`: 0.0.0.0 names no destination, and some systems take it for loopback
+    Some(wanted.ip() == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) || wanted == connected)
 }
 
 /// Define whether to connect via http or https
@@ -853,6 +884,16 @@ impl Peer for HttpPeer {
         } else {
             self.address().check_fd_match(fd)
         }
+    }
+
+    // keygate patch
+    #[cfg(unix)]
+    fn matches_stream(&self, stream: &crate::protocols::Stream) -> bool {
+        let kept = match self.get_proxy() {
+            Some(_) => None,
+            None => kept_address_matches(self.address(), stream),
+        };
+        kept.unwrap_or_else(|| self.matches_fd(stream.id()))
     }
 
     #[cfg(windows)]
