@@ -1370,7 +1370,7 @@ impl BodyWriter {
         trace!("Writing Body, size: {}", buf.len());
         match self.body_mode {
             BM::Complete(_) => Ok(None),
-            BM::ContentLength(_, _) => self.do_write_body(stream, buf).await,
+            BM::ContentLength(_, _) => self.do_write_body(stream, None, buf).await, // keygate patch
             BM::ChunkedEncoding(_) => self.do_write_chunked_body(stream, buf).await,
             BM::UntilClose(_) => self.do_write_until_close_body(stream, buf).await,
             BM::ToSelect => Ok(None), // Error here?
@@ -1393,23 +1393,10 @@ impl BodyWriter {
     where
         S: AsyncWrite + Unpin + Send,
     {
-        let BM::ContentLength(total, written) = self.body_mode else {
+        if !matches!(self.body_mode, BM::ContentLength(_, _)) {
             return Error::e_explain(InternalError, "a request head held back for a body of no length");
-        };
-        let to_write = buf.len().min(total.saturating_sub(written));
-        if to_write < buf.len() {
-            warn!("Trying to write data over content-length: {total}");
         }
-        let mut out = head.chain(&buf[..to_write]);
-        stream
-            .write_all_buf(&mut out)
-            .await
-            .or_err(WriteError, "while writing request headers and body")?;
-        self.body_mode = BM::ContentLength(total, written + to_write);
-        if self.finished() {
-            stream.flush().await.or_err(WriteError, "flushing body")?;
-        }
-        Ok(Some(to_write))
+        self.do_write_body(stream, Some(head), buf).await
     }
 
     /// keygate patch: whether the body goes out in chunked encoding, still open.
@@ -1452,7 +1439,13 @@ impl BodyWriter {
         matches!(self.body_mode, BM::UntilClose(_))
     }
 
-    async fn do_write_body<S>(&mut self, stream: &mut S, buf: &[u8]) -> Result<Option<usize>>
+    // keygate patch: `head`, a request head held back, goes out in the same write as `buf`
+    async fn do_write_body<S>(
+        &mut self,
+        stream: &mut S,
+        head: Option<BytesMut>,
+        buf: &[u8],
+    ) -> Result<Option<usize>>
     where
         S: AsyncWrite + Unpin + Send,
     {
@@ -1468,7 +1461,11 @@ impl BodyWriter {
                 } else {
                     to_write = buf.len();
                 }
-                let res = stream.write_all(&buf[..to_write]).await;
+                // keygate patch
+                let res = match head {
+                    Some(head) => stream.write_all_buf(&mut head.chain(&buf[..to_write])).await,
+                    None => stream.write_all(&buf[..to_write]).await,
+                };
                 match res {
                     Ok(()) => {
                         self.body_mode = BM::ContentLength(total, written + to_write);
