@@ -7,9 +7,10 @@
 #
 # usage: benches/paired.sh BINARY_A POLICY_A BINARY_B POLICY_B
 #   env: ROUNDS (default 16), SECONDS_PER_RUN (4), GATEWAY_CPU (0), WRK_CPU (1),
-#        CONCURRENT (0; 1: load both sides at the same time instead of taking turns)
+#        CONNECTIONS (32: wrk's connections to a side), CONCURRENT (0; 1: load both sides at the
+#        same time instead of taking turns)
 # With CONCURRENT=1 the two gateways share the pinned core for the whole run, each loaded by its
-# own wrk (16 connections), so the scheduler splits the core between them and the RPS ratio is
+# own wrk (half the connections), so the scheduler splits the core between them and the RPS ratio is
 # the inverse ratio of their CPU per request; noise from the host then strikes both sides at
 # the same instant, and rounds scatter far less than when the sides take turns.
 # A policy directory is one `benches/e2e.sh` writes (OUT/policy-keys, policy-limits, policy-full:
@@ -25,10 +26,11 @@
 set -euo pipefail
 
 [ $# -eq 4 ] || { sed -n '8,24p' "$0"; exit 2; }
-ROUNDS=${ROUNDS:-16} SECONDS_PER_RUN=${SECONDS_PER_RUN:-4}
+ROUNDS=${ROUNDS:-16} SECONDS_PER_RUN=${SECONDS_PER_RUN:-4} CONNECTIONS=${CONNECTIONS:-32}
 GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1}
 # shellcheck source=benches/lib.sh
 . "$(dirname "$0")/lib.sh"
+ulimit -n "$(ulimit -Hn)"
 WORK=$(mktemp -d)
 PIDS=()
 stop_sides() {
@@ -87,7 +89,7 @@ run() {
   local name=$1 pid=$2 port=$3 seconds=$4 before after out requests
   before=$(cpu_ticks "$pid")
   out=$(BENCH_AUTH="Bearer $(cat "$WORK/$name/secret")" taskset -c "$WRK_CPU" \
-    wrk -t2 -c32 -d"${seconds}s" -s "$CHAT_LUA" "http://127.0.0.1:$port/v1/chat/completions" 2>&1)
+    wrk -t2 -c"$CONNECTIONS" -d"${seconds}s" -s "$CHAT_LUA" "http://127.0.0.1:$port/v1/chat/completions" 2>&1)
   after=$(cpu_ticks "$pid")
   require_2xx "side $name" "$out"
   figures "$out" $((after - before))
@@ -109,7 +111,7 @@ run_both() {
   for name in a b; do
     local port_var=PORT_$name
     BENCH_AUTH="Bearer $(cat "$WORK/$name/secret")" taskset -c "$WRK_CPU" \
-      wrk -t1 -c16 -d"${seconds}s" -s "$CHAT_LUA" "http://127.0.0.1:${!port_var}/v1/chat/completions" \
+      wrk -t1 -c$((CONNECTIONS / 2)) -d"${seconds}s" -s "$CHAT_LUA" "http://127.0.0.1:${!port_var}/v1/chat/completions" \
       >"$WORK/wrk-$name.txt" 2>&1 &
   done
   wait $(jobs -p)
