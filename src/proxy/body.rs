@@ -21,6 +21,7 @@ use crate::json::{key_is, key_name, skip_ws, Members};
 use crate::policy::Model;
 use crate::translate::{self, Translation};
 use bytes::{Bytes, BytesMut};
+use pingora::protocols::http::body_buffer::FixedBuffer;
 use pingora::proxy::Session;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -89,19 +90,20 @@ pub async fn read_whole(
 }
 
 /// The body, and whether Pingora's retry buffer holds its tail (some chunk arrived after
-/// buffering began). A body that arrives in one chunk, as most do, is that chunk, shared with the
+/// buffering began). The chunks are collected the way the retry buffer collects them
+/// ([`FixedBuffer`]): a body that arrives in one chunk, as most do, is that chunk, shared with the
 /// retry buffer rather than copied.
 async fn read_all(
     session: &mut Session,
     declared: Option<usize>,
     max_bytes: usize,
 ) -> Result<(Bytes, bool), Refusal> {
-    let mut first: Option<Bytes> = None;
-    let mut rest = BytesMut::new();
+    // `max_bytes` is enforced below, before a chunk is added, so the buffer never truncates.
+    let mut body = FixedBuffer::new(max_bytes);
+    let mut read = 0usize;
     let mut buffering = false;
     let mut tail_buffered = false;
     loop {
-        let read = first.as_ref().map_or(rest.len(), Bytes::len);
         let remaining = declared.map_or(0, |n| n.saturating_sub(read));
         if !buffering && (declared.is_none() || remaining <= REPLAY_WINDOW) {
             session.enable_retry_buffering();
@@ -115,19 +117,12 @@ async fn read_all(
         if read + chunk.len() > max_bytes {
             return Err(Refusal::BodyTooLarge(max_bytes));
         }
+        read += chunk.len();
         tail_buffered |= buffering && !chunk.is_empty();
-        match first.take() {
-            None if rest.is_empty() => first = Some(chunk),
-            Some(first) => {
-                let expected = declared.unwrap_or(0).min(max_bytes);
-                rest.reserve(expected.max(first.len() + chunk.len()));
-                rest.extend_from_slice(&first);
-                rest.extend_from_slice(&chunk);
-            }
-            None => rest.extend_from_slice(&chunk),
-        }
+        body.write_to_buffer(&chunk);
     }
-    Ok((first.unwrap_or_else(|| rest.freeze()), tail_buffered))
+    body.seal();
+    Ok((body.get_buffer().unwrap_or_default(), tail_buffered))
 }
 
 /// A request whose one-byte body stands in for a body read whole that Pingora cannot replay.
