@@ -37,6 +37,7 @@ use crate::proxy::refusal::{self, Refusal};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
+use pingora::protocols::http::v1::server::HttpSession as HttpSessionV1;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::TlsRef;
@@ -269,7 +270,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
         persistent: Option<HttpPersistentSettings>,
         shutdown: &'a ShutdownWatch,
     ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'a>> {
-        let mut session = ServerSession::new_http1(client);
+        let mut http1 = HttpSessionV1::new(client);
+        // The provider gets canonical header names whatever the client sent (`proxy::head`), so
+        // the client's spelling is not kept to begin with.
+        http1.set_keep_header_case(false);
+        let mut session = ServerSession::H1(http1);
         match persistent {
             Some(settings) => settings.apply_to_session(&mut session),
             // Kept alive with no timeout of Pingora's own: the loop's head deadline bounds the

@@ -301,6 +301,9 @@ impl Provider {
         peer.options.read_timeout = Some(cap(self.first_byte_timeout.max(self.idle_timeout)));
         peer.options.write_timeout = Some(cap(self.idle_timeout));
         peer.options.idle_timeout = Some(self.pool.idle_timeout);
+        // The client gets canonical header names whatever the provider sent (`proxy::head`), so
+        // the provider's spelling is not kept to begin with.
+        peer.options.h1_keep_header_case = false;
         if let Some(ca) = &self.ca {
             peer.options.ca = Some(ca.clone());
         }

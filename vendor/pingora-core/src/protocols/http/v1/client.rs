@@ -69,6 +69,9 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    // keygate patch: whether the response header keeps the original case of its header names,
+    // see `set_keep_header_case`
+    keep_header_case: bool,
 }
 
 /// HTTP 1.x client session
@@ -103,6 +106,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            keep_header_case: true, // keygate patch
         }
     }
 
@@ -113,6 +117,7 @@ impl HttpSession {
             session.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
             );
+            session.set_keep_header_case(options.h1_keep_header_case); // keygate patch
         }
         session
     }
@@ -317,7 +322,13 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
+                        // keygate patch: `build_no_case` unless the header case is kept
+                        let build = if self.keep_header_case {
+                            ResponseHeader::build
+                        } else {
+                            ResponseHeader::build_no_case
+                        };
+                        let mut response_header = match build(
                             resp.code.unwrap(),
                             Some(resp.headers.len()),
                         ) {
@@ -557,6 +568,15 @@ impl HttpSession {
 
     pub fn set_allow_h1_response_invalid_content_length(&mut self, allow: bool) {
         self.allow_h1_response_invalid_content_length = allow;
+    }
+
+    /// keygate patch: whether the response header read by [`Self::read_response()`] keeps the
+    /// original case of its header names (the default), for a proxy to send them on as the server
+    /// spelled them. Without it, the header has no second map of names to fill, copy and drop
+    /// with it; written out, its names are canonical (standard names title-cased, others lower
+    /// case), which HTTP/1.1 allows since names are case-insensitive.
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
     }
 
     pub(super) fn get_headers_raw(&self) -> &[u8] {
@@ -1011,6 +1031,33 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    // keygate patch: the tests of a response header read without its names' case
+    #[tokio::test]
+    async fn a_response_header_keeps_its_names_case_unless_the_peer_says_not_to() {
+        init_log();
+        let input = b"HTTP/1.1 200 OK\r\nX-Custom-Name: a\r\nCONTENT-length: 0\r\n\r\n";
+        let mut kept = HttpSession::new(Box::new(Builder::new().read(&input[..]).build()));
+        kept.read_response().await.unwrap();
+        assert!(kept.resp_header().unwrap().has_case());
+
+        let mut peer = crate::upstreams::peer::BasicPeer::new("127.0.0.1:80");
+        peer.options.h1_keep_header_case = false;
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new_with_options(Box::new(mock_io), &peer);
+        assert_eq!(input.len(), http_stream.read_response().await.unwrap());
+        let header = http_stream.resp_header().unwrap();
+        assert!(!header.has_case());
+        assert_eq!(header.headers["x-custom-name"], "a");
+        let mut wire = Vec::new();
+        header.header_to_h1_wire(&mut wire);
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "x-custom-name: a\r\nContent-Length: 0\r\n"
+        );
+        // the framing is read from the header as before
+        assert!(http_stream.is_body_done());
     }
 
     #[tokio::test]

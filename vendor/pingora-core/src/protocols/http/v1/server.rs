@@ -160,6 +160,9 @@ pub struct HttpSession {
     pipelined_idle_bytes_stashed: bool,
     /// keygate patch: a response held back whole until its body ends, see [`Self::hold_response`].
     held: Option<HeldResponse>,
+    /// keygate patch: whether the request header keeps the original case of its header names,
+    /// see [`Self::set_keep_header_case`].
+    keep_header_case: bool,
 }
 
 /// keygate patch: the head and body of a response the proxy passes on only once it is complete.
@@ -218,7 +221,17 @@ impl HttpSession {
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
             held: None,
+            keep_header_case: true,
         }
+    }
+
+    /// keygate patch: whether the request header read by [`Self::read_request()`] keeps the
+    /// original case of its header names (the default), for a proxy to send them on as the client
+    /// spelled them. Without it, the header has no second map of names to fill, copy and drop
+    /// with it; written out, its names are canonical (standard names title-cased, others lower
+    /// case), which HTTP/1.1 allows since names are case-insensitive.
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
     }
 
     /// keygate patch: hold the response that the proxy tasks (`response_duplex*`) write until its
@@ -444,7 +457,13 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        // keygate patch: `build_no_case` unless the header case is kept
+                        let build = if self.keep_header_case {
+                            RequestHeader::build
+                        } else {
+                            RequestHeader::build_no_case
+                        };
+                        let mut request_header = Box::new(build(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
@@ -2026,6 +2045,42 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    // keygate patch: the tests of a request header read without its names' case
+    #[tokio::test]
+    async fn a_request_header_keeps_its_names_case_by_default() {
+        init_log();
+        let input = b"GET / HTTP/1.1\r\nX-Custom-Name: a\r\nhOsT: pingora.org\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_request().await.unwrap();
+        let header = http_stream.req_header();
+        assert!(header.has_case());
+        let mut wire = Vec::new();
+        header.header_to_h1_wire(&mut wire);
+        assert_eq!(wire, b"X-Custom-Name: a\r\nhOsT: pingora.org\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_request_header_read_without_case_has_every_header_in_canonical_names() {
+        init_log();
+        let input = b"GET / HTTP/1.1\r\nX-Custom-Name: a\r\nhOsT: pingora.org\r\nx-custom-name: b\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.set_keep_header_case(false);
+        assert_eq!(input.len(), http_stream.read_request().await.unwrap().unwrap());
+        let header = http_stream.req_header();
+        assert!(!header.has_case());
+        let custom: Vec<_> = header.headers.get_all("x-custom-name").iter().collect();
+        assert_eq!(custom, ["a", "b"]);
+        assert_eq!(header.headers["host"], "pingora.org");
+        let mut wire = Vec::new();
+        header.header_to_h1_wire(&mut wire);
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            "x-custom-name: a\r\nx-custom-name: b\r\nHost: pingora.org\r\n"
+        );
     }
 
     #[cfg(feature = "patched_http1")]
