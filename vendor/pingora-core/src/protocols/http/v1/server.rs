@@ -972,12 +972,12 @@ impl HttpSession {
             /* update headers */
             header.insert_header(header::DATE, date::get_cached_date())?;
 
-            // TODO: make these lazy static
-            let connection_value = if self.will_keepalive() {
+            // keygate patch: static values, which a response does not copy
+            let connection_value = HeaderValue::from_static(if self.will_keepalive() {
                 "keep-alive"
             } else {
                 "close"
-            };
+            });
             header.insert_header(header::CONNECTION, connection_value)?;
         }
 
