@@ -404,7 +404,11 @@ impl Booker {
         if self.db.is_some() {
             fold(&mut self.pending, &r);
             if let Some(key) = &r.key {
-                let at = self.last_used.entry(key.id.clone()).or_default();
+                // Looked up before inserting: a key already there costs no copy of its id.
+                let at = match self.last_used.get_mut(&*key.id) {
+                    Some(at) => at,
+                    None => self.last_used.entry(key.id.clone()).or_default(),
+                };
                 *at = (*at).max(r.finished_at_ms);
             }
         }
