@@ -17,7 +17,8 @@
 #        offers RATE requests per second in all, however many connections carry them, which
 #        compares the per-request cost at different connection counts under the same load),
 #        PERF (unset; a directory: `perf record -g` of keygate over each measured window, to
-#        PERF/keygate-CONNS-ROUND.data; perf's sampling adds to the CPU figures of those runs)
+#        PERF/keygate-CONNS-ROUND.data; perf's sampling adds to the CPU figures of those runs),
+#        PERF_FREQ (499: perf's samples per second)
 #
 # It starts its own mock upstream and nginx proxy on ports of their own (mock 18083 for nginx's
 # upstream connections, 18084 for keygate's, so that each proxy's connections are counted apart;
@@ -29,7 +30,7 @@
 # proxy-side ports listed after it and not before. TIME_WAIT and RSS are read near the run's end.
 set -euo pipefail
 
-[ $# -eq 2 ] || { sed -n '2,23p' "$0"; exit 2; }
+[ $# -eq 2 ] || { sed -n '2,24p' "$0"; exit 2; }
 BINARY=$(realpath "$1") POLICY=$(realpath "$2")
 CONNECTIONS=${CONNECTIONS:-32 256 1024 4096} ROUNDS=${ROUNDS:-3} SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
 POOL=${POOL:-4096} GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1} RATE=${RATE:-}
@@ -131,7 +132,7 @@ run() {
   sleep 1
   before_ports=$(upstream_ports "$mock"); t0=$(date +%s.%N)
   if [ -n "$PERF" ] && [ "$side" = keygate ] && [ -n "${ROUND:-}" ]; then
-    perf record -q -F 499 -g -p "$pid" -o "$PERF/keygate-$conns-$ROUND.data" -- sleep $((SECONDS_PER_RUN - 2)) 2>/dev/null
+    perf record -q -F "${PERF_FREQ:-499}" -g -p "$pid" -o "$PERF/keygate-$conns-$ROUND.data" -- sleep $((SECONDS_PER_RUN - 2)) 2>/dev/null
   else
     sleep $((SECONDS_PER_RUN - 2))
   fi
