@@ -2870,6 +2870,25 @@ mod tests_stream {
             .unwrap();
     }
 
+    // keygate patch: the test of the static `Connection` values
+    #[tokio::test]
+    async fn a_response_says_whether_the_connection_is_kept_alive() {
+        let requests: [(&[u8], &str); 3] = [
+            (b"GET / HTTP/1.1\r\n\r\n", "keep-alive"),
+            (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", "close"),
+            (b"GET / HTTP/1.0\r\n\r\n", "close"),
+        ];
+        for (request, expected) in requests {
+            let mock_io = Builder::new().read(request).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.read_request().await.unwrap();
+            let mut header = ResponseHeader::build(StatusCode::OK, None).unwrap();
+            http_stream.prepare_response_header(&mut header).unwrap();
+            assert_eq!(header.headers["connection"], expected);
+            assert!(header.headers.contains_key("date"));
+        }
+    }
+
     #[tokio::test]
     async fn write_custom_reason() {
         let read_wire = b"GET / HTTP/1.1\r\n\r\n";
