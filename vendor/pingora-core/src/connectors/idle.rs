@@ -102,6 +102,9 @@ impl IdleConnections {
         let mut next = now + CLOSED_CHECK_INTERVAL;
         let mut closing = Vec::new();
         self.connections.lock().retain(|_, idle| {
+            // Held for this pass only. A request on another thread that takes this connection
+            // from the pool meanwhile cannot have it to itself and connects anew (as 0.9.1 does
+            // when it cannot unwrap a pooled connection); on one thread the two never overlap.
             let Some(stream) = idle.stream.upgrade() else {
                 return false;
             };
@@ -124,7 +127,8 @@ impl IdleConnections {
         for meta in &closing {
             pool.pop_closed(meta);
         }
-        self.next_pass_ms.store(self.millis(next), Ordering::Release);
+        self.next_pass_ms
+            .store(self.millis(next), Ordering::Release);
         next
     }
 }
@@ -158,9 +162,7 @@ mod tests {
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
 
-    async fn accept_and_hold(
-        listener: &tokio::net::TcpListener,
-    ) -> tokio::net::TcpStream {
+    async fn accept_and_hold(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream {
         listener.accept().await.unwrap().0
     }
 
@@ -182,8 +184,12 @@ mod tests {
         let mut server = accept_and_hold(&listener).await;
         connector.release_stream(stream, peer.reuse_hash(), Some(Duration::from_millis(300)));
         // still open before its timeout
-        assert!(closed_within(&mut server, Duration::from_millis(150)).await.is_none());
-        assert!(closed_within(&mut server, Duration::from_millis(600)).await.is_some());
+        assert!(closed_within(&mut server, Duration::from_millis(150))
+            .await
+            .is_none());
+        assert!(closed_within(&mut server, Duration::from_millis(600))
+            .await
+            .is_some());
         let (_, reused) = connector.get_stream(&peer).await.unwrap();
         assert!(!reused);
     }
