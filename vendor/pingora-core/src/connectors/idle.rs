@@ -100,8 +100,16 @@ impl IdleConnections {
     /// closed; returns when the next pass is due.
     fn sweep(&self, pool: &Pool, unexpected_data_conn_count: &AtomicU64, now: Instant) -> Instant {
         let mut next = now + CLOSED_CHECK_INTERVAL;
+        // Checked outside the lock, which connections released meanwhile (on other threads)
+        // take to be filed: one pass may check thousands.
+        let mut watched = {
+            let mut connections = self.connections.lock();
+            // Sized as before, so that the releases meanwhile do not grow it from nothing.
+            let room = HashMap::with_capacity(connections.capacity());
+            std::mem::replace(&mut *connections, room)
+        };
         let mut closing = Vec::new();
-        self.connections.lock().retain(|_, idle| {
+        watched.retain(|_, idle| {
             // Held for this pass only. A request on another thread that takes this connection
             // from the pool meanwhile cannot have it to itself and connects anew (as 0.9.1 does
             // when it cannot unwrap a pooled connection); on one thread the two never overlap.
@@ -123,7 +131,14 @@ impl IdleConnections {
             }
             true
         });
-        // Outside the lock above: dropping a connection closes it.
+        {
+            let mut connections = self.connections.lock();
+            for (key, idle) in watched {
+                // One filed during the pass is the newer release of that descriptor.
+                connections.entry(key).or_insert(idle);
+            }
+        }
+        // Outside the lock: dropping a connection closes it.
         for meta in &closing {
             pool.pop_closed(meta);
         }
