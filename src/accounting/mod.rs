@@ -24,7 +24,7 @@ pub mod report;
 use crate::limits;
 use crate::policy::guardrails::Fired;
 use crate::policy::{Key, Model};
-use crate::state::sqlite::{DayKey, UsageDb};
+use crate::state::sqlite::{DayKey, DayKeyParts, UsageDb};
 use crate::state::DayUsage;
 use crate::usage::cost::UsdNanos;
 use crate::usage::Usage;
@@ -303,24 +303,35 @@ fn fold(totals: &mut HashMap<DayKey, DayUsage>, r: &RequestRecord) {
     if !r.billable && !blocked {
         return;
     }
-    totals
-        .entry(DayKey {
-            day: r.day(),
-            key_id: (&*key.id).into(),
-            workload: key.workload.name.as_str().into(),
-            model: model.name.as_str().into(),
-        })
-        .or_default()
-        .add(&DayUsage {
-            requests: u64::from(r.billable),
-            prompt_tokens: r.usage.prompt_tokens,
-            completion_tokens: r.usage.completion_tokens,
-            cached_tokens: r.usage.cached_tokens,
-            cache_write_tokens: r.usage.cache_write_tokens,
-            cost: r.cost,
-            estimated_requests: u64::from(r.estimated),
-            blocked_requests: u64::from(blocked),
-        });
+    let day = r.day();
+    let names = (
+        day,
+        &*key.id,
+        key.workload.name.as_str(),
+        model.name.as_str(),
+    );
+    // Looked up by the borrowed names first: a day's totals already there cost no copies.
+    let day_totals = match totals.get_mut(&names as &dyn DayKeyParts) {
+        Some(day_totals) => day_totals,
+        None => totals
+            .entry(DayKey {
+                day,
+                key_id: names.1.into(),
+                workload: names.2.into(),
+                model: names.3.into(),
+            })
+            .or_default(),
+    };
+    day_totals.add(&DayUsage {
+        requests: u64::from(r.billable),
+        prompt_tokens: r.usage.prompt_tokens,
+        completion_tokens: r.usage.completion_tokens,
+        cached_tokens: r.usage.cached_tokens,
+        cache_write_tokens: r.usage.cache_write_tokens,
+        cost: r.cost,
+        estimated_requests: u64::from(r.estimated),
+        blocked_requests: u64::from(blocked),
+    });
 }
 
 /// What the audit thread is sent.

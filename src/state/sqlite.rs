@@ -19,7 +19,9 @@ use crate::usage::cost::UsdNanos;
 use chrono::NaiveDate;
 use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -476,13 +478,58 @@ fn fold_groups<T: Default>(
 }
 
 /// The identity of one persisted row.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DayKey {
     pub day: NaiveDate,
     pub key_id: Box<str>,
     pub workload: Box<str>,
     pub model: Box<str>,
 }
+
+/// A day key as borrowed names, for looking totals up without copying them: a map keyed by
+/// [`DayKey`] finds an entry by `&(day, key_id, workload, model) as &dyn DayKeyParts`.
+pub trait DayKeyParts {
+    fn parts(&self) -> (NaiveDate, &str, &str, &str);
+}
+
+impl DayKeyParts for DayKey {
+    fn parts(&self) -> (NaiveDate, &str, &str, &str) {
+        (self.day, &self.key_id, &self.workload, &self.model)
+    }
+}
+
+impl DayKeyParts for (NaiveDate, &str, &str, &str) {
+    fn parts(&self) -> (NaiveDate, &str, &str, &str) {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn DayKeyParts + 'a> for DayKey {
+    fn borrow(&self) -> &(dyn DayKeyParts + 'a) {
+        self
+    }
+}
+
+// The key and its borrowed form hash and compare by the same parts, as `Borrow` requires.
+impl Hash for DayKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl Hash for dyn DayKeyParts + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.parts().hash(state);
+    }
+}
+
+impl PartialEq for dyn DayKeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn DayKeyParts + '_ {}
 
 #[cfg(test)]
 mod tests {
@@ -498,6 +545,28 @@ mod tests {
             key_id: key.into(),
             workload: workload.into(),
             model: model.into(),
+        }
+    }
+
+    #[test]
+    fn a_day_key_is_found_by_its_borrowed_names_and_only_by_them() {
+        let mut totals = HashMap::new();
+        totals.insert(row("2026-03-01", "k1", "app", "gpt-4o"), usage(1, 10));
+        let names = (day("2026-03-01"), "k1", "app", "gpt-4o");
+        let found = totals.get(&names as &dyn DayKeyParts);
+        assert_eq!(found.map(|u| u.requests), Some(1));
+        for other in [
+            (day("2026-03-02"), "k1", "app", "gpt-4o"),
+            (day("2026-03-01"), "k2", "app", "gpt-4o"),
+            (day("2026-03-01"), "k1", "batch", "gpt-4o"),
+            (day("2026-03-01"), "k1", "app", "gpt-4o-mini"),
+            // the names' boundaries count, not just their concatenation
+            (day("2026-03-01"), "k1a", "pp", "gpt-4o"),
+        ] {
+            assert!(
+                !totals.contains_key(&other as &dyn DayKeyParts),
+                "{other:?}"
+            );
         }
     }
 
