@@ -173,16 +173,45 @@ async fn sweep_until_gone(
 #[cfg(test)]
 mod tests {
     use super::super::TransportConnector;
+    use crate::protocols::Stream;
     use crate::upstreams::peer::{BasicPeer, Peer};
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpStream};
 
-    async fn accept_and_hold(listener: &tokio::net::TcpListener) -> tokio::net::TcpStream {
-        listener.accept().await.unwrap().0
+    /// A listener, a peer for it and a connector whose pool its connections go to.
+    struct Pooled {
+        listener: TcpListener,
+        peer: BasicPeer,
+        connector: TransportConnector,
+    }
+
+    impl Pooled {
+        async fn new() -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+            let connector = TransportConnector::new(None);
+            Pooled {
+                listener,
+                peer,
+                connector,
+            }
+        }
+
+        /// A new connection: the connector's end, and the listener's end to hold or close.
+        async fn connect(&self) -> (Stream, TcpStream) {
+            let stream = self.connector.new_stream(&self.peer).await.unwrap();
+            (stream, self.listener.accept().await.unwrap().0)
+        }
+
+        fn release(&self, stream: Stream, idle_timeout: Option<Duration>) {
+            let key = self.peer.reuse_hash();
+            self.connector.release_stream(stream, key, idle_timeout);
+        }
     }
 
     /// Reads until the connector's side of `server` closes it; `None` if it stays open `within`.
-    async fn closed_within(server: &mut tokio::net::TcpStream, within: Duration) -> Option<()> {
+    async fn closed_within(server: &mut TcpStream, within: Duration) -> Option<()> {
         let mut buf = [0u8; 1];
         match tokio::time::timeout(within, server.read(&mut buf)).await {
             Ok(Ok(0)) => Some(()),
@@ -192,12 +221,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_connection_is_closed_at_its_idle_timeout() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
-        let connector = TransportConnector::new(None);
-        let stream = connector.new_stream(&peer).await.unwrap();
-        let mut server = accept_and_hold(&listener).await;
-        connector.release_stream(stream, peer.reuse_hash(), Some(Duration::from_millis(300)));
+        let pooled = Pooled::new().await;
+        let (stream, mut server) = pooled.connect().await;
+        pooled.release(stream, Some(Duration::from_millis(300)));
         // still open before its timeout
         assert!(closed_within(&mut server, Duration::from_millis(150))
             .await
@@ -205,23 +231,19 @@ mod tests {
         assert!(closed_within(&mut server, Duration::from_millis(600))
             .await
             .is_some());
-        let (_, reused) = connector.get_stream(&peer).await.unwrap();
+        let (_, reused) = pooled.connector.get_stream(&pooled.peer).await.unwrap();
         assert!(!reused);
     }
 
     #[tokio::test]
     async fn a_shorter_timeout_than_the_next_pass_is_kept() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
-        let connector = TransportConnector::new(None);
-        let long = connector.new_stream(&peer).await.unwrap();
-        let _long_server = accept_and_hold(&listener).await;
-        connector.release_stream(long, peer.reuse_hash(), Some(Duration::from_secs(60)));
+        let pooled = Pooled::new().await;
+        let (long, _long_server) = pooled.connect().await;
+        pooled.release(long, Some(Duration::from_secs(60)));
         // the sweeper now sleeps for a second; this one must go before that
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let short = connector.new_stream(&peer).await.unwrap();
-        let mut short_server = accept_and_hold(&listener).await;
-        connector.release_stream(short, peer.reuse_hash(), Some(Duration::from_millis(100)));
+        let (short, mut short_server) = pooled.connect().await;
+        pooled.release(short, Some(Duration::from_millis(100)));
         assert!(closed_within(&mut short_server, Duration::from_millis(500))
             .await
             .is_some());
@@ -229,31 +251,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_peer_closed_leaves_the_pool() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
-        let connector = TransportConnector::new(None);
-        let stream = connector.new_stream(&peer).await.unwrap();
-        let server = accept_and_hold(&listener).await;
-        connector.release_stream(stream, peer.reuse_hash(), None);
+        let pooled = Pooled::new().await;
+        let (stream, server) = pooled.connect().await;
+        pooled.release(stream, None);
         drop(server);
         // the sweeper's next pass finds it closed and drops it: the client side's socket goes
         tokio::time::sleep(super::CLOSED_CHECK_INTERVAL + Duration::from_millis(300)).await;
-        assert!(connector.connection_pool.get(&peer.reuse_hash()).is_none());
+        let key = pooled.peer.reuse_hash();
+        assert!(pooled.connector.connection_pool.get(&key).is_none());
     }
 
     #[tokio::test]
     async fn a_pooled_connection_is_taken_without_waiting_for_a_watcher() {
         use futures::FutureExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
-        let connector = TransportConnector::new(None);
-        let stream = connector.new_stream(&peer).await.unwrap();
-        let _server = accept_and_hold(&listener).await;
-        connector.release_stream(stream, peer.reuse_hash(), Some(Duration::from_secs(60)));
+        let pooled = Pooled::new().await;
+        let (stream, _server) = pooled.connect().await;
+        pooled.release(stream, Some(Duration::from_secs(60)));
         // let the sweeper run once
         tokio::time::sleep(Duration::from_millis(10)).await;
         // no other task has to run first: the first poll finds it
-        let reused = connector.reused_stream(&peer).now_or_never();
+        let reused = pooled.connector.reused_stream(&pooled.peer).now_or_never();
         assert!(matches!(reused, Some(Some(_))));
     }
 }
