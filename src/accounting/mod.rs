@@ -15,9 +15,13 @@
 //!
 //! The booking thread also keeps the [`activity::Activity`] the admin API reads (last use, latest
 //! requests, today's figures), and persists when each key was last used beside its usage.
+//!
+//! Both threads run below the data plane's priority ([`priority`]), so that their bursts wait
+//! for the requests on their core rather than the other way round.
 
 pub mod activity;
 pub mod audit;
+mod priority;
 mod queue;
 pub mod report;
 
@@ -161,6 +165,7 @@ impl Recorder {
                     .name("keygate-audit".into())
                     .spawn(move || {
                         let _ended = ended_tx;
+                        priority::lower_this_thread();
                         write_audit(target, writer, rx);
                     })
                     .ok();
@@ -193,7 +198,10 @@ impl Recorder {
         };
         let thread = std::thread::Builder::new()
             .name("keygate-accounting".into())
-            .spawn(move || booker.run(rx))
+            .spawn(move || {
+                priority::lower_this_thread();
+                booker.run(rx)
+            })
             .ok();
         if thread.is_none() {
             tracing::error!("could not start the accounting thread; usage will not be persisted");
