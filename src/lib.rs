@@ -35,6 +35,7 @@ pub mod listener;
 pub mod metrics;
 pub mod mock_provider;
 pub mod policy;
+pub mod priority;
 pub mod proxy;
 pub mod reload;
 pub mod server;

@@ -159,15 +159,8 @@ impl Reloader {
     }
 }
 
-/// Niceness of the threads that read and compile a new policy while the gateway serves. A large
-/// policy costs seconds of CPU; at normal priority that comes out of the request threads (p99
-/// about 2x the baseline while a 100,000-key policy compiles on this 2-core machine, see
-/// `benches/policy_swap.rs`). At nice 10 the kernel serves requests first, and the compile still
-/// gets every cycle they leave idle, and about a tenth of a core when they leave none.
-const RELOAD_NICENESS: i32 = 10;
-
-/// `config::load` on a thread of its own at [`RELOAD_NICENESS`] (its file-reading helpers
-/// inherit it). A thread of its own, because a lowered priority cannot be raised back without
+/// `config::load` on a thread of its own at background priority ([`crate::priority`]; its
+/// file-reading helpers inherit it). A thread of its own, because a lowered priority cannot be raised back without
 /// privileges, and the calling thread may belong to tokio's blocking pool.
 fn load_at_low_priority(
     config_path: &Path,
@@ -183,7 +176,7 @@ fn load_at_low_priority(
         let spawned = std::thread::Builder::new()
             .name("keygate-policy-load".to_owned())
             .spawn_scoped(scope, || {
-                lower_own_priority();
+                crate::priority::lower_this_thread();
                 let loaded = load();
                 return_freed_memory();
                 loaded
@@ -210,26 +203,6 @@ pub fn return_freed_memory() {
     // heap) where mimalloc is not the global allocator, as in tests.
     unsafe { libmimalloc_sys::mi_collect(true) };
 }
-
-#[cfg(target_os = "linux")]
-fn lower_own_priority() {
-    // SAFETY: plain system calls with no pointers; on Linux, PRIO_PROCESS with a thread id reads
-    // and sets that one thread's niceness.
-    let rc = unsafe {
-        let tid = libc::gettid() as libc::id_t;
-        // Only ever lower it: a gateway started nicer than this stays so.
-        if libc::getpriority(libc::PRIO_PROCESS, tid) >= RELOAD_NICENESS {
-            return;
-        }
-        libc::setpriority(libc::PRIO_PROCESS, tid, RELOAD_NICENESS)
-    };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the policy load thread's priority");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_own_priority() {}
 
 /// Waits (bounded) for requests still on the old snapshot to finish, so that freeing a large
 /// policy happens here on the reload thread rather than on whichever request drops it last.
@@ -348,23 +321,6 @@ impl BackgroundService for PolicyWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_load_thread_runs_below_the_request_threads_and_leaves_the_caller_alone() {
-        // SAFETY (both): plain system calls with no pointers.
-        let niceness =
-            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
-        let before = niceness();
-        let seen = std::thread::spawn(move || {
-            lower_own_priority();
-            niceness()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(seen, before.max(RELOAD_NICENESS));
-        assert_eq!(niceness(), before, "only the load thread is lowered");
-    }
 
     #[test]
     fn a_reload_warns_about_exactly_the_restart_settings_it_changed() {

@@ -16,12 +16,11 @@
 //! The booking thread also keeps the [`activity::Activity`] the admin API reads (last use, latest
 //! requests, today's figures), and persists when each key was last used beside its usage.
 //!
-//! Both threads run below the data plane's priority ([`priority`]), so that their bursts wait
-//! for the requests on their core rather than the other way round.
+//! Both threads run below the data plane's priority ([`crate::priority`]), so that their bursts
+//! wait for the requests on their core rather than the other way round.
 
 pub mod activity;
 pub mod audit;
-mod priority;
 mod queue;
 pub mod report;
 
@@ -165,7 +164,7 @@ impl Recorder {
                     .name("keygate-audit".into())
                     .spawn(move || {
                         let _ended = ended_tx;
-                        priority::lower_this_thread();
+                        crate::priority::lower_this_thread();
                         write_audit(target, writer, rx);
                     })
                     .ok();
@@ -199,7 +198,7 @@ impl Recorder {
         let thread = std::thread::Builder::new()
             .name("keygate-accounting".into())
             .spawn(move || {
-                priority::lower_this_thread();
+                crate::priority::lower_this_thread();
                 booker.run(rx)
             })
             .ok();
@@ -548,4 +547,58 @@ pub fn persisted_spend(
             .date_naive()
     };
     db.spend(date(cal.day), date(cal.month_start_day()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::priority::{niceness_of_this_thread, BACKGROUND_NICENESS};
+    use std::time::Duration;
+
+    /// The niceness of every thread of this process whose name starts with `prefix`.
+    fn niceness_of_threads(prefix: &str) -> Vec<i32> {
+        let mut found = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let task = task.unwrap().path();
+            // A thread may end while we look.
+            let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
+                continue;
+            };
+            if comm.starts_with(prefix) {
+                // After the name in parentheses, the niceness is the 17th field.
+                let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+                found.push(after_name.split(' ').nth(16).unwrap().parse().unwrap());
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn the_booking_and_audit_threads_run_at_background_priority() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = AuditTarget::File(dir.path().join("audit.jsonl"));
+        let writer = AuditWriter::open(&target).unwrap();
+        let dropped = IntCounter::new("dropped", "lines").unwrap();
+        let expected = niceness_of_this_thread().max(BACKGROUND_NICENESS);
+        let recorder = Recorder::start(None, Some((target, writer)), dropped);
+        // Each thread lowers itself as it starts.
+        let lowered = |prefix: &str| {
+            let found = niceness_of_threads(prefix);
+            !found.is_empty() && found.iter().all(|&niceness| niceness == expected)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !(lowered("keygate-account") && lowered("keygate-audit")) {
+            assert!(
+                Instant::now() < deadline,
+                "booking {:?}, audit {:?}, expected {expected}",
+                niceness_of_threads("keygate-account"),
+                niceness_of_threads("keygate-audit")
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(recorder);
+    }
 }

@@ -244,7 +244,7 @@ impl Poller {
         std::thread::Builder::new()
             .name("keygate-policy-poll".to_owned())
             .spawn(move || {
-                super::lower_own_priority();
+                crate::priority::lower_this_thread();
                 let mut wait = POLL_INTERVAL;
                 loop {
                     std::thread::sleep(wait);
