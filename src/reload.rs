@@ -160,8 +160,8 @@ impl Reloader {
 }
 
 /// `config::load` on a thread of its own at background priority ([`crate::priority`]; its
-/// file-reading helpers inherit it). A thread of its own, because a lowered priority cannot be raised back without
-/// privileges, and the calling thread may belong to tokio's blocking pool.
+/// file-reading helpers inherit it). A thread of its own, because a lowered priority cannot be
+/// raised back without privileges, and the calling thread may belong to tokio's blocking pool.
 fn load_at_low_priority(
     config_path: &Path,
     serving: &Policy,

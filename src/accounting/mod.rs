@@ -564,14 +564,15 @@ mod tests {
             let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
                 continue;
             };
+            if !comm.starts_with(prefix) {
+                continue;
+            }
             let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
                 continue;
             };
-            if comm.starts_with(prefix) {
-                // After the name in parentheses, the niceness is the 17th field.
-                let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-                found.push(after_name.split(' ').nth(16).unwrap().parse().unwrap());
-            }
+            // After the name in parentheses, the niceness is the 17th field.
+            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+            found.push(after_name.split(' ').nth(16).unwrap().parse().unwrap());
         }
         found
     }
