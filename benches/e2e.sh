@@ -33,6 +33,8 @@
 #                              CARGO_TARGET_DIR (where the build goes and the binaries are taken from)
 #                              PROFILE (cargo profile, default release; `dev` builds in a minute to
 #                                check the plumbing, but its figures mean nothing, so WRITE_DOCS refuses it)
+#                              PGO (1: measure the profile-guided build of benches/pgo.sh, about 15
+#                                more minutes, instead of the plain release build)
 # benches/load/run-peers.sh's knobs pass through; on a busy machine its gate waits for idle CPU,
 # which GATE=loadavg LOAD_MAX=100 FOREIGN_MAX=1000 lifts for a quick check.
 set -euo pipefail
@@ -65,6 +67,10 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 # cargo puts the dev profile's output in debug/, any other profile's in a directory of its name.
 PROFILE_DIR="$TARGET/$(if [ "$PROFILE" = dev ]; then echo debug; else echo "$PROFILE"; fi)"
 BIN="$PROFILE_DIR/keygate"
+if [ "${PGO:-0}" = 1 ]; then
+  [ "$PROFILE" = release ] || { echo "PGO=1 needs PROFILE=release" >&2; exit 1; }
+  BIN=$("$ROOT/benches/pgo.sh" | tail -n 1)
+fi
 FLOOR_BIN="$PROFILE_DIR/examples/pingora_baseline"
 
 # ---- policies ---------------------------------------------------------------------------------
@@ -249,7 +255,8 @@ def rss(name):
 lines = []
 cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
 lines.append(f"Measured on {os.cpu_count()} shared vCPUs ({cpu}), {platform.system()} {platform.release()}; "
-             f"wrk {duration}s × {rounds} rounds interleaved per candidate; {keys} keys in the policy.\n")
+             f"wrk {duration}s × {rounds} rounds interleaved per candidate; {keys} keys in the policy; "
+             f"keygate {'profile-guided (benches/pgo.sh)' if os.environ.get('PGO') == '1' else 'plain release'} build.\n")
 lines.append("| workload | mode | conns | system | RPS | RPS / nginx | p50 ms | p99 ms | CPU ms/req |")
 lines.append("|---|---|---|---|---|---|---|---|---|")
 for name, label in [("chat", "chat"), ("stream", "SSE")]:
