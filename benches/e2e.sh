@@ -54,6 +54,10 @@ if [ "${WRITE_DOCS:-0}" = 1 ]; then
     exit 1
   fi
 fi
+if [ "${PGO:-0}" = 1 ] && [ "$PROFILE" != release ]; then
+  echo "PGO=1 needs PROFILE=release: benches/pgo.sh builds the release profile" >&2
+  exit 1
+fi
 mkdir -p "$OUT"
 
 command -v cmake >/dev/null || { apt-get update -qq && apt-get install -y -qq cmake >/dev/null; }
@@ -68,7 +72,6 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 PROFILE_DIR="$TARGET/$(if [ "$PROFILE" = dev ]; then echo debug; else echo "$PROFILE"; fi)"
 BIN="$PROFILE_DIR/keygate"
 if [ "${PGO:-0}" = 1 ]; then
-  [ "$PROFILE" = release ] || { echo "PGO=1 needs PROFILE=release" >&2; exit 1; }
   BIN=$("$ROOT/benches/pgo.sh" | tail -n 1)
 fi
 FLOOR_BIN="$PROFILE_DIR/examples/pingora_baseline"
