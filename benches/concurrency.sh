@@ -91,8 +91,7 @@ fi
 (cd "$WORK/keygate" && exec taskset -c "$GATEWAY_CPU" "$BINARY" serve --config "$WORK/keygate/keygate.yaml" \
   >"$WORK/keygate.log" 2>&1) &
 KEYGATE_PID=$!
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$((KEYGATE_PORT + 1))/readyz" && break; sleep 0.1; done
-curl -sf -o /dev/null "http://127.0.0.1:$((KEYGATE_PORT + 1))/readyz" || { cat "$WORK/keygate.log" >&2; exit 1; }
+wait_ready $((KEYGATE_PORT + 1)) "$WORK/keygate.log"
 KEYGATE_SECRET=$(cat "$WORK/keygate/secret")
 
 # upstream_ports MOCK_PORT: the proxy-side port of every socket between a proxy and MOCK_PORT.

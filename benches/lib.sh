@@ -1,8 +1,21 @@
-# Helpers that benches/paired.sh and benches/latency.sh source.
+# Helpers that the load benches source.
 
 # The load set-up they drive: the nginx mock upstream and proxy (mock.sh) and the wrk script.
 LOAD="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/load"
 CHAT_LUA="$LOAD/chat.lua"
+
+# wait_ready ADMIN_PORT LOG [SECONDS]: wait up to SECONDS (default 10) for a keygate's /readyz on
+# 127.0.0.1:ADMIN_PORT; if it never answers, print the gateway's LOG and exit.
+wait_ready() {
+  local _
+  for _ in $(seq $((${3:-10} * 10))); do
+    curl -sf -o /dev/null "http://127.0.0.1:$1/readyz" && return
+    sleep 0.1
+  done
+  echo "keygate on admin port $1 did not become ready; its log:" >&2
+  cat "$2" >&2
+  exit 1
+}
 
 # listening PORT: whether something accepts connections on 127.0.0.1:PORT.
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

@@ -25,7 +25,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
-LOAD="$ROOT/benches/load"
+# shellcheck source=benches/lib.sh
+. "$ROOT/benches/lib.sh"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 SECONDS_PER_LOAD="${PGO_SECONDS:-3}"
 HOST=$(rustc -vV | sed -n 's/^host: //p')
@@ -163,8 +164,7 @@ ulimit -n "$(ulimit -Hn)"
 (cd "$POLICY" && exec "$BIN" serve --config "$POLICY/keygate.yaml" >"$WORK/keygate.log" 2>&1) &
 GATEWAY=$!
 PIDS+=("$GATEWAY")
-for _ in $(seq 300); do curl -sf -o /dev/null http://127.0.0.1:18171/readyz && break; sleep 0.2; done
-curl -sf -o /dev/null http://127.0.0.1:18171/readyz || { cat "$WORK/keygate.log" >&2; exit 1; }
+wait_ready 18171 "$WORK/keygate.log" 60
 
 URL=http://127.0.0.1:18170
 # load KEY PATH CONNECTIONS OUTCOME [ENV...]: one workload through chat.lua. OUTCOME is `served` or
@@ -175,7 +175,7 @@ load() {
   secret=$(cat "$POLICY/$1.secret")
   shift 4
   result=$(env BENCH_AUTH="Bearer $secret" "$@" wrk -t1 -c"$connections" -d"${SECONDS_PER_LOAD}s" \
-    -s "$LOAD/chat.lua" "$URL$path" | grep -E '^RESULT')
+    -s "$CHAT_LUA" "$URL$path" | grep -E '^RESULT')
   echo "$result" >&2
   requests=$(sed -n 's/.* requests=\([0-9]*\).*/\1/p' <<<"$result")
   refused=$(sed -n 's/.* non2xx=\([0-9]*\).*/\1/p' <<<"$result")

@@ -42,8 +42,7 @@ grep -q ":$UPSTREAM_PORT" "$WORK/keygate/keygate.yaml" || { echo "the policy has
   >"$WORK/keygate.log" 2>&1) &
 KEYGATE_PID=$!
 PIDS+=($KEYGATE_PID)
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$((KEYGATE_PORT + 1))/readyz" && break; sleep 0.1; done
-curl -sf -o /dev/null "http://127.0.0.1:$((KEYGATE_PORT + 1))/readyz" || { cat "$WORK/keygate.log" >&2; exit 1; }
+wait_ready $((KEYGATE_PORT + 1)) "$WORK/keygate.log"
 SECRET=$(cat "$WORK/keygate/secret")
 
 clients() { # PORT BEARER

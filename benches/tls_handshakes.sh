@@ -87,8 +87,7 @@ grep -q "ca_file" "$WORK/keygate/keygate.yaml" || { echo "the policy has no prov
 (cd "$WORK/keygate" && exec taskset -c "$GATEWAY_CPU" "$BINARY" serve --config "$WORK/keygate/keygate.yaml" \
   >"$WORK/keygate.log" 2>&1) &
 KEYGATE_PID=$!
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$((KEYGATE_PORT + 1))/readyz" && break; sleep 0.1; done
-curl -sf -o /dev/null "http://127.0.0.1:$((KEYGATE_PORT + 1))/readyz" || { cat "$WORK/keygate.log" >&2; exit 1; }
+wait_ready $((KEYGATE_PORT + 1)) "$WORK/keygate.log"
 
 out=$(BENCH_AUTH="Bearer $(cat "$WORK/keygate/secret")" taskset -c "$WRK_CPU" wrk -t2 -c"$CONNECTIONS" \
   -d"${SECONDS_PER_RUN}s" -s "$CHAT_LUA" "http://127.0.0.1:$KEYGATE_PORT/v1/chat/completions" 2>&1)
