@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 #[cfg(target_os = "linux")]
 use tokio::io::Interest;
-use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
+use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf}; // keygate patch: no BufWriter
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
@@ -415,6 +415,147 @@ impl L4BufferSettings {
     /// Resolved write buffer size after applying defaults.
     pub fn write_capacity(&self) -> usize {
         self.write.unwrap_or(DEFAULT_L4_WRITE_BUFFER_SIZE)
+    }
+}
+
+// keygate patch: the write buffer is allocated when a write first needs it and given back by
+// the flush that empties it. tokio's `BufWriter`, which 0.9.1 uses here, allocates its buffer
+// when the stream is made and keeps it until the stream closes, so every open connection held
+// its 1,460 bytes while it waited: a stream between its events, a kept-alive connection between
+// requests. The writes and flushes are tokio's `BufWriter`'s.
+/// A write buffer of a fixed capacity that holds memory only while it holds bytes to send.
+#[derive(Debug)]
+struct BufWriter<W> {
+    inner: W,
+    buf: Vec<u8>,
+    /// How much of `buf` has been written to `inner`.
+    written: usize,
+    capacity: usize,
+}
+
+impl<W: AsyncWrite + Unpin> BufWriter<W> {
+    fn with_capacity(capacity: usize, inner: W) -> Self {
+        BufWriter {
+            inner,
+            buf: Vec::new(),
+            written: 0,
+            capacity,
+        }
+    }
+
+    fn get_ref(&self) -> &W {
+        &self.inner
+    }
+
+    fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
+    /// Anything still buffered is lost.
+    fn into_inner(self) -> W {
+        self.inner
+    }
+
+    fn poll_flush_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.buf.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "failed to write the buffered data",
+                    )))
+                }
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.buf.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn buffer(&mut self, data: &[u8]) {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve_exact(self.capacity);
+        }
+        self.buf.extend_from_slice(data);
+    }
+}
+
+impl<W: AsyncRead + AsyncWrite + Unpin> AsyncRead for BufWriter<W> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for BufWriter<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.buf.len() + data.len() > this.capacity {
+            std::task::ready!(this.poll_flush_buf(cx))?;
+        }
+        if data.len() >= this.capacity {
+            Pin::new(&mut this.inner).poll_write(cx, data)
+        } else {
+            this.buffer(data);
+            Poll::Ready(Ok(data.len()))
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if !this.inner.is_write_vectored() {
+            // One slice at a time, as a writer without vectored writes takes them.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            return Pin::new(this).poll_write(cx, first);
+        }
+        let total = bufs
+            .iter()
+            .fold(0usize, |acc, b| acc.saturating_add(b.len()));
+        if this.buf.len().saturating_add(total) > this.capacity {
+            std::task::ready!(this.poll_flush_buf(cx))?;
+        }
+        if total >= this.capacity {
+            Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        } else {
+            for b in bufs {
+                this.buffer(b);
+            }
+            Poll::Ready(Ok(total))
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_flush_buf(cx))?;
+        this.buf = Vec::new();
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_flush_buf(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
@@ -1031,6 +1172,54 @@ mod tests {
         let n = stream.read(buffer.as_mut_slice()).await.unwrap();
         assert_eq!(n, message.len());
         assert!(stream.rx_ts.is_none());
+    }
+
+    // keygate patch: the write buffer holds memory only while it holds bytes.
+    #[tokio::test]
+    async fn a_flushed_stream_holds_no_write_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut received = Vec::new();
+            stream.read_to_end(&mut received).await.unwrap();
+            received
+        });
+        let mut stream: Stream = TcpStream::connect(addr).await.unwrap().into();
+        stream.set_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
+        let capacity = |stream: &Stream| stream.stream().writer().buf.capacity();
+        assert_eq!(capacity(&stream), 0, "no buffer before the first write");
+
+        stream.write_all(b"head ").await.unwrap();
+        stream.write_all(b"body ").await.unwrap();
+        assert!(capacity(&stream) >= DEFAULT_L4_WRITE_BUFFER_SIZE);
+        assert_eq!(stream.stream().writer().buf, b"head body ");
+        stream.flush().await.unwrap();
+        assert_eq!(capacity(&stream), 0, "the flush gives the buffer back");
+
+        let large = vec![b'x'; 3 * DEFAULT_L4_WRITE_BUFFER_SIZE];
+        stream.write_all(&large).await.unwrap();
+        assert_eq!(
+            capacity(&stream),
+            0,
+            "a write larger than the buffer goes straight out"
+        );
+
+        let slices = [
+            std::io::IoSlice::new(b" one"),
+            std::io::IoSlice::new(b" two"),
+        ];
+        let n = stream.write_vectored(&slices).await.unwrap();
+        assert_eq!(n, 8);
+        stream.write_all(b" three").await.unwrap();
+        stream.flush().await.unwrap();
+        assert_eq!(capacity(&stream), 0);
+        AsyncWriteExt::shutdown(&mut stream).await.unwrap();
+
+        let mut expected = b"head body ".to_vec();
+        expected.extend_from_slice(&large);
+        expected.extend_from_slice(b" one two three");
+        assert_eq!(peer.await.unwrap(), expected);
     }
 
     #[tokio::test]
