@@ -422,7 +422,8 @@ impl L4BufferSettings {
 // the flush that empties it. tokio's `BufWriter`, which 0.9.1 uses here, allocates its buffer
 // when the stream is made and keeps it until the stream closes, so every open connection held
 // its 1,460 bytes while it waited: a stream between its events, a kept-alive connection between
-// requests. The writes and flushes are tokio's `BufWriter`'s.
+// requests. The writes and flushes are tokio's `BufWriter`'s, and so is the name, so that the
+// code using it stays 0.9.1's.
 /// A write buffer of a fixed capacity that holds memory only while it holds bytes to send.
 #[derive(Debug)]
 struct BufWriter<W> {
