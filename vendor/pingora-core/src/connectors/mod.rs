@@ -15,7 +15,6 @@
 //! Connecting to servers
 
 pub mod http;
-mod idle; // keygate patch
 pub mod l4;
 #[cfg(feature = "any_tls")]
 mod tls;
@@ -180,8 +179,6 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
-    // keygate patch: one watcher for the pool's idle connections, see `idle`
-    idle: Arc<idle::IdleConnections>,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -213,7 +210,6 @@ impl TransportConnector {
             preferred_http_version: PreferredHttpVersion::new(),
             unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
             keepalive_pool_callback,
-            idle: Arc::new(idle::IdleConnections::new()), // keygate patch
         }
     }
 
@@ -326,19 +322,6 @@ impl TransportConnector {
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
         let stream = Arc::new(Mutex::new(stream));
-        // keygate patch: without a callback to tell of evictions, the pool's idle connections
-        // are watched by one task for all of them (`idle`), not one task each.
-        if self.keepalive_pool_callback.is_none() {
-            let _ = self.connection_pool.put(&meta, stream.clone());
-            self.idle.watch(
-                &self.connection_pool,
-                &self.unexpected_data_conn_count,
-                meta,
-                &stream,
-                idle_timeout,
-            );
-            return;
-        }
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
         let idle_meta = IdleConnection::new(meta);
