@@ -8,7 +8,8 @@
 //! the removed endpoint (requests still running on the previous snapshot finish undisturbed; past
 //! the provider's `idle_timeout` the pool has closed everything anyway), then finds the process's
 //! sockets connected there (`/proc/net/tcp*`, `/proc/self/fd`) and shuts each down. The pool's
-//! watch on an idle connection sees the end of the stream and drops the connection.
+//! watch on its idle connections (vendor/README.md) sees the end of the stream within a second
+//! and drops the connection.
 //!
 //! A descriptor is shut down only if it still refers to the socket found (same inode), since a
 //! descriptor number can be closed and reused between the scan and the shutdown.

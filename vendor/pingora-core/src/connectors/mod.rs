@@ -15,6 +15,7 @@
 //! Connecting to servers
 
 pub mod http;
+mod idle; // keygate patch
 pub mod l4;
 #[cfg(feature = "any_tls")]
 mod tls;
@@ -179,6 +180,8 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
+    // keygate patch: one watcher for the pool's idle connections, see `idle`
+    idle: Arc<idle::IdleConnections>,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -210,6 +213,7 @@ impl TransportConnector {
             preferred_http_version: PreferredHttpVersion::new(),
             unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
             keepalive_pool_callback,
+            idle: Arc::new(idle::IdleConnections::new()), // keygate patch
         }
     }
 
@@ -255,6 +259,11 @@ impl TransportConnector {
                 {
                     let _ = s.lock().await;
                 } // wait for the idle poll to release it
+                // keygate patch: yield once, as 0.9.1's watcher made the request wait for it to
+                // let go. The requests that took a connection then resume together after the
+                // runtime's next look at its sockets and go upstream back to back; each going
+                // alone cost throughput at every connection count (vendor/README.md).
+                tokio::task::yield_now().await;
                 match Arc::try_unwrap(s) {
                     Ok(l) => {
                         let mut stream = l.into_inner();
@@ -322,6 +331,19 @@ impl TransportConnector {
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
         let stream = Arc::new(Mutex::new(stream));
+        // keygate patch: without a callback to tell of evictions, the pool's idle connections
+        // are watched by one task for all of them (`idle`), not one task each.
+        if self.keepalive_pool_callback.is_none() {
+            let _ = self.connection_pool.put(&meta, stream.clone());
+            self.idle.watch(
+                &self.connection_pool,
+                &self.unexpected_data_conn_count,
+                meta,
+                &stream,
+                idle_timeout,
+            );
+            return;
+        }
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
         let idle_meta = IdleConnection::new(meta);
