@@ -259,11 +259,6 @@ impl TransportConnector {
                 {
                     let _ = s.lock().await;
                 } // wait for the idle poll to release it
-                // keygate patch: yield once, as 0.9.1's watcher made the request wait for it to
-                // let go. The requests that took a connection then resume together after the
-                // runtime's next look at its sockets and go upstream back to back; each going
-                // alone cost throughput at every connection count (vendor/README.md).
-                tokio::task::yield_now().await;
                 match Arc::try_unwrap(s) {
                     Ok(l) => {
                         let mut stream = l.into_inner();
