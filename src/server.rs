@@ -208,7 +208,8 @@ pub fn build_with(
             metrics.clone(),
             drain.clone(),
         )
-        .with_upstreams(upstreams.clone()),
+        .with_upstreams(upstreams.clone())
+        .with_data_plane_threads(threads),
     );
     let mut proxy = Service::new(
         "keygate data plane".to_owned(),

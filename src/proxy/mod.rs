@@ -41,6 +41,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use refusal::Refusal;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 /// The keygate proxy: the live policy and the state that outlives policy snapshots.
@@ -52,6 +53,9 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     drain: Arc<Drain>,
     upstreams: Arc<UpstreamRegistry>,
+    /// For how many requests in flight to one endpoint their sends wait for each other
+    /// (`route::send_together`).
+    send_together: RangeInclusive<u32>,
 }
 
 impl Gateway {
@@ -71,12 +75,19 @@ impl Gateway {
             metrics,
             drain,
             upstreams: Arc::new(UpstreamRegistry::new()),
+            send_together: route::send_together_range(1),
         }
     }
 
     /// Shares `registry` (endpoint health, load and counters) with the rest of the server.
     pub fn with_upstreams(mut self, registry: Arc<UpstreamRegistry>) -> Self {
         self.upstreams = registry;
+        self
+    }
+
+    /// Serves on `threads` data-plane threads.
+    pub fn with_data_plane_threads(mut self, threads: usize) -> Self {
+        self.send_together = route::send_together_range(threads);
         self
     }
 
@@ -182,13 +193,17 @@ impl ProxyHttp for Gateway {
         Ok(true)
     }
 
-    /// Route: the endpoint for this attempt.
+    /// Route: the endpoint for this attempt, and the others' sends to it to go out with.
     async fn upstream_peer(
         &self,
         _session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        route::peer(&self.upstreams, ctx)
+        let peer = route::peer(&self.upstreams, ctx)?;
+        if route::send_together(ctx, &self.send_together) {
+            tokio::task::yield_now().await;
+        }
+        Ok(peer)
     }
 
     /// Route: a connect failure may be retried elsewhere.
