@@ -85,7 +85,8 @@ impl Gateway {
         self
     }
 
-    /// Serves on `threads` data-plane threads.
+    /// Sizes what depends on the data plane's thread count (the server's `threads`): the in-flight
+    /// range of `route::send_together`.
     pub fn with_data_plane_threads(mut self, threads: usize) -> Self {
         self.send_together = route::send_together_range(threads);
         self
