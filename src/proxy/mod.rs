@@ -23,6 +23,7 @@ pub mod refusal;
 pub mod respond;
 pub mod route;
 pub mod texts;
+pub mod together;
 
 use crate::accounting::Recorder;
 use crate::limits::fleet::revocation::Revoked;
@@ -53,9 +54,9 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     drain: Arc<Drain>,
     upstreams: Arc<UpstreamRegistry>,
-    /// For how many requests in flight to one endpoint their sends wait for each other
-    /// (`route::send_together`).
-    send_together: RangeInclusive<u32>,
+    /// For how many requests in flight to one endpoint a request's writes wait for the others'
+    /// (`together`).
+    together: RangeInclusive<u32>,
 }
 
 impl Gateway {
@@ -75,7 +76,7 @@ impl Gateway {
             metrics,
             drain,
             upstreams: Arc::new(UpstreamRegistry::new()),
-            send_together: route::send_together_range(1),
+            together: together::in_flight_range(1),
         }
     }
 
@@ -86,9 +87,9 @@ impl Gateway {
     }
 
     /// Sizes what depends on the data plane's thread count (the server's `threads`): the in-flight
-    /// range of `route::send_together`.
+    /// range of `together`.
     pub fn with_data_plane_threads(mut self, threads: usize) -> Self {
-        self.send_together = route::send_together_range(threads);
+        self.together = together::in_flight_range(threads);
         self
     }
 
@@ -201,9 +202,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         let peer = route::peer(&self.upstreams, ctx)?;
-        if route::send_together(ctx, &self.send_together) {
-            tokio::task::yield_now().await;
-        }
+        together::wait_for_the_others(ctx, &self.together).await;
         Ok(peer)
     }
 
@@ -299,14 +298,17 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    /// Respond: keygate's headers on the provider's response head.
+    /// Respond: keygate's headers on the provider's response head, and the others' answers to go
+    /// out with.
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        respond::response_head(session, ctx, upstream_response)
+        respond::response_head(session, ctx, upstream_response)?;
+        together::wait_for_the_others(ctx, &self.together).await;
+        Ok(())
     }
 
     /// Respond: the body passes through while its usage is read (and, for keys with response

@@ -5,10 +5,6 @@
 //! hook (connect, proxying, a 429/5xx header, a stalled stream); each lands here, feeds the
 //! endpoint's health, and asks the request's attempt state machine (`upstream::attempt`) whether
 //! to retry, fall back to another model, or give up.
-//!
-//! While an endpoint has tens to hundreds of requests in flight, an attempt lets the others the
-//! runtime is about to route catch up before it goes ([`send_together`]), so that their sends
-//! reach the endpoint back to back and wake it once rather than once each.
 
 use super::body;
 use super::ctx::{Admitted, RequestCtx};
@@ -24,35 +20,8 @@ use pingora::prelude::*;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Requests in flight to one endpoint, per data-plane thread, for which an attempt waits for the
-/// others about to go there. With fewer, too few come together to pay for the wait; with more,
-/// the sends are dense already. Either way the wait's cost, one more turn of the runtime and one
-/// more poll of the request, is more than it saves (docs/performance.md, Concurrency).
-const SEND_TOGETHER_PER_THREAD: RangeInclusive<u32> = 16..=256;
-
-/// The in-flight counts of an endpoint for which its sends go together, on `threads` data-plane
-/// threads.
-pub fn send_together_range(threads: usize) -> RangeInclusive<u32> {
-    let threads = u32::try_from(threads.max(1)).unwrap_or(u32::MAX);
-    let (from, to) = SEND_TOGETHER_PER_THREAD.into_inner();
-    from.saturating_mul(threads)..=to.saturating_mul(threads)
-}
-
-/// Whether the attempt just routed should yield before it takes a connection.
-///
-/// A request that yields here resumes after the runtime's next look at its sockets, together
-/// with the requests that became ready in the same turn and reached this point too; their sends
-/// then go out back to back, and an endpoint that sleeps between requests is woken once for all
-/// of them rather than once each.
-pub fn send_together(ctx: &RequestCtx, range: &RangeInclusive<u32>) -> bool {
-    ctx.upstream
-        .current()
-        .is_some_and(|attempt| range.contains(&attempt.state.in_flight()))
-}
 
 /// The peer for the next attempt; switches to a fallback model first when one is due.
 pub fn peer(upstreams: &UpstreamRegistry, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
@@ -349,24 +318,4 @@ pub fn response_chunk(ctx: &mut RequestCtx, end_of_stream: bool) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sends_wait_for_each_other_only_while_an_endpoint_has_a_moderate_load() {
-        let one_thread = send_together_range(1);
-        assert_eq!(one_thread, SEND_TOGETHER_PER_THREAD);
-        assert!(!one_thread.contains(&1), "alone in flight");
-        assert!(!one_thread.contains(&15));
-        assert!(one_thread.contains(&16));
-        assert!(one_thread.contains(&256));
-        assert!(!one_thread.contains(&257), "sends dense already");
-
-        assert_eq!(send_together_range(4), 64..=1024);
-        assert_eq!(send_together_range(0), one_thread);
-        assert_eq!(send_together_range(usize::MAX), u32::MAX..=u32::MAX);
-    }
 }
