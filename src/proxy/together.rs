@@ -1,5 +1,5 @@
-//! Writes that go together: under load, a request yields once before it sends to its provider
-//! (in the route step) and once before it answers its client (in the respond step).
+//! Writes that go together: under moderate load, a request yields once before it sends to its
+//! provider (in the route step) and once before it answers its client (in the respond step).
 //!
 //! A request that yields resumes after the runtime's next look at its sockets, together with
 //! the other requests that became ready in the same turn and reached the same point. Their writes
