@@ -11,8 +11,8 @@
 //! The wait costs a turn of the runtime and one more poll of the request, so a request waits only
 //! while its endpoint has [`IN_FLIGHT_PER_THREAD`] requests in flight per data-plane thread. With
 //! fewer there is too little to gather. With more, each turn finds so many requests ready that
-//! their writes come close together anyway, and in the profile-guided build the wait then cost
-//! more than it saved.
+//! their writes come close together anyway, and the wait then cost more than it saved in the
+//! profile-guided build on a shared core.
 
 use super::ctx::RequestCtx;
 use std::ops::RangeInclusive;
