@@ -116,7 +116,8 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upstream_is_upgrade_req = is_h1_upgrade_req(&req); // keygate patch
+        session.set_upstream_h1_upgrade_request_status(upstream_is_upgrade_req);
 
         session.upstream_compression.request_filter(&req);
 
@@ -142,11 +143,22 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
+        session.as_mut().enable_retry_buffering(); // keygate patch: before the pipes
+
+        // keygate patch: a request read whole before it was proxied takes one loop (see
+        // `proxy_whole_request`)
+        if downstream_custom_message_writer.is_none() && downstream_custom_message_reader.is_none()
+        {
+            if let Some(body) = whole_request_body(session, upstream_is_upgrade_req) {
+                return self
+                    .proxy_whole_request(session, client_session, body, ctx)
+                    .await;
+            }
+        }
+
         // keygate patch: task_pipe's pipes, not tokio's mpsc channels (see task_pipe)
         let (tx_upstream, rx_upstream) = task_pipe::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = task_pipe::channel::<HttpTask>(TASK_BUFFER_SIZE);
-
-        session.as_mut().enable_retry_buffering();
 
         // Shared signal so the upstream half can distinguish an expected task-pipe
         // closure (the downstream half finished and dropped rx) from an unexpected one.
@@ -407,17 +419,9 @@ where
                 // skip downstream filtering entirely as the 304 will not be sent
                 break;
             }
-            #[cfg(feature = "upstream_modules")]
-            if let HttpTask::Header(header, end_of_stream) = &t {
-                self.inner
-                    .adjust_upstream_modules(session, header, *end_of_stream, ctx)
-                    .await?;
-            }
-            #[cfg(feature = "upstream_modules")]
-            session.upstream_modules_filter_task(&mut t).await?;
-            session.upstream_compression.response_filter(&mut t);
+            // keygate patch: the filters in one place, shared with `proxy_whole_request`
             let task = self
-                .h1_response_filter(session, t, ctx, serve_from_cache, range_body_filter, false)
+                .filter_upstream_task(session, t, ctx, serve_from_cache, range_body_filter)
                 .await?;
             if serve_from_cache.is_miss_header() {
                 response_state.enable_cached_response();
@@ -440,6 +444,116 @@ where
         let response_done = session.write_response_tasks(filtered_tasks).await?;
 
         Ok(Some(response_done))
+    }
+
+    /// keygate patch: proxies a request whose body was read whole before it was proxied (or that
+    /// has none), in one loop and without the two halves and their task pipes.
+    ///
+    /// Such a request has nothing left to read from the client, so the client's half of the
+    /// duplex loop only watches for the client going away. Here the body goes upstream first,
+    /// then each wake-up reads what the upstream sent, runs the response filters over it and
+    /// writes it to the client, while the client's socket is watched for a disconnect. Every
+    /// decision is the duplex loop's: a failed send of the body still forwards the upstream's
+    /// response and leaves the upstream connection unreused, a failed read reaches the client as
+    /// the error, and a response the client side completed before the upstream did leaves the
+    /// upstream connection unreused.
+    async fn proxy_whole_request(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        body: Option<Bytes>,
+        ctx: &mut SV::CTX,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        match self.run_whole_request(session, client_session, body, ctx).await {
+            Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                (downstream_can_reuse, upstream_can_reuse, None)
+            }
+            Err(e) => (false, false, Some(e)),
+        }
+    }
+
+    async fn run_whole_request(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        body: Option<Bytes>,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        if let Some(task) = self.filter_request_body(session, body, true, ctx).await? {
+            if let Err(e) = send_body_to1(client_session, Some(task)).await {
+                warn!("send error, draining read buf: {e}");
+                upstream_can_reuse = false;
+                send_error = Some(e);
+            }
+        }
+
+        let mut serve_from_cache = ServeFromCache::new();
+        let mut range_body_filter = RangeBodyFilter::new();
+        // Reading the client once the request is whole only ever fails or stays pending; this
+        // stops watching it should a session ever answer otherwise.
+        let mut watch_client = true;
+        let mut upstream_done = false;
+        let mut client_done = false;
+        while !upstream_done && !client_done {
+            let read = tokio::select! {
+                biased;
+                read = client_session.read_response_task() => read,
+                idle = session.downstream_session.read_body_or_idle(true), if watch_client => {
+                    idle.map_err(|e| e.into_down())?;
+                    watch_client = false;
+                    continue;
+                }
+            };
+            // What else the upstream has already sent goes to the client in the same write.
+            let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
+            let mut read = Some(read);
+            while let Some(result) = read.take() {
+                let task = match result {
+                    Ok(task) => task,
+                    Err(e) => {
+                        upstream_can_reuse = false;
+                        HttpTask::Failed(send_error.take().unwrap_or(e).into_up())
+                    }
+                };
+                upstream_done = task.is_end();
+                let task = self
+                    .filter_upstream_task(
+                        session,
+                        task,
+                        ctx,
+                        &mut serve_from_cache,
+                        &mut range_body_filter,
+                    )
+                    .await?;
+                tasks.push(task);
+                if !upstream_done && tasks.len() < TASK_BUFFER_SIZE {
+                    // tokio::task::unconstrained because now_or_never may yield None when the
+                    // future is ready
+                    read = tokio::task::unconstrained(client_session.read_response_task())
+                        .now_or_never();
+                }
+            }
+            BackOfTheQueue { requeued: false }.await;
+            client_done = session.write_response_tasks(tasks).await?;
+        }
+
+        let mut downstream_can_reuse = true;
+        if let Err(e) = session.as_mut().finish_body().await {
+            error!("Error finish sending body to downstream: {}", e);
+            downstream_can_reuse = false;
+        }
+        // An upstream response the client side completed first still has unread bytes.
+        Ok((downstream_can_reuse, upstream_can_reuse && upstream_done))
     }
 
     // todo use this function to replace bidirection_1to2()
@@ -1024,11 +1138,35 @@ where
     async fn send_body_to_pipe(
         &self,
         session: &mut Session,
-        mut data: Option<Bytes>,
+        data: Option<Bytes>, // keygate patch: no longer mut
         end_of_body: bool,
         tx: task_pipe::Permit<'_, HttpTask>, // keygate patch
         ctx: &mut SV::CTX,
     ) -> Result<bool>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // keygate patch: the filters in one place, shared with `proxy_whole_request`
+        let end_of_body = end_of_body || data.is_none();
+        if let Some(task) = self
+            .filter_request_body(session, data, end_of_body, ctx)
+            .await?
+        {
+            tx.send(task);
+        }
+        Ok(end_of_body)
+    }
+
+    /// keygate patch: runs the request body filters over a piece of the client's body and
+    /// makes the task that sends it upstream; `None` when the filters left nothing to send yet.
+    async fn filter_request_body(
+        &self,
+        session: &mut Session,
+        mut data: Option<Bytes>,
+        end_of_body: bool,
+        ctx: &mut SV::CTX,
+    ) -> Result<Option<HttpTask>>
     where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
@@ -1057,7 +1195,7 @@ where
          * Don't write 0 bytes to the network since it will be
          * treated as the terminating chunk */
         if !upstream_end_of_body && data.as_ref().is_some_and(|d| d.is_empty()) {
-            return Ok(false);
+            return Ok(None);
         }
 
         debug!(
@@ -1067,12 +1205,85 @@ where
 
         // upgraded body needs to be marked
         if session.was_upgraded() {
-            tx.send(HttpTask::UpgradedBody(data, upstream_end_of_body));
+            Ok(Some(HttpTask::UpgradedBody(data, upstream_end_of_body)))
         } else {
-            tx.send(HttpTask::Body(data, upstream_end_of_body));
+            Ok(Some(HttpTask::Body(data, upstream_end_of_body)))
         }
+    }
 
-        Ok(end_of_body)
+    /// keygate patch: runs the response filters over one task read from the upstream.
+    async fn filter_upstream_task(
+        &self,
+        session: &mut Session,
+        mut task: HttpTask,
+        ctx: &mut SV::CTX,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut RangeBodyFilter,
+    ) -> Result<HttpTask>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        #[cfg(feature = "upstream_modules")]
+        if let HttpTask::Header(header, end_of_stream) = &task {
+            self.inner
+                .adjust_upstream_modules(session, header, *end_of_stream, ctx)
+                .await?;
+        }
+        #[cfg(feature = "upstream_modules")]
+        session.upstream_modules_filter_task(&mut task).await?;
+        session.upstream_compression.response_filter(&mut task);
+        self.h1_response_filter(session, task, ctx, serve_from_cache, range_body_filter, false)
+            .await
+    }
+}
+
+/// keygate patch: a future that puts its task at the back of the run queue once, for
+/// `proxy_whole_request`.
+///
+/// In the duplex loop the upstream half hands what it read to the client half through a task
+/// pipe, whose wake-up of their shared task runs the write only after every other task the
+/// runtime already had ready. Writes to clients therefore leave together, after the reads, and
+/// each wake-up of a client finds more to read. Writing at once, straight after the read, cost
+/// more per request than the pipe saved; waiting here keeps the pipe's order without the pipe.
+struct BackOfTheQueue {
+    requeued: bool,
+}
+
+impl std::future::Future for BackOfTheQueue {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.requeued {
+            return std::task::Poll::Ready(());
+        }
+        self.requeued = true;
+        // tokio reschedules a task woken during its own poll behind the tasks already queued.
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
+/// keygate patch: the client's whole request body for `proxy_whole_request` (`None` when it has
+/// none), or `None` outside when the request must take the duplex loop: a body still to be read,
+/// an upgrade, which turns the connection into a two-way stream, or caching, whose loop the
+/// duplex one has.
+fn whole_request_body(session: &mut Session, upstream_is_upgrade_req: bool) -> Option<Option<Bytes>> {
+    if upstream_is_upgrade_req
+        || session.downstream_session.is_upgrade_req()
+        || session.cache.enabled()
+        || session.cache.bypassing()
+        || !session.as_mut().is_body_done()
+    {
+        return None;
+    }
+    match session.as_ref().get_retry_buffer() {
+        Some(body) => Some(Some(body)),
+        None if session.as_mut().is_body_empty() => Some(None),
+        None => None,
     }
 }
 
@@ -1271,5 +1482,195 @@ mod tests {
 
         assert_eq!(err.etype(), &InvalidHTTPHeader);
         assert_eq!(err.esource(), &ErrorSource::Upstream);
+    }
+
+    // keygate patch: tests of `proxy_whole_request` and `whole_request_body`
+    struct PassThrough;
+
+    #[async_trait]
+    impl ProxyHttp for PassThrough {
+        type CTX = ();
+
+        fn new_ctx(&self) -> Self::CTX {}
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            unreachable!("tests call proxy_1to1 directly")
+        }
+    }
+
+    const POST_HELLO: &[u8] =
+        b"POST /v1 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n\r\nhello";
+
+    /// A client's session whose request was read whole, as keygate reads it before routing,
+    /// and the client's end of the connection.
+    async fn whole_request_session(request: &[u8]) -> (Session, tokio::io::DuplexStream) {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client.write_all(request).await.unwrap();
+        let mut session = Session::new_h1(Box::new(server) as pingora_core::protocols::Stream);
+        session.read_request().await.unwrap();
+        session.as_mut().enable_retry_buffering();
+        while session.read_request_body().await.unwrap().is_some() {}
+        (session, client)
+    }
+
+    /// An upstream session and the upstream's end of its connection.
+    fn upstream() -> (HttpSessionV1, tokio::io::DuplexStream) {
+        let (upstream, proxy) = tokio::io::duplex(64 * 1024);
+        let session = HttpSessionV1::new(Box::new(proxy) as pingora_core::protocols::Stream);
+        (session, upstream)
+    }
+
+    async fn read_until(stream: &mut tokio::io::DuplexStream, end: &[u8]) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0; 1024];
+        while !got.windows(end.len()).any(|w| w == end) {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    fn peer() -> HttpPeer {
+        HttpPeer::new(("127.0.0.1", 80), false, String::new())
+    }
+
+    #[tokio::test]
+    async fn a_request_read_whole_is_proxied_and_both_connections_are_kept() {
+        let proxy = HttpProxy::new(PassThrough, Arc::new(ServerConf::default()));
+        let (mut session, mut client) = whole_request_session(POST_HELLO).await;
+        assert_eq!(
+            whole_request_body(&mut session, false),
+            Some(Some(Bytes::from_static(b"hello")))
+        );
+        let (mut client_session, mut upstream) = upstream();
+        let provider = tokio::spawn(async move {
+            let request = read_until(&mut upstream, b"hello").await;
+            upstream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+                .await
+                .unwrap();
+            (request, upstream)
+        });
+
+        let (client_reuse, upstream_reuse, error) = proxy
+            .proxy_1to1(&mut session, &mut client_session, &peer(), &mut ())
+            .await;
+
+        assert!(error.is_none(), "{error:?}");
+        assert!(client_reuse && upstream_reuse);
+        let (request, _upstream) = provider.await.unwrap();
+        assert!(request.starts_with(b"POST /v1 HTTP/1.1\r\n"));
+        let response = read_until(&mut client, b"hi").await;
+        assert!(response.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_mid_response_ends_the_request_and_neither_connection_is_kept() {
+        let proxy = HttpProxy::new(PassThrough, Arc::new(ServerConf::default()));
+        let (mut session, mut client) = whole_request_session(POST_HELLO).await;
+        let (mut client_session, mut upstream) = upstream();
+        let provider = tokio::spawn(async move {
+            read_until(&mut upstream, b"hello").await;
+            upstream
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+                )
+                .await
+                .unwrap();
+            // The rest of the response never comes.
+            upstream
+        });
+        let watcher = tokio::spawn(async move {
+            read_until(&mut client, b"first\r\n").await;
+            drop(client);
+        });
+
+        let (client_reuse, upstream_reuse, error) = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            proxy.proxy_1to1(&mut session, &mut client_session, &peer(), &mut ()),
+        )
+        .await
+        .expect("the client's going away ends the request");
+
+        watcher.await.unwrap();
+        assert!(!client_reuse && !upstream_reuse);
+        assert_eq!(error.unwrap().esource(), &ErrorSource::Downstream);
+        drop(provider);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_cut_mid_body_reaches_the_client_as_an_error() {
+        let proxy = HttpProxy::new(PassThrough, Arc::new(ServerConf::default()));
+        let (mut session, _client) = whole_request_session(POST_HELLO).await;
+        let (mut client_session, mut upstream) = upstream();
+        tokio::spawn(async move {
+            read_until(&mut upstream, b"hello").await;
+            upstream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+                .await
+                .unwrap();
+        });
+
+        let (client_reuse, upstream_reuse, error) = proxy
+            .proxy_1to1(&mut session, &mut client_session, &peer(), &mut ())
+            .await;
+
+        assert!(!client_reuse && !upstream_reuse);
+        assert_eq!(error.unwrap().esource(), &ErrorSource::Upstream);
+    }
+
+    #[tokio::test]
+    async fn a_body_the_upstream_did_not_take_still_gets_its_response_on_a_connection_not_kept() {
+        let proxy = HttpProxy::new(PassThrough, Arc::new(ServerConf::default()));
+        let body = vec![b'x'; 4096];
+        let mut request = b"POST /v1 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 4096\r\n\r\n".to_vec();
+        request.extend_from_slice(&body);
+        let (mut session, mut client) = whole_request_session(&request).await;
+        // A connection that holds less than the body, to an upstream that answers once it has
+        // the head and hangs up, so sending the body fails.
+        let (mut upstream, proxy_end) = tokio::io::duplex(64);
+        let mut client_session =
+            HttpSessionV1::new(Box::new(proxy_end) as pingora_core::protocols::Stream);
+        tokio::spawn(async move {
+            read_until(&mut upstream, b"\r\n\r\n").await;
+            upstream
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+                .await
+                .unwrap();
+        });
+
+        let (client_reuse, upstream_reuse, error) = proxy
+            .proxy_1to1(&mut session, &mut client_session, &peer(), &mut ())
+            .await;
+
+        assert!(error.is_none(), "{error:?}");
+        assert!(client_reuse && !upstream_reuse);
+        let response = read_until(&mut client, b"big!").await;
+        assert!(response.starts_with(b"HTTP/1.1 413 "));
+    }
+
+    #[tokio::test]
+    async fn only_a_request_read_whole_and_not_upgraded_takes_the_one_loop() {
+        let (mut session, _client) = whole_request_session(
+            b"GET /v1/models HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        )
+        .await;
+        assert_eq!(whole_request_body(&mut session, false), Some(None));
+        assert_eq!(whole_request_body(&mut session, true), None);
+
+        let mut upgrade = upgrade_request_session().await;
+        assert_eq!(whole_request_body(&mut upgrade, false), None);
+
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(POST_HELLO).await.unwrap();
+        let mut unread = Session::new_h1(Box::new(server) as pingora_core::protocols::Stream);
+        unread.read_request().await.unwrap();
+        assert_eq!(whole_request_body(&mut unread, false), None);
     }
 }
