@@ -60,8 +60,7 @@ cleanup() {
 trap cleanup EXIT
 
 # The bench mock's JSON chat server on two ports of its own, with room for every connection.
-sed -E -e "s/pid mock-nginx.pid;/pid mock.pid;\nworker_rlimit_nofile 65536;/" \
-  -e "s/worker_connections [0-9]+;/worker_connections 20000;/" \
+sed -E -e "s/pid mock-nginx.pid;/pid mock.pid;/" \
   -e "s/listen 127.0.0.1:18080 (.*);/listen 127.0.0.1:$MOCK_PORT_NGINX \1; listen 127.0.0.1:$MOCK_PORT_KEYGATE \1;/" \
   -e "s/listen 127.0.0.1:18081/listen 127.0.0.1:18085/; s/listen 127.0.0.1:18082/listen 127.0.0.1:18086/" \
   "$LOAD/mock-nginx.conf" >"$WORK/mock.conf"
