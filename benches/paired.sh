@@ -14,8 +14,8 @@
 # the inverse ratio of their CPU per request; noise from the host then strikes both sides at
 # the same instant, and rounds scatter far less than when the sides take turns.
 # A policy directory is one `benches/e2e.sh` writes (OUT/policy-keys, policy-limits, policy-full:
-# keygate.yaml and the load key's `secret`), with the bench mock upstream running
-# (`benches/load/mock.sh start`). Each is copied and given its own ports.
+# keygate.yaml and the load key's `secret`), with the bench mock upstream running on WRK_CPU
+# (`MOCK_CPUS=1 benches/load/mock.sh start`). Each is copied and given its own ports.
 # Either side may instead be `nginx -`, the bench's nginx reverse proxy (restarted pinned to
 # GATEWAY_CPU; its CPU is the master's and workers'), or `PATH floor`, Pingora's floor
 # (examples/pingora_baseline.rs built at PATH).
