@@ -4,9 +4,8 @@
 # `pool: {max_idle: POOL}`, nginx's `keepalive POOL`), so that neither wins by reusing more.
 # Each proxy runs pinned to GATEWAY_CPU (nginx with one worker), wrk and the mock upstream on
 # WRK_CPU, so that nothing but the proxy under test runs on its core, as a provider never runs on
-# the gateway's machine; at every
-# connection count wrk alternates runs between them (the order flips every round), so host noise
-# strikes both. Per run: RPS, p50/p99, CPU per request (user + sys of the proxy's process tree),
+# the gateway's machine. At every connection count wrk alternates runs between them (the order
+# flips every round), so host noise strikes both. Per run: RPS, p50/p99, CPU per request (user + sys of the proxy's process tree),
 # new upstream connections per 1,000 requests, the proxy's upstream sockets in TIME_WAIT after
 # the run, its resident memory, and how busy WRK_CPU was (near 100%, the load side may have capped
 # the run). Prints a markdown table of the medians over the rounds, with nginx's CPU per request
@@ -131,8 +130,9 @@ rss_kb() {
   echo "$total"
 }
 
-# cpu_busy_jiffies CPU: "busy total" jiffies of one CPU since boot, from /proc/stat.
-cpu_busy_jiffies() { awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
+# cpu_busy_jiffies CPU: "busy total" jiffies of one CPU since boot, from /proc/stat; the time the
+# hypervisor took it (steal) is in neither.
+cpu_busy_jiffies() { awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6 }' /proc/stat; }
 
 # ms WRK_LATENCY: a wrk latency ("812.00us", "1.20ms", "2.01s") in ms.
 ms() { awk -v v="$1" 'BEGIN { u = v; sub(/[0-9.]+/, "", u); x = v + 0
