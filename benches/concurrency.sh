@@ -54,6 +54,9 @@ if [ "$POOL" = none ]; then NGINX_POOL=128; else NGINX_POOL=$POOL; fi
 NGINX=${NGINX:-/usr/sbin/nginx}
 MOCK_PORT_NGINX=18083 MOCK_PORT_KEYGATE=18084 NGINX_PORT=18093 KEYGATE_PORT=18171
 ulimit -n "$(ulimit -Hn)"
+# This script's own tools (ss over thousands of sockets takes milliseconds) run on the load core
+# too; every process below inherits that unless it is pinned elsewhere.
+taskset -cp "$WRK_CPU" $$ >/dev/null
 WRK_SCRIPT=$CHAT_LUA
 [ -z "$RATE" ] || WRK_SCRIPT="$LOAD/paced.lua"
 
@@ -93,7 +96,7 @@ sed -E -e "s/^worker_processes .*/worker_processes 1;\nworker_rlimit_nofile 6553
 if [ -n "$MOCK_CPU" ]; then
   taskset -c "$MOCK_CPU" "$NGINX" -p "$WORK" -c "$WORK/mock.conf" -e "$WORK/mock-error.log"
 else
-  "$NGINX" -p "$WORK" -c "$WORK/mock.conf" -e "$WORK/mock-error.log"
+  taskset -c "0-$(($(nproc --all) - 1))" "$NGINX" -p "$WORK" -c "$WORK/mock.conf" -e "$WORK/mock-error.log"
 fi
 taskset -c "$GATEWAY_CPU" "$NGINX" -p "$WORK" -c "$WORK/proxy.conf" -e "$WORK/proxy-error.log"
 for _ in $(seq 50); do [ -f "$WORK/proxy.pid" ] && [ -f "$WORK/mock.pid" ] && break; sleep 0.1; done
