@@ -65,6 +65,11 @@ impl<T> Receiver<T> {
         self.queued.fetch_sub(1, Ordering::Relaxed);
         Ok(message)
     }
+
+    /// How many messages wait to be taken.
+    pub fn backlog(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -77,7 +82,9 @@ mod tests {
         tx.try_send(1).unwrap();
         tx.try_send(2).unwrap();
         assert!(matches!(tx.try_send(3), Err(TrySendError::Full(3))));
+        assert_eq!(rx.backlog(), 2, "the refused message is not counted");
         assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.backlog(), 1);
         tx.try_send(4).unwrap();
         assert_eq!(rx.try_recv(), Ok(2));
         assert_eq!(rx.try_recv(), Ok(4));
