@@ -17,7 +17,8 @@
 //! requests, today's figures), and persists when each key was last used beside its usage.
 //!
 //! Both threads run below the data plane's priority ([`crate::priority`]), so that their bursts
-//! wait for the requests on their core rather than the other way round.
+//! wait for the requests on their core rather than the other way round, and offer the core back
+//! every few dozen records unless their queue is filling up.
 
 pub mod activity;
 pub mod audit;
