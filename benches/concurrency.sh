@@ -23,7 +23,7 @@
 #        PERF (unset; a directory: `perf record -g` of keygate over each measured window, to
 #        PERF/keygate-CONNS-ROUND.data; perf's sampling adds to the CPU figures of those runs),
 #        PERF_FREQ (499: perf's samples per second), MOCK_CPU (WRK_CPU; empty: the mock unpinned,
-#        as this bench ran it before), PROVIDER_DELAY_MS (unset; a number: the mock
+#        free to run beside the proxy under test), PROVIDER_DELAY_MS (unset; a number: the mock
 #        answers each chat request that many ms after it arrives, as a provider does while it
 #        generates: each request holds a client and an upstream connection that long, so with
 #        RATE about RATE x delay requests are in flight, and without it one per connection; the

@@ -58,13 +58,13 @@ pub struct Slices {
 impl Slices {
     /// Notes one item handled; at the end of a slice, yields unless the loop is `behind` (its
     /// queue filling up), when finishing the burst comes first. Returns whether it yielded.
-    pub fn item_done(&mut self, behind: bool) -> bool {
+    pub fn item_done(&mut self, behind: impl FnOnce() -> bool) -> bool {
         self.items += 1;
         if self.items < ITEMS_PER_SLICE {
             return false;
         }
         self.items = 0;
-        if behind {
+        if behind() {
             return false;
         }
         std::thread::yield_now();
@@ -108,7 +108,7 @@ mod tests {
     fn a_burst_offers_its_core_once_a_slice() {
         let mut slices = Slices::default();
         let yields: Vec<u32> = (1..=3 * ITEMS_PER_SLICE)
-            .filter(|_| slices.item_done(false))
+            .filter(|_| slices.item_done(|| false))
             .collect();
         assert_eq!(
             yields,
@@ -119,11 +119,11 @@ mod tests {
     #[test]
     fn a_burst_that_falls_behind_keeps_its_core() {
         let mut slices = Slices::default();
-        assert!(!(1..=3 * ITEMS_PER_SLICE).any(|_| slices.item_done(true)));
+        assert!(!(1..=3 * ITEMS_PER_SLICE).any(|_| slices.item_done(|| true)));
         // Caught up, it yields again at the end of the next slice.
         assert_eq!(
             (1..=ITEMS_PER_SLICE)
-                .filter(|_| slices.item_done(false))
+                .filter(|_| slices.item_done(|| false))
                 .count(),
             1
         );

@@ -385,7 +385,7 @@ impl Booker {
                 match rx.try_recv() {
                     Ok(Message::Record(r)) => {
                         self.book(r);
-                        slices.item_done(falling_behind(&rx));
+                        slices.item_done(|| falling_behind(&rx));
                     }
                     Ok(Message::Flush(ack)) => acks.push(ack),
                     Err(TryRecvError::Empty) => break false,
@@ -488,7 +488,7 @@ fn write_audit(target: AuditTarget, mut writer: AuditWriter, rx: queue::Receiver
             match rx.try_recv() {
                 Ok(AuditMessage::Line(r)) => {
                     report(writer.write(&r));
-                    slices.item_done(falling_behind(&rx));
+                    slices.item_done(|| falling_behind(&rx));
                 }
                 Ok(AuditMessage::Flush(ack)) => {
                     report(writer.flush());

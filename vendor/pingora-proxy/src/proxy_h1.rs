@@ -1246,6 +1246,8 @@ where
 /// runtime already had ready. Writes to clients therefore leave together, after the reads, and
 /// each wake-up of a client finds more to read. Writing at once, straight after the read, cost
 /// more per request than the pipe saved; waiting here keeps the pipe's order without the pipe.
+/// Not `tokio::task::yield_now`: that defers the wake-up until the runtime next polls its
+/// sockets, a later point than the pipe's.
 struct BackOfTheQueue {
     requeued: bool,
 }
