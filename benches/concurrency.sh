@@ -7,8 +7,9 @@
 # the gateway's machine. At every connection count wrk alternates runs between them (the order
 # flips every round), so host noise strikes both. Per run: RPS, p50/p99, CPU per request (user + sys of the proxy's process tree),
 # new upstream connections per 1,000 requests, the proxy's upstream sockets in TIME_WAIT after
-# the run, its resident memory, and how busy WRK_CPU was (near 100%, the load side may have capped
-# the run). Prints a markdown table of the medians over the rounds, with nginx's CPU per request
+# the run, its resident memory, how busy WRK_CPU was (near 100%, the load side may have capped
+# the run), and the wake-up interrupts WRK_CPU received per request (a send that finds wrk or the
+# mock asleep on an idle load CPU costs the sender one). Prints a markdown table of the medians over the rounds, with nginx's CPU per request
 # over keygate's beside the RPS ratio: a load side near its limit caps nginx's RPS first, but not
 # what each request cost.
 #
@@ -39,7 +40,7 @@
 # proxy-side ports listed after it and not before. TIME_WAIT and RSS are read near the run's end.
 set -euo pipefail
 
-[ $# -eq 2 ] || { sed -n '2,31p' "$0"; exit 2; }
+[ $# -eq 2 ] || { sed -n '2,32p' "$0"; exit 2; }
 BINARY=$(realpath "$1") POLICY=$(realpath "$2")
 CONNECTIONS=${CONNECTIONS:-32 256 1024 4096} ROUNDS=${ROUNDS:-3} SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
 POOL=${POOL:-4096} GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1} RATE=${RATE:-}
@@ -137,18 +138,31 @@ rss_kb() {
 # hypervisor took it (steal) is in neither.
 cpu_busy_jiffies() { awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6 }' /proc/stat; }
 
+# wakeup_ipis CPU_LIST: the rescheduling and function-call interrupts CPU_LIST ("1", "0-1") has
+# received since boot. A process woken on an idle CPU of another vCPU costs one; on a virtual
+# machine whose idle vCPUs halt, that is among the dearest parts of a send.
+wakeup_ipis() {
+  awk -v list="$1" '
+    NR == 1 { n = split(list, parts, ","); for (k = 1; k <= n; k++) {
+                m = split(parts[k], r, "-"); for (c = r[1]; c <= r[m]; c++) want["CPU" c] = 1 }
+              for (i = 1; i <= NF; i++) if ($i in want) col[i + 1] = 1 }
+    $1 == "RES:" || $1 == "CAL:" { for (i in col) total += $i }
+    END { print total + 0 }' /proc/interrupts
+}
+
 # ms WRK_LATENCY: a wrk latency ("812.00us", "1.20ms", "2.01s") in ms.
 ms() { awk -v v="$1" 'BEGIN { u = v; sub(/[0-9.]+/, "", u); x = v + 0
   printf "%.2f", (u == "us" ? x / 1000 : u == "s" ? x * 1000 : x) }'; }
 
 # run SIDE CONNS: one wrk run against SIDE; prints
-# "RPS p50_ms p99_ms cpu_us_per_request new_upstream_per_1000 time_wait rss_mb load_cpu_busy_%".
+# "RPS p50_ms p99_ms cpu_us_per_request new_upstream_per_1000 time_wait rss_mb load_cpu_busy_%
+# load_wakeup_ipis_per_request".
 # Upstream connections are counted from 1 s into the run to 1 s before its end: wrk closes its
 # connections mid-request when a run ends, which makes a proxy drop the upstream connections of
 # those requests, and the next run's first moments replace them; steady state lies in between.
 run() {
   local side=$1 conns=$2 port pid mock auth before_ports before_ticks after_ports out after_ticks
-  local requests new tw t0 t1 rss load0 load1
+  local requests new tw t0 t1 rss load0 load1 ipi0 ipi1
   if [ "$side" = nginx ]; then port=$NGINX_PORT pid=$NGINX_PID mock=$MOCK_PORT_NGINX auth="Bearer none"
   else port=$KEYGATE_PORT pid=$KEYGATE_PID mock=$MOCK_PORT_KEYGATE auth="Bearer $KEYGATE_SECRET"; fi
   before_ticks=$(cpu_ticks "$pid")
@@ -158,11 +172,13 @@ run() {
   local wrk_pid=$!
   sleep 1
   before_ports=$(upstream_ports "$mock"); t0=$(date +%s.%N); load0=$(cpu_busy_jiffies "$WRK_CPU")
+  ipi0=$(wakeup_ipis "$WRK_CPU")
   if [ -n "$PERF" ] && [ "$side" = keygate ] && [ -n "${ROUND:-}" ]; then
     perf record -q -F "${PERF_FREQ:-499}" -g -p "$pid" -o "$PERF/keygate-$conns-$ROUND.data" -- sleep $((SECONDS_PER_RUN - 2)) 2>/dev/null
   else
     sleep $((SECONDS_PER_RUN - 2))
   fi
+  ipi1=$(wakeup_ipis "$WRK_CPU")
   after_ports=$(upstream_ports "$mock"); t1=$(date +%s.%N); load1=$(cpu_busy_jiffies "$WRK_CPU")
   tw=$(ss -tanH state time-wait "( dport = :$mock )" | grep -c . || true)
   rss=$(rss_kb "$pid")
@@ -176,10 +192,10 @@ run() {
     -v p50="$(ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")" \
     -v p99="$(ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")" \
     -v t=$((after_ticks - before_ticks)) -v n="$requests" -v hz="$(getconf CLK_TCK)" \
-    -v new="$new" -v window="$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" -v tw="$tw" -v rss="$rss" -v l0="$load0" -v l1="$load1" \
+    -v new="$new" -v window="$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" -v tw="$tw" -v rss="$rss" -v l0="$load0" -v l1="$load1" -v ipis=$((ipi1 - ipi0)) \
     'BEGIN { split(l0, a, " "); split(l1, b, " ")
-      printf "%.0f %.2f %.2f %.1f %.2f %d %.0f %.0f\n", r, p50, p99, t * 1e6 / hz / n, new * 1000 / (r * window), tw, rss / 1024,
-        100 * (b[1] - a[1]) / (b[2] - a[2]) }'
+      printf "%.0f %.2f %.2f %.1f %.2f %d %.0f %.0f %.2f\n", r, p50, p99, t * 1e6 / hz / n, new * 1000 / (r * window), tw, rss / 1024,
+        100 * (b[1] - a[1]) / (b[2] - a[2]), ipis / (r * window) }'
 }
 
 echo "keygate $BINARY, policy $POLICY, pool $POOL (nginx keepalive $NGINX_POOL), ${RATE:-unpaced} RPS offered, provider delay ${PROVIDER_DELAY_MS:-0} ms, $ROUNDS rounds of ${SECONDS_PER_RUN}s per side and connection count" >&2
@@ -197,7 +213,7 @@ for conns in $CONNECTIONS; do
   done
 done | tee "$WORK/runs.txt" >&2
 awk '
-  { key = $1 " " $2; n[key]++; for (i = 4; i <= 11; i++) v[key, i, n[key]] = $i
+  { key = $1 " " $2; n[key]++; for (i = 4; i <= 12; i++) v[key, i, n[key]] = $i
     rps[$1, $2, $3] = $4
     if (!($1 in seen)) { seen[$1] = 1; order[++c] = $1 } }
   function sorted(a, m,   k, j, t) {
@@ -207,8 +223,8 @@ awk '
     sorted(a, m)
     return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2 }
   END {
-    print "| connections | side | RPS | keygate/nginx RPS (range over rounds) | p50 ms | p99 ms | CPU µs/request | nginx/keygate CPU per request | new upstream connections per 1,000 requests | upstream TIME_WAIT | RSS MB | load CPU busy % |"
-    print "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    print "| connections | side | RPS | keygate/nginx RPS (range over rounds) | p50 ms | p99 ms | CPU µs/request | nginx/keygate CPU per request | new upstream connections per 1,000 requests | upstream TIME_WAIT | RSS MB | load CPU busy % | wake-up IPIs to the load CPU per request |"
+    print "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     for (k = 1; k <= c; k++) {
       conns = order[k]; m = n[conns " keygate"]
       for (r = 1; r <= m; r++) ratio[r] = rps[conns, "keygate", r] / rps[conns, "nginx", r]
@@ -218,9 +234,9 @@ awk '
         side = s == 1 ? "nginx" : "keygate"; key = conns " " side
         cell = s == 1 ? "" : sprintf("%.2f (%.2f-%.2f)", mid, ratio[1], ratio[m])
         cpu = s == 1 ? "" : sprintf("%.2f", median(conns " nginx", 7) / median(key, 7))
-        printf "| %s | %s | %d | %s | %.2f | %.2f | %.1f | %s | %.2f | %d | %d | %d |\n", conns, side,
+        printf "| %s | %s | %d | %s | %.2f | %.2f | %.1f | %s | %.2f | %d | %d | %d | %.2f |\n", conns, side,
           median(key, 4), cell, median(key, 5), median(key, 6), median(key, 7), cpu,
-          median(key, 8), median(key, 9), median(key, 10), median(key, 11)
+          median(key, 8), median(key, 9), median(key, 10), median(key, 11), median(key, 12)
       }
     }
   }' "$WORK/runs.txt"
