@@ -159,9 +159,11 @@ impl ProxyHttp for Gateway {
     /// long as the request, a stream's whole life; boxed, the context is held once.
     type CTX = Box<RequestCtx>;
 
-    /// Every request starts on the policy snapshot current at its arrival, and keeps it.
+    /// Every request starts on the policy snapshot current at its arrival, and keeps it. Built in
+    /// its box: `Box::new` would copy all of it in, the room its empty options keep for later
+    /// included, into heap memory that at thousands of connections has left the cache.
     fn new_ctx(&self) -> Box<RequestCtx> {
-        Box::new(RequestCtx::new(self.policy.load_full()))
+        Box::write(Box::new_uninit(), RequestCtx::new(self.policy.load_full()))
     }
 
     /// None. Pingora's default is a response-compression module, disabled, that every request

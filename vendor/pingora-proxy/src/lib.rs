@@ -1399,14 +1399,17 @@ where
     {
         // TODO: keepalive pool, use stack
         let mut session = match self.handle_new_request(session).await {
-            // keygate patch: boxed, as process_request takes it
-            Some(downstream_session) => Box::new(Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            )),
+            // keygate patch: boxed, as process_request takes it, and built in its box
+            Some(downstream_session) => Box::write(
+                Box::new_uninit(),
+                Session::new(
+                    downstream_session,
+                    &self.downstream_modules,
+                    #[cfg(feature = "upstream_modules")]
+                    &self.upstream_modules,
+                    self.shutdown_flag.clone(),
+                ),
+            ),
             None => return None, // bad request
         };
 
