@@ -1640,8 +1640,8 @@ where
         // Extract user context from the previous request before the session is moved into the Box
         let prev_user_ctx = session.take_connection_user_context();
         // keygate patch: the future is built in its box. Built on the stack and then boxed, all
-        // of it, sized for its largest state, was copied to the heap, though a new future holds
-        // only its arguments.
+        // of it, sized for its largest state, would be copied to the heap, though a new future
+        // holds only its arguments.
         let future = Box::write(
             Box::new_uninit(),
             self.process_boxed_http(Box::new(session), prev_user_ctx, shutdown),
