@@ -27,7 +27,7 @@ GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1}
 # shellcheck source=benches/lib.sh
 . "$(dirname "$0")/lib.sh"
 command -v valgrind >/dev/null || { echo "needs valgrind (Debian's valgrind package)" >&2; exit 2; }
-PORT=18175 ADMIN=18176
+PORT=18175 ADMIN=18176 # gateway_policy puts the admin API on PORT + 1
 ulimit -n "$(ulimit -Hn)"
 
 WORK=$(mktemp -d)
@@ -44,12 +44,7 @@ trap cleanup EXIT
 
 MOCK_CPUS=$WRK_CPU BENCH_PREFIX="$WORK/mock" bash "$LOAD/mock.sh" start >/dev/null
 
-cp -r "$POLICY" "$WORK/keygate"
-sed -i -E -e "s/^listen: .*/listen: 127.0.0.1:$PORT/" -e "s/^admin_listen: .*/admin_listen: 127.0.0.1:$ADMIN/" \
-  "$WORK/keygate/keygate.yaml"
-grep -q -- '- {url: "http://127.0.0.1:18080"}' "$WORK/keygate/keygate.yaml" ||
-  { echo "the policy has no provider at http://127.0.0.1:18080" >&2; exit 1; }
-sed -i -E "s#- \{url: \"http://127.0.0.1:18080\"\}#&\n    pool: {max_idle: $POOL, idle_timeout: 90s}#" "$WORK/keygate/keygate.yaml"
+gateway_policy "$POLICY" "$WORK/keygate" "$PORT" 18080 "$POOL"
 # shellcheck disable=SC2086 # CACHE holds several options
 (cd "$WORK/keygate" && exec taskset -c "$GATEWAY_CPU" valgrind --tool=callgrind --cache-sim=yes $CACHE \
   --callgrind-out-file="$DUMPS/callgrind.%p" "$BINARY" serve --config "$WORK/keygate/keygate.yaml" \

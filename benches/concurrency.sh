@@ -5,13 +5,14 @@
 # Each proxy runs pinned to GATEWAY_CPU (nginx with one worker), wrk and the mock upstream on
 # WRK_CPU, so that nothing but the proxy under test runs on its core, as a provider never runs on
 # the gateway's machine. At every connection count wrk alternates runs between them (the order
-# flips every round), so host noise strikes both. Per run: RPS, p50/p99, CPU per request (user + sys of the proxy's process tree),
-# new upstream connections per 1,000 requests, the proxy's upstream sockets in TIME_WAIT after
-# the run, its resident memory, how busy WRK_CPU was (near 100%, the load side may have capped
-# the run), and the wake-up interrupts WRK_CPU received per request (a send that finds wrk or the
-# mock asleep on an idle load CPU costs the sender one). Prints a markdown table of the medians over the rounds, with nginx's CPU per request
-# over keygate's beside the RPS ratio: a load side near its limit caps nginx's RPS first, but not
-# what each request cost.
+# flips every round), so host noise strikes both. Per run: RPS, p50/p99, CPU per request (user +
+# sys of the proxy's process tree), new upstream connections per 1,000 requests, the proxy's
+# upstream sockets in TIME_WAIT after the run, its resident memory, how busy WRK_CPU was (near
+# 100%, the load side may have capped the run), and the wake-up interrupts WRK_CPU received per
+# request (a send that finds wrk or the mock asleep on an idle load CPU costs the sender one).
+# Prints a markdown table of the medians over the rounds, with nginx's CPU per request over
+# keygate's beside the RPS ratio: a load side near its limit caps nginx's RPS first, but not what
+# each request cost.
 #
 # usage: benches/concurrency.sh BINARY POLICY
 #   POLICY: a policy directory benches/e2e.sh wrote (OUT/policy-full: 1,000 keys, every feature)
@@ -40,7 +41,7 @@
 # proxy-side ports listed after it and not before. TIME_WAIT and RSS are read near the run's end.
 set -euo pipefail
 
-[ $# -eq 2 ] || { sed -n '2,32p' "$0"; exit 2; }
+[ $# -eq 2 ] || { sed -n '2,33p' "$0"; exit 2; }
 BINARY=$(realpath "$1") POLICY=$(realpath "$2")
 CONNECTIONS=${CONNECTIONS:-32 256 1024 4096} ROUNDS=${ROUNDS:-3} SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
 POOL=${POOL:-4096} GATEWAY_CPU=${GATEWAY_CPU:-0} WRK_CPU=${WRK_CPU:-1} RATE=${RATE:-}
@@ -104,15 +105,8 @@ for _ in $(seq 50); do [ -f "$WORK/proxy.pid" ] && [ -f "$WORK/mock.pid" ] && br
 NGINX_PID=$(cat "$WORK/proxy.pid")
 
 # keygate on the policy, its mock provider moved to its own port and given the same pool.
-cp -r "$POLICY" "$WORK/keygate"
-sed -i -E -e "s/^listen: .*/listen: 127.0.0.1:$KEYGATE_PORT/" \
-  -e "s/^admin_listen: .*/admin_listen: 127.0.0.1:$((KEYGATE_PORT + 1))/" \
-  -e "s#- \{url: \"http://127.0.0.1:18080\"\}#- {url: \"http://127.0.0.1:$MOCK_PORT_KEYGATE\"}#" \
-  "$WORK/keygate/keygate.yaml"
-grep -q ":$MOCK_PORT_KEYGATE" "$WORK/keygate/keygate.yaml" || { echo "the policy has no provider at http://127.0.0.1:18080" >&2; exit 1; }
-if [ "$POOL" != none ]; then
-  sed -i -E "s#- \{url: \"http://127.0.0.1:$MOCK_PORT_KEYGATE\"\}#&\n    pool: {max_idle: $POOL, idle_timeout: 90s}#" "$WORK/keygate/keygate.yaml"
-fi
+if [ "$POOL" = none ]; then KEYGATE_POOL=""; else KEYGATE_POOL=$POOL; fi
+gateway_policy "$POLICY" "$WORK/keygate" "$KEYGATE_PORT" "$MOCK_PORT_KEYGATE" "$KEYGATE_POOL"
 (cd "$WORK/keygate" && exec taskset -c "$GATEWAY_CPU" "$BINARY" serve --config "$WORK/keygate/keygate.yaml" \
   >"$WORK/keygate.log" 2>&1) &
 KEYGATE_PID=$!
@@ -139,7 +133,7 @@ rss_kb() {
 cpu_busy_jiffies() { awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6 }' /proc/stat; }
 
 # wakeup_ipis CPU_LIST: the rescheduling and function-call interrupts CPU_LIST ("1", "0-1") has
-# received since boot. A process woken on an idle CPU of another vCPU costs one; on a virtual
+# received since boot. Waking a process on an idle vCPU from another costs one; on a virtual
 # machine whose idle vCPUs halt, that is among the dearest parts of a send.
 wakeup_ipis() {
   awk -v list="$1" '

@@ -38,3 +38,18 @@ require_2xx() {
   echo "$2" >&2
   exit 1
 }
+
+# gateway_policy POLICY DIR PORT PROVIDER_PORT [POOL]: a copy of POLICY in DIR for a bench's own
+# keygate, on 127.0.0.1:PORT with its admin API on PORT + 1, its mock provider
+# (http://127.0.0.1:18080 in the policies e2e.sh writes) moved to PROVIDER_PORT, and, given
+# POOL, that provider's idle pool set to POOL connections.
+gateway_policy() {
+  local yaml="$2/keygate.yaml" provider="http://127.0.0.1:$4"
+  cp -r "$1" "$2"
+  sed -i -E -e "s/^listen: .*/listen: 127.0.0.1:$3/" \
+    -e "s/^admin_listen: .*/admin_listen: 127.0.0.1:$(($3 + 1))/" \
+    -e "s#- \{url: \"http://127.0.0.1:18080\"\}#- {url: \"$provider\"}#" "$yaml"
+  grep -q -- "- {url: \"$provider\"}" "$yaml" ||
+    { echo "the policy has no provider at http://127.0.0.1:18080" >&2; exit 1; }
+  [ -z "${5:-}" ] || sed -i -E "s#- \{url: \"$provider\"\}#&\n    pool: {max_idle: $5, idle_timeout: 90s}#" "$yaml"
+}

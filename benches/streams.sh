@@ -35,12 +35,7 @@ taskset -c "$LOAD_CPU" "$SSE_LOAD" upstream "127.0.0.1:$UPSTREAM_PORT" "$INTERVA
 PIDS+=($!)
 for _ in $(seq 50); do listening "$UPSTREAM_PORT" && break; sleep 0.1; done
 
-cp -r "$POLICY" "$WORK/keygate"
-sed -i -E -e "s/^listen: .*/listen: 127.0.0.1:$KEYGATE_PORT/" \
-  -e "s/^admin_listen: .*/admin_listen: 127.0.0.1:$((KEYGATE_PORT + 1))/" \
-  -e "s#- \{url: \"http://127.0.0.1:18080\"\}#- {url: \"http://127.0.0.1:$UPSTREAM_PORT\"}#" \
-  "$WORK/keygate/keygate.yaml"
-grep -q ":$UPSTREAM_PORT" "$WORK/keygate/keygate.yaml" || { echo "the policy has no provider at http://127.0.0.1:18080" >&2; exit 1; }
+gateway_policy "$POLICY" "$WORK/keygate" "$KEYGATE_PORT" "$UPSTREAM_PORT"
 (cd "$WORK/keygate" && exec taskset -c "$GATEWAY_CPU" "$BINARY" serve --config "$WORK/keygate/keygate.yaml" \
   >"$WORK/keygate.log" 2>&1) &
 KEYGATE_PID=$!
