@@ -334,8 +334,18 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
+    let values = headers.get_all(header::CONTENT_LENGTH);
+    // keygate patch: the one plain number nearly every message has is read straight from its
+    // bytes. Framing is resolved up to six times a request, and the general path below validates
+    // the text, splits it at commas and trims each part.
+    let mut iter = values.iter();
+    if let (Some(only), None) = (iter.next(), iter.next()) {
+        if let Some(n) = from_digits(only.as_bytes()) {
+            return Some(n);
+        }
+    }
     let mut content_length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
+    for value in values {
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
         let line = value.to_str().ok()?;
