@@ -175,17 +175,38 @@ impl ConnectionNominations {
     }
 }
 
+/// keygate patch: the standard hop-by-hop headers, which [`strip_standard_hop_by_hop_headers`]
+/// removes.
+const STANDARD_HOP_BY_HOP: [&str; 10] = [
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    HTTP2_SETTINGS,
+];
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
-    req.remove_header(KEEP_ALIVE);
-    req.remove_header(PROXY_CONNECTION);
-    req.remove_header(&header::PROXY_AUTHENTICATE);
-    req.remove_header(&header::PROXY_AUTHORIZATION);
-    req.remove_header(&header::TE);
-    req.remove_header(&header::TRAILER);
-    req.remove_header(&header::TRANSFER_ENCODING);
-    req.remove_header(&header::CONNECTION);
-    req.remove_header(&header::UPGRADE);
-    req.remove_header(HTTP2_SETTINGS);
+    // keygate patch: one walk over the request's names finds those present, where 0.9.1 looked
+    // each of the ten up (hashing its name) in turn; most requests carry none or one.
+    let mut present = 0u16;
+    for name in req.headers.keys() {
+        if let Some(i) = STANDARD_HOP_BY_HOP
+            .iter()
+            .position(|hop| *hop == name.as_str())
+        {
+            present |= 1 << i;
+        }
+    }
+    for (i, hop) in STANDARD_HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            req.remove_header(*hop);
+        }
+    }
 }
 
 /// Set H1 `Host` from the URI or absolute-form authority.
@@ -559,6 +580,51 @@ mod tests {
                 .unwrap();
         }
         request
+    }
+
+    // keygate patch: the one walk over the names finds every hop-by-hop header, repeated or not,
+    // and leaves the rest.
+    #[test]
+    fn every_standard_hop_by_hop_header_is_stripped() {
+        let mut request = request_with_headers(&[
+            ("Host", "origin.example"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Proxy-Authenticate", "Basic"),
+            ("Proxy-Authorization", "Basic eA=="),
+            ("TE", "trailers"),
+            ("Trailer", "x-checksum"),
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "keep-alive"),
+            ("Connection", "x-hop"),
+            ("Upgrade", "h2c"),
+            ("HTTP2-Settings", "AAMAAABkAAQAAP__"),
+            ("Authorization", "Bearer k"),
+            ("X-Teapot", "1"),
+        ]);
+        strip_standard_hop_by_hop_headers(&mut request);
+        let mut left: Vec<&str> = request.headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "host", "x-teapot"]);
+        // The case-preserving map loses the same names: writing the head walks both maps in
+        // step, and panics where they differ.
+        let mut wire = Vec::new();
+        request.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire).unwrap().to_ascii_lowercase();
+        let mut lines: Vec<&str> = wire.split_terminator("\r\n").collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                "authorization: bearer k",
+                "host: origin.example",
+                "x-teapot: 1"
+            ]
+        );
+
+        let mut none = request_with_headers(&[("Host", "origin.example")]);
+        strip_standard_hop_by_hop_headers(&mut none);
+        assert_eq!(none.headers.len(), 1);
     }
 
     #[test]
