@@ -360,6 +360,10 @@ fn folds_to(name: &[u8], field: &str) -> bool {
     if name.len() < field.len() || name.len() > 3 * field.len() {
         return false;
     }
+    // The names bodies carry are ASCII, which folds one byte to one byte.
+    if name.is_ascii() {
+        return name.eq_ignore_ascii_case(field.as_bytes());
+    }
     let Ok(name) = std::str::from_utf8(name) else {
         return false;
     };
