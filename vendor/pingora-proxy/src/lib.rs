@@ -414,14 +414,11 @@ where
             Err(e) => return (false, Some(e)),
         };
 
-        // keygate patch: the upstream session is boxed as it comes from the connector. Matched
-        // by value, it stayed in the request's future three times over (the connector's result,
-        // the match binding, the session), for as long as the request.
-        let client_session = self
-            .client_upstream
-            .get_http_session(&*peer)
-            .await
-            .map(|(client_session, reused)| (Box::new(client_session), reused));
+        // keygate patch: the upstream session is boxed as it comes from the connector, which
+        // builds it in its box. Matched by value, it stayed in the request's future three times
+        // over (the connector's result, the match binding, the session), for as long as the
+        // request.
+        let client_session = self.client_upstream.get_boxed_http_session(&*peer).await;
         match client_session {
             Ok((mut client_session, client_reused)) => {
                 let (server_reused, error) = match client_session.as_mut() {
@@ -430,8 +427,13 @@ where
                             .proxy_to_h1_upstream(session, h1, client_reused, &peer, ctx)
                             .await;
                         if client_reuse {
+                            // keygate patch: released boxed, see `release_boxed_http_session`
                             self.client_upstream
-                                .release_http_session(*client_session, &*peer, peer.idle_timeout())
+                                .release_boxed_http_session(
+                                    client_session,
+                                    &*peer,
+                                    peer.idle_timeout(),
+                                )
                                 .await;
                         }
                         (server_reused, error)
@@ -563,9 +565,10 @@ where
             if let Some(uc) = self.inner.persist_connection_context(&session, ctx) {
                 persistent_settings.set_user_context(uc);
             }
+            // keygate patch: finished boxed, see `finish_boxed`
             session
                 .downstream_session
-                .finish()
+                .finish_boxed()
                 .await
                 .ok()
                 .flatten()
@@ -1218,9 +1221,10 @@ where
                     if let Some(uc) = self.inner.persist_connection_context(&session, &ctx) {
                         persistent_settings.set_user_context(uc);
                     }
+                    // keygate patch: finished boxed, see `finish_boxed`
                     return session
                         .downstream_session
-                        .finish()
+                        .finish_boxed()
                         .await
                         .ok()
                         .flatten()
@@ -1459,9 +1463,10 @@ where
             if let Some(uc) = self.inner.persist_connection_context(&session, ctx) {
                 persistent_settings.set_user_context(uc);
             }
+            // keygate patch: finished boxed, see `finish_boxed`
             session
                 .downstream_session
-                .finish()
+                .finish_boxed()
                 .await
                 .ok()
                 .flatten()

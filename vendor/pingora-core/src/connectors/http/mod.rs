@@ -133,6 +133,53 @@ where
         }
     }
 
+    /// keygate patch: [`Self::get_http_session`] with the session built in its box, as the proxy
+    /// holds it. Returned by value, a session is copied whole at each step up (the connector's
+    /// result, the tuple, the box), each time into a part of the request's future. A peer that
+    /// may speak h2 or a custom protocol takes `get_http_session`, boxed after.
+    pub async fn get_boxed_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        peer: &P,
+    ) -> Result<(Box<HttpSession<C::Session>>, bool)> {
+        let peer_opts = peer.get_peer_options();
+        let h1_only = peer_opts.is_none_or(|o| {
+            !matches!(o.alpn, ALPN::Custom(_)) && o.alpn.get_max_http_version() == 1
+        });
+        if !h1_only {
+            let (session, reused) = self.get_http_session(peer).await?;
+            return Ok((Box::new(session), reused));
+        }
+        let (stream, reused) = self.h1.get_stream(peer).await?;
+        let session = Box::write(
+            Box::new_uninit(),
+            HttpSession::H1(Http1Session::new_with_options(stream, peer)),
+        );
+        Ok((session, reused))
+    }
+
+    /// keygate patch: [`Self::release_http_session`] for a session held boxed, as the proxy holds
+    /// it. An HTTP/1 connection that can be kept goes back to the pool without an await, so no
+    /// copy of the session moves into a future: 0.9.1's path moved it into three, parts of the
+    /// request's future that, with thousands of requests in flight, are no longer in the cache.
+    pub async fn release_boxed_http_session<P: Peer + Send + Sync + 'static>(
+        &self,
+        session: Box<HttpSession<C::Session>>,
+        peer: &P,
+        idle_timeout: Option<Duration>,
+    ) {
+        let session = match *session {
+            HttpSession::H1(mut h1) => {
+                h1.respect_keepalive();
+                match h1.into_reusable_stream() {
+                    Ok(stream) => return self.h1.release_stream(stream, peer, idle_timeout),
+                    Err(h1) => HttpSession::H1(h1),
+                }
+            }
+            session => session,
+        };
+        self.release_http_session(session, peer, idle_timeout).await
+    }
+
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         session: HttpSession<C::Session>,
@@ -566,6 +613,82 @@ mod tests {
             HttpSession::H2(_) => panic!("expect h1"),
             HttpSession::Custom(_) => panic!("expect h1"),
         }
+    }
+
+    // keygate patch: a local plain-HTTP server that answers every request on a connection with
+    // `response`, and counts the connections it accepted.
+    async fn spawn_counting_h1_server(response: &'static [u8]) -> (u16, Arc<Mutex<usize>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(Mutex::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                *counter.lock().unwrap() += 1;
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        let mut head = Vec::new();
+                        while !head.ends_with(b"\r\n\r\n") {
+                            match tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => head.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                        if socket.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    // keygate patch: the boxed session's way in and out of the pool keeps a connection exactly
+    // when the unboxed way does.
+    #[tokio::test]
+    async fn a_boxed_h1_session_is_released_to_the_pool_and_reused() {
+        let (port, accepted) =
+            spawn_counting_h1_server(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+        let connector = Connector::new(None);
+        let peer = HttpPeer::new(("127.0.0.1", port), false, String::new());
+        for round in 0..3 {
+            let (mut session, reused) = connector.get_boxed_http_session(&peer).await.unwrap();
+            assert_eq!(reused, round > 0, "round {round}");
+            let HttpSession::H1(h1) = session.as_mut() else {
+                panic!("expect h1");
+            };
+            get_http(h1, 200).await;
+            connector
+                .release_boxed_http_session(session, &peer, None)
+                .await;
+        }
+        assert_eq!(*accepted.lock().unwrap(), 1);
+    }
+
+    // keygate patch
+    #[tokio::test]
+    async fn a_boxed_h1_session_the_server_closes_is_not_kept() {
+        let (port, accepted) = spawn_counting_h1_server(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        )
+        .await;
+        let connector = Connector::new(None);
+        let peer = HttpPeer::new(("127.0.0.1", port), false, String::new());
+        for _ in 0..2 {
+            let (mut session, reused) = connector.get_boxed_http_session(&peer).await.unwrap();
+            assert!(!reused);
+            let HttpSession::H1(h1) = session.as_mut() else {
+                panic!("expect h1");
+            };
+            get_http(h1, 200).await;
+            connector
+                .release_boxed_http_session(session, &peer, None)
+                .await;
+        }
+        assert_eq!(*accepted.lock().unwrap(), 2);
     }
 }
 

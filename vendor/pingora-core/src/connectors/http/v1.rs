@@ -14,6 +14,7 @@
 
 use crate::connectors::{ConnectorOptions, TransportConnector};
 use crate::protocols::http::v1::client::HttpSession;
+use crate::protocols::Stream; // keygate patch
 use crate::upstreams::peer::Peer;
 
 use pingora_error::Result;
@@ -48,6 +49,27 @@ impl Connector {
         let stream = self.transport.reused_stream(peer).await?;
         let http = HttpSession::new_with_options(stream, peer);
         Some(http)
+    }
+
+    /// keygate patch: a stream to `peer`, reused or new, for a session the caller builds
+    /// (`Connector::get_boxed_http_session`).
+    pub(crate) async fn get_stream<P: Peer + Send + Sync + 'static>(
+        &self,
+        peer: &P,
+    ) -> Result<(Stream, bool)> {
+        self.transport.get_stream(peer).await
+    }
+
+    /// keygate patch: puts the stream of a session that can carry another request back in the
+    /// pool (`Connector::release_boxed_http_session`).
+    pub(crate) fn release_stream<P: Peer + Send + Sync + 'static>(
+        &self,
+        stream: Stream,
+        peer: &P,
+        idle_timeout: Option<Duration>,
+    ) {
+        self.transport
+            .release_stream(stream, peer.reuse_hash(), idle_timeout);
     }
 
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(

@@ -265,6 +265,23 @@ impl Session {
     /// otherwise None.
     /// For H2, always return None because H2 stream is not reusable.
     /// For subrequests, there is no true underlying stream to return.
+    /// keygate patch: [`Self::finish`] for a session held boxed, as the proxy holds it. An HTTP/1
+    /// session finishes where it is, and only its stream is taken out, where `finish` moves the
+    /// whole session into its future and again into `reuse`'s: with thousands of requests in
+    /// flight, parts of the request's future no longer in the cache.
+    pub async fn finish_boxed(mut self: Box<Self>) -> Result<Option<ReusableHttpStream>> {
+        let reusable = if let Self::H1(s) = self.as_mut() {
+            s.finish_body().await?;
+            s.prepare_reuse().await?
+        } else {
+            return (*self).finish().await;
+        };
+        Ok(match *self {
+            Self::H1(s) if reusable => Some(s.into_reusable_stream()),
+            _ => None,
+        })
+    }
+
     pub async fn finish(self) -> Result<Option<ReusableHttpStream>> {
         match self {
             Self::H1(mut s) => {
@@ -1065,6 +1082,35 @@ mod tests {
         session.shutdown().await;
 
         assert_eq!(*shutdown_calls.lock().unwrap(), ["abandon(shutdown)"]);
+    }
+
+    // keygate patch: a boxed HTTP/1 session finishes as `finish` finishes it
+    #[rstest::rstest]
+    #[case::kept_alive(b"GET / HTTP/1.1\r\nHost: pingora.org\r\n\r\n".as_slice(), true)]
+    #[case::closed(
+        b"GET / HTTP/1.1\r\nHost: pingora.org\r\nConnection: close\r\n\r\n".as_slice(),
+        false
+    )]
+    #[case::body_left_over(
+        b"POST / HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 2\r\n\r\nokextra".as_slice(),
+        false
+    )]
+    #[tokio::test]
+    async fn a_boxed_h1_session_finishes_as_finish_does(
+        #[case] request: &'static [u8],
+        #[case] reusable: bool,
+    ) {
+        for boxed in [true, false] {
+            let mock_io = tokio_test::io::Builder::new().read(request).build();
+            let mut session = Session::new_http1(Box::new(mock_io));
+            session.read_request().await.unwrap();
+            let finished = if boxed {
+                Box::new(session).finish_boxed().await
+            } else {
+                session.finish().await
+            };
+            assert_eq!(finished.unwrap().is_some(), reusable, "boxed: {boxed}");
+        }
     }
 
     struct ProxyTaskCustom {

@@ -714,20 +714,34 @@ impl HttpSession {
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
     pub async fn reuse(mut self) -> Option<Stream> {
+        // keygate patch: the decision is `can_carry_another_request`'s
+        if self.can_carry_another_request() {
+            Some(self.underlying_stream)
+        } else {
+            debug!("HTTP shutdown connection");
+            self.shutdown().await;
+            None
+        }
+    }
+
+    /// keygate patch: the stream of a session whose connection can carry another request, or the
+    /// session back when it cannot, for [`Self::reuse`] to shut it down. Without an await, so a
+    /// caller that keeps its session boxed moves no copy of it into a future.
+    pub fn into_reusable_stream(mut self) -> std::result::Result<Stream, Self> {
+        if self.can_carry_another_request() {
+            Ok(self.underlying_stream)
+        } else {
+            Err(self)
+        }
+    }
+
+    /// keygate patch: whether the connection can be kept for another request, as 0.9.1's `reuse`
+    /// decided: not after a body that did not end cleanly or was followed by more bytes.
+    fn can_carry_another_request(&mut self) -> bool {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
-
-        // TODO: this function is unnecessarily slow for keepalive case
-        // because that case does not need async
-        match self.keepalive_timeout {
-            KeepaliveStatus::Off => {
-                debug!("HTTP shutdown connection");
-                self.shutdown().await;
-                None
-            }
-            _ => Some(self.underlying_stream),
-        }
+        !matches!(self.keepalive_timeout, KeepaliveStatus::Off)
     }
 
     fn init_body_reader(&mut self) {
