@@ -133,10 +133,10 @@ where
         }
     }
 
-    /// keygate patch: [`Self::get_http_session`] with the session built in its box, as the proxy
-    /// holds it. Returned by value, a session is copied whole at each step up (the connector's
-    /// result, the tuple, the box), each time into a part of the request's future. A peer that
-    /// may speak h2 or a custom protocol takes `get_http_session`, boxed after.
+    /// keygate patch: [`Self::get_http_session`] with the session boxed where it is made, as the
+    /// proxy holds it. Returned by value, a session is copied whole at each step up (the
+    /// connector's result, the tuple, the box), each time into a part of the request's future. A
+    /// peer that may speak h2 or a custom protocol takes `get_http_session`, boxed after.
     pub async fn get_boxed_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
@@ -150,11 +150,8 @@ where
             return Ok((Box::new(session), reused));
         }
         let (stream, reused) = self.h1.get_stream(peer).await?;
-        let session = Box::write(
-            Box::new_uninit(),
-            HttpSession::H1(Http1Session::new_with_options(stream, peer)),
-        );
-        Ok((session, reused))
+        let h1 = Http1Session::new_with_options(stream, peer);
+        Ok((Box::new(HttpSession::H1(h1)), reused))
     }
 
     /// keygate patch: [`Self::release_http_session`] for a session held boxed, as the proxy holds

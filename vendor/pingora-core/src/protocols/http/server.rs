@@ -259,12 +259,6 @@ impl Session {
         }
     }
 
-    /// Finish the life of this request and return a reusable stream, if any.
-    ///
-    /// For H1, if connection reuse is supported, a reusable stream will be returned,
-    /// otherwise None.
-    /// For H2, always return None because H2 stream is not reusable.
-    /// For subrequests, there is no true underlying stream to return.
     /// keygate patch: [`Self::finish`] for a session held boxed, as the proxy holds it. An HTTP/1
     /// session finishes where it is, and only its stream is taken out, where `finish` moves the
     /// whole session into its future and again into `reuse`'s: with thousands of requests in
@@ -282,6 +276,12 @@ impl Session {
         })
     }
 
+    /// Finish the life of this request and return a reusable stream, if any.
+    ///
+    /// For H1, if connection reuse is supported, a reusable stream will be returned,
+    /// otherwise None.
+    /// For H2, always return None because H2 stream is not reusable.
+    /// For subrequests, there is no true underlying stream to return.
     pub async fn finish(self) -> Result<Option<ReusableHttpStream>> {
         match self {
             Self::H1(mut s) => {
