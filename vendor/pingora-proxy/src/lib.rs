@@ -414,8 +414,8 @@ where
             Err(e) => return (false, Some(e)),
         };
 
-        // keygate patch: the upstream session is boxed as it comes from the connector, which
-        // builds it in its box. Matched by value, it stayed in the request's future three times
+        // keygate patch: the upstream session comes boxed from the connector, which boxes it
+        // where it makes it. Matched by value, it stayed in the request's future three times
         // over (the connector's result, the match binding, the session), for as long as the
         // request.
         let client_session = self.client_upstream.get_boxed_http_session(&*peer).await;
