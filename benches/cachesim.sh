@@ -89,7 +89,7 @@ for conns in $CONNECTIONS; do
   requests=$(($(metric keygate_request_duration_seconds_count) - before))
   # A connection opened in the window (the pool growing past its peak in the warm-up) costs
   # about 130 L2 misses at 1,024 connections: compare builds at similar counts.
-  echo "$conns connections: $((requests)) requests, $(($(new_connections) - opened_before)) new upstream connections" >&2
+  echo "$conns connections: $requests requests, $(($(new_connections) - opened_before)) new upstream connections" >&2
   dump=$(ls -t "$DUMPS"/callgrind.* | head -1)
   dumps+=("$dump" "$requests")
 done

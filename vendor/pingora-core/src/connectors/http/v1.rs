@@ -37,7 +37,7 @@ impl Connector {
         &self,
         peer: &P,
     ) -> Result<(HttpSession, bool)> {
-        let (stream, reused) = self.transport.get_stream(peer).await?;
+        let (stream, reused) = self.get_stream(peer).await?; // keygate patch
         let http = HttpSession::new_with_options(stream, peer);
         Ok((http, reused))
     }
@@ -51,8 +51,8 @@ impl Connector {
         Some(http)
     }
 
-    /// keygate patch: a stream to `peer`, reused or new, for a session the caller builds
-    /// (`Connector::get_boxed_http_session`).
+    /// keygate patch: a stream to `peer`, reused or new, for a session built here or by the
+    /// caller (`Connector::get_boxed_http_session`).
     pub(crate) async fn get_stream<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
@@ -61,7 +61,7 @@ impl Connector {
     }
 
     /// keygate patch: puts the stream of a session that can carry another request back in the
-    /// pool (`Connector::release_boxed_http_session`).
+    /// pool, for `release_http_session` and `Connector::release_boxed_http_session`.
     pub(crate) fn release_stream<P: Peer + Send + Sync + 'static>(
         &self,
         stream: Stream,
@@ -80,8 +80,7 @@ impl Connector {
     ) {
         session.respect_keepalive();
         if let Some(stream) = session.reuse().await {
-            self.transport
-                .release_stream(stream, peer.reuse_hash(), idle_timeout);
+            self.release_stream(stream, peer, idle_timeout); // keygate patch
         }
     }
 
