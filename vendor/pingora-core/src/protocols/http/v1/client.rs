@@ -53,7 +53,9 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
-    request_written: Option<Box<RequestHeader>>,
+    // keygate patch: what reading the response needs to know of the request written, kept in
+    // place of its head, see `WrittenRequest`
+    request_written: Option<WrittenRequest>,
     // keygate patch: a request head held back to go out with its body's first bytes
     unsent_head: Option<BytesMut>,
     bytes_sent: usize,
@@ -72,6 +74,32 @@ pub struct HttpSession {
     // keygate patch: whether the response header keeps the original case of its header names,
     // see `set_keep_header_case`
     keep_header_case: bool,
+}
+
+/// keygate patch: what a session needs to know of the request it wrote once the head is on
+/// the wire (or serialized to go out with the body's first bytes). 0.9.1 kept the whole head
+/// until the session was released or dropped, after the response; by then, with many requests
+/// in flight, its header map has left the cache, and dropping it cost a miss per line. The head
+/// is now dropped where it was serialized, while its lines are still cached, and a request in
+/// flight holds a few bytes for it instead of about a kilobyte.
+#[derive(Debug, Clone, Copy)]
+struct WrittenRequest {
+    /// A `HEAD` request: the response has no body whatever its framing headers say.
+    head: bool,
+    /// An HTTP/1.1 request with an `Upgrade` header, see [`is_upgrade_req`].
+    upgrade: bool,
+    /// What the request's `Connection` header says of keeping the connection, if anything.
+    keepalive: Option<bool>,
+}
+
+impl WrittenRequest {
+    fn of(req: &RequestHeader) -> WrittenRequest {
+        WrittenRequest {
+            head: req.method == http::method::Method::HEAD,
+            upgrade: is_upgrade_req(req),
+            keepalive: is_buf_keepalive(req.headers.get(header::CONNECTION)),
+        }
+    }
 }
 
 /// HTTP 1.x client session
@@ -148,7 +176,7 @@ impl HttpSession {
         {
             let len = to_wire.len();
             self.unsent_head = Some(to_wire);
-            self.request_written = Some(req);
+            self.request_written = Some(WrittenRequest::of(&req)); // keygate patch
             return Ok(len);
         }
 
@@ -173,7 +201,7 @@ impl HttpSession {
             .or_err(WriteError, "flushing request header")?;
 
         // write was successful
-        self.request_written = Some(req);
+        self.request_written = Some(WrittenRequest::of(&req)); // keygate patch
         Ok(to_wire.len())
     }
 
@@ -662,10 +690,7 @@ impl HttpSession {
     }
 
     fn is_connection_keepalive(&self) -> Option<bool> {
-        let request_keepalive = self
-            .request_written
-            .as_ref()
-            .and_then(|req| is_buf_keepalive(req.headers.get(header::CONNECTION)));
+        let request_keepalive = self.request_written.and_then(|req| req.keepalive); // keygate patch
 
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
@@ -767,8 +792,9 @@ impl HttpSession {
                 false
             };
 
-            if let Some(req) = self.request_written.as_ref() {
-                if req.method == http::method::Method::HEAD {
+            if let Some(req) = self.request_written {
+                // keygate patch: the two lines above
+                if req.head {
                     self.body_reader.init_content_length(0, preread_body);
                     return;
                 }
@@ -791,10 +817,7 @@ impl HttpSession {
 
     /// Whether this request is for upgrade
     pub fn is_upgrade_req(&self) -> bool {
-        match self.request_written.as_deref() {
-            Some(req) => is_upgrade_req(req),
-            None => false,
-        }
+        self.request_written.is_some_and(|req| req.upgrade) // keygate patch
     }
 
     /// `Some(true)` if the this is a successful upgrade
@@ -2337,6 +2360,41 @@ mod tests_stream {
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(1, http_stream.resp_header().unwrap().headers.len());
         assert_eq!(http_stream.get_header("Foo").unwrap(), "Bar");
+    }
+
+    // keygate patch: the request's head is not kept once written (`WrittenRequest`), yet what it
+    // said of the connection still decides whether the connection is kept.
+    #[tokio::test]
+    async fn a_written_request_asking_to_close_is_heeded_after_its_head_is_dropped() {
+        init_log();
+        async fn exchange(request_connection: Option<&str>) -> HttpSession {
+            let mut request = RequestHeader::build("GET", b"/", None).unwrap();
+            let mut wire = b"GET / HTTP/1.1\r\n".to_vec();
+            if let Some(value) = request_connection {
+                request.insert_header("Connection", value).unwrap();
+                wire.extend_from_slice(format!("Connection: {value}\r\n").as_bytes());
+            }
+            wire.extend_from_slice(b"\r\n");
+            let response =
+                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n";
+            let mock_io = Builder::new().write(&wire).read(&response[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream
+                .write_request_header(Box::new(request))
+                .await
+                .unwrap();
+            http_stream.read_response().await.unwrap();
+            http_stream.respect_keepalive();
+            http_stream
+        }
+        assert_eq!(
+            exchange(Some("close")).await.keepalive_timeout,
+            KeepaliveStatus::Off
+        );
+        assert_eq!(
+            exchange(None).await.keepalive_timeout,
+            KeepaliveStatus::Infinite
+        );
     }
 
     #[tokio::test]
