@@ -39,6 +39,7 @@ use bytes::Bytes;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream, ServerApp};
 use pingora::protocols::http::v1::server::HttpSession as HttpSessionV1;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::TlsRef;
 use pingora::protocols::{
@@ -54,7 +55,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -244,7 +245,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Connections<A> {
                     client
                 }
                 None => match shared.take_kept() {
-                    Some(stream) => ClientStream::new(stream, shared.clone()),
+                    Some((stream, read_filled)) => {
+                        let mut client = ClientStream::new(stream, shared.clone());
+                        client.read_filled = read_filled;
+                        client
+                    }
                     None => return,
                 },
             };
@@ -408,12 +413,13 @@ struct Shared {
     head_pending: AtomicBool,
     /// The current request was answered whole and the socket outlives its session.
     keep: AtomicBool,
-    /// Where a kept socket goes when Pingora drops the session holding it.
-    kept: Mutex<Option<Stream>>,
+    /// Where a kept socket goes when Pingora drops the session holding it, with its stream's
+    /// [`ClientStream::read_filled`].
+    kept: Mutex<Option<(Stream, bool)>>,
 }
 
 impl Shared {
-    fn take_kept(&self) -> Option<Stream> {
+    fn take_kept(&self) -> Option<(Stream, bool)> {
         if !self.keep.load(Ordering::Relaxed) {
             return None;
         }
@@ -427,12 +433,9 @@ impl Shared {
 pub struct ClientStream {
     /// Dropped with the stream, or moved to [`Shared::kept`] if the connection is kept.
     inner: ManuallyDrop<Stream>,
-    /// The start of the next request, read while waiting for it and not yet handed to Pingora
-    /// (`ahead[ahead_from..]`). Read in one piece, so that waiting for a kept-alive request costs
-    /// no read beyond the one Pingora would have made. Allocated for each wait and given back
-    /// once handed whole, so that a connection does not keep it for its whole life.
-    ahead: Vec<u8>,
-    ahead_from: usize,
+    /// The last read from the socket filled the buffer it was given, which leaves the socket's
+    /// readiness set whether or not more is there: see [`ClientStream::await_next_request`].
+    read_filled: bool,
     /// Bytes handed to Pingora since the current request began.
     handed: u64,
     shared: Arc<Shared>,
@@ -442,28 +445,31 @@ impl ClientStream {
     fn new(inner: Stream, shared: Arc<Shared>) -> Box<ClientStream> {
         Box::new(ClientStream {
             inner: ManuallyDrop::new(inner),
-            ahead: Vec::new(),
-            ahead_from: 0,
+            read_filled: false,
             handed: 0,
             shared,
         })
     }
 
-    /// Waits for the next request and keeps what arrived for Pingora's next read; false at the
-    /// end of the stream. Cancelling it loses nothing: bytes are either read and kept, or not read.
-    async fn await_next_request(&mut self) -> io::Result<bool> {
-        self.ahead.clear();
-        self.ahead.reserve_exact(AHEAD_CAPACITY);
-        self.ahead_from = 0;
-        // Into the spare capacity: nothing to zero first.
-        let read = self.inner.read_buf(&mut self.ahead).await?;
-        Ok(read > 0)
+    /// Waits for the next request without reading it, so that the read that parses its head
+    /// takes it straight from the socket into Pingora's buffer; false at the end of the stream.
+    /// Cancelling it loses nothing.
+    ///
+    /// The socket's readiness is enough, and costs no system call, unless the last read filled
+    /// its buffer: then the readiness may be left from it, and only a peek tells whether the
+    /// client sent more. Either way a closed connection is found by the request's first read,
+    /// which Pingora takes quietly for a client that went away.
+    async fn await_next_request(&self) -> io::Result<bool> {
+        let Some(socket) = (**self.inner).as_any().downcast_ref::<L4Stream>() else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        if self.read_filled {
+            socket.peek_readable().await
+        } else {
+            socket.readable().await.map(|()| true)
+        }
     }
 }
-
-/// What one read takes while waiting for a kept-alive connection's next request: a whole request
-/// head of ordinary size, as Pingora's own first read would.
-const AHEAD_CAPACITY: usize = 4 * 1024;
 
 impl Drop for ClientStream {
     fn drop(&mut self) {
@@ -471,7 +477,7 @@ impl Drop for ClientStream {
         let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
         if self.shared.keep.load(Ordering::Relaxed) {
             if let Ok(mut kept) = self.shared.kept.lock() {
-                *kept = Some(inner);
+                *kept = Some((inner, self.read_filled));
             }
         }
     }
@@ -484,21 +490,12 @@ impl AsyncRead for ClientStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let ahead = &this.ahead[this.ahead_from..];
-        if buf.remaining() > 0 && !ahead.is_empty() {
-            let n = ahead.len().min(buf.remaining());
-            buf.put_slice(&ahead[..n]);
-            this.ahead_from += n;
-            this.handed += n as u64;
-            if this.ahead_from == this.ahead.len() {
-                this.ahead = Vec::new();
-                this.ahead_from = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
+        let wanted = buf.remaining();
         let before = buf.filled().len();
         let read = Pin::new(&mut *this.inner).poll_read(cx, buf);
-        this.handed += (buf.filled().len() - before) as u64;
+        let got = buf.filled().len() - before;
+        this.handed += got as u64;
+        this.read_filled = got > 0 && got == wanted;
         read
     }
 }
@@ -604,31 +601,59 @@ mod tests {
     use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
-    async fn the_next_request_read_ahead_gives_its_buffer_back_once_handed_whole() {
+    /// A connected client and the server's stream of it.
+    async fn connection() -> (tokio::net::TcpStream, Box<ClientStream>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (socket, _) = listener.accept().await.unwrap();
         let stream = pingora::protocols::l4::stream::Stream::from(socket);
-        let mut stream = ClientStream::new(Box::new(stream), Arc::new(Shared::default()));
+        let stream = ClientStream::new(Box::new(stream), Arc::new(Shared::default()));
+        (client, stream)
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_next_request_reads_none_of_it() {
+        let (mut client, mut stream) = connection().await;
         let request = b"GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n";
         client.write_all(request).await.unwrap();
         assert!(stream.await_next_request().await.unwrap());
-        let mut head = [0; 16];
+        assert_eq!(stream.handed, 0);
+        let mut head = vec![0; request.len()];
         stream.read_exact(&mut head).await.unwrap();
-        assert!(!stream.ahead.is_empty(), "a part is still to hand over");
-        let mut rest = vec![0; request.len() - head.len()];
-        stream.read_exact(&mut rest).await.unwrap();
-        assert_eq!([&head[..], &rest[..]].concat(), request);
-        assert_eq!(stream.ahead.capacity(), 0, "the buffer is given back");
-        // Reads after it come from the socket.
-        client.write_all(b"body").await.unwrap();
-        let mut body = [0; 4];
-        stream.read_exact(&mut body).await.unwrap();
-        assert_eq!(&body, b"body");
-        assert_eq!(stream.handed, request.len() as u64 + 4);
+        assert_eq!(head, request);
+        assert_eq!(stream.handed, request.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn after_a_read_that_filled_its_buffer_the_wait_lasts_until_the_client_sends() {
+        let (mut client, mut stream) = connection().await;
+        client.write_all(b"0123456789").await.unwrap();
+        let mut whole = [0; 10];
+        stream.read_exact(&mut whole).await.unwrap();
+        assert!(stream.read_filled, "the read filled its buffer");
+        // The socket's readiness is left from that read: only a peek shows nothing came since.
+        let idle = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            stream.await_next_request(),
+        );
+        assert!(idle.await.is_err(), "the wait ended with nothing sent");
+        client.write_all(b"GET").await.unwrap();
+        assert!(stream.await_next_request().await.unwrap());
+        let mut next = [0; 3];
+        stream.read_exact(&mut next).await.unwrap();
+        assert_eq!(&next, b"GET");
+    }
+
+    #[tokio::test]
+    async fn after_a_read_that_filled_its_buffer_a_closed_connection_is_reported() {
+        let (mut client, mut stream) = connection().await;
+        client.write_all(b"0123456789").await.unwrap();
+        let mut whole = [0; 10];
+        stream.read_exact(&mut whole).await.unwrap();
+        drop(client);
+        assert!(!stream.await_next_request().await.unwrap());
     }
 
     #[test]

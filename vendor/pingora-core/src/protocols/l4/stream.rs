@@ -755,6 +755,64 @@ impl Stream {
         Ok(())
     }
 
+    /// keygate patch: whether a read would take bytes already in this stream's own buffers.
+    fn has_buffered_read(&self) -> bool {
+        !self.rewind_read_buf.is_empty()
+            || matches!(self.stream(), BufferedStream::BufferedRead(r) if !r.buffer().is_empty())
+    }
+
+    /// keygate patch: waits until a read of the stream may find bytes, or the stream's end,
+    /// without reading anything. A server can then make a request's buffers only once the
+    /// request starts to arrive, and the read that parses its head takes it straight from the
+    /// socket instead of from a buffer of the server's own.
+    ///
+    /// This is the socket's readiness as the runtime last saw it, which a read that filled its
+    /// buffer leaves set: after such a read it may return with nothing to read, where
+    /// [`Self::peek_readable`] would wait. A virtual socket cannot report readiness
+    /// (`Unsupported`).
+    pub async fn readable(&self) -> io::Result<()> {
+        if self.has_buffered_read() {
+            return Ok(());
+        }
+        match &self.stream().get_ref().stream {
+            RawStream::Tcp(s) => s.readable().await,
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.readable().await,
+            RawStream::Virtual(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
+    /// keygate patch: waits until the stream has a byte to read (true) or has ended (false),
+    /// without reading it. Unlike [`Self::readable`] it is never wrong, at the cost of a system
+    /// call. A virtual socket cannot say (`Unsupported`).
+    pub async fn peek_readable(&self) -> io::Result<bool> {
+        if self.has_buffered_read() {
+            return Ok(true);
+        }
+        let mut byte = [0u8; 1];
+        match &self.stream().get_ref().stream {
+            RawStream::Tcp(s) => s.peek(&mut byte).await.map(|n| n > 0),
+            #[cfg(unix)]
+            RawStream::Unix(s) => loop {
+                s.readable().await?;
+                let peeked = s.try_io(Interest::READABLE, || {
+                    nix::sys::socket::recv(
+                        s.as_raw_fd(),
+                        &mut byte,
+                        nix::sys::socket::MsgFlags::MSG_PEEK,
+                    )
+                    .map_err(io::Error::from)
+                });
+                match peeked {
+                    Ok(n) => return Ok(n > 0),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            },
+            RawStream::Virtual(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+
     /// Put some data back to the head of the stream to be read again.
     ///
     /// This is useful when you've read data to detect a protocol (e.g., PROXY protocol)
