@@ -53,6 +53,9 @@ pub struct HttpSession {
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
+    // keygate patch: what the session needs of the response header once it is handed out, see
+    // `ResponseFacts`
+    response_facts: Option<ResponseFacts>,
     // keygate patch: what reading the response needs to know of the request written, kept in
     // place of its head, see `WrittenRequest`
     request_written: Option<WrittenRequest>,
@@ -102,6 +105,66 @@ impl WrittenRequest {
     }
 }
 
+/// keygate patch: what a session needs of its response header once [`HttpSession::read_response_task`]
+/// has handed the header out. 0.9.1 handed out a copy and kept the header until the session was
+/// released or dropped: the copy cost a second header map a response, and with many requests in
+/// flight the kept one had left the cache by the time the connection's reuse was decided from it
+/// and it was dropped. These are read from the header as it is parsed, while it is cached.
+#[derive(Debug, Clone, Copy)]
+struct ResponseFacts {
+    status: StatusCode,
+    version: Version,
+    /// An HTTP/1.0 response with a `Transfer-Encoding` header, which ends the connection.
+    http10_transfer_encoding: bool,
+    /// What the `Connection` header says of keeping the connection, if anything.
+    connection_keepalive: Option<bool>,
+    /// The `Keep-Alive` header's `timeout`, read only where `Connection` asks to keep it.
+    keepalive_timeout: Option<u64>,
+}
+
+impl ResponseFacts {
+    fn of(response: &ResponseHeader) -> ResponseFacts {
+        let connection_keepalive = is_buf_keepalive(response.headers.get(header::CONNECTION));
+        ResponseFacts {
+            status: response.status,
+            version: response.version,
+            http10_transfer_encoding: response.version == Version::HTTP_10
+                && response.headers.contains_key(header::TRANSFER_ENCODING),
+            connection_keepalive,
+            keepalive_timeout: match connection_keepalive {
+                Some(true) => keepalive_values(response.headers.get("Keep-Alive")).0,
+                _ => None,
+            },
+        }
+    }
+}
+
+/// `Keep-Alive: timeout=5, max=1000` => 5, 1000; keygate patch: the body of
+/// `HttpSession::get_keepalive_values`, moved here to serve `ResponseFacts` too.
+fn keepalive_values(keep_alive_header: Option<&HeaderValue>) -> (Option<u64>, Option<usize>) {
+    let Some(keep_alive_header) = keep_alive_header else {
+        return (None, None);
+    };
+
+    let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
+        return (None, None);
+    };
+
+    let mut timeout = None;
+    let mut max = None;
+
+    for param in header_value.split(',') {
+        let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
+        match parts {
+            Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
+            Some(("max", max_value)) => max = max_value.trim().parse().ok(),
+            _ => {}
+        }
+    }
+
+    (timeout, max)
+}
+
 /// HTTP 1.x client session
 impl HttpSession {
     /// Create a new http client session from an established (TCP or TLS) [`Stream`].
@@ -123,6 +186,7 @@ impl HttpSession {
             body_writer: BodyWriter::new(),
             keepalive_timeout: KeepaliveStatus::Off,
             response_header: None,
+            response_facts: None, // keygate patch
             request_written: None,
             unsent_head: None, // keygate patch
             read_timeout: None,
@@ -411,6 +475,7 @@ impl HttpSession {
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
+                        self.response_facts = Some(ResponseFacts::of(&response_header)); // keygate patch
                         self.response_header = Some(response_header);
                         if let Err(e) = self.validate_response() {
                             return self.fail_response_header_read(e);
@@ -516,7 +581,18 @@ impl HttpSession {
         Ok(Box::new(self.resp_header().unwrap().clone()))
     }
 
+    /// keygate patch: the response header just read, handed out rather than copied; see
+    /// [`ResponseFacts`] for what the session keeps of it.
+    async fn take_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
+        self.read_response().await?;
+        self.response_header
+            .take()
+            .ok_or_else(|| Error::explain(InternalError, "no response header after reading one"))
+    }
+
     /// Return a reference of the [`ResponseHeader`] if the response is read
+    ///
+    /// keygate patch: `None` once [`Self::read_response_task`] has handed the header out.
     pub fn resp_header(&self) -> Option<&ResponseHeader> {
         self.response_header.as_deref()
     }
@@ -538,7 +614,7 @@ impl HttpSession {
 
     /// Return the status code of the response if read
     pub fn get_status(&self) -> Option<StatusCode> {
-        self.response_header.as_ref().map(|h| h.status)
+        self.response_facts.map(|f| f.status) // keygate patch
     }
 
     async fn do_read_body(&mut self) -> Result<Option<BufRef>> {
@@ -657,27 +733,27 @@ impl HttpSession {
 
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
-            && self
-                .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some()
-        {
+        // keygate patch: the facts kept of the response header, see `ResponseFacts`
+        let Some(response) = self.response_facts else {
+            self.set_keepalive(None);
+            return;
+        };
+        if response.http10_transfer_encoding {
             self.set_keepalive(None);
             return;
         }
         if let Some(keepalive) = self.is_connection_keepalive() {
             if keepalive {
-                let (timeout, _max_use) = self.get_keepalive_values();
                 // TODO: respect max_use
-                match timeout {
+                match response.keepalive_timeout {
                     Some(d) => self.set_keepalive(Some(d)),
                     None => self.set_keepalive(Some(0)), // infinite
                 }
             } else {
                 self.set_keepalive(None);
             }
-        } else if self.resp_header().map(|h| h.version) == Some(Version::HTTP_11) {
+        } else if response.version == Version::HTTP_11 {
+            // keygate patch: the line above
             self.set_keepalive(Some(0)); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
@@ -695,7 +771,7 @@ impl HttpSession {
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
-            _ => is_buf_keepalive(self.get_header(header::CONNECTION)),
+            _ => self.response_facts.and_then(|f| f.connection_keepalive), // keygate patch
         }
     }
 
@@ -703,28 +779,9 @@ impl HttpSession {
     /// This is defined in the below spec, this not part of any RFC, so
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
+    #[cfg(test)] // keygate patch: the session reads it into `ResponseFacts` as the header is parsed
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        let Some(keep_alive_header) = self.get_header("Keep-Alive") else {
-            return (None, None);
-        };
-
-        let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
-            return (None, None);
-        };
-
-        let mut timeout = None;
-        let mut max = None;
-
-        for param in header_value.split(',') {
-            let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
-            match parts {
-                Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
-                Some(("max", max_value)) => max = max_value.trim().parse().ok(),
-                _ => {}
-            }
-        }
-
-        (timeout, max)
+        keepalive_values(self.get_header("Keep-Alive")) // keygate patch
     }
 
     /// Close the connection abruptly. This allows to signal the server that the connection is closed
@@ -903,7 +960,7 @@ impl HttpSession {
 
     pub async fn read_response_task(&mut self) -> Result<HttpTask> {
         if self.should_read_resp_header() {
-            let resp_header = self.read_resp_header_parts().await?;
+            let resp_header = self.take_resp_header_parts().await?; // keygate patch
             let end_of_body = self.is_body_done();
             debug!("Response header: {resp_header:?}");
             trace!(
@@ -2360,6 +2417,50 @@ mod tests_stream {
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(1, http_stream.resp_header().unwrap().headers.len());
         assert_eq!(http_stream.get_header("Foo").unwrap(), "Bar");
+    }
+
+    // keygate patch: `read_response_task` hands the response header out instead of copying it,
+    // and what decides the connection's reuse afterwards is what the session kept of it.
+    #[rstest]
+    #[case::keep_alive_with_timeout(
+        "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+        KeepaliveStatus::Timeout(Duration::from_secs(5))
+    )]
+    #[case::http11_default(
+        "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        KeepaliveStatus::Infinite
+    )]
+    #[case::close(
+        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        KeepaliveStatus::Off
+    )]
+    #[case::http10_default("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", KeepaliveStatus::Off)]
+    #[case::http10_transfer_encoding(
+        "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        KeepaliveStatus::Off
+    )]
+    #[tokio::test]
+    async fn a_handed_out_response_header_still_decides_reuse(
+        #[case] response: &str,
+        #[case] expected: KeepaliveStatus,
+    ) {
+        init_log();
+        let mock_io = Builder::new().read(response.as_bytes()).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let HttpTask::Header(header, _) = http_stream.read_response_task().await.unwrap() else {
+            panic!("the first task is the header");
+        };
+        assert_eq!(header.status, 200);
+        assert!(
+            http_stream.resp_header().is_none(),
+            "handed out, not copied"
+        );
+        assert_eq!(http_stream.get_status(), Some(StatusCode::OK));
+        while !http_stream.is_body_done() {
+            http_stream.read_response_task().await.unwrap();
+        }
+        http_stream.respect_keepalive();
+        assert_eq!(http_stream.keepalive_timeout, expected);
     }
 
     // keygate patch: the request's head is not kept once written (`WrittenRequest`), yet what it
