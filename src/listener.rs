@@ -626,13 +626,20 @@ mod tests {
         assert_eq!(stream.handed, request.len() as u64);
     }
 
-    #[tokio::test]
-    async fn after_a_read_that_filled_its_buffer_the_wait_lasts_until_the_client_sends() {
+    /// A connection whose stream's last read took all the client sent and filled its buffer.
+    async fn connection_after_a_read_that_filled_its_buffer(
+    ) -> (tokio::net::TcpStream, Box<ClientStream>) {
         let (mut client, mut stream) = connection().await;
         client.write_all(b"0123456789").await.unwrap();
         let mut whole = [0; 10];
         stream.read_exact(&mut whole).await.unwrap();
         assert!(stream.read_filled, "the read filled its buffer");
+        (client, stream)
+    }
+
+    #[tokio::test]
+    async fn after_a_read_that_filled_its_buffer_the_wait_lasts_until_the_client_sends() {
+        let (mut client, mut stream) = connection_after_a_read_that_filled_its_buffer().await;
         // The socket's readiness is left from that read: only a peek shows nothing came since.
         let idle = tokio::time::timeout(
             std::time::Duration::from_millis(100),
@@ -648,10 +655,7 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_read_that_filled_its_buffer_a_closed_connection_is_reported() {
-        let (mut client, mut stream) = connection().await;
-        client.write_all(b"0123456789").await.unwrap();
-        let mut whole = [0; 10];
-        stream.read_exact(&mut whole).await.unwrap();
+        let (client, stream) = connection_after_a_read_that_filled_its_buffer().await;
         drop(client);
         assert!(!stream.await_next_request().await.unwrap());
     }
