@@ -458,7 +458,9 @@ impl ClientStream {
     /// The socket's readiness is enough, and costs no system call, unless the last read filled
     /// its buffer: then the readiness may be left from it, and only a peek tells whether the
     /// client sent more. Either way a closed connection is found by the request's first read,
-    /// which Pingora takes quietly for a client that went away.
+    /// which Pingora takes quietly for a client that went away. A stream that is not one of
+    /// Pingora's sockets cannot be waited on so (`Unsupported`), and its connection is closed
+    /// after each request.
     async fn await_next_request(&self) -> io::Result<bool> {
         let Some(socket) = (**self.inner).as_any().downcast_ref::<L4Stream>() else {
             return Err(io::ErrorKind::Unsupported.into());
