@@ -164,17 +164,15 @@ where
         peer: &P,
         idle_timeout: Option<Duration>,
     ) {
-        let session = match *session {
-            HttpSession::H1(mut h1) => {
-                h1.respect_keepalive();
-                match h1.into_reusable_stream() {
-                    Ok(stream) => return self.h1.release_stream(stream, peer, idle_timeout),
-                    Err(h1) => HttpSession::H1(h1),
-                }
-            }
-            session => session,
+        let mut h1 = match *session {
+            HttpSession::H1(h1) => h1,
+            session => return self.release_http_session(session, peer, idle_timeout).await,
         };
-        self.release_http_session(session, peer, idle_timeout).await
+        h1.respect_keepalive();
+        match h1.into_reusable_stream() {
+            Ok(stream) => self.h1.release_stream(stream, peer, idle_timeout),
+            Err(mut h1) => h1.shutdown().await,
+        }
     }
 
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(

@@ -1179,6 +1179,25 @@ mod tests {
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
 
+    // keygate patch: `peek_readable` on a Unix socket, which keygate's own tests (over TCP)
+    // do not reach: it waits for a byte without taking it, and reports the end of the stream.
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn peek_readable_waits_for_a_byte_on_a_unix_socket_and_leaves_it() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let mut stream = Stream::from(server);
+        let idle = tokio::time::timeout(Duration::from_millis(100), stream.peek_readable());
+        assert!(idle.await.is_err(), "the wait ended with nothing sent");
+        client.write_all(b"x").await.unwrap();
+        assert!(stream.peek_readable().await.unwrap());
+        stream.readable().await.unwrap();
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).await.unwrap();
+        assert_eq!(&byte, b"x", "the byte peeked is still there to read");
+        drop(client);
+        assert!(!stream.peek_readable().await.unwrap());
+    }
+
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn test_rx_timestamp() {

@@ -795,14 +795,15 @@ impl HttpSession {
     /// server is being contacted. A new client session can be created via [`Self::new()`].
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
-    pub async fn reuse(mut self) -> Option<Stream> {
-        // keygate patch: the decision is `can_carry_another_request`'s
-        if self.can_carry_another_request() {
-            Some(self.underlying_stream)
-        } else {
-            debug!("HTTP shutdown connection");
-            self.shutdown().await;
-            None
+    pub async fn reuse(self) -> Option<Stream> {
+        // keygate patch: the decision is `into_reusable_stream`'s
+        match self.into_reusable_stream() {
+            Ok(stream) => Some(stream),
+            Err(mut session) => {
+                debug!("HTTP shutdown connection");
+                session.shutdown().await;
+                None
+            }
         }
     }
 
