@@ -919,14 +919,28 @@ impl Session {
         }
     }
 
-    pub async fn write_response_tasks(&mut self, mut tasks: Vec<HttpTask>) -> Result<bool> {
+    pub async fn write_response_tasks(&mut self, tasks: Vec<HttpTask>) -> Result<bool> {
+        self.write_response_tasks_after(tasks, std::future::ready(()))
+            .await
+    }
+
+    /// keygate patch: [`Self::write_response_tasks`] after `wait`: the downstream modules filter
+    /// the tasks, and an HTTP/1 response head is serialized, before it; nothing is written until
+    /// it is over (see [`HttpSession::response_duplex_vec_after`]).
+    pub async fn write_response_tasks_after(
+        &mut self,
+        mut tasks: Vec<HttpTask>,
+        wait: impl std::future::Future<Output = ()>,
+    ) -> Result<bool> {
         let mut seen_upgraded = self.downstream_task_seen_upgraded || self.was_upgraded();
         for task in tasks.iter_mut() {
             self.downstream_response_task_filter(task, &mut seen_upgraded)
                 .await?;
         }
         self.downstream_task_seen_upgraded = seen_upgraded;
-        self.downstream_session.response_duplex_vec(tasks).await
+        self.downstream_session
+            .response_duplex_vec_after(tasks, wait)
+            .await
     }
 
     /// Mark the upstream headers as modified by caching. This should lead to range filters being

@@ -543,8 +543,9 @@ where
                         .now_or_never();
                 }
             }
-            BackOfTheQueue { requeued: false }.await;
-            client_done = session.write_response_tasks(tasks).await?;
+            client_done = session
+                .write_response_tasks_after(tasks, BackOfTheQueue { requeued: false })
+                .await?;
         }
 
         let mut downstream_can_reuse = true;

@@ -328,6 +328,22 @@ impl Session {
         }
     }
 
+    /// keygate patch: [`Self::response_duplex_vec`] after `wait`, with an HTTP/1 response head
+    /// serialized before it (see [`SessionV1::response_duplex_vec_after`]).
+    pub async fn response_duplex_vec_after(
+        &mut self,
+        tasks: Vec<HttpTask>,
+        wait: impl std::future::Future<Output = ()>,
+    ) -> Result<bool> {
+        match self {
+            Self::H1(s) => s.response_duplex_vec_after(tasks, wait).await,
+            _ => {
+                wait.await;
+                self.response_duplex_vec(tasks).await
+            }
+        }
+    }
+
     /// Set connection reuse. `duration` defines how long the connection is kept open for the next
     /// request to reuse. Noop for h2 and subrequest
     pub fn set_keepalive(&mut self, duration: Option<u64>) {
@@ -537,6 +553,8 @@ impl Session {
 
     /// Return the written response header. `None` if it is not written yet.
     /// Only the final (status code >= 200 or 101) response header will be returned
+    ///
+    /// keygate patch: of an HTTP/1 response, its status line without its header fields.
     pub fn response_written(&self) -> Option<&ResponseHeader> {
         match self {
             Self::H1(s) => s.response_written(),

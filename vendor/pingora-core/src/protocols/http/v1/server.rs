@@ -106,7 +106,7 @@ pub struct HttpSession {
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
     /// A copy of the response that is already written to the client
-    response_written: Option<Box<ResponseHeader>>,
+    response_written: Option<WrittenHead>, // keygate patch
     /// The parsed request header
     request_header: Option<Box<RequestHeader>>,
     /// An internal buffer that holds a copy of the request body up to a certain size
@@ -163,6 +163,53 @@ pub struct HttpSession {
     /// keygate patch: whether the request header keeps the original case of its header names,
     /// see [`Self::set_keep_header_case`].
     keep_header_case: bool,
+}
+
+/// keygate patch: what a session keeps of the response head it wrote, for
+/// [`HttpSession::response_written`]; see [`keep_status_line`].
+enum WrittenHead {
+    /// The status line every HTTP/1.1 head of this status with its own reason phrase shares.
+    StatusLine(&'static ResponseHeader),
+    /// Any other head, whole.
+    Whole(Box<ResponseHeader>),
+}
+
+impl WrittenHead {
+    fn header(&self) -> &ResponseHeader {
+        match self {
+            Self::StatusLine(line) => line,
+            Self::Whole(header) => header,
+        }
+    }
+}
+
+/// keygate patch: what the session keeps of a response head it has serialized. An HTTP/1.1 head
+/// whose reason phrase is its status's own (nearly every head) is dropped for a status line
+/// shared by every session, and its header fields go here, where they were just serialized and
+/// are still in the core's cache. Kept until the session was reused or dropped, with thousands
+/// of requests in flight they were dropped cold, and every open stream held them.
+fn keep_status_line(header: Box<ResponseHeader>) -> WrittenHead {
+    const FIRST: u16 = 100;
+    static LINES: [std::sync::OnceLock<ResponseHeader>; 500] =
+        [const { std::sync::OnceLock::new() }; 500];
+    let status = header.status;
+    let Some(slot) = LINES.get(usize::from(status.as_u16().wrapping_sub(FIRST))) else {
+        return WrittenHead::Whole(header);
+    };
+    if header.version != Version::HTTP_11 || header.get_reason_phrase() != status.canonical_reason()
+    {
+        return WrittenHead::Whole(header);
+    }
+    if let Some(line) = slot.get() {
+        return WrittenHead::StatusLine(line);
+    }
+    let Ok(mut line) = ResponseHeader::build_no_case(status, Some(0)) else {
+        return WrittenHead::Whole(header);
+    };
+    line.set_version(Version::HTTP_11);
+    let _ = slot.set(line); // another thread may have set it first: either line will do
+    slot.get()
+        .map_or(WrittenHead::Whole(header), WrittenHead::StatusLine)
 }
 
 /// keygate patch: the head and body of a response the proxy passes on only once it is complete.
@@ -784,8 +831,19 @@ impl HttpSession {
             // Header already sent or should be ignored
             return Ok(());
         };
+        // keygate patch: the rest is `write_prepared_head`; the session keeps the status line
+        self.write_prepared_head(&write_buf, flush, keep_status_line(header))
+            .await
+    }
 
-        match self.underlying_stream.write_all(&write_buf).await {
+    /// keygate patch: writes a response head [`Self::prepare_response_header`] serialized.
+    async fn write_prepared_head(
+        &mut self,
+        write_buf: &[u8],
+        flush: bool,
+        written: WrittenHead,
+    ) -> Result<()> {
+        match self.underlying_stream.write_all(write_buf).await {
             Ok(()) => {
                 // flush the stream if 1xx header or there is no response body
                 if flush || self.body_writer.finished() {
@@ -794,7 +852,7 @@ impl HttpSession {
                         .await
                         .or_err(WriteError, "flushing response header")?;
                 }
-                self.response_written = Some(header);
+                self.response_written = Some(written);
                 Ok(())
             }
             Err(e) => Error::e_because(WriteError, "writing response header", e),
@@ -802,8 +860,11 @@ impl HttpSession {
     }
 
     /// Return the response header if it is already sent.
+    ///
+    /// keygate patch: its status line (status, version, reason phrase), without its header
+    /// fields, see `keep_status_line`.
     pub fn response_written(&self) -> Option<&ResponseHeader> {
-        self.response_written.as_deref()
+        self.response_written.as_ref().map(WrittenHead::header)
     }
 
     /// `Some(true)` if the this is a successful upgrade
@@ -952,7 +1013,7 @@ impl HttpSession {
         }
 
         // Check if we already sent a response header
-        if let Some(ref resp) = self.response_written {
+        if let Some(resp) = self.response_written.as_ref().map(WrittenHead::header) {
             if !resp.status.is_informational() || self.upgraded {
                 warn!("Respond header is already sent, cannot send again");
                 return Ok(None);
@@ -1707,8 +1768,14 @@ impl HttpSession {
             // fallback to single operation to avoid copy
             return self.response_duplex(tasks.pop().unwrap()).await;
         }
+        self.write_tasks(tasks, false).await
+    }
 
-        let mut end_stream = false;
+    /// keygate patch: the loop of [`Self::response_duplex_vec`] over several tasks, `ended` whether
+    /// a task written before them (a head, by [`Self::response_duplex_vec_after`]) ended the
+    /// response.
+    async fn write_tasks(&mut self, tasks: Vec<HttpTask>, ended: bool) -> Result<bool> {
+        let mut end_stream = ended;
         for task in tasks.into_iter() {
             end_stream = match task {
                 HttpTask::Header(header, end_stream) => {
@@ -1749,6 +1816,45 @@ impl HttpSession {
             self.finish_body().await.map_err(|e| e.into_down())?;
         }
         Ok(end_stream || self.body_writer.finished())
+    }
+
+    /// keygate patch: [`Self::response_duplex_vec`] with a wait before the first write, the
+    /// response head that starts `tasks` serialized before the wait.
+    ///
+    /// A proxy may wait between reading a response and writing it, for instance so that the
+    /// writes of one turn of the runtime leave together. With thousands of requests in flight the
+    /// wait is long enough for the other requests to push this one's response head out of the
+    /// core's cache, and serializing it after the wait then misses on every line of its header
+    /// map. Serialized before, while it is still cached from the filters that just ran over it,
+    /// and reduced to what the session keeps of it ([`keep_status_line`]), it leaves only the few
+    /// lines of its serialized bytes to go cold.
+    pub async fn response_duplex_vec_after(
+        &mut self,
+        mut tasks: Vec<HttpTask>,
+        wait: impl std::future::Future<Output = ()>,
+    ) -> Result<bool> {
+        let mut head = None;
+        if self.held.is_none() && matches!(tasks.first(), Some(HttpTask::Header(..))) {
+            match tasks.remove(0) {
+                HttpTask::Header(header, end) => head = Some((header, end)),
+                other => tasks.insert(0, other),
+            }
+        }
+        let Some((mut header, head_ends)) = head else {
+            wait.await;
+            return self.response_duplex_vec(tasks).await;
+        };
+        let prepared = self
+            .prepare_response_header(&mut header)
+            .map_err(|e| e.into_down())?;
+        let written = prepared.is_some().then(|| keep_status_line(header));
+        wait.await;
+        if let (Some((write_buf, flush)), Some(written)) = (prepared, written) {
+            self.write_prepared_head(&write_buf, flush, written)
+                .await
+                .map_err(|e| e.into_down())?;
+        }
+        self.write_tasks(tasks, head_ends).await
     }
 
     /// keygate patch: writes the buffered body as the last chunk of a chunked body, with the
@@ -1838,7 +1944,7 @@ impl HttpSession {
                     .expect("writer state present")
                 {
                     ProxyTaskWriter::WritingHeader(header, end) => {
-                        self.response_written = Some(header);
+                        self.response_written = Some(keep_status_line(header)); // keygate patch
                         end_stream = end;
                     }
                     ProxyTaskWriter::WritingBody(end) => {
@@ -2881,6 +2987,146 @@ mod tests_stream {
             .write_response_header_ref(&new_response)
             .await
             .unwrap();
+    }
+
+    // keygate patch: the tests of a response written after a wait
+    fn response_tasks(status: u16, body: &[&'static str], chunked: bool) -> Vec<HttpTask> {
+        let mut header = ResponseHeader::build(status, None).unwrap();
+        if chunked {
+            header.append_header("Transfer-Encoding", "chunked").unwrap();
+        } else {
+            let length: usize = body.iter().map(|b| b.len()).sum();
+            header.append_header("Content-Length", length).unwrap();
+        }
+        let mut tasks = vec![HttpTask::Header(Box::new(header), body.is_empty())];
+        for (i, chunk) in body.iter().enumerate() {
+            let data = Some(Bytes::from_static(chunk.as_bytes()));
+            tasks.push(HttpTask::Body(data, i + 1 == body.len()));
+        }
+        tasks
+    }
+
+    #[rstest]
+    #[case::a_head_alone(response_tasks(204, &[], false), false,
+        "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")]
+    #[case::a_head_and_its_body(response_tasks(200, &["hello"], false), false,
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")]
+    #[case::a_chunked_body(response_tasks(200, &["hel", "lo"], true), false,
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")]
+    #[case::a_held_response(response_tasks(200, &["hel", "lo"], true), true,
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")]
+    #[tokio::test]
+    async fn a_response_written_after_a_wait_is_written_as_without_one(
+        #[case] tasks: Vec<HttpTask>,
+        #[case] held: bool,
+        #[case] expected: &str,
+    ) {
+        let session = |tasks_written: &str| {
+            let mock_io = Builder::new()
+                .read(b"GET / HTTP/1.1\r\n\r\n")
+                .write(tasks_written.as_bytes())
+                .build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.update_resp_headers = false;
+            http_stream
+        };
+        let mut without_wait = session(expected);
+        without_wait.read_request().await.unwrap();
+        let mut after_wait = session(expected);
+        after_wait.read_request().await.unwrap();
+        if held {
+            without_wait.hold_response();
+            after_wait.hold_response();
+        }
+        let copy = tasks
+            .iter()
+            .map(|task| match task {
+                HttpTask::Header(header, end) => HttpTask::Header(header.clone(), *end),
+                HttpTask::Body(data, end) => HttpTask::Body(data.clone(), *end),
+                _ => unreachable!("response_tasks makes heads and bodies"),
+            })
+            .collect();
+        assert!(without_wait.response_duplex_vec(copy).await.unwrap());
+        let waited = std::sync::atomic::AtomicBool::new(false);
+        let wait = async {
+            tokio::task::yield_now().await;
+            waited.store(true, std::sync::atomic::Ordering::Relaxed);
+        };
+        assert!(after_wait.response_duplex_vec_after(tasks, wait).await.unwrap());
+        assert!(waited.load(std::sync::atomic::Ordering::Relaxed));
+        assert_eq!(
+            after_wait.response_written().map(|h| h.status),
+            without_wait.response_written().map(|h| h.status)
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_written_before_the_wait_is_over_and_a_head_not_written_is_forgotten() {
+        // The mock fails the test on any write but the one below.
+        let mock_io = Builder::new()
+            .read(b"GET / HTTP/1.1\r\n\r\n")
+            .write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.update_resp_headers = false;
+        http_stream.read_request().await.unwrap();
+        let waiting = http_stream.response_duplex_vec_after(
+            response_tasks(200, &["hello"], false),
+            std::future::pending(),
+        );
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), waiting).await;
+        assert!(gave_up.is_err(), "the wait never ends");
+        // The 200's head was serialized before the wait; what is written instead is this one.
+        let mut error = ResponseHeader::build(502, None).unwrap();
+        error.append_header("Content-Length", 0).unwrap();
+        http_stream
+            .write_response_header(Box::new(error))
+            .await
+            .unwrap();
+        assert_eq!(http_stream.response_written().unwrap().status, 502);
+    }
+
+    #[rstest]
+    #[case::with_the_case_of_its_names(ResponseHeader::build, "OK", "Foo: Bar", true)]
+    #[case::without_it(ResponseHeader::build_no_case, "OK", "foo: Bar", true)]
+    #[case::with_a_reason_of_its_own(ResponseHeader::build, "Just Fine", "Foo: Bar", false)]
+    #[tokio::test]
+    async fn a_written_response_is_kept_as_a_shared_status_line_unless_its_reason_is_its_own(
+        #[case] build: fn(u16, Option<usize>) -> Result<ResponseHeader>,
+        #[case] reason: &str,
+        #[case] field: &str,
+        #[case] shared: bool,
+    ) {
+        let written = format!("HTTP/1.1 200 {reason}\r\n{field}\r\n\r\n");
+        let mut sessions = Vec::new();
+        for _ in 0..2 {
+            let mock_io = Builder::new()
+                .read(b"GET / HTTP/1.1\r\n\r\n")
+                .write(written.as_bytes())
+                .build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.update_resp_headers = false;
+            http_stream.read_request().await.unwrap();
+            let mut response = build(200, None).unwrap();
+            response.set_reason_phrase(Some(reason)).unwrap();
+            response.append_header("Foo", "Bar").unwrap();
+            http_stream
+                .write_response_header(Box::new(response))
+                .await
+                .unwrap();
+            sessions.push(http_stream);
+        }
+        let kept: Vec<_> = sessions
+            .iter()
+            .map(|s| s.response_written().unwrap())
+            .collect();
+        for head in &kept {
+            assert_eq!(head.status, StatusCode::OK);
+            assert_eq!(head.version, Version::HTTP_11);
+            assert_eq!(head.get_reason_phrase(), Some(reason));
+            assert_eq!(head.headers.is_empty(), shared);
+        }
+        assert_eq!(std::ptr::eq(kept[0], kept[1]), shared);
     }
 
     // keygate patch: the test of the static `Connection` values
@@ -4233,7 +4479,7 @@ mod test_abort_on_close {
 
         // Simulate that a response header has already been sent.
         let resp = ResponseHeader::build(200, None).unwrap();
-        s.response_written = Some(Box::new(resp));
+        s.response_written = Some(WrittenHead::Whole(Box::new(resp)));
         let err = s.read_body_or_idle(true).await.unwrap_err();
         let msg = format!("{err}");
         assert!(
