@@ -186,8 +186,8 @@ impl WrittenHead {
 /// keygate patch: what the session keeps of a response head it has serialized. An HTTP/1.1 head
 /// whose reason phrase is its status's own (nearly every head) is dropped for a status line
 /// shared by every session, and its header fields go here, where they were just serialized and
-/// are still in the core's cache. Kept until the session was reused or dropped, with thousands
-/// of requests in flight they were dropped cold, and every open stream held them.
+/// are still in the core's cache. Kept until the session is reused or dropped, with thousands of
+/// requests in flight they would be dropped cold, and every open stream would hold them.
 fn keep_status_line(header: Box<ResponseHeader>) -> WrittenHead {
     const FIRST: u16 = 100;
     static LINES: [std::sync::OnceLock<ResponseHeader>; 500] =
@@ -1846,10 +1846,10 @@ impl HttpSession {
         };
         let prepared = self
             .prepare_response_header(&mut header)
-            .map_err(|e| e.into_down())?;
-        let written = prepared.is_some().then(|| keep_status_line(header));
+            .map_err(|e| e.into_down())?
+            .map(|(write_buf, flush)| (write_buf, flush, keep_status_line(header)));
         wait.await;
-        if let (Some((write_buf, flush)), Some(written)) = (prepared, written) {
+        if let Some((write_buf, flush, written)) = prepared {
             self.write_prepared_head(&write_buf, flush, written)
                 .await
                 .map_err(|e| e.into_down())?;
@@ -2993,7 +2993,9 @@ mod tests_stream {
     fn response_tasks(status: u16, body: &[&'static str], chunked: bool) -> Vec<HttpTask> {
         let mut header = ResponseHeader::build(status, None).unwrap();
         if chunked {
-            header.append_header("Transfer-Encoding", "chunked").unwrap();
+            header
+                .append_header("Transfer-Encoding", "chunked")
+                .unwrap();
         } else {
             let length: usize = body.iter().map(|b| b.len()).sum();
             header.append_header("Content-Length", length).unwrap();
@@ -3052,7 +3054,10 @@ mod tests_stream {
             tokio::task::yield_now().await;
             waited.store(true, std::sync::atomic::Ordering::Relaxed);
         };
-        assert!(after_wait.response_duplex_vec_after(tasks, wait).await.unwrap());
+        assert!(after_wait
+            .response_duplex_vec_after(tasks, wait)
+            .await
+            .unwrap());
         assert!(waited.load(std::sync::atomic::Ordering::Relaxed));
         assert_eq!(
             after_wait.response_written().map(|h| h.status),
