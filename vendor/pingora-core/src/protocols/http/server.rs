@@ -554,7 +554,8 @@ impl Session {
     /// Return the written response header. `None` if it is not written yet.
     /// Only the final (status code >= 200 or 101) response header will be returned
     ///
-    /// keygate patch: of an HTTP/1 response, its status line without its header fields.
+    /// keygate patch: of an HTTP/1.1 response with its status's own reason phrase, the status
+    /// line alone, without the header fields.
     pub fn response_written(&self) -> Option<&ResponseHeader> {
         match self {
             Self::H1(s) => s.response_written(),

@@ -861,8 +861,8 @@ impl HttpSession {
 
     /// Return the response header if it is already sent.
     ///
-    /// keygate patch: its status line (status, version, reason phrase), without its header
-    /// fields, see `keep_status_line`.
+    /// keygate patch: of an HTTP/1.1 head with its status's own reason phrase, the status line
+    /// alone, without the header fields; any other head whole (see `keep_status_line`).
     pub fn response_written(&self) -> Option<&ResponseHeader> {
         self.response_written.as_ref().map(WrittenHead::header)
     }
